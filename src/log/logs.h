@@ -1,0 +1,106 @@
+/* Delivery log records (KumoMTA's JSON records) and the local log
+ * destinations that kumo.configure_local_logs{} creates. Records are built on
+ * the calling thread (any reactor) and written by one logger thread per
+ * destination into zstd-compressed segment files. Diagnostics never go here. */
+#ifndef KUMOD_LOG_LOGS_H
+#define KUMOD_LOG_LOGS_H
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum logrec_type {
+    LOGREC_RECEPTION,
+    LOGREC_DELIVERY,
+    LOGREC_BOUNCE,
+    LOGREC_TRANSIENT_FAILURE,
+    LOGREC_EXPIRATION,
+    LOGREC_ADMIN_BOUNCE,
+    LOGREC_OOB,
+    LOGREC_FEEDBACK,
+    LOGREC_REJECTION,
+    LOGREC_ADMIN_REBIND,
+    LOGREC_DEFERRED_INJECTION_REBIND,
+    LOGREC_DELAYED,
+    LOGREC_XFER_OUT,
+    LOGREC_XFER_IN,
+    LOGREC__COUNT
+} logrec_type;
+
+/* "Reception", "TransientFailure", ... */
+const char *logrec_type_name(logrec_type t);
+/* Parses a type name (and "Any" as LOGREC__COUNT). 0 or KERR_PARSE. */
+int logrec_type_parse(const char *name, logrec_type *out);
+
+typedef struct logrec_response {
+    int code;
+    /* enhanced code; class 0 means null */
+    int enh_class, enh_subject, enh_detail;
+    const char *content; /* single line */
+    const char *command; /* NULL -> null */
+} logrec_response;
+
+/* Every field is borrowed for the duration of logs_record(). NULL strings
+ * become JSON null unless noted. */
+typedef struct logrec {
+    logrec_type type;
+    const char *id; /* 32 hex; "" for Rejection */
+    const char *sender;
+    const char *const *recipients; /* one -> string, several -> array */
+    size_t n_recipients;
+    const char *queue;
+    const char *site; /* "" when not applicable */
+    size_t size;
+    logrec_response response;
+    const char *peer_name, *peer_addr; /* both NULL -> peer_address null */
+    int64_t timestamp_ns;              /* event time; 0 -> now */
+    int64_t created_ns;                /* from the spool id; 0 -> now */
+    uint32_t num_attempts;
+    const char *bounce_classification; /* NULL -> "Uncategorized" */
+    const char *egress_pool, *egress_source;
+    const char *source_address; /* NULL -> null; else {address, server?, protocol?} */
+    const char *delivery_protocol, *reception_protocol;
+    const char *nodeid;
+    /* omitted when NULL: */
+    const char *tls_cipher, *tls_protocol_version, *tls_peer_subject_name;
+    const char *provider_name, *session_id;
+    const json_t *feedback_report; /* Feedback only; NULL -> null */
+    /* The message's meta object (all of it; each destination picks the keys
+     * it was configured to log) and the raw message bytes for header
+     * extraction. Either may be NULL. */
+    const json_t *msg_meta;
+    const char *msg_data;
+    size_t msg_data_len;
+} logrec;
+
+/* Adds a local log destination from the JSON form of the Lua table given to
+ * kumo.configure_local_logs{}: log_dir (required), max_file_size
+ * (1000000000), max_segment_duration (none), compression_level (0),
+ * back_pressure (128000), meta ([]), headers ([], trailing '*' = prefix),
+ * per_record ({<Type|Any> = {suffix, log_dir, enable, segment_header}}),
+ * min_free_space, min_free_inodes. Unknown keys are an error naming the
+ * key. Thread-safe; usually called from init. */
+int logs_add_local_from_json(const json_t *params, char *err, size_t errlen);
+
+/* Builds the record once per destination and submits it. Blocks while a
+ * destination's queue holds back_pressure records. Any thread. */
+void logs_record(const logrec *r);
+
+/* Serialises one record as a single JSON line (no newline), with meta and
+ * headers filtered by the given key lists (NULL lists -> empty objects).
+ * Returns malloc'd text. Exposed for tests and for log hooks. */
+char *logrec_to_json(const logrec *r, const char *const *meta_keys, size_t n_meta,
+                     const char *const *header_names, size_t n_headers, size_t *len_out);
+
+/* Makes every destination write out and zstd-flush what it has, so readers
+ * of the open segment see every record submitted before this call. */
+void logs_flush(void);
+/* Flushes, closes every segment (marking it read-only), stops the threads. */
+void logs_shutdown(void);
+
+typedef struct logs_stats {
+    uint64_t submitted, written, submit_full;
+} logs_stats;
+void logs_get_stats(logs_stats *out);
+
+#endif

@@ -1,0 +1,92 @@
+/* The spool facade: durable storage of message meta and data, keyed by
+ * spoolid, over two backend stores ("data" and "meta", as KumoMTA's
+ * kumo.define_spool defines them). It owns one writer thread doing group
+ * commit and reader threads for loads and enumeration. Callbacks run on a
+ * spool thread: callers hand results back to their reactor themselves.
+ *
+ * Crash ordering: a save makes data durable before meta, so the meta
+ * enumeration at start-up never finds a message whose data is missing; a
+ * remove deletes meta before data. */
+#ifndef KUMOD_SPOOL_SPOOL_H
+#define KUMOD_SPOOL_SPOOL_H
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/spoolid.h"
+
+typedef enum spool_kind { SPOOL_KIND_ROCKSDB, SPOOL_KIND_LOCALDISK } spool_kind;
+
+/* One backend instance (the "data" or the "meta" spool). */
+typedef struct spool_store spool_store;
+
+/* Parameters of kumo.define_spool{}, validated from the JSON form of the Lua
+ * table: name (required), path (required), kind ("RocksDB" default |
+ * "LocalDisk"), flush (bool; absent means true in kumod: durable by default),
+ * rocks_params (object), min_free_space, min_free_inodes ("10%" default),
+ * store_deadline ("30s"), error_latch_duration ("15s"),
+ * error_unlatch_duration ("5m"), allow_error_unlatch (true). Unknown keys
+ * are an error naming the key. */
+typedef struct spool_params {
+    char *name;
+    char *path;
+    spool_kind kind;
+    bool flush;
+    json_t *rocks_params; /* owned; may be NULL */
+    double min_free_space_pct;
+    double min_free_inodes_pct;
+    int64_t store_deadline_ns;
+    int64_t error_latch_ns;
+    int64_t error_unlatch_ns;
+    bool allow_error_unlatch;
+} spool_params;
+
+/* Fills p from params. On error returns KERR_INVAL and writes a message for
+ * the operator into err. */
+int spool_params_from_json(const json_t *params, spool_params *p, char *err, size_t errlen);
+void spool_params_fini(spool_params *p);
+
+/* Opens (creating if needed) the backend at p->path. Takes a lock so two
+ * processes never share a spool. */
+int spool_store_open(const spool_params *p, spool_store **out, char *err, size_t errlen);
+void spool_store_close(spool_store *st);
+
+typedef struct spool spool;
+
+/* Builds the facade over both stores (ownership moves in) and starts its
+ * threads. */
+int spool_new(spool_store *data_take, spool_store *meta_take, spool **out);
+/* Completes every queued operation, stops the threads, closes the stores. */
+void spool_free(spool *sp);
+
+typedef void (*spool_done_fn)(void *ud, int err);
+/* buf_take is malloc'd and owned by the callee on success (NULL on error). */
+typedef void (*spool_load_fn)(void *ud, int err, char *buf_take, size_t len);
+typedef void (*spool_each_fn)(void *ud, const spoolid *id, const char *meta, size_t len);
+
+/* Saves meta and, when data_take is not NULL, data. Both buffers are
+ * malloc'd and owned by the spool from this call on. When sync is true the
+ * callback runs only once both halves are durable on disk (many saves share
+ * one sync: group commit). cb may be NULL. */
+void spool_save(spool *sp, const spoolid *id, char *meta_take, size_t meta_len,
+                char *data_take, size_t data_len, bool sync, spool_done_fn cb, void *ud);
+/* Removes both halves; not synced by itself (rides on the next sync). cb may be NULL. */
+void spool_remove(spool *sp, const spoolid *id, spool_done_fn cb, void *ud);
+/* Loads the data (want_data) or the meta of id. KERR_NOTFOUND if absent. */
+void spool_load(spool *sp, const spoolid *id, bool want_data, spool_load_fn cb, void *ud);
+/* Calls each for every meta entry (the buffer is borrowed for the call), then
+ * done. Never reads data. Runs on a reader thread. */
+void spool_enumerate(spool *sp, spool_each_fn each, spool_done_fn done, void *ud);
+
+typedef struct spool_stats {
+    uint64_t saves;        /* saves completed */
+    uint64_t syncs;        /* group-commit syncs performed */
+    uint64_t synced_saves; /* saves that rode on those syncs */
+    uint64_t removes;
+    uint64_t loads;
+    uint64_t errors;
+} spool_stats;
+void spool_get_stats(spool *sp, spool_stats *out);
+
+#endif
