@@ -1,0 +1,822 @@
+/* Per-reactor Lua VMs and coroutine event dispatch. Each event call gets a
+ * fresh coroutine anchored in the registry; the dispatch loop itself is a
+ * small Lua function so that yields pass through chained handlers. A C
+ * function that needs to wait stores nothing on the C stack: it records the
+ * call (found through the coroutine's extra space) and yields; whoever
+ * completes the wait resumes the coroutine on the owning reactor. A VM is
+ * reference counted: calls in flight keep an old VM alive across a reload.
+ * Runs on reactor threads only (or the main thread for --validate). */
+#include "lua/klua.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <lauxlib.h>
+#include <libgen.h>
+#include <lualib.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/diag.h"
+#include "core/reactor.h"
+#include "lua/message_lua.h"
+
+#define KLUA_MOD "kumod::lua"
+#define KLUA_MAX_OPENERS 32
+#define KLUA_REJECT_MT "kumod.Rejection"
+#define KLUA_CONNMETA_MT "kumod.ConnectionMeta"
+
+struct klua {
+    lua_State *L;
+    int refs;
+    int reactor_idx;
+    int dispatch_ref;
+};
+
+struct klua_call {
+    klua *vm;
+    lua_State *co;
+    int co_ref;
+    const char *event; /* interned in the VM (anchored by the dispatch args) */
+    char *event_copy;
+    klua_done_fn done;
+    void *ud;
+    int nres;
+    int status;
+    int reject_code;
+    char *errmsg;
+    bool running;
+    bool waiting;
+};
+
+static klua_opener openers[KLUA_MAX_OPENERS];
+static int n_openers;
+static atomic_uint config_epoch;
+static void (*reload_hook)(void);
+static __thread bool tls_in_init;
+
+static const char *const multi_events[] = {
+    "pre_init",          "validate_config",        "get_queue_config",
+    "requeue_message",   "throttle_insert_ready_queue", "should_enqueue_log_record",
+    "get_acl_definition", NULL,
+};
+
+/* The dispatcher: chained events call handlers in registration order until
+ * one returns non-nil; single events call their one handler. */
+static const char dispatch_src[] =
+    "local handlers, multi = ...\n"
+    "return function(name, ...)\n"
+    "  local hs = handlers[name]\n"
+    "  if hs == nil then return nil end\n"
+    "  if not multi[name] then return hs[1](...) end\n"
+    "  for i = 1, #hs do\n"
+    "    local r = table.pack(hs[i](...))\n"
+    "    if r[1] ~= nil then return table.unpack(r, 1, r.n) end\n"
+    "  end\n"
+    "  return nil\n"
+    "end\n";
+
+void klua_register_opener(klua_opener fn)
+{
+    if (n_openers < KLUA_MAX_OPENERS)
+        openers[n_openers++] = fn;
+}
+
+bool klua_event_is_multi(const char *event)
+{
+    for (int i = 0; multi_events[i]; i++)
+        if (strcmp(event, multi_events[i]) == 0)
+            return true;
+    return false;
+}
+
+/* ---- kumo.on ---------------------------------------------------------- */
+
+static int l_kumo_on(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (*(klua_call **)lua_getextraspace(L) != NULL)
+        return luaL_error(L, "kumo.on('%s'): handlers must be registered when the policy is "
+                             "loaded, not from inside an event handler", name);
+    lua_getfield(L, LUA_REGISTRYINDEX, "kumod.handlers");
+    lua_getfield(L, -1, name);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -3, name);
+    } else if (!klua_event_is_multi(name)) {
+        return luaL_error(L, "kumo.on: event '%s' already has a handler; only one may be "
+                             "registered for it", name);
+    }
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+    return 0;
+}
+
+/* ---- kumo.reject ------------------------------------------------------ */
+
+int klua_raise_reject(lua_State *L, int code, const char *msg)
+{
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, code);
+    lua_setfield(L, -2, "code");
+    lua_pushstring(L, msg);
+    lua_setfield(L, -2, "message");
+    luaL_setmetatable(L, KLUA_REJECT_MT);
+    return lua_error(L);
+}
+
+static int l_kumo_reject(lua_State *L)
+{
+    lua_Integer code = luaL_checkinteger(L, 1);
+    const char *msg = luaL_checkstring(L, 2);
+    if (code < 200 || code > 599)
+        return luaL_error(L, "kumo.reject: code %d is not an SMTP reply code", (int)code);
+    return klua_raise_reject(L, (int)code, msg);
+}
+
+bool klua_is_reject(lua_State *L, int idx, int *code, const char **msg)
+{
+    if (!luaL_testudata(L, idx, KLUA_REJECT_MT)) {
+        if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx))
+            return false;
+        luaL_getmetatable(L, KLUA_REJECT_MT);
+        bool same = lua_rawequal(L, -1, -2);
+        lua_pop(L, 2);
+        if (!same)
+            return false;
+    }
+    idx = lua_absindex(L, idx);
+    lua_getfield(L, idx, "code");
+    *code = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, idx, "message");
+    *msg = lua_tostring(L, -1); /* anchored by the table */
+    lua_pop(L, 1);
+    return true;
+}
+
+static int l_reject_tostring(lua_State *L)
+{
+    int code;
+    const char *msg;
+    if (klua_is_reject(L, 1, &code, &msg))
+        lua_pushfstring(L, "%d %s", code, msg ? msg : "");
+    else
+        lua_pushstring(L, "rejection");
+    return 1;
+}
+
+/* ---- waiting ---------------------------------------------------------- */
+
+static void klua_call_step(klua_call *c, int nargs);
+
+klua_call *klua_wait_begin(lua_State *L)
+{
+    klua_call *c = *(klua_call **)lua_getextraspace(L);
+    if (!c || c->co != L || !lua_isyieldable(L))
+        return NULL;
+    c->waiting = true;
+    return c;
+}
+
+void klua_wait_resume(klua_call *c, int nres)
+{
+    klua_call_step(c, nres);
+}
+
+struct sleep_wait {
+    klua_call *c;
+    struct event *ev;
+};
+
+static void sleep_done(evutil_socket_t fd, short what, void *arg)
+{
+    struct sleep_wait *w = arg;
+    klua_call *c = w->c;
+    event_free(w->ev);
+    free(w);
+    klua_wait_resume(c, 0);
+}
+
+static int l_sleep(lua_State *L)
+{
+    double secs = luaL_checknumber(L, 1);
+    if (secs < 0)
+        secs = 0;
+    klua_call *c = klua_wait_begin(L);
+    reactor *r = reactor_current();
+    if (!c || !r)
+        return luaL_error(L, "kumo.time.sleep: may only be called from an event handler");
+    struct sleep_wait *w = malloc(sizeof(*w));
+    if (!w)
+        return luaL_error(L, "kumo.time.sleep: out of memory");
+    w->c = c;
+    w->ev = evtimer_new(reactor_base(r), sleep_done, w);
+    struct timeval tv = {(time_t)secs, (suseconds_t)((secs - (double)(time_t)secs) * 1e6)};
+    evtimer_add(w->ev, &tv);
+    return lua_yield(L, 0);
+}
+
+/* ---- small kumo.* functions ----------------------------------------- */
+
+static int l_available_parallelism(lua_State *L)
+{
+    const char *env = getenv("KUMO_AVAILABLE_PARALLELISM");
+    long n = env ? strtol(env, NULL, 10) : 0;
+    if (n <= 0)
+        n = sysconf(_SC_NPROCESSORS_ONLN);
+    lua_pushinteger(L, n > 0 ? n : 1);
+    return 1;
+}
+
+static int l_set_diag_filter(lua_State *L)
+{
+    const char *spec = luaL_checkstring(L, 1);
+    if (diag_set_filter(spec) != 0)
+        return luaL_error(L, "kumo.set_diagnostic_log_filter: invalid filter '%s'", spec);
+    return 0;
+}
+
+static int l_bump_epoch(lua_State *L)
+{
+    klua_bump_epoch();
+    return 0;
+}
+
+static int l_json_encode_impl(lua_State *L, size_t flags)
+{
+    char err[256];
+    json_t *j = klua_to_json(L, 1, err, sizeof(err));
+    if (!j)
+        return luaL_error(L, "json_encode: %s", err);
+    char *s = json_dumps(j, flags | JSON_ENCODE_ANY | JSON_COMPACT);
+    json_decref(j);
+    if (!s)
+        return luaL_error(L, "json_encode: cannot encode value");
+    lua_pushstring(L, s);
+    free(s);
+    return 1;
+}
+
+static int l_json_encode(lua_State *L)
+{
+    return l_json_encode_impl(L, 0);
+}
+
+static int l_json_encode_pretty(lua_State *L)
+{
+    char err[256];
+    json_t *j = klua_to_json(L, 1, err, sizeof(err));
+    if (!j)
+        return luaL_error(L, "json_encode_pretty: %s", err);
+    char *s = json_dumps(j, JSON_ENCODE_ANY | JSON_INDENT(2));
+    json_decref(j);
+    if (!s)
+        return luaL_error(L, "json_encode_pretty: cannot encode value");
+    lua_pushstring(L, s);
+    free(s);
+    return 1;
+}
+
+static int l_json_decode(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    json_error_t e;
+    json_t *j = json_loadb(s, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
+    if (!j)
+        return luaL_error(L, "json_decode: %s at line %d column %d", e.text, e.line, e.column);
+    klua_push_json(L, j);
+    json_decref(j);
+    return 1;
+}
+
+static int l_json_load(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    json_error_t e;
+    json_t *j = json_load_file(path, JSON_DECODE_ANY, &e);
+    if (!j)
+        return luaL_error(L, "json_load: %s: %s (line %d column %d)", path, e.text, e.line,
+                          e.column);
+    klua_push_json(L, j);
+    json_decref(j);
+    return 1;
+}
+
+/* ---- conn_meta userdata ------------------------------------------------ */
+
+void klua_push_connmeta(lua_State *L, json_t *obj)
+{
+    json_t **ud = lua_newuserdatauv(L, sizeof(json_t *), 0);
+    *ud = json_incref(obj);
+    luaL_setmetatable(L, KLUA_CONNMETA_MT);
+}
+
+json_t *klua_check_connmeta(lua_State *L, int idx)
+{
+    return *(json_t **)luaL_checkudata(L, idx, KLUA_CONNMETA_MT);
+}
+
+static int l_connmeta_gc(lua_State *L)
+{
+    json_t **ud = luaL_checkudata(L, 1, KLUA_CONNMETA_MT);
+    json_decref(*ud);
+    *ud = NULL;
+    return 0;
+}
+
+static int l_connmeta_get(lua_State *L)
+{
+    json_t *o = klua_check_connmeta(L, 1);
+    const char *k = luaL_checkstring(L, 2);
+    klua_push_json(L, json_object_get(o, k));
+    return 1;
+}
+
+static int l_connmeta_set(lua_State *L)
+{
+    json_t *o = klua_check_connmeta(L, 1);
+    const char *k = luaL_checkstring(L, 2);
+    char err[256];
+    json_t *v = klua_to_json(L, 3, err, sizeof(err));
+    if (!v)
+        return luaL_error(L, "set_meta('%s'): %s", k, err);
+    json_object_set_new(o, k, v);
+    return 0;
+}
+
+static int l_connmeta_tostring(lua_State *L)
+{
+    json_t *o = klua_check_connmeta(L, 1);
+    char *s = json_dumps(o, JSON_COMPACT);
+    lua_pushstring(L, s ? s : "{}");
+    free(s);
+    return 1;
+}
+
+/* ---- JSON conversion ---------------------------------------------------- */
+
+void klua_push_json(lua_State *L, const json_t *j)
+{
+    luaL_checkstack(L, 4, "json nesting too deep");
+    if (!j) {
+        lua_pushnil(L);
+        return;
+    }
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: {
+        lua_createtable(L, 0, (int)json_object_size(j));
+        const char *k;
+        const json_t *v;
+        json_object_foreach((json_t *)j, k, v) {
+            klua_push_json(L, v);
+            lua_setfield(L, -2, k);
+        }
+        break;
+    }
+    case JSON_ARRAY: {
+        lua_createtable(L, (int)json_array_size(j), 0);
+        size_t i;
+        const json_t *v;
+        json_array_foreach(j, i, v) {
+            klua_push_json(L, v);
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        break;
+    }
+    case JSON_STRING:
+        lua_pushlstring(L, json_string_value(j), json_string_length(j));
+        break;
+    case JSON_INTEGER:
+        lua_pushinteger(L, (lua_Integer)json_integer_value(j));
+        break;
+    case JSON_REAL:
+        lua_pushnumber(L, json_real_value(j));
+        break;
+    case JSON_TRUE:
+        lua_pushboolean(L, 1);
+        break;
+    case JSON_FALSE:
+        lua_pushboolean(L, 0);
+        break;
+    case JSON_NULL:
+        lua_pushnil(L);
+        break;
+    }
+}
+
+static json_t *klua_to_json_depth(lua_State *L, int idx, int depth, char *err, size_t errlen)
+{
+    idx = lua_absindex(L, idx);
+    if (depth > 64) {
+        snprintf(err, errlen, "value nested too deeply (or contains a cycle)");
+        return NULL;
+    }
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+    case LUA_TNONE:
+        return json_null();
+    case LUA_TBOOLEAN:
+        return json_boolean(lua_toboolean(L, idx));
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx))
+            return json_integer((json_int_t)lua_tointeger(L, idx));
+        return json_real(lua_tonumber(L, idx));
+    case LUA_TSTRING: {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        json_t *j = json_stringn_nocheck(s, len);
+        return j;
+    }
+    case LUA_TTABLE: {
+        luaL_checkstack(L, 6, "json nesting too deep");
+        /* An array when the keys are exactly 1..n (n >= 1). */
+        lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+        size_t count = 0;
+        bool all_int = true;
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            count++;
+            if (!lua_isinteger(L, -2))
+                all_int = false;
+            lua_pop(L, 1);
+        }
+        if (count > 0 && all_int && (lua_Integer)count == n) {
+            json_t *a = json_array();
+            for (lua_Integer i = 1; i <= n; i++) {
+                lua_rawgeti(L, idx, i);
+                json_t *v = klua_to_json_depth(L, -1, depth + 1, err, errlen);
+                lua_pop(L, 1);
+                if (!v) {
+                    json_decref(a);
+                    return NULL;
+                }
+                json_array_append_new(a, v);
+            }
+            return a;
+        }
+        json_t *o = json_object();
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            char kbuf[32];
+            const char *k;
+            if (lua_type(L, -2) == LUA_TSTRING) {
+                k = lua_tostring(L, -2);
+            } else if (lua_isinteger(L, -2)) {
+                snprintf(kbuf, sizeof(kbuf), "%lld", (long long)lua_tointeger(L, -2));
+                k = kbuf;
+            } else {
+                snprintf(err, errlen, "table key of type %s cannot be converted to JSON",
+                         luaL_typename(L, -2));
+                lua_pop(L, 2);
+                json_decref(o);
+                return NULL;
+            }
+            json_t *v = klua_to_json_depth(L, -1, depth + 1, err, errlen);
+            if (!v) {
+                lua_pop(L, 2);
+                json_decref(o);
+                return NULL;
+            }
+            json_object_set_new(o, k, v);
+            lua_pop(L, 1);
+        }
+        return o;
+    }
+    case LUA_TUSERDATA:
+        if (luaL_testudata(L, idx, KLUA_CONNMETA_MT))
+            return json_deep_copy(klua_check_connmeta(L, idx));
+        if (luaL_getmetafield(L, idx, "__tojson") != LUA_TNIL) {
+            lua_pushvalue(L, idx);
+            lua_call(L, 1, 1);
+            json_t *j = klua_to_json_depth(L, -1, depth + 1, err, errlen);
+            lua_pop(L, 1);
+            return j;
+        }
+        /* fall through */
+    default:
+        snprintf(err, errlen, "a %s value cannot be converted to JSON", luaL_typename(L, idx));
+        return NULL;
+    }
+}
+
+json_t *klua_to_json(lua_State *L, int idx, char *err, size_t errlen)
+{
+    return klua_to_json_depth(L, idx, 0, err, errlen);
+}
+
+/* ---- VM life cycle ------------------------------------------------------ */
+
+static int l_traceback_msgh(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg)
+        msg = luaL_tolstring(L, 1, NULL);
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+klua *klua_load(const char *policy_path, int reactor_idx, char *err, size_t errlen)
+{
+    FILE *f = fopen(policy_path, "r");
+    if (!f) {
+        snprintf(err, errlen, "cannot open policy file %s: %s", policy_path, strerror(errno));
+        return NULL;
+    }
+    fclose(f);
+    klua *vm = calloc(1, sizeof(*vm));
+    if (!vm) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    vm->refs = 1;
+    vm->reactor_idx = reactor_idx;
+    lua_State *L = vm->L = luaL_newstate();
+    if (!L) {
+        free(vm);
+        snprintf(err, errlen, "cannot create a Lua state");
+        return NULL;
+    }
+    *(klua_call **)lua_getextraspace(L) = NULL;
+    luaL_openlibs(L);
+
+    luaL_newmetatable(L, KLUA_REJECT_MT);
+    lua_pushcfunction(L, l_reject_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, KLUA_CONNMETA_MT);
+    static const luaL_Reg connmeta_methods[] = {
+        {"get_meta", l_connmeta_get}, {"set_meta", l_connmeta_set}, {NULL, NULL}};
+    luaL_newlib(L, connmeta_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_connmeta_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_connmeta_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+
+    message_lua_open(L);
+
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "kumod.handlers");
+
+    /* the kumo module */
+    static const luaL_Reg kumo_fns[] = {
+        {"on", l_kumo_on},
+        {"reject", l_kumo_reject},
+        {"available_parallelism", l_available_parallelism},
+        {"set_diagnostic_log_filter", l_set_diag_filter},
+        {"bump_config_epoch", l_bump_epoch},
+        {"json_encode", l_json_encode},
+        {"json_encode_pretty", l_json_encode_pretty},
+        {"json_decode", l_json_decode},
+        {"json_parse", l_json_decode},
+        {"json_load", l_json_load},
+        {"sleep", l_sleep},
+        {NULL, NULL},
+    };
+    luaL_newlib(L, kumo_fns);
+    lua_newtable(L);
+    lua_pushcfunction(L, l_sleep);
+    lua_setfield(L, -2, "sleep");
+    lua_setfield(L, -2, "time");
+    for (int i = 0; i < n_openers; i++)
+        openers[i](L);
+    lua_pushvalue(L, -1);
+    lua_setglobal(L, "kumo");
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "kumo");
+    lua_pop(L, 2);
+
+    /* package.path gets the policy's own directory first */
+    char *dup = strdup(policy_path);
+    const char *dir = dup ? dirname(dup) : ".";
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 2);
+    free(dup);
+
+    /* dispatcher */
+    if (luaL_loadbuffer(L, dispatch_src, sizeof(dispatch_src) - 1, "=kumod.dispatch") != LUA_OK)
+        abort(); /* our own chunk: a bug */
+    lua_getfield(L, LUA_REGISTRYINDEX, "kumod.handlers");
+    lua_newtable(L);
+    for (int i = 0; multi_events[i]; i++) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, multi_events[i]);
+    }
+    lua_call(L, 2, 1);
+    vm->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    /* the policy itself */
+    lua_pushcfunction(L, l_traceback_msgh);
+    if (luaL_loadfile(L, policy_path) != LUA_OK) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        lua_close(L);
+        free(vm);
+        return NULL;
+    }
+    if (lua_pcall(L, 0, 0, -2) != LUA_OK) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        lua_close(L);
+        free(vm);
+        return NULL;
+    }
+    lua_pop(L, 1);
+    return vm;
+}
+
+void klua_ref(klua *vm)
+{
+    vm->refs++;
+}
+
+void klua_unref(klua *vm)
+{
+    if (!vm || --vm->refs > 0)
+        return;
+    lua_close(vm->L);
+    free(vm);
+}
+
+lua_State *klua_state(klua *vm)
+{
+    return vm->L;
+}
+
+klua *klua_current(void)
+{
+    reactor *r = reactor_current();
+    return r ? reactor_get_slot(r, REACTOR_SLOT_LUA) : NULL;
+}
+
+void klua_install(klua *vm)
+{
+    reactor *r = reactor_current();
+    klua *old = reactor_get_slot(r, REACTOR_SLOT_LUA);
+    klua_ref(vm);
+    reactor_set_slot(r, REACTOR_SLOT_LUA, vm);
+    klua_unref(old);
+}
+
+bool klua_has_handler(klua *vm, const char *event)
+{
+    lua_State *L = vm->L;
+    lua_getfield(L, LUA_REGISTRYINDEX, "kumod.handlers");
+    lua_getfield(L, -1, event);
+    bool has = !lua_isnil(L, -1);
+    lua_pop(L, 2);
+    return has;
+}
+
+/* ---- calls --------------------------------------------------------------- */
+
+lua_State *klua_call_begin(klua *vm, const char *event, klua_call **out)
+{
+    klua_call *c = calloc(1, sizeof(*c));
+    if (!c) {
+        fprintf(stderr, "kumod: out of memory starting a Lua call\n");
+        abort();
+    }
+    c->vm = vm;
+    klua_ref(vm);
+    lua_State *L = vm->L;
+    c->co = lua_newthread(L);
+    c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    c->event_copy = strdup(event);
+    c->event = c->event_copy;
+    *(klua_call **)lua_getextraspace(c->co) = c;
+    lua_rawgeti(c->co, LUA_REGISTRYINDEX, vm->dispatch_ref);
+    lua_pushstring(c->co, event);
+    *out = c;
+    return c->co;
+}
+
+static void klua_call_free(klua_call *c)
+{
+    lua_State *L = c->vm->L;
+    *(klua_call **)lua_getextraspace(c->co) = NULL;
+    luaL_unref(L, LUA_REGISTRYINDEX, c->co_ref);
+    free(c->errmsg);
+    free(c->event_copy);
+    klua_unref(c->vm);
+    free(c);
+}
+
+static void klua_call_step(klua_call *c, int nargs)
+{
+    int nres = 0;
+    c->running = true;
+    int rc = lua_resume(c->co, NULL, nargs, &nres);
+    c->running = false;
+    if (rc == LUA_YIELD && c->waiting) {
+        /* A C function arranged its own wake-up. */
+        c->waiting = false;
+        lua_pop(c->co, nres);
+        return;
+    }
+    if (rc == LUA_YIELD) {
+        /* coroutine.yield at the top of a handler: nobody would resume it */
+        c->status = KLUA_ERROR;
+        c->errmsg = strdup("event handler yielded outside of a kumo function that waits");
+        c->nres = 0;
+    } else if (rc == LUA_OK) {
+        c->status = KLUA_OK;
+        c->nres = nres;
+    } else {
+        int code;
+        const char *msg;
+        if (klua_is_reject(c->co, -1, &code, &msg)) {
+            c->status = KLUA_REJECT;
+            c->reject_code = code;
+            c->errmsg = strdup(msg ? msg : "");
+        } else {
+            c->status = KLUA_ERROR;
+            const char *m = lua_tostring(c->co, -1);
+            if (!m)
+                m = luaL_tolstring(c->co, -1, NULL);
+            c->errmsg = strdup(m ? m : "unknown Lua error");
+        }
+        c->nres = 0;
+    }
+    if (c->done)
+        c->done(c, c->status, c->ud);
+    klua_call_free(c);
+}
+
+void klua_call_run(klua_call *c, int nargs, klua_done_fn done, void *ud)
+{
+    c->done = done;
+    c->ud = ud;
+    /* the dispatch function takes the event name plus the caller's args */
+    klua_call_step(c, nargs + 1);
+}
+
+void klua_call_cancel(klua_call *c)
+{
+    c->done = NULL;
+}
+
+lua_State *klua_call_thread(klua_call *c)
+{
+    return c->co;
+}
+
+int klua_call_nresults(klua_call *c)
+{
+    return c->nres;
+}
+
+const char *klua_call_error(klua_call *c)
+{
+    return c->errmsg ? c->errmsg : "";
+}
+
+int klua_call_reject_code(klua_call *c)
+{
+    return c->reject_code;
+}
+
+const char *klua_call_event(klua_call *c)
+{
+    return c->event;
+}
+
+/* ---- epoch and init flag --------------------------------------------------- */
+
+unsigned klua_config_epoch(void)
+{
+    return atomic_load(&config_epoch);
+}
+
+void klua_set_reload_hook(void (*fn)(void))
+{
+    reload_hook = fn;
+}
+
+void klua_bump_epoch(void)
+{
+    atomic_fetch_add(&config_epoch, 1);
+    if (reload_hook)
+        reload_hook();
+}
+
+void klua_set_in_init(bool on)
+{
+    tls_in_init = on;
+}
+
+bool klua_in_init(void)
+{
+    return tls_in_init;
+}

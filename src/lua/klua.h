@@ -1,0 +1,96 @@
+/* The policy engine: one Lua 5.4 VM per reactor, each running the whole
+ * policy file, kumo.on() registrations, and event calls that each run in
+ * their own coroutine so a handler may wait (kumo.time.sleep, spool loads,
+ * DNS) without blocking its reactor. A VM is touched only by its reactor's
+ * thread. Lua errors carry file:line and never crash the daemon. */
+#ifndef KUMOD_LUA_KLUA_H
+#define KUMOD_LUA_KLUA_H
+#include <jansson.h>
+#include <lua.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct klua klua;
+typedef struct klua_call klua_call;
+
+enum klua_status { KLUA_OK = 0, KLUA_ERROR = 1, KLUA_REJECT = 2 };
+
+/* Functions that add to the `kumo` table (at -1 on L's stack) when a VM is
+ * built. Higher layers register theirs before the first VM exists. */
+typedef void (*klua_opener)(lua_State *L);
+void klua_register_opener(klua_opener fn);
+
+/* Builds a VM for reactor reactor_idx (-1 for a VM used off-reactor, such
+ * as --validate) and runs the policy file. On failure returns NULL with a
+ * message naming file and line in err. */
+klua *klua_load(const char *policy_path, int reactor_idx, char *err, size_t errlen);
+void klua_ref(klua *vm);
+void klua_unref(klua *vm);
+lua_State *klua_state(klua *vm);
+
+/* The VM installed on the calling reactor (NULL off-reactor). */
+klua *klua_current(void);
+/* Installs vm as the calling reactor's VM (takes a reference; drops the old one). */
+void klua_install(klua *vm);
+
+bool klua_has_handler(klua *vm, const char *event);
+/* True for the events whose handlers chain (pre_init, get_queue_config, ...). */
+bool klua_event_is_multi(const char *event);
+
+typedef void (*klua_done_fn)(klua_call *c, int status, void *ud);
+
+/* Starts a call of event on vm: returns the coroutine onto which the caller
+ * pushes the arguments, then calls klua_call_run. Works (and returns nil)
+ * even when no handler is registered. */
+lua_State *klua_call_begin(klua *vm, const char *event, klua_call **out);
+/* Runs the call. done runs exactly once, possibly before this returns (when
+ * no handler waits). Inside done: results are at 1..klua_call_nresults() on
+ * klua_call_thread(); afterwards the call is freed. */
+void klua_call_run(klua_call *c, int nargs, klua_done_fn done, void *ud);
+/* The owner is going away: done will not be called. The coroutine finishes
+ * on its own. */
+void klua_call_cancel(klua_call *c);
+
+lua_State *klua_call_thread(klua_call *c);
+int klua_call_nresults(klua_call *c);
+/* For KLUA_ERROR: the error text (with file:line). For KLUA_REJECT: the
+ * rejection text; klua_call_reject_code() gives its code. */
+const char *klua_call_error(klua_call *c);
+int klua_call_reject_code(klua_call *c);
+const char *klua_call_event(klua_call *c);
+
+/* Waiting from C functions called by a handler. The C function calls
+ * klua_wait_begin(), arranges for klua_wait_resume() to be called on this
+ * reactor later (pushing nres values onto the coroutine first), and returns
+ * lua_yield(L, 0). Returns NULL (after pushing nothing) when L is not an
+ * event coroutine; the caller then raises an error. */
+klua_call *klua_wait_begin(lua_State *L);
+void klua_wait_resume(klua_call *c, int nres);
+
+/* Lua <-> JSON. klua_to_json returns a new reference or NULL with err set
+ * (tables with mixed keys, functions, cycles). Empty tables become {}. */
+void klua_push_json(lua_State *L, const json_t *j);
+json_t *klua_to_json(lua_State *L, int idx, char *err, size_t errlen);
+
+/* Raises kumo.reject's structured error from C. */
+int klua_raise_reject(lua_State *L, int code, const char *msg);
+/* Tests whether the value at idx is a rejection; fills code and msg. */
+bool klua_is_reject(lua_State *L, int idx, int *code, const char **msg);
+
+/* Connection metadata userdata over a jansson object (shared: the userdata
+ * holds a reference). */
+void klua_push_connmeta(lua_State *L, json_t *obj);
+json_t *klua_check_connmeta(lua_State *L, int idx);
+
+/* Config epoch: incremented by kumo.bump_config_epoch() and SIGHUP; the
+ * reload hook (set by main) rebuilds every reactor's VM. */
+unsigned klua_config_epoch(void);
+void klua_set_reload_hook(void (*fn)(void));
+void klua_bump_epoch(void);
+
+/* Whether the current load is running `init` (some kumo.* functions are
+ * only allowed there). */
+void klua_set_in_init(bool on);
+bool klua_in_init(void);
+
+#endif

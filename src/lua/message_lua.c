@@ -1,0 +1,512 @@
+/* Message and EnvelopeAddress userdata for policies. Methods that change
+ * the data rebuild the buffer (messages are edited a few times at reception,
+ * not in a loop) and mark the message dirty so the spool writes it again.
+ * Errors are raised as Lua errors naming the method. */
+#include "lua/message_lua.h"
+
+#include <ctype.h>
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/duration.h"
+#include "lua/klua.h"
+#include "msg/headers.h"
+#include "msg/queue_name.h"
+
+#define MSG_MT "kumod.Message"
+#define ADDR_MT "kumod.EnvelopeAddress"
+
+void klua_push_message(lua_State *L, message *m)
+{
+    message **ud = lua_newuserdatauv(L, sizeof(message *), 0);
+    message_ref(m);
+    *ud = m;
+    luaL_setmetatable(L, MSG_MT);
+}
+
+message *klua_check_message(lua_State *L, int idx)
+{
+    message **ud = luaL_checkudata(L, idx, MSG_MT);
+    if (!*ud)
+        luaL_error(L, "message has been released");
+    return *ud;
+}
+
+static int l_msg_gc(lua_State *L)
+{
+    message **ud = luaL_checkudata(L, 1, MSG_MT);
+    message_unref(*ud);
+    *ud = NULL;
+    return 0;
+}
+
+/* ---- addresses ----------------------------------------------------------- */
+
+void klua_push_address(lua_State *L, const char *addr)
+{
+    size_t n = strlen(addr);
+    char *ud = lua_newuserdatauv(L, n + 1, 0);
+    memcpy(ud, addr, n + 1);
+    luaL_setmetatable(L, ADDR_MT);
+}
+
+const char *klua_check_address(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) == LUA_TSTRING)
+        return lua_tostring(L, idx);
+    return luaL_checkudata(L, idx, ADDR_MT);
+}
+
+static int l_addr_index(lua_State *L)
+{
+    const char *a = luaL_checkudata(L, 1, ADDR_MT);
+    const char *k = luaL_checkstring(L, 2);
+    const char *at = strrchr(a, '@');
+    if (strcmp(k, "user") == 0 || strcmp(k, "local_part") == 0) {
+        if (at)
+            lua_pushlstring(L, a, (size_t)(at - a));
+        else
+            lua_pushstring(L, a);
+    } else if (strcmp(k, "domain") == 0) {
+        lua_pushstring(L, at ? at + 1 : "");
+    } else if (strcmp(k, "email") == 0) {
+        lua_pushstring(L, a);
+    } else {
+        lua_pushnil(L);
+    }
+    return 1;
+}
+
+static int l_addr_tostring(lua_State *L)
+{
+    lua_pushstring(L, luaL_checkudata(L, 1, ADDR_MT));
+    return 1;
+}
+
+static int l_addr_eq(lua_State *L)
+{
+    const char *a = luaL_testudata(L, 1, ADDR_MT);
+    const char *b = luaL_testudata(L, 2, ADDR_MT);
+    lua_pushboolean(L, a && b && strcmp(a, b) == 0);
+    return 1;
+}
+
+static int l_addr_tojson(lua_State *L)
+{
+    lua_pushstring(L, luaL_checkudata(L, 1, ADDR_MT));
+    return 1;
+}
+
+/* ---- envelope ------------------------------------------------------------ */
+
+static int l_msg_id(lua_State *L)
+{
+    message *m = klua_check_message(L, 1);
+    char hex[SPOOLID_HEX_LEN + 1];
+    spoolid_to_hex(&m->id, hex);
+    lua_pushstring(L, hex);
+    return 1;
+}
+
+static int l_msg_sender(lua_State *L)
+{
+    klua_push_address(L, klua_check_message(L, 1)->sender);
+    return 1;
+}
+
+static int l_msg_set_sender(lua_State *L)
+{
+    message *m = klua_check_message(L, 1);
+    message_set_sender(m, klua_check_address(L, 2));
+    return 0;
+}
+
+static int l_msg_recipient_list(lua_State *L)
+{
+    message *m = klua_check_message(L, 1);
+    lua_createtable(L, (int)m->n_rcpts, 0);
+    for (size_t i = 0; i < m->n_rcpts; i++) {
+        klua_push_address(L, m->rcpts[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 1;
+}
+
+static int l_msg_recipient(lua_State *L)
+{
+    message *m = klua_check_message(L, 1);
+    if (m->n_rcpts == 1) {
+        klua_push_address(L, m->rcpts[0]);
+        return 1;
+    }
+    return l_msg_recipient_list(L);
+}
+
+static int l_msg_set_recipient(lua_State *L)
+{
+    message *m = klua_check_message(L, 1);
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        size_t n = lua_rawlen(L, 2);
+        const char **list = calloc(n ? n : 1, sizeof(char *));
+        if (!list)
+            return luaL_error(L, "set_recipient: out of memory");
+        for (size_t i = 0; i < n; i++) {
+            lua_rawgeti(L, 2, (lua_Integer)i + 1);
+            list[i] = klua_check_address(L, -1);
+            lua_pop(L, 1); /* strings stay anchored by the table */
+        }
+        message_set_recipients(m, list, n);
+        free(list);
+    } else {
+        const char *one = klua_check_address(L, 2);
+        message_set_recipients(m, &one, 1);
+    }
+    return 0;
+}
+
+static int l_msg_queue_name(lua_State *L)
+{
+    char *q = queue_name_of_message(klua_check_message(L, 1));
+    lua_pushstring(L, q);
+    free(q);
+    return 1;
+}
+
+static int l_msg_num_attempts(lua_State *L)
+{
+    lua_pushinteger(L, klua_check_message(L, 1)->num_attempts);
+    return 1;
+}
+
+static int l_msg_increment_num_attempts(lua_State *L)
+{
+    klua_check_message(L, 1)->num_attempts++;
+    return 0;
+}
+
+static int l_msg_set_force_sync(lua_State *L)
+{
+    klua_check_message(L, 1)->force_sync = lua_toboolean(L, 2);
+    return 0;
+}
+
+/* ---- meta ---------------------------------------------------------------- */
+
+static int l_msg_get_meta(lua_State *L)
+{
+    message *m = klua_check_message(L, 1);
+    klua_push_json(L, json_object_get(m->meta, luaL_checkstring(L, 2)));
+    return 1;
+}
+
+static int l_msg_set_meta(lua_State *L)
+{
+    message *m = klua_check_message(L, 1);
+    const char *k = luaL_checkstring(L, 2);
+    char err[256];
+    json_t *v = klua_to_json(L, 3, err, sizeof(err));
+    if (!v)
+        return luaL_error(L, "set_meta('%s'): %s", k, err);
+    if (json_is_null(v)) {
+        json_decref(v);
+        json_object_del(m->meta, k);
+    } else {
+        json_object_set_new(m->meta, k, v);
+    }
+    m->meta_dirty = true;
+    return 0;
+}
+
+/* ---- data and headers ----------------------------------------------------- */
+
+static message *need_data(lua_State *L, int idx, const char *method)
+{
+    message *m = klua_check_message(L, idx);
+    if (!m->data)
+        luaL_error(L, "%s: message data is not loaded", method);
+    return m;
+}
+
+static int l_msg_get_data(lua_State *L)
+{
+    message *m = need_data(L, 1, "get_data");
+    lua_pushlstring(L, m->data, m->data_len);
+    return 1;
+}
+
+static int l_msg_set_data(lua_State *L)
+{
+    message *m = klua_check_message(L, 1);
+    size_t len;
+    const char *s = luaL_checklstring(L, 2, &len);
+    if (message_set_data(m, s, len) != 0)
+        return luaL_error(L, "set_data: out of memory");
+    return 0;
+}
+
+static void replace_data(lua_State *L, message *m, char *buf, size_t len, const char *method)
+{
+    if (!buf)
+        luaL_error(L, "%s: out of memory", method);
+    message_set_data_take(m, buf, len);
+}
+
+static int l_msg_prepend_header(lua_State *L)
+{
+    message *m = need_data(L, 1, "prepend_header");
+    const char *name = luaL_checkstring(L, 2);
+    const char *value = luaL_checkstring(L, 3);
+    size_t len;
+    char *buf = hdr_prepend(m->data, m->data_len, name, value, &len);
+    replace_data(L, m, buf, len, "prepend_header");
+    return 0;
+}
+
+static int l_msg_append_header(lua_State *L)
+{
+    message *m = need_data(L, 1, "append_header");
+    const char *name = luaL_checkstring(L, 2);
+    const char *value = luaL_checkstring(L, 3);
+    size_t len;
+    char *buf = hdr_append(m->data, m->data_len, name, value, &len);
+    replace_data(L, m, buf, len, "append_header");
+    return 0;
+}
+
+static int l_msg_get_first_named_header_value(lua_State *L)
+{
+    message *m = need_data(L, 1, "get_first_named_header_value");
+    char *v = hdr_get_first(m->data, m->data_len, luaL_checkstring(L, 2));
+    if (v)
+        lua_pushstring(L, v);
+    else
+        lua_pushnil(L);
+    free(v);
+    return 1;
+}
+
+static int l_msg_get_all_named_header_values(lua_State *L)
+{
+    message *m = need_data(L, 1, "get_all_named_header_values");
+    const char *name = luaL_checkstring(L, 2);
+    lua_newtable(L);
+    size_t pos = 0;
+    hdr_field f;
+    lua_Integer i = 1;
+    while (hdr_next(m->data, m->data_len, &pos, &f)) {
+        if (!hdr_name_eq(&f, name))
+            continue;
+        char *v = hdr_value(&f);
+        lua_pushstring(L, v ? v : "");
+        free(v);
+        lua_rawseti(L, -2, i++);
+    }
+    return 1;
+}
+
+static int l_msg_get_all_headers(lua_State *L)
+{
+    message *m = need_data(L, 1, "get_all_headers");
+    lua_newtable(L);
+    size_t pos = 0;
+    hdr_field f;
+    lua_Integer i = 1;
+    while (hdr_next(m->data, m->data_len, &pos, &f)) {
+        if (f.name_len == 0)
+            continue;
+        lua_createtable(L, 2, 0);
+        lua_pushlstring(L, f.name, f.name_len);
+        lua_rawseti(L, -2, 1);
+        char *v = hdr_value(&f);
+        lua_pushstring(L, v ? v : "");
+        free(v);
+        lua_rawseti(L, -2, 2);
+        lua_rawseti(L, -2, i++);
+    }
+    return 1;
+}
+
+static int l_msg_remove_all_named_headers(lua_State *L)
+{
+    message *m = need_data(L, 1, "remove_all_named_headers");
+    size_t len;
+    char *buf = hdr_remove(m->data, m->data_len, luaL_checkstring(L, 2), false, &len);
+    replace_data(L, m, buf, len, "remove_all_named_headers");
+    return 0;
+}
+
+/* "X-Campaign-ID" -> "x_campaign_id" */
+static void meta_key_of_header(const char *name, size_t n, char *out, size_t outlen)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 1 < outlen; i++)
+        out[o++] = name[i] == '-' ? '_' : (char)tolower((unsigned char)name[i]);
+    out[o] = 0;
+}
+
+static bool name_in_list(lua_State *L, int list, const char *name, size_t n)
+{
+    size_t count = lua_rawlen(L, list);
+    for (size_t i = 1; i <= count; i++) {
+        lua_rawgeti(L, list, (lua_Integer)i);
+        const char *want = lua_tostring(L, -1);
+        bool eq = want && strlen(want) == n && strncasecmp(want, name, n) == 0;
+        lua_pop(L, 1);
+        if (eq)
+            return true;
+    }
+    return false;
+}
+
+static int l_msg_import_x_headers(lua_State *L)
+{
+    message *m = need_data(L, 1, "import_x_headers");
+    bool have_list = lua_type(L, 2) == LUA_TTABLE;
+    size_t pos = 0;
+    hdr_field f;
+    while (hdr_next(m->data, m->data_len, &pos, &f)) {
+        if (f.name_len == 0)
+            continue;
+        bool want = have_list ? name_in_list(L, 2, f.name, f.name_len)
+                              : (f.name_len > 2 && strncasecmp(f.name, "X-", 2) == 0);
+        if (!want)
+            continue;
+        char key[256];
+        meta_key_of_header(f.name, f.name_len, key, sizeof(key));
+        char *v = hdr_value(&f);
+        json_object_set_new(m->meta, key, json_string(v ? v : ""));
+        free(v);
+        m->meta_dirty = true;
+    }
+    return 0;
+}
+
+static int l_msg_remove_x_headers(lua_State *L)
+{
+    message *m = need_data(L, 1, "remove_x_headers");
+    size_t len;
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        size_t count = lua_rawlen(L, 2);
+        for (size_t i = 1; i <= count; i++) {
+            lua_rawgeti(L, 2, (lua_Integer)i);
+            const char *name = luaL_checkstring(L, -1);
+            char *buf = hdr_remove(m->data, m->data_len, name, false, &len);
+            lua_pop(L, 1);
+            replace_data(L, m, buf, len, "remove_x_headers");
+        }
+        return 0;
+    }
+    char *buf = hdr_remove(m->data, m->data_len, "X-", true, &len);
+    replace_data(L, m, buf, len, "remove_x_headers");
+    return 0;
+}
+
+/* ---- scheduling ------------------------------------------------------------ */
+
+static int l_msg_set_scheduling(lua_State *L)
+{
+    message *m = klua_check_message(L, 1);
+    if (lua_isnoneornil(L, 2)) {
+        json_decref(m->scheduling);
+        m->scheduling = NULL;
+        m->meta_dirty = true;
+        lua_pushnil(L);
+        return 1;
+    }
+    luaL_checktype(L, 2, LUA_TTABLE);
+    char err[256];
+    json_t *s = klua_to_json(L, 2, err, sizeof(err));
+    if (!s)
+        return luaL_error(L, "set_scheduling: %s", err);
+    static const char *const keys[] = {"first_attempt", "expires", "dow", "tz", "start", "end",
+                                       NULL};
+    const char *k;
+    json_t *v;
+    json_object_foreach(s, k, v) {
+        bool ok = false;
+        for (int i = 0; keys[i]; i++)
+            ok |= strcmp(keys[i], k) == 0;
+        if (!ok) {
+            json_decref(s);
+            return luaL_error(L, "set_scheduling: unknown field '%s'", k);
+        }
+    }
+    int window = !!json_object_get(s, "dow") + !!json_object_get(s, "tz") +
+                 !!json_object_get(s, "start") + !!json_object_get(s, "end");
+    if (window != 0 && window != 4) {
+        json_decref(s);
+        return luaL_error(L, "set_scheduling: dow, tz, start and end must be given together");
+    }
+    json_decref(m->scheduling);
+    m->scheduling = s;
+    m->meta_dirty = true;
+    klua_push_json(L, s);
+    return 1;
+}
+
+static int l_msg_get_scheduling(lua_State *L)
+{
+    klua_push_json(L, klua_check_message(L, 1)->scheduling);
+    return 1;
+}
+
+static int l_msg_tostring(lua_State *L)
+{
+    message *m = klua_check_message(L, 1);
+    char hex[SPOOLID_HEX_LEN + 1];
+    spoolid_to_hex(&m->id, hex);
+    lua_pushfstring(L, "Message(%s)", hex);
+    return 1;
+}
+
+void message_lua_open(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"id", l_msg_id},
+        {"sender", l_msg_sender},
+        {"set_sender", l_msg_set_sender},
+        {"recipient", l_msg_recipient},
+        {"recipient_list", l_msg_recipient_list},
+        {"set_recipient", l_msg_set_recipient},
+        {"queue_name", l_msg_queue_name},
+        {"num_attempts", l_msg_num_attempts},
+        {"increment_num_attempts", l_msg_increment_num_attempts},
+        {"set_force_sync", l_msg_set_force_sync},
+        {"get_meta", l_msg_get_meta},
+        {"set_meta", l_msg_set_meta},
+        {"get_data", l_msg_get_data},
+        {"set_data", l_msg_set_data},
+        {"prepend_header", l_msg_prepend_header},
+        {"append_header", l_msg_append_header},
+        {"get_first_named_header_value", l_msg_get_first_named_header_value},
+        {"get_all_named_header_values", l_msg_get_all_named_header_values},
+        {"get_all_headers", l_msg_get_all_headers},
+        {"remove_all_named_headers", l_msg_remove_all_named_headers},
+        {"import_x_headers", l_msg_import_x_headers},
+        {"remove_x_headers", l_msg_remove_x_headers},
+        {"set_scheduling", l_msg_set_scheduling},
+        {"get_scheduling", l_msg_get_scheduling},
+        {NULL, NULL},
+    };
+    luaL_newmetatable(L, MSG_MT);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_msg_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_msg_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, ADDR_MT);
+    lua_pushcfunction(L, l_addr_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_addr_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushcfunction(L, l_addr_eq);
+    lua_setfield(L, -2, "__eq");
+    lua_pushcfunction(L, l_addr_tojson);
+    lua_setfield(L, -2, "__tojson");
+    lua_pop(L, 1);
+}

@@ -1,0 +1,24 @@
+/* Process-wide services configured by the policy's init event:
+ * kumo.define_spool and kumo.configure_local_logs. The spool is opened by
+ * main after init; everything here is set up before reactors take traffic. */
+#ifndef KUMOD_LUA_SERVICES_H
+#define KUMOD_LUA_SERVICES_H
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "spool/spool.h"
+
+void services_lua_register(void);
+/* Opens the data and meta spools defined in init (once). */
+int services_open_spool(char *err, size_t errlen);
+/* The spool, once open (NULL before). */
+spool *services_spool(void);
+/* True once start-up enumeration has finished. */
+bool services_spool_ready(void);
+void services_set_spool_ready(void);
+void services_shutdown(void);
+/* Set with --validate: init must not open listeners, spools or logs. */
+void services_set_validate_only(bool on);
+bool services_validate_only(void);
+
+#endif

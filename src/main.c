@@ -1,0 +1,369 @@
+/* kumod: argument parsing, start-up order, signals and orderly shutdown.
+ *
+ * Start-up: reactors start; each loads the policy into its own VM; reactor 0
+ * runs pre_init and init (once per process); the spool opens; listeners
+ * start (answering 421 until enumeration of the spool has finished); the
+ * spool is enumerated. The main thread then only waits for signals: SIGTERM
+ * and SIGINT shut down in order, SIGHUP reloads the policy into every VM. */
+#include <errno.h>
+#include <event2/event.h>
+#include <getopt.h>
+#include <grp.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "core/diag.h"
+#include "core/reactor.h"
+#include "log/logs.h"
+#include "lua/klua.h"
+#include "lua/services.h"
+#include "smtp/server.h"
+
+#define MAIN_MOD "kumod"
+
+static const char *policy_path = "/opt/kumomta/etc/policy/init.lua";
+static struct event_base *main_base;
+
+/* ---- running something on a reactor and waiting for it ------------------- */
+
+struct sync_job {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+    int rc;
+    char err[2048];
+    int reactor_idx;
+    const char *event;
+};
+
+static void sync_job_init(struct sync_job *j)
+{
+    memset(j, 0, sizeof(*j));
+    pthread_mutex_init(&j->lock, NULL);
+    pthread_cond_init(&j->cond, NULL);
+}
+
+static void sync_job_finish(struct sync_job *j, int rc)
+{
+    pthread_mutex_lock(&j->lock);
+    j->rc = rc;
+    j->done = true;
+    pthread_cond_signal(&j->cond);
+    pthread_mutex_unlock(&j->lock);
+}
+
+static int sync_job_wait(struct sync_job *j)
+{
+    pthread_mutex_lock(&j->lock);
+    while (!j->done)
+        pthread_cond_wait(&j->cond, &j->lock);
+    pthread_mutex_unlock(&j->lock);
+    int rc = j->rc;
+    pthread_mutex_destroy(&j->lock);
+    pthread_cond_destroy(&j->cond);
+    return rc;
+}
+
+static void job_load_vm(void *arg)
+{
+    struct sync_job *j = arg;
+    klua *vm = klua_load(policy_path, j->reactor_idx, j->err, sizeof(j->err));
+    if (!vm) {
+        sync_job_finish(j, -1);
+        return;
+    }
+    klua_install(vm);
+    klua_unref(vm);
+    sync_job_finish(j, 0);
+}
+
+static void event_done(klua_call *c, int status, void *ud)
+{
+    struct sync_job *j = ud;
+    klua_set_in_init(false);
+    if (status == KLUA_OK) {
+        sync_job_finish(j, 0);
+        return;
+    }
+    snprintf(j->err, sizeof(j->err), "%s", klua_call_error(c));
+    sync_job_finish(j, -1);
+}
+
+static void job_run_event(void *arg)
+{
+    struct sync_job *j = arg;
+    klua_call *c;
+    klua_call_begin(klua_current(), j->event, &c);
+    klua_set_in_init(strcmp(j->event, "init") == 0 || strcmp(j->event, "pre_init") == 0);
+    klua_call_run(c, 0, event_done, j);
+}
+
+static int run_event_sync(const char *event, char *err, size_t errlen)
+{
+    struct sync_job j;
+    sync_job_init(&j);
+    j.event = event;
+    reactor_post(reactor_get(0), job_run_event, &j);
+    int rc = sync_job_wait(&j);
+    if (rc != 0)
+        snprintf(err, errlen, "%s", j.err);
+    return rc;
+}
+
+static int load_all_vms(char *err, size_t errlen)
+{
+    for (int i = 0; i < reactor_count(); i++) {
+        struct sync_job j;
+        sync_job_init(&j);
+        j.reactor_idx = i;
+        reactor_post(reactor_get(i), job_load_vm, &j);
+        if (sync_job_wait(&j) != 0) {
+            snprintf(err, errlen, "%s", j.err);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- reload ------------------------------------------------------------ */
+
+static void job_reload_vm(void *arg)
+{
+    (void)arg;
+    reactor *r = reactor_current();
+    char err[2048];
+    klua *vm = klua_load(policy_path, reactor_index(r), err, sizeof(err));
+    if (!vm) {
+        /* Keep serving with the policy we have. */
+        DERROR(MAIN_MOD, "reactor=%d policy reload failed, keeping the previous policy: %s",
+               reactor_index(r), err);
+        return;
+    }
+    klua_install(vm);
+    klua_unref(vm);
+    DINFO(MAIN_MOD, "reactor=%d policy reloaded (epoch %u)", reactor_index(r),
+          klua_config_epoch());
+}
+
+static void reload_all(void)
+{
+    for (int i = 0; i < reactor_count(); i++)
+        reactor_post(reactor_get(i), job_reload_vm, NULL);
+}
+
+/* ---- signals ------------------------------------------------------------- */
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    if (sig == SIGHUP) {
+        DINFO(MAIN_MOD, "SIGHUP: reloading policy %s", policy_path);
+        klua_bump_epoch();
+        return;
+    }
+    DINFO(MAIN_MOD, "received %s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    event_base_loopbreak(main_base);
+}
+
+/* ---- arguments ------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: kumod --policy FILE [--threads N] [--validate] [--user NAME]\n"
+               "\n"
+               "  --policy FILE   the Lua policy to run (default "
+               "/opt/kumomta/etc/policy/init.lua)\n"
+               "  --threads N     number of reactor threads (default: CPU count; env "
+               "KUMOD_THREADS)\n"
+               "  --validate      load the policy, run init, report problems and exit\n"
+               "  --user NAME     drop privileges to NAME after start-up (when run as root)\n"
+               "  --help          show this text\n"
+               "\n"
+               "Diagnostics go to stderr; filter them with KUMOD_LOG (e.g. "
+               "KUMOD_LOG=kumod=debug).\n");
+}
+
+static int drop_privileges(const char *user)
+{
+    struct passwd *pw = getpwnam(user);
+    if (!pw) {
+        fprintf(stderr, "kumod: --user %s: no such user\n", user);
+        return -1;
+    }
+    if (getuid() != 0)
+        return 0;
+    if (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0) {
+        fprintf(stderr, "kumod: cannot switch to user %s: %s\n", user, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"policy", required_argument, NULL, 'p'}, {"threads", required_argument, NULL, 't'},
+        {"validate", no_argument, NULL, 'v'},     {"user", required_argument, NULL, 'u'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+    };
+    int threads = 0;
+    bool validate = false;
+    const char *user = NULL;
+    const char *env_threads = getenv("KUMOD_THREADS");
+    if (env_threads)
+        threads = atoi(env_threads);
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":p:t:u:vh", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'p':
+            policy_path = optarg;
+            break;
+        case 't': {
+            char *end;
+            long n = strtol(optarg, &end, 10);
+            if (*end || n < 1 || n > 1024) {
+                fprintf(stderr, "kumod: --threads %s: expected a number from 1 to 1024\n",
+                        optarg);
+                return 2;
+            }
+            threads = (int)n;
+            break;
+        }
+        case 'v':
+            validate = true;
+            break;
+        case 'u':
+            user = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case ':':
+            fprintf(stderr, "kumod: option %s needs a value\n", argv[optind - 1]);
+            usage(stderr);
+            return 2;
+        default:
+            fprintf(stderr, "kumod: unknown option %s\n", argv[optind - 1]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "kumod: unexpected argument %s\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    if (threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (int)n : 1;
+    }
+    const char *filter = getenv("KUMOD_LOG");
+    if (filter && diag_set_filter(filter) != 0)
+        fprintf(stderr, "kumod: ignoring invalid KUMOD_LOG filter '%s'\n", filter);
+    if (access(policy_path, R_OK) != 0) {
+        fprintf(stderr, "kumod: cannot read policy file %s: %s\n", policy_path, strerror(errno));
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
+
+    services_lua_register();
+    smtpsrv_lua_register();
+    klua_set_reload_hook(reload_all);
+    services_set_validate_only(validate);
+
+    if (reactor_pool_init(validate ? 1 : threads) != 0 || reactor_pool_start() != 0) {
+        fprintf(stderr, "kumod: cannot start reactor threads\n");
+        return 1;
+    }
+    char err[4096];
+    int exit_code = 0;
+    if (load_all_vms(err, sizeof(err)) != 0) {
+        fprintf(stderr, "kumod: failed to load policy: %s\n", err);
+        exit_code = 1;
+        goto out_reactors;
+    }
+    if (run_event_sync("pre_init", err, sizeof(err)) != 0 ||
+        run_event_sync("init", err, sizeof(err)) != 0) {
+        fprintf(stderr, "kumod: policy init failed: %s\n", err);
+        exit_code = 1;
+        goto out_reactors;
+    }
+    if (validate) {
+        if (run_event_sync("validate_config", err, sizeof(err)) != 0) {
+            fprintf(stderr, "kumod: validate_config failed: %s\n", err);
+            exit_code = 1;
+        } else {
+            printf("kumod: policy %s is valid\n", policy_path);
+        }
+        goto out_reactors;
+    }
+
+    if (smtpsrv_start_listeners(err, sizeof(err)) != 0) {
+        fprintf(stderr, "kumod: %s\n", err);
+        exit_code = 1;
+        goto out_reactors;
+    }
+    if (user && drop_privileges(user) != 0) {
+        exit_code = 1;
+        goto out_listeners;
+    }
+    if (services_open_spool(err, sizeof(err)) != 0) {
+        fprintf(stderr, "kumod: %s\n", err);
+        exit_code = 1;
+        goto out_listeners;
+    }
+    if (smtpsrv_start_enumeration() != 0) {
+        exit_code = 1;
+        goto out_listeners;
+    }
+    DINFO(MAIN_MOD, "kumod started: policy=%s threads=%d pid=%d", policy_path, threads,
+          (int)getpid());
+
+    main_base = event_base_new();
+    struct event *sigs[3];
+    int signums[3] = {SIGTERM, SIGINT, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        sigs[i] = evsignal_new(main_base, signums[i], on_signal, NULL);
+        event_add(sigs[i], NULL);
+    }
+    event_base_loop(main_base, EVLOOP_NO_EXIT_ON_EMPTY);
+    for (int i = 0; i < 3; i++)
+        event_free(sigs[i]);
+    event_base_free(main_base);
+
+out_listeners:
+    /* Orderly: stop accepting, let sessions finish their current reply, then
+     * stop the reactors, drain the spool and flush the logs. */
+    smtpsrv_shutdown();
+out_reactors:
+    reactor_pool_stop();
+    /* VMs hold references to their reactors' bases: free them before the pool. */
+    for (int i = 0; i < reactor_count(); i++) {
+        reactor *r = reactor_get(i);
+        klua *vm = reactor_get_slot(r, REACTOR_SLOT_LUA);
+        reactor_set_slot(r, REACTOR_SLOT_LUA, NULL);
+        klua_unref(vm);
+    }
+    services_shutdown();
+    logs_shutdown();
+    reactor_pool_free();
+    DINFO(MAIN_MOD, "kumod stopped");
+    diag_shutdown();
+    return exit_code;
+}

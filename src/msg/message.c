@@ -1,0 +1,199 @@
+/* Message construction, reference counting and the spool meta document.
+ * Reference counts are atomic (Lua userdata on a reactor and a spool
+ * callback may drop theirs on different threads); the fields themselves are
+ * only touched by the thread that currently owns the message. Allocation
+ * failures abort (x-allocation), except data buffers sized by the client,
+ * which report KERR_NOMEM. */
+#include "msg/message.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/kerr.h"
+
+static void *xcalloc(size_t n, size_t sz)
+{
+    void *p = calloc(n, sz);
+    if (!p) {
+        fputs("kumod: out of memory\n", stderr);
+        abort();
+    }
+    return p;
+}
+
+static char *xstrdup(const char *s)
+{
+    char *p = strdup(s ? s : "");
+    if (!p) {
+        fputs("kumod: out of memory\n", stderr);
+        abort();
+    }
+    return p;
+}
+
+message *message_new(const spoolid *id, const char *sender, const char *const *rcpts, size_t n)
+{
+    message *m = xcalloc(1, sizeof(*m));
+    m->refs = 1;
+    if (id)
+        m->id = *id;
+    else
+        spoolid_new(&m->id);
+    m->sender = xstrdup(sender);
+    message_set_recipients(m, rcpts, n);
+    m->meta = json_object();
+    m->meta_dirty = true;
+    return m;
+}
+
+void message_ref(message *m)
+{
+    __atomic_add_fetch(&m->refs, 1, __ATOMIC_RELAXED);
+}
+
+static void free_rcpts(message *m)
+{
+    for (size_t i = 0; i < m->n_rcpts; i++)
+        free(m->rcpts[i]);
+    free(m->rcpts);
+    m->rcpts = NULL;
+    m->n_rcpts = 0;
+}
+
+void message_unref(message *m)
+{
+    if (!m || __atomic_sub_fetch(&m->refs, 1, __ATOMIC_ACQ_REL) > 0)
+        return;
+    free(m->sender);
+    free_rcpts(m);
+    json_decref(m->meta);
+    json_decref(m->scheduling);
+    free(m->data);
+    free(m);
+}
+
+int message_set_data(message *m, const char *buf, size_t len)
+{
+    char *copy = malloc(len + 1);
+    if (!copy)
+        return KERR_NOMEM;
+    memcpy(copy, buf, len);
+    copy[len] = 0;
+    message_set_data_take(m, copy, len);
+    return 0;
+}
+
+void message_set_data_take(message *m, char *buf_take, size_t len)
+{
+    free(m->data);
+    m->data = buf_take;
+    m->data_len = len;
+    m->data_dirty = true;
+}
+
+int message_set_sender(message *m, const char *sender)
+{
+    free(m->sender);
+    m->sender = xstrdup(sender);
+    m->meta_dirty = true;
+    return 0;
+}
+
+int message_set_recipients(message *m, const char *const *rcpts, size_t n)
+{
+    char **copy = n ? xcalloc(n, sizeof(char *)) : NULL;
+    for (size_t i = 0; i < n; i++)
+        copy[i] = xstrdup(rcpts[i]);
+    free_rcpts(m);
+    m->rcpts = copy;
+    m->n_rcpts = n;
+    m->meta_dirty = true;
+    return 0;
+}
+
+char *message_meta_to_json(const message *m, size_t *len)
+{
+    json_t *doc = json_object();
+    json_object_set_new(doc, "sender", json_string(m->sender));
+    if (m->n_rcpts == 1) {
+        json_object_set_new(doc, "recipient", json_string(m->rcpts[0]));
+    } else {
+        json_t *a = json_array();
+        for (size_t i = 0; i < m->n_rcpts; i++)
+            json_array_append_new(a, json_string(m->rcpts[i]));
+        json_object_set_new(doc, "recipient", a);
+    }
+    json_object_set(doc, "meta", m->meta);
+    if (m->scheduling)
+        json_object_set(doc, "schedule", m->scheduling);
+    char *s = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    if (!s) {
+        fputs("kumod: out of memory\n", stderr);
+        abort();
+    }
+    if (len)
+        *len = strlen(s);
+    return s;
+}
+
+int message_from_meta_json(const spoolid *id, const char *buf, size_t len, message **out)
+{
+    json_error_t e;
+    json_t *doc = json_loadb(buf, len, 0, &e);
+    if (!doc || !json_is_object(doc)) {
+        json_decref(doc);
+        return KERR_PARSE;
+    }
+    const char *sender = json_string_value(json_object_get(doc, "sender"));
+    json_t *r = json_object_get(doc, "recipient");
+    json_t *meta = json_object_get(doc, "meta");
+    if (!sender || !r || (meta && !json_is_object(meta))) {
+        json_decref(doc);
+        return KERR_PARSE;
+    }
+    const char *one[1];
+    const char **rcpts = one;
+    size_t n = 0;
+    if (json_is_string(r)) {
+        one[0] = json_string_value(r);
+        n = 1;
+    } else if (json_is_array(r)) {
+        n = json_array_size(r);
+        rcpts = xcalloc(n ? n : 1, sizeof(char *));
+        for (size_t i = 0; i < n; i++) {
+            rcpts[i] = json_string_value(json_array_get(r, i));
+            if (!rcpts[i]) {
+                free(rcpts);
+                json_decref(doc);
+                return KERR_PARSE;
+            }
+        }
+    } else {
+        json_decref(doc);
+        return KERR_PARSE;
+    }
+    message *m = message_new(id, sender, rcpts, n);
+    if (rcpts != one)
+        free(rcpts);
+    if (meta) {
+        json_decref(m->meta);
+        m->meta = json_incref(meta);
+    }
+    json_t *sched = json_object_get(doc, "schedule");
+    if (sched && json_is_object(sched))
+        m->scheduling = json_incref(sched);
+    m->meta_dirty = false;
+    m->data_dirty = false;
+    json_decref(doc);
+    *out = m;
+    return 0;
+}
+
+const char *address_domain(const char *addr)
+{
+    const char *at = strrchr(addr, '@');
+    return at ? at + 1 : "";
+}

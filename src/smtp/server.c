@@ -1,0 +1,2513 @@
+/* ESMTP server: listener configuration, accept, and the session state
+ * machine (RFC 5321, 3207, 4954 PLAIN, 6152, 6531, 2920).
+ *
+ * Each session belongs to the reactor that accepted it. Input is parsed
+ * from the bufferevent's input buffer one command at a time; while a policy
+ * event or a spool save is in flight the session is "busy" and pipelined
+ * input simply waits in the buffer. Replies are written through one function
+ * (sess_reply) that also produces Rejection records. A session is never
+ * freed inside its own callback: it is marked and reaped from a zero-delay
+ * event once nothing refers to it any more.
+ *
+ * Failure handling: a Lua error in a handler answers 421 4.3.0 "technical
+ * difficulties" (naming nothing internal) and logs the error with file and
+ * line; a failed spool save answers 451 and leaves nothing acknowledged. */
+#include "smtp/server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <lauxlib.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+#include <uuid/uuid.h>
+
+#include "core/diag.h"
+#include "core/duration.h"
+#include "core/kerr.h"
+#include "core/reactor.h"
+#include "log/logs.h"
+#include "lua/klua.h"
+#include "lua/message_lua.h"
+#include "lua/services.h"
+#include "msg/headers.h"
+#include "msg/queue_name.h"
+#include "net/cidr.h"
+#include "net/tls.h"
+#include "spool/spool.h"
+
+#define SMOD "kumod::smtp_server"
+#define MAX_LISTENERS 16
+
+/* ---- listener configuration ---------------------------------------------- */
+
+enum line_endings { LE_DENY, LE_ALLOW, LE_FIX };
+enum batch_handling { BATCH_BIFURCATE, BATCH_BY_DOMAIN };
+
+typedef struct listener_cfg {
+    char *listen;
+    char *hostname;
+    char *banner;
+    cidr_list relay_hosts;
+    long max_connections;
+    int64_t client_timeout_ns;
+    int64_t data_processing_timeout_ns;
+    long max_messages_per_connection;
+    long max_recipients_per_message;
+    uint64_t max_message_size;
+    uint64_t data_buffer_size;
+    enum line_endings invalid_line_endings;
+    long line_length_hard_limit;
+    bool received_header, supplemental_header;
+    char *trace_header_name;
+    json_t *include_meta_names; /* array */
+    char *tls_certificate, *tls_private_key;
+    json_t *meta; /* object */
+    bool deferred_spool, deferred_queue;
+    enum batch_handling batch_handling;
+    SSL_CTX *tls;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    atomic_long active;
+} listener_cfg;
+
+static listener_cfg *listeners[MAX_LISTENERS];
+static int n_listeners;
+static pthread_mutex_t listeners_lock = PTHREAD_MUTEX_INITIALIZER;
+static smtpsrv_insert_fn insert_hook;
+static atomic_bool shutting_down;
+static atomic_int live_sessions;
+static atomic_ullong st_connections, st_denied, st_received, st_rejections;
+
+/* per reactor, per listener */
+static struct evconnlistener **evlisteners; /* [reactor * MAX_LISTENERS + i] */
+
+void smtpsrv_set_insert_hook(smtpsrv_insert_fn fn)
+{
+    insert_hook = fn;
+}
+
+void smtpsrv_get_stats(smtpsrv_stats *out)
+{
+    out->connections_total = atomic_load(&st_connections);
+    out->connections_denied = atomic_load(&st_denied);
+    out->messages_received = atomic_load(&st_received);
+    out->rejections = atomic_load(&st_rejections);
+}
+
+static int parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *len)
+{
+    char host[256];
+    const char *port;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':')
+            return KERR_PARSE;
+        snprintf(host, sizeof(host), "%.*s", (int)(close - s - 1), s + 1);
+        port = close + 2;
+    } else {
+        const char *colon = strrchr(s, ':');
+        if (!colon)
+            return KERR_PARSE;
+        snprintf(host, sizeof(host), "%.*s", (int)(colon - s), s);
+        port = colon + 1;
+    }
+    struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE,
+                             .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res;
+    if (getaddrinfo(host, port, &hints, &res) != 0)
+        return KERR_PARSE;
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+static void listener_cfg_free(listener_cfg *c)
+{
+    if (!c)
+        return;
+    free(c->listen);
+    free(c->hostname);
+    free(c->banner);
+    cidr_list_fini(&c->relay_hosts);
+    free(c->trace_header_name);
+    json_decref(c->include_meta_names);
+    free(c->tls_certificate);
+    free(c->tls_private_key);
+    json_decref(c->meta);
+    if (c->tls)
+        SSL_CTX_free(c->tls);
+    free(c);
+}
+
+static int cfg_duration(json_t *v, const char *key, int64_t *out, char *err, size_t errlen)
+{
+    if (json_is_integer(v) || json_is_real(v)) {
+        *out = (int64_t)(json_number_value(v) * 1e9);
+        return 0;
+    }
+    if (!json_is_string(v) || duration_parse(json_string_value(v), out) != 0) {
+        snprintf(err, errlen, "%s: invalid duration", key);
+        return KERR_PARSE;
+    }
+    return 0;
+}
+
+static int cfg_size(json_t *v, const char *key, uint64_t *out, char *err, size_t errlen)
+{
+    if (json_is_integer(v) && json_integer_value(v) >= 0) {
+        *out = (uint64_t)json_integer_value(v);
+        return 0;
+    }
+    if (!json_is_string(v) || size_parse(json_string_value(v), out) != 0) {
+        snprintf(err, errlen, "%s: invalid size", key);
+        return KERR_PARSE;
+    }
+    return 0;
+}
+
+static int cfg_long(json_t *v, const char *key, long *out, char *err, size_t errlen)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 0) {
+        snprintf(err, errlen, "%s: expected a non-negative integer", key);
+        return KERR_PARSE;
+    }
+    *out = (long)json_integer_value(v);
+    return 0;
+}
+
+static int cfg_bool(json_t *v, const char *key, bool *out, char *err, size_t errlen)
+{
+    if (!json_is_boolean(v)) {
+        snprintf(err, errlen, "%s: expected true or false", key);
+        return KERR_PARSE;
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+static int cfg_str(json_t *v, const char *key, char **out, char *err, size_t errlen)
+{
+    if (!json_is_string(v)) {
+        snprintf(err, errlen, "%s: expected a string", key);
+        return KERR_PARSE;
+    }
+    free(*out);
+    *out = strdup(json_string_value(v));
+    return 0;
+}
+
+/* KeySource: a path string, or {key_data=...}/{path=...} tables. */
+static int cfg_keysource(json_t *v, const char *key, char **out, char *err, size_t errlen)
+{
+    if (json_is_object(v)) {
+        json_t *p = json_object_get(v, "path");
+        if (p)
+            return cfg_str(p, key, out, err, errlen);
+        snprintf(err, errlen, "%s: only file paths are supported as key sources", key);
+        return KERR_PARSE;
+    }
+    return cfg_str(v, key, out, err, errlen);
+}
+
+static int parse_trace_headers(json_t *v, listener_cfg *c, char *err, size_t errlen)
+{
+    if (!json_is_object(v)) {
+        snprintf(err, errlen, "trace_headers: expected a table");
+        return KERR_PARSE;
+    }
+    const char *k;
+    json_t *x;
+    json_object_foreach(v, k, x) {
+        int rc = 0;
+        if (strcmp(k, "received_header") == 0)
+            rc = cfg_bool(x, "trace_headers.received_header", &c->received_header, err, errlen);
+        else if (strcmp(k, "supplemental_header") == 0)
+            rc = cfg_bool(x, "trace_headers.supplemental_header", &c->supplemental_header, err,
+                          errlen);
+        else if (strcmp(k, "header_name") == 0)
+            rc = cfg_str(x, "trace_headers.header_name", &c->trace_header_name, err, errlen);
+        else if (strcmp(k, "include_meta_names") == 0) {
+            if (json_is_object(x) && json_object_size(x) == 0)
+                continue;
+            if (!json_is_array(x)) {
+                snprintf(err, errlen, "trace_headers.include_meta_names: expected a list");
+                return KERR_PARSE;
+            }
+            json_decref(c->include_meta_names);
+            c->include_meta_names = json_incref(x);
+        } else {
+            snprintf(err, errlen, "trace_headers: unknown field '%s'", k);
+            return KERR_PARSE;
+        }
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static listener_cfg *listener_cfg_from_json(json_t *j, char *err, size_t errlen)
+{
+    listener_cfg *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    char host[256] = "localhost";
+    gethostname(host, sizeof(host) - 1);
+    c->listen = strdup("127.0.0.1:2025");
+    c->hostname = strdup(host);
+    c->banner = strdup("KumoMTA");
+    cidr_list_add(&c->relay_hosts, "127.0.0.1");
+    cidr_list_add(&c->relay_hosts, "::1");
+    c->max_connections = 32768;
+    c->client_timeout_ns = 60 * NS_PER_SEC;
+    c->data_processing_timeout_ns = 300 * NS_PER_SEC;
+    c->max_messages_per_connection = 10000;
+    c->max_recipients_per_message = 1024;
+    c->max_message_size = 20 * 1024 * 1024;
+    c->data_buffer_size = 128 * 1024;
+    c->invalid_line_endings = LE_DENY;
+    c->line_length_hard_limit = 998;
+    c->received_header = true;
+    c->supplemental_header = true;
+    c->trace_header_name = strdup("X-KumoRef");
+    c->include_meta_names = json_array();
+    c->meta = json_object();
+    c->batch_handling = BATCH_BIFURCATE;
+
+    const char *k;
+    json_t *v;
+    int rc = 0;
+    json_object_foreach(j, k, v) {
+        if (strcmp(k, "listen") == 0)
+            rc = cfg_str(v, k, &c->listen, err, errlen);
+        else if (strcmp(k, "hostname") == 0)
+            rc = cfg_str(v, k, &c->hostname, err, errlen);
+        else if (strcmp(k, "banner") == 0)
+            rc = cfg_str(v, k, &c->banner, err, errlen);
+        else if (strcmp(k, "relay_hosts") == 0) {
+            cidr_list_fini(&c->relay_hosts);
+            char e2[200];
+            if (cidr_list_from_json(v, &c->relay_hosts, e2, sizeof(e2)) != 0) {
+                snprintf(err, errlen, "relay_hosts: %s", e2);
+                rc = KERR_PARSE;
+            }
+        } else if (strcmp(k, "max_connections") == 0)
+            rc = cfg_long(v, k, &c->max_connections, err, errlen);
+        else if (strcmp(k, "client_timeout") == 0)
+            rc = cfg_duration(v, k, &c->client_timeout_ns, err, errlen);
+        else if (strcmp(k, "data_processing_timeout") == 0)
+            rc = cfg_duration(v, k, &c->data_processing_timeout_ns, err, errlen);
+        else if (strcmp(k, "max_messages_per_connection") == 0)
+            rc = cfg_long(v, k, &c->max_messages_per_connection, err, errlen);
+        else if (strcmp(k, "max_recipients_per_message") == 0)
+            rc = cfg_long(v, k, &c->max_recipients_per_message, err, errlen);
+        else if (strcmp(k, "max_message_size") == 0)
+            rc = cfg_size(v, k, &c->max_message_size, err, errlen);
+        else if (strcmp(k, "data_buffer_size") == 0)
+            rc = cfg_size(v, k, &c->data_buffer_size, err, errlen);
+        else if (strcmp(k, "line_length_hard_limit") == 0)
+            rc = cfg_long(v, k, &c->line_length_hard_limit, err, errlen);
+        else if (strcmp(k, "invalid_line_endings") == 0) {
+            const char *s = json_string_value(v);
+            if (s && strcmp(s, "Deny") == 0)
+                c->invalid_line_endings = LE_DENY;
+            else if (s && strcmp(s, "Allow") == 0)
+                c->invalid_line_endings = LE_ALLOW;
+            else if (s && strcmp(s, "Fix") == 0)
+                c->invalid_line_endings = LE_FIX;
+            else {
+                snprintf(err, errlen, "invalid_line_endings: expected \"Deny\", \"Allow\" or "
+                                      "\"Fix\"");
+                rc = KERR_PARSE;
+            }
+        } else if (strcmp(k, "batch_handling") == 0) {
+            const char *s = json_string_value(v);
+            if (s && strcmp(s, "BifurcateAlways") == 0)
+                c->batch_handling = BATCH_BIFURCATE;
+            else if (s && strcmp(s, "BatchByDomain") == 0)
+                c->batch_handling = BATCH_BY_DOMAIN;
+            else {
+                snprintf(err, errlen,
+                         "batch_handling: expected \"BifurcateAlways\" or \"BatchByDomain\"");
+                rc = KERR_PARSE;
+            }
+        } else if (strcmp(k, "trace_headers") == 0)
+            rc = parse_trace_headers(v, c, err, errlen);
+        else if (strcmp(k, "tls_certificate") == 0)
+            rc = cfg_keysource(v, k, &c->tls_certificate, err, errlen);
+        else if (strcmp(k, "tls_private_key") == 0)
+            rc = cfg_keysource(v, k, &c->tls_private_key, err, errlen);
+        else if (strcmp(k, "meta") == 0) {
+            if (!json_is_object(v)) {
+                snprintf(err, errlen, "meta: expected a table");
+                rc = KERR_PARSE;
+            } else {
+                json_decref(c->meta);
+                c->meta = json_incref(v);
+            }
+        } else if (strcmp(k, "deferred_spool") == 0)
+            rc = cfg_bool(v, k, &c->deferred_spool, err, errlen);
+        else if (strcmp(k, "deferred_queue") == 0)
+            rc = cfg_bool(v, k, &c->deferred_queue, err, errlen);
+        else if (strcmp(k, "allow_xclient") == 0 || strcmp(k, "require_proxy_protocol") == 0) {
+            bool on = false;
+            rc = cfg_bool(v, k, &on, err, errlen);
+            if (!rc && on) {
+                snprintf(err, errlen, "%s: not supported by kumod yet", k);
+                rc = KERR_PARSE;
+            }
+        } else {
+            snprintf(err, errlen, "unknown field '%s'", k);
+            rc = KERR_PARSE;
+        }
+        if (rc) {
+            listener_cfg_free(c);
+            return NULL;
+        }
+    }
+    if ((c->tls_certificate == NULL) != (c->tls_private_key == NULL)) {
+        snprintf(err, errlen, "tls_certificate and tls_private_key must be given together");
+        listener_cfg_free(c);
+        return NULL;
+    }
+    if (parse_hostport(c->listen, &c->addr, &c->addrlen) != 0) {
+        snprintf(err, errlen, "listen: '%s' is not an IP:port address", c->listen);
+        listener_cfg_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static int l_start_esmtp_listener(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    char err[512];
+    json_t *j = klua_to_json(L, 1, err, sizeof(err));
+    if (!j)
+        return luaL_error(L, "kumo.start_esmtp_listener: %s", err);
+    listener_cfg *c = listener_cfg_from_json(j, err, sizeof(err));
+    json_decref(j);
+    if (!c)
+        return luaL_error(L, "kumo.start_esmtp_listener: %s", err);
+    if (services_validate_only()) {
+        listener_cfg_free(c);
+        return 0;
+    }
+    pthread_mutex_lock(&listeners_lock);
+    if (n_listeners >= MAX_LISTENERS) {
+        pthread_mutex_unlock(&listeners_lock);
+        listener_cfg_free(c);
+        return luaL_error(L, "kumo.start_esmtp_listener: at most %d listeners", MAX_LISTENERS);
+    }
+    listeners[n_listeners++] = c;
+    pthread_mutex_unlock(&listeners_lock);
+    return 0;
+}
+
+/* make_listener_domain returns a plain table; this validates its keys. */
+static int l_make_listener_domain(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+        if (strcmp(k, "relay_to") && strcmp(k, "relay_from") && strcmp(k, "log_oob") &&
+            strcmp(k, "log_arf") && strcmp(k, "relay_from_authz"))
+            return luaL_error(L, "kumo.make_listener_domain: unknown field '%s'", k);
+        if (strcmp(k, "relay_from") == 0) {
+            char err[256];
+            json_t *j = klua_to_json(L, -1, err, sizeof(err));
+            cidr_list cl;
+            int rc = j ? cidr_list_from_json(j, &cl, err, sizeof(err)) : -1;
+            json_decref(j);
+            if (rc != 0)
+                return luaL_error(L, "kumo.make_listener_domain: relay_from: %s", err);
+            cidr_list_fini(&cl);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pushvalue(L, 1);
+    return 1;
+}
+
+static void smtpsrv_open(lua_State *L)
+{
+    lua_pushcfunction(L, l_start_esmtp_listener);
+    lua_setfield(L, -2, "start_esmtp_listener");
+    lua_pushcfunction(L, l_make_listener_domain);
+    lua_setfield(L, -2, "make_listener_domain");
+}
+
+void smtpsrv_lua_register(void)
+{
+    klua_register_opener(smtpsrv_open);
+}
+
+/* ---- session --------------------------------------------------------------- */
+
+typedef enum sess_state {
+    SS_CONNECT, /* connection_accepted event running, no banner yet */
+    SS_HELO,    /* waiting for EHLO/HELO */
+    SS_READY,   /* greeted, no transaction */
+    SS_MAIL,    /* MAIL FROM accepted */
+    SS_RCPT,    /* at least one RCPT accepted */
+    SS_DATA,    /* reading message data */
+    SS_AUTH,    /* waiting for the AUTH PLAIN continuation line */
+    SS_CLOSING,
+} sess_state;
+
+static const char *const state_names[] = {"Connect", "Helo", "Ready", "MailFrom",
+                                          "RcptTo",  "Data", "Auth",  "Closing"};
+
+typedef struct ldom {
+    char *domain;
+    bool found, relay_to, log_oob, log_arf;
+    cidr_list relay_from;
+} ldom;
+
+#define LDOM_CACHE 16
+
+typedef struct sess sess;
+typedef void (*sess_cont)(sess *s, klua_call *c, int status);
+
+struct sess {
+    listener_cfg *ln;
+    reactor *r;
+    struct bufferevent *bev;
+    sess_state state;
+    bool busy;       /* an event or a save is in flight: input waits */
+    bool in_loop;    /* inside sess_process */
+    bool dead;       /* socket gone; reap when refs drop */
+    bool reap_armed;
+    bool close_after_write;
+    bool starttls_pending;
+    bool discarding_line; /* over-long command being skipped */
+    int refs;             /* pending spool saves and similar */
+    char session_id[37];
+    struct sockaddr_storage peer;
+    char peer_ip[INET6_ADDRSTRLEN];
+    char peer_str[INET6_ADDRSTRLEN + 8];
+    char local_str[INET6_ADDRSTRLEN + 8];
+    char local_ip[INET6_ADDRSTRLEN];
+    json_t *meta;
+    char *ehlo_domain;
+    bool tls;
+    char *tls_cipher, *tls_version;
+    char *authn_id;
+    /* transaction */
+    char *sender;
+    char **rcpts;
+    size_t n_rcpts, cap_rcpts;
+    long rcpt_count;
+    char *line; /* the command being processed (for Rejection records) */
+    /* data */
+    char *data;
+    size_t data_len, data_cap;
+    bool too_big;
+    /* post-DATA processing */
+    message *base;
+    message **batch;
+    size_t n_batch, batch_idx;
+    int saves_pending, save_err;
+    bool timed_out;
+    struct event *deadline_ev;
+    klua_call *call;
+    sess_cont cont;
+    /* relay check in progress */
+    char *pending_rcpt;
+    int ldom_step;
+    ldom ldoms[LDOM_CACHE];
+    int n_ldoms;
+};
+
+static void sess_process(sess *s);
+static void sess_reap_soon(sess *s);
+
+static void sess_set_state(sess *s, sess_state st)
+{
+    if (s->state != st)
+        DTRACE(SMOD, "session=%s state %s -> %s", s->session_id, state_names[s->state],
+               state_names[st]);
+    s->state = st;
+}
+
+static void tx_reset(sess *s)
+{
+    free(s->sender);
+    s->sender = NULL;
+    for (size_t i = 0; i < s->n_rcpts; i++)
+        free(s->rcpts[i]);
+    s->n_rcpts = 0;
+    free(s->data);
+    s->data = NULL;
+    s->data_len = s->data_cap = 0;
+    s->too_big = false;
+    message_unref(s->base);
+    s->base = NULL;
+    for (size_t i = 0; i < s->n_batch; i++)
+        message_unref(s->batch[i]);
+    free(s->batch);
+    s->batch = NULL;
+    s->n_batch = s->batch_idx = 0;
+    s->timed_out = false;
+    if (s->deadline_ev)
+        event_del(s->deadline_ev);
+}
+
+static void sess_free(sess *s)
+{
+    tx_reset(s);
+    free(s->rcpts);
+    if (s->bev)
+        bufferevent_free(s->bev);
+    if (s->deadline_ev)
+        event_free(s->deadline_ev);
+    json_decref(s->meta);
+    free(s->ehlo_domain);
+    free(s->tls_cipher);
+    free(s->tls_version);
+    free(s->authn_id);
+    free(s->line);
+    for (int i = 0; i < s->n_ldoms; i++) {
+        free(s->ldoms[i].domain);
+        cidr_list_fini(&s->ldoms[i].relay_from);
+    }
+    atomic_fetch_sub(&s->ln->active, 1);
+    atomic_fetch_sub(&live_sessions, 1);
+    free(s);
+}
+
+static void sess_reap(evutil_socket_t fd, short what, void *arg)
+{
+    sess *s = arg;
+    s->reap_armed = false;
+    if (s->refs > 0)
+        return; /* the last save to complete reaps */
+    sess_free(s);
+}
+
+static void sess_reap_soon(sess *s)
+{
+    s->dead = true;
+    if (s->call) {
+        klua_call_cancel(s->call);
+        s->call = NULL;
+    }
+    if (s->bev) {
+        bufferevent_disable(s->bev, EV_READ | EV_WRITE);
+        bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
+    }
+    if (!s->reap_armed) {
+        s->reap_armed = true;
+        struct timeval zero = {0, 0};
+        event_base_once(reactor_base(s->r), -1, EV_TIMEOUT, sess_reap, s, &zero);
+    }
+}
+
+/* Parses "5.7.1 text" into the enhanced code and the rest. */
+static const char *split_enhanced(const char *msg, int *cls, int *sub, int *det)
+{
+    int a, b, c, n = 0;
+    if (sscanf(msg, "%1d.%3d.%3d%n", &a, &b, &c, &n) == 3 && (a == 2 || a == 4 || a == 5) &&
+        (msg[n] == ' ' || msg[n] == 0)) {
+        *cls = a;
+        *sub = b;
+        *det = c;
+        return msg[n] ? msg + n + 1 : msg + n;
+    }
+    *cls = *sub = *det = 0;
+    return msg;
+}
+
+static void log_rejection(sess *s, int code, const char *msg, const char *command)
+{
+    atomic_fetch_add(&st_rejections, 1);
+    logrec r = {0};
+    r.type = LOGREC_REJECTION;
+    r.id = "";
+    r.sender = s->sender ? s->sender : "";
+    const char *last = s->n_rcpts ? s->rcpts[s->n_rcpts - 1] : NULL;
+    r.recipients = last ? &last : NULL;
+    r.n_recipients = last ? 1 : 0;
+    r.queue = "";
+    r.site = "";
+    r.response.code = code;
+    r.response.content = split_enhanced(msg, &r.response.enh_class, &r.response.enh_subject,
+                                        &r.response.enh_detail);
+    r.response.command = command;
+    r.peer_name = s->ehlo_domain ? s->ehlo_domain : "";
+    r.peer_addr = s->peer_ip;
+    r.reception_protocol = "ESMTP";
+    r.session_id = s->session_id;
+    r.msg_meta = s->meta;
+    logs_record(&r);
+}
+
+/* Writes a reply (multi-line when msg holds '\n'), logs a Rejection for 4xx
+ * and 5xx (except 421 4.3.2 load/shutdown notices, as KumoMTA), and closes
+ * after a 421. */
+static void sess_reply(sess *s, int code, const char *msg, const char *command)
+{
+    if (!s->bev || s->dead)
+        return;
+    if (code >= 400 && code < 600 && !(code == 421 && strncmp(msg, "4.3.2 ", 6) == 0))
+        log_rejection(s, code, msg, command);
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    const char *p = msg;
+    for (;;) {
+        const char *nl = strchr(p, '\n');
+        if (nl) {
+            evbuffer_add_printf(out, "%d-%.*s\r\n", code, (int)(nl - p), p);
+            p = nl + 1;
+        } else {
+            evbuffer_add_printf(out, "%d %s\r\n", code, p);
+            break;
+        }
+    }
+    if (code == 421) {
+        s->close_after_write = true;
+        sess_set_state(s, SS_CLOSING);
+        bufferevent_disable(s->bev, EV_READ);
+    }
+}
+
+static void sess_replyf(sess *s, int code, const char *command, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void sess_replyf(sess *s, int code, const char *command, const char *fmt, ...)
+{
+    char buf[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    sess_reply(s, code, buf, command);
+}
+
+/* A Lua error: generic 421 to the peer, the details to the diagnostic log. */
+static void sess_tech_difficulties(sess *s, klua_call *c)
+{
+    DERROR(SMOD, "session=%s peer=%s error in %s: %s", s->session_id, s->peer_str,
+           klua_call_event(c), klua_call_error(c));
+    sess_replyf(s, 421, s->line, "4.3.0 %s technical difficulties", s->ln->hostname);
+}
+
+/* Handles a rejection or error from a call; returns true when it did. */
+static bool sess_call_failed(sess *s, klua_call *c, int status, const char *command)
+{
+    if (status == KLUA_REJECT) {
+        sess_reply(s, klua_call_reject_code(c), klua_call_error(c), command);
+        return true;
+    }
+    if (status == KLUA_ERROR) {
+        sess_tech_difficulties(s, c);
+        return true;
+    }
+    return false;
+}
+
+static void sess_call_done(klua_call *c, int status, void *ud)
+{
+    sess *s = ud;
+    s->call = NULL;
+    s->busy = false;
+    sess_cont cont = s->cont;
+    s->cont = NULL;
+    cont(s, c, status);
+    if (!s->in_loop && !s->dead)
+        sess_process(s);
+}
+
+/* Begins an event call; the caller pushes nargs values onto the returned
+ * coroutine and then calls sess_run(). */
+static lua_State *sess_begin(sess *s, const char *event, klua_call **c)
+{
+    return klua_call_begin(klua_current(), event, c);
+}
+
+static void sess_run(sess *s, klua_call *c, int nargs, sess_cont cont)
+{
+    s->busy = true;
+    s->cont = cont;
+    s->call = c;
+    klua_call_run(c, nargs, sess_call_done, s);
+}
+
+static bool has_handler(const char *event)
+{
+    return klua_has_handler(klua_current(), event);
+}
+
+/* ---- greeting ------------------------------------------------------------------ */
+
+static void sess_greet(sess *s)
+{
+    sess_set_state(s, SS_HELO);
+    sess_replyf(s, 220, NULL, "%s %s", s->ln->hostname, s->ln->banner);
+}
+
+static void after_connection_accepted(sess *s, klua_call *c, int status)
+{
+    if (sess_call_failed(s, c, status, NULL))
+        return;
+    sess_greet(s);
+}
+
+/* ---- EHLO ---------------------------------------------------------------------- */
+
+static void finish_ehlo(sess *s, const char *domain, bool ehlo, json_t *exts)
+{
+    free(s->ehlo_domain);
+    s->ehlo_domain = strdup(domain);
+    json_object_set_new(s->meta, "ehlo_domain", json_string(domain));
+    tx_reset(s);
+    sess_set_state(s, SS_READY);
+    if (!ehlo) {
+        sess_replyf(s, 250, NULL, "Hello %s!", domain);
+        return;
+    }
+    char buf[2048];
+    int n = snprintf(buf, sizeof(buf), "%s Aloha %s", s->ln->hostname, domain);
+    if (exts) {
+        size_t i;
+        json_t *v;
+        json_array_foreach(exts, i, v) {
+            if (json_is_string(v))
+                n += snprintf(buf + n, sizeof(buf) - (size_t)n, "\n%s", json_string_value(v));
+        }
+    } else {
+        n += snprintf(buf + n, sizeof(buf) - (size_t)n,
+                      "\nPIPELINING\nENHANCEDSTATUSCODES\n8BITMIME\nSMTPUTF8");
+        if (!s->tls && s->ln->tls)
+            n += snprintf(buf + n, sizeof(buf) - (size_t)n, "\nSTARTTLS");
+        if (s->tls && has_handler("smtp_server_auth_plain"))
+            n += snprintf(buf + n, sizeof(buf) - (size_t)n, "\nAUTH PLAIN");
+    }
+    sess_reply(s, 250, buf, NULL);
+}
+
+static json_t *default_exts(sess *s)
+{
+    json_t *a = json_array();
+    json_array_append_new(a, json_string("PIPELINING"));
+    json_array_append_new(a, json_string("ENHANCEDSTATUSCODES"));
+    json_array_append_new(a, json_string("8BITMIME"));
+    json_array_append_new(a, json_string("SMTPUTF8"));
+    if (!s->tls && s->ln->tls)
+        json_array_append_new(a, json_string("STARTTLS"));
+    if (s->tls && has_handler("smtp_server_auth_plain"))
+        json_array_append_new(a, json_string("AUTH PLAIN"));
+    return a;
+}
+
+static void after_ehlo(sess *s, klua_call *c, int status)
+{
+    char *domain = s->pending_rcpt ? strdup(s->pending_rcpt) : strdup("");
+    bool ehlo = s->ldom_step == 1;
+    free(s->pending_rcpt);
+    s->pending_rcpt = NULL;
+    if (sess_call_failed(s, c, status, s->line)) {
+        free(domain);
+        return;
+    }
+    json_t *exts = NULL;
+    if (ehlo && klua_call_nresults(c) >= 1 &&
+        lua_type(klua_call_thread(c), 1) == LUA_TTABLE) {
+        char err[128];
+        exts = klua_to_json(klua_call_thread(c), 1, err, sizeof(err));
+        if (exts && !json_is_array(exts)) {
+            json_decref(exts);
+            exts = NULL;
+        }
+    }
+    finish_ehlo(s, domain, ehlo, exts);
+    json_decref(exts);
+    free(domain);
+}
+
+static void cmd_ehlo(sess *s, const char *arg, bool ehlo)
+{
+    if (!*arg) {
+        sess_reply(s, 501, "Syntax error in command or arguments: expected a domain", s->line);
+        return;
+    }
+    if (!has_handler("smtp_server_ehlo")) {
+        finish_ehlo(s, arg, ehlo, NULL);
+        return;
+    }
+    klua_call *c;
+    lua_State *co = sess_begin(s, "smtp_server_ehlo", &c);
+    lua_pushstring(co, arg);
+    klua_push_connmeta(co, s->meta);
+    json_t *exts = default_exts(s);
+    klua_push_json(co, exts);
+    json_decref(exts);
+    s->pending_rcpt = strdup(arg);
+    s->ldom_step = ehlo ? 1 : 0;
+    sess_run(s, c, 3, after_ehlo);
+}
+
+/* ---- MAIL FROM ------------------------------------------------------------------- */
+
+/* Extracts the <path> after "FROM:" / "TO:"; returns a malloc'd address or
+ * NULL on syntax error. params points after the path. */
+static char *parse_path(const char *arg, const char *prefix, const char **params)
+{
+    size_t pl = strlen(prefix);
+    if (strncasecmp(arg, prefix, pl) != 0)
+        return NULL;
+    const char *p = arg + pl;
+    while (*p == ' ')
+        p++;
+    if (*p != '<')
+        return NULL;
+    const char *close = strchr(p, '>');
+    if (!close)
+        return NULL;
+    const char *addr = p + 1;
+    size_t len = (size_t)(close - addr);
+    /* strip a source route (@a,@b:user@dom) */
+    const char *colon = memchr(addr, ':', len);
+    if (len && addr[0] == '@' && colon) {
+        len -= (size_t)(colon + 1 - addr);
+        addr = colon + 1;
+    }
+    for (size_t i = 0; i < len; i++)
+        if (addr[i] == ' ' || addr[i] == '<' || (unsigned char)addr[i] < 0x20)
+            return NULL;
+    if (params) {
+        const char *q = close + 1;
+        while (*q == ' ')
+            q++;
+        *params = q;
+    }
+    return strndup(addr, len);
+}
+
+static bool valid_mailbox(const char *a)
+{
+    const char *at = strrchr(a, '@');
+    return at && at != a && at[1] != 0 && !strchr(at + 1, '@');
+}
+
+static void after_mail_from(sess *s, klua_call *c, int status)
+{
+    if (sess_call_failed(s, c, status, s->line)) {
+        free(s->sender);
+        s->sender = NULL;
+        return;
+    }
+    sess_set_state(s, SS_MAIL);
+    sess_replyf(s, 250, s->line, "OK EnvelopeAddress(\"%s\")", s->sender);
+}
+
+static void cmd_mail(sess *s, const char *arg)
+{
+    if (s->state == SS_HELO) {
+        sess_reply(s, 503, "5.5.1 EHLO or HELO first", s->line);
+        return;
+    }
+    if (s->state == SS_MAIL || s->state == SS_RCPT) {
+        sess_reply(s, 503, "5.5.0 MAIL FROM already issued; you must RSET first", s->line);
+        return;
+    }
+    const char *params;
+    char *addr = parse_path(arg, "FROM:", &params);
+    if (!addr) {
+        sess_reply(s, 501, "5.1.7 Bad sender's mailbox address syntax", s->line);
+        return;
+    }
+    if (*addr && !valid_mailbox(addr)) {
+        sess_replyf(s, 501, s->line, "5.1.7 Invalid sender address syntax: %s", addr);
+        free(addr);
+        return;
+    }
+    /* ESMTP parameters: SIZE (RFC 1870), BODY (RFC 6152), SMTPUTF8 (RFC 6531) */
+    char pbuf[512];
+    snprintf(pbuf, sizeof(pbuf), "%s", params);
+    for (char *save, *tok = strtok_r(pbuf, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
+        if (strncasecmp(tok, "SIZE=", 5) == 0) {
+            char *end;
+            unsigned long long sz = strtoull(tok + 5, &end, 10);
+            if (*end || end == tok + 5) {
+                sess_reply(s, 501, "Syntax error in command or arguments: invalid SIZE", s->line);
+                free(addr);
+                return;
+            }
+            if (sz > s->ln->max_message_size) {
+                sess_reply(s, 552, "5.3.4 message too big", s->line);
+                free(addr);
+                return;
+            }
+        } else if (strncasecmp(tok, "BODY=", 5) == 0) {
+            if (strcasecmp(tok + 5, "7BIT") && strcasecmp(tok + 5, "8BITMIME")) {
+                sess_reply(s, 501, "Syntax error in command or arguments: invalid BODY", s->line);
+                free(addr);
+                return;
+            }
+        } else if (strcasecmp(tok, "SMTPUTF8") == 0) {
+            /* accepted: we carry UTF-8 addresses unchanged */
+        } else {
+            sess_replyf(s, 555, s->line, "5.5.4 unsupported MAIL FROM parameter %s", tok);
+            free(addr);
+            return;
+        }
+    }
+    s->sender = addr;
+    if (!has_handler("smtp_server_mail_from")) {
+        sess_set_state(s, SS_MAIL);
+        sess_replyf(s, 250, s->line, "OK EnvelopeAddress(\"%s\")", s->sender);
+        return;
+    }
+    klua_call *c;
+    lua_State *co = sess_begin(s, "smtp_server_mail_from", &c);
+    klua_push_address(co, s->sender);
+    klua_push_connmeta(co, s->meta);
+    sess_run(s, c, 2, after_mail_from);
+}
+
+/* ---- relaying and RCPT TO ---------------------------------------------------------- */
+
+static ldom *ldom_find(sess *s, const char *domain)
+{
+    for (int i = 0; i < s->n_ldoms; i++)
+        if (strcasecmp(s->ldoms[i].domain, domain) == 0)
+            return &s->ldoms[i];
+    return NULL;
+}
+
+static ldom *ldom_slot(sess *s, const char *domain)
+{
+    ldom *d;
+    if (s->n_ldoms < LDOM_CACHE) {
+        d = &s->ldoms[s->n_ldoms++];
+    } else {
+        /* evict the oldest */
+        free(s->ldoms[0].domain);
+        cidr_list_fini(&s->ldoms[0].relay_from);
+        memmove(&s->ldoms[0], &s->ldoms[1], sizeof(ldom) * (LDOM_CACHE - 1));
+        d = &s->ldoms[LDOM_CACHE - 1];
+    }
+    memset(d, 0, sizeof(*d));
+    d->domain = strdup(domain);
+    return d;
+}
+
+static bool lua_field_truthy(lua_State *L, int idx, const char *k)
+{
+    lua_getfield(L, idx, k);
+    bool on = false;
+    if (lua_type(L, -1) == LUA_TBOOLEAN)
+        on = lua_toboolean(L, -1);
+    else if (lua_type(L, -1) == LUA_TSTRING)
+        on = strcmp(lua_tostring(L, -1), "Ignore") != 0;
+    lua_pop(L, 1);
+    return on;
+}
+
+static void fill_ldom(ldom *d, klua_call *c, int status)
+{
+    d->found = false;
+    if (status != KLUA_OK || klua_call_nresults(c) < 1)
+        return;
+    lua_State *L = klua_call_thread(c);
+    if (lua_type(L, 1) != LUA_TTABLE)
+        return;
+    d->found = true;
+    d->relay_to = lua_field_truthy(L, 1, "relay_to");
+    d->log_oob = lua_field_truthy(L, 1, "log_oob");
+    d->log_arf = lua_field_truthy(L, 1, "log_arf");
+    lua_getfield(L, 1, "relay_from");
+    if (!lua_isnil(L, -1)) {
+        char err[128];
+        json_t *j = klua_to_json(L, -1, err, sizeof(err));
+        if (j)
+            cidr_list_from_json(j, &d->relay_from, err, sizeof(err));
+        json_decref(j);
+    }
+    lua_pop(L, 1);
+}
+
+static bool relay_allowed(sess *s, const char *sender, const char *rcpt)
+{
+    if (cidr_list_match(&s->ln->relay_hosts, (struct sockaddr *)&s->peer))
+        return true;
+    ldom *sd = ldom_find(s, address_domain(sender));
+    if (sd && sd->found && cidr_list_match(&sd->relay_from, (struct sockaddr *)&s->peer))
+        return true;
+    ldom *rd = ldom_find(s, address_domain(rcpt));
+    if (rd && rd->found && (rd->relay_to || rd->log_oob || rd->log_arf))
+        return true;
+    return false;
+}
+
+static void rcpt_continue(sess *s);
+
+static void after_listener_domain(sess *s, klua_call *c, int status)
+{
+    const char *dom = s->ldom_step == 0 ? address_domain(s->sender)
+                                        : address_domain(s->pending_rcpt);
+    if (status == KLUA_ERROR) {
+        sess_tech_difficulties(s, c);
+        free(s->pending_rcpt);
+        s->pending_rcpt = NULL;
+        return;
+    }
+    fill_ldom(ldom_slot(s, dom), c, status);
+    s->ldom_step++;
+    rcpt_continue(s);
+}
+
+static void after_rcpt_to(sess *s, klua_call *c, int status)
+{
+    char *rcpt = s->pending_rcpt;
+    s->pending_rcpt = NULL;
+    if (sess_call_failed(s, c, status, s->line)) {
+        free(rcpt);
+        return;
+    }
+    if (s->n_rcpts == s->cap_rcpts) {
+        s->cap_rcpts = s->cap_rcpts ? s->cap_rcpts * 2 : 8;
+        s->rcpts = realloc(s->rcpts, s->cap_rcpts * sizeof(char *));
+        if (!s->rcpts)
+            abort();
+    }
+    s->rcpts[s->n_rcpts++] = rcpt;
+    sess_set_state(s, SS_RCPT);
+    sess_replyf(s, 250, s->line, "OK EnvelopeAddress(\"%s\")", rcpt);
+}
+
+/* The RCPT steps: listener domain of the sender, then of the recipient
+ * (each cached per session), then the relay decision, the limits, and the
+ * smtp_server_rcpt_to event. */
+static void rcpt_continue(sess *s)
+{
+    const char *rcpt = s->pending_rcpt;
+    bool lookup = has_handler("get_listener_domain");
+    while (lookup && s->ldom_step < 2) {
+        const char *dom = s->ldom_step == 0 ? address_domain(s->sender) : address_domain(rcpt);
+        if (!*dom || ldom_find(s, dom)) {
+            s->ldom_step++;
+            continue;
+        }
+        klua_call *c;
+        lua_State *co = sess_begin(s, "get_listener_domain", &c);
+        lua_pushstring(co, dom);
+        lua_pushstring(co, s->ln->listen);
+        klua_push_connmeta(co, s->meta);
+        sess_run(s, c, 3, after_listener_domain);
+        return;
+    }
+    if (!relay_allowed(s, s->sender, rcpt)) {
+        sess_replyf(s, 550, s->line, "5.7.1 relaying not permitted for %s", s->peer_str);
+        free(s->pending_rcpt);
+        s->pending_rcpt = NULL;
+        return;
+    }
+    if ((long)s->n_rcpts == s->ln->max_recipients_per_message) {
+        sess_reply(s, 452, "4.5.3 too many recipients", s->line);
+        free(s->pending_rcpt);
+        s->pending_rcpt = NULL;
+        return;
+    }
+    if (s->rcpt_count == s->ln->max_messages_per_connection) {
+        free(s->pending_rcpt);
+        s->pending_rcpt = NULL;
+        if (s->n_rcpts == 0)
+            sess_replyf(s, 421, s->line, "4.5.3 %s too many recipients on this connection",
+                        s->ln->hostname);
+        else
+            sess_reply(s, 452, "4.5.3 too many recipients on this connection", s->line);
+        return;
+    }
+    s->rcpt_count++;
+    if (!has_handler("smtp_server_rcpt_to")) {
+        after_rcpt_to(s, NULL, KLUA_OK);
+        return;
+    }
+    klua_call *c;
+    lua_State *co = sess_begin(s, "smtp_server_rcpt_to", &c);
+    klua_push_address(co, rcpt);
+    klua_push_connmeta(co, s->meta);
+    sess_run(s, c, 2, after_rcpt_to);
+}
+
+static void cmd_rcpt(sess *s, const char *arg)
+{
+    if (s->state != SS_MAIL && s->state != SS_RCPT) {
+        sess_reply(s, 503, "5.5.0 MAIL FROM must be issued first", s->line);
+        return;
+    }
+    char *addr = parse_path(arg, "TO:", NULL);
+    if (!addr || !valid_mailbox(addr)) {
+        /* <postmaster> without a domain is allowed by RFC 5321 4.1.1.3 */
+        if (addr && strcasecmp(addr, "postmaster") == 0) {
+            free(addr);
+            addr = strdup("postmaster");
+        } else {
+            free(addr);
+            sess_reply(s, 501, "5.1.3 Invalid recipient address syntax", s->line);
+            return;
+        }
+    }
+    s->pending_rcpt = addr;
+    s->ldom_step = 0;
+    rcpt_continue(s);
+}
+
+/* ---- DATA ----------------------------------------------------------------------------- */
+
+static void cmd_data(sess *s)
+{
+    if (s->state == SS_MAIL) {
+        sess_reply(s, 503, "5.5.0 RCPT TO must be issued first", s->line);
+        return;
+    }
+    if (s->state != SS_RCPT) {
+        sess_reply(s, 503, "5.5.0 MAIL FROM must be issued first", s->line);
+        return;
+    }
+    sess_set_state(s, SS_DATA);
+    /* The buffer starts with a virtual CRLF so that a message consisting of
+     * just "." is found by the same CRLF.CRLF search. */
+    s->data_cap = 64 * 1024;
+    s->data = malloc(s->data_cap);
+    if (!s->data) {
+        sess_reply(s, 452, "4.3.1 insufficient system storage", s->line);
+        sess_set_state(s, SS_RCPT);
+        return;
+    }
+    memcpy(s->data, "\r\n", 2);
+    s->data_len = 2;
+    s->too_big = false;
+    sess_reply(s, 354, "Send body; end with CRLF.CRLF", s->line);
+}
+
+static bool has_lone_cr_or_lf(const char *d, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (d[i] == '\n' && (i == 0 || d[i - 1] != '\r'))
+            return true;
+        if (d[i] == '\r' && (i + 1 >= n || d[i + 1] != '\n'))
+            return true;
+    }
+    return false;
+}
+
+static char *normalize_crlf(const char *d, size_t n, size_t *out_len)
+{
+    char *o = malloc(n * 2 + 1);
+    if (!o)
+        return NULL;
+    size_t j = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (d[i] == '\r') {
+            o[j++] = '\r';
+            o[j++] = '\n';
+            if (i + 1 < n && d[i + 1] == '\n')
+                i++;
+        } else if (d[i] == '\n') {
+            o[j++] = '\r';
+            o[j++] = '\n';
+        } else {
+            o[j++] = d[i];
+        }
+    }
+    o[j] = 0;
+    *out_len = j;
+    return o;
+}
+
+static bool lines_within(const char *d, size_t n, long limit)
+{
+    size_t start = 0;
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (d[i] == '\r' && d[i + 1] == '\n') {
+            if ((long)(i - start) > limit)
+                return false;
+            start = i + 2;
+            i++;
+        }
+    }
+    return (long)(n - start) <= limit;
+}
+
+static void data_received(sess *s);
+
+/* Consumes DATA input. Returns true when the terminator was seen. */
+static bool data_consume(sess *s, struct evbuffer *in)
+{
+    for (;;) {
+        size_t avail = evbuffer_get_length(in);
+        if (avail == 0)
+            return false;
+        size_t want = avail;
+        if (!s->too_big && s->data_len + want + 1 > s->data_cap) {
+            size_t ncap = s->data_cap;
+            while (s->data_len + want + 1 > ncap)
+                ncap *= 2;
+            char *nd = realloc(s->data, ncap);
+            if (!nd) {
+                s->too_big = true; /* treat as over-size: we cannot hold it */
+            } else {
+                s->data = nd;
+                s->data_cap = ncap;
+            }
+        }
+        if (s->too_big) {
+            /* keep only a tail long enough to spot the terminator */
+            size_t keep = s->data_len > 4 ? 4 : s->data_len;
+            memmove(s->data, s->data + s->data_len - keep, keep);
+            s->data_len = keep;
+            if (want > s->data_cap - s->data_len - 1)
+                want = s->data_cap - s->data_len - 1;
+        }
+        size_t scan_from = s->data_len > 4 ? s->data_len - 4 : 0;
+        int got = evbuffer_remove(in, s->data + s->data_len, want);
+        if (got <= 0)
+            return false;
+        s->data_len += (size_t)got;
+        /* find CRLF.CRLF */
+        char *hit = NULL;
+        for (char *p = s->data + scan_from; p + 5 <= s->data + s->data_len; p++) {
+            p = memchr(p, '\r', (size_t)(s->data + s->data_len - p));
+            if (!p || p + 5 > s->data + s->data_len)
+                break;
+            if (memcmp(p, "\r\n.\r\n", 5) == 0) {
+                hit = p;
+                break;
+            }
+        }
+        if (hit) {
+            size_t end = (size_t)(hit - s->data) + 2; /* keep the final CRLF */
+            size_t extra = s->data_len - (end + 3);
+            /* give back what followed the terminator (pipelined commands) */
+            if (extra)
+                evbuffer_prepend(in, hit + 5, extra);
+            s->data_len = end;
+            return true;
+        }
+        if (!s->too_big && s->data_len - 2 > s->ln->max_message_size)
+            s->too_big = true;
+    }
+}
+
+static void data_finish_reading(sess *s)
+{
+    if (s->too_big) {
+        tx_reset(s);
+        sess_set_state(s, SS_READY);
+        sess_reply(s, 552, "5.3.4 message too big", "DATA");
+        return;
+    }
+    /* drop the virtual leading CRLF, then unstuff */
+    size_t n = s->data_len - 2;
+    char *d = s->data;
+    memmove(d, d + 2, n);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (d[i] == '.' && (i == 0 || (i >= 2 && d[i - 1] == '\n' && d[i - 2] == '\r')) &&
+            i + 1 < n && d[i + 1] == '.') {
+            continue; /* drop the stuffed dot */
+        }
+        d[o++] = d[i];
+    }
+    s->data_len = o;
+    d[o] = 0;
+    if (!lines_within(d, o, s->ln->line_length_hard_limit)) {
+        tx_reset(s);
+        sess_set_state(s, SS_READY);
+        sess_reply(s, 500, "5.2.3 line too long", "DATA");
+        return;
+    }
+    data_received(s);
+}
+
+/* ---- post-DATA processing --------------------------------------------------------------- */
+
+static void post_data_fail(sess *s, int code, const char *msg)
+{
+    tx_reset(s);
+    sess_set_state(s, SS_READY);
+    sess_reply(s, code, msg, "DATA");
+}
+
+static void deadline_fired(evutil_socket_t fd, short what, void *arg)
+{
+    sess *s = arg;
+    s->timed_out = true;
+    if (s->call) {
+        klua_call_cancel(s->call);
+        s->call = NULL;
+        s->busy = false;
+        s->cont = NULL;
+        post_data_fail(s, 451, "4.4.5 data_processing_timeout exceeded (rx)");
+        sess_process(s);
+    } else if (s->saves_pending > 0) {
+        /* the saves finish on their own and are unwound then; input waits */
+        sess_reply(s, 451, "4.4.5 data_processing_timeout exceeded (spool)", "DATA");
+        sess_set_state(s, SS_READY);
+    }
+}
+
+static void process_batch_next(sess *s);
+static void finish_reception(sess *s);
+
+static void after_message_received(sess *s, klua_call *c, int status)
+{
+    if (sess_call_failed(s, c, status, "DATA")) {
+        if (s->state != SS_CLOSING) {
+            tx_reset(s);
+            sess_set_state(s, SS_READY);
+        }
+        return;
+    }
+    s->batch_idx++;
+    process_batch_next(s);
+}
+
+static char *make_received(sess *s, const spoolid *id, const char *rcpt)
+{
+    char hex[SPOOLID_HEX_LEN + 1];
+    spoolid_to_hex(id, hex);
+    char date[64];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    const char *proto = s->authn_id ? (s->tls ? "ESMTPSA" : "ESMTP") : (s->tls ? "ESMTPS" : "ESMTP");
+    char tlsinfo[160] = "";
+    if (s->tls)
+        snprintf(tlsinfo, sizeof(tlsinfo), " (%s:%s) ", s->tls_version ? s->tls_version : "",
+                 s->tls_cipher ? s->tls_cipher : "");
+    char *out = NULL;
+    if (asprintf(&out,
+                 "Received: from %s (%s)\r\n  by %s (KumoMTA %s) \r\n  with %s%s id %s for "
+                 "<%s>;\r\n  %s\r\n",
+                 s->ehlo_domain ? s->ehlo_domain : "unspecified", s->peer_ip, s->ln->hostname,
+                 s->local_ip, proto, tlsinfo, hex, rcpt, date) < 0)
+        return NULL;
+    return out;
+}
+
+static int b64_encode(const unsigned char *in, size_t n, char *out)
+{
+    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    int o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)in[i] << 16;
+        if (i + 1 < n)
+            v |= (unsigned)in[i + 1] << 8;
+        if (i + 2 < n)
+            v |= in[i + 2];
+        out[o++] = tbl[(v >> 18) & 63];
+        out[o++] = tbl[(v >> 12) & 63];
+        out[o++] = i + 1 < n ? tbl[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < n ? tbl[v & 63] : '=';
+    }
+    out[o] = 0;
+    return o;
+}
+
+/* The supplemental trace header: base64 of {"_@_":"\_/","recipient":...,meta...}. */
+static int apply_supplemental(sess *s, message *m)
+{
+    if (!s->ln->supplemental_header)
+        return 0;
+    json_t *o = json_object();
+    json_object_set_new(o, "_@_", json_string("\\_/"));
+    if (m->n_rcpts == 1) {
+        json_object_set_new(o, "recipient", json_string(m->rcpts[0]));
+    } else {
+        json_t *a = json_array();
+        for (size_t i = 0; i < m->n_rcpts; i++)
+            json_array_append_new(a, json_string(m->rcpts[i]));
+        json_object_set_new(o, "recipient", a);
+    }
+    size_t i;
+    json_t *v;
+    json_array_foreach(s->ln->include_meta_names, i, v) {
+        const char *name = json_string_value(v);
+        json_t *mv = name ? json_object_get(m->meta, name) : NULL;
+        if (mv)
+            json_object_set(o, name, mv);
+    }
+    char *js = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!js)
+        return KERR_NOMEM;
+    size_t jl = strlen(js);
+    char *b64 = malloc(jl * 4 / 3 + 8);
+    if (!b64) {
+        free(js);
+        return KERR_NOMEM;
+    }
+    b64_encode((unsigned char *)js, jl, b64);
+    free(js);
+    /* fold the single token at 75 columns like the rest of our headers */
+    size_t bl = strlen(b64);
+    size_t cap = bl + bl / 60 * 4 + 8;
+    char *folded = malloc(cap);
+    if (!folded) {
+        free(b64);
+        return KERR_NOMEM;
+    }
+    size_t hn = strlen(s->ln->trace_header_name) + 2, fo = 0, col = hn;
+    for (size_t k = 0; k < bl; k++) {
+        if (col >= 75) {
+            memcpy(folded + fo, "\r\n\t", 3);
+            fo += 3;
+            col = 1;
+        }
+        folded[fo++] = b64[k];
+        col++;
+    }
+    folded[fo] = 0;
+    free(b64);
+    /* hdr_prepend would re-fold at spaces; build the field directly */
+    size_t fl = hn + fo + 2;
+    char *buf = malloc(fl + m->data_len + 1);
+    if (!buf) {
+        free(folded);
+        return KERR_NOMEM;
+    }
+    int w = sprintf(buf, "%s: %s\r\n", s->ln->trace_header_name, folded);
+    memcpy(buf + w, m->data, m->data_len);
+    buf[(size_t)w + m->data_len] = 0;
+    message_set_data_take(m, buf, (size_t)w + m->data_len);
+    free(folded);
+    return 0;
+}
+
+static void process_batch_next(sess *s)
+{
+    while (s->batch_idx < s->n_batch) {
+        message *m = s->batch[s->batch_idx];
+        if (s->ln->deferred_queue) {
+            json_object_set_new(m->meta, "queue",
+                                json_string("deferred_smtp_inject.kumomta.internal"));
+            s->batch_idx++;
+            continue;
+        }
+        if (!has_handler("smtp_server_message_received")) {
+            s->batch_idx++;
+            continue;
+        }
+        klua_call *c;
+        lua_State *co = sess_begin(s, "smtp_server_message_received", &c);
+        klua_push_message(co, m);
+        klua_push_connmeta(co, s->meta);
+        sess_run(s, c, 2, after_message_received);
+        return;
+    }
+    finish_reception(s);
+}
+
+static void build_batches(sess *s, lua_State *L, bool from_split)
+{
+    message *b = s->base;
+    /* groups of recipient indexes */
+    size_t n_groups = 0;
+    char ***groups = NULL;
+    size_t *sizes = NULL;
+    if (from_split) {
+        size_t ng = lua_rawlen(L, 1);
+        groups = calloc(ng ? ng : 1, sizeof(char **));
+        sizes = calloc(ng ? ng : 1, sizeof(size_t));
+        for (size_t g = 0; g < ng; g++) {
+            lua_rawgeti(L, 1, (lua_Integer)g + 1);
+            size_t nr = lua_type(L, -1) == LUA_TTABLE ? lua_rawlen(L, -1) : 0;
+            groups[n_groups] = calloc(nr ? nr : 1, sizeof(char *));
+            for (size_t k = 0; k < nr; k++) {
+                lua_rawgeti(L, -1, (lua_Integer)k + 1);
+                const char *a = lua_type(L, -1) == LUA_TSTRING
+                                    ? lua_tostring(L, -1)
+                                    : (const char *)luaL_testudata(L, -1, "kumod.EnvelopeAddress");
+                if (a)
+                    groups[n_groups][sizes[n_groups]++] = strdup(a);
+                lua_pop(L, 1);
+            }
+            lua_pop(L, 1);
+            if (sizes[n_groups])
+                n_groups++;
+            else
+                free(groups[n_groups]);
+        }
+    } else {
+        groups = calloc(b->n_rcpts, sizeof(char **));
+        sizes = calloc(b->n_rcpts, sizeof(size_t));
+        for (size_t i = 0; i < b->n_rcpts; i++) {
+            size_t g = n_groups;
+            if (s->ln->batch_handling == BATCH_BY_DOMAIN) {
+                for (size_t k = 0; k < n_groups; k++)
+                    if (strcasecmp(address_domain(groups[k][0]), address_domain(b->rcpts[i])) == 0)
+                        g = k;
+            }
+            if (g == n_groups) {
+                groups[g] = calloc(b->n_rcpts, sizeof(char *));
+                n_groups++;
+            }
+            groups[g][sizes[g]++] = strdup(b->rcpts[i]);
+        }
+    }
+    s->batch = calloc(n_groups ? n_groups : 1, sizeof(message *));
+    s->n_batch = 0;
+    for (size_t g = 0; g < n_groups; g++) {
+        spoolid id;
+        spoolid_new(&id);
+        message *m = message_new(&id, b->sender, (const char *const *)groups[g], sizes[g]);
+        json_decref(m->meta);
+        m->meta = json_deep_copy(b->meta);
+        if (b->scheduling)
+            m->scheduling = json_deep_copy(b->scheduling);
+        char *rcv = s->ln->received_header ? make_received(s, &id, groups[g][0]) : NULL;
+        size_t rl = rcv ? strlen(rcv) : 0;
+        char *buf = malloc(rl + b->data_len + 1);
+        if (!buf)
+            abort();
+        if (rcv)
+            memcpy(buf, rcv, rl);
+        memcpy(buf + rl, b->data, b->data_len);
+        buf[rl + b->data_len] = 0;
+        message_set_data_take(m, buf, rl + b->data_len);
+        free(rcv);
+        s->batch[s->n_batch++] = m;
+        for (size_t k = 0; k < sizes[g]; k++)
+            free(groups[g][k]);
+        free(groups[g]);
+    }
+    free(groups);
+    free(sizes);
+}
+
+static void after_split(sess *s, klua_call *c, int status)
+{
+    if (sess_call_failed(s, c, status, "DATA")) {
+        if (s->state != SS_CLOSING) {
+            tx_reset(s);
+            sess_set_state(s, SS_READY);
+        }
+        return;
+    }
+    bool from_split = c && klua_call_nresults(c) >= 1 &&
+                      lua_type(klua_call_thread(c), 1) == LUA_TTABLE;
+    build_batches(s, c ? klua_call_thread(c) : NULL, from_split);
+    s->batch_idx = 0;
+    process_batch_next(s);
+}
+
+static void after_data_event(sess *s, klua_call *c, int status)
+{
+    if (sess_call_failed(s, c, status, "DATA")) {
+        if (s->state != SS_CLOSING) {
+            tx_reset(s);
+            sess_set_state(s, SS_READY);
+        }
+        return;
+    }
+    if (has_handler("smtp_server_split_transaction")) {
+        klua_call *c2;
+        lua_State *co = sess_begin(s, "smtp_server_split_transaction", &c2);
+        klua_push_message(co, s->base);
+        klua_push_connmeta(co, s->meta);
+        sess_run(s, c2, 2, after_split);
+        return;
+    }
+    after_split(s, NULL, KLUA_OK);
+}
+
+static void data_received(sess *s)
+{
+    atomic_fetch_add(&st_received, 1);
+    if (has_lone_cr_or_lf(s->data, s->data_len)) {
+        if (s->ln->invalid_line_endings == LE_DENY) {
+            post_data_fail(s, 552, "5.6.0 message data must use CRLF for line endings");
+            return;
+        }
+        if (s->ln->invalid_line_endings == LE_FIX) {
+            size_t nl;
+            char *fixed = normalize_crlf(s->data, s->data_len, &nl);
+            if (!fixed) {
+                post_data_fail(s, 451, "4.3.0 insufficient memory");
+                return;
+            }
+            free(s->data);
+            s->data = fixed;
+            s->data_len = nl;
+        }
+    }
+    s->base = message_new(NULL, s->sender, (const char *const *)s->rcpts, s->n_rcpts);
+    json_decref(s->base->meta);
+    s->base->meta = json_deep_copy(s->meta);
+    message_set_data_take(s->base, s->data, s->data_len);
+    s->data = NULL;
+    s->data_len = s->data_cap = 0;
+    /* the processing deadline covers everything from here to the reply */
+    if (!s->deadline_ev)
+        s->deadline_ev = evtimer_new(reactor_base(s->r), deadline_fired, s);
+    struct timeval tv = {s->ln->data_processing_timeout_ns / NS_PER_SEC,
+                         (s->ln->data_processing_timeout_ns % NS_PER_SEC) / 1000};
+    evtimer_add(s->deadline_ev, &tv);
+    if (has_handler("smtp_server_data")) {
+        klua_call *c;
+        lua_State *co = sess_begin(s, "smtp_server_data", &c);
+        klua_push_message(co, s->base);
+        klua_push_connmeta(co, s->meta);
+        sess_run(s, c, 2, after_data_event);
+        return;
+    }
+    after_data_event(s, NULL, KLUA_OK);
+}
+
+/* ---- saving, logging, inserting -------------------------------------------------------- */
+
+struct save_ctx {
+    sess *s;
+    int err;
+};
+
+static void save_done_on_reactor(void *arg)
+{
+    struct save_ctx *x = arg;
+    sess *s = x->s;
+    if (x->err && !s->save_err)
+        s->save_err = x->err;
+    free(x);
+    s->refs--;
+    s->saves_pending--;
+    if (s->dead) {
+        if (s->refs == 0 && !s->reap_armed)
+            sess_free(s);
+        return;
+    }
+    if (s->saves_pending == 0) {
+        finish_reception(s);
+        if (!s->busy && !s->dead)
+            sess_process(s);
+    }
+}
+
+static void save_done(void *ud, int err)
+{
+    struct save_ctx *x = ud;
+    reactor_post(x->s->r, save_done_on_reactor, x);
+}
+
+static void log_reception(sess *s, message *m, const char *queue)
+{
+    char hex[SPOOLID_HEX_LEN + 1];
+    spoolid_to_hex(&m->id, hex);
+    logrec r = {0};
+    r.type = LOGREC_RECEPTION;
+    r.id = hex;
+    r.sender = m->sender;
+    r.recipients = (const char *const *)m->rcpts;
+    r.n_recipients = m->n_rcpts;
+    r.queue = queue;
+    r.site = "";
+    r.size = m->data_len;
+    r.response.code = 250;
+    r.response.content = "";
+    r.peer_name = s->ehlo_domain ? s->ehlo_domain : "";
+    r.peer_addr = s->peer_ip;
+    r.created_ns = spoolid_created_ns(&m->id);
+    r.reception_protocol = "ESMTP";
+    r.session_id = s->session_id;
+    r.tls_cipher = s->tls ? s->tls_cipher : NULL;
+    r.tls_protocol_version = s->tls ? s->tls_version : NULL;
+    r.msg_meta = m->meta;
+    r.msg_data = m->data;
+    r.msg_data_len = m->data_len;
+    logs_record(&r);
+}
+
+/* Called after the events (saves_pending == 0 and nothing saved yet) and
+ * again when all saves completed. */
+static void finish_reception(sess *s)
+{
+    spool *sp = services_spool();
+    if (s->timed_out) {
+        /* the reply was already sent: unwind what got saved */
+        for (size_t i = 0; i < s->n_batch; i++)
+            if (sp)
+                spool_remove(sp, &s->batch[i]->id, NULL, NULL);
+        tx_reset(s);
+        s->busy = false;
+        return;
+    }
+    if (s->save_err) {
+        DERROR(SMOD, "session=%s spool save failed: %s", s->session_id, kerr_str(s->save_err));
+        for (size_t i = 0; i < s->n_batch; i++)
+            if (sp)
+                spool_remove(sp, &s->batch[i]->id, NULL, NULL);
+        int err = s->save_err;
+        s->save_err = 0;
+        if (err == KERR_UNHEALTHY)
+            post_data_fail(s, 451, "4.3.2 the spool is not accepting writes");
+        else if (err == KERR_TIMEDOUT)
+            post_data_fail(s, 451, "4.4.5 spool write timed out");
+        else
+            post_data_fail(s, 451, "4.3.0 the spool could not store the message. Try later");
+        return;
+    }
+    /* First pass: trace headers, relay decision, saves. */
+    bool any_saving = false;
+    if (!s->busy && s->saves_pending == 0 && s->batch_idx == s->n_batch) {
+        s->batch_idx = s->n_batch + 1; /* marks "saves issued" */
+        for (size_t i = 0; i < s->n_batch; i++) {
+            message *m = s->batch[i];
+            if (apply_supplemental(s, m) != 0) {
+                post_data_fail(s, 451, "4.3.0 insufficient memory");
+                return;
+            }
+            char *q = queue_name_of_message(m);
+            bool relay = relay_allowed(s, m->sender, m->rcpts[0]);
+            bool save = relay && strcmp(q, "null") != 0 && !s->ln->deferred_spool;
+            free(q);
+            if (!save)
+                continue;
+            if (!sp) {
+                post_data_fail(s, 451, "4.3.2 waiting for spool startup");
+                return;
+            }
+            size_t ml;
+            char *meta = message_meta_to_json(m, &ml);
+            char *data = malloc(m->data_len + 1);
+            if (!data) {
+                free(meta);
+                post_data_fail(s, 451, "4.3.0 insufficient memory");
+                return;
+            }
+            memcpy(data, m->data, m->data_len);
+            struct save_ctx *x = malloc(sizeof(*x));
+            if (!x)
+                abort();
+            x->s = s;
+            x->err = 0;
+            s->refs++;
+            s->saves_pending++;
+            any_saving = true;
+            m->meta_dirty = m->data_dirty = false;
+            /* durable before the 250 unless the operator opted out */
+            spool_save(sp, &m->id, meta, ml, data, m->data_len, true, save_done, x);
+        }
+        if (any_saving) {
+            s->busy = true;
+            return;
+        }
+    }
+    s->busy = false;
+    if (s->deadline_ev)
+        event_del(s->deadline_ev);
+    /* Second pass: Reception records, then hand over to the queues. */
+    char ids[4096];
+    size_t il = 0;
+    ids[0] = 0;
+    bool relayed_any = false, black_holed = false;
+    int failed = 0;
+    for (size_t i = 0; i < s->n_batch; i++) {
+        message *m = s->batch[i];
+        char hex[SPOOLID_HEX_LEN + 1];
+        spoolid_to_hex(&m->id, hex);
+        if (il + 34 < sizeof(ids))
+            il += (size_t)snprintf(ids + il, sizeof(ids) - il, "%s%s", il ? " " : "", hex);
+        char *q = queue_name_of_message(m);
+        bool relay = relay_allowed(s, m->sender, m->rcpts[0]);
+        log_reception(s, m, q);
+        if (strcmp(q, "null") == 0) {
+            black_holed = true;
+        } else if (relay) {
+            relayed_any = true;
+            if (insert_hook) {
+                message_ref(m);
+                if (insert_hook(m, q, "Received") != 0)
+                    failed++;
+            }
+        }
+        free(q);
+    }
+    size_t n = s->n_batch;
+    tx_reset(s);
+    sess_set_state(s, SS_READY);
+    if (!black_holed && !relayed_any) {
+        sess_reply(s, 550, "5.7.1 relaying not permitted", "DATA");
+    } else if (failed && (size_t)failed == n) {
+        sess_replyf(s, 421, "DATA", "4.3.0 %s technical difficulties", s->ln->hostname);
+    } else {
+        sess_replyf(s, 250, "DATA", "%s ids=%s", failed ? "PARTIAL" : "OK", ids);
+    }
+}
+
+/* ---- AUTH PLAIN ------------------------------------------------------------------------ */
+
+static int b64_decode(const char *in, unsigned char *out, size_t outcap)
+{
+    static int8_t rev[256];
+    static bool init;
+    if (!init) {
+        memset(rev, -1, sizeof(rev));
+        const char *t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        for (int i = 0; t[i]; i++)
+            rev[(unsigned char)t[i]] = (int8_t)i;
+        init = true;
+    }
+    size_t o = 0;
+    unsigned v = 0;
+    int bits = 0;
+    for (const char *p = in; *p && *p != '='; p++) {
+        int8_t d = rev[(unsigned char)*p];
+        if (d < 0)
+            return -1;
+        v = (v << 6) | (unsigned)d;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (o >= outcap)
+                return -1;
+            out[o++] = (unsigned char)(v >> bits);
+        }
+    }
+    return (int)o;
+}
+
+static void after_auth(sess *s, klua_call *c, int status)
+{
+    char *authc = s->pending_rcpt;
+    s->pending_rcpt = NULL;
+    if (status == KLUA_REJECT) {
+        free(authc);
+        sess_reply(s, klua_call_reject_code(c), klua_call_error(c), s->line);
+        return;
+    }
+    bool ok = status == KLUA_OK && klua_call_nresults(c) >= 1 &&
+              (lua_toboolean(klua_call_thread(c), 1) ||
+               lua_type(klua_call_thread(c), 1) == LUA_TTABLE);
+    if (status == KLUA_ERROR)
+        DERROR(SMOD, "session=%s error in smtp_server_auth_plain: %s", s->session_id,
+               klua_call_error(c));
+    if (!ok) {
+        free(authc);
+        sess_reply(s, 535, "5.7.8 AUTH invalid", s->line);
+        return;
+    }
+    free(s->authn_id);
+    s->authn_id = authc;
+    json_object_set_new(s->meta, "authn_id", json_string(authc));
+    sess_reply(s, 235, "2.7.0 AUTH OK!", s->line);
+}
+
+static void auth_plain_response(sess *s, const char *b64)
+{
+    unsigned char buf[1024];
+    int n = b64_decode(b64, buf, sizeof(buf) - 1);
+    if (n < 0) {
+        sess_reply(s, 501, "5.5.2 Invalid base64 in authentication exchange", s->line);
+        return;
+    }
+    buf[n] = 0;
+    /* authz NUL authc NUL password */
+    unsigned char *z1 = memchr(buf, 0, (size_t)n);
+    unsigned char *z2 = z1 ? memchr(z1 + 1, 0, (size_t)(buf + n - z1 - 1)) : NULL;
+    if (!z1 || !z2) {
+        sess_reply(s, 501, "5.5.2 Invalid decoded PLAIN response", s->line);
+        return;
+    }
+    const char *authz = (char *)buf, *authc = (char *)z1 + 1, *pass = (char *)z2 + 1;
+    klua_call *c;
+    lua_State *co = sess_begin(s, "smtp_server_auth_plain", &c);
+    lua_pushstring(co, authz);
+    lua_pushstring(co, authc);
+    lua_pushlstring(co, pass, (size_t)(buf + n - (unsigned char *)pass));
+    klua_push_connmeta(co, s->meta);
+    if (*authz)
+        json_object_set_new(s->meta, "authz_id", json_string(authz));
+    s->pending_rcpt = strdup(authc);
+    sess_run(s, c, 4, after_auth);
+}
+
+static void cmd_auth(sess *s, const char *arg)
+{
+    if (s->authn_id) {
+        sess_reply(s, 503, "5.5.1 AUTH me once, can't get authed again!", s->line);
+        return;
+    }
+    if (s->state == SS_MAIL || s->state == SS_RCPT) {
+        sess_reply(s, 503, "5.5.1 AUTH not permitted inside a transaction", s->line);
+        return;
+    }
+    char mech[32] = "";
+    const char *sp = strchr(arg, ' ');
+    snprintf(mech, sizeof(mech), "%.*s", sp ? (int)(sp - arg) : (int)strlen(arg), arg);
+    if (strcasecmp(mech, "PLAIN") != 0 || !has_handler("smtp_server_auth_plain")) {
+        sess_replyf(s, 504, s->line, "5.5.4 AUTH %s not supported", mech);
+        return;
+    }
+    if (!s->tls) {
+        sess_replyf(s, 524, s->line, "5.7.11 AUTH %s requires an encrypted channel", mech);
+        return;
+    }
+    if (sp && sp[1]) {
+        auth_plain_response(s, sp + 1);
+        return;
+    }
+    sess_set_state(s, SS_AUTH);
+    sess_reply(s, 334, " ", s->line);
+}
+
+/* ---- STARTTLS -------------------------------------------------------------------------- */
+
+static void sess_read_cb(struct bufferevent *bev, void *arg);
+static void sess_write_cb(struct bufferevent *bev, void *arg);
+static void sess_event_cb(struct bufferevent *bev, short what, void *arg);
+
+static void start_tls_now(sess *s)
+{
+    s->starttls_pending = false;
+    SSL *ssl = SSL_new(s->ln->tls);
+    if (!ssl) {
+        sess_reap_soon(s);
+        return;
+    }
+    struct bufferevent *tb = bufferevent_openssl_filter_new(
+        reactor_base(s->r), s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+    if (!tb) {
+        SSL_free(ssl);
+        sess_reap_soon(s);
+        return;
+    }
+    s->bev = tb;
+    bufferevent_setcb(tb, sess_read_cb, sess_write_cb, sess_event_cb, s);
+    struct timeval tv = {s->ln->client_timeout_ns / NS_PER_SEC, 0};
+    bufferevent_set_timeouts(tb, &tv, &tv);
+    bufferevent_enable(tb, EV_READ | EV_WRITE);
+}
+
+static void cmd_starttls(sess *s)
+{
+    if (s->tls) {
+        sess_reply(s, 503, "5.5.1 Cannot STARTTLS as TLS is already active", s->line);
+        return;
+    }
+    if (!s->ln->tls) {
+        sess_reply(s, 502, "5.5.1 Command unimplemented", s->line);
+        return;
+    }
+    sess_reply(s, 220, "Ready to Start TLS", s->line);
+    /* RFC 3207 §4.2: discard anything the client pipelined after STARTTLS */
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    bufferevent_disable(s->bev, EV_READ);
+    s->starttls_pending = true;
+    s->busy = true;
+    if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+        start_tls_now(s);
+}
+
+/* ---- command dispatch -------------------------------------------------------------------- */
+
+static bool valid_command_line(const char *l, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)l[i];
+        if (ch == 0 || (ch < 0x20 && ch != '\t'))
+            return false;
+    }
+    return true;
+}
+
+static void dispatch_line(sess *s, char *line)
+{
+    free(s->line);
+    s->line = strdup(line);
+    if (s->state == SS_AUTH) {
+        sess_set_state(s, s->ehlo_domain ? SS_READY : SS_HELO);
+        if (strcmp(line, "*") == 0) {
+            sess_reply(s, 501, "5.0.0 AUTH cancelled", NULL);
+            return;
+        }
+        auth_plain_response(s, line);
+        return;
+    }
+    char verb[16];
+    size_t vl = strcspn(line, " ");
+    snprintf(verb, sizeof(verb), "%.*s", (int)(vl < 15 ? vl : 15), line);
+    const char *arg = line + vl;
+    while (*arg == ' ')
+        arg++;
+    if (strcasecmp(verb, "EHLO") == 0 || strcasecmp(verb, "LHLO") == 0)
+        cmd_ehlo(s, arg, true);
+    else if (strcasecmp(verb, "HELO") == 0)
+        cmd_ehlo(s, arg, false);
+    else if (strcasecmp(verb, "MAIL") == 0)
+        cmd_mail(s, arg);
+    else if (strcasecmp(verb, "RCPT") == 0)
+        cmd_rcpt(s, arg);
+    else if (strcasecmp(verb, "DATA") == 0)
+        cmd_data(s);
+    else if (strcasecmp(verb, "RSET") == 0) {
+        tx_reset(s);
+        if (s->state != SS_HELO)
+            sess_set_state(s, SS_READY);
+        sess_reply(s, 250, "Reset state", NULL);
+    } else if (strcasecmp(verb, "NOOP") == 0)
+        sess_reply(s, 250, "the goggles do nothing", NULL);
+    else if (strcasecmp(verb, "QUIT") == 0) {
+        sess_reply(s, 221, "So long, and thanks for all the fish!", NULL);
+        s->close_after_write = true;
+        sess_set_state(s, SS_CLOSING);
+        bufferevent_disable(s->bev, EV_READ);
+    } else if (strcasecmp(verb, "STARTTLS") == 0)
+        cmd_starttls(s);
+    else if (strcasecmp(verb, "AUTH") == 0)
+        cmd_auth(s, arg);
+    else if (strcasecmp(verb, "VRFY") == 0 || strcasecmp(verb, "EXPN") == 0)
+        sess_reply(s, 252, "2.5.2 cannot verify the user, but will accept the message", s->line);
+    else if (strcasecmp(verb, "HELP") == 0)
+        sess_reply(s, 214, "2.0.0 see https://www.rfc-editor.org/rfc/rfc5321", NULL);
+    else
+        sess_reply(s, 502, "5.5.1 Command unimplemented", s->line);
+}
+
+/* Runs commands from the input buffer until it is empty or the session
+ * waits. Never frees the session (callbacks mark it). */
+static void sess_process(sess *s)
+{
+    if (s->in_loop || s->dead || !s->bev)
+        return;
+    s->in_loop = true;
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    while (!s->busy && !s->dead && s->state != SS_CLOSING && s->state != SS_CONNECT) {
+        if (s->state == SS_DATA) {
+            if (!data_consume(s, in))
+                break;
+            data_finish_reading(s);
+            continue;
+        }
+        size_t eol_len = 0;
+        struct evbuffer_ptr eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
+        if (eol.pos < 0) {
+            size_t pending = evbuffer_get_length(in);
+            if ((long)pending > s->ln->line_length_hard_limit) {
+                /* keep reading until the line ends, then answer once */
+                evbuffer_drain(in, pending);
+                s->discarding_line = true;
+            }
+            break;
+        }
+        size_t n = (size_t)eol.pos;
+        if (s->discarding_line || (long)n > s->ln->line_length_hard_limit) {
+            evbuffer_drain(in, n + eol_len);
+            s->discarding_line = false;
+            sess_reply(s, 500, "5.2.3 line too long", NULL);
+            continue;
+        }
+        char *line = malloc(n + 1);
+        if (!line)
+            abort();
+        evbuffer_remove(in, line, n);
+        line[n] = 0;
+        evbuffer_drain(in, eol_len);
+        if (!valid_command_line(line, n)) {
+            sess_reply(s, 501, "5.5.2 Invalid UTF-8 in command", NULL);
+            free(line);
+            continue;
+        }
+        dispatch_line(s, line);
+        free(line);
+    }
+    s->in_loop = false;
+    if (s->bev && !s->dead && s->close_after_write &&
+        evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+        sess_reap_soon(s);
+}
+
+/* ---- libevent callbacks ------------------------------------------------------------------- */
+
+static void sess_read_cb(struct bufferevent *bev, void *arg)
+{
+    sess_process(arg);
+}
+
+static void sess_write_cb(struct bufferevent *bev, void *arg)
+{
+    sess *s = arg;
+    if (s->starttls_pending) {
+        start_tls_now(s);
+        return;
+    }
+    if (s->close_after_write)
+        sess_reap_soon(s);
+}
+
+static void sess_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    sess *s = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        /* TLS handshake done */
+        SSL *ssl = bufferevent_openssl_get_ssl(bev);
+        s->tls = true;
+        s->busy = false;
+        free(s->tls_cipher);
+        free(s->tls_version);
+        s->tls_cipher = strdup(SSL_get_cipher_name(ssl));
+        s->tls_version = strdup(SSL_get_version(ssl));
+        json_object_set_new(s->meta, "tls_cipher", json_string(s->tls_cipher));
+        json_object_set_new(s->meta, "tls_protocol_version", json_string(s->tls_version));
+        /* RFC 3207 §4.2: the client must say EHLO again */
+        free(s->ehlo_domain);
+        s->ehlo_domain = NULL;
+        tx_reset(s);
+        sess_set_state(s, SS_HELO);
+        sess_process(s);
+        return;
+    }
+    if (what & BEV_EVENT_TIMEOUT) {
+        if (s->busy) {
+            /* waiting on policy/spool: the processing deadline governs */
+            bufferevent_enable(bev, EV_READ);
+            return;
+        }
+        DDEBUG(SMOD, "session=%s peer=%s idle too long in state %s", s->session_id,
+               s->peer_str, state_names[s->state]);
+        bufferevent_enable(bev, EV_READ | EV_WRITE);
+        sess_replyf(s, 421, NULL, "4.3.2 %s idle too long", s->ln->hostname);
+        return;
+    }
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        if (what & BEV_EVENT_ERROR) {
+            unsigned long e = bufferevent_get_openssl_error(bev);
+            if (e) {
+                char buf[256];
+                ERR_error_string_n(e, buf, sizeof(buf));
+                DDEBUG(SMOD, "session=%s peer=%s TLS error: %s", s->session_id, s->peer_str,
+                       buf);
+            }
+        }
+        sess_reap_soon(s);
+    }
+}
+
+static void addr_to_str(const struct sockaddr *sa, char *ip, size_t iplen, char *full,
+                        size_t fulllen)
+{
+    int port = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, ip, (socklen_t)iplen);
+        port = ntohs(in->sin_port);
+        snprintf(full, fulllen, "%s:%d", ip, port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, (socklen_t)iplen);
+        port = ntohs(in6->sin6_port);
+        snprintf(full, fulllen, "[%s]:%d", ip, port);
+    } else {
+        snprintf(ip, iplen, "unknown");
+        snprintf(full, fulllen, "unknown");
+    }
+}
+
+static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
+                      int salen, void *arg)
+{
+    listener_cfg *ln = arg;
+    reactor *r = reactor_current();
+    atomic_fetch_add(&st_connections, 1);
+    sess *s = calloc(1, sizeof(*s));
+    if (!s) {
+        close(fd);
+        return;
+    }
+    s->ln = ln;
+    s->r = r;
+    atomic_fetch_add(&ln->active, 1);
+    atomic_fetch_add(&live_sessions, 1);
+    memcpy(&s->peer, sa, (size_t)salen < sizeof(s->peer) ? (size_t)salen : sizeof(s->peer));
+    addr_to_str(sa, s->peer_ip, sizeof(s->peer_ip), s->peer_str, sizeof(s->peer_str));
+    struct sockaddr_storage local;
+    socklen_t ll = sizeof(local);
+    getsockname(fd, (struct sockaddr *)&local, &ll);
+    addr_to_str((struct sockaddr *)&local, s->local_ip, sizeof(s->local_ip), s->local_str,
+                sizeof(s->local_str));
+    uuid_t u;
+    uuid_generate_time(u);
+    uuid_unparse_lower(u, s->session_id);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    s->bev = bufferevent_socket_new(reactor_base(r), fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!s->bev) {
+        close(fd);
+        sess_free(s);
+        return;
+    }
+    s->meta = json_deep_copy(ln->meta);
+    json_object_set_new(s->meta, "reception_protocol", json_string("ESMTP"));
+    json_object_set_new(s->meta, "received_via", json_string(s->local_str));
+    json_object_set_new(s->meta, "received_from", json_string(s->peer_str));
+    json_object_set_new(s->meta, "hostname", json_string(ln->hostname));
+    bufferevent_setcb(s->bev, sess_read_cb, sess_write_cb, sess_event_cb, s);
+    struct timeval tv = {ln->client_timeout_ns / NS_PER_SEC,
+                         (ln->client_timeout_ns % NS_PER_SEC) / 1000};
+    bufferevent_set_timeouts(s->bev, &tv, &tv);
+    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    DDEBUG(SMOD, "session=%s accepted peer=%s via=%s", s->session_id, s->peer_str,
+           s->local_str);
+
+    /* pre-banner refusals */
+    if (atomic_load(&shutting_down)) {
+        sess_replyf(s, 421, NULL, "4.3.2 %s shutting down", ln->hostname);
+        return;
+    }
+    if (atomic_load(&ln->active) > ln->max_connections) {
+        atomic_fetch_add(&st_denied, 1);
+        sess_replyf(s, 421, NULL, "4.3.2 %s too many concurrent sessions", ln->hostname);
+        return;
+    }
+    if (!services_spool_ready()) {
+        sess_replyf(s, 421, NULL, "4.3.2 %s waiting for spool startup. Try again soon!",
+                    ln->hostname);
+        return;
+    }
+    if (has_handler("smtp_server_connection_accepted")) {
+        s->state = SS_CONNECT;
+        klua_call *c;
+        lua_State *co = sess_begin(s, "smtp_server_connection_accepted", &c);
+        klua_push_connmeta(co, s->meta);
+        sess_run(s, c, 1, after_connection_accepted);
+        if (!s->busy && !s->dead)
+            sess_process(s);
+        return;
+    }
+    sess_greet(s);
+}
+
+/* ---- start and stop ---------------------------------------------------------------------------- */
+
+struct open_job {
+    int reactor_idx;
+    char err[512];
+    int rc;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+};
+
+static void open_on_reactor(void *arg)
+{
+    struct open_job *j = arg;
+    reactor *r = reactor_current();
+    for (int i = 0; i < n_listeners && j->rc == 0; i++) {
+        listener_cfg *ln = listeners[i];
+        int fd = socket(ln->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int one = 1;
+        if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+            bind(fd, (struct sockaddr *)&ln->addr, ln->addrlen) != 0 || listen(fd, 1024) != 0) {
+            snprintf(j->err, sizeof(j->err), "cannot listen on %s: %s", ln->listen,
+                     strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            j->rc = -1;
+            break;
+        }
+        struct evconnlistener *evl = evconnlistener_new(
+            reactor_base(r), on_accept, ln, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, -1, fd);
+        if (!evl) {
+            snprintf(j->err, sizeof(j->err), "cannot listen on %s", ln->listen);
+            close(fd);
+            j->rc = -1;
+            break;
+        }
+        evlisteners[reactor_index(r) * MAX_LISTENERS + i] = evl;
+    }
+    pthread_mutex_lock(&j->lock);
+    j->done = true;
+    pthread_cond_signal(&j->cond);
+    pthread_mutex_unlock(&j->lock);
+}
+
+int smtpsrv_start_listeners(char *err, size_t errlen)
+{
+    evlisteners = calloc((size_t)reactor_count() * MAX_LISTENERS, sizeof(*evlisteners));
+    if (!evlisteners)
+        return -1;
+    for (int i = 0; i < n_listeners; i++) {
+        listener_cfg *ln = listeners[i];
+        char e2[512];
+        ln->tls = tls_server_ctx_new(ln->tls_certificate, ln->tls_private_key, ln->hostname, e2,
+                                     sizeof(e2));
+        if (!ln->tls) {
+            snprintf(err, errlen, "esmtp listener %s: TLS: %s", ln->listen, e2);
+            return -1;
+        }
+        struct sockaddr_in *in = (struct sockaddr_in *)&ln->addr;
+        bool loopback = ln->addr.ss_family == AF_INET
+                            ? (ntohl(in->sin_addr.s_addr) >> 24) == 127
+                            : IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ln->addr)->sin6_addr);
+        if (ln->deferred_queue && !loopback)
+            DWARN(SMOD, "esmtp listener %s has deferred_queue=true on a non-loopback address: "
+                        "it must only face trusted injectors (check relay_hosts)",
+                  ln->listen);
+    }
+    for (int r = 0; r < reactor_count(); r++) {
+        struct open_job j = {.reactor_idx = r};
+        pthread_mutex_init(&j.lock, NULL);
+        pthread_cond_init(&j.cond, NULL);
+        reactor_post(reactor_get(r), open_on_reactor, &j);
+        pthread_mutex_lock(&j.lock);
+        while (!j.done)
+            pthread_cond_wait(&j.cond, &j.lock);
+        pthread_mutex_unlock(&j.lock);
+        pthread_mutex_destroy(&j.lock);
+        pthread_cond_destroy(&j.cond);
+        if (j.rc != 0) {
+            snprintf(err, errlen, "%s", j.err);
+            return -1;
+        }
+    }
+    for (int i = 0; i < n_listeners; i++)
+        DINFO(SMOD, "esmtp listener on %s (hostname %s)", listeners[i]->listen,
+              listeners[i]->hostname);
+    return 0;
+}
+
+/* ---- enumeration at start-up --------------------------------------------------------------- */
+
+static atomic_ullong enum_count, enum_bad;
+static int64_t enum_started_ns;
+
+struct enum_item {
+    message *m;
+};
+
+static void enum_after_event(klua_call *c, int status, void *ud)
+{
+    message *m = ud;
+    if (status != KLUA_OK) {
+        char hex[SPOOLID_HEX_LEN + 1];
+        spoolid_to_hex(&m->id, hex);
+        DERROR(SMOD, "id=%s spool_message_enumerated failed: %s", hex, klua_call_error(c));
+    }
+    char *q = queue_name_of_message(m);
+    if (insert_hook)
+        insert_hook(m, q, "Enumerated");
+    else
+        message_unref(m);
+    free(q);
+}
+
+static void enum_on_reactor(void *arg)
+{
+    struct enum_item *it = arg;
+    message *m = it->m;
+    free(it);
+    klua *vm = klua_current();
+    if (vm && klua_has_handler(vm, "spool_message_enumerated")) {
+        klua_call *c;
+        lua_State *co = klua_call_begin(vm, "spool_message_enumerated", &c);
+        klua_push_message(co, m);
+        klua_call_run(c, 1, enum_after_event, m);
+        return;
+    }
+    enum_after_event(NULL, KLUA_OK, m);
+}
+
+static void enum_each(void *ud, const spoolid *id, const char *meta, size_t len)
+{
+    message *m;
+    if (message_from_meta_json(id, meta, len, &m) != 0) {
+        char hex[SPOOLID_HEX_LEN + 1];
+        spoolid_to_hex(id, hex);
+        DERROR(SMOD, "id=%s unreadable meta in spool; removing it", hex);
+        atomic_fetch_add(&enum_bad, 1);
+        spool_remove(services_spool(), id, NULL, NULL);
+        return;
+    }
+    atomic_fetch_add(&enum_count, 1);
+    struct enum_item *it = malloc(sizeof(*it));
+    if (!it)
+        abort();
+    it->m = m;
+    uint64_t h = spoolid_hash(id);
+    reactor_post(reactor_get((int)(h % (uint64_t)reactor_count())), enum_on_reactor, it);
+}
+
+static void enum_done(void *ud, int err)
+{
+    if (err)
+        DERROR(SMOD, "spool enumeration failed: %s", kerr_str(err));
+    DINFO(SMOD, "spool enumeration done: %llu messages (%llu unreadable) in %.3fs",
+          (unsigned long long)atomic_load(&enum_count), (unsigned long long)atomic_load(&enum_bad),
+          (double)(clock_mono_ns() - enum_started_ns) / 1e9);
+    services_set_spool_ready();
+}
+
+int smtpsrv_start_enumeration(void)
+{
+    enum_started_ns = clock_mono_ns();
+    spool_enumerate(services_spool(), enum_each, enum_done, NULL);
+    return 0;
+}
+
+/* ---- shutdown ----------------------------------------------------------------------------------- */
+
+static void close_listeners_on_reactor(void *arg)
+{
+    struct open_job *j = arg;
+    reactor *r = reactor_current();
+    for (int i = 0; i < n_listeners; i++) {
+        struct evconnlistener **slot = &evlisteners[reactor_index(r) * MAX_LISTENERS + i];
+        if (*slot) {
+            evconnlistener_free(*slot);
+            *slot = NULL;
+        }
+    }
+    pthread_mutex_lock(&j->lock);
+    j->done = true;
+    pthread_cond_signal(&j->cond);
+    pthread_mutex_unlock(&j->lock);
+}
+
+void smtpsrv_shutdown(void)
+{
+    atomic_store(&shutting_down, true);
+    if (evlisteners) {
+        for (int r = 0; r < reactor_count(); r++) {
+            struct open_job j = {.reactor_idx = r};
+            pthread_mutex_init(&j.lock, NULL);
+            pthread_cond_init(&j.cond, NULL);
+            reactor_post(reactor_get(r), close_listeners_on_reactor, &j);
+            pthread_mutex_lock(&j.lock);
+            while (!j.done)
+                pthread_cond_wait(&j.cond, &j.lock);
+            pthread_mutex_unlock(&j.lock);
+            pthread_mutex_destroy(&j.lock);
+            pthread_cond_destroy(&j.cond);
+        }
+    }
+    /* Let sessions in the middle of a transaction finish (bounded). */
+    for (int i = 0; i < 300 && atomic_load(&live_sessions) > 0; i++)
+        usleep(10000);
+    free(evlisteners);
+    evlisteners = NULL;
+    for (int i = 0; i < n_listeners; i++) {
+        listener_cfg_free(listeners[i]);
+        listeners[i] = NULL;
+    }
+    n_listeners = 0;
+}
