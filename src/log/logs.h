@@ -61,7 +61,8 @@ typedef struct logrec {
     const char *source_address; /* NULL -> null; else {address, server?, protocol?} */
     const char *delivery_protocol, *reception_protocol;
     const char *nodeid;
-    /* omitted when NULL: */
+    /* omitted when NULL: (tls_peer_subject_name holds one subject entry
+     * per line, "C=US\nCN=mx.example.com", logged as an array of them) */
     const char *tls_cipher, *tls_protocol_version, *tls_peer_subject_name;
     const char *provider_name, *session_id;
     const json_t *feedback_report; /* Feedback only; NULL -> null */
