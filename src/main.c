@@ -24,6 +24,8 @@
 #include "lua/klua.h"
 #include "lua/services.h"
 #include "smtp/server.h"
+#include "queue/queue.h"
+#include "delivery/lua_deliver.h"
 
 #define MAIN_MOD "kumod"
 
@@ -284,6 +286,8 @@ int main(int argc, char **argv)
 
     services_lua_register();
     smtpsrv_lua_register();
+    queue_init();
+    lua_deliver_register();
     klua_set_reload_hook(reload_all);
     services_set_validate_only(validate);
 

@@ -50,6 +50,7 @@ struct klua_call {
     char *errmsg;
     bool running;
     bool waiting;
+    int extra_args; /* 1 when the dispatcher's event-name argument is on the stack */
 };
 
 static klua_opener openers[KLUA_MAX_OPENERS];
@@ -654,6 +655,11 @@ lua_State *klua_state(klua *vm)
     return vm->L;
 }
 
+klua *klua_call_vm(klua_call *c)
+{
+    return c->vm;
+}
+
 klua *klua_current(void)
 {
     reactor *r = reactor_current();
@@ -698,6 +704,26 @@ lua_State *klua_call_begin(klua *vm, const char *event, klua_call **out)
     *(klua_call **)lua_getextraspace(c->co) = c;
     lua_rawgeti(c->co, LUA_REGISTRYINDEX, vm->dispatch_ref);
     lua_pushstring(c->co, event);
+    c->extra_args = 1;
+    *out = c;
+    return c->co;
+}
+
+lua_State *klua_call_begin_fn(klua *vm, const char *label, klua_call **out)
+{
+    klua_call *c = calloc(1, sizeof(*c));
+    if (!c) {
+        fprintf(stderr, "kumod: out of memory starting a Lua call\n");
+        abort();
+    }
+    c->vm = vm;
+    klua_ref(vm);
+    lua_State *L = vm->L;
+    c->co = lua_newthread(L);
+    c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    c->event_copy = strdup(label);
+    c->event = c->event_copy;
+    *(klua_call **)lua_getextraspace(c->co) = c;
     *out = c;
     return c->co;
 }
@@ -759,7 +785,7 @@ void klua_call_run(klua_call *c, int nargs, klua_done_fn done, void *ud)
     c->done = done;
     c->ud = ud;
     /* the dispatch function takes the event name plus the caller's args */
-    klua_call_step(c, nargs + 1);
+    klua_call_step(c, nargs + c->extra_args);
 }
 
 void klua_call_cancel(klua_call *c)

@@ -43,6 +43,12 @@ typedef void (*klua_done_fn)(klua_call *c, int status, void *ud);
  * pushes the arguments, then calls klua_call_run. Works (and returns nil)
  * even when no handler is registered. */
 lua_State *klua_call_begin(klua *vm, const char *event, klua_call **out);
+/* Like klua_call_begin but for calling a Lua value (a method of an object
+ * the policy returned): nothing is pushed; the caller pushes the function
+ * and its arguments, and nargs passed to klua_call_run counts only the
+ * arguments. label names the call in errors. */
+lua_State *klua_call_begin_fn(klua *vm, const char *label, klua_call **out);
+klua *klua_call_vm(klua_call *c);
 /* Runs the call. done runs exactly once, possibly before this returns (when
  * no handler waits). Inside done: results are at 1..klua_call_nresults() on
  * klua_call_thread(); afterwards the call is freed. */

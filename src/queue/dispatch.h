@@ -1,0 +1,87 @@
+/* The dispatcher interface between ready queues and delivery protocols.
+ * A dispatcher is one "connection" of a ready queue: it opens, delivers
+ * messages one at a time, and closes. Protocol drivers implement the three
+ * operations and report back through the disp_* functions, always on the
+ * ready queue's reactor. The dispatcher records its phase, a detail string
+ * and the time of its last progress for the watchdog. */
+#ifndef KUMOD_QUEUE_DISPATCH_H
+#define KUMOD_QUEUE_DISPATCH_H
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "log/logs.h"
+#include "msg/message.h"
+#include "queue/config.h"
+
+typedef struct dispatcher dispatcher;
+
+typedef enum disp_phase {
+    PHASE_STARTING,
+    PHASE_ACQUIRING_LEASE,
+    PHASE_IDLE,
+    PHASE_ACCUMULATING_BATCH,
+    PHASE_CONNECTION_RATE_THROTTLED,
+    PHASE_MESSAGE_RATE_THROTTLED,
+    PHASE_ATTEMPTING_CONNECTION,
+    PHASE_DELIVERING_MESSAGE,
+    PHASE_CLOSING,
+} disp_phase;
+
+typedef struct disp_driver {
+    const char *delivery_protocol; /* "Lua", "ESMTP", ... for log records */
+    /* Opens the connection; reports with disp_opened(). */
+    void (*open)(dispatcher *d);
+    /* Delivers one resident message; reports with disp_delivered(). */
+    void (*send)(dispatcher *d, message *m);
+    /* Releases the driver state (may send QUIT); never reports. */
+    void (*close)(dispatcher *d);
+    /* Drops everything at once (watchdog); never reports afterwards. */
+    void (*abort)(dispatcher *d);
+} disp_driver;
+
+typedef enum disp_outcome {
+    OUTCOME_DELIVERED,
+    OUTCOME_TRANSIENT,
+    OUTCOME_PERMANENT,
+} disp_outcome;
+
+typedef struct disp_response {
+    int code;
+    int enh_class, enh_subject, enh_detail; /* class 0 = none */
+    const char *content;
+    const char *command; /* may be NULL */
+} disp_response;
+
+/* Accessors for drivers. */
+void *disp_driver_state(dispatcher *d);
+void disp_set_driver_state(dispatcher *d, void *st);
+const char *disp_readyq_name(dispatcher *d);
+const char *disp_site(dispatcher *d);
+const char *disp_domain(dispatcher *d); /* the scheduled queue's domain */
+const char *disp_tenant(dispatcher *d);
+const char *disp_campaign(dispatcher *d);
+const char *disp_routing_domain(dispatcher *d);
+const queue_config *disp_queue_config(dispatcher *d);
+const egress_path_config *disp_path_config(dispatcher *d);
+const egress_source *disp_source(dispatcher *d);
+const char *disp_session_id(dispatcher *d);
+void disp_set_phase(dispatcher *d, disp_phase p, const char *detail);
+/* Peer and TLS details for the records of this connection. */
+void disp_set_peer(dispatcher *d, const char *name, const char *addr);
+void disp_set_tls(dispatcher *d, const char *cipher, const char *version);
+void disp_set_source_address(dispatcher *d, const char *addr);
+
+/* ok=false: every message waiting in the ready queue... only the current
+ * attempt fails; the response is logged as a TransientFailure for the next
+ * message and the dispatcher closes. */
+void disp_opened(dispatcher *d, bool ok, const disp_response *fail);
+/* The outcome for the message handed to send(). For a message with several
+ * recipients a driver may report per recipient by calling
+ * disp_recipient_outcome() for each and then disp_delivered(d, -1, NULL). */
+void disp_delivered(dispatcher *d, int outcome, const disp_response *r);
+void disp_recipient_outcome(dispatcher *d, size_t rcpt_index, disp_outcome o,
+                            const disp_response *r);
+
+void dispatch_register_driver(int proto, const disp_driver *drv);
+
+#endif

@@ -1,0 +1,2119 @@
+/* Scheduled queues, ready queues, dispatchers, retries and expiry.
+ *
+ * Ownership: a scheduled queue and a ready queue live on the reactor
+ * hash(name) % N and are touched only there. A queued message (qmsg) is
+ * owned by exactly one reactor at a time and moves as a pointer through the
+ * mailboxes: reception -> scheduled queue owner -> ready queue owner ->
+ * (outcome) -> scheduled queue owner again for a retry. Its message struct is
+ * resident only while it is being worked on; while it waits on the timer
+ * wheel only the qmsg remains (meta and data stay in the spool).
+ *
+ * Configuration comes from the policy: get_queue_config / get_egress_pool
+ * when a scheduled queue is created, get_egress_source /
+ * get_egress_path_config when a ready queue is created. Messages arriving
+ * while a queue's configuration loads wait on its pending list. A policy
+ * error is logged with its file and line and retried a minute later; the
+ * messages stay safe in the spool meanwhile.
+ *
+ * A message leaves the spool only after its final record was handed to the
+ * logger (Delivery, Bounce, Expiration). */
+#include "queue/queue.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <lauxlib.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <uuid/uuid.h>
+
+#include "core/diag.h"
+#include "core/duration.h"
+#include "core/kerr.h"
+#include "core/reactor.h"
+#include "log/logs.h"
+#include "lua/klua.h"
+#include "lua/message_lua.h"
+#include "lua/services.h"
+#include "msg/queue_name.h"
+#include "queue/backoff.h"
+#include "queue/config.h"
+#include "queue/dispatch.h"
+#include "smtp/server.h"
+#include "spool/spool.h"
+
+#define QMOD "kumod::queue"
+#define DEFERRED_QUEUE "deferred_smtp_inject.kumomta.internal"
+
+#define container_of(p, T, m) ((T *)((char *)(p)-offsetof(T, m)))
+
+/* ---- insert reasons (spec §5.7) ----------------------------------------------- */
+
+enum reason {
+    R_RECEIVED,
+    R_ENUMERATED,
+    R_SCHEDULED_FOR_LATER,
+    R_READYQ_SUSPENDED,
+    R_MESSAGE_RATE_THROTTLE,
+    R_THROTTLED_INSERT_READY,
+    R_READYQ_FULL,
+    R_FAILED_INSERT_READY,
+    R_GET_QUEUE_NAME_FAILED,
+    R_ADMIN_REBIND,
+    R_DUE_TIME_REACHED,
+    R_MAX_READY_REDUCED,
+    R_LOW_MEMORY,
+    R_NULL_MX,
+    R_MX_ZERO_HOSTS,
+    R_MX_PROHIBITED,
+    R_MX_SKIPPED,
+    R_TOO_MANY_CONN_FAILURES,
+    R_TOO_MANY_RECIPIENTS,
+    R_CONNECTION_RATE_THROTTLE,
+    R_LOGGED_TRANSIENT_FAILURE,
+    R_READYQ_REAPED,
+    R_DISPATCHER_DROP,
+    R_PEER_CLOSED,
+    R_PROTOCOL_CHANGED,
+    R_SPOOL_UNHEALTHY,
+    R_SOURCE_SUSPENDED,
+    R__COUNT
+};
+
+static const char *const reason_names[R__COUNT] = {
+    "Received",
+    "Enumerated",
+    "ScheduledForLater",
+    "ReadyQueueWasSuspended",
+    "MessageRateThrottle",
+    "ThrottledByThrottleInsertReadyQueue",
+    "ReadyQueueWasFull",
+    "FailedToInsertIntoReadyQueue",
+    "MessageGetQueueNameFailed",
+    "AdminRebind",
+    "DueTimeWasReached",
+    "MaxReadyWasReducedByConfigUpdate",
+    "ReadyQueueWasDelayedDueToLowMemory",
+    "FailedDueToNullMx",
+    "MxResolvedToZeroHosts",
+    "MxWasProhibited",
+    "MxWasSkipped",
+    "TooManyConnectionFailures",
+    "TooManyRecipients",
+    "ConnectionRateThrottle",
+    "LoggedTransientFailure",
+    "ReadyQueueWasReaped",
+    "DispatcherDrop",
+    "PeerClosedConnection",
+    "ProtocolChanged",
+    "SpoolUnhealthy",
+    "SourceIsUnhealthyAndSuspended",
+};
+
+static int reason_parse(const char *s)
+{
+    for (int i = 0; i < R__COUNT; i++)
+        if (strcmp(reason_names[i], s) == 0)
+            return i;
+    return R_RECEIVED;
+}
+
+/* ---- queued message --------------------------------------------------------------- */
+
+typedef struct schedq schedq;
+typedef struct readyq readyq;
+
+typedef struct qmsg {
+    wheel_entry timer;
+    struct qmsg *next, *prev;
+    message *m; /* resident, or NULL */
+    schedq *sq; /* valid on the scheduled queue's reactor only */
+    spoolid id;
+    uint16_t num_attempts;
+    uint8_t reasons[4]; /* most recent insert reasons, R__COUNT = empty */
+    uint8_t n_reasons;
+    bool enumerated_pending; /* attempts and due still to be inferred */
+    int64_t due_wall_s;      /* when it is due (0 = now) */
+} qmsg;
+
+typedef struct qlist {
+    qmsg head;
+    long count;
+} qlist;
+
+static void qlist_init(qlist *l)
+{
+    l->head.next = l->head.prev = &l->head;
+    l->count = 0;
+}
+
+static void qlist_push(qlist *l, qmsg *q)
+{
+    q->prev = l->head.prev;
+    q->next = &l->head;
+    l->head.prev->next = q;
+    l->head.prev = q;
+    l->count++;
+}
+
+static void qlist_del(qlist *l, qmsg *q)
+{
+    q->prev->next = q->next;
+    q->next->prev = q->prev;
+    q->next = q->prev = NULL;
+    l->count--;
+}
+
+static qmsg *qlist_pop(qlist *l)
+{
+    if (l->count == 0)
+        return NULL;
+    qmsg *q = l->head.next;
+    qlist_del(l, q);
+    return q;
+}
+
+static atomic_llong st_scheduled, st_ready, st_in_flight, st_sched_queues, st_ready_queues;
+static atomic_ullong st_delivered, st_transfail, st_failed, st_expired;
+
+void queue_get_stats(queue_stats *out)
+{
+    out->scheduled = atomic_load(&st_scheduled);
+    out->ready = atomic_load(&st_ready);
+    out->in_flight = atomic_load(&st_in_flight);
+    out->delivered = atomic_load(&st_delivered);
+    out->transfail = atomic_load(&st_transfail);
+    out->failed = atomic_load(&st_failed);
+    out->expired = atomic_load(&st_expired);
+    out->scheduled_queues = atomic_load(&st_sched_queues);
+    out->ready_queues = atomic_load(&st_ready_queues);
+}
+
+static void qmsg_add_reason(qmsg *q, int r)
+{
+    if (q->n_reasons && q->reasons[q->n_reasons - 1] == r)
+        return; /* adjacent duplicates collapse */
+    if (q->n_reasons == 4) {
+        memmove(q->reasons, q->reasons + 1, 3);
+        q->n_reasons = 3;
+    }
+    q->reasons[q->n_reasons++] = (uint8_t)r;
+}
+
+static bool qmsg_has_reason(const qmsg *q, int r)
+{
+    for (int i = 0; i < q->n_reasons; i++)
+        if (q->reasons[i] == r)
+            return true;
+    return false;
+}
+
+static qmsg *qmsg_new(message *m)
+{
+    qmsg *q = calloc(1, sizeof(*q));
+    if (!q)
+        abort();
+    q->m = m;
+    q->id = m->id;
+    q->num_attempts = (uint16_t)m->num_attempts;
+    return q;
+}
+
+static void qmsg_free(qmsg *q)
+{
+    message_unref(q->m);
+    free(q);
+}
+
+static uint64_t name_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+static reactor *owner_of(const char *name)
+{
+    return reactor_get((int)(name_hash(name) % (uint64_t)reactor_count()));
+}
+
+static int64_t now_s(void)
+{
+    return clock_wall_ns() / NS_PER_SEC;
+}
+
+static int64_t age_s(const qmsg *q)
+{
+    return (clock_wall_ns() - spoolid_created_ns(&q->id)) / NS_PER_SEC;
+}
+
+static double rand01(void)
+{
+    static __thread uint64_t s;
+    if (!s)
+        s = (uint64_t)clock_mono_ns() ^ (uint64_t)(uintptr_t)&s;
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return (double)(s >> 11) / 9007199254740992.0;
+}
+
+/* ---- records ---------------------------------------------------------------------- */
+
+typedef struct rec_ctx {
+    const char *queue;
+    const char *site;
+    const char *pool, *source;
+    const char *proto;
+    const char *peer_name, *peer_addr;
+    const char *session_id;
+    const char *provider;
+    const char *tls_cipher, *tls_version;
+    const char *source_address;
+} rec_ctx;
+
+static void log_record(logrec_type t, message *m, uint32_t attempts, const rec_ctx *x,
+                       const disp_response *r)
+{
+    char hex[SPOOLID_HEX_LEN + 1];
+    spoolid_to_hex(&m->id, hex);
+    logrec rec = {0};
+    rec.type = t;
+    rec.id = hex;
+    rec.sender = m->sender;
+    rec.recipients = (const char *const *)m->rcpts;
+    rec.n_recipients = m->n_rcpts;
+    rec.queue = x->queue;
+    rec.site = x->site ? x->site : "";
+    rec.size = m->data ? m->data_len : 0;
+    rec.response.code = r->code;
+    rec.response.enh_class = r->enh_class;
+    rec.response.enh_subject = r->enh_subject;
+    rec.response.enh_detail = r->enh_detail;
+    rec.response.content = r->content;
+    rec.response.command = r->command;
+    rec.peer_name = x->peer_name;
+    rec.peer_addr = x->peer_addr;
+    rec.created_ns = spoolid_created_ns(&m->id);
+    rec.num_attempts = attempts;
+    rec.egress_pool = x->pool;
+    rec.egress_source = x->source;
+    rec.source_address = x->source_address;
+    rec.delivery_protocol = x->proto;
+    rec.reception_protocol = json_string_value(json_object_get(m->meta, "reception_protocol"));
+    rec.session_id = x->session_id;
+    rec.provider_name = x->provider;
+    rec.tls_cipher = x->tls_cipher;
+    rec.tls_protocol_version = x->tls_version;
+    rec.msg_meta = m->meta;
+    rec.msg_data = m->data;
+    rec.msg_data_len = m->data ? m->data_len : 0;
+    logs_record(&rec);
+}
+
+static void spool_forget(qmsg *q)
+{
+    spool *sp = services_spool();
+    if (sp)
+        spool_remove(sp, &q->id, NULL, NULL);
+}
+
+/* ---- loading a message from the spool ----------------------------------------------- */
+
+typedef void (*load_done_fn)(qmsg *q, int err, void *ud);
+
+struct load_job {
+    qmsg *q;
+    reactor *r;
+    load_done_fn done;
+    void *ud;
+    int err;
+    char *meta;
+    size_t meta_len;
+    char *data;
+    size_t data_len;
+    bool want_data;
+    int stage;
+};
+
+static void load_finish_on_reactor(void *arg)
+{
+    struct load_job *j = arg;
+    qmsg *q = j->q;
+    if (!j->err && j->meta) {
+        message *m;
+        int rc = message_from_meta_json(&q->id, j->meta, j->meta_len, &m);
+        if (rc) {
+            j->err = rc;
+        } else {
+            message_unref(q->m);
+            q->m = m;
+            m->num_attempts = q->num_attempts;
+        }
+    }
+    if (!j->err && j->data && q->m) {
+        message_set_data_take(q->m, j->data, j->data_len);
+        q->m->data_dirty = false;
+        j->data = NULL;
+    }
+    free(j->meta);
+    free(j->data);
+    j->done(q, j->err, j->ud);
+    free(j);
+}
+
+static void load_step(void *ud, int err, char *buf, size_t len)
+{
+    struct load_job *j = ud;
+    if (err) {
+        j->err = err;
+        reactor_post(j->r, load_finish_on_reactor, j);
+        return;
+    }
+    if (j->stage == 0 && buf) {
+        j->meta = buf;
+        j->meta_len = len;
+    } else {
+        j->data = buf;
+        j->data_len = len;
+    }
+    j->stage++;
+    if (j->stage == 1 && j->want_data) {
+        spool_load(services_spool(), &j->q->id, true, load_step, j);
+        return;
+    }
+    reactor_post(j->r, load_finish_on_reactor, j);
+}
+
+/* Makes q->m resident with its data (want_data) on the calling reactor. */
+static void qmsg_load(qmsg *q, bool want_data, load_done_fn done, void *ud)
+{
+    bool have_meta = q->m != NULL;
+    bool have_data = q->m && q->m->data;
+    if (have_meta && (!want_data || have_data)) {
+        done(q, 0, ud);
+        return;
+    }
+    spool *sp = services_spool();
+    if (!sp) {
+        done(q, KERR_IO, ud);
+        return;
+    }
+    struct load_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        abort();
+    j->q = q;
+    j->r = reactor_current();
+    j->done = done;
+    j->ud = ud;
+    j->want_data = want_data;
+    if (have_meta) {
+        j->stage = 1;
+        spool_load(sp, &q->id, true, load_step, j);
+    } else {
+        spool_load(sp, &q->id, false, load_step, j);
+    }
+}
+
+/* Saves a dirty meta (after a policy changed it) without a sync of its own. */
+static void qmsg_save_if_dirty(qmsg *q)
+{
+    message *m = q->m;
+    spool *sp = services_spool();
+    if (!m || !sp || !(m->meta_dirty || m->data_dirty))
+        return;
+    size_t ml;
+    char *meta = message_meta_to_json(m, &ml);
+    char *data = NULL;
+    if (m->data_dirty && m->data) {
+        data = malloc(m->data_len + 1);
+        if (data)
+            memcpy(data, m->data, m->data_len);
+    }
+    spool_save(sp, &m->id, meta, ml, data, data ? m->data_len : 0, false, NULL, NULL);
+    m->meta_dirty = false;
+    if (data)
+        m->data_dirty = false;
+}
+
+/* Drops the resident message of a waiting qmsg. */
+static void qmsg_shrink(qmsg *q)
+{
+    if (!q->m)
+        return;
+    qmsg_save_if_dirty(q);
+    if (q->m->data_dirty)
+        return; /* could not save the data: keep it */
+    message_unref(q->m);
+    q->m = NULL;
+}
+
+/* ---- per-reactor tables -------------------------------------------------------------------- */
+
+#define TABLE_BUCKETS 1024
+
+typedef enum cfg_state { CFG_LOADING, CFG_READY, CFG_FAILED } cfg_state;
+
+struct schedq {
+    schedq *hnext;
+    char *name;
+    queue_name_parts parts;
+    cfg_state state;
+    queue_config cfg;
+    egress_pool pool;
+    bool has_pool;
+    wrr_state wrr;
+    char *site; /* resolved site for SMTP queues */
+    qlist waiting;
+    qlist pending;
+    struct event *reap_ev;
+    struct event *retry_ev;
+    int64_t cfg_loaded_ns;
+    throttle_state rate;
+};
+
+struct readyq {
+    readyq *hnext;
+    char *name;
+    char *source_name;
+    char *site;
+    char *queue_domain, *tenant, *campaign, *routing_domain; /* of the first scheduled queue */
+    qproto proto;
+    queue_config qcfg; /* copy of the protocol part of the scheduled queue's config */
+    egress_path_config cfg;
+    egress_source source;
+    cfg_state state;
+    qlist fifo;
+    qlist pending;
+    int active;
+    struct dispatcher *dispatchers;
+    struct event *reap_ev;
+    struct event *retry_ev;
+};
+
+typedef struct qtables {
+    schedq *sched[TABLE_BUCKETS];
+    readyq *ready[TABLE_BUCKETS];
+} qtables;
+
+static qtables *tables(void)
+{
+    reactor *r = reactor_current();
+    qtables *t = reactor_get_slot(r, REACTOR_SLOT_QUEUES);
+    if (!t) {
+        t = calloc(1, sizeof(*t));
+        if (!t)
+            abort();
+        reactor_set_slot(r, REACTOR_SLOT_QUEUES, t);
+    }
+    return t;
+}
+
+static const disp_driver *drivers[8];
+
+void dispatch_register_driver(int proto, const disp_driver *drv)
+{
+    if (proto >= 0 && proto < 8)
+        drivers[proto] = drv;
+}
+
+/* ---- forward declarations -------------------------------------------------------------------- */
+
+static void sched_insert_local(const char *name, qmsg *q);
+static void sched_place(schedq *sq, qmsg *q);
+static void sched_make_ready(schedq *sq, qmsg *q);
+static void readyq_insert_remote(const char *rq_name, schedq *sq, qmsg *q);
+static void requeue(qmsg *q, const char *qname, bool increment, int64_t delay_s,
+                    const disp_response *resp, int reason);
+
+/* ---- scheduled queue creation -------------------------------------------------------------------- */
+
+static void sched_reap_cb(evutil_socket_t fd, short what, void *arg);
+static void sched_load_config(schedq *sq);
+
+static schedq *sched_find(const char *name)
+{
+    qtables *t = tables();
+    uint64_t h = name_hash(name) % TABLE_BUCKETS;
+    for (schedq *sq = t->sched[h]; sq; sq = sq->hnext)
+        if (strcmp(sq->name, name) == 0)
+            return sq;
+    return NULL;
+}
+
+static schedq *sched_get(const char *name)
+{
+    schedq *sq = sched_find(name);
+    if (sq)
+        return sq;
+    qtables *t = tables();
+    uint64_t h = name_hash(name) % TABLE_BUCKETS;
+    sq = calloc(1, sizeof(*sq));
+    if (!sq)
+        abort();
+    sq->name = strdup(name);
+    queue_name_parse(name, &sq->parts);
+    qlist_init(&sq->waiting);
+    qlist_init(&sq->pending);
+    sq->reap_ev = evtimer_new(reactor_base(reactor_current()), sched_reap_cb, sq);
+    sq->hnext = t->sched[h];
+    t->sched[h] = sq;
+    atomic_fetch_add(&st_sched_queues, 1);
+    sched_load_config(sq);
+    return sq;
+}
+
+static void sched_free(schedq *sq)
+{
+    qtables *t = tables();
+    uint64_t h = name_hash(sq->name) % TABLE_BUCKETS;
+    for (schedq **pp = &t->sched[h]; *pp; pp = &(*pp)->hnext)
+        if (*pp == sq) {
+            *pp = sq->hnext;
+            break;
+        }
+    event_free(sq->reap_ev);
+    if (sq->retry_ev)
+        event_free(sq->retry_ev);
+    queue_config_fini(&sq->cfg);
+    if (sq->has_pool)
+        egress_pool_fini(&sq->pool);
+    queue_name_parts_fini(&sq->parts);
+    free(sq->site);
+    free(sq->name);
+    free(sq);
+    atomic_fetch_sub(&st_sched_queues, 1);
+}
+
+static void sched_arm_reap(schedq *sq)
+{
+    if (sq->waiting.count || sq->pending.count)
+        return;
+    int64_t ns = sq->state == CFG_READY ? sq->cfg.reap_interval_ns : 600 * NS_PER_SEC;
+    struct timeval tv = {ns / NS_PER_SEC, (ns % NS_PER_SEC) / 1000};
+    evtimer_add(sq->reap_ev, &tv);
+}
+
+static void sched_reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    schedq *sq = arg;
+    if (sq->waiting.count || sq->pending.count || sq->state == CFG_LOADING)
+        return;
+    DDEBUG(QMOD, "queue=%s reaped (empty for reap_interval)", sq->name);
+    sched_free(sq);
+}
+
+static void sched_config_ready(schedq *sq)
+{
+    sq->state = CFG_READY;
+    sq->cfg_loaded_ns = clock_mono_ns();
+    while (sq->pending.count) {
+        qmsg *q = qlist_pop(&sq->pending);
+        sched_place(sq, q);
+    }
+    sched_arm_reap(sq);
+}
+
+static void sched_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    schedq *sq = arg;
+    sched_load_config(sq);
+}
+
+static void sched_config_failed(schedq *sq, const char *why)
+{
+    DERROR(QMOD, "queue=%s cannot configure the queue, will retry in 60s: %s", sq->name, why);
+    sq->state = CFG_FAILED;
+    if (!sq->retry_ev)
+        sq->retry_ev = evtimer_new(reactor_base(reactor_current()), sched_retry_cb, sq);
+    struct timeval tv = {60, 0};
+    evtimer_add(sq->retry_ev, &tv);
+}
+
+static void after_get_egress_pool(klua_call *c, int status, void *ud)
+{
+    schedq *sq = ud;
+    if (status != KLUA_OK) {
+        sched_config_failed(sq, klua_call_error(c));
+        return;
+    }
+    lua_State *L = klua_call_thread(c);
+    if (klua_call_nresults(c) < 1 || lua_type(L, 1) != LUA_TTABLE) {
+        char why[300];
+        snprintf(why, sizeof(why), "get_egress_pool('%s') returned no pool", sq->cfg.egress_pool);
+        sched_config_failed(sq, why);
+        return;
+    }
+    char err[512];
+    json_t *j = klua_to_json(L, 1, err, sizeof(err));
+    if (!j || egress_pool_from_json(j, &sq->pool, err, sizeof(err)) != 0) {
+        json_decref(j);
+        sched_config_failed(sq, err);
+        return;
+    }
+    json_decref(j);
+    sq->has_pool = true;
+    sched_config_ready(sq);
+}
+
+static void sched_load_pool(schedq *sq)
+{
+    klua *vm = klua_current();
+    if (!sq->cfg.egress_pool || strcmp(sq->cfg.egress_pool, "unspecified") == 0 ||
+        !klua_has_handler(vm, "get_egress_pool")) {
+        if (sq->cfg.egress_pool && strcmp(sq->cfg.egress_pool, "unspecified") != 0) {
+            char why[300];
+            snprintf(why, sizeof(why),
+                     "egress_pool '%s' is named but no get_egress_pool handler is registered",
+                     sq->cfg.egress_pool);
+            sched_config_failed(sq, why);
+            return;
+        }
+        sched_config_ready(sq);
+        return;
+    }
+    klua_call *c;
+    lua_State *co = klua_call_begin(vm, "get_egress_pool", &c);
+    lua_pushstring(co, sq->cfg.egress_pool);
+    klua_call_run(c, 1, after_get_egress_pool, sq);
+}
+
+static void after_get_queue_config(klua_call *c, int status, void *ud)
+{
+    schedq *sq = ud;
+    if (status != KLUA_OK) {
+        sched_config_failed(sq, klua_call_error(c));
+        return;
+    }
+    lua_State *L = klua_call_thread(c);
+    queue_config_fini(&sq->cfg);
+    if (klua_call_nresults(c) >= 1 && lua_type(L, 1) == LUA_TTABLE) {
+        char err[512];
+        json_t *j = klua_to_json(L, 1, err, sizeof(err));
+        int rc = j ? queue_config_from_json(j, &sq->cfg, err, sizeof(err)) : KERR_PARSE;
+        json_decref(j);
+        if (rc) {
+            sched_config_failed(sq, err);
+            return;
+        }
+    } else {
+        queue_config_defaults(&sq->cfg);
+    }
+    sched_load_pool(sq);
+}
+
+static void sched_load_config(schedq *sq)
+{
+    sq->state = CFG_LOADING;
+    queue_config_fini(&sq->cfg);
+    queue_config_defaults(&sq->cfg);
+    if (strcmp(sq->name, DEFERRED_QUEUE) == 0) {
+        /* hard-coded: one minute base, the product's backoff for a week */
+        sq->cfg.proto = QPROTO_DEFERRED_INJECT;
+        sq->cfg.retry_interval_s = 60;
+        sched_config_ready(sq);
+        return;
+    }
+    if (strcmp(sq->name, "null") == 0) {
+        sq->cfg.proto = QPROTO_NULL;
+        sched_config_ready(sq);
+        return;
+    }
+    klua *vm = klua_current();
+    if (!klua_has_handler(vm, "get_queue_config")) {
+        sched_load_pool(sq);
+        return;
+    }
+    klua_call *c;
+    lua_State *co = klua_call_begin(vm, "get_queue_config", &c);
+    lua_pushstring(co, sq->parts.domain ? sq->parts.domain : "");
+    if (sq->parts.tenant)
+        lua_pushstring(co, sq->parts.tenant);
+    else
+        lua_pushnil(co);
+    if (sq->parts.campaign)
+        lua_pushstring(co, sq->parts.campaign);
+    else
+        lua_pushnil(co);
+    if (sq->parts.routing_domain)
+        lua_pushstring(co, sq->parts.routing_domain);
+    else
+        lua_pushnil(co);
+    klua_call_run(c, 4, after_get_queue_config, sq);
+}
+
+/* ---- placing a message in its scheduled queue ---------------------------------------------------- */
+
+static void sched_timer_fired(wheel_entry *e)
+{
+    qmsg *q = container_of(e, qmsg, timer);
+    schedq *sq = q->sq;
+    qlist_del(&sq->waiting, q);
+    atomic_fetch_sub(&st_scheduled, 1);
+    qmsg_add_reason(q, R_DUE_TIME_REACHED);
+    sched_make_ready(sq, q);
+    sched_arm_reap(sq);
+}
+
+static backoff_params sched_backoff(const schedq *sq)
+{
+    backoff_params p = {sq->cfg.retry_interval_s, sq->cfg.max_retry_interval_s,
+                        sq->cfg.max_age_s};
+    return p;
+}
+
+static void expire_message(qmsg *q, const char *queue, const char *content, const char *pool,
+                           const char *provider)
+{
+    rec_ctx x = {.queue = queue, .site = "", .pool = pool, .provider = provider};
+    disp_response r = {551, 5, 4, 7, content, NULL};
+    atomic_fetch_add(&st_expired, 1);
+    if (q->m)
+        log_record(LOGREC_EXPIRATION, q->m, q->num_attempts, &x, &r);
+    spool_forget(q);
+    qmsg_free(q);
+}
+
+struct expire_load {
+    char *queue;
+    char *content;
+    char *pool;
+};
+
+static void expire_after_load(qmsg *q, int err, void *ud)
+{
+    struct expire_load *x = ud;
+    expire_message(q, x->queue, x->content, x->pool, NULL);
+    free(x->queue);
+    free(x->content);
+    free(x->pool);
+    free(x);
+}
+
+/* Expires a message, loading its meta first when it is not resident. */
+static void expire_loading(schedq *sq, qmsg *q, const char *content)
+{
+    struct expire_load *x = calloc(1, sizeof(*x));
+    if (!x)
+        abort();
+    x->queue = strdup(sq->name);
+    x->content = strdup(content);
+    x->pool = sq->cfg.egress_pool ? strdup(sq->cfg.egress_pool) : NULL;
+    qmsg_load(q, false, expire_after_load, x);
+}
+
+static void log_delayed(schedq *sq, qmsg *q, int64_t delay_s)
+{
+    if (!q->m)
+        return;
+    char ctx[256] = "";
+    size_t o = 0;
+    for (int i = 0; i < q->n_reasons; i++)
+        o += (size_t)snprintf(ctx + o, sizeof(ctx) - o, "%s%s", i ? ", " : "",
+                              reason_names[q->reasons[i]]);
+    char dur[64];
+    duration_format(delay_s * NS_PER_SEC, dur, sizeof(dur));
+    time_t due = (time_t)(now_s() + delay_s);
+    struct tm tm;
+    gmtime_r(&due, &tm);
+    char when[64];
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    char content[512];
+    snprintf(content, sizeof(content), "Context: %s. Next due in %s at %s", ctx, dur, when);
+    rec_ctx x = {.queue = sq->name, .site = "", .pool = sq->cfg.egress_pool};
+    disp_response r = {400, 0, 0, 0, content, NULL};
+    log_record(LOGREC_DELAYED, q->m, q->num_attempts, &x, &r);
+}
+
+static void sched_place(schedq *sq, qmsg *q)
+{
+    if (sq->state != CFG_READY) {
+        qlist_push(&sq->pending, q);
+        return;
+    }
+    evtimer_del(sq->reap_ev);
+    q->sq = sq;
+    backoff_params bp = sched_backoff(sq);
+    if (q->enumerated_pending) {
+        q->enumerated_pending = false;
+        int64_t age = age_s(q);
+        q->num_attempts = (uint16_t)backoff_attempts_from_age(&bp, age);
+        backoff_result br = backoff_due_from_age(&bp, q->num_attempts, age);
+        if (br.expire) {
+            char dur[64], max[64], content[256];
+            duration_format(age * NS_PER_SEC, dur, sizeof(dur));
+            duration_format(sq->cfg.max_age_s * NS_PER_SEC, max, sizeof(max));
+            snprintf(content, sizeof(content),
+                     "Next delivery time would be %s after creation, which exceeds max_age=%s",
+                     dur, max);
+            expire_loading(sq, q, content);
+            return;
+        }
+        q->due_wall_s = br.delay_s > 0 ? now_s() + br.delay_s : 0;
+    }
+    int64_t now = now_s();
+    if (q->due_wall_s > now) {
+        int64_t delay = q->due_wall_s - now;
+        bool quiet = (q->n_reasons == 1 && q->reasons[0] == R_ENUMERATED) ||
+                     qmsg_has_reason(q, R_LOGGED_TRANSIENT_FAILURE);
+        if (!quiet)
+            log_delayed(sq, q, delay);
+        wheel_entry_init(&q->timer, sched_timer_fired);
+        qlist_push(&sq->waiting, q);
+        atomic_fetch_add(&st_scheduled, 1);
+        reactor_timer_arm(reactor_current(), &q->timer, clock_mono_ms() + delay * 1000);
+        qmsg_shrink(q);
+        return;
+    }
+    sched_make_ready(sq, q);
+}
+
+struct insert_job {
+    qmsg *q;
+    char name[];
+};
+
+static void insert_on_owner(void *arg)
+{
+    struct insert_job *j = arg;
+    sched_insert_local(j->name, j->q);
+    free(j);
+}
+
+static void sched_insert_remote(const char *name, qmsg *q)
+{
+    size_t n = strlen(name);
+    struct insert_job *j = malloc(sizeof(*j) + n + 1);
+    if (!j)
+        abort();
+    j->q = q;
+    memcpy(j->name, name, n + 1);
+    reactor_post(owner_of(name), insert_on_owner, j);
+}
+
+static void sched_insert_local(const char *name, qmsg *q)
+{
+    schedq *sq = sched_get(name);
+    q->sq = sq;
+    sched_place(sq, q);
+}
+
+int queue_insert(message *m, const char *queue, const char *reason)
+{
+    qmsg *q = qmsg_new(m);
+    int r = reason_parse(reason);
+    qmsg_add_reason(q, r);
+    if (r == R_ENUMERATED)
+        q->enumerated_pending = true;
+    q->due_wall_s = m->due_ns / NS_PER_SEC;
+    sched_insert_remote(queue, q);
+    return 0;
+}
+
+static int insert_hook(message *m, const char *queue, const char *reason)
+{
+    return queue_insert(m, queue, reason);
+}
+
+/* ---- maildir ------------------------------------------------------------------------------------ */
+
+static int mkdir_p(const char *path, int mode)
+{
+    char buf[4400];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = 0;
+        if (mkdir(buf, (mode_t)mode) != 0 && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(buf, (mode_t)mode) != 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+/* Expands {meta_name} style template fields of maildir_path from meta. */
+static void expand_path(const char *tmpl, message *m, char *out, size_t outlen)
+{
+    size_t o = 0;
+    for (const char *p = tmpl; *p && o + 1 < outlen;) {
+        if (p[0] == '{' && p[1] == '{') {
+            const char *end = strstr(p, "}}");
+            if (end) {
+                char key[128];
+                const char *k = p + 2;
+                while (*k == ' ')
+                    k++;
+                size_t kl = (size_t)(end - k);
+                while (kl && k[kl - 1] == ' ')
+                    kl--;
+                snprintf(key, sizeof(key), "%.*s", (int)kl, k);
+                const char *v = NULL;
+                char *dom = NULL;
+                if (strcmp(key, "meta.queue") == 0 || strcmp(key, "queue") == 0)
+                    v = json_string_value(json_object_get(m->meta, "queue"));
+                else if (strncmp(key, "meta.", 5) == 0)
+                    v = json_string_value(json_object_get(m->meta, key + 5));
+                else if (strcmp(key, "domain") == 0 || strcmp(key, "user") == 0) {
+                    const char *r = m->n_rcpts ? m->rcpts[0] : "";
+                    const char *at = strrchr(r, '@');
+                    if (key[0] == 'd')
+                        v = at ? at + 1 : "";
+                    else
+                        v = dom = strndup(r, at ? (size_t)(at - r) : strlen(r));
+                }
+                o += (size_t)snprintf(out + o, outlen - o, "%s", v ? v : "");
+                free(dom);
+                p = end + 2;
+                continue;
+            }
+        }
+        out[o++] = *p++;
+    }
+    out[o] = 0;
+}
+
+static int maildir_write(const queue_config *c, message *m, char *err, size_t errlen)
+{
+    char base[4096];
+    expand_path(c->maildir_path, m, base, sizeof(base));
+    static const char *const subs[] = {"tmp", "new", "cur"};
+    char path[4200], tmp[4400], final[4400];
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s/%s", base, subs[i]);
+        int rc = mkdir_p(path, c->dir_mode);
+        if (rc) {
+            snprintf(err, errlen, "creating %.300s: %s", path, strerror(-rc));
+            return KERR_IO;
+        }
+    }
+    static atomic_ulong seq;
+    char hostname[128] = "localhost";
+    gethostname(hostname, sizeof(hostname) - 1);
+    char hex[SPOOLID_HEX_LEN + 1];
+    spoolid_to_hex(&m->id, hex);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    char uniq[256];
+    snprintf(uniq, sizeof(uniq), "%lld.M%ldP%dQ%lu_%s.%s", (long long)ts.tv_sec,
+             ts.tv_nsec / 1000, (int)getpid(), atomic_fetch_add(&seq, 1), hex, hostname);
+    snprintf(tmp, sizeof(tmp), "%s/tmp/%s", base, uniq);
+    snprintf(final, sizeof(final), "%s/new/%s", base, uniq);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, c->file_mode);
+    if (fd < 0) {
+        snprintf(err, errlen, "creating %.300s: %s", tmp, strerror(errno));
+        return KERR_IO;
+    }
+    size_t off = 0;
+    while (off < m->data_len) {
+        ssize_t w = write(fd, m->data + off, m->data_len - off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            snprintf(err, errlen, "writing %.300s: %s", tmp, strerror(errno));
+            close(fd);
+            unlink(tmp);
+            return KERR_IO;
+        }
+        off += (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        snprintf(err, errlen, "syncing %.300s: %s", tmp, strerror(errno));
+        unlink(tmp);
+        return KERR_IO;
+    }
+    if (rename(tmp, final) != 0) {
+        snprintf(err, errlen, "renaming %.300s: %s", tmp, strerror(errno));
+        unlink(tmp);
+        return KERR_IO;
+    }
+    return 0;
+}
+
+struct maildir_job {
+    char *queue;
+    queue_config *cfg; /* borrowed from the schedq: same reactor, queue kept alive */
+};
+
+static void maildir_after_load(qmsg *q, int err, void *ud)
+{
+    schedq *sq = ud;
+    char site[4200];
+    snprintf(site, sizeof(site), "maildir:%s", sq->cfg.maildir_path);
+    rec_ctx x = {.queue = sq->name,
+                 .site = site,
+                 .pool = sq->cfg.egress_pool ? sq->cfg.egress_pool : "unspecified",
+                 .source = "unspecified",
+                 .proto = "Maildir",
+                 .provider = sq->cfg.provider_name};
+    sq->pending.count--; /* the load held a reference on the queue */
+    char why[512];
+    if (err) {
+        snprintf(why, sizeof(why), "KumoMTA internal: error in deliver_message: %s",
+                 kerr_str(err));
+    } else if (maildir_write(&sq->cfg, q->m, why, sizeof(why)) == 0) {
+        disp_response r = {200, 0, 0, 0, "", NULL};
+        log_record(LOGREC_DELIVERY, q->m, q->num_attempts, &x, &r);
+        atomic_fetch_add(&st_delivered, 1);
+        spool_forget(q);
+        qmsg_free(q);
+        sched_arm_reap(sq);
+        return;
+    }
+    /* "Failures to write to the maildir will cause the message to be delayed
+     * and retried approximately 1 minute later." */
+    DWARN(QMOD, "queue=%s maildir delivery failed: %s", sq->name, why);
+    char content[600];
+    snprintf(content, sizeof(content), "%s", why);
+    disp_response r = {400, 0, 0, 0, content, NULL};
+    atomic_fetch_add(&st_transfail, 1);
+    if (q->m)
+        log_record(LOGREC_TRANSIENT_FAILURE, q->m, q->num_attempts, &x, &r);
+    qmsg_add_reason(q, R_LOGGED_TRANSIENT_FAILURE);
+    q->num_attempts++;
+    q->due_wall_s = now_s() + 60;
+    sched_place(sq, q);
+}
+
+/* ---- making a message ready ---------------------------------------------------------------------- */
+
+static const char *proto_suffix(const queue_config *c, char *buf, size_t len)
+{
+    switch (c->proto) {
+    case QPROTO_SMTP:
+        return "smtp_client";
+    case QPROTO_LUA:
+        snprintf(buf, len, "lua:%s", c->constructor);
+        return buf;
+    case QPROTO_DEFERRED_INJECT:
+        return "defersmtpinject";
+    case QPROTO_MAILDIR:
+        snprintf(buf, len, "maildir:%s", c->maildir_path);
+        return buf;
+    case QPROTO_NULL:
+        return "null";
+    }
+    return "unknown";
+}
+
+static void sched_make_ready(schedq *sq, qmsg *q)
+{
+    switch (sq->cfg.proto) {
+    case QPROTO_NULL:
+        spool_forget(q);
+        qmsg_free(q);
+        return;
+    case QPROTO_MAILDIR:
+        sq->pending.count++; /* keeps the queue from being reaped during the load */
+        qmsg_load(q, true, maildir_after_load, sq);
+        return;
+    default:
+        break;
+    }
+    /* pick the egress source: weighted round robin over the pool */
+    const char *source = "unspecified";
+    if (sq->has_pool) {
+        int i = egress_pool_next(&sq->pool, &sq->wrr);
+        if (i < 0) {
+            DWARN(QMOD, "queue=%s egress pool %s has no usable source (all weights 0)", sq->name,
+                  sq->pool.name);
+            q->due_wall_s = now_s() + 60;
+            qmsg_add_reason(q, R_FAILED_INSERT_READY);
+            sched_place(sq, q);
+            return;
+        }
+        source = sq->pool.entries[i].name;
+    }
+    char sbuf[4200];
+    const char *site = sq->parts.routing_domain ? sq->parts.routing_domain : sq->parts.domain;
+    if (sq->cfg.proto == QPROTO_SMTP && sq->site)
+        site = sq->site;
+    if (sq->cfg.proto == QPROTO_SMTP && sq->cfg.mx_list && !sq->site) {
+        size_t o = (size_t)snprintf(sbuf, sizeof(sbuf), "mx_list:");
+        size_t i;
+        json_t *e;
+        json_array_foreach(sq->cfg.mx_list, i, e) {
+            const char *h = json_is_string(e) ? json_string_value(e)
+                                              : json_string_value(json_object_get(e, "name"));
+            o += (size_t)snprintf(sbuf + o, sizeof(sbuf) - o, "%s%s", i ? "," : "", h);
+        }
+        site = sbuf;
+    }
+    if (sq->cfg.proto == QPROTO_DEFERRED_INJECT)
+        site = DEFERRED_QUEUE;
+    char pbuf[4200];
+    const char *suffix = proto_suffix(&sq->cfg, pbuf, sizeof(pbuf));
+    char *rq = NULL;
+    if (asprintf(&rq, "%s->%s@%s", source, site, suffix) < 0)
+        abort();
+    readyq_insert_remote(rq, sq, q);
+    free(rq);
+}
+
+/* ---- ready queues ---------------------------------------------------------------------------------- */
+
+struct dispatcher {
+    dispatcher *next;
+    readyq *rq;
+    const disp_driver *drv;
+    void *drv_state;
+    qmsg *cur;
+    bool open, closing, opening;
+    int delivered;
+    disp_phase phase;
+    char detail[128];
+    char session_id[37];
+    int64_t started_ns, phase_ns, progress_ns;
+    char *peer_name, *peer_addr, *tls_cipher, *tls_version, *source_address;
+    /* per-recipient outcomes of the current message */
+    int *rcpt_outcome;
+    disp_response *rcpt_resp;
+    char **rcpt_content;
+};
+
+static void readyq_reap_cb(evutil_socket_t fd, short what, void *arg);
+static void readyq_maintain(readyq *rq);
+static void readyq_load_config(readyq *rq);
+
+static readyq *readyq_find(const char *name)
+{
+    qtables *t = tables();
+    uint64_t h = name_hash(name) % TABLE_BUCKETS;
+    for (readyq *rq = t->ready[h]; rq; rq = rq->hnext)
+        if (strcmp(rq->name, name) == 0)
+            return rq;
+    return NULL;
+}
+
+struct ready_job {
+    qmsg *q;
+    char *name;
+    char *source;
+    char *site;
+    char *domain, *tenant, *campaign, *routing_domain;
+    queue_config proto_cfg;
+    char *sched_name;
+};
+
+static void ready_job_free(struct ready_job *j)
+{
+    free(j->name);
+    free(j->source);
+    free(j->site);
+    free(j->domain);
+    free(j->tenant);
+    free(j->campaign);
+    free(j->routing_domain);
+    free(j->sched_name);
+    queue_config_fini(&j->proto_cfg);
+    free(j);
+}
+
+static char *dupn(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static readyq *readyq_create(struct ready_job *j)
+{
+    qtables *t = tables();
+    uint64_t h = name_hash(j->name) % TABLE_BUCKETS;
+    readyq *rq = calloc(1, sizeof(*rq));
+    if (!rq)
+        abort();
+    rq->name = strdup(j->name);
+    rq->source_name = strdup(j->source);
+    rq->site = strdup(j->site);
+    rq->queue_domain = dupn(j->domain);
+    rq->tenant = dupn(j->tenant);
+    rq->campaign = dupn(j->campaign);
+    rq->routing_domain = dupn(j->routing_domain);
+    rq->proto = j->proto_cfg.proto;
+    /* take the protocol config */
+    rq->qcfg = j->proto_cfg;
+    memset(&j->proto_cfg, 0, sizeof(j->proto_cfg));
+    egress_path_defaults(&rq->cfg);
+    qlist_init(&rq->fifo);
+    qlist_init(&rq->pending);
+    rq->reap_ev = evtimer_new(reactor_base(reactor_current()), readyq_reap_cb, rq);
+    rq->hnext = t->ready[h];
+    t->ready[h] = rq;
+    atomic_fetch_add(&st_ready_queues, 1);
+    readyq_load_config(rq);
+    return rq;
+}
+
+static void readyq_free(readyq *rq)
+{
+    qtables *t = tables();
+    uint64_t h = name_hash(rq->name) % TABLE_BUCKETS;
+    for (readyq **pp = &t->ready[h]; *pp; pp = &(*pp)->hnext)
+        if (*pp == rq) {
+            *pp = rq->hnext;
+            break;
+        }
+    event_free(rq->reap_ev);
+    if (rq->retry_ev)
+        event_free(rq->retry_ev);
+    egress_path_fini(&rq->cfg);
+    egress_source_fini(&rq->source);
+    queue_config_fini(&rq->qcfg);
+    free(rq->name);
+    free(rq->source_name);
+    free(rq->site);
+    free(rq->queue_domain);
+    free(rq->tenant);
+    free(rq->campaign);
+    free(rq->routing_domain);
+    free(rq);
+    atomic_fetch_sub(&st_ready_queues, 1);
+}
+
+static void readyq_reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    readyq *rq = arg;
+    if (rq->fifo.count || rq->pending.count || rq->active || rq->state == CFG_LOADING)
+        return;
+    readyq_free(rq);
+}
+
+static void readyq_arm_reap(readyq *rq)
+{
+    if (rq->fifo.count || rq->pending.count || rq->active)
+        return;
+    struct timeval tv = {60, 0};
+    evtimer_add(rq->reap_ev, &tv);
+}
+
+/* Sends a message back to its scheduled queue without an attempt (full,
+ * suspended...): delay_s < 0 means a random 0-60 s. */
+static void back_to_sched(qmsg *q, int reason, int64_t delay_s);
+
+static void readyq_accept(readyq *rq, qmsg *q)
+{
+    if (rq->fifo.count >= rq->cfg.max_ready) {
+        back_to_sched(q, R_READYQ_FULL, -1);
+        return;
+    }
+    evtimer_del(rq->reap_ev);
+    qlist_push(&rq->fifo, q);
+    atomic_fetch_add(&st_ready, 1);
+    readyq_maintain(rq);
+}
+
+static void readyq_config_ready(readyq *rq)
+{
+    rq->state = CFG_READY;
+    while (rq->pending.count)
+        readyq_accept(rq, qlist_pop(&rq->pending));
+    readyq_arm_reap(rq);
+}
+
+static void readyq_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    readyq_load_config(arg);
+}
+
+static void readyq_config_failed(readyq *rq, const char *why)
+{
+    DERROR(QMOD, "ready_queue=%s cannot configure the egress path, will retry in 60s: %s",
+           rq->name, why);
+    rq->state = CFG_FAILED;
+    if (!rq->retry_ev)
+        rq->retry_ev = evtimer_new(reactor_base(reactor_current()), readyq_retry_cb, rq);
+    struct timeval tv = {60, 0};
+    evtimer_add(rq->retry_ev, &tv);
+}
+
+static void after_get_egress_path_config(klua_call *c, int status, void *ud)
+{
+    readyq *rq = ud;
+    if (status != KLUA_OK) {
+        readyq_config_failed(rq, klua_call_error(c));
+        return;
+    }
+    lua_State *L = klua_call_thread(c);
+    egress_path_fini(&rq->cfg);
+    if (klua_call_nresults(c) >= 1 && lua_type(L, 1) == LUA_TTABLE) {
+        char err[512];
+        json_t *j = klua_to_json(L, 1, err, sizeof(err));
+        int rc = j ? egress_path_from_json(j, &rq->cfg, err, sizeof(err)) : KERR_PARSE;
+        json_decref(j);
+        if (rc) {
+            egress_path_defaults(&rq->cfg);
+            readyq_config_failed(rq, err);
+            return;
+        }
+    } else {
+        egress_path_defaults(&rq->cfg);
+    }
+    readyq_config_ready(rq);
+}
+
+static void readyq_load_path(readyq *rq)
+{
+    klua *vm = klua_current();
+    if (!klua_has_handler(vm, "get_egress_path_config")) {
+        readyq_config_ready(rq);
+        return;
+    }
+    klua_call *c;
+    lua_State *co = klua_call_begin(vm, "get_egress_path_config", &c);
+    const char *rd = rq->routing_domain ? rq->routing_domain
+                                        : (rq->queue_domain ? rq->queue_domain : rq->site);
+    lua_pushstring(co, rd);
+    lua_pushstring(co, rq->source_name);
+    lua_pushstring(co, rq->site);
+    klua_call_run(c, 3, after_get_egress_path_config, rq);
+}
+
+static void after_get_egress_source(klua_call *c, int status, void *ud)
+{
+    readyq *rq = ud;
+    if (status != KLUA_OK) {
+        readyq_config_failed(rq, klua_call_error(c));
+        return;
+    }
+    lua_State *L = klua_call_thread(c);
+    if (klua_call_nresults(c) < 1 || lua_type(L, 1) != LUA_TTABLE) {
+        char why[300];
+        snprintf(why, sizeof(why), "get_egress_source('%s') returned no source",
+                 rq->source_name);
+        readyq_config_failed(rq, why);
+        return;
+    }
+    char err[512];
+    json_t *j = klua_to_json(L, 1, err, sizeof(err));
+    egress_source_fini(&rq->source);
+    if (!j || egress_source_from_json(j, &rq->source, err, sizeof(err)) != 0) {
+        json_decref(j);
+        readyq_config_failed(rq, err);
+        return;
+    }
+    json_decref(j);
+    readyq_load_path(rq);
+}
+
+static void readyq_load_config(readyq *rq)
+{
+    rq->state = CFG_LOADING;
+    klua *vm = klua_current();
+    if (strcmp(rq->source_name, "unspecified") == 0 ||
+        !klua_has_handler(vm, "get_egress_source")) {
+        egress_source_fini(&rq->source);
+        rq->source.name = strdup(rq->source_name);
+        readyq_load_path(rq);
+        return;
+    }
+    klua_call *c;
+    lua_State *co = klua_call_begin(vm, "get_egress_source", &c);
+    lua_pushstring(co, rq->source_name);
+    klua_call_run(c, 1, after_get_egress_source, rq);
+}
+
+static void ready_on_owner(void *arg)
+{
+    struct ready_job *j = arg;
+    readyq *rq = readyq_find(j->name);
+    if (!rq)
+        rq = readyq_create(j);
+    qmsg *q = j->q;
+    ready_job_free(j);
+    if (rq->state != CFG_READY) {
+        qlist_push(&rq->pending, q);
+        return;
+    }
+    readyq_accept(rq, q);
+}
+
+static void readyq_insert_remote(const char *rq_name, schedq *sq, qmsg *q)
+{
+    struct ready_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        abort();
+    j->q = q;
+    q->sq = NULL; /* leaves its scheduled queue's reactor */
+    j->name = strdup(rq_name);
+    const char *arrow = strstr(rq_name, "->");
+    j->source = strndup(rq_name, arrow ? (size_t)(arrow - rq_name) : 0);
+    const char *at = strrchr(rq_name, '@');
+    j->site = strndup(arrow + 2, at ? (size_t)(at - arrow - 2) : strlen(arrow + 2));
+    j->domain = dupn(sq->parts.domain);
+    j->tenant = dupn(sq->parts.tenant);
+    j->campaign = dupn(sq->parts.campaign);
+    j->routing_domain = dupn(sq->parts.routing_domain);
+    j->sched_name = strdup(sq->name);
+    queue_config_defaults(&j->proto_cfg);
+    j->proto_cfg.proto = sq->cfg.proto;
+    j->proto_cfg.constructor = dupn(sq->cfg.constructor);
+    j->proto_cfg.batch_size = sq->cfg.batch_size;
+    j->proto_cfg.mx_list = sq->cfg.mx_list ? json_deep_copy(sq->cfg.mx_list) : NULL;
+    j->proto_cfg.egress_pool = dupn(sq->cfg.egress_pool);
+    j->proto_cfg.provider_name = dupn(sq->cfg.provider_name);
+    atomic_fetch_add(&st_in_flight, 1);
+    reactor_post(owner_of(rq_name), ready_on_owner, j);
+}
+
+/* ---- dispatchers ------------------------------------------------------------------------------------ */
+
+static const char *const phase_names[] = {
+    "Starting",        "AcquiringLease", "Idle", "AccumulatingBatch", "ConnectionRateThrottled",
+    "MessageRateThrottled", "AttemptingConnection", "DeliveringMessage", "Closing"};
+
+void *disp_driver_state(dispatcher *d)
+{
+    return d->drv_state;
+}
+void disp_set_driver_state(dispatcher *d, void *st)
+{
+    d->drv_state = st;
+}
+const char *disp_readyq_name(dispatcher *d)
+{
+    return d->rq->name;
+}
+const char *disp_site(dispatcher *d)
+{
+    return d->rq->site;
+}
+const char *disp_domain(dispatcher *d)
+{
+    return d->rq->queue_domain;
+}
+const char *disp_tenant(dispatcher *d)
+{
+    return d->rq->tenant;
+}
+const char *disp_campaign(dispatcher *d)
+{
+    return d->rq->campaign;
+}
+const char *disp_routing_domain(dispatcher *d)
+{
+    return d->rq->routing_domain;
+}
+const queue_config *disp_queue_config(dispatcher *d)
+{
+    return &d->rq->qcfg;
+}
+const egress_path_config *disp_path_config(dispatcher *d)
+{
+    return &d->rq->cfg;
+}
+const egress_source *disp_source(dispatcher *d)
+{
+    return &d->rq->source;
+}
+const char *disp_session_id(dispatcher *d)
+{
+    return d->session_id;
+}
+
+void disp_set_phase(dispatcher *d, disp_phase p, const char *detail)
+{
+    int64_t now = clock_mono_ns();
+    if (p != d->phase)
+        d->phase_ns = now;
+    d->phase = p;
+    snprintf(d->detail, sizeof(d->detail), "%s", detail ? detail : "");
+    d->progress_ns = now;
+}
+
+static void set_str(char **dst, const char *v)
+{
+    free(*dst);
+    *dst = v ? strdup(v) : NULL;
+}
+
+void disp_set_peer(dispatcher *d, const char *name, const char *addr)
+{
+    set_str(&d->peer_name, name);
+    set_str(&d->peer_addr, addr);
+}
+
+void disp_set_tls(dispatcher *d, const char *cipher, const char *version)
+{
+    set_str(&d->tls_cipher, cipher);
+    set_str(&d->tls_version, version);
+}
+
+void disp_set_source_address(dispatcher *d, const char *addr)
+{
+    set_str(&d->source_address, addr);
+}
+
+static void disp_next(dispatcher *d);
+
+static void disp_next_cb(evutil_socket_t fd, short what, void *arg)
+{
+    disp_next(arg);
+}
+
+static void disp_destroy(dispatcher *d)
+{
+    readyq *rq = d->rq;
+    for (dispatcher **pp = &rq->dispatchers; *pp; pp = &(*pp)->next)
+        if (*pp == d) {
+            *pp = d->next;
+            break;
+        }
+    rq->active--;
+    free(d->peer_name);
+    free(d->peer_addr);
+    free(d->tls_cipher);
+    free(d->tls_version);
+    free(d->source_address);
+    free(d->rcpt_outcome);
+    free(d->rcpt_resp);
+    if (d->rcpt_content) {
+        free(d->rcpt_content);
+    }
+    free(d);
+    readyq_arm_reap(rq);
+}
+
+static void disp_close(dispatcher *d)
+{
+    disp_set_phase(d, PHASE_CLOSING, NULL);
+    if (d->open && d->drv->close)
+        d->drv->close(d);
+    d->open = false;
+    disp_destroy(d);
+}
+
+static void reap_closed(evutil_socket_t fd, short what, void *arg)
+{
+    disp_close(arg);
+}
+
+/* Closes from outside the driver's own callback. */
+static void disp_close_soon(dispatcher *d)
+{
+    if (d->closing)
+        return;
+    d->closing = true;
+    struct timeval zero = {0, 0};
+    event_base_once(reactor_base(reactor_current()), -1, EV_TIMEOUT, reap_closed, d, &zero);
+}
+
+static rec_ctx disp_rec(dispatcher *d, message *m, char *qbuf)
+{
+    (void)m;
+    rec_ctx x = {.queue = qbuf,
+                 .site = d->rq->name,
+                 .pool = d->rq->qcfg.egress_pool ? d->rq->qcfg.egress_pool : "unspecified",
+                 .source = d->rq->source_name,
+                 .proto = d->drv->delivery_protocol,
+                 .peer_name = d->peer_name,
+                 .peer_addr = d->peer_addr,
+                 .session_id = d->session_id,
+                 .provider = d->rq->cfg.provider_name ? d->rq->cfg.provider_name
+                                                      : d->rq->qcfg.provider_name,
+                 .tls_cipher = d->tls_cipher,
+                 .tls_version = d->tls_version,
+                 .source_address = d->source_address};
+    return x;
+}
+
+static void finish_message(dispatcher *d, qmsg *q, int outcome, const disp_response *r)
+{
+    message *m = q->m;
+    char *qname = queue_name_of_message(m);
+    rec_ctx x = disp_rec(d, m, qname);
+    atomic_fetch_sub(&st_in_flight, 1);
+    if (outcome == OUTCOME_DELIVERED) {
+        log_record(LOGREC_DELIVERY, m, q->num_attempts, &x, r);
+        atomic_fetch_add(&st_delivered, 1);
+        spool_forget(q);
+        qmsg_free(q);
+    } else if (outcome == OUTCOME_PERMANENT) {
+        log_record(LOGREC_BOUNCE, m, q->num_attempts, &x, r);
+        atomic_fetch_add(&st_failed, 1);
+        spool_forget(q);
+        qmsg_free(q);
+    } else {
+        log_record(LOGREC_TRANSIENT_FAILURE, m, q->num_attempts, &x, r);
+        atomic_fetch_add(&st_transfail, 1);
+        requeue(q, qname, true, -1, r, R_LOGGED_TRANSIENT_FAILURE);
+    }
+    free(qname);
+}
+
+void disp_recipient_outcome(dispatcher *d, size_t idx, disp_outcome o, const disp_response *r)
+{
+    qmsg *q = d->cur;
+    if (!q || !q->m || idx >= q->m->n_rcpts)
+        return;
+    if (!d->rcpt_outcome) {
+        d->rcpt_outcome = calloc(q->m->n_rcpts, sizeof(int));
+        d->rcpt_resp = calloc(q->m->n_rcpts, sizeof(disp_response));
+        d->rcpt_content = calloc(q->m->n_rcpts, sizeof(char *));
+        for (size_t i = 0; i < q->m->n_rcpts; i++)
+            d->rcpt_outcome[i] = -1;
+    }
+    d->rcpt_outcome[idx] = (int)o;
+    d->rcpt_resp[idx] = *r;
+    free(d->rcpt_content[idx]);
+    d->rcpt_content[idx] = strdup(r->content ? r->content : "");
+    d->rcpt_resp[idx].content = d->rcpt_content[idx];
+    d->rcpt_resp[idx].command = NULL;
+}
+
+/* Splits per-recipient outcomes: each recipient gets its own record; those
+ * that failed transiently stay on the message, which is requeued. */
+static void finish_per_recipient(dispatcher *d, qmsg *q)
+{
+    message *m = q->m;
+    size_t n = m->n_rcpts;
+    const char **keep = calloc(n ? n : 1, sizeof(char *));
+    size_t nk = 0;
+    disp_response tf = {0};
+    char *tf_content = NULL;
+    char *qname = queue_name_of_message(m);
+    rec_ctx x = disp_rec(d, m, qname);
+    for (size_t i = 0; i < n; i++) {
+        int o = d->rcpt_outcome[i] < 0 ? OUTCOME_TRANSIENT : d->rcpt_outcome[i];
+        const char *one = m->rcpts[i];
+        if (o == OUTCOME_TRANSIENT) {
+            keep[nk++] = m->rcpts[i];
+            tf = d->rcpt_resp[i];
+            free(tf_content);
+            tf_content = strdup(tf.content ? tf.content : "");
+            tf.content = tf_content;
+            continue;
+        }
+        /* a record for just this recipient */
+        char **saved = m->rcpts;
+        size_t saved_n = m->n_rcpts;
+        m->rcpts = (char **)&one;
+        m->n_rcpts = 1;
+        log_record(o == OUTCOME_DELIVERED ? LOGREC_DELIVERY : LOGREC_BOUNCE, m, q->num_attempts,
+                   &x, &d->rcpt_resp[i]);
+        m->rcpts = saved;
+        m->n_rcpts = saved_n;
+        atomic_fetch_add(o == OUTCOME_DELIVERED ? &st_delivered : &st_failed, 1);
+    }
+    if (nk == 0) {
+        atomic_fetch_sub(&st_in_flight, 1);
+        spool_forget(q);
+        qmsg_free(q);
+    } else {
+        if (nk < n)
+            message_set_recipients(m, keep, nk);
+        atomic_fetch_sub(&st_in_flight, 1);
+        log_record(LOGREC_TRANSIENT_FAILURE, m, q->num_attempts, &x, &tf);
+        atomic_fetch_add(&st_transfail, 1);
+        requeue(q, qname, true, -1, &tf, R_LOGGED_TRANSIENT_FAILURE);
+    }
+    free(qname);
+    free(keep);
+    free(tf_content);
+    for (size_t i = 0; i < n; i++)
+        free(d->rcpt_content[i]);
+    free(d->rcpt_content);
+    free(d->rcpt_outcome);
+    free(d->rcpt_resp);
+    d->rcpt_content = NULL;
+    d->rcpt_outcome = NULL;
+    d->rcpt_resp = NULL;
+}
+
+void disp_delivered(dispatcher *d, int outcome, const disp_response *r)
+{
+    qmsg *q = d->cur;
+    d->cur = NULL;
+    d->progress_ns = clock_mono_ns();
+    if (q) {
+        if (outcome < 0 && d->rcpt_outcome)
+            finish_per_recipient(d, q);
+        else
+            finish_message(d, q, outcome < 0 ? OUTCOME_TRANSIENT : outcome, r);
+        d->delivered++;
+    }
+    if (d->closing)
+        return;
+    if (d->delivered >= d->rq->cfg.max_deliveries_per_connection) {
+        disp_close_soon(d);
+        return;
+    }
+    disp_set_phase(d, PHASE_IDLE, NULL);
+    /* continue from a fresh stack frame: the driver is inside its callback */
+    struct timeval zero = {0, 0};
+    event_base_once(reactor_base(reactor_current()), -1, EV_TIMEOUT, disp_next_cb, d, &zero);
+}
+
+static void disp_after_load(qmsg *q, int err, void *ud)
+{
+    dispatcher *d = ud;
+    if (err) {
+        /* the spool could not give us the message: no transaction starts */
+        char content[300];
+        snprintf(content, sizeof(content), "KumoMTA internal: error in deliver_message: %s",
+                 kerr_str(err));
+        disp_response r = {400, 0, 0, 0, content, NULL};
+        d->cur = NULL;
+        atomic_fetch_sub(&st_in_flight, 1);
+        if (q->m) {
+            char *qname = queue_name_of_message(q->m);
+            rec_ctx x = disp_rec(d, q->m, qname);
+            log_record(LOGREC_TRANSIENT_FAILURE, q->m, q->num_attempts, &x, &r);
+            atomic_fetch_add(&st_transfail, 1);
+            requeue(q, qname, true, -1, &r, R_LOGGED_TRANSIENT_FAILURE);
+            free(qname);
+        } else {
+            char hex[SPOOLID_HEX_LEN + 1];
+            spoolid_to_hex(&q->id, hex);
+            DERROR(QMOD, "id=%s %s; the message is lost from the spool", hex, content);
+            qmsg_free(q);
+        }
+        disp_next(d);
+        return;
+    }
+    q->m->num_attempts = q->num_attempts;
+    disp_set_phase(d, PHASE_DELIVERING_MESSAGE, NULL);
+    d->drv->send(d, q->m);
+}
+
+static void disp_next(dispatcher *d)
+{
+    readyq *rq = d->rq;
+    if (d->closing)
+        return;
+    if (!d->open) {
+        if (d->opening)
+            return;
+        d->opening = true;
+        disp_set_phase(d, PHASE_ATTEMPTING_CONNECTION, NULL);
+        d->drv->open(d);
+        return;
+    }
+    qmsg *q = qlist_pop(&rq->fifo);
+    if (!q) {
+        disp_close_soon(d);
+        return;
+    }
+    atomic_fetch_sub(&st_ready, 1);
+    d->cur = q;
+    qmsg_load(q, true, disp_after_load, d);
+}
+
+struct open_fail {
+    dispatcher *d;
+    disp_response r;
+    char *content;
+};
+
+static void open_fail_after_load(qmsg *q, int err, void *ud)
+{
+    struct open_fail *f = ud;
+    dispatcher *d = f->d;
+    d->cur = NULL;
+    if (err || !q->m) {
+        char hex[SPOOLID_HEX_LEN + 1];
+        spoolid_to_hex(&q->id, hex);
+        DERROR(QMOD, "id=%s cannot load the message from the spool: %s", hex, kerr_str(err));
+        atomic_fetch_sub(&st_in_flight, 1);
+        qmsg_free(q);
+    } else {
+        finish_message(d, q, OUTCOME_TRANSIENT, &f->r);
+    }
+    free(f->content);
+    free(f);
+    disp_close_soon(d);
+}
+
+void disp_opened(dispatcher *d, bool ok, const disp_response *fail)
+{
+    d->opening = false;
+    if (ok) {
+        d->open = true;
+        disp_set_phase(d, PHASE_IDLE, NULL);
+        struct timeval zero = {0, 0};
+        event_base_once(reactor_base(reactor_current()), -1, EV_TIMEOUT, disp_next_cb, d, &zero);
+        return;
+    }
+    /* the connection failed: the next message in line takes the failure */
+    qmsg *q = qlist_pop(&d->rq->fifo);
+    if (!q) {
+        disp_close_soon(d);
+        return;
+    }
+    atomic_fetch_sub(&st_ready, 1);
+    struct open_fail *f = calloc(1, sizeof(*f));
+    if (!f)
+        abort();
+    f->d = d;
+    f->r = *fail;
+    f->content = strdup(fail->content ? fail->content : "");
+    f->r.content = f->content;
+    f->r.command = NULL;
+    d->cur = q;
+    qmsg_load(q, false, open_fail_after_load, f);
+}
+
+static void readyq_maintain(readyq *rq)
+{
+    if (rq->state != CFG_READY)
+        return;
+    const disp_driver *drv = drivers[rq->proto];
+    if (!drv) {
+        /* no delivery driver for this protocol yet: messages wait */
+        return;
+    }
+    long limit = rq->cfg.connection_limit > 0 ? rq->cfg.connection_limit : 1;
+    long ready = rq->fifo.count;
+    long ideal = (long)ceil((double)limit * (1.0 - exp(-0.023 * (double)ready)));
+    if (ideal > ready)
+        ideal = ready;
+    if (ideal < 1 && ready > 0)
+        ideal = 1;
+    while (rq->active < ideal) {
+        dispatcher *d = calloc(1, sizeof(*d));
+        if (!d)
+            abort();
+        d->rq = rq;
+        d->drv = drv;
+        uuid_t u;
+        uuid_generate_time(u);
+        uuid_unparse_lower(u, d->session_id);
+        d->started_ns = d->phase_ns = d->progress_ns = clock_mono_ns();
+        d->phase = PHASE_STARTING;
+        d->next = rq->dispatchers;
+        rq->dispatchers = d;
+        rq->active++;
+        disp_next(d);
+    }
+}
+
+/* ---- requeue --------------------------------------------------------------------------------------- */
+
+struct requeue_job {
+    qmsg *q;
+    bool increment;
+    bool queue_changed;
+    int64_t delay_s;
+    char name[];
+};
+
+static void requeue_on_owner(void *arg)
+{
+    struct requeue_job *j = arg;
+    qmsg *q = j->q;
+    schedq *sq = sched_get(j->name);
+    q->sq = sq;
+    if (sq->state != CFG_READY) {
+        /* apply the arithmetic once the config is known: simplest is to
+         * treat it as due after the default retry interval */
+        if (j->increment)
+            q->num_attempts++;
+        q->due_wall_s = now_s() + (j->delay_s >= 0 ? j->delay_s : 60);
+        qlist_push(&sq->pending, q);
+        free(j);
+        return;
+    }
+    if (j->queue_changed) {
+        q->num_attempts++;
+        q->due_wall_s = 0;
+    } else if (j->increment) {
+        backoff_params bp = sched_backoff(sq);
+        int64_t age = age_s(q);
+        int64_t expires_age = -1;
+        json_t *sched = q->m ? q->m->scheduling : NULL;
+        const char *exp = sched ? json_string_value(json_object_get(sched, "expires")) : NULL;
+        if (exp) {
+            struct tm tm = {0};
+            if (strptime(exp, "%Y-%m-%dT%H:%M:%S", &tm))
+                expires_age = (int64_t)timegm(&tm) - spoolid_created_ns(&q->id) / NS_PER_SEC;
+        }
+        backoff_result br = backoff_on_failure(&bp, q->num_attempts, age, rand01(), expires_age);
+        q->num_attempts++;
+        if (br.expire) {
+            char dur[64], max[64], content[300];
+            duration_format(br.due_age_s * NS_PER_SEC, dur, sizeof(dur));
+            duration_format(sq->cfg.max_age_s * NS_PER_SEC, max, sizeof(max));
+            if (expires_age >= 0)
+                snprintf(content, sizeof(content),
+                         "Next delivery time would be at %s which exceeds the expiry time %s "
+                         "configured via set_scheduling",
+                         dur, exp);
+            else
+                snprintf(content, sizeof(content),
+                         "Next delivery time would be %s after creation, which exceeds "
+                         "max_age=%s",
+                         dur, max);
+            q->num_attempts--; /* the record shows the attempts made */
+            expire_message(q, sq->name, content, sq->cfg.egress_pool, sq->cfg.provider_name);
+            free(j);
+            sched_arm_reap(sq);
+            return;
+        }
+        q->due_wall_s = now_s() + br.delay_s;
+    } else {
+        int64_t delay = j->delay_s >= 0 ? j->delay_s : (int64_t)(rand01() * 60.0);
+        if (age_s(q) + delay >= sq->cfg.max_age_s) {
+            char dur[64], max[64], content[300];
+            duration_format((age_s(q) + delay) * NS_PER_SEC, dur, sizeof(dur));
+            duration_format(sq->cfg.max_age_s * NS_PER_SEC, max, sizeof(max));
+            snprintf(content, sizeof(content), "Next delivery time %s > %s", dur, max);
+            expire_message(q, sq->name, content, sq->cfg.egress_pool, sq->cfg.provider_name);
+            free(j);
+            return;
+        }
+        q->due_wall_s = now_s() + delay;
+    }
+    free(j);
+    sched_place(sq, q);
+}
+
+static void requeue_post(qmsg *q, const char *name, bool increment, bool changed, int64_t delay_s)
+{
+    size_t n = strlen(name);
+    struct requeue_job *j = malloc(sizeof(*j) + n + 1);
+    if (!j)
+        abort();
+    j->q = q;
+    j->increment = increment;
+    j->queue_changed = changed;
+    j->delay_s = delay_s;
+    memcpy(j->name, name, n + 1);
+    reactor_post(owner_of(name), requeue_on_owner, j);
+}
+
+static void back_after_load(qmsg *q, int err, void *ud)
+{
+    int64_t delay_s = (int64_t)(intptr_t)ud;
+    if (err || !q->m) {
+        char hex[SPOOLID_HEX_LEN + 1];
+        spoolid_to_hex(&q->id, hex);
+        DERROR(QMOD, "id=%s cannot load the message from the spool: %s", hex, kerr_str(err));
+        qmsg_free(q);
+        return;
+    }
+    char *name = queue_name_of_message(q->m);
+    requeue_post(q, name, false, false, delay_s);
+    free(name);
+}
+
+static void back_to_sched(qmsg *q, int reason, int64_t delay_s)
+{
+    qmsg_add_reason(q, reason);
+    atomic_fetch_sub(&st_in_flight, 1);
+    /* the queue name lives in the meta: load it when not resident */
+    qmsg_load(q, false, back_after_load, (void *)(intptr_t)delay_s);
+}
+
+struct rq_event {
+    qmsg *q;
+    char *orig_queue;
+    bool increment;
+    int64_t delay_s;
+    disp_response resp;
+    char *content;
+};
+
+static void after_requeue_event(klua_call *c, int status, void *ud)
+{
+    struct rq_event *e = ud;
+    qmsg *q = e->q;
+    if (status == KLUA_REJECT) {
+        char *qname = queue_name_of_message(q->m);
+        rec_ctx x = {.queue = qname, .site = ""};
+        disp_response r = {klua_call_reject_code(c), 0, 0, 0, klua_call_error(c), NULL};
+        log_record(LOGREC_BOUNCE, q->m, q->num_attempts, &x, &r);
+        atomic_fetch_add(&st_failed, 1);
+        spool_forget(q);
+        qmsg_free(q);
+        free(qname);
+    } else {
+        if (status == KLUA_ERROR)
+            DERROR(QMOD, "requeue_message handler failed; keeping the original queue: %s",
+                   klua_call_error(c));
+        char *now_queue = status == KLUA_OK ? queue_name_of_message(q->m) : NULL;
+        if (now_queue && strcmp(now_queue, e->orig_queue) != 0) {
+            if (strcmp(now_queue, "null") == 0) {
+                spool_forget(q);
+                qmsg_free(q);
+            } else {
+                qmsg_save_if_dirty(q);
+                requeue_post(q, now_queue, false, true, 0);
+            }
+        } else {
+            if (status == KLUA_ERROR && q->m)
+                json_object_set_new(q->m->meta, "queue", json_string(e->orig_queue));
+            requeue_post(q, e->orig_queue, e->increment, false, e->delay_s);
+        }
+        free(now_queue);
+    }
+    free(e->orig_queue);
+    free(e->content);
+    free(e);
+}
+
+static void requeue(qmsg *q, const char *qname, bool increment, int64_t delay_s,
+                    const disp_response *resp, int reason)
+{
+    qmsg_add_reason(q, reason);
+    klua *vm = klua_current();
+    if (!q->m || !vm || !klua_has_handler(vm, "requeue_message")) {
+        requeue_post(q, qname, increment, false, delay_s);
+        return;
+    }
+    struct rq_event *e = calloc(1, sizeof(*e));
+    if (!e)
+        abort();
+    e->q = q;
+    e->orig_queue = strdup(qname);
+    e->increment = increment;
+    e->delay_s = delay_s;
+    klua_call *c;
+    lua_State *co = klua_call_begin(vm, "requeue_message", &c);
+    klua_push_message(co, q->m);
+    /* one-line rendition of the response */
+    char line[1024];
+    if (resp->enh_class)
+        snprintf(line, sizeof(line), "%d %d.%d.%d %s", resp->code, resp->enh_class,
+                 resp->enh_subject, resp->enh_detail, resp->content ? resp->content : "");
+    else
+        snprintf(line, sizeof(line), "%d %s", resp->code, resp->content ? resp->content : "");
+    lua_pushstring(co, line);
+    lua_createtable(co, q->n_reasons, 0);
+    for (int i = 0; i < q->n_reasons; i++) {
+        lua_pushstring(co, reason_names[q->reasons[i]]);
+        lua_rawseti(co, -2, i + 1);
+    }
+    lua_pushboolean(co, increment);
+    if (delay_s >= 0)
+        lua_pushinteger(co, delay_s);
+    else
+        lua_pushnil(co);
+    q->m->num_attempts = q->num_attempts; /* before the increment, as documented */
+    klua_call_run(c, 5, after_requeue_event, e);
+}
+
+/* ---- init ------------------------------------------------------------------------------------------ */
+
+void queue_init(void)
+{
+    queue_config_lua_register();
+    smtpsrv_set_insert_hook(insert_hook);
+}
+
+void queue_set_protocol_ops(const queue_protocol_ops *ops)
+{
+    (void)ops;
+}
+
+const char *dispatcher_phase_name(int p);
+const char *dispatcher_phase_name(int p)
+{
+    return p >= 0 && p <= PHASE_CLOSING ? phase_names[p] : "Unknown";
+}
