@@ -532,6 +532,9 @@ static void sched_make_ready(schedq *sq, qmsg *q);
 static void readyq_insert_remote(const char *rq_name, schedq *sq, qmsg *q);
 static void requeue(qmsg *q, const char *qname, bool increment, int64_t delay_s,
                     const disp_response *resp, int reason);
+static bool admin_intercept(schedq *sq, qmsg *q);
+static bool admin_suspended(schedq *sq, qmsg *q);
+static bool readyq_suspended(const readyq *rq);
 
 /* ---- scheduled queue creation -------------------------------------------------------------------- */
 
@@ -840,6 +843,8 @@ static void sched_place(schedq *sq, qmsg *q)
     }
     evtimer_del(sq->reap_ev);
     q->sq = sq;
+    if (admin_intercept(sq, q))
+        return;
     backoff_params bp = sched_backoff(sq);
     if (q->enumerated_pending) {
         q->enumerated_pending = false;
@@ -1107,6 +1112,8 @@ static const char *proto_suffix(const queue_config *c, char *buf, size_t len)
 
 static void sched_make_ready(schedq *sq, qmsg *q)
 {
+    if (admin_intercept(sq, q) || admin_suspended(sq, q))
+        return;
     switch (sq->cfg.proto) {
     case QPROTO_NULL:
         spool_forget(q);
@@ -1864,6 +1871,14 @@ static void readyq_maintain(readyq *rq)
 {
     if (rq->state != CFG_READY)
         return;
+    if (readyq_suspended(rq)) {
+        /* drain back to the scheduled queues; they come back when due */
+        while (rq->fifo.count) {
+            atomic_fetch_sub(&st_ready, 1);
+            back_to_sched(qlist_pop(&rq->fifo), R_READYQ_SUSPENDED, -1);
+        }
+        return;
+    }
     const disp_driver *drv = drivers[rq->proto];
     if (!drv) {
         /* no delivery driver for this protocol yet: messages wait */
@@ -2116,4 +2131,970 @@ const char *dispatcher_phase_name(int p);
 const char *dispatcher_phase_name(int p)
 {
     return p >= 0 && p <= PHASE_CLOSING ? phase_names[p] : "Unknown";
+}
+
+/* ==== administrative actions (src/queue/admin.h) ==================================== */
+
+#include "queue/admin.h"
+
+#include <pthread.h>
+
+typedef enum admin_kind { ADM_BOUNCE, ADM_SUSPEND, ADM_SUSPEND_READYQ } admin_kind;
+
+typedef struct admin_entry {
+    struct admin_entry *next;
+    admin_kind kind;
+    char id[37];
+    char *reason;
+    char *domain, *campaign, *tenant, *routing_domain;
+    char *name; /* ready queue name for ADM_SUSPEND_READYQ */
+    json_t *queue_names;
+    int64_t expires_wall_ns;
+    int64_t duration_ns;
+    bool suppress_logging;
+    atomic_ullong bounced;
+} admin_entry;
+
+static pthread_mutex_t admin_lock = PTHREAD_MUTEX_INITIALIZER;
+static admin_entry *admin_entries;
+static atomic_uint admin_generation;
+
+static void admin_entry_free(admin_entry *e)
+{
+    free(e->reason);
+    free(e->domain);
+    free(e->campaign);
+    free(e->tenant);
+    free(e->routing_domain);
+    free(e->name);
+    json_decref(e->queue_names);
+    free(e);
+}
+
+static bool eq_ci_opt(const char *want, const char *have)
+{
+    return !want || (have && strcasecmp(want, have) == 0);
+}
+
+static bool admin_matches(const admin_entry *e, const char *qname, const queue_name_parts *p)
+{
+    if (e->queue_names && json_array_size(e->queue_names) > 0) {
+        size_t i;
+        json_t *v;
+        json_array_foreach(e->queue_names, i, v) if (json_is_string(v) &&
+                                                     strcmp(json_string_value(v), qname) == 0) return true;
+        return false;
+    }
+    return eq_ci_opt(e->domain, p->domain) && eq_ci_opt(e->campaign, p->campaign) &&
+           eq_ci_opt(e->tenant, p->tenant) && eq_ci_opt(e->routing_domain, p->routing_domain);
+}
+
+static void admin_expire_locked(void)
+{
+    int64_t now = clock_wall_ns();
+    for (admin_entry **pp = &admin_entries; *pp;) {
+        if ((*pp)->expires_wall_ns && (*pp)->expires_wall_ns <= now) {
+            admin_entry *dead = *pp;
+            *pp = dead->next;
+            admin_entry_free(dead);
+        } else {
+            pp = &(*pp)->next;
+        }
+    }
+}
+
+/* Finds the active entry of kind that matches; copies the reason and id.
+ * Returns false when none. */
+static bool admin_find(admin_kind kind, const char *qname, const queue_name_parts *p,
+                       char *reason, size_t rlen, char id[37], bool *suppress)
+{
+    if (!admin_entries)
+        return false;
+    bool found = false;
+    pthread_mutex_lock(&admin_lock);
+    admin_expire_locked();
+    for (admin_entry *e = admin_entries; e; e = e->next) {
+        if (e->kind != kind)
+            continue;
+        bool m = kind == ADM_SUSPEND_READYQ ? strcmp(e->name, qname) == 0
+                                            : admin_matches(e, qname, p);
+        if (m) {
+            snprintf(reason, rlen, "%s", e->reason);
+            if (id)
+                memcpy(id, e->id, 37);
+            if (suppress)
+                *suppress = e->suppress_logging;
+            if (kind == ADM_BOUNCE)
+                atomic_fetch_add(&e->bounced, 1);
+            found = true;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&admin_lock);
+    return found;
+}
+
+static char *jstrdup(const json_t *req, const char *k)
+{
+    const char *s = json_string_value(json_object_get(req, k));
+    return s ? strdup(s) : NULL;
+}
+
+static int admin_parse(const json_t *req, admin_kind kind, admin_entry **out, char *err,
+                       size_t errlen)
+{
+    if (!json_is_object(req)) {
+        snprintf(err, errlen, "expected a JSON object");
+        return KERR_PARSE;
+    }
+    static const char *const allowed_bounce[] = {
+        "reason", "domain", "campaign", "tenant", "routing_domain", "queue_names", "duration",
+        "expires", "suppress_logging", NULL};
+    static const char *const allowed_suspend[] = {"reason", "domain", "campaign", "tenant",
+                                                  "queue_names", "duration", "expires", NULL};
+    static const char *const allowed_rq[] = {"name", "reason", "duration", "expires", NULL};
+    const char *const *allowed = kind == ADM_BOUNCE    ? allowed_bounce
+                                 : kind == ADM_SUSPEND ? allowed_suspend
+                                                       : allowed_rq;
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)req, k, v) {
+        bool ok = false;
+        for (int i = 0; allowed[i]; i++)
+            ok |= strcmp(allowed[i], k) == 0;
+        if (!ok) {
+            snprintf(err, errlen, "unknown field `%s`", k);
+            return KERR_PARSE;
+        }
+        if (strcmp(k, "queue_names") == 0 ? !json_is_array(v)
+            : strcmp(k, "suppress_logging") == 0 ? !json_is_boolean(v)
+                                                 : !json_is_string(v)) {
+            snprintf(err, errlen, "invalid type for field `%s`", k);
+            return KERR_PARSE;
+        }
+    }
+    if (!json_is_string(json_object_get(req, "reason"))) {
+        snprintf(err, errlen, "missing field `reason`");
+        return KERR_PARSE;
+    }
+    if (kind == ADM_SUSPEND_READYQ && !json_is_string(json_object_get(req, "name"))) {
+        snprintf(err, errlen, "missing field `name`");
+        return KERR_PARSE;
+    }
+    admin_entry *e = calloc(1, sizeof(*e));
+    if (!e)
+        abort();
+    e->kind = kind;
+    uuid_t u;
+    uuid_generate_random(u);
+    uuid_unparse_lower(u, e->id);
+    e->reason = jstrdup(req, "reason");
+    e->domain = jstrdup(req, "domain");
+    e->campaign = jstrdup(req, "campaign");
+    e->tenant = jstrdup(req, "tenant");
+    e->routing_domain = jstrdup(req, "routing_domain");
+    e->name = jstrdup(req, "name");
+    json_t *qn = json_object_get(req, "queue_names");
+    e->queue_names = qn ? json_incref(qn) : NULL;
+    e->suppress_logging = json_is_true(json_object_get(req, "suppress_logging"));
+    /* default duration: 5 minutes, as KumoMTA */
+    int64_t dur = 300 * NS_PER_SEC;
+    const char *ds = json_string_value(json_object_get(req, "duration"));
+    if (ds && duration_parse(ds, &dur) != 0) {
+        snprintf(err, errlen, "invalid duration `%s`", ds);
+        admin_entry_free(e);
+        return KERR_PARSE;
+    }
+    e->duration_ns = dur;
+    e->expires_wall_ns = clock_wall_ns() + dur;
+    const char *ex = json_string_value(json_object_get(req, "expires"));
+    if (ex) {
+        struct tm tm = {0};
+        if (!strptime(ex, "%Y-%m-%dT%H:%M:%S", &tm)) {
+            snprintf(err, errlen, "invalid expires `%s` (RFC 3339 expected)", ex);
+            admin_entry_free(e);
+            return KERR_PARSE;
+        }
+        e->expires_wall_ns = (int64_t)timegm(&tm) * NS_PER_SEC;
+    }
+    *out = e;
+    return 0;
+}
+
+static void admin_add(admin_entry *e)
+{
+    pthread_mutex_lock(&admin_lock);
+    e->next = admin_entries;
+    admin_entries = e;
+    pthread_mutex_unlock(&admin_lock);
+    atomic_fetch_add(&admin_generation, 1);
+}
+
+static int admin_cancel(admin_kind kind, const char *id)
+{
+    int rc = KERR_NOTFOUND;
+    pthread_mutex_lock(&admin_lock);
+    for (admin_entry **pp = &admin_entries; *pp; pp = &(*pp)->next) {
+        if ((*pp)->kind == kind && strcmp((*pp)->id, id) == 0) {
+            admin_entry *dead = *pp;
+            *pp = dead->next;
+            admin_entry_free(dead);
+            rc = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&admin_lock);
+    atomic_fetch_add(&admin_generation, 1);
+    return rc;
+}
+
+static json_t *admin_list(admin_kind kind)
+{
+    json_t *a = json_array();
+    pthread_mutex_lock(&admin_lock);
+    admin_expire_locked();
+    int64_t now = clock_wall_ns();
+    for (admin_entry *e = admin_entries; e; e = e->next) {
+        if (e->kind != kind)
+            continue;
+        json_t *o = json_object();
+        json_object_set_new(o, "id", json_string(e->id));
+        json_object_set_new(o, "reason", json_string(e->reason));
+        if (kind == ADM_SUSPEND_READYQ) {
+            json_object_set_new(o, "name", json_string(e->name));
+        } else {
+            json_object_set_new(o, "domain", e->domain ? json_string(e->domain) : json_null());
+            json_object_set_new(o, "campaign",
+                                e->campaign ? json_string(e->campaign) : json_null());
+            json_object_set_new(o, "tenant", e->tenant ? json_string(e->tenant) : json_null());
+            if (kind == ADM_BOUNCE)
+                json_object_set_new(o, "routing_domain", e->routing_domain
+                                                             ? json_string(e->routing_domain)
+                                                             : json_null());
+            json_object_set_new(o, "queue_names",
+                                e->queue_names ? json_incref(e->queue_names) : json_array());
+        }
+        char dur[64];
+        duration_format(e->expires_wall_ns - now, dur, sizeof(dur));
+        json_object_set_new(o, "duration", json_string(dur));
+        if (kind == ADM_BOUNCE) {
+            json_t *b = json_object();
+            json_object_set_new(b, "total", json_integer((json_int_t)atomic_load(&e->bounced)));
+            json_object_set_new(o, "bounced", b);
+            json_object_set_new(o, "total_bounced",
+                                json_integer((json_int_t)atomic_load(&e->bounced)));
+        }
+        json_array_append_new(a, o);
+    }
+    pthread_mutex_unlock(&admin_lock);
+    return a;
+}
+
+/* ---- AdminBounce on a message --------------------------------------------------- */
+
+struct abounce {
+    char *queue;
+    char *reason;
+    bool suppress;
+};
+
+static void abounce_after_load(qmsg *q, int err, void *ud)
+{
+    struct abounce *b = ud;
+    if (!err && q->m && !b->suppress) {
+        char content[600];
+        snprintf(content, sizeof(content), "Administrator bounced with reason: %s", b->reason);
+        rec_ctx x = {.queue = b->queue, .site = "localhost"};
+        disp_response r = {551, 5, 7, 1, content, NULL};
+        log_record(LOGREC_ADMIN_BOUNCE, q->m, q->num_attempts, &x, &r);
+    }
+    atomic_fetch_add(&st_failed, 0);
+    spool_forget(q);
+    qmsg_free(q);
+    free(b->queue);
+    free(b->reason);
+    free(b);
+}
+
+static void admin_bounce_msg(const char *queue, qmsg *q, const char *reason, bool suppress)
+{
+    struct abounce *b = calloc(1, sizeof(*b));
+    if (!b)
+        abort();
+    b->queue = strdup(queue);
+    b->reason = strdup(reason);
+    b->suppress = suppress;
+    qmsg_load(q, false, abounce_after_load, b);
+}
+
+/* Checked when a message is placed and when it is made ready: returns true
+ * when an admin action consumed or delayed it. */
+static bool admin_intercept(schedq *sq, qmsg *q)
+{
+    char reason[512];
+    bool suppress = false;
+    if (admin_find(ADM_BOUNCE, sq->name, &sq->parts, reason, sizeof(reason), NULL, &suppress)) {
+        admin_bounce_msg(sq->name, q, reason, suppress);
+        return true;
+    }
+    return false;
+}
+
+/* ---- broadcast helpers ---------------------------------------------------------------- */
+
+typedef struct bcast {
+    atomic_int remaining;
+    reactor *origin;
+    admin_cb cb;
+    void *ud;
+    json_t *req;
+    json_t *acc; /* accumulated result */
+    pthread_mutex_t lock;
+    admin_entry *entry;
+    long long count;
+    char *id;
+    bool want_body;
+    long limit;
+    void (*finish)(struct bcast *b);
+} bcast;
+
+static void bcast_done_on_origin(void *arg)
+{
+    bcast *b = arg;
+    b->finish(b);
+    json_decref(b->req);
+    free(b->id);
+    pthread_mutex_destroy(&b->lock);
+    free(b);
+}
+
+static void bcast_part_done(bcast *b)
+{
+    if (atomic_fetch_sub(&b->remaining, 1) == 1)
+        reactor_post(b->origin, bcast_done_on_origin, b);
+}
+
+static bcast *bcast_new(admin_cb cb, void *ud, const json_t *req, void (*finish)(bcast *))
+{
+    bcast *b = calloc(1, sizeof(*b));
+    if (!b)
+        abort();
+    b->origin = reactor_current();
+    b->cb = cb;
+    b->ud = ud;
+    b->req = req ? json_deep_copy(req) : NULL;
+    b->finish = finish;
+    pthread_mutex_init(&b->lock, NULL);
+    atomic_store(&b->remaining, reactor_count());
+    return b;
+}
+
+static void bcast_run(bcast *b, reactor_fn fn)
+{
+    for (int i = 0; i < reactor_count(); i++)
+        reactor_post(reactor_get(i), fn, b);
+}
+
+/* every schedq of the calling reactor */
+#define FOREACH_SCHEDQ(t, sq)                                                                      \
+    for (int bucket_ = 0; bucket_ < TABLE_BUCKETS; bucket_++)                                      \
+        for (schedq *sq = (t)->sched[bucket_], *nx_ = sq ? sq->hnext : NULL; sq;                   \
+             sq = nx_, nx_ = sq ? sq->hnext : NULL)
+
+/* ---- bounce ------------------------------------------------------------------------------ */
+
+static void bounce_on_reactor(void *arg)
+{
+    bcast *b = arg;
+    qtables *t = tables();
+    long long n = 0;
+    FOREACH_SCHEDQ(t, sq)
+    {
+        if (!admin_matches(b->entry, sq->name, &sq->parts))
+            continue;
+        qlist *lists[2] = {&sq->waiting, &sq->pending};
+        for (int li = 0; li < 2; li++) {
+            while (lists[li]->count) {
+                qmsg *q = qlist_pop(lists[li]);
+                if (li == 0) {
+                    reactor_timer_cancel(reactor_current(), &q->timer);
+                    atomic_fetch_sub(&st_scheduled, 1);
+                }
+                atomic_fetch_add(&b->entry->bounced, 1);
+                admin_bounce_msg(sq->name, q, b->entry->reason, b->entry->suppress_logging);
+                n++;
+            }
+        }
+        sched_arm_reap(sq);
+    }
+    pthread_mutex_lock(&b->lock);
+    b->count += n;
+    pthread_mutex_unlock(&b->lock);
+    bcast_part_done(b);
+}
+
+static void bounce_finish(bcast *b)
+{
+    json_t *res = json_object();
+    json_object_set_new(res, "id", json_string(b->entry->id));
+    json_t *by = json_object();
+    json_object_set_new(res, "bounced", by);
+    json_object_set_new(res, "total_bounced", json_integer(b->count));
+    b->cb(b->ud, 200, res, NULL);
+}
+
+void queue_admin_bounce(const json_t *req, admin_cb cb, void *ud)
+{
+    char err[300];
+    admin_entry *e;
+    if (admin_parse(req, ADM_BOUNCE, &e, err, sizeof(err)) != 0) {
+        cb(ud, 400, NULL, err);
+        return;
+    }
+    admin_add(e);
+    bcast *b = bcast_new(cb, ud, req, bounce_finish);
+    b->entry = e;
+    bcast_run(b, bounce_on_reactor);
+}
+
+json_t *queue_admin_bounce_list(void)
+{
+    return admin_list(ADM_BOUNCE);
+}
+
+int queue_admin_bounce_cancel(const char *id)
+{
+    return admin_cancel(ADM_BOUNCE, id);
+}
+
+/* ---- suspensions ------------------------------------------------------------------------- */
+
+int queue_admin_suspend(const json_t *req, json_t **result, char *err, size_t errlen)
+{
+    admin_entry *e;
+    int rc = admin_parse(req, ADM_SUSPEND, &e, err, errlen);
+    if (rc)
+        return rc;
+    admin_add(e);
+    *result = json_pack("{s:s}", "id", e->id);
+    return 0;
+}
+
+json_t *queue_admin_suspend_list(void)
+{
+    return admin_list(ADM_SUSPEND);
+}
+
+int queue_admin_suspend_cancel(const char *id)
+{
+    return admin_cancel(ADM_SUSPEND, id);
+}
+
+int queue_admin_suspend_readyq(const json_t *req, json_t **result, char *err, size_t errlen)
+{
+    admin_entry *e;
+    int rc = admin_parse(req, ADM_SUSPEND_READYQ, &e, err, errlen);
+    if (rc)
+        return rc;
+    admin_add(e);
+    *result = json_pack("{s:s}", "id", e->id);
+    return 0;
+}
+
+json_t *queue_admin_suspend_readyq_list(void)
+{
+    return admin_list(ADM_SUSPEND_READYQ);
+}
+
+int queue_admin_suspend_readyq_cancel(const char *id)
+{
+    return admin_cancel(ADM_SUSPEND_READYQ, id);
+}
+
+/* Scheduled-queue suspension: a TransientFailure and a retry with an
+ * attempt, as KumoMTA does. Returns true when it consumed q. */
+static bool admin_suspended(schedq *sq, qmsg *q);
+
+struct susp_job {
+    char *queue;
+    char *reason;
+};
+
+static void susp_after_load(qmsg *q, int err, void *ud)
+{
+    struct susp_job *s = ud;
+    if (err || !q->m) {
+        qmsg_free(q);
+    } else {
+        char content[600];
+        snprintf(content, sizeof(content), "KumoMTA internal: scheduled queue is suspended: %s",
+                 s->reason);
+        rec_ctx x = {.queue = s->queue, .site = s->queue};
+        disp_response r = {451, 4, 4, 4, content, NULL};
+        log_record(LOGREC_TRANSIENT_FAILURE, q->m, q->num_attempts, &x, &r);
+        atomic_fetch_add(&st_transfail, 1);
+        qmsg_add_reason(q, R_LOGGED_TRANSIENT_FAILURE);
+        requeue_post(q, s->queue, true, false, -1);
+    }
+    free(s->queue);
+    free(s->reason);
+    free(s);
+}
+
+static bool admin_suspended(schedq *sq, qmsg *q)
+{
+    char reason[512];
+    if (!admin_find(ADM_SUSPEND, sq->name, &sq->parts, reason, sizeof(reason), NULL, NULL))
+        return false;
+    struct susp_job *s = calloc(1, sizeof(*s));
+    if (!s)
+        abort();
+    s->queue = strdup(sq->name);
+    s->reason = strdup(reason);
+    qmsg_load(q, false, susp_after_load, s);
+    return true;
+}
+
+static bool readyq_suspended(const readyq *rq)
+{
+    char reason[512];
+    return admin_find(ADM_SUSPEND_READYQ, rq->name, NULL, reason, sizeof(reason), NULL, NULL);
+}
+
+/* ---- rebind ------------------------------------------------------------------------------- */
+
+struct rebind_one {
+    bcast *b;
+    char *from;
+};
+
+static void rebind_after_event(klua_call *c, int status, void *ud);
+
+static void rebind_apply_done(qmsg *q, struct rebind_one *r)
+{
+    bcast *b = r->b;
+    char *newq = queue_name_of_message(q->m);
+    bool changed = strcmp(newq, r->from) != 0;
+    bool flush = json_is_true(json_object_get(b->req, "always_flush"));
+    if (changed && !json_is_true(json_object_get(b->req, "suppress_logging"))) {
+        char content[700];
+        snprintf(content, sizeof(content), "Rebound from %s to %s: %s", r->from, newq,
+                 json_string_value(json_object_get(b->req, "reason")));
+        rec_ctx x = {.queue = newq, .site = ""};
+        disp_response resp = {250, 0, 0, 0, content, NULL};
+        log_record(LOGREC_ADMIN_REBIND, q->m, q->num_attempts, &x, &resp);
+    }
+    qmsg_save_if_dirty(q);
+    qmsg_add_reason(q, R_ADMIN_REBIND);
+    if (changed || flush) {
+        q->due_wall_s = 0;
+        requeue_post(q, newq, false, false, 0);
+    } else {
+        requeue_post(q, newq, false, false, -1);
+    }
+    free(newq);
+    free(r->from);
+    free(r);
+    bcast_part_done(b);
+}
+
+static void rebind_after_event(klua_call *c, int status, void *ud)
+{
+    qmsg *q = ud;
+    struct rebind_one *r = (struct rebind_one *)q->next; /* stashed while out of any list */
+    q->next = NULL;
+    if (status != KLUA_OK)
+        DERROR(QMOD, "rebind_message handler failed: %s", klua_call_error(c));
+    rebind_apply_done(q, r);
+}
+
+static void rebind_after_load(qmsg *q, int err, void *ud)
+{
+    struct rebind_one *r = ud;
+    if (err || !q->m) {
+        qmsg_free(q);
+        free(r->from);
+        bcast_part_done(r->b);
+        free(r);
+        return;
+    }
+    json_t *data = json_object_get(r->b->req, "data");
+    if (json_is_true(json_object_get(r->b->req, "trigger_rebind_event")) &&
+        klua_has_handler(klua_current(), "rebind_message")) {
+        klua_call *c;
+        lua_State *co = klua_call_begin(klua_current(), "rebind_message", &c);
+        klua_push_message(co, q->m);
+        klua_push_json(co, data);
+        q->next = (qmsg *)(void *)r;
+        klua_call_run(c, 2, rebind_after_event, q);
+        return;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(data, k, v) {
+        json_object_set(q->m->meta, k, v);
+        q->m->meta_dirty = true;
+    }
+    rebind_apply_done(q, r);
+}
+
+static void rebind_on_reactor(void *arg)
+{
+    bcast *b = arg;
+    admin_entry *e = b->entry;
+    qtables *t = tables();
+    /* collect first: rebinding may re-insert into queues of this reactor */
+    qmsg *list = NULL;
+    FOREACH_SCHEDQ(t, sq)
+    {
+        if (!admin_matches(e, sq->name, &sq->parts))
+            continue;
+        qlist *lists[2] = {&sq->waiting, &sq->pending};
+        for (int li = 0; li < 2; li++) {
+            while (lists[li]->count) {
+                qmsg *q = qlist_pop(lists[li]);
+                if (li == 0) {
+                    reactor_timer_cancel(reactor_current(), &q->timer);
+                    atomic_fetch_sub(&st_scheduled, 1);
+                }
+                q->prev = (qmsg *)(void *)strdup(sq->name);
+                q->next = list;
+                list = q;
+            }
+        }
+        sched_arm_reap(sq);
+    }
+    while (list) {
+        qmsg *q = list;
+        list = q->next;
+        q->next = NULL;
+        struct rebind_one *r = calloc(1, sizeof(*r));
+        if (!r)
+            abort();
+        r->b = b;
+        r->from = (char *)(void *)q->prev;
+        q->prev = NULL;
+        atomic_fetch_add(&b->remaining, 1);
+        qmsg_load(q, false, rebind_after_load, r);
+    }
+    bcast_part_done(b);
+}
+
+static void rebind_finish(bcast *b)
+{
+    admin_entry_free(b->entry);
+    b->cb(b->ud, 200, json_object(), NULL);
+}
+
+void queue_admin_rebind(const json_t *req, admin_cb cb, void *ud)
+{
+    if (!json_is_object(req) || !json_is_string(json_object_get(req, "reason")) ||
+        !json_is_object(json_object_get(req, "data"))) {
+        cb(ud, 400, NULL, "rebind needs `reason` (string) and `data` (object)");
+        return;
+    }
+    admin_entry *e = calloc(1, sizeof(*e));
+    if (!e)
+        abort();
+    e->kind = ADM_BOUNCE; /* only used for matching */
+    e->reason = jstrdup(req, "reason");
+    e->domain = jstrdup(req, "domain");
+    e->campaign = jstrdup(req, "campaign");
+    e->tenant = jstrdup(req, "tenant");
+    e->routing_domain = jstrdup(req, "routing_domain");
+    json_t *qn = json_object_get(req, "queue_names");
+    e->queue_names = json_is_array(qn) ? json_incref(qn) : NULL;
+    bcast *b = bcast_new(cb, ud, req, rebind_finish);
+    b->entry = e;
+    bcast_run(b, rebind_on_reactor);
+}
+
+/* ---- inspection --------------------------------------------------------------------------- */
+
+static json_t *qmsg_summary(const qmsg *q)
+{
+    char hex[SPOOLID_HEX_LEN + 1];
+    spoolid_to_hex(&q->id, hex);
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(hex));
+    json_object_set_new(o, "num_attempts", json_integer(q->num_attempts));
+    if (q->due_wall_s > 0) {
+        time_t due = (time_t)q->due_wall_s;
+        struct tm tm;
+        gmtime_r(&due, &tm);
+        char when[64];
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        json_object_set_new(o, "due", json_string(when));
+    } else {
+        json_object_set_new(o, "due", json_null());
+    }
+    return o;
+}
+
+struct inspect_one {
+    bcast *b;
+    json_t *summary;
+};
+
+static void inspect_after_load(qmsg *q, int err, void *ud)
+{
+    struct inspect_one *x = ud;
+    bcast *b = x->b;
+    json_t *msg = x->summary;
+    if (!err && q->m) {
+        message *m = q->m;
+        json_object_set_new(msg, "sender", json_string(m->sender));
+        if (m->n_rcpts == 1) {
+            json_object_set_new(msg, "recipient", json_string(m->rcpts[0]));
+        } else {
+            json_t *a = json_array();
+            for (size_t i = 0; i < m->n_rcpts; i++)
+                json_array_append_new(a, json_string(m->rcpts[i]));
+            json_object_set_new(msg, "recipient", a);
+        }
+        json_object_set(msg, "meta", m->meta);
+        json_object_set_new(msg, "scheduling",
+                            m->scheduling ? json_incref(m->scheduling) : json_null());
+        if (b->want_body && m->data)
+            json_object_set_new(msg, "data", json_stringn(m->data, m->data_len));
+        /* a waiting message goes back to its lean form */
+        if (q->sq && wheel_entry_armed(&q->timer))
+            qmsg_shrink(q);
+    }
+    pthread_mutex_lock(&b->lock);
+    if (!b->acc)
+        b->acc = json_object();
+    json_t *id = json_object_get(msg, "id");
+    json_object_set(b->acc, "id", id);
+    json_object_set_new(b->acc, "message", msg);
+    pthread_mutex_unlock(&b->lock);
+    free(x);
+    bcast_part_done(b);
+}
+
+static void inspect_msg_on_reactor(void *arg)
+{
+    bcast *b = arg;
+    qtables *t = tables();
+    spoolid want;
+    spoolid_from_hex(b->id, &want);
+    FOREACH_SCHEDQ(t, sq)
+    {
+        qlist *lists[2] = {&sq->waiting, &sq->pending};
+        for (int li = 0; li < 2; li++) {
+            for (qmsg *q = lists[li]->head.next; q != &lists[li]->head; q = q->next) {
+                if (!spoolid_eq(&q->id, &want))
+                    continue;
+                struct inspect_one *x = calloc(1, sizeof(*x));
+                if (!x)
+                    abort();
+                x->b = b;
+                x->summary = qmsg_summary(q);
+                json_object_set_new(x->summary, "queue", json_string(sq->name));
+                /* load in place: the qmsg stays in its list */
+                qmsg_load(q, b->want_body, inspect_after_load, x);
+                return;
+            }
+        }
+    }
+    bcast_part_done(b);
+}
+
+static void inspect_msg_finish(bcast *b)
+{
+    if (!b->acc) {
+        b->cb(b->ud, 404, NULL, "message not found in any scheduled queue");
+        return;
+    }
+    json_t *msg = json_object_get(b->acc, "message");
+    json_object_del(msg, "id");
+    json_object_del(msg, "queue");
+    b->cb(b->ud, 200, b->acc, NULL);
+}
+
+void queue_admin_inspect_message(const char *id, bool want_body, admin_cb cb, void *ud)
+{
+    spoolid sid;
+    if (!id || spoolid_from_hex(id, &sid) != 0) {
+        cb(ud, 400, NULL, "id must be a 32-digit spool id");
+        return;
+    }
+    bcast *b = bcast_new(cb, ud, NULL, inspect_msg_finish);
+    b->id = strdup(id);
+    b->want_body = want_body;
+    bcast_run(b, inspect_msg_on_reactor);
+}
+
+static void inspect_sq_on_owner(void *arg)
+{
+    bcast *b = arg;
+    atomic_store(&b->remaining, 1);
+    schedq *sq = sched_find(b->id);
+    json_t *res = json_object();
+    json_object_set_new(res, "queue_name", json_string(b->id));
+    json_t *msgs = json_array();
+    long n = 0;
+    if (sq) {
+        for (qmsg *q = sq->waiting.head.next; q != &sq->waiting.head && (b->limit <= 0 || n < b->limit);
+             q = q->next, n++)
+            json_array_append_new(msgs, qmsg_summary(q));
+        json_t *cfg = json_object();
+        json_object_set_new(cfg, "retry_interval", json_integer(sq->cfg.retry_interval_s));
+        json_object_set_new(cfg, "max_retry_interval",
+                            sq->cfg.max_retry_interval_s
+                                ? json_integer(sq->cfg.max_retry_interval_s)
+                                : json_null());
+        json_object_set_new(cfg, "max_age", json_integer(sq->cfg.max_age_s));
+        json_object_set_new(cfg, "egress_pool",
+                            json_string(sq->cfg.egress_pool ? sq->cfg.egress_pool : "unspecified"));
+        json_object_set_new(res, "queue_config", cfg);
+        json_object_set_new(res, "num_scheduled", json_integer(sq->waiting.count));
+    }
+    json_object_set_new(res, "messages", msgs);
+    b->acc = res;
+    bcast_part_done(b);
+}
+
+static void inspect_sq_finish(bcast *b)
+{
+    if (!json_object_get(b->acc, "queue_config")) {
+        json_decref(b->acc);
+        b->cb(b->ud, 404, NULL, "no such scheduled queue");
+        return;
+    }
+    b->cb(b->ud, 200, b->acc, NULL);
+}
+
+void queue_admin_inspect_sched_q(const char *queue_name, bool want_body, long limit, admin_cb cb,
+                                 void *ud)
+{
+    if (!queue_name || !*queue_name) {
+        cb(ud, 400, NULL, "queue_name is required");
+        return;
+    }
+    bcast *b = bcast_new(cb, ud, NULL, inspect_sq_finish);
+    b->id = strdup(queue_name);
+    b->want_body = want_body;
+    b->limit = limit;
+    reactor_post(owner_of(queue_name), inspect_sq_on_owner, b);
+}
+
+static json_t *readyq_state(readyq *rq)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "name", json_string(rq->name));
+    json_object_set_new(o, "ready_count", json_integer(rq->fifo.count));
+    json_object_set_new(o, "connection_count", json_integer(rq->active));
+    json_object_set_new(o, "connection_limit", json_integer(rq->cfg.connection_limit));
+    json_object_set_new(o, "max_ready", json_integer(rq->cfg.max_ready));
+    json_object_set_new(o, "suspended", json_boolean(readyq_suspended(rq)));
+    return o;
+}
+
+static void inspect_rq_on_owner(void *arg)
+{
+    bcast *b = arg;
+    atomic_store(&b->remaining, 1);
+    readyq *rq = readyq_find(b->id);
+    b->acc = rq ? readyq_state(rq) : NULL;
+    if (rq) {
+        json_t *msgs = json_array();
+        for (qmsg *q = rq->fifo.head.next; q != &rq->fifo.head; q = q->next)
+            json_array_append_new(msgs, qmsg_summary(q));
+        json_object_set_new(b->acc, "messages", msgs);
+    }
+    bcast_part_done(b);
+}
+
+static void inspect_rq_finish(bcast *b)
+{
+    if (!b->acc) {
+        b->cb(b->ud, 404, NULL, "no such ready queue");
+        return;
+    }
+    b->cb(b->ud, 200, b->acc, NULL);
+}
+
+void queue_admin_inspect_ready_q(const char *queue_name, admin_cb cb, void *ud)
+{
+    if (!queue_name || !*queue_name) {
+        cb(ud, 400, NULL, "queue_name is required");
+        return;
+    }
+    bcast *b = bcast_new(cb, ud, NULL, inspect_rq_finish);
+    b->id = strdup(queue_name);
+    reactor_post(owner_of(queue_name), inspect_rq_on_owner, b);
+}
+
+static void summary_on_reactor(void *arg)
+{
+    bcast *b = arg;
+    qtables *t = tables();
+    json_t *sched = json_array(), *ready = json_array();
+    FOREACH_SCHEDQ(t, sq)
+    {
+        json_array_append_new(sched, json_pack("{s:s,s:I}", "name", sq->name, "count",
+                                               (json_int_t)(sq->waiting.count + sq->pending.count)));
+    }
+    for (int i = 0; i < TABLE_BUCKETS; i++)
+        for (readyq *rq = t->ready[i]; rq; rq = rq->hnext)
+            json_array_append_new(ready, readyq_state(rq));
+    pthread_mutex_lock(&b->lock);
+    if (!b->acc)
+        b->acc = json_pack("{s:[],s:[]}", "scheduled", "ready");
+    json_array_extend(json_object_get(b->acc, "scheduled"), sched);
+    json_array_extend(json_object_get(b->acc, "ready"), ready);
+    pthread_mutex_unlock(&b->lock);
+    json_decref(sched);
+    json_decref(ready);
+    bcast_part_done(b);
+}
+
+static void summary_finish(bcast *b)
+{
+    b->cb(b->ud, 200, b->acc ? b->acc : json_pack("{s:[],s:[]}", "scheduled", "ready"), NULL);
+}
+
+void queue_admin_summary(admin_cb cb, void *ud)
+{
+    bcast *b = bcast_new(cb, ud, NULL, summary_finish);
+    bcast_run(b, summary_on_reactor);
+}
+
+static void states_finish(bcast *b)
+{
+    json_t *res = json_object();
+    json_t *by = json_object();
+    json_t *ready = b->acc ? json_object_get(b->acc, "ready") : NULL;
+    size_t i;
+    json_t *v;
+    json_array_foreach(ready, i, v)
+    {
+        const char *name = json_string_value(json_object_get(v, "name"));
+        json_t *want = json_object_get(b->req ? b->req : NULL, "queues");
+        bool include = !json_is_array(want) || json_array_size(want) == 0;
+        size_t k;
+        json_t *w;
+        json_array_foreach(want, k, w) if (json_is_string(w) &&
+                                           strcmp(json_string_value(w), name) == 0) include = true;
+        if (!include)
+            continue;
+        json_t *st = json_object();
+        if (json_is_true(json_object_get(v, "suspended")))
+            json_object_set_new(st, "suspended", json_true());
+        json_object_set_new(by, name, st);
+    }
+    json_object_set_new(res, "states_by_ready_queue", by);
+    json_decref(b->acc);
+    b->cb(b->ud, 200, res, NULL);
+}
+
+void queue_admin_ready_q_states(const json_t *queues, admin_cb cb, void *ud)
+{
+    json_t *req = json_object();
+    if (queues)
+        json_object_set(req, "queues", (json_t *)queues);
+    bcast *b = bcast_new(cb, ud, req, states_finish);
+    json_decref(req);
+    bcast_run(b, summary_on_reactor);
 }
