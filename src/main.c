@@ -26,6 +26,7 @@
 #include "smtp/server.h"
 #include "queue/queue.h"
 #include "delivery/lua_deliver.h"
+#include "delivery/deferred.h"
 
 #define MAIN_MOD "kumod"
 
@@ -288,6 +289,7 @@ int main(int argc, char **argv)
     smtpsrv_lua_register();
     queue_init();
     lua_deliver_register();
+    deferred_register();
     klua_set_reload_hook(reload_all);
     services_set_validate_only(validate);
 

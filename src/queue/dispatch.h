@@ -79,6 +79,11 @@ void disp_opened(dispatcher *d, bool ok, const disp_response *fail);
  * recipients a driver may report per recipient by calling
  * disp_recipient_outcome() for each and then disp_delivered(d, -1, NULL). */
 void disp_delivered(dispatcher *d, int outcome, const disp_response *r);
+/* For protocols that hand a message on instead of delivering it (deferred
+ * SMTP injection): logs a DeferredInjectionRebind record, saves the message
+ * if the policy changed it, and inserts it into the queue its meta and
+ * recipient now name, due at once. */
+void disp_rebound(dispatcher *d);
 void disp_recipient_outcome(dispatcher *d, size_t rcpt_index, disp_outcome o,
                             const disp_response *r);
 

@@ -180,7 +180,7 @@ static qmsg *qlist_pop(qlist *l)
 }
 
 static atomic_llong st_scheduled, st_ready, st_in_flight, st_sched_queues, st_ready_queues;
-static atomic_ullong st_delivered, st_transfail, st_failed, st_expired;
+static atomic_ullong st_delivered, st_transfail, st_failed, st_expired, st_watchdog;
 
 void queue_get_stats(queue_stats *out)
 {
@@ -191,6 +191,7 @@ void queue_get_stats(queue_stats *out)
     out->transfail = atomic_load(&st_transfail);
     out->failed = atomic_load(&st_failed);
     out->expired = atomic_load(&st_expired);
+    out->watchdog_aborted = atomic_load(&st_watchdog);
     out->scheduled_queues = atomic_load(&st_sched_queues);
     out->ready_queues = atomic_load(&st_ready_queues);
 }
@@ -496,6 +497,7 @@ struct readyq {
     struct dispatcher *dispatchers;
     struct event *reap_ev;
     struct event *retry_ev;
+    struct event *watchdog_ev;
 };
 
 typedef struct qtables {
@@ -530,6 +532,7 @@ static void sched_insert_local(const char *name, qmsg *q);
 static void sched_place(schedq *sq, qmsg *q);
 static void sched_make_ready(schedq *sq, qmsg *q);
 static void readyq_insert_remote(const char *rq_name, schedq *sq, qmsg *q);
+static void requeue_post(qmsg *q, const char *name, bool increment, bool changed, int64_t delay_s);
 static void requeue(qmsg *q, const char *qname, bool increment, int64_t delay_s,
                     const disp_response *resp, int reason);
 static bool admin_intercept(schedq *sq, qmsg *q);
@@ -1175,6 +1178,8 @@ struct dispatcher {
     void *drv_state;
     qmsg *cur;
     bool open, closing, opening;
+    bool loading; /* a spool load for cur is in flight */
+    bool aborted; /* the watchdog fired while loading */
     int delivered;
     disp_phase phase;
     char detail[128];
@@ -1189,6 +1194,7 @@ struct dispatcher {
 
 static void readyq_reap_cb(evutil_socket_t fd, short what, void *arg);
 static void readyq_maintain(readyq *rq);
+static void readyq_arm_watchdog(readyq *rq);
 static void readyq_load_config(readyq *rq);
 
 static readyq *readyq_find(const char *name)
@@ -1271,6 +1277,8 @@ static void readyq_free(readyq *rq)
     event_free(rq->reap_ev);
     if (rq->retry_ev)
         event_free(rq->retry_ev);
+    if (rq->watchdog_ev)
+        event_free(rq->watchdog_ev);
     egress_path_fini(&rq->cfg);
     egress_source_fini(&rq->source);
     queue_config_fini(&rq->qcfg);
@@ -1758,9 +1766,54 @@ void disp_delivered(dispatcher *d, int outcome, const disp_response *r)
     event_base_once(reactor_base(reactor_current()), -1, EV_TIMEOUT, disp_next_cb, d, &zero);
 }
 
+static void watchdog_requeue(dispatcher *d, qmsg *q);
+
+void disp_rebound(dispatcher *d)
+{
+    qmsg *q = d->cur;
+    d->cur = NULL;
+    d->progress_ns = clock_mono_ns();
+    if (q) {
+        message *m = q->m;
+        char *newq = queue_name_of_message(m);
+        rec_ctx x = disp_rec(d, m, newq);
+        disp_response r = {250, 0, 0, 0, "ok", NULL};
+        log_record(LOGREC_DEFERRED_INJECTION_REBIND, m, q->num_attempts, &x, &r);
+        qmsg_save_if_dirty(q);
+        atomic_fetch_sub(&st_in_flight, 1);
+        q->n_reasons = 0;
+        qmsg_add_reason(q, R_RECEIVED);
+        q->due_wall_s = 0;
+        if (strcmp(newq, "null") == 0) {
+            spool_forget(q);
+            qmsg_free(q);
+        } else {
+            requeue_post(q, newq, false, false, 0);
+        }
+        free(newq);
+        d->delivered++;
+    }
+    if (d->closing)
+        return;
+    disp_set_phase(d, PHASE_IDLE, NULL);
+    struct timeval zero = {0, 0};
+    event_base_once(reactor_base(reactor_current()), -1, EV_TIMEOUT, disp_next_cb, d, &zero);
+}
+
 static void disp_after_load(qmsg *q, int err, void *ud)
 {
     dispatcher *d = ud;
+    d->loading = false;
+    if (d->aborted) {
+        /* the watchdog gave up on this dispatcher while the spool was busy */
+        d->cur = NULL;
+        if (!err && q->m)
+            watchdog_requeue(d, q);
+        else
+            qmsg_free(q);
+        disp_destroy(d);
+        return;
+    }
     if (err) {
         /* the spool could not give us the message: no transaction starts */
         char content[300];
@@ -1810,6 +1863,7 @@ static void disp_next(dispatcher *d)
     }
     atomic_fetch_sub(&st_ready, 1);
     d->cur = q;
+    d->loading = true;
     qmsg_load(q, true, disp_after_load, d);
 }
 
@@ -1867,6 +1921,112 @@ void disp_opened(dispatcher *d, bool ok, const disp_response *fail)
     qmsg_load(q, false, open_fail_after_load, f);
 }
 
+/* ---- the dispatcher progress watchdog (seed 000) ------------------------------------ */
+
+static int64_t watchdog_threshold_ns(const readyq *rq)
+{
+    if (rq->cfg.watchdog_timeout_ns > 0)
+        return rq->cfg.watchdog_timeout_ns;
+    switch (rq->proto) {
+    case QPROTO_SMTP: {
+        /* max(2 x longest per-command timeout, 60s) */
+        int64_t m = rq->cfg.mail_from_timeout_ns;
+        if (rq->cfg.rcpt_to_timeout_ns > m)
+            m = rq->cfg.rcpt_to_timeout_ns;
+        if (rq->cfg.data_timeout_ns > m)
+            m = rq->cfg.data_timeout_ns;
+        if (rq->cfg.data_dot_timeout_ns > m)
+            m = rq->cfg.data_dot_timeout_ns;
+        return 2 * m > 60 * NS_PER_SEC ? 2 * m : 60 * NS_PER_SEC;
+    }
+    case QPROTO_MAILDIR:
+    case QPROTO_NULL:
+        return 60 * NS_PER_SEC;
+    default:
+        return 600 * NS_PER_SEC;
+    }
+}
+
+static void watchdog_requeue(dispatcher *d, qmsg *q)
+{
+    int64_t now = clock_mono_ns();
+    char age[96], tip[96], content[700];
+    duration_format(now - d->started_ns, age, sizeof(age));
+    duration_format(now - d->phase_ns, tip, sizeof(tip));
+    snprintf(content, sizeof(content),
+             "dispatcher watchdog aborted task; phase=%s detail=\"%s\" session=%s age=%s "
+             "time_in_phase=%s",
+             phase_names[d->phase], d->detail, d->session_id, age, tip);
+    char *qname = queue_name_of_message(q->m);
+    rec_ctx x = disp_rec(d, q->m, qname);
+    disp_response r = {451, 4, 4, 1, content, NULL};
+    log_record(LOGREC_DELAYED, q->m, q->num_attempts, &x, &r);
+    atomic_fetch_sub(&st_in_flight, 1);
+    qmsg_add_reason(q, R_DISPATCHER_DROP);
+    requeue(q, qname, false, -1, &r, R_LOGGED_TRANSIENT_FAILURE);
+    free(qname);
+}
+
+static void watchdog_fired(evutil_socket_t fd, short what, void *arg);
+
+static void readyq_arm_watchdog(readyq *rq)
+{
+    if (!rq->dispatchers)
+        return;
+    int64_t thr = watchdog_threshold_ns(rq);
+    int64_t now = clock_mono_ns();
+    int64_t earliest = INT64_MAX;
+    for (dispatcher *d = rq->dispatchers; d; d = d->next)
+        if (d->progress_ns + thr < earliest)
+            earliest = d->progress_ns + thr;
+    int64_t remaining = earliest - now;
+    if (remaining < 0)
+        remaining = 0;
+    /* jitter up to max(10% of the remaining time, 0.5s) */
+    int64_t jmax = remaining / 10 > NS_PER_SEC / 2 ? remaining / 10 : NS_PER_SEC / 2;
+    int64_t wait = remaining + (int64_t)(rand01() * (double)jmax);
+    if (!rq->watchdog_ev)
+        rq->watchdog_ev = evtimer_new(reactor_base(reactor_current()), watchdog_fired, rq);
+    struct timeval tv = {wait / NS_PER_SEC, (wait % NS_PER_SEC) / 1000};
+    evtimer_add(rq->watchdog_ev, &tv);
+}
+
+static void watchdog_fired(evutil_socket_t fd, short what, void *arg)
+{
+    readyq *rq = arg;
+    int64_t thr = watchdog_threshold_ns(rq);
+    int64_t now = clock_mono_ns();
+    bool aborted_any = false;
+    for (dispatcher *d = rq->dispatchers, *next; d; d = next) {
+        next = d->next;
+        if (d->closing || d->aborted || now - d->progress_ns < thr)
+            continue;
+        atomic_fetch_add(&st_watchdog, 1);
+        aborted_any = true;
+        DWARN(QMOD, "ready_queue=%s session=%s dispatcher watchdog aborted task; phase=%s "
+                    "detail=\"%s\"",
+              rq->name, d->session_id, phase_names[d->phase], d->detail);
+        if (d->drv->abort && (d->open || d->opening))
+            d->drv->abort(d);
+        d->open = d->opening = false;
+        qmsg *q = d->cur;
+        if (d->loading) {
+            d->aborted = true; /* disp_after_load finishes the job */
+            continue;
+        }
+        d->cur = NULL;
+        if (q && q->m)
+            watchdog_requeue(d, q);
+        else if (q)
+            back_to_sched(q, R_DISPATCHER_DROP, -1);
+        disp_destroy(d);
+    }
+    if (aborted_any)
+        readyq_maintain(rq);
+    else
+        readyq_arm_watchdog(rq);
+}
+
 static void readyq_maintain(readyq *rq)
 {
     if (rq->state != CFG_READY)
@@ -1907,6 +2067,7 @@ static void readyq_maintain(readyq *rq)
         rq->active++;
         disp_next(d);
     }
+    readyq_arm_watchdog(rq);
 }
 
 /* ---- requeue --------------------------------------------------------------------------------------- */

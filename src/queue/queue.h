@@ -22,7 +22,7 @@ int queue_insert(message *msg_take, const char *queue, const char *reason);
 
 typedef struct queue_stats {
     long long scheduled, ready, in_flight;
-    unsigned long long delivered, transfail, failed, expired;
+    unsigned long long delivered, transfail, failed, expired, watchdog_aborted;
     long long scheduled_queues, ready_queues;
 } queue_stats;
 void queue_get_stats(queue_stats *out);
