@@ -17,6 +17,8 @@
 #include "core/spoolid.h"
 
 typedef enum spool_kind { SPOOL_KIND_ROCKSDB, SPOOL_KIND_LOCALDISK } spool_kind;
+/* "RocksDB" or "LocalDisk": the names kumo.define_spool's kind takes. */
+const char *spool_kind_name(spool_kind kind);
 
 /* One backend instance (the "data" or the "meta" spool). */
 typedef struct spool_store spool_store;

@@ -1,0 +1,960 @@
+/* The spool facade: parses kumo.define_spool parameters, opens the backend
+ * stores, and runs the threads that do all spool I/O. It owns both stores,
+ * the request queues, one writer thread and SPOOL_READERS reader threads.
+ *
+ * Writer (group commit): spool_save/spool_remove append a request to the
+ * write queue under the mutex. The writer takes everything queued at once
+ * and applies it in three steps: (1) every data half in one backend write,
+ * synced when any save in the group asked for sync; (2) every meta half and
+ * every meta delete, in queue order, the same way; (3) the data deletes of
+ * the removes, unsynced (they ride on the next sync). Only then does it call
+ * the callbacks, in queue order. So data is durable before its meta, a remove
+ * deletes meta before data, and many sessions share one fsync. While the
+ * writer syncs, new requests pile up and form the next group.
+ *
+ * Readers: loads and enumerations go to separate reader threads so that they
+ * are never stuck behind an fsync; at most one reader runs an enumeration at
+ * a time, so loads always have a thread.
+ *
+ * Callbacks run on the spool threads; callers post results to their own
+ * reactors. Every public function may be called from any thread, including
+ * from inside a callback, except spool_free. Failures are reported through
+ * the callbacks as negative KERR_* codes and counted in the stats; a failed
+ * data half fails its save without writing its meta. */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/duration.h"
+#include "core/kerr.h"
+#include "spool/backend.h"
+#include "spool/spool.h"
+
+#define SPOOL_READERS 2
+/* At most this many requests share one commit: bounds the latency of the
+ * first of them and the writer's scratch memory after a burst. */
+#define SPOOL_GROUP_MAX 4096
+
+/* ---- parameters ------------------------------------------------------- */
+
+const char *spool_kind_name(spool_kind kind)
+{
+    switch (kind) {
+    case SPOOL_KIND_ROCKSDB:
+        return "RocksDB";
+    case SPOOL_KIND_LOCALDISK:
+        return "LocalDisk";
+    }
+    return "unknown";
+}
+
+static const char *const param_keys[] = {
+    "name",
+    "path",
+    "kind",
+    "flush",
+    "rocks_params",
+    "min_free_space",
+    "min_free_inodes",
+    "store_deadline",
+    "error_latch_duration",
+    "error_unlatch_duration",
+    "allow_error_unlatch",
+};
+
+/* Returns the value of an optional key; NULL when absent or null (a Lua nil
+ * never reaches here, but a JSON caller may send null for "default"). */
+static const json_t *opt_get(const json_t *params, const char *key)
+{
+    const json_t *v = json_object_get(params, key);
+    return (v == NULL || json_is_null(v)) ? NULL : v;
+}
+
+static int param_string(const json_t *params, const char *key, char **out, char *err, size_t errlen)
+{
+    const json_t *v = opt_get(params, key);
+    if (v == NULL) {
+        snprintf(err, errlen, "define_spool: %s is required", key);
+        return KERR_INVAL;
+    }
+    if (!json_is_string(v) || json_string_length(v) == 0) {
+        snprintf(err, errlen, "define_spool: %s: expected a non-empty string", key);
+        return KERR_INVAL;
+    }
+    *out = strdup(json_string_value(v));
+    return *out == NULL ? KERR_NOMEM : 0;
+}
+
+static int param_bool(const json_t *params, const char *key, bool *out, char *err, size_t errlen)
+{
+    const json_t *v = opt_get(params, key);
+    if (v == NULL)
+        return 0;
+    if (!json_is_boolean(v)) {
+        snprintf(err, errlen, "define_spool: %s: expected a boolean", key);
+        return KERR_INVAL;
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* A humantime string ("30s", "5m") or a number of seconds. */
+static int param_duration(const json_t *params, const char *key, int64_t *out, char *err,
+                          size_t errlen)
+{
+    const json_t *v = opt_get(params, key);
+    if (v == NULL)
+        return 0;
+    if (json_is_string(v)) {
+        int64_t ns;
+        if (duration_parse(json_string_value(v), &ns) < 0 || ns < 0) {
+            snprintf(err, errlen, "define_spool: %s: invalid duration \"%s\"", key,
+                     json_string_value(v));
+            return KERR_INVAL;
+        }
+        *out = ns;
+        return 0;
+    }
+    if (json_is_number(v)) {
+        double secs = json_number_value(v);
+        if (!(secs >= 0) || secs > (double)(INT64_MAX / NS_PER_SEC)) {
+            snprintf(err, errlen, "define_spool: %s: invalid duration %g", key, secs);
+            return KERR_INVAL;
+        }
+        *out = (int64_t)llround(secs * (double)NS_PER_SEC);
+        return 0;
+    }
+    snprintf(err, errlen, "define_spool: %s: expected a duration such as \"30s\"", key);
+    return KERR_INVAL;
+}
+
+/* "10%". KumoMTA also takes an absolute number of bytes or inodes, which
+ * spool_params cannot hold yet: that is refused rather than misread. */
+static int param_percent(const json_t *params, const char *key, double *out, char *err,
+                         size_t errlen)
+{
+    const json_t *v = opt_get(params, key);
+    double pct;
+    if (v == NULL)
+        return 0;
+    if (json_is_number(v)) {
+        snprintf(err, errlen,
+                 "define_spool: %s: absolute values are not supported; use a percentage "
+                 "such as \"10%%\"",
+                 key);
+        return KERR_INVAL;
+    }
+    if (!json_is_string(v) || percent_parse(json_string_value(v), &pct) < 0 || !(pct >= 0) ||
+        pct > 100) {
+        snprintf(err, errlen, "define_spool: %s: expected a percentage such as \"10%%\"", key);
+        return KERR_INVAL;
+    }
+    *out = pct;
+    return 0;
+}
+
+int spool_params_from_json(const json_t *params, spool_params *p, char *err, size_t errlen)
+{
+    const json_t *v;
+    const char *key;
+    json_t *val;
+    int rc;
+
+    memset(p, 0, sizeof(*p));
+    p->kind = SPOOL_KIND_ROCKSDB;
+    p->flush = true;
+    p->min_free_space_pct = 10.0;
+    p->min_free_inodes_pct = 10.0;
+    p->store_deadline_ns = 30 * NS_PER_SEC;
+    p->error_latch_ns = 15 * NS_PER_SEC;
+    p->error_unlatch_ns = 5 * 60 * NS_PER_SEC;
+    p->allow_error_unlatch = true;
+
+    if (!json_is_object(params)) {
+        snprintf(err, errlen, "define_spool: expected a table");
+        return KERR_INVAL;
+    }
+    json_object_foreach((json_t *)params, key, val)
+    {
+        size_t i, n = sizeof(param_keys) / sizeof(param_keys[0]);
+        for (i = 0; i < n; i++)
+            if (strcmp(param_keys[i], key) == 0)
+                break;
+        if (i == n) {
+            snprintf(err, errlen, "define_spool: unknown key \"%s\"", key);
+            return KERR_INVAL;
+        }
+    }
+
+    if ((rc = param_string(params, "name", &p->name, err, errlen)) < 0 ||
+        (rc = param_string(params, "path", &p->path, err, errlen)) < 0)
+        goto fail;
+    v = opt_get(params, "kind");
+    if (v != NULL) {
+        const char *k = json_string_value(v);
+        if (k != NULL && strcmp(k, "RocksDB") == 0) {
+            p->kind = SPOOL_KIND_ROCKSDB;
+        } else if (k != NULL && strcmp(k, "LocalDisk") == 0) {
+            p->kind = SPOOL_KIND_LOCALDISK;
+        } else {
+            snprintf(err, errlen,
+                     "define_spool: kind: unknown spool kind \"%s\" (expected \"RocksDB\" or "
+                     "\"LocalDisk\")",
+                     k != NULL ? k : "(not a string)");
+            rc = KERR_INVAL;
+            goto fail;
+        }
+    }
+    if ((rc = param_bool(params, "flush", &p->flush, err, errlen)) < 0 ||
+        (rc = param_bool(params, "allow_error_unlatch", &p->allow_error_unlatch, err, errlen)) <
+            0 ||
+        (rc = param_percent(params, "min_free_space", &p->min_free_space_pct, err, errlen)) < 0 ||
+        (rc = param_percent(params, "min_free_inodes", &p->min_free_inodes_pct, err, errlen)) < 0 ||
+        (rc = param_duration(params, "store_deadline", &p->store_deadline_ns, err, errlen)) < 0 ||
+        (rc = param_duration(params, "error_latch_duration", &p->error_latch_ns, err, errlen)) <
+            0 ||
+        (rc = param_duration(params, "error_unlatch_duration", &p->error_unlatch_ns, err, errlen)) <
+            0)
+        goto fail;
+
+    v = opt_get(params, "rocks_params");
+    if (v != NULL) {
+        /* Checked for every kind (a typo is a typo); used by RocksDB only,
+         * as in KumoMTA. */
+        rc = spool__rocks_check_params(v, err, errlen);
+        if (rc < 0)
+            goto fail;
+        p->rocks_params = json_deep_copy(v);
+        if (p->rocks_params == NULL) {
+            rc = KERR_NOMEM;
+            goto fail;
+        }
+    }
+    return 0;
+
+fail:
+    if (rc == KERR_NOMEM)
+        snprintf(err, errlen, "define_spool: out of memory");
+    spool_params_fini(p);
+    return KERR_INVAL;
+}
+
+void spool_params_fini(spool_params *p)
+{
+    if (p == NULL)
+        return;
+    free(p->name);
+    free(p->path);
+    json_decref(p->rocks_params);
+    p->name = p->path = NULL;
+    p->rocks_params = NULL;
+}
+
+/* ---- stores ----------------------------------------------------------- */
+
+int spool__mkdir_p(const char *path)
+{
+    size_t len = strlen(path);
+    char *buf = malloc(len + 1);
+    int rc = 0;
+
+    if (buf == NULL) {
+        errno = ENOMEM;
+        return KERR_IO;
+    }
+    memcpy(buf, path, len + 1);
+    for (size_t i = 1; i <= len; i++) {
+        if (buf[i] != '/' && buf[i] != '\0')
+            continue;
+        if (buf[i - 1] == '/')
+            continue;
+        buf[i] = '\0';
+        if (mkdir(buf, 0755) < 0 && errno != EEXIST) {
+            rc = KERR_IO;
+            break;
+        }
+        buf[i] = path[i];
+    }
+    free(buf);
+    return rc;
+}
+
+void spool__store_init(spool_store *st, const spool__backend *be, const spool_params *p)
+{
+    st->be = be;
+    st->kind = p->kind;
+    st->name = strdup(p->name);
+    st->path = strdup(p->path);
+    st->sync_all = false;
+}
+
+void spool__store_fini(spool_store *st)
+{
+    free(st->name);
+    free(st->path);
+    st->name = st->path = NULL;
+}
+
+int spool_store_open(const spool_params *p, spool_store **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (p == NULL || p->name == NULL || p->path == NULL) {
+        snprintf(err, errlen, "spool_store_open: name and path are required");
+        return KERR_INVAL;
+    }
+    switch (p->kind) {
+    case SPOOL_KIND_ROCKSDB:
+        return spool__rocks_open(p, out, err, errlen);
+    case SPOOL_KIND_LOCALDISK:
+        return spool__local_disk_open(p, out, err, errlen);
+    }
+    snprintf(err, errlen, "spool %s: unknown kind %d", p->name, (int)p->kind);
+    return KERR_INVAL;
+}
+
+void spool_store_close(spool_store *st)
+{
+    if (st != NULL)
+        st->be->close(st);
+}
+
+/* ---- requests and queues ---------------------------------------------- */
+
+typedef enum req_type { REQ_SAVE, REQ_REMOVE, REQ_LOAD, REQ_ENUM } req_type;
+
+typedef struct spool_req {
+    struct spool_req *next;
+    req_type type;
+    bool sync;
+    bool want_data;
+    spoolid id;
+    char *meta; /* owned */
+    size_t meta_len;
+    char *data; /* owned; NULL for a meta-only save */
+    size_t data_len;
+    spool_done_fn done;
+    spool_load_fn load;
+    spool_each_fn each;
+    void *ud;
+    int err;
+} spool_req;
+
+typedef struct req_list {
+    spool_req *head;
+    spool_req **tailp;
+} req_list;
+
+static void rl_init(req_list *l)
+{
+    l->head = NULL;
+    l->tailp = &l->head;
+}
+
+static void rl_push(req_list *l, spool_req *r)
+{
+    r->next = NULL;
+    *l->tailp = r;
+    l->tailp = &r->next;
+}
+
+static spool_req *rl_pop(req_list *l)
+{
+    spool_req *r = l->head;
+    if (r != NULL) {
+        l->head = r->next;
+        if (l->head == NULL)
+            l->tailp = &l->head;
+    }
+    return r;
+}
+
+struct spool {
+    spool_store *data;
+    spool_store *meta;
+
+    pthread_mutex_t mu;
+    pthread_cond_t wcond; /* writer: work queued or stopping */
+    pthread_cond_t rcond; /* readers: work queued, enumeration done, or stopping */
+    req_list wq;          /* saves and removes */
+    req_list loadq;
+    req_list enumq;
+    bool wstop, rstop; /* drain, then exit */
+    bool writer_alive; /* false once the writer has exited: reject writes */
+    int readers_alive; /* 0 once every reader has exited: reject reads */
+    bool enum_running;
+
+    pthread_t writer;
+    pthread_t readers[SPOOL_READERS];
+    int nreaders;
+    bool writer_started;
+
+    /* writer thread only */
+    spool_req **batch;
+    size_t batch_cap;
+    spool__wop *wops;
+    size_t wops_cap;
+    uint64_t *seen; /* open-addressing set of removed ids (hashes), see cut_segment */
+    size_t seen_cap;
+
+    _Atomic uint64_t saves, syncs, synced_saves, removes, loads, errors;
+};
+
+static void stat_add(_Atomic uint64_t *c, uint64_t n)
+{
+    if (n != 0)
+        atomic_fetch_add_explicit(c, n, memory_order_relaxed);
+}
+
+/* ---- the writer ------------------------------------------------------- */
+
+static uint64_t id_hash(const spoolid *id)
+{
+    uint64_t a, b;
+    memcpy(&a, id->b, 8);
+    memcpy(&b, id->b + 8, 8);
+    a ^= b * 0x9e3779b97f4a7c15ULL;
+    a ^= a >> 29;
+    a *= 0xbf58476d1ce4e5b9ULL;
+    a ^= a >> 32;
+    return a | 1; /* 0 marks an empty slot */
+}
+
+/* Returns true when h was already in the set; adds it otherwise. */
+static bool seen_test_add(spool *sp, uint64_t h)
+{
+    size_t mask = sp->seen_cap - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        if (sp->seen[i] == h)
+            return true;
+        if (sp->seen[i] == 0) {
+            sp->seen[i] = h;
+            return false;
+        }
+    }
+}
+
+static bool seen_has(spool *sp, uint64_t h)
+{
+    size_t mask = sp->seen_cap - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        if (sp->seen[i] == h)
+            return true;
+        if (sp->seen[i] == 0)
+            return false;
+    }
+}
+
+/* The three-step group write reorders a save that follows a remove of the
+ * same id (its data put would land before the remove's data delete). Such a
+ * save starts a new segment. Returns the end of the segment starting at
+ * start. Hash collisions only cut a segment early, which is harmless. */
+static size_t cut_segment(spool *sp, size_t start, size_t n, size_t nremoves)
+{
+    if (nremoves == 0)
+        return n;
+    if (sp->seen_cap < 2 * nremoves + 2) {
+        size_t cap = 64;
+        while (cap < 2 * nremoves + 2)
+            cap *= 2;
+        free(sp->seen);
+        sp->seen = malloc(cap * sizeof(*sp->seen));
+        if (sp->seen == NULL) {
+            sp->seen_cap = 0;
+            return start + 1; /* degrade to one request per segment */
+        }
+        sp->seen_cap = cap;
+    }
+    memset(sp->seen, 0, sp->seen_cap * sizeof(*sp->seen));
+    for (size_t i = start; i < n; i++) {
+        spool_req *r = sp->batch[i];
+        uint64_t h = id_hash(&r->id);
+        if (r->type == REQ_REMOVE)
+            (void)seen_test_add(sp, h);
+        else if (seen_has(sp, h) && i > start)
+            return i;
+    }
+    return n;
+}
+
+static spool__wop *wops_reserve(spool *sp, size_t n)
+{
+    if (sp->wops_cap < n) {
+        spool__wop *w = realloc(sp->wops, n * sizeof(*w));
+        if (w == NULL)
+            return NULL;
+        sp->wops = w;
+        sp->wops_cap = n;
+    }
+    return sp->wops;
+}
+
+/* Runs one apply() over ops[0..n) and copies each outcome back. */
+static void run_apply(spool_store *st, spool__wop *ops, size_t n, spool_req **who)
+{
+    if (n == 0)
+        return;
+    st->be->apply(st, ops, n);
+    for (size_t i = 0; i < n; i++)
+        if (ops[i].err < 0 && who[i]->err == 0)
+            who[i]->err = ops[i].err;
+}
+
+static void write_segment(spool *sp, spool_req **reqs, size_t n)
+{
+    spool__wop *ops = wops_reserve(sp, n);
+    spool_req **who;
+    size_t k, nsaves = 0, nremoves = 0, nsynced_ok = 0, nerr = 0;
+    bool any_synced = false;
+
+    who = malloc((n ? n : 1) * sizeof(*who));
+    if (ops == NULL || who == NULL) {
+        free(who);
+        for (size_t i = 0; i < n; i++)
+            reqs[i]->err = KERR_NOMEM;
+        goto callbacks;
+    }
+    for (size_t i = 0; i < n; i++)
+        reqs[i]->err = 0;
+
+    /* 1. Every data half. */
+    k = 0;
+    for (size_t i = 0; i < n; i++) {
+        spool_req *r = reqs[i];
+        if (r->type != REQ_SAVE || r->data == NULL)
+            continue;
+        ops[k] = (spool__wop){&r->id, r->data, r->data_len, r->sync || sp->data->sync_all, 0};
+        who[k++] = r;
+    }
+    run_apply(sp->data, ops, k, who);
+
+    /* 2. Every meta half and meta delete, in queue order. A save whose data
+     * failed writes no meta: there would be nothing to deliver. */
+    k = 0;
+    for (size_t i = 0; i < n; i++) {
+        spool_req *r = reqs[i];
+        if (r->err < 0)
+            continue;
+        if (r->type == REQ_SAVE)
+            ops[k] = (spool__wop){&r->id, r->meta, r->meta_len, r->sync || sp->meta->sync_all, 0};
+        else
+            ops[k] = (spool__wop){&r->id, NULL, 0, false, 0};
+        who[k++] = r;
+    }
+    run_apply(sp->meta, ops, k, who);
+
+    /* 3. The data halves of the removes, now that no meta points at them.
+     * Unsynced: an unsynced delete is at worst undone by a crash, and the
+     * meta is already gone. */
+    k = 0;
+    for (size_t i = 0; i < n; i++) {
+        spool_req *r = reqs[i];
+        if (r->type != REQ_REMOVE || r->err < 0)
+            continue;
+        ops[k] = (spool__wop){&r->id, NULL, 0, false, 0};
+        who[k++] = r;
+    }
+    run_apply(sp->data, ops, k, who);
+    free(who);
+
+callbacks:
+    for (size_t i = 0; i < n; i++) {
+        spool_req *r = reqs[i];
+        if (r->type == REQ_SAVE) {
+            bool synced =
+                r->sync || (sp->meta->sync_all && (r->data == NULL || sp->data->sync_all));
+            any_synced |= synced;
+            if (r->err == 0) {
+                nsaves++;
+                nsynced_ok += synced;
+            }
+            free(r->meta);
+            free(r->data);
+            r->meta = r->data = NULL;
+        } else if (r->err == 0) {
+            nremoves++;
+        }
+        nerr += r->err < 0;
+    }
+    stat_add(&sp->saves, nsaves);
+    stat_add(&sp->removes, nremoves);
+    stat_add(&sp->errors, nerr);
+    stat_add(&sp->synced_saves, nsynced_ok);
+    if (any_synced)
+        stat_add(&sp->syncs, 1);
+    for (size_t i = 0; i < n; i++) {
+        spool_req *r = reqs[i];
+        if (r->done != NULL)
+            r->done(r->ud, r->err);
+        free(r);
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    spool *sp = arg;
+
+    (void)pthread_setname_np(pthread_self(), "spool-writer"); /* cosmetic */
+    for (;;) {
+        spool_req *list;
+        size_t n = 0, nremoves = 0, start = 0;
+
+        pthread_mutex_lock(&sp->mu);
+        while (sp->wq.head == NULL && !sp->wstop)
+            pthread_cond_wait(&sp->wcond, &sp->mu);
+        if (sp->wq.head == NULL) {
+            sp->writer_alive = false;
+            pthread_mutex_unlock(&sp->mu);
+            break;
+        }
+        /* Group commit: take everything queued. */
+        list = sp->wq.head;
+        rl_init(&sp->wq);
+        pthread_mutex_unlock(&sp->mu);
+
+        for (spool_req *r = list; r != NULL; r = r->next)
+            n++;
+        if (sp->batch_cap < n) {
+            spool_req **b = realloc(sp->batch, n * sizeof(*b));
+            if (b == NULL) {
+                /* Fall back to one request at a time. */
+                for (spool_req *r = list, *next; r != NULL; r = next) {
+                    next = r->next;
+                    write_segment(sp, &r, 1);
+                }
+                continue;
+            }
+            sp->batch = b;
+            sp->batch_cap = n;
+        }
+        n = 0;
+        for (spool_req *r = list; r != NULL; r = r->next) {
+            sp->batch[n++] = r;
+            nremoves += r->type == REQ_REMOVE;
+        }
+        while (start < n) {
+            size_t lim = n - start > SPOOL_GROUP_MAX ? start + SPOOL_GROUP_MAX : n;
+            size_t end = cut_segment(sp, start, lim, nremoves);
+            write_segment(sp, sp->batch + start, end - start);
+            start = end;
+        }
+    }
+    return NULL;
+}
+
+/* ---- the readers ------------------------------------------------------ */
+
+typedef struct enum_ctx {
+    spool_req *req;
+} enum_ctx;
+
+static int enum_each(void *ud, const spoolid *id, const char *buf, size_t len)
+{
+    enum_ctx *ec = ud;
+    ec->req->each(ec->req->ud, id, buf, len);
+    return 0;
+}
+
+static void do_load(spool *sp, spool_req *r)
+{
+    spool_store *st = r->want_data ? sp->data : sp->meta;
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = st->be->get(st, &r->id, &buf, &len);
+
+    stat_add(&sp->loads, 1);
+    if (rc < 0 && rc != KERR_NOTFOUND)
+        stat_add(&sp->errors, 1);
+    r->load(r->ud, rc, buf, len);
+}
+
+static void do_enumerate(spool *sp, spool_req *r)
+{
+    enum_ctx ec = {r};
+    unsigned skipped = 0;
+    int rc;
+
+    /* The meta store only: start-up must never read message bodies. */
+    rc = sp->meta->be->iterate(sp->meta, enum_each, &ec, &skipped);
+    stat_add(&sp->errors, skipped + (rc < 0));
+    if (r->done != NULL)
+        r->done(r->ud, rc);
+}
+
+static void *reader_main(void *arg)
+{
+    spool *sp = arg;
+
+    (void)pthread_setname_np(pthread_self(), "spool-reader"); /* cosmetic */
+    pthread_mutex_lock(&sp->mu);
+    for (;;) {
+        spool_req *r = rl_pop(&sp->loadq);
+        if (r == NULL && !sp->enum_running) {
+            r = rl_pop(&sp->enumq);
+            if (r != NULL)
+                sp->enum_running = true;
+        }
+        if (r == NULL) {
+            if (sp->rstop && sp->loadq.head == NULL && sp->enumq.head == NULL)
+                break;
+            pthread_cond_wait(&sp->rcond, &sp->mu);
+            continue;
+        }
+        req_type type = r->type;
+        pthread_mutex_unlock(&sp->mu);
+        if (type == REQ_LOAD)
+            do_load(sp, r);
+        else
+            do_enumerate(sp, r);
+        free(r);
+        pthread_mutex_lock(&sp->mu);
+        if (type == REQ_ENUM) {
+            sp->enum_running = false;
+            /* A queued enumeration may now run on the other reader. */
+            pthread_cond_broadcast(&sp->rcond);
+        }
+    }
+    sp->readers_alive--;
+    pthread_mutex_unlock(&sp->mu);
+    return NULL;
+}
+
+/* ---- lifecycle -------------------------------------------------------- */
+
+static void spool_stop_threads(spool *sp)
+{
+    /* Readers first: an enumeration callback may still queue removes (for
+     * entries it cannot parse), which the writer must then complete. */
+    pthread_mutex_lock(&sp->mu);
+    sp->rstop = true;
+    pthread_cond_broadcast(&sp->rcond);
+    pthread_mutex_unlock(&sp->mu);
+    for (int i = 0; i < sp->nreaders; i++)
+        pthread_join(sp->readers[i], NULL);
+    sp->nreaders = 0;
+
+    pthread_mutex_lock(&sp->mu);
+    sp->wstop = true;
+    pthread_cond_broadcast(&sp->wcond);
+    pthread_mutex_unlock(&sp->mu);
+    if (sp->writer_started)
+        pthread_join(sp->writer, NULL);
+    sp->writer_started = false;
+}
+
+static void spool_release(spool *sp)
+{
+    spool_store_close(sp->data);
+    spool_store_close(sp->meta);
+    pthread_cond_destroy(&sp->rcond);
+    pthread_cond_destroy(&sp->wcond);
+    pthread_mutex_destroy(&sp->mu);
+    free(sp->batch);
+    free(sp->wops);
+    free(sp->seen);
+    free(sp);
+}
+
+int spool_new(spool_store *data_take, spool_store *meta_take, spool **out)
+{
+    sigset_t all, old;
+    spool *sp;
+    int rc = 0;
+
+    *out = NULL;
+    if (data_take == NULL || meta_take == NULL || data_take == meta_take) {
+        /* Ownership moved in, so the stores are closed even on failure. */
+        spool_store_close(data_take);
+        if (meta_take != data_take)
+            spool_store_close(meta_take);
+        return KERR_INVAL;
+    }
+    sp = calloc(1, sizeof(*sp));
+    if (sp == NULL) {
+        spool_store_close(data_take);
+        spool_store_close(meta_take);
+        return KERR_NOMEM;
+    }
+    sp->data = data_take;
+    sp->meta = meta_take;
+    rl_init(&sp->wq);
+    rl_init(&sp->loadq);
+    rl_init(&sp->enumq);
+    if (pthread_mutex_init(&sp->mu, NULL) != 0 || pthread_cond_init(&sp->wcond, NULL) != 0 ||
+        pthread_cond_init(&sp->rcond, NULL) != 0) {
+        /* glibc never fails these for default attributes. */
+        spool_release(sp);
+        return KERR_NOMEM;
+    }
+
+    /* Spool threads take no signals: they belong to the main thread. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    sp->writer_alive = true;
+    if (pthread_create(&sp->writer, NULL, writer_main, sp) != 0) {
+        sp->writer_alive = false;
+        rc = KERR_NOMEM;
+    } else {
+        sp->writer_started = true;
+    }
+    for (int i = 0; rc == 0 && i < SPOOL_READERS; i++) {
+        pthread_mutex_lock(&sp->mu);
+        sp->readers_alive++;
+        pthread_mutex_unlock(&sp->mu);
+        if (pthread_create(&sp->readers[i], NULL, reader_main, sp) != 0) {
+            pthread_mutex_lock(&sp->mu);
+            sp->readers_alive--;
+            pthread_mutex_unlock(&sp->mu);
+            rc = KERR_NOMEM;
+            break;
+        }
+        sp->nreaders++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc < 0) {
+        spool_stop_threads(sp);
+        spool_release(sp);
+        return rc;
+    }
+    *out = sp;
+    return 0;
+}
+
+void spool_free(spool *sp)
+{
+    if (sp == NULL)
+        return;
+    spool_stop_threads(sp);
+    spool_release(sp);
+}
+
+/* ---- the operations --------------------------------------------------- */
+
+static void enqueue_write(spool *sp, spool_req *r)
+{
+    pthread_mutex_lock(&sp->mu);
+    if (sp->writer_alive) {
+        rl_push(&sp->wq, r);
+        pthread_cond_signal(&sp->wcond);
+        pthread_mutex_unlock(&sp->mu);
+        return;
+    }
+    pthread_mutex_unlock(&sp->mu);
+    free(r->meta);
+    free(r->data);
+    stat_add(&sp->errors, 1);
+    if (r->done != NULL)
+        r->done(r->ud, KERR_SHUTDOWN);
+    free(r);
+}
+
+void spool_save(spool *sp, const spoolid *id, char *meta_take, size_t meta_len, char *data_take,
+                size_t data_len, bool sync, spool_done_fn cb, void *ud)
+{
+    spool_req *r = calloc(1, sizeof(*r));
+    if (r == NULL || meta_take == NULL) {
+        free(r);
+        free(meta_take);
+        free(data_take);
+        stat_add(&sp->errors, 1);
+        if (cb != NULL)
+            cb(ud, meta_take == NULL ? KERR_INVAL : KERR_NOMEM);
+        return;
+    }
+    r->type = REQ_SAVE;
+    r->id = *id;
+    r->meta = meta_take;
+    r->meta_len = meta_len;
+    r->data = data_take;
+    r->data_len = data_len;
+    r->sync = sync;
+    r->done = cb;
+    r->ud = ud;
+    enqueue_write(sp, r);
+}
+
+void spool_remove(spool *sp, const spoolid *id, spool_done_fn cb, void *ud)
+{
+    spool_req *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        stat_add(&sp->errors, 1);
+        if (cb != NULL)
+            cb(ud, KERR_NOMEM);
+        return;
+    }
+    r->type = REQ_REMOVE;
+    r->id = *id;
+    r->done = cb;
+    r->ud = ud;
+    enqueue_write(sp, r);
+}
+
+/* Queues r for a reader; false when the readers are gone. */
+static bool enqueue_read(spool *sp, req_list *q, spool_req *r)
+{
+    bool ok;
+    pthread_mutex_lock(&sp->mu);
+    ok = sp->readers_alive > 0;
+    if (ok) {
+        rl_push(q, r);
+        /* Broadcast: a reader busy-waiting for an enumeration slot must not
+         * swallow the only wake-up meant for a load. */
+        pthread_cond_broadcast(&sp->rcond);
+    }
+    pthread_mutex_unlock(&sp->mu);
+    return ok;
+}
+
+void spool_load(spool *sp, const spoolid *id, bool want_data, spool_load_fn cb, void *ud)
+{
+    spool_req *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        stat_add(&sp->errors, 1);
+        cb(ud, KERR_NOMEM, NULL, 0);
+        return;
+    }
+    r->type = REQ_LOAD;
+    r->id = *id;
+    r->want_data = want_data;
+    r->load = cb;
+    r->ud = ud;
+    if (!enqueue_read(sp, &sp->loadq, r)) {
+        free(r);
+        cb(ud, KERR_SHUTDOWN, NULL, 0);
+    }
+}
+
+void spool_enumerate(spool *sp, spool_each_fn each, spool_done_fn done, void *ud)
+{
+    spool_req *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        stat_add(&sp->errors, 1);
+        if (done != NULL)
+            done(ud, KERR_NOMEM);
+        return;
+    }
+    r->type = REQ_ENUM;
+    r->each = each;
+    r->done = done;
+    r->ud = ud;
+    if (!enqueue_read(sp, &sp->enumq, r)) {
+        free(r);
+        if (done != NULL)
+            done(ud, KERR_SHUTDOWN);
+    }
+}
+
+void spool_get_stats(spool *sp, spool_stats *out)
+{
+    out->saves = atomic_load_explicit(&sp->saves, memory_order_relaxed);
+    out->syncs = atomic_load_explicit(&sp->syncs, memory_order_relaxed);
+    out->synced_saves = atomic_load_explicit(&sp->synced_saves, memory_order_relaxed);
+    out->removes = atomic_load_explicit(&sp->removes, memory_order_relaxed);
+    out->loads = atomic_load_explicit(&sp->loads, memory_order_relaxed);
+    out->errors = atomic_load_explicit(&sp->errors, memory_order_relaxed);
+}
