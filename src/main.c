@@ -27,6 +27,8 @@
 #include "queue/queue.h"
 #include "delivery/lua_deliver.h"
 #include "delivery/deferred.h"
+#include "delivery/smtp_deliver.h"
+#include "lua/dns_lua.h"
 
 #define MAIN_MOD "kumod"
 
@@ -290,6 +292,8 @@ int main(int argc, char **argv)
     queue_init();
     lua_deliver_register();
     deferred_register();
+    smtp_deliver_register();
+    dns_lua_register();
     klua_set_reload_hook(reload_all);
     services_set_validate_only(validate);
 

@@ -42,6 +42,7 @@
 #include "lua/message_lua.h"
 #include "lua/services.h"
 #include "msg/queue_name.h"
+#include "net/dns.h"
 #include "queue/backoff.h"
 #include "queue/config.h"
 #include "queue/dispatch.h"
@@ -616,8 +617,17 @@ static void sched_reap_cb(evutil_socket_t fd, short what, void *arg)
     sched_free(sq);
 }
 
+static void sched_site_resolved(const dns_mx *mx, void *ud);
+
 static void sched_config_ready(schedq *sq)
 {
+    if (sq->cfg.proto == QPROTO_SMTP && !sq->cfg.mx_list && !sq->site) {
+        /* all domains served by the same MX hosts share one ready queue */
+        const char *dom = sq->parts.routing_domain ? sq->parts.routing_domain : sq->parts.domain;
+        sq->state = CFG_LOADING;
+        dns_lookup_mx(dom, sched_site_resolved, sq);
+        return;
+    }
     sq->state = CFG_READY;
     sq->cfg_loaded_ns = clock_mono_ns();
     while (sq->pending.count) {
@@ -625,6 +635,17 @@ static void sched_config_ready(schedq *sq)
         sched_place(sq, q);
     }
     sched_arm_reap(sq);
+}
+
+static void sched_site_resolved(const dns_mx *mx, void *ud)
+{
+    schedq *sq = ud;
+    const char *dom = sq->parts.routing_domain ? sq->parts.routing_domain : sq->parts.domain;
+    free(sq->site);
+    /* failures keep the domain as the site; the dispatcher reports them */
+    sq->site = strdup(mx->status == DNS_OK && mx->site_name && *mx->site_name ? mx->site_name
+                                                                              : dom);
+    sched_config_ready(sq);
 }
 
 static void sched_retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -718,6 +739,8 @@ static void after_get_queue_config(klua_call *c, int status, void *ud)
 static void sched_load_config(schedq *sq)
 {
     sq->state = CFG_LOADING;
+    free(sq->site);
+    sq->site = NULL;
     queue_config_fini(&sq->cfg);
     queue_config_defaults(&sq->cfg);
     if (strcmp(sq->name, DEFERRED_QUEUE) == 0) {
@@ -1756,7 +1779,7 @@ void disp_delivered(dispatcher *d, int outcome, const disp_response *r)
     }
     if (d->closing)
         return;
-    if (d->delivered >= d->rq->cfg.max_deliveries_per_connection) {
+    if (d->delivered >= d->rq->cfg.max_deliveries_per_connection || !d->open) {
         disp_close_soon(d);
         return;
     }
@@ -1867,29 +1890,83 @@ static void disp_next(dispatcher *d)
     qmsg_load(q, true, disp_after_load, d);
 }
 
-struct open_fail {
-    dispatcher *d;
+struct bulk_one {
+    dispatcher *d; /* only for the record context; copied below */
+    int outcome;
     disp_response r;
     char *content;
+    int reason;
+    rec_ctx x;
+    char *site, *pool, *source, *proto, *session;
 };
 
-static void open_fail_after_load(qmsg *q, int err, void *ud)
+static void bulk_after_load(qmsg *q, int err, void *ud)
 {
-    struct open_fail *f = ud;
-    dispatcher *d = f->d;
-    d->cur = NULL;
+    struct bulk_one *b = ud;
     if (err || !q->m) {
-        char hex[SPOOLID_HEX_LEN + 1];
-        spoolid_to_hex(&q->id, hex);
-        DERROR(QMOD, "id=%s cannot load the message from the spool: %s", hex, kerr_str(err));
         atomic_fetch_sub(&st_in_flight, 1);
         qmsg_free(q);
     } else {
-        finish_message(d, q, OUTCOME_TRANSIENT, &f->r);
+        char *qname = queue_name_of_message(q->m);
+        rec_ctx x = b->x;
+        x.queue = qname;
+        atomic_fetch_sub(&st_in_flight, 1);
+        if (b->outcome == OUTCOME_PERMANENT) {
+            log_record(LOGREC_BOUNCE, q->m, q->num_attempts, &x, &b->r);
+            atomic_fetch_add(&st_failed, 1);
+            spool_forget(q);
+            qmsg_free(q);
+        } else {
+            log_record(LOGREC_TRANSIENT_FAILURE, q->m, q->num_attempts, &x, &b->r);
+            atomic_fetch_add(&st_transfail, 1);
+            qmsg_add_reason(q, b->reason);
+            requeue(q, qname, true, -1, &b->r, R_LOGGED_TRANSIENT_FAILURE);
+        }
+        free(qname);
     }
-    free(f->content);
-    free(f);
+    free(b->content);
+    free(b->site);
+    free(b->pool);
+    free(b->source);
+    free(b->proto);
+    free(b->session);
+    free(b);
+}
+
+void disp_bulk_fail(dispatcher *d, disp_outcome o, const disp_response *r, const char *reason)
+{
+    d->opening = false;
+    int rs = reason ? reason_parse(reason) : R_FAILED_INSERT_READY;
+    while (d->rq->fifo.count) {
+        qmsg *q = qlist_pop(&d->rq->fifo);
+        atomic_fetch_sub(&st_ready, 1);
+        struct bulk_one *b = calloc(1, sizeof(*b));
+        if (!b)
+            abort();
+        b->outcome = (int)o;
+        b->r = *r;
+        b->content = strdup(r->content ? r->content : "");
+        b->r.content = b->content;
+        b->r.command = NULL;
+        b->reason = rs;
+        b->site = strdup(d->rq->name);
+        b->pool = strdup(d->rq->qcfg.egress_pool ? d->rq->qcfg.egress_pool : "unspecified");
+        b->source = strdup(d->rq->source_name);
+        b->proto = strdup(d->drv->delivery_protocol);
+        b->session = strdup(d->session_id);
+        b->x.site = b->site;
+        b->x.pool = b->pool;
+        b->x.source = b->source;
+        b->x.proto = b->proto;
+        b->x.session_id = b->session;
+        qmsg_load(q, false, bulk_after_load, b);
+    }
     disp_close_soon(d);
+}
+
+void disp_close_after_this(dispatcher *d)
+{
+    d->delivered = INT32_MAX / 2;
 }
 
 void disp_opened(dispatcher *d, bool ok, const disp_response *fail)
@@ -1902,23 +1979,8 @@ void disp_opened(dispatcher *d, bool ok, const disp_response *fail)
         event_base_once(reactor_base(reactor_current()), -1, EV_TIMEOUT, disp_next_cb, d, &zero);
         return;
     }
-    /* the connection failed: the next message in line takes the failure */
-    qmsg *q = qlist_pop(&d->rq->fifo);
-    if (!q) {
-        disp_close_soon(d);
-        return;
-    }
-    atomic_fetch_sub(&st_ready, 1);
-    struct open_fail *f = calloc(1, sizeof(*f));
-    if (!f)
-        abort();
-    f->d = d;
-    f->r = *fail;
-    f->content = strdup(fail->content ? fail->content : "");
-    f->r.content = f->content;
-    f->r.command = NULL;
-    d->cur = q;
-    qmsg_load(q, false, open_fail_after_load, f);
+    /* no connection: every message waiting for this path is told so */
+    disp_bulk_fail(d, OUTCOME_TRANSIENT, fail, "TooManyConnectionFailures");
 }
 
 /* ---- the dispatcher progress watchdog (seed 000) ------------------------------------ */

@@ -1,0 +1,500 @@
+/* SMTP delivery. open() builds the connection plan: the smart hosts of
+ * mx_list in order, or the MX hosts of the routing domain by preference,
+ * each resolved to addresses per ip_lookup_strategy; prohibited_hosts stops
+ * the whole ready queue (550 5.4.4), skip_hosts removes entries. It then
+ * connects to each address in turn until one greets and completes EHLO (and
+ * STARTTLS per enable_tls). send() runs one transaction and maps each
+ * recipient's reply: 2xx delivered, 4xx/3xx/503 transient, other 5xx
+ * permanent. A broken connection ends the dispatcher after the current
+ * message. Runs on the ready queue's reactor; all I/O is asynchronous. */
+#include "delivery/smtp_deliver.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/diag.h"
+#include "core/kerr.h"
+#include "core/reactor.h"
+#include "net/cidr.h"
+#include "net/dns.h"
+#include "queue/dispatch.h"
+#include "smtp/client.h"
+
+#define SMOD "kumod::smtp_client"
+
+typedef struct target {
+    char *name; /* MX host name (for SNI and peer_address.name) */
+    dns_addr addr;
+    uint16_t port;
+} target;
+
+typedef struct sconn {
+    dispatcher *d;
+    target *targets;
+    size_t n_targets, cap_targets;
+    size_t next_target;
+    size_t pending_lookups;
+    char **hosts; /* host names still to resolve, in order */
+    uint16_t *host_ports;
+    size_t n_hosts;
+    size_t resolved; /* index of the next host result to merge */
+    dns_addrs **host_results;
+    smtpcli *cli;
+    char ehlo[256];
+    char last_error[512];
+    int last_code;
+    bool dead;
+    bool lookups_cancelled;
+    struct sconn_ref *ref;
+} sconn;
+
+/* Lookups may complete after the dispatcher went away: they hold this. */
+typedef struct sconn_ref {
+    sconn *c; /* NULL once the connection state is gone */
+    int refs;
+} sconn_ref;
+
+static void ref_drop(sconn_ref *r)
+{
+    if (--r->refs == 0)
+        free(r);
+}
+
+static void sconn_free(sconn *c)
+{
+    for (size_t i = 0; i < c->n_targets; i++)
+        free(c->targets[i].name);
+    free(c->targets);
+    for (size_t i = 0; i < c->n_hosts; i++) {
+        free(c->hosts[i]);
+        if (c->host_results && c->host_results[i])
+            free(c->host_results[i]);
+    }
+    free(c->hosts);
+    free(c->host_ports);
+    free(c->host_results);
+    c->ref->c = NULL;
+    ref_drop(c->ref);
+    free(c);
+}
+
+static void add_target(sconn *c, const char *name, const dns_addr *a, uint16_t port)
+{
+    if (c->n_targets == c->cap_targets) {
+        c->cap_targets = c->cap_targets ? c->cap_targets * 2 : 8;
+        c->targets = realloc(c->targets, c->cap_targets * sizeof(target));
+        if (!c->targets)
+            abort();
+    }
+    target *t = &c->targets[c->n_targets++];
+    t->name = strdup(name);
+    t->addr = *a;
+    t->port = port;
+}
+
+static void try_next_target(sconn *c);
+
+static void bulk(sconn *c, disp_outcome o, int code, int cls, int sub, int det,
+                 const char *content, const char *reason)
+{
+    disp_response r = {code, cls, sub, det, content, NULL};
+    disp_bulk_fail(c->d, o, &r, reason);
+}
+
+/* All host lookups are in: filter and connect. */
+static void plan_ready(sconn *c)
+{
+    const egress_path_config *pc = disp_path_config(c->d);
+    for (size_t h = 0; h < c->n_hosts; h++) {
+        dns_addrs *res = c->host_results[h];
+        if (!res)
+            continue;
+        for (size_t i = 0; i < res->n_addrs; i++) {
+            const dns_addr *a = &res->addrs[i];
+            if (cidr_list_match_str(&pc->prohibited_hosts, a->text)) {
+                char content[600];
+                snprintf(content, sizeof(content),
+                         "%s:%s is on the list of prohibited_hosts", c->hosts[h], a->text);
+                bulk(c, OUTCOME_PERMANENT, 550, 5, 4, 4, content, "MxWasProhibited");
+                return;
+            }
+            if (cidr_list_match_str(&pc->skip_hosts, a->text))
+                continue;
+            add_target(c, c->hosts[h], a, c->host_ports[h]);
+        }
+    }
+    if (c->n_targets == 0) {
+        bool any = false;
+        for (size_t h = 0; h < c->n_hosts; h++)
+            any |= c->host_results[h] && c->host_results[h]->n_addrs > 0;
+        if (any)
+            bulk(c, OUTCOME_TRANSIENT, 451, 4, 4, 4,
+                 "KumoMTA internal: MX consisted solely of hosts on the skip_hosts list",
+                 "MxWasSkipped");
+        else
+            bulk(c, OUTCOME_TRANSIENT, 451, 4, 4, 4, "MX didn't resolve to any hosts",
+                 "MxResolvedToZeroHosts");
+        return;
+    }
+    try_next_target(c);
+}
+
+/* dns_addrs is borrowed in the callback: keep a flat copy. */
+static dns_addrs *copy_addrs(const dns_addrs *res)
+{
+    dns_addrs *cp = calloc(1, sizeof(*cp) + res->n_addrs * sizeof(dns_addr));
+    if (!cp)
+        abort();
+    dns_addr *arr = (dns_addr *)(cp + 1);
+    memcpy(arr, res->addrs, res->n_addrs * sizeof(dns_addr));
+    cp->status = res->status;
+    cp->addrs = arr;
+    cp->n_addrs = res->n_addrs;
+    return cp;
+}
+
+struct addr_job {
+    sconn_ref *ref;
+    size_t idx;
+};
+
+static void on_addrs(const dns_addrs *res, void *ud)
+{
+    struct addr_job *j = ud;
+    sconn *c = j->ref->c;
+    size_t idx = j->idx;
+    ref_drop(j->ref);
+    free(j);
+    if (!c)
+        return;
+    c->host_results[idx] = copy_addrs(res);
+    if (--c->pending_lookups == 0)
+        plan_ready(c);
+}
+
+static void resolve_hosts(sconn *c)
+{
+    const egress_path_config *pc = disp_path_config(c->d);
+    int strategy;
+    switch (pc->ip_lookup_strategy) {
+    case 0:
+        strategy = DNS_IPV4_ONLY;
+        break;
+    case 1:
+        strategy = DNS_IPV6_ONLY;
+        break;
+    case 3:
+        strategy = DNS_IPV6_THEN_IPV4;
+        break;
+    case 4:
+        strategy = DNS_IPV4_THEN_IPV6;
+        break;
+    default:
+        strategy = DNS_IPV4_AND_IPV6;
+    }
+    c->host_results = calloc(c->n_hosts ? c->n_hosts : 1, sizeof(dns_addrs *));
+    c->pending_lookups = c->n_hosts;
+    if (c->n_hosts == 0) {
+        plan_ready(c);
+        return;
+    }
+    for (size_t i = 0; i < c->n_hosts; i++) {
+        struct addr_job *j = malloc(sizeof(*j));
+        if (!j)
+            abort();
+        j->ref = c->ref;
+        j->ref->refs++;
+        j->idx = i;
+        if (dns_lookup_addrs(c->hosts[i], strategy, on_addrs, j) != 0) {
+            /* counted as a host without addresses */
+            ref_drop(j->ref);
+            free(j);
+            if (--c->pending_lookups == 0)
+                plan_ready(c);
+        }
+    }
+}
+
+static void add_host(sconn *c, const char *name, uint16_t port)
+{
+    c->hosts = realloc(c->hosts, (c->n_hosts + 1) * sizeof(char *));
+    c->host_ports = realloc(c->host_ports, (c->n_hosts + 1) * sizeof(uint16_t));
+    if (!c->hosts || !c->host_ports)
+        abort();
+    c->hosts[c->n_hosts] = strdup(name);
+    c->host_ports[c->n_hosts] = port;
+    c->n_hosts++;
+}
+
+static void on_mx(const dns_mx *mx, void *ud)
+{
+    sconn_ref *ref = ud;
+    sconn *c = ref->c;
+    ref_drop(ref);
+    if (!c)
+        return;
+    if (mx->status == DNS_NULL_MX) {
+        bulk(c, OUTCOME_PERMANENT, 556, 5, 1, 10, "Recipient address has a null MX",
+             "FailedDueToNullMx");
+        return;
+    }
+    if (mx->status != DNS_OK) {
+        char content[600];
+        snprintf(content, sizeof(content), "KumoMTA internal: failed to resolve MX: %s",
+                 mx->error ? mx->error : dns_status_name(mx->status));
+        bulk(c, OUTCOME_TRANSIENT, 451, 4, 4, 4, content, "FailedToInsertIntoReadyQueue");
+        return;
+    }
+    for (size_t i = 0; i < mx->n_hosts; i++)
+        add_host(c, mx->hosts[i].name, mx->port);
+    resolve_hosts(c);
+}
+
+static void on_ready(smtpcli *cli, int err, const smtpcli_response *resp, void *ud)
+{
+    sconn *c = ud;
+    if (err) {
+        snprintf(c->last_error, sizeof(c->last_error), "%s",
+                 resp && resp->content ? resp->content : kerr_str(err));
+        c->last_code = resp && resp->code ? resp->code : 400;
+        DDEBUG(SMOD, "session=%s connection to %s failed: %s", disp_session_id(c->d),
+               smtpcli_peer(cli), c->last_error);
+        smtpcli_abort(cli);
+        c->cli = NULL;
+        try_next_target(c);
+        return;
+    }
+    target *t = &c->targets[c->next_target - 1];
+    disp_set_peer(c->d, t->name, t->addr.text);
+    const smtpcli_tls_info *tls = smtpcli_tls(cli);
+    if (tls && tls->cipher)
+        disp_set_tls(c->d, tls->cipher, tls->protocol_version);
+    socklen_t ll = 0;
+    const struct sockaddr *la = smtpcli_local_address(cli, &ll);
+    if (la) {
+        char ip[INET6_ADDRSTRLEN] = "";
+        if (la->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)la)->sin_addr, ip, sizeof(ip));
+        else if (la->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)la)->sin6_addr, ip, sizeof(ip));
+        disp_set_source_address(c->d, ip);
+    }
+    disp_opened(c->d, true, NULL);
+}
+
+static void try_next_target(sconn *c)
+{
+    dispatcher *d = c->d;
+    if (c->next_target >= c->n_targets) {
+        char content[700];
+        snprintf(content, sizeof(content), "KumoMTA internal: failed to connect to any candidate "
+                                           "hosts: %s",
+                 c->last_error[0] ? c->last_error : "no candidates");
+        disp_response r = {c->last_code && c->last_code != 421 ? c->last_code : 400, 0, 0, 0,
+                           content, NULL};
+        if (r.code < 400)
+            r.code = 400;
+        disp_opened(d, false, &r);
+        return;
+    }
+    target *t = &c->targets[c->next_target++];
+    const egress_path_config *pc = disp_path_config(d);
+    const egress_source *src = disp_source(d);
+    smtpcli_params p;
+    smtpcli_params_init(&p);
+    p.ehlo_domain = c->ehlo;
+    p.hostname = t->name;
+    p.label = disp_readyq_name(d);
+    p.session_id = disp_session_id(d);
+    p.enable_tls = (smtpcli_tls_mode)pc->enable_tls;
+    p.enable_pipelining = pc->enable_pipelining;
+    p.enable_rset = pc->enable_rset;
+    p.timeouts.connect_ns = pc->connect_timeout_ns;
+    p.timeouts.banner_ns = pc->banner_timeout_ns;
+    p.timeouts.ehlo_ns = pc->ehlo_timeout_ns;
+    p.timeouts.mail_from_ns = pc->mail_from_timeout_ns;
+    p.timeouts.rcpt_to_ns = pc->rcpt_to_timeout_ns;
+    p.timeouts.data_ns = pc->data_timeout_ns;
+    p.timeouts.data_dot_ns = pc->data_dot_timeout_ns;
+    p.timeouts.rset_ns = pc->rset_timeout_ns;
+    p.timeouts.idle_ns = pc->idle_timeout_ns;
+    p.timeouts.starttls_ns = pc->starttls_timeout_ns;
+    p.timeouts.auth_ns = pc->auth_timeout_ns;
+    p.auth_username = pc->auth_user;
+    p.auth_password = pc->auth_password;
+    p.allow_smtp_auth_plain_without_tls = pc->allow_auth_without_tls;
+    if (src && src->source_address) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&p.source_address;
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&p.source_address;
+        if (inet_pton(AF_INET, src->source_address, &s4->sin_addr) == 1) {
+            s4->sin_family = AF_INET;
+            p.source_address_len = sizeof(*s4);
+        } else if (inet_pton(AF_INET6, src->source_address, &s6->sin6_addr) == 1) {
+            s6->sin6_family = AF_INET6;
+            p.source_address_len = sizeof(*s6);
+        }
+    }
+    uint16_t port = t->port ? t->port
+                            : (uint16_t)(src && src->remote_port ? src->remote_port
+                                                                 : pc->smtp_port);
+    struct sockaddr_storage ss = {0};
+    socklen_t len;
+    if (t->addr.family == AF_INET) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        s4->sin_family = AF_INET;
+        s4->sin_addr = t->addr.u.v4;
+        s4->sin_port = htons(port);
+        len = sizeof(*s4);
+    } else {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_addr = t->addr.u.v6;
+        s6->sin6_port = htons(port);
+        len = sizeof(*s6);
+    }
+    disp_set_phase(d, PHASE_ATTEMPTING_CONNECTION, t->name);
+    c->cli = smtpcli_connect(reactor_base(reactor_current()), (struct sockaddr *)&ss, len, &p,
+                             on_ready, c);
+    if (!c->cli) {
+        snprintf(c->last_error, sizeof(c->last_error), "cannot create a connection to %s",
+                 t->addr.text);
+        try_next_target(c);
+    }
+}
+
+static void sd_open(dispatcher *d)
+{
+    sconn *c = calloc(1, sizeof(*c));
+    if (!c)
+        abort();
+    c->d = d;
+    c->ref = calloc(1, sizeof(*c->ref));
+    if (!c->ref)
+        abort();
+    c->ref->c = c;
+    c->ref->refs = 1;
+    disp_set_driver_state(d, c);
+    const egress_path_config *pc = disp_path_config(d);
+    const egress_source *src = disp_source(d);
+    const char *ehlo = pc->ehlo_domain ? pc->ehlo_domain
+                                       : (src && src->ehlo_domain ? src->ehlo_domain : NULL);
+    if (ehlo)
+        snprintf(c->ehlo, sizeof(c->ehlo), "%s", ehlo);
+    else if (gethostname(c->ehlo, sizeof(c->ehlo) - 1) != 0)
+        snprintf(c->ehlo, sizeof(c->ehlo), "[127.0.0.1]");
+    const queue_config *qc = disp_queue_config(d);
+    if (qc->mx_list) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(qc->mx_list, i, e) {
+            if (json_is_string(e)) {
+                add_host(c, json_string_value(e), 0);
+            } else {
+                /* {name=, addr=}: connect to addr, name it name */
+                const char *name = json_string_value(json_object_get(e, "name"));
+                const char *addr = json_string_value(json_object_get(e, "addr"));
+                add_host(c, addr, 0);
+                free(c->hosts[c->n_hosts - 1]);
+                char both[600];
+                snprintf(both, sizeof(both), "%s", addr);
+                c->hosts[c->n_hosts - 1] = strdup(both);
+                (void)name;
+            }
+        }
+        resolve_hosts(c);
+        /* keep the given names for the peer name of {name, addr} entries */
+        json_array_foreach(qc->mx_list, i, e) {
+            if (json_is_object(e) && i < c->n_targets) {
+                /* targets are built in plan_ready; names fixed up there */
+            }
+        }
+        return;
+    }
+    const char *dom = disp_routing_domain(d) ? disp_routing_domain(d) : disp_domain(d);
+    c->ref->refs++;
+    disp_set_phase(d, PHASE_ATTEMPTING_CONNECTION, "resolving MX");
+    if (dns_lookup_mx(dom, on_mx, c->ref) != 0) {
+        ref_drop(c->ref);
+        bulk(c, OUTCOME_TRANSIENT, 451, 4, 4, 4, "KumoMTA internal: failed to resolve MX",
+             "FailedToInsertIntoReadyQueue");
+    }
+}
+
+static void on_sent(smtpcli *cli, const smtpcli_result *res, void *ud)
+{
+    sconn *c = ud;
+    dispatcher *d = c->d;
+    if (res->transport_failed || !smtpcli_usable(cli))
+        disp_close_after_this(d);
+    for (size_t i = 0; i < res->n_rcpts; i++) {
+        const smtpcli_response *r = &res->rcpts[i].response;
+        disp_outcome o;
+        if (r->code >= 200 && r->code < 300)
+            o = OUTCOME_DELIVERED;
+        else if (r->code >= 500 && r->code != 503)
+            o = OUTCOME_PERMANENT;
+        else
+            o = OUTCOME_TRANSIENT;
+        disp_response dr = {r->code, r->enh_class, r->enh_subject, r->enh_detail, r->content,
+                            r->command};
+        if (res->n_rcpts == 1) {
+            disp_delivered(d, (int)o, &dr);
+            return;
+        }
+        disp_recipient_outcome(d, i, o, &dr);
+    }
+    disp_delivered(d, -1, NULL);
+}
+
+static void sd_send(dispatcher *d, message *m)
+{
+    sconn *c = disp_driver_state(d);
+    disp_set_phase(d, PHASE_DELIVERING_MESSAGE, "smtp: send");
+    if (!c->cli || !smtpcli_usable(c->cli) ||
+        smtpcli_send(c->cli, m->sender, (const char *const *)m->rcpts, m->n_rcpts, m->data,
+                     m->data_len, on_sent, c) != 0) {
+        disp_close_after_this(d);
+        disp_response r = {421, 4, 4, 2, "KumoMTA internal: connection is no longer usable",
+                           NULL};
+        disp_delivered(d, OUTCOME_TRANSIENT, &r);
+    }
+}
+
+static void sd_close(dispatcher *d)
+{
+    sconn *c = disp_driver_state(d);
+    if (!c)
+        return;
+    disp_set_driver_state(d, NULL);
+    if (c->cli)
+        smtpcli_quit(c->cli);
+    sconn_free(c);
+}
+
+static void sd_abort(dispatcher *d)
+{
+    sconn *c = disp_driver_state(d);
+    if (!c)
+        return;
+    disp_set_driver_state(d, NULL);
+    if (c->cli)
+        smtpcli_abort(c->cli);
+    sconn_free(c);
+}
+
+static const disp_driver smtp_driver = {
+    .delivery_protocol = "ESMTP",
+    .open = sd_open,
+    .send = sd_send,
+    .close = sd_close,
+    .abort = sd_abort,
+};
+
+void smtp_deliver_register(void)
+{
+    dispatch_register_driver(QPROTO_SMTP, &smtp_driver);
+}
