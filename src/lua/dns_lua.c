@@ -1,0 +1,459 @@
+/* kumo.dns: the policy's view of src/net/dns. configure_resolver accepts
+ * KumoMTA's DnsResolverConfig shape (name_servers as "IP:PORT" strings or
+ * {socket_addr=, protocol=, trust_negative_responses=, bind_addr=} tables,
+ * domain, search, options) and rejects unknown fields by name, as KumoMTA
+ * does; options kumod cannot honour either map onto c-ares or are accepted
+ * and ignored, except DNSSEC validation, which is refused. lookup_mx and
+ * lookup_addr wait without blocking the reactor: they yield the event's
+ * coroutine and the DNS callback resumes it with the answer (or an error
+ * raised in the coroutine).
+ *
+ * Owns nothing beyond a call: the configuration lives in src/net/dns.
+ * Runs on reactor threads (configure_* and set_* also during --validate on
+ * the main thread). Errors are Lua errors naming the function. */
+#include "lua/dns_lua.h"
+
+#include <lauxlib.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/duration.h"
+#include "core/kerr.h"
+#include "core/reactor.h"
+#include "lua/klua.h"
+#include "net/dns.h"
+
+static const char *const resolver_keys[] = {"name_servers", "domain", "search", "options", NULL};
+static const char *const server_keys[] = {"socket_addr", "protocol", "trust_negative_responses",
+                                          "bind_addr", NULL};
+static const char *const option_keys[] = {
+    "ndots",
+    "timeout",
+    "attempts",
+    "edns0",
+    "validate",
+    "ip_strategy",
+    "cache_size",
+    "use_hosts_file",
+    "positive_min_ttl",
+    "negative_min_ttl",
+    "positive_max_ttl",
+    "negative_max_ttl",
+    "num_concurrent_reqs",
+    "preserve_intermediates",
+    "try_tcp_on_error",
+    "server_ordering_strategy",
+    "recursion_desired",
+    "case_randomization",
+    "trust_anchor_file",
+    NULL,
+};
+
+/* Raises an error naming every key of the table at idx that is not in
+ * allowed (where names the table, e.g. "options"). */
+static void check_keys(lua_State *L, int idx, const char *const *allowed, const char *fn,
+                       const char *where)
+{
+    idx = lua_absindex(L, idx);
+    char bad[512] = "";
+    size_t used = 0;
+    int nbad = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        bool ok = false;
+        const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        for (int i = 0; k && allowed[i] && !ok; i++)
+            ok = strcmp(k, allowed[i]) == 0;
+        if (!ok && used < sizeof(bad)) {
+            int w = snprintf(bad + used, sizeof(bad) - used, "%s`%s`", nbad ? ", " : "",
+                             k ? k : luaL_typename(L, -1));
+            used += w > 0 ? (size_t)w : 0;
+            nbad++;
+        }
+    }
+    if (!nbad)
+        return;
+    char expected[512] = "";
+    size_t eu = 0;
+    for (int i = 0; allowed[i] && eu < sizeof(expected); i++) {
+        int w = snprintf(expected + eu, sizeof(expected) - eu, "%s%s", i ? ", " : "", allowed[i]);
+        eu += w > 0 ? (size_t)w : 0;
+    }
+    luaL_error(L, "%s: unknown field%s %s%s%s; expected one of: %s", fn, nbad > 1 ? "s" : "", bad,
+               where ? " in " : "", where ? where : "", expected);
+}
+
+/* A duration given as seconds (number) or a humantime string. */
+static int64_t check_duration_ms(lua_State *L, int idx, const char *fn)
+{
+    if (lua_type(L, idx) == LUA_TNUMBER) {
+        double secs = lua_tonumber(L, idx);
+        if (!(secs >= 0) || secs > 1e9)
+            luaL_error(L, "%s: duration out of range", fn);
+        return (int64_t)(secs * 1000.0);
+    }
+    int64_t ns = 0;
+    if (lua_type(L, idx) != LUA_TSTRING || duration_parse(lua_tostring(L, idx), &ns) != 0)
+        luaL_error(L, "%s: expected a duration such as '5s' or a number of seconds", fn);
+    return ns / NS_PER_MS;
+}
+
+static const char *string_field(lua_State *L, int tbl, const char *key, const char *fn)
+{
+    lua_getfield(L, tbl, key);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return NULL;
+    }
+    if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "%s: `%s` must be a string", fn, key);
+    const char *s = lua_tostring(L, -1); /* anchored by the table */
+    lua_pop(L, 1);
+    return s;
+}
+
+static int bool_field(lua_State *L, int tbl, const char *key, const char *fn)
+{
+    lua_getfield(L, tbl, key);
+    int t = lua_type(L, -1);
+    int v = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (t == LUA_TNIL)
+        return -1;
+    if (t != LUA_TBOOLEAN)
+        luaL_error(L, "%s: `%s` must be a boolean", fn, key);
+    return v;
+}
+
+static void parse_options(lua_State *L, int tbl, dns_config *cfg, const char *fn)
+{
+    check_keys(L, tbl, option_keys, fn, "options");
+    lua_getfield(L, tbl, "timeout");
+    if (!lua_isnil(L, -1))
+        cfg->timeout_ms = check_duration_ms(L, -1, fn);
+    lua_pop(L, 1);
+    lua_getfield(L, tbl, "attempts");
+    if (!lua_isnil(L, -1)) {
+        int isint;
+        lua_Integer n = lua_tointegerx(L, -1, &isint);
+        if (!isint || n < 1 || n > 100)
+            luaL_error(L, "%s: options.attempts must be an integer from 1 to 100", fn);
+        cfg->attempts = (int)n;
+    }
+    lua_pop(L, 1);
+    int v = bool_field(L, tbl, "edns0", fn);
+    if (v >= 0)
+        cfg->edns0 = v;
+    v = bool_field(L, tbl, "recursion_desired", fn);
+    if (v >= 0)
+        cfg->no_recursion = !v;
+    if (bool_field(L, tbl, "validate", fn) == 1)
+        luaL_error(L, "%s: options.validate (DNSSEC) is not supported by kumod's resolver", fn);
+    const char *s = string_field(L, tbl, "ip_strategy", fn);
+    if (s && dns_ip_strategy_parse(s) < 0 && strcmp(s, "Ipv6AndIpv4") != 0)
+        luaL_error(L,
+                   "%s: options.ip_strategy '%s' is not one of Ipv4Only, Ipv6Only, "
+                   "Ipv4AndIpv6, Ipv6AndIpv4, Ipv6thenIpv4, Ipv4thenIpv6",
+                   fn, s);
+    s = string_field(L, tbl, "use_hosts_file", fn);
+    if (s && strcmp(s, "Always") != 0 && strcmp(s, "Auto") != 0 && strcmp(s, "Never") != 0)
+        luaL_error(L, "%s: options.use_hosts_file '%s' is not one of Always, Auto, Never", fn, s);
+}
+
+static int configure_from_table(lua_State *L, int tbl)
+{
+    static const char fn[] = "kumo.dns.configure_resolver";
+    tbl = lua_absindex(L, tbl);
+    check_keys(L, tbl, resolver_keys, fn, NULL);
+    dns_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+
+    lua_getfield(L, tbl, "name_servers");
+    int ns = lua_absindex(L, -1);
+    size_t n = 0;
+    const char **servers = NULL;
+    if (!lua_isnil(L, ns)) {
+        if (!lua_istable(L, ns))
+            return luaL_error(L, "%s: name_servers must be a list", fn);
+        n = lua_rawlen(L, ns);
+        /* a userdata, so that an error below frees it */
+        servers = lua_newuserdatauv(L, (n ? n : 1) * sizeof(*servers), 0);
+        for (size_t i = 0; i < n; i++) {
+            lua_rawgeti(L, ns, (lua_Integer)i + 1);
+            int e = lua_absindex(L, -1);
+            if (lua_type(L, e) == LUA_TSTRING) {
+                servers[i] = lua_tostring(L, e);
+            } else if (lua_istable(L, e)) {
+                check_keys(L, e, server_keys, fn, "a name_servers entry");
+                servers[i] = string_field(L, e, "socket_addr", fn);
+                if (!servers[i])
+                    return luaL_error(L, "%s: name_servers[%d] has no socket_addr", fn, (int)i + 1);
+                const char *proto = string_field(L, e, "protocol", fn);
+                if (proto && strcmp(proto, "tcp") == 0)
+                    cfg.use_tcp = true; /* c-ares chooses TCP per channel, not per server */
+                else if (proto && strcmp(proto, "udp") != 0 && strcmp(proto, "udp_then_tcp") != 0)
+                    return luaL_error(L,
+                                      "%s: name_servers[%d].protocol '%s' is not one of udp, "
+                                      "tcp, udp_then_tcp",
+                                      fn, (int)i + 1, proto);
+                (void)bool_field(L, e, "trust_negative_responses", fn);
+                const char *bind = string_field(L, e, "bind_addr", fn);
+                if (bind)
+                    cfg.bind_addr = bind;
+            } else {
+                return luaL_error(L, "%s: name_servers[%d] must be a string or a table", fn,
+                                  (int)i + 1);
+            }
+            lua_pop(L, 1); /* the entry stays anchored by the list */
+        }
+    }
+
+    lua_getfield(L, tbl, "domain");
+    if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
+        return luaL_error(L, "%s: domain must be a string", fn);
+    lua_pop(L, 1);
+    lua_getfield(L, tbl, "search");
+    if (!lua_isnil(L, -1) && !lua_istable(L, -1))
+        return luaL_error(L, "%s: search must be a list of strings", fn);
+    lua_pop(L, 1);
+
+    lua_getfield(L, tbl, "options");
+    if (!lua_isnil(L, -1)) {
+        if (!lua_istable(L, -1))
+            return luaL_error(L, "%s: options must be a table", fn);
+        parse_options(L, -1, &cfg, fn);
+    }
+    lua_pop(L, 1);
+
+    cfg.name_servers = servers;
+    cfg.n_name_servers = n;
+    char err[256];
+    if (dns_configure_ex(&cfg, err, sizeof(err)) != 0)
+        return luaL_error(L, "%s: %s", fn, err);
+    return 0;
+}
+
+static int l_configure_resolver(lua_State *L)
+{
+    static const char fn[] = "kumo.dns.configure_resolver";
+    if (lua_type(L, 1) == LUA_TSTRING) {
+        const char *s = lua_tostring(L, 1);
+        if (strcmp(s, "HickorySystemConfig") != 0)
+            return luaL_error(L, "%s: unknown resolver configuration '%s'", fn, s);
+        char err[256];
+        dns_config cfg;
+        memset(&cfg, 0, sizeof(cfg));
+        if (dns_configure_ex(&cfg, err, sizeof(err)) != 0)
+            return luaL_error(L, "%s: %s", fn, err);
+        return 0;
+    }
+    luaL_checktype(L, 1, LUA_TTABLE);
+    /* KumoMTA's structured forms: { Hickory = {...} } and { Unbound = {...} } */
+    static const char *const forms[] = {"Hickory", "Unbound", NULL};
+    for (int i = 0; forms[i]; i++) {
+        lua_getfield(L, 1, forms[i]);
+        if (lua_istable(L, -1)) {
+            int nkeys = 0;
+            lua_pushnil(L);
+            while (lua_next(L, 1)) {
+                lua_pop(L, 1);
+                nkeys++;
+            }
+            if (nkeys != 1)
+                return luaL_error(L, "%s: %s must be the only field", fn, forms[i]);
+            return configure_from_table(L, -1);
+        }
+        lua_pop(L, 1);
+    }
+    static const char *const unsupported[] = {"Test", "Aggregate", NULL};
+    for (int i = 0; unsupported[i]; i++) {
+        lua_getfield(L, 1, unsupported[i]);
+        bool present = !lua_isnil(L, -1);
+        lua_pop(L, 1);
+        if (present)
+            return luaL_error(L, "%s: the %s resolver form is not supported by kumod", fn,
+                              unsupported[i]);
+    }
+    return configure_from_table(L, 1);
+}
+
+/* ---- waiting lookups ---------------------------------------------------------- */
+
+/* The coroutine resumes with (ok, value): the value is the answer, or the
+ * error to raise in the caller. */
+static int lookup_k(lua_State *L, int status, lua_KContext ctx)
+{
+    int top = lua_gettop(L);
+    if (!lua_toboolean(L, top - 1))
+        return lua_error(L);
+    return 1;
+}
+
+/* KumoMTA's MailExchanger as Lua sees it. */
+static void push_mx(lua_State *L, const dns_mx *mx)
+{
+    lua_createtable(L, 0, 8);
+    lua_pushstring(L, mx->domain_name);
+    lua_setfield(L, -2, "domain_name");
+    lua_pushstring(L, mx->site_name);
+    lua_setfield(L, -2, "site_name");
+    lua_createtable(L, (int)mx->n_hosts, 0);
+    for (size_t i = 0; i < mx->n_hosts; i++) {
+        lua_pushstring(L, mx->hosts[i].name);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_setfield(L, -2, "hosts");
+    /* by_pref: preference -> hosts at that preference (hosts are sorted) */
+    lua_newtable(L);
+    for (size_t i = 0; i < mx->n_hosts;) {
+        size_t j = i;
+        while (j < mx->n_hosts && mx->hosts[j].pref == mx->hosts[i].pref)
+            j++;
+        lua_createtable(L, (int)(j - i), 0);
+        for (size_t k = i; k < j; k++) {
+            lua_pushstring(L, mx->hosts[k].name);
+            lua_rawseti(L, -2, (lua_Integer)(k - i) + 1);
+        }
+        lua_rawseti(L, -2, mx->hosts[i].pref);
+        i = j;
+    }
+    lua_setfield(L, -2, "by_pref");
+    lua_pushboolean(L, mx->is_domain_literal);
+    lua_setfield(L, -2, "is_domain_literal");
+    lua_pushboolean(L, mx->is_secure);
+    lua_setfield(L, -2, "is_secure");
+    lua_pushboolean(L, mx->is_mx);
+    lua_setfield(L, -2, "is_mx");
+    lua_pushstring(L, "None"); /* MTA-STS is not evaluated */
+    lua_setfield(L, -2, "mta_sts");
+}
+
+static void on_mx(const dns_mx *mx, void *ud)
+{
+    klua_call *c = ud;
+    lua_State *co = klua_call_thread(c);
+    lua_checkstack(co, 8); /* a yielded C function keeps LUA_MINSTACK free anyway */
+    if (mx->status == DNS_OK || mx->status == DNS_NULL_MX) {
+        lua_pushboolean(co, 1);
+        push_mx(co, mx);
+    } else {
+        lua_pushboolean(co, 0);
+        lua_pushstring(co, mx->error ? mx->error : "MX lookup failed");
+    }
+    klua_wait_resume(c, 2);
+}
+
+static int l_lookup_mx(lua_State *L)
+{
+    const char *domain = luaL_checkstring(L, 1);
+    if (!lua_isnoneornil(L, 2))
+        return luaL_error(L, "kumo.dns.lookup_mx: resolver %s is not defined",
+                          luaL_tolstring(L, 2, NULL));
+    if (!reactor_current())
+        return luaL_error(L, "kumo.dns.lookup_mx: may only be called from an event handler");
+    klua_call *c = klua_wait_begin(L);
+    if (!c)
+        return luaL_error(L, "kumo.dns.lookup_mx: may only be called from an event handler");
+    int rc = dns_lookup_mx(domain, on_mx, c);
+    if (rc != 0)
+        return luaL_error(L, "kumo.dns.lookup_mx: %s", kerr_str(rc));
+    return lua_yieldk(L, 0, 0, lookup_k);
+}
+
+static void on_addrs(const dns_addrs *res, void *ud)
+{
+    klua_call *c = ud;
+    lua_State *co = klua_call_thread(c);
+    lua_checkstack(co, 8);
+    if (res->status == DNS_FAIL) {
+        lua_pushboolean(co, 0);
+        lua_pushstring(co, res->error ? res->error : "address lookup failed");
+    } else {
+        /* like KumoMTA, a name without addresses is an empty list */
+        lua_pushboolean(co, 1);
+        lua_createtable(co, (int)res->n_addrs, 0);
+        for (size_t i = 0; i < res->n_addrs; i++) {
+            lua_pushstring(co, res->addrs[i].text);
+            lua_rawseti(co, -2, (lua_Integer)i + 1);
+        }
+    }
+    klua_wait_resume(c, 2);
+}
+
+static int l_lookup_addr(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    if (!lua_isnoneornil(L, 2))
+        return luaL_error(L, "kumo.dns.lookup_addr: resolver %s is not defined",
+                          luaL_tolstring(L, 2, NULL));
+    int strategy = DNS_IPV4_AND_IPV6;
+    if (!lua_isnoneornil(L, 3)) {
+        const char *s = luaL_checkstring(L, 3);
+        strategy = dns_ip_strategy_parse(s);
+        if (strategy < 0)
+            return luaL_error(L, "kumo.dns.lookup_addr: unknown ip lookup strategy '%s'", s);
+    }
+    if (!reactor_current())
+        return luaL_error(L, "kumo.dns.lookup_addr: may only be called from an event handler");
+    klua_call *c = klua_wait_begin(L);
+    if (!c)
+        return luaL_error(L, "kumo.dns.lookup_addr: may only be called from an event handler");
+    int rc = dns_lookup_addrs(name, strategy, on_addrs, c);
+    if (rc != 0)
+        return luaL_error(L, "kumo.dns.lookup_addr: %s", kerr_str(rc));
+    return lua_yieldk(L, 0, 0, lookup_k);
+}
+
+/* ---- tunables ------------------------------------------------------------------- */
+
+static int l_set_mx_timeout(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    dns_set_mx_timeout_ms(check_duration_ms(L, 1, "kumo.dns.set_mx_timeout"));
+    return 0;
+}
+
+static int l_set_mx_negative_cache_ttl(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    dns_set_mx_negative_ttl_ms(check_duration_ms(L, 1, "kumo.dns.set_mx_negative_cache_ttl"));
+    return 0;
+}
+
+static int l_set_mx_concurrency_limit(lua_State *L)
+{
+    lua_Integer n = luaL_checkinteger(L, 1);
+    if (n < 1)
+        return luaL_error(L, "kumo.dns.set_mx_concurrency_limit: the limit must be at least 1");
+    dns_set_mx_concurrency_limit((size_t)n);
+    return 0;
+}
+
+static void dns_lua_open(lua_State *L)
+{
+    static const luaL_Reg fns[] = {
+        {"configure_resolver", l_configure_resolver},
+        {"lookup_mx", l_lookup_mx},
+        {"lookup_addr", l_lookup_addr},
+        {"set_mx_timeout", l_set_mx_timeout},
+        {"set_mx_negative_cache_ttl", l_set_mx_negative_cache_ttl},
+        {"set_mx_concurrency_limit", l_set_mx_concurrency_limit},
+        {NULL, NULL},
+    };
+    lua_getfield(L, -1, "dns");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -3, "dns");
+    }
+    luaL_setfuncs(L, fns, 0);
+    lua_pop(L, 1);
+}
+
+void dns_lua_register(void)
+{
+    klua_register_opener(dns_lua_open);
+}

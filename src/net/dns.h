@@ -1,0 +1,172 @@
+/* DNS for delivery: MX, A and AAAA lookups driven by c-ares on the calling
+ * reactor's event loop, a process-wide cache that honours TTLs (failed MX
+ * lookups are cached for the negative TTL, as KumoMTA does), and KumoMTA's
+ * site_name factoring of MX host lists.
+ *
+ * Lookups run on the calling reactor: dns_lookup_mx() and dns_lookup_addrs()
+ * must be called on a reactor thread, and their callback runs later on that
+ * same thread, never before the call returns. Concurrent lookups of the same
+ * name on one reactor share one query. Results passed to a callback are
+ * borrowed for the duration of the callback (an MX result can be kept with
+ * dns_mx_ref()). */
+#ifndef KUMOD_NET_DNS_H
+#define KUMOD_NET_DNS_H
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/reactor.h"
+
+enum dns_status {
+    DNS_OK = 0,
+    DNS_NXDOMAIN,   /* the name does not exist */
+    DNS_NULL_MX,    /* RFC 7505: the domain accepts no mail; hosts is {"."} */
+    DNS_NO_RECORDS, /* addresses only: the name exists but has no A/AAAA asked for */
+    DNS_FAIL,       /* timeout, SERVFAIL, REFUSED, malformed answer or name: see error */
+};
+
+/* "Ok", "NxDomain", "NullMx", "NoRecords", "Fail". */
+const char *dns_status_name(int status);
+
+/* ---- MX ---------------------------------------------------------------- */
+
+typedef struct dns_mx_host {
+    /* Lower case and fully qualified ("mx1.example.com."), with ":port" when
+     * the domain carried one; "." for a null MX; for a domain literal the
+     * address ("10.0.0.1", "::1", "10.0.0.1:2525", "[::1]:2525"). */
+    const char *name;
+    uint16_t pref;
+} dns_mx_host;
+
+/* KumoMTA's MailExchanger. Immutable and shared with the cache. */
+typedef struct dns_mx {
+    int status;               /* enum dns_status */
+    const char *error;        /* DNS_NXDOMAIN / DNS_FAIL: KumoMTA's text; else NULL */
+    const char *domain_name;  /* "example.com." (literals: as given, "[10.0.0.1]") */
+    const char *site_name;    /* "" for a null MX or a failure */
+    const dns_mx_host *hosts; /* by preference, then name; none on failure */
+    size_t n_hosts;
+    uint16_t port;          /* from "domain:port" or "[addr]:port"; 0 when absent */
+    bool is_domain_literal; /* "[10.0.0.1]", "[IPv6:::1]" */
+    bool is_mx;             /* false when the domain had no MX and stands for itself */
+    bool is_secure;         /* DNSSEC: always false (c-ares does not validate) */
+    uint32_t ttl;           /* seconds the answer was cacheable for when fetched */
+    int64_t expires_ms;     /* clock_mono_ms() at which the cache drops it; 0: never */
+} dns_mx;
+
+typedef void (*dns_mx_cb)(const dns_mx *mx, void *ud);
+
+/* Resolves the mail exchangers of domain ("example.com", "example.com:2525",
+ * "[10.0.0.1]", "[IPv6:::1]"). No MX records: the domain itself, is_mx
+ * false. Returns 0 (cb will run exactly once, later, on this reactor) or
+ * KERR_INVAL when not called on a reactor thread / KERR_NOMEM (cb will not
+ * run). domain is copied. */
+int dns_lookup_mx(const char *domain, dns_mx_cb cb, void *ud);
+
+/* Keeps an MX result beyond its callback; any thread. */
+const dns_mx *dns_mx_ref(const dns_mx *mx);
+void dns_mx_unref(const dns_mx *mx);
+
+/* ---- addresses ----------------------------------------------------------- */
+
+/* KumoMTA's ip_lookup_strategy. */
+enum dns_ip_strategy {
+    DNS_IPV4_AND_IPV6 = 0, /* A and AAAA in parallel (the default) */
+    DNS_IPV4_ONLY,
+    DNS_IPV6_ONLY,
+    DNS_IPV6_THEN_IPV4, /* AAAA; A only if AAAA gave nothing or failed */
+    DNS_IPV4_THEN_IPV6, /* A; AAAA only if A gave nothing or failed */
+};
+
+/* Parses "Ipv4AndIpv6", "Ipv4Only", "Ipv6Only", "Ipv6ThenIpv4",
+ * "Ipv4ThenIpv6" (also hickory's "Ipv6thenIpv4", "Ipv4thenIpv6"). Returns
+ * the enum value or KERR_INVAL. */
+int dns_ip_strategy_parse(const char *s);
+const char *dns_ip_strategy_name(int strategy);
+
+typedef struct dns_addr {
+    int family; /* AF_INET or AF_INET6 */
+    union {
+        struct in_addr v4;
+        struct in6_addr v6;
+    } u;
+    char text[INET6_ADDRSTRLEN]; /* "10.0.0.1", "::1" */
+} dns_addr;
+
+typedef struct dns_addrs {
+    int status;            /* DNS_OK (n_addrs > 0), DNS_NXDOMAIN, DNS_NO_RECORDS, DNS_FAIL */
+    const char *error;     /* DNS_FAIL: why; else NULL */
+    const char *name;      /* the host as given */
+    const dns_addr *addrs; /* IPv4 first, then IPv6, each in answer order */
+    size_t n_addrs;
+    uint32_t ttl;       /* smallest TTL of the answers used */
+    int64_t expires_ms; /* clock_mono_ms() of the earliest expiry; 0: a literal */
+} dns_addrs;
+
+typedef void (*dns_addr_cb)(const dns_addrs *res, void *ud);
+
+/* Resolves host ("mx1.example.com.", "mx1.example.com", or a literal:
+ * "10.0.0.1", "::1", "[10.0.0.1]", "[IPv6:::1]", answered without DNS) to
+ * addresses per strategy (enum dns_ip_strategy). Same contract as
+ * dns_lookup_mx(). An unknown name is DNS_NXDOMAIN with no addresses, not an
+ * error. host is copied. */
+int dns_lookup_addrs(const char *host, int strategy, dns_addr_cb cb, void *ud);
+
+/* ---- configuration (any thread, process-wide) ----------------------------- */
+
+typedef struct dns_config {
+    /* "ip" (port 53), "ip:port" or "[ipv6]:port"; none: the system's
+     * /etc/resolv.conf. Strings are copied. */
+    const char *const *name_servers;
+    size_t n_name_servers;
+    int64_t timeout_ms; /* per attempt; 0: 2000 */
+    int attempts;       /* 0: 2 */
+    bool use_tcp;       /* TCP only (default: UDP, TCP when truncated) */
+    bool edns0;
+    bool no_recursion;
+    const char *bind_addr; /* local address for queries ("ip" or "ip:port"; the port is
+                              ignored), or NULL */
+} dns_config;
+
+/* Replaces the resolver configuration. Resolvers created afterwards use it;
+ * existing ones switch before their next query (queries in flight finish on
+ * the old servers). Returns 0 or KERR_INVAL with err naming the bad entry. */
+int dns_configure_ex(const dns_config *cfg, char *err, size_t errlen);
+/* dns_configure_ex with default options. */
+int dns_configure(const char *const *name_servers, size_t n);
+
+/* KumoMTA's kumo.dns.set_mx_timeout (default 5 s: an MX lookup fails with
+ * "deadline has elapsed" after this long), set_mx_negative_cache_ttl (default
+ * 5 minutes: how long a failed MX lookup stays cached) and
+ * set_mx_concurrency_limit (default 128; here per reactor). */
+void dns_set_mx_timeout_ms(int64_t ms);
+void dns_set_mx_negative_ttl_ms(int64_t ms);
+void dns_set_mx_concurrency_limit(size_t n);
+
+/* Forgets every cached answer. */
+void dns_cache_clear(void);
+
+/* Frees r's resolver. Call once r has stopped (or on r's thread outside any
+ * DNS callback). Lookups still pending are dropped: their callbacks never
+ * run. */
+void dns_reactor_free(reactor *r);
+/* Frees the cache and the configuration; after every dns_reactor_free(). */
+void dns_shutdown(void);
+
+/* ---- pure helpers --------------------------------------------------------- */
+
+/* KumoMTA's site_name factoring of a host list in preference order: names
+ * are lower-cased, split into labels and aligned from the right; each column
+ * becomes its one label or "(a|b|c)" in order of first appearance, with "?"
+ * after it when some hosts are shorter. A ":port" suffix sticks to the last
+ * label. Invalid names are skipped. Returns a malloc'd string (NULL only
+ * when out of memory). */
+char *dns_site_name(const char *const *hosts, size_t n);
+
+/* KumoMTA's has_colon_port: when s ends in ":PORT" (a valid u16) and what
+ * precedes it has no ':', stores the length of that prefix and the port and
+ * returns true. */
+bool dns_split_port(const char *s, size_t *host_len, uint16_t *port);
+
+#endif
