@@ -29,6 +29,7 @@
 #include "delivery/deferred.h"
 #include "delivery/smtp_deliver.h"
 #include "lua/dns_lua.h"
+#include "net/dns.h"
 
 #define MAIN_MOD "kumod"
 
@@ -134,6 +135,12 @@ static int load_all_vms(char *err, size_t errlen)
         }
     }
     return 0;
+}
+
+static void job_queue_shutdown(void *arg)
+{
+    queue_reactor_shutdown();
+    sync_job_finish(arg, 0);
 }
 
 /* ---- reload ------------------------------------------------------------ */
@@ -361,6 +368,12 @@ out_listeners:
     /* Orderly: stop accepting, let sessions finish their current reply, then
      * stop the reactors, drain the spool and flush the logs. */
     smtpsrv_shutdown();
+    for (int i = 0; i < reactor_count(); i++) {
+        struct sync_job j;
+        sync_job_init(&j);
+        reactor_post(reactor_get(i), job_queue_shutdown, &j);
+        sync_job_wait(&j);
+    }
 out_reactors:
     reactor_pool_stop();
     /* VMs hold references to their reactors' bases: free them before the pool. */
@@ -369,7 +382,9 @@ out_reactors:
         klua *vm = reactor_get_slot(r, REACTOR_SLOT_LUA);
         reactor_set_slot(r, REACTOR_SLOT_LUA, NULL);
         klua_unref(vm);
+        dns_reactor_free(r);
     }
+    dns_shutdown();
     services_shutdown();
     logs_shutdown();
     reactor_pool_free();

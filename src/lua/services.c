@@ -20,6 +20,87 @@ static bool spool_defined[2];
 static spool *the_spool;
 static atomic_bool spool_ready;
 static bool validate_only;
+static atomic_bool suspend_when_unhealthy = true;
+
+/* delivered-but-not-removed ids: a small open-addressing set */
+static pthread_mutex_t delivered_lock = PTHREAD_MUTEX_INITIALIZER;
+static spoolid *delivered;
+static size_t delivered_cap, delivered_n;
+
+static bool id_zero(const spoolid *id)
+{
+    for (int i = 0; i < 16; i++)
+        if (id->b[i])
+            return false;
+    return true;
+}
+
+void services_note_delivered(const spoolid *id)
+{
+    pthread_mutex_lock(&delivered_lock);
+    if ((delivered_n + 1) * 2 > delivered_cap) {
+        size_t ncap = delivered_cap ? delivered_cap * 2 : 1024;
+        spoolid *n = calloc(ncap, sizeof(*n));
+        if (!n) {
+            pthread_mutex_unlock(&delivered_lock);
+            return;
+        }
+        for (size_t i = 0; i < delivered_cap; i++) {
+            if (id_zero(&delivered[i]))
+                continue;
+            size_t j = spoolid_hash(&delivered[i]) & (ncap - 1);
+            while (!id_zero(&n[j]))
+                j = (j + 1) & (ncap - 1);
+            n[j] = delivered[i];
+        }
+        free(delivered);
+        delivered = n;
+        delivered_cap = ncap;
+    }
+    size_t j = spoolid_hash(id) & (delivered_cap - 1);
+    while (!id_zero(&delivered[j]) && !spoolid_eq(&delivered[j], id))
+        j = (j + 1) & (delivered_cap - 1);
+    if (id_zero(&delivered[j])) {
+        delivered[j] = *id;
+        delivered_n++;
+    }
+    pthread_mutex_unlock(&delivered_lock);
+}
+
+bool services_was_delivered(const spoolid *id)
+{
+    if (!delivered_n)
+        return false;
+    bool found = false;
+    pthread_mutex_lock(&delivered_lock);
+    if (delivered_cap) {
+        size_t j = spoolid_hash(id) & (delivered_cap - 1);
+        while (!id_zero(&delivered[j])) {
+            if (spoolid_eq(&delivered[j], id)) {
+                found = true;
+                break;
+            }
+            j = (j + 1) & (delivered_cap - 1);
+        }
+    }
+    pthread_mutex_unlock(&delivered_lock);
+    return found;
+}
+
+bool services_suspend_delivery_when_unhealthy(void)
+{
+    return atomic_load(&suspend_when_unhealthy);
+}
+
+static int l_suspend_when_unhealthy(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TBOOLEAN);
+    if (!klua_in_init())
+        return luaL_error(L, "kumo.suspend_delivery_when_spool_unhealthy may only be called from "
+                             "inside the init event handler");
+    atomic_store(&suspend_when_unhealthy, lua_toboolean(L, 1));
+    return 0;
+}
 
 void services_set_validate_only(bool on)
 {
@@ -81,6 +162,8 @@ static void services_open(lua_State *L)
     lua_setfield(L, -2, "define_spool");
     lua_pushcfunction(L, l_configure_local_logs);
     lua_setfield(L, -2, "configure_local_logs");
+    lua_pushcfunction(L, l_suspend_when_unhealthy);
+    lua_setfield(L, -2, "suspend_delivery_when_spool_unhealthy");
 }
 
 void services_lua_register(void)
@@ -125,6 +208,16 @@ spool *services_spool(void)
     return the_spool;
 }
 
+bool services_spool_healthy(char *reason, size_t len)
+{
+    if (!the_spool) {
+        if (reason)
+            snprintf(reason, len, "waiting for spool startup");
+        return false;
+    }
+    return spool_healthy(the_spool, reason, len);
+}
+
 bool services_spool_ready(void)
 {
     return atomic_load(&spool_ready);
@@ -141,6 +234,9 @@ void services_shutdown(void)
         spool_free(the_spool);
         the_spool = NULL;
     }
+    free(delivered);
+    delivered = NULL;
+    delivered_cap = delivered_n = 0;
     for (int i = 0; i < 2; i++)
         if (spool_defined[i]) {
             spool_params_fini(&spool_defs[i]);

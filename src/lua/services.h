@@ -17,6 +17,15 @@ spool *services_spool(void);
 bool services_spool_ready(void);
 void services_set_spool_ready(void);
 void services_shutdown(void);
+/* kumo.suspend_delivery_when_spool_unhealthy (default true). */
+bool services_suspend_delivery_when_unhealthy(void);
+/* True when the spool is open and healthy; otherwise reason says why. */
+bool services_spool_healthy(char *reason, size_t len);
+/* Remembers a message that was delivered but could not be removed from the
+ * spool, so this process never delivers it again (duplicate prevention while
+ * the spool refuses writes). */
+void services_note_delivered(const spoolid *id);
+bool services_was_delivered(const spoolid *id);
 /* Set with --validate: init must not open listeners, spools or logs. */
 void services_set_validate_only(bool on);
 bool services_validate_only(void);

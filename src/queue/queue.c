@@ -327,6 +327,28 @@ static void spool_forget(qmsg *q)
         spool_remove(sp, &q->id, NULL, NULL);
 }
 
+static void forget_delivered_done(void *ud, int err)
+{
+    spoolid *id = ud;
+    /* delivered, but still in the spool: never deliver it again here */
+    if (err)
+        services_note_delivered(id);
+    free(id);
+}
+
+/* After a successful delivery. */
+static void spool_forget_delivered(qmsg *q)
+{
+    spool *sp = services_spool();
+    if (!sp)
+        return;
+    spoolid *id = malloc(sizeof(*id));
+    if (!id)
+        abort();
+    *id = q->id;
+    spool_remove(sp, &q->id, forget_delivered_done, id);
+}
+
 /* ---- loading a message from the spool ----------------------------------------------- */
 
 typedef void (*load_done_fn)(qmsg *q, int err, void *ud);
@@ -1095,7 +1117,7 @@ static void maildir_after_load(qmsg *q, int err, void *ud)
         disp_response r = {200, 0, 0, 0, "", NULL};
         log_record(LOGREC_DELIVERY, q->m, q->num_attempts, &x, &r);
         atomic_fetch_add(&st_delivered, 1);
-        spool_forget(q);
+        spool_forget_delivered(q);
         qmsg_free(q);
         sched_arm_reap(sq);
         return;
@@ -1136,9 +1158,51 @@ static const char *proto_suffix(const queue_config *c, char *buf, size_t len)
     return "unknown";
 }
 
+struct hold_job {
+    char *queue;
+    char *reason;
+};
+
+static void hold_after_load(qmsg *q, int err, void *ud)
+{
+    struct hold_job *h = ud;
+    if (!err && q->m) {
+        char content[400];
+        snprintf(content, sizeof(content),
+                 "KumoMTA internal: delivery suspended: spool unhealthy: %s", h->reason);
+        rec_ctx x = {.queue = h->queue, .site = h->queue};
+        disp_response r = {451, 4, 4, 4, content, NULL};
+        log_record(LOGREC_DELAYED, q->m, q->num_attempts, &x, &r);
+    }
+    qmsg_add_reason(q, R_SPOOL_UNHEALTHY);
+    qmsg_add_reason(q, R_LOGGED_TRANSIENT_FAILURE);
+    /* back on its normal retry schedule: no stampede when health returns */
+    requeue_post(q, h->queue, true, false, -1);
+    free(h->queue);
+    free(h->reason);
+    free(h);
+}
+
+/* seed 001: while the spool is unhealthy, hold messages as if every source
+ * were suspended. Returns true when it took q. */
+static bool hold_for_spool(schedq *sq, qmsg *q)
+{
+    char why[256];
+    if (!services_spool() || !services_suspend_delivery_when_unhealthy() ||
+        services_spool_healthy(why, sizeof(why)))
+        return false;
+    struct hold_job *h = calloc(1, sizeof(*h));
+    if (!h)
+        abort();
+    h->queue = strdup(sq->name);
+    h->reason = strdup(why);
+    qmsg_load(q, false, hold_after_load, h);
+    return true;
+}
+
 static void sched_make_ready(schedq *sq, qmsg *q)
 {
-    if (admin_intercept(sq, q) || admin_suspended(sq, q))
+    if (hold_for_spool(sq, q) || admin_intercept(sq, q) || admin_suspended(sq, q))
         return;
     switch (sq->cfg.proto) {
     case QPROTO_NULL:
@@ -1671,7 +1735,7 @@ static void finish_message(dispatcher *d, qmsg *q, int outcome, const disp_respo
     if (outcome == OUTCOME_DELIVERED) {
         log_record(LOGREC_DELIVERY, m, q->num_attempts, &x, r);
         atomic_fetch_add(&st_delivered, 1);
-        spool_forget(q);
+        spool_forget_delivered(q);
         qmsg_free(q);
     } else if (outcome == OUTCOME_PERMANENT) {
         log_record(LOGREC_BOUNCE, m, q->num_attempts, &x, r);
@@ -1839,9 +1903,17 @@ static void disp_after_load(qmsg *q, int err, void *ud)
     }
     if (err) {
         /* the spool could not give us the message: no transaction starts */
-        char content[300];
-        snprintf(content, sizeof(content), "KumoMTA internal: error in deliver_message: %s",
-                 kerr_str(err));
+        char content[300], hex[SPOOLID_HEX_LEN + 1];
+        spoolid_to_hex(&q->id, hex);
+        if (err == KERR_NOTFOUND)
+            snprintf(content, sizeof(content),
+                     "KumoMTA internal: error in deliver_message: IO error: No such file or "
+                     "directory: message %s is missing from the spool",
+                     hex);
+        else
+            snprintf(content, sizeof(content),
+                     "KumoMTA internal: error in deliver_message: %s loading message %s",
+                     kerr_str(err), hex);
         disp_response r = {400, 0, 0, 0, content, NULL};
         d->cur = NULL;
         atomic_fetch_sub(&st_in_flight, 1);
@@ -1853,8 +1925,6 @@ static void disp_after_load(qmsg *q, int err, void *ud)
             requeue(q, qname, true, -1, &r, R_LOGGED_TRANSIENT_FAILURE);
             free(qname);
         } else {
-            char hex[SPOOLID_HEX_LEN + 1];
-            spoolid_to_hex(&q->id, hex);
             DERROR(QMOD, "id=%s %s; the message is lost from the spool", hex, content);
             qmsg_free(q);
         }
@@ -1862,6 +1932,15 @@ static void disp_after_load(qmsg *q, int err, void *ud)
         return;
     }
     q->m->num_attempts = q->num_attempts;
+    if (services_was_delivered(&q->id)) {
+        /* delivered earlier by this process; only its removal had failed */
+        d->cur = NULL;
+        atomic_fetch_sub(&st_in_flight, 1);
+        spool_forget_delivered(q);
+        qmsg_free(q);
+        disp_next(d);
+        return;
+    }
     disp_set_phase(d, PHASE_DELIVERING_MESSAGE, NULL);
     d->drv->send(d, q->m);
 }
@@ -2093,7 +2172,10 @@ static void readyq_maintain(readyq *rq)
 {
     if (rq->state != CFG_READY)
         return;
-    if (readyq_suspended(rq)) {
+    char why_unhealthy[256];
+    if (readyq_suspended(rq) ||
+        (services_spool() && services_suspend_delivery_when_unhealthy() &&
+         !services_spool_healthy(why_unhealthy, sizeof(why_unhealthy)))) {
         /* drain back to the scheduled queues; they come back when due */
         while (rq->fifo.count) {
             atomic_fetch_sub(&st_ready, 1);
@@ -2338,6 +2420,55 @@ static void requeue(qmsg *q, const char *qname, bool increment, int64_t delay_s,
 }
 
 /* ---- init ------------------------------------------------------------------------------------------ */
+
+static void qlist_free_all(qlist *l, bool timers)
+{
+    while (l->count) {
+        qmsg *q = qlist_pop(l);
+        if (timers && wheel_entry_armed(&q->timer))
+            reactor_timer_cancel(reactor_current(), &q->timer);
+        qmsg_free(q);
+    }
+}
+
+void queue_reactor_shutdown(void)
+{
+    reactor *r = reactor_current();
+    qtables *t = reactor_get_slot(r, REACTOR_SLOT_QUEUES);
+    if (!t)
+        return;
+    for (int i = 0; i < TABLE_BUCKETS; i++) {
+        while (t->sched[i]) {
+            schedq *sq = t->sched[i];
+            qlist_free_all(&sq->waiting, true);
+            qlist_free_all(&sq->pending, false);
+            sched_free(sq);
+        }
+        while (t->ready[i]) {
+            readyq *rq = t->ready[i];
+            while (rq->dispatchers) {
+                dispatcher *d = rq->dispatchers;
+                if (d->drv->abort && (d->open || d->opening))
+                    d->drv->abort(d);
+                if (d->cur && !d->loading)
+                    qmsg_free(d->cur);
+                rq->dispatchers = d->next;
+                free(d->peer_name);
+                free(d->peer_addr);
+                free(d->tls_cipher);
+                free(d->tls_version);
+                free(d->source_address);
+                free(d);
+            }
+            rq->active = 0;
+            qlist_free_all(&rq->fifo, false);
+            qlist_free_all(&rq->pending, false);
+            readyq_free(rq);
+        }
+    }
+    free(t);
+    reactor_set_slot(r, REACTOR_SLOT_QUEUES, NULL);
+}
 
 void queue_init(void)
 {

@@ -15,6 +15,9 @@
 /* Registers the Lua makers and the reception insert hook. Call before the
  * first VM is built. */
 void queue_init(void);
+/* Frees the calling reactor's queues (messages stay in the spool). Run on
+ * each reactor at shutdown. */
+void queue_reactor_shutdown(void);
 
 /* Inserts msg (reference taken) into the scheduled queue named queue, with
  * the insert reason ("Received", "Enumerated", ...). Any reactor thread. */

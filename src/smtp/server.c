@@ -498,6 +498,7 @@ struct sess {
     bool close_after_write;
     bool starttls_pending;
     bool discarding_line; /* over-long command being skipped */
+    int drain_polls;
     int refs;             /* pending spool saves and similar */
     char session_id[37];
     struct sockaddr_storage peer;
@@ -538,6 +539,7 @@ struct sess {
 
 static void sess_process(sess *s);
 static void sess_reap_soon(sess *s);
+static void tls_drain_check(evutil_socket_t fd, short what, void *arg);
 
 static void sess_set_state(sess *s, sess_state st)
 {
@@ -642,9 +644,9 @@ static void log_rejection(sess *s, int code, const char *msg, const char *comman
     r.type = LOGREC_REJECTION;
     r.id = "";
     r.sender = s->sender ? s->sender : "";
-    const char *last = s->n_rcpts ? s->rcpts[s->n_rcpts - 1] : NULL;
-    r.recipients = last ? &last : NULL;
-    r.n_recipients = last ? 1 : 0;
+    const char *last = s->n_rcpts ? s->rcpts[s->n_rcpts - 1] : "";
+    r.recipients = &last;
+    r.n_recipients = 1;
     r.queue = "";
     r.site = "";
     r.response.code = code;
@@ -653,7 +655,6 @@ static void log_rejection(sess *s, int code, const char *msg, const char *comman
     r.response.command = command;
     r.peer_name = s->ehlo_domain ? s->ehlo_domain : "";
     r.peer_addr = s->peer_ip;
-    r.reception_protocol = "ESMTP";
     r.session_id = s->session_id;
     r.msg_meta = s->meta;
     logs_record(&r);
@@ -1310,29 +1311,32 @@ static bool data_consume(sess *s, struct evbuffer *in)
 static void data_finish_reading(sess *s)
 {
     if (s->too_big) {
+        sess_reply(s, 552, "5.3.4 message too big", "DATA");
         tx_reset(s);
         sess_set_state(s, SS_READY);
-        sess_reply(s, 552, "5.3.4 message too big", "DATA");
         return;
     }
     /* drop the virtual leading CRLF, then unstuff */
     size_t n = s->data_len - 2;
     char *d = s->data;
     memmove(d, d + 2, n);
+    /* RFC 5321 4.5.2: a line starting with ".." loses its first dot. The
+     * line-start test looks at the input, never at what was written back. */
     size_t o = 0;
+    bool line_start = true;
     for (size_t i = 0; i < n; i++) {
-        if (d[i] == '.' && (i == 0 || (i >= 2 && d[i - 1] == '\n' && d[i - 2] == '\r')) &&
-            i + 1 < n && d[i + 1] == '.') {
-            continue; /* drop the stuffed dot */
-        }
-        d[o++] = d[i];
+        char ch = d[i];
+        bool drop = line_start && ch == '.' && i + 1 < n && d[i + 1] == '.';
+        line_start = ch == '\n' && i >= 1 && d[i - 1] == '\r';
+        if (!drop)
+            d[o++] = ch;
     }
     s->data_len = o;
     d[o] = 0;
     if (!lines_within(d, o, s->ln->line_length_hard_limit)) {
+        sess_reply(s, 500, "5.2.3 line too long", "DATA");
         tx_reset(s);
         sess_set_state(s, SS_READY);
-        sess_reply(s, 500, "5.2.3 line too long", "DATA");
         return;
     }
     data_received(s);
@@ -1342,9 +1346,10 @@ static void data_finish_reading(sess *s)
 
 static void post_data_fail(sess *s, int code, const char *msg)
 {
-    tx_reset(s);
-    sess_set_state(s, SS_READY);
     sess_reply(s, code, msg, "DATA");
+    tx_reset(s);
+    if (s->state != SS_CLOSING)
+        sess_set_state(s, SS_READY);
 }
 
 static void deadline_fired(evutil_socket_t fd, short what, void *arg)
@@ -1389,7 +1394,10 @@ static char *make_received(sess *s, const spoolid *id, const char *rcpt)
     time_t now = time(NULL);
     struct tm tm;
     gmtime_r(&now, &tm);
-    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    char rest[48];
+    strftime(rest, sizeof(rest), "%b %Y %H:%M:%S +0000", &tm);
+    static const char *const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    snprintf(date, sizeof(date), "%s, %d %s", days[tm.tm_wday], tm.tm_mday, rest);
     const char *proto = s->authn_id ? (s->tls ? "ESMTPSA" : "ESMTP") : (s->tls ? "ESMTPS" : "ESMTP");
     char tlsinfo[160] = "";
     if (s->tls)
@@ -1928,6 +1936,10 @@ static void auth_plain_response(sess *s, const char *b64)
         return;
     }
     const char *authz = (char *)buf, *authc = (char *)z1 + 1, *pass = (char *)z2 + 1;
+    if (!*authz)
+        authz = authc; /* RFC 4616: an empty authorization identity means authc */
+    free(s->line);
+    s->line = strdup(b64); /* what a Rejection record names as the command */
     klua_call *c;
     lua_State *co = sess_begin(s, "smtp_server_auth_plain", &c);
     lua_pushstring(co, authz);
@@ -2132,8 +2144,12 @@ static void sess_process(sess *s)
     }
     s->in_loop = false;
     if (s->bev && !s->dead && s->close_after_write &&
-        evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
-        sess_reap_soon(s);
+        evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
+        if (s->tls)
+            tls_drain_check(-1, 0, s);
+        else
+            sess_reap_soon(s);
+    }
 }
 
 /* ---- libevent callbacks ------------------------------------------------------------------- */
@@ -2143,6 +2159,21 @@ static void sess_read_cb(struct bufferevent *bev, void *arg)
     sess_process(arg);
 }
 
+/* A TLS session's final reply sits in the filter's underlying buffer after
+ * the filter drained: wait (briefly) until the socket took it. */
+static void tls_drain_check(evutil_socket_t fd, short what, void *arg)
+{
+    sess *s = arg;
+    struct bufferevent *under = s->bev ? bufferevent_get_underlying(s->bev) : NULL;
+    if (!s->dead && under && evbuffer_get_length(bufferevent_get_output(under)) > 0 &&
+        s->drain_polls++ < 100) {
+        struct timeval tv = {0, 10000};
+        event_base_once(reactor_base(s->r), -1, EV_TIMEOUT, tls_drain_check, s, &tv);
+        return;
+    }
+    sess_reap_soon(s);
+}
+
 static void sess_write_cb(struct bufferevent *bev, void *arg)
 {
     sess *s = arg;
@@ -2150,8 +2181,13 @@ static void sess_write_cb(struct bufferevent *bev, void *arg)
         start_tls_now(s);
         return;
     }
-    if (s->close_after_write)
+    if (s->close_after_write) {
+        if (s->tls) {
+            tls_drain_check(-1, 0, s);
+            return;
+        }
         sess_reap_soon(s);
+    }
 }
 
 static void sess_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -2281,6 +2317,11 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
     if (!services_spool_ready()) {
         sess_replyf(s, 421, NULL, "4.3.2 %s waiting for spool startup. Try again soon!",
                     ln->hostname);
+        return;
+    }
+    char why[256];
+    if (!services_spool_healthy(why, sizeof(why))) {
+        sess_replyf(s, 421, NULL, "4.3.2 %s %s. Try later", ln->hostname, why);
         return;
     }
     if (has_handler("smtp_server_connection_accepted")) {

@@ -38,6 +38,9 @@ typedef struct spool__backend {
      * that cannot be read are skipped and counted in *skipped. */
     int (*iterate)(spool_store *st, spool__each_fn each, void *ud, unsigned *skipped);
     void (*close)(spool_store *st);
+    /* Reads an integer property of the store (RocksDB's "rocksdb.*"); NULL
+     * or a negative return when unknown. Any thread. */
+    int (*property)(spool_store *st, const char *name, uint64_t *out);
 } spool__backend;
 
 /* The part every backend store starts with. */
@@ -49,6 +52,7 @@ struct spool_store {
     /* LocalDisk with flush=true syncs every write, not only sync'ed saves
      * (KumoMTA's semantics); the facade reads this to count syncs right. */
     bool sync_all;
+    spool_params params; /* copy of the scalar settings (strings and json not owned) */
 };
 
 int spool__rocks_open(const spool_params *p, spool_store **out, char *err, size_t errlen);
@@ -63,5 +67,8 @@ int spool__mkdir_p(const char *path);
 /* Fills the common part; name and path are copied (NULL when out of memory). */
 void spool__store_init(spool_store *st, const spool__backend *be, const spool_params *p);
 void spool__store_fini(spool_store *st);
+
+struct spool_health;
+int spool__health_get(struct spool_health *h, spool_health_info out[2], char *reason, size_t len);
 
 #endif

@@ -405,7 +405,16 @@ static void rocks_close(spool_store *st)
     free(rs);
 }
 
+static int rocks_property(spool_store *st, const char *name, uint64_t *out)
+{
+    rocks_store *rs = (rocks_store *)st;
+    if (!rs->db)
+        return KERR_INVAL;
+    return rocksdb_property_int(rs->db, name, out) == 0 ? 0 : KERR_NOTFOUND;
+}
+
 static const spool__backend rocks_backend = {
+    .property = rocks_property,
     .apply = rocks_apply,
     .get = rocks_get,
     .iterate = rocks_iterate,

@@ -34,6 +34,7 @@
 #include "core/duration.h"
 #include "core/kerr.h"
 #include "spool/backend.h"
+#include "spool/health.h"
 #include "spool/spool.h"
 
 #define SPOOL_READERS 2
@@ -292,6 +293,10 @@ void spool__store_init(spool_store *st, const spool__backend *be, const spool_pa
     st->name = strdup(p->name);
     st->path = strdup(p->path);
     st->sync_all = false;
+    st->params = *p;
+    st->params.name = NULL;
+    st->params.path = NULL;
+    st->params.rocks_params = NULL;
 }
 
 void spool__store_fini(spool_store *st)
@@ -403,6 +408,7 @@ struct spool {
     size_t seen_cap;
 
     _Atomic uint64_t saves, syncs, synced_saves, removes, loads, errors;
+    spool_health *health;
 };
 
 static void stat_add(_Atomic uint64_t *c, uint64_t n)
@@ -581,6 +587,11 @@ callbacks:
         }
         nerr += r->err < 0;
     }
+    for (size_t i = 0; i < n; i++)
+        if (reqs[i]->err < 0 && reqs[i]->err != KERR_UNHEALTHY) {
+            spool__health_write_failed(sp->health, reqs[i]->err);
+            break;
+        }
     stat_add(&sp->saves, nsaves);
     stat_add(&sp->removes, nremoves);
     stat_add(&sp->errors, nerr);
@@ -668,8 +679,10 @@ static void do_load(spool *sp, spool_req *r)
     int rc = st->be->get(st, &r->id, &buf, &len);
 
     stat_add(&sp->loads, 1);
-    if (rc < 0 && rc != KERR_NOTFOUND)
+    if (rc < 0 && rc != KERR_NOTFOUND) {
         stat_add(&sp->errors, 1);
+        spool__health_op_failed(sp->health, rc);
+    }
     r->load(r->ud, rc, buf, len);
 }
 
@@ -815,6 +828,11 @@ int spool_new(spool_store *data_take, spool_store *meta_take, spool **out)
         }
         sp->nreaders++;
     }
+    if (rc == 0) {
+        sp->health = spool__health_new(sp->data, sp->meta);
+        if (!sp->health)
+            rc = KERR_NOMEM;
+    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc < 0) {
         spool_stop_threads(sp);
@@ -829,6 +847,8 @@ void spool_free(spool *sp)
 {
     if (sp == NULL)
         return;
+    spool__health_free(sp->health);
+    sp->health = NULL;
     spool_stop_threads(sp);
     spool_release(sp);
 }
@@ -837,6 +857,15 @@ void spool_free(spool *sp)
 
 static void enqueue_write(spool *sp, spool_req *r)
 {
+    if (spool__health_latched(sp->health)) {
+        /* the gate is latched: refuse at once, keep nothing half-written */
+        free(r->meta);
+        free(r->data);
+        if (r->done != NULL)
+            r->done(r->ud, KERR_UNHEALTHY);
+        free(r);
+        return;
+    }
     pthread_mutex_lock(&sp->mu);
     if (sp->writer_alive) {
         rl_push(&sp->wq, r);
@@ -947,6 +976,26 @@ void spool_enumerate(spool *sp, spool_each_fn each, spool_done_fn done, void *ud
         if (done != NULL)
             done(ud, KERR_SHUTDOWN);
     }
+}
+
+bool spool_healthy(spool *sp, char *reason, size_t len)
+{
+    if (!spool__health_latched(sp->health)) {
+        if (reason && len)
+            reason[0] = 0;
+        return true;
+    }
+    if (reason)
+        snprintf(reason, len, "the spool is not accepting writes");
+    return false;
+}
+
+void spool_get_health(spool *sp, spool_health_info out[2])
+{
+    if (sp->health)
+        spool__health_get(sp->health, out, NULL, 0);
+    else
+        memset(out, 0, 2 * sizeof(*out));
 }
 
 void spool_get_stats(spool *sp, spool_stats *out)

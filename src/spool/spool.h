@@ -91,4 +91,23 @@ typedef struct spool_stats {
 } spool_stats;
 void spool_get_stats(spool *sp, spool_stats *out);
 
+/* Health of one store as the monitor last saw it (for metrics). */
+typedef struct spool_health_info {
+    char path[512];
+    bool is_rocksdb;
+    bool load_shed_active;
+    uint64_t mem_table_total, mem_table_unflushed, mem_table_readers_total, cache_total;
+    uint64_t background_errors, write_stopped, num_running_compactions, compaction_pending;
+    uint64_t estimate_pending_compaction_bytes, actual_delayed_write_rate;
+    uint64_t disk_free_bytes, disk_free_inodes;
+    double disk_free_percent, disk_free_inodes_percent;
+} spool_health_info;
+
+/* True when the spool accepts writes; otherwise reason names the condition
+ * ("the spool is not accepting writes"). Any thread, cheap. While
+ * unhealthy, saves and removes fail with KERR_UNHEALTHY. */
+bool spool_healthy(spool *sp, char *reason, size_t len);
+/* Fills out[0] (data) and out[1] (meta). */
+void spool_get_health(spool *sp, spool_health_info out[2]);
+
 #endif

@@ -251,8 +251,6 @@ def test_starttls_smtplib(k):
                      tls_info=f" ({version}:{cipher}) ")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: after STARTTLS, QUIT closes the connection without "
-                                       "the 221 reply reaching the client")
 def test_starttls_quit_gets_221(k):
     s = k.smtp(ehlo="tlsquit.e2e.test")
     s.starttls(context=unverified_tls())
@@ -335,9 +333,6 @@ def test_auth_plain_after_tls(k):
                     command=f"AUTH PLAIN {good}", ehlo=ehlo)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the Rejection record of a failed AUTH PLAIN has "
-                                       "command 'AUTH PLAIN <b64>'; KumoMTA logs the SASL "
-                                       "response '<b64>' it rejected")
 def test_auth_failure_rejection_command(k):
     ehlo = "authcmd.e2e.test"
     s = k.smtp(ehlo=ehlo)
@@ -454,8 +449,6 @@ DOTTY = (b".leading dot\r\n"
          b".")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: DATA un-stuffing removes only the first stuffed "
-                                       "dot of a message; later '..' lines keep both dots")
 def test_dot_stuffing_round_trip_smtplib(k):
     # smtplib stuffs; the stored body must be what we handed it
     ehlo = "dots.e2e.test"
@@ -475,8 +468,6 @@ def test_dot_stuffing_round_trip_smtplib(k):
                      t_before=t0, t_after=t1)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: DATA un-stuffing removes only the first stuffed "
-                                       "dot of a message; later '..' lines keep both dots")
 def test_dot_stuffing_raw(k):
     # the same, stuffed by hand, including a message whose body is empty
     ehlo = "rawdots.e2e.test"

@@ -128,9 +128,6 @@ def test_data_line_too_long(k):
     assert [x for x in k.records("Reception") if x["sender"] == "ll@a.example"] == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the Rejection record of a DATA-phase 'message too "
-                                       "big' / 'line too long' has sender '' and no recipient; "
-                                       "KumoMTA still has the transaction then and logs both")
 @pytest.mark.parametrize("what", ["too-big", "too-long"])
 def test_data_phase_rejection_keeps_envelope(k, what):
     ehlo = f"envelope-{what}.e2e.test"
