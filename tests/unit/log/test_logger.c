@@ -370,7 +370,7 @@ static void test_rotate_by_size(void **state)
     char names[16][128];
     assert_int_equal(list_files(f->dir, names, 16), 5);
     for (int i = 0; i < 5; i++) {
-        char path[512];
+        char path[8192 + 160];
         snprintf(path, sizeof(path), "%s/%s", f->dir, names[i]);
         assert_segment_name(names[i], "");
         assert_false(is_writable(path));
@@ -645,7 +645,7 @@ static void test_back_pressure(void **state)
     int next[BP_THREADS] = {0};
     int total = 0;
     for (int k = 0; k < n; k++) {
-        char path[512];
+        char path[8192 + 160];
         snprintf(path, sizeof(path), "%s/%s", f->dir, names[k]);
         size_t len;
         char *text = read_segment(path, &len);
