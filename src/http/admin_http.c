@@ -1,0 +1,247 @@
+/* The /api/admin/... endpoints and /api/check-liveness/v1: JSON in and out
+ * as KumoMTA's admin API (spec §4), each a thin adapter over the queue
+ * layer's admin functions (queue/admin.h), the diagnostic filter and the
+ * config epoch.
+ *
+ * Runs on the reactor that accepted the request; asynchronous admin
+ * actions (bounce, rebind, inspection) answer through admin_done on that
+ * same reactor. Owns nothing beyond the request. Bad input is a 400 naming
+ * the field; an unknown id is a 404. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/diag.h"
+#include "core/kerr.h"
+#include "http/request.h"
+#include "lua/klua.h"
+#include "lua/services.h"
+#include "queue/admin.h"
+
+#define ADMOD "kumod::http_admin"
+
+/* Completion of an asynchronous admin request: answers hr. */
+static void admin_done(void *ud, int status, json_t *result_take, const char *error)
+{
+    http_req *hr = ud;
+    if (status >= 200 && status < 300) {
+        http_reply_json(hr, status, result_take ? result_take : json_object());
+        return;
+    }
+    json_decref(result_take);
+    http_reply_error(hr, status ? status : 500, "%s", error ? error : "request failed");
+}
+
+/* DELETE {id}: the id string, or NULL after answering 400. */
+static char *delete_id(http_req *hr)
+{
+    json_t *body = http_req_json_object(hr, false);
+    if (!body)
+        return NULL;
+    json_t *id = json_object_get(body, "id");
+    const char *k;
+    json_t *v;
+    json_object_foreach(body, k, v)
+    {
+        if (strcmp(k, "id") != 0) {
+            json_decref(body);
+            http_reply_error(hr, 400, "unknown field `%s`", k);
+            return NULL;
+        }
+    }
+    if (!json_is_string(id)) {
+        json_decref(body);
+        http_reply_error(hr, 400, id ? "invalid type for field `id`: expected a string"
+                                     : "missing field `id`");
+        return NULL;
+    }
+    char *s = strdup(json_string_value(id));
+    json_decref(body);
+    if (!s)
+        http_reply_error(hr, 500, "out of memory");
+    return s;
+}
+
+static void reply_removed(http_req *hr, int rc, const char *what, char *id)
+{
+    if (rc == 0) {
+        char msg[200];
+        int n = snprintf(msg, sizeof(msg), "removed %s", id);
+        http_reply_text(hr, 200, "text/plain; charset=utf-8", msg, (size_t)n);
+    } else {
+        http_reply_error(hr, 404, "%s entry %s not found", what, id);
+    }
+    free(id);
+}
+
+void http_admin_bounce(http_req *hr)
+{
+    if (hr->method == EVHTTP_REQ_GET) {
+        http_reply_json(hr, 200, queue_admin_bounce_list());
+        return;
+    }
+    if (hr->method == EVHTTP_REQ_DELETE) {
+        char *id = delete_id(hr);
+        if (id)
+            reply_removed(hr, queue_admin_bounce_cancel(id), "bounce", id);
+        return;
+    }
+    json_t *body = http_req_json_object(hr, false);
+    if (!body)
+        return;
+    DINFO(ADMOD, "peer=%s admin bounce: %s", hr->peer_ip,
+          json_string_value(json_object_get(body, "reason")) ?: "(no reason)");
+    queue_admin_bounce(body, admin_done, hr);
+    json_decref(body);
+}
+
+typedef int (*suspend_fn)(const json_t *req, json_t **result, char *err, size_t errlen);
+
+static void suspend_common(http_req *hr, suspend_fn add, json_t *(*list)(void),
+                           int (*cancel)(const char *), const char *what)
+{
+    if (hr->method == EVHTTP_REQ_GET) {
+        http_reply_json(hr, 200, list());
+        return;
+    }
+    if (hr->method == EVHTTP_REQ_DELETE) {
+        char *id = delete_id(hr);
+        if (id)
+            reply_removed(hr, cancel(id), what, id);
+        return;
+    }
+    json_t *body = http_req_json_object(hr, false);
+    if (!body)
+        return;
+    json_t *result = NULL;
+    char err[400] = "";
+    int rc = add(body, &result, err, sizeof(err));
+    json_decref(body);
+    if (rc != 0) {
+        json_decref(result);
+        http_reply_error(hr, rc == KERR_NOTFOUND ? 404 : 400, "%s", err[0] ? err : kerr_str(rc));
+        return;
+    }
+    http_reply_json(hr, 200, result ? result : json_object());
+}
+
+void http_admin_suspend(http_req *hr)
+{
+    suspend_common(hr, queue_admin_suspend, queue_admin_suspend_list, queue_admin_suspend_cancel,
+                   "suspend");
+}
+
+void http_admin_suspend_ready_q(http_req *hr)
+{
+    suspend_common(hr, queue_admin_suspend_readyq, queue_admin_suspend_readyq_list,
+                   queue_admin_suspend_readyq_cancel, "suspend-ready-q");
+}
+
+void http_admin_rebind(http_req *hr)
+{
+    json_t *body = http_req_json_object(hr, false);
+    if (!body)
+        return;
+    queue_admin_rebind(body, admin_done, hr);
+    json_decref(body);
+}
+
+void http_admin_inspect_message(http_req *hr)
+{
+    const char *id = http_req_query(hr, "id");
+    if (!id) {
+        http_reply_error(hr, 400, "missing query parameter `id`");
+        return;
+    }
+    queue_admin_inspect_message(id, http_req_query_bool(hr, "want_body", false), admin_done, hr);
+}
+
+void http_admin_inspect_sched_q(http_req *hr)
+{
+    const char *q = http_req_query(hr, "queue_name");
+    if (!q) {
+        http_reply_error(hr, 400, "missing query parameter `queue_name`");
+        return;
+    }
+    long limit = 0;
+    const char *ls = http_req_query(hr, "limit");
+    if (ls) {
+        char *end;
+        limit = strtol(ls, &end, 10);
+        if (*end || end == ls || limit < 0) {
+            http_reply_error(hr, 400, "limit: expected a non-negative integer, found '%s'", ls);
+            return;
+        }
+    }
+    queue_admin_inspect_sched_q(q, http_req_query_bool(hr, "want_body", false), limit, admin_done,
+                                hr);
+}
+
+void http_admin_inspect_ready_q(http_req *hr)
+{
+    const char *q = http_req_query(hr, "queue_name");
+    if (!q) {
+        http_reply_error(hr, 400, "missing query parameter `queue_name`");
+        return;
+    }
+    queue_admin_inspect_ready_q(q, admin_done, hr);
+}
+
+void http_admin_ready_q_states(http_req *hr)
+{
+    json_t *queues = json_array();
+    const char *qs = http_req_query(hr, "queues");
+    if (qs && *qs) {
+        char *dup = strdup(qs), *save = NULL;
+        for (char *t = dup ? strtok_r(dup, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save))
+            json_array_append_new(queues, json_string(t));
+        free(dup);
+    }
+    queue_admin_ready_q_states(queues, admin_done, hr);
+    json_decref(queues);
+}
+
+void http_admin_set_log_filter(http_req *hr)
+{
+    json_t *body = http_req_json_object(hr, false);
+    if (!body)
+        return;
+    json_t *f = json_object_get(body, "filter");
+    if (!json_is_string(f)) {
+        json_decref(body);
+        http_reply_error(hr, 400, f ? "invalid type for field `filter`: expected a string"
+                                    : "missing field `filter`");
+        return;
+    }
+    int rc = diag_set_filter(json_string_value(f));
+    if (rc != 0) {
+        http_reply_error(hr, 400, "invalid diagnostic log filter '%s'", json_string_value(f));
+        json_decref(body);
+        return;
+    }
+    DINFO(ADMOD, "peer=%s diagnostic log filter set to '%s'", hr->peer_ip, json_string_value(f));
+    json_decref(body);
+    http_reply_text(hr, 200, NULL, NULL, 0);
+}
+
+void http_admin_bump_config_epoch(http_req *hr)
+{
+    DINFO(ADMOD, "peer=%s config epoch bump requested", hr->peer_ip);
+    klua_bump_epoch();
+    http_reply_text(hr, 200, NULL, NULL, 0);
+}
+
+void http_check_liveness_v1(http_req *hr)
+{
+    static const char ctype[] = "text/plain; charset=utf-8";
+    const char *why = NULL;
+    if (http_shutting_down())
+        why = "shutting down";
+    else if (!services_spool() || !services_spool_ready())
+        why = "waiting for spool startup";
+    if (why) {
+        http_reply_text(hr, 503, ctype, why, strlen(why));
+        return;
+    }
+    http_reply_text(hr, 200, ctype, "OK", 2);
+}

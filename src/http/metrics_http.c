@@ -1,0 +1,248 @@
+/* GET /metrics (Prometheus text exposition 0.0.4) and GET /metrics.json,
+ * and the kumod metric families fed from the other layers' statistics.
+ *
+ * The families are callback families of the metrics registry: at each
+ * scrape they read queue_get_stats(), smtpsrv_get_stats() and this file's
+ * own counters, and the per-queue series (scheduled_count{queue},
+ * ready_count and connection_count{service="<proto>:<ready queue>"}) come
+ * from a snapshot of every reactor's queues that the scrape requests first
+ * through queue_admin_summary (a mailbox round trip, so the scraping
+ * reactor never reads another reactor's queues). Only values that exist
+ * are reported: the queue layer counts deliveries process-wide, not per
+ * ready queue, so those totals carry service="all". A family that another
+ * layer registered first is left to it.
+ *
+ * Owns the snapshot (under snap_lock) and the HTTP receive counter. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/diag.h"
+#include "core/kerr.h"
+#include "http/request.h"
+#include "metrics/metrics.h"
+#include "queue/admin.h"
+#include "queue/queue.h"
+#include "smtp/server.h"
+
+#define MMOD "kumod::http_metrics"
+
+static atomic_ullong http_received;
+static pthread_mutex_t snap_lock = PTHREAD_MUTEX_INITIALIZER;
+static json_t *snapshot; /* queue_admin_summary result */
+static pthread_once_t reg_once = PTHREAD_ONCE_INIT;
+
+void http_metrics_received(unsigned n)
+{
+    atomic_fetch_add(&http_received, n);
+}
+
+/* ---- collectors ------------------------------------------------------------------ */
+
+static void c_received(metrics_emitter *em, void *arg)
+{
+    smtpsrv_stats s;
+    smtpsrv_get_stats(&s);
+    metrics_emit(em, (double)s.messages_received, "esmtp_listener", NULL);
+    metrics_emit(em, (double)atomic_load(&http_received), "http_listener", NULL);
+}
+
+static void c_conn_total(metrics_emitter *em, void *arg)
+{
+    smtpsrv_stats s;
+    smtpsrv_get_stats(&s);
+    metrics_emit(em, (double)s.connections_total, "esmtp_listener", NULL);
+}
+
+static void c_conn_denied(metrics_emitter *em, void *arg)
+{
+    smtpsrv_stats s;
+    smtpsrv_get_stats(&s);
+    metrics_emit(em, (double)s.connections_denied, "esmtp_listener", NULL);
+}
+
+enum qfield { Q_DELIVERED, Q_TRANSFAIL, Q_FAILED, Q_WATCHDOG, Q_SCHEDULED, Q_SCHED_QUEUES };
+
+static void c_queue_total(metrics_emitter *em, void *arg)
+{
+    queue_stats s;
+    queue_get_stats(&s);
+    double v = 0;
+    switch ((enum qfield)(intptr_t)arg) {
+    case Q_DELIVERED:
+        v = (double)s.delivered;
+        break;
+    case Q_TRANSFAIL:
+        v = (double)s.transfail;
+        break;
+    case Q_FAILED:
+        v = (double)s.failed;
+        break;
+    case Q_WATCHDOG:
+        v = (double)s.watchdog_aborted;
+        break;
+    case Q_SCHEDULED:
+        v = (double)s.scheduled;
+        break;
+    case Q_SCHED_QUEUES:
+        v = (double)s.scheduled_queues;
+        break;
+    }
+    if ((enum qfield)(intptr_t)arg >= Q_SCHEDULED)
+        metrics_emit(em, v, NULL);
+    else
+        metrics_emit(em, v, "all", NULL);
+}
+
+/* "smtp_client", "maildir", "lua" ... from a ready queue name
+ * "<source>-><site>@<proto>[:<detail>]", as KumoMTA's service labels. */
+static void readyq_service(const char *name, char *out, size_t len)
+{
+    const char *at = strrchr(name, '@');
+    const char *proto = at ? at + 1 : "unknown";
+    size_t pl = strcspn(proto, ":");
+    snprintf(out, len, "%.*s:%s", (int)pl, proto, name);
+}
+
+static void c_scheduled(metrics_emitter *em, void *arg)
+{
+    pthread_mutex_lock(&snap_lock);
+    size_t i;
+    json_t *q;
+    json_array_foreach(json_object_get(snapshot, "scheduled"), i, q)
+    {
+        const char *name = json_string_value(json_object_get(q, "name"));
+        if (name)
+            metrics_emit(em, json_number_value(json_object_get(q, "count")), name, NULL);
+    }
+    pthread_mutex_unlock(&snap_lock);
+}
+
+static void c_ready(metrics_emitter *em, void *arg)
+{
+    const char *field = arg;
+    pthread_mutex_lock(&snap_lock);
+    size_t i;
+    json_t *q;
+    json_array_foreach(json_object_get(snapshot, "ready"), i, q)
+    {
+        const char *name = json_string_value(json_object_get(q, "name"));
+        json_t *v = json_object_get(q, field);
+        if (!name || !json_is_number(v))
+            continue;
+        char service[1024];
+        readyq_service(name, service, sizeof(service));
+        metrics_emit(em, json_number_value(v), service, NULL);
+    }
+    pthread_mutex_unlock(&snap_lock);
+}
+
+/* ---- registration ------------------------------------------------------------------ */
+
+static void reg(enum metrics_type type, const char *name, const char *help, const char *label,
+                metrics_collect_fn fn, void *arg)
+{
+    metrics_family *f;
+    const char *labels[1] = {label};
+    int rc = metrics_callback_family(&f, type, name, help, label ? labels : NULL, label ? 1 : 0,
+                                     fn, arg);
+    if (rc == KERR_EXISTS)
+        DDEBUG(MMOD, "metric family %s is registered elsewhere; leaving it", name);
+    else if (rc)
+        DERROR(MMOD, "cannot register metric family %s: %s", name, kerr_str(rc));
+}
+
+static void register_once(void)
+{
+    reg(METRICS_COUNTER, "total_messages_received", "total number of messages ever received",
+        "service", c_received, NULL);
+    reg(METRICS_COUNTER, "total_connection_count", "total number of active connections ever made",
+        "service", c_conn_total, NULL);
+    reg(METRICS_COUNTER, "total_connections_denied",
+        "total number of connections rejected due to load shedding or concurrency limits",
+        "service", c_conn_denied, NULL);
+    reg(METRICS_COUNTER, "total_messages_delivered", "total number of messages ever delivered",
+        "service", c_queue_total, (void *)(intptr_t)Q_DELIVERED);
+    reg(METRICS_COUNTER, "total_messages_transfail",
+        "total number of message delivery attempts that transiently failed", "service",
+        c_queue_total, (void *)(intptr_t)Q_TRANSFAIL);
+    reg(METRICS_COUNTER, "total_messages_fail",
+        "total number of message delivery attempts that permanently failed", "service",
+        c_queue_total, (void *)(intptr_t)Q_FAILED);
+    reg(METRICS_COUNTER, "dispatcher_watchdog_aborted_total",
+        "total number of dispatcher tasks aborted by the progress watchdog", "service",
+        c_queue_total, (void *)(intptr_t)Q_WATCHDOG);
+    reg(METRICS_GAUGE, "scheduled_count_total",
+        "total number of messages across all scheduled queues", NULL, c_queue_total,
+        (void *)(intptr_t)Q_SCHEDULED);
+    reg(METRICS_GAUGE, "scheduled_queue_count",
+        "how many scheduled queues are tracked by the QueueManager", NULL, c_queue_total,
+        (void *)(intptr_t)Q_SCHED_QUEUES);
+    reg(METRICS_GAUGE, "scheduled_count", "number of messages in the scheduled queue", "queue",
+        c_scheduled, NULL);
+    reg(METRICS_GAUGE, "ready_count", "number of messages in the ready queue", "service", c_ready,
+        (void *)"ready_count");
+    reg(METRICS_GAUGE, "connection_count", "number of active connections", "service", c_ready,
+        (void *)"connection_count");
+}
+
+void http_metrics_register(void)
+{
+    pthread_once(&reg_once, register_once);
+}
+
+void http_metrics_fini(void)
+{
+    pthread_mutex_lock(&snap_lock);
+    json_decref(snapshot);
+    snapshot = NULL;
+    pthread_mutex_unlock(&snap_lock);
+}
+
+/* ---- endpoints ------------------------------------------------------------------------ */
+
+static void render_and_reply(http_req *hr)
+{
+    size_t len = 0;
+    bool json = strcmp(hr->path, "/metrics.json") == 0;
+    char *text = json ? metrics_render_json(&len)
+                      : metrics_render_prometheus_prefixed(http_req_query(hr, "prefix"), &len);
+    if (!text) {
+        http_reply_error(hr, 500, "out of memory rendering metrics");
+        return;
+    }
+    http_reply_text(hr, 200,
+                    json ? "application/json; charset=utf-8"
+                         : "text/plain; version=0.0.4; charset=utf-8",
+                    text, len);
+    free(text);
+}
+
+static void after_summary(void *ud, int status, json_t *result_take, const char *error)
+{
+    http_req *hr = ud;
+    if (status == 200 && result_take) {
+        pthread_mutex_lock(&snap_lock);
+        json_decref(snapshot);
+        snapshot = result_take;
+        pthread_mutex_unlock(&snap_lock);
+    } else {
+        /* render what we have; the queue series may be stale */
+        DWARN(MMOD, "queue summary for metrics failed: %s", error ? error : "?");
+        json_decref(result_take);
+    }
+    render_and_reply(hr);
+}
+
+void http_metrics_prometheus(http_req *hr)
+{
+    queue_admin_summary(after_summary, hr);
+}
+
+void http_metrics_json(http_req *hr)
+{
+    queue_admin_summary(after_summary, hr);
+}

@@ -1,0 +1,86 @@
+/* One HTTP request as the endpoint handlers see it (internal to src/http).
+ * A handler receives an authorized request on the reactor that accepted
+ * it and must answer it exactly once, now or later on the same reactor,
+ * with one of the http_reply_* functions; the request is freed by the
+ * reply. Handlers never block: slow work goes through mailboxes, the
+ * spool's callbacks or Lua coroutines. */
+#ifndef KUMOD_HTTP_REQUEST_H
+#define KUMOD_HTTP_REQUEST_H
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "core/reactor.h"
+
+typedef struct http_listener http_listener;
+
+typedef struct http_req {
+    struct evhttp_request *req;
+    const http_listener *ln;
+    reactor *r;
+    enum evhttp_cmd_type method;
+    char *path;                 /* decoded, without the query */
+    struct evkeyvalq query;     /* decoded query parameters */
+    char peer_ip[64];           /* "127.0.0.1" */
+    char local_ip[64];          /* the address the request came in on */
+    json_t *auth;               /* AuthInfo (see acl.h); owned */
+    const struct http_route *route;
+    char **resources;           /* ACL resource chain */
+    size_t n_resources;
+    void *handler_state;        /* free for the handler's own use */
+} http_req;
+
+/* The value of query parameter name, or NULL. */
+const char *http_req_query(const http_req *hr, const char *name);
+/* Query parameter as a boolean ("true"/"1"/"yes"; absent -> dflt). */
+bool http_req_query_bool(const http_req *hr, const char *name, bool dflt);
+
+/* The request body, contiguous (libevent has read all of it, at most the
+ * listener's request_body_limit). */
+const char *http_req_body(const http_req *hr, size_t *len);
+
+/* Parses the body as a JSON object. On failure answers 400 with the
+ * reason itself (the request is then gone) and returns NULL. An empty
+ * body yields an empty object when allow_empty is set. */
+json_t *http_req_json_object(http_req *hr, bool allow_empty);
+
+/* The listener's hostname parameter. */
+const char *http_listener_hostname(const http_listener *ln);
+
+/* Answers and frees hr. body_take (may be NULL: empty body) is released. */
+void http_reply_json(http_req *hr, int status, json_t *body_take);
+/* Answers {"error": msg} with the given status. */
+void http_reply_error(http_req *hr, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void http_reply_text(http_req *hr, int status, const char *content_type, const char *body,
+                     size_t len);
+
+/* True once http_shutdown has begun. */
+bool http_shutting_down(void);
+
+/* Endpoint handlers (inject.c, admin_http.c, metrics_http.c). */
+void http_inject_v1(http_req *hr);
+void http_check_liveness_v1(http_req *hr);
+void http_metrics_prometheus(http_req *hr);
+void http_metrics_json(http_req *hr);
+void http_admin_bounce(http_req *hr);
+void http_admin_suspend(http_req *hr);
+void http_admin_suspend_ready_q(http_req *hr);
+void http_admin_rebind(http_req *hr);
+void http_admin_inspect_message(http_req *hr);
+void http_admin_inspect_sched_q(http_req *hr);
+void http_admin_inspect_ready_q(http_req *hr);
+void http_admin_ready_q_states(http_req *hr);
+void http_admin_set_log_filter(http_req *hr);
+void http_admin_bump_config_epoch(http_req *hr);
+
+/* metrics_http.c: registers the kumod metric families (once). */
+void http_metrics_register(void);
+/* Drops the queue snapshot of the last scrape (at shutdown). */
+void http_metrics_fini(void);
+/* Counts one message received over HTTP (total_messages_received). */
+void http_metrics_received(unsigned n);
+
+#endif

@@ -1,0 +1,1409 @@
+/* kcli: the kumod administration client, command-compatible with
+ * KumoMTA's kcli for the subcommands kumod serves (bounce, bounce-list,
+ * bounce-cancel, suspend, suspend-list, suspend-cancel, suspend-ready-q,
+ * suspend-ready-q-list, suspend-ready-q-cancel, rebind, inspect-message,
+ * inspect-sched-q, inspect-ready-q, queue-summary, set-log-filter).
+ *
+ * It talks to the HTTP listener (--endpoint, KUMO_KCLI_ENDPOINT, default
+ * http://127.0.0.1:8000) with libcurl's easy interface, one blocking
+ * request at a time with a 60 s timeout: a command-line tool has nothing
+ * else to do meanwhile. Output is a table or text for people, --json for
+ * scripts. Every failure (daemon unreachable, non-2xx answer, unparsable
+ * answer) prints one line naming the cause on stderr and exits 1; usage
+ * errors exit 2. */
+#include <curl/curl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define DEFAULT_ENDPOINT "http://127.0.0.1:8000"
+#define TIMEOUT_S 60L
+
+static const char *endpoint = DEFAULT_ENDPOINT;
+
+/* ---- small helpers ------------------------------------------------------------------ */
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("kcli: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+static void usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+static void usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("kcli: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\nRun 'kcli %s --help' for usage.\n", cmd ? cmd : "");
+    va_end(ap);
+    exit(2);
+}
+
+typedef struct strbuf {
+    char *p;
+    size_t n, cap;
+} strbuf;
+
+static void sb_put(strbuf *b, const char *s, size_t n)
+{
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 4096;
+        while (cap < b->n + n + 1)
+            cap *= 2;
+        char *np = realloc(b->p, cap);
+        if (!np)
+            die("out of memory");
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+
+/* ---- HTTP --------------------------------------------------------------------------- */
+
+typedef struct response {
+    long status;
+    strbuf body;
+} response;
+
+static size_t on_data(char *ptr, size_t size, size_t nmemb, void *ud)
+{
+    sb_put(ud, ptr, size * nmemb);
+    return size * nmemb;
+}
+
+static const char *status_reason(long s)
+{
+    switch (s) {
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 413:
+        return "Payload Too Large";
+    case 422:
+        return "Unprocessable Entity";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "";
+    }
+}
+
+/* Performs method on path (with an already encoded query, may be NULL) and
+ * body (JSON, may be NULL). Exits on transport errors and non-2xx. */
+static response request(const char *method, const char *path, const char *query,
+                        const json_t *body)
+{
+    CURL *c = curl_easy_init();
+    if (!c)
+        die("cannot initialise libcurl");
+    strbuf url = {0};
+    size_t el = strlen(endpoint);
+    while (el && endpoint[el - 1] == '/')
+        el--;
+    sb_put(&url, endpoint, el);
+    sb_put(&url, path, strlen(path));
+    if (query && *query) {
+        sb_put(&url, "?", 1);
+        sb_put(&url, query, strlen(query));
+    }
+    response r = {0};
+    char errbuf[CURL_ERROR_SIZE] = "";
+    struct curl_slist *hdrs = NULL;
+    char *payload = NULL;
+    curl_easy_setopt(c, CURLOPT_URL, url.p);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, TIMEOUT_S);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r.body);
+    curl_easy_setopt(c, CURLOPT_USERAGENT, "kcli (kumod)");
+    if (body) {
+        payload = json_dumps(body, JSON_COMPACT);
+        if (!payload)
+            die("out of memory");
+        hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, payload);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(payload));
+    } else if (strcmp(method, "GET") != 0) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, 0L);
+    }
+    CURLcode rc = curl_easy_perform(c);
+    if (rc != CURLE_OK)
+        die("cannot reach kumod at %s: %s", endpoint, errbuf[0] ? errbuf : curl_easy_strerror(rc));
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+    curl_slist_free_all(hdrs);
+    curl_easy_cleanup(c);
+    free(payload);
+    free(url.p);
+    if (!r.body.p)
+        sb_put(&r.body, "", 0);
+    if (r.status < 200 || r.status >= 300)
+        die("request status %ld: %s. Response body: %s", r.status, status_reason(r.status),
+            r.body.p);
+    return r;
+}
+
+static json_t *request_json(const char *method, const char *path, const char *query,
+                            const json_t *body)
+{
+    response r = request(method, path, query, body);
+    json_error_t jerr;
+    json_t *j = json_loadb(r.body.p, r.body.n, JSON_DECODE_ANY, &jerr);
+    if (!j)
+        die("request status %ld: parsing response as json: %s: %s", r.status, jerr.text,
+            r.body.p);
+    free(r.body.p);
+    return j;
+}
+
+/* Appends name=value (URL-encoded) to a query string. */
+static void query_add(strbuf *q, const char *name, const char *value)
+{
+    char *ev = curl_easy_escape(NULL, value, 0);
+    if (!ev)
+        die("out of memory");
+    if (q->n)
+        sb_put(q, "&", 1);
+    sb_put(q, name, strlen(name));
+    sb_put(q, "=", 1);
+    sb_put(q, ev, strlen(ev));
+    curl_free(ev);
+}
+
+static void print_json(const json_t *j)
+{
+    char *s = json_dumps(j, JSON_INDENT(2) | JSON_ENCODE_ANY);
+    if (!s)
+        die("out of memory");
+    puts(s);
+    free(s);
+}
+
+/* ---- tables ------------------------------------------------------------------------- */
+
+typedef struct table {
+    size_t ncols;
+    const char **names;
+    const bool *right;
+    char **cells; /* rows * ncols, malloc'd strings */
+    size_t nrows;
+} table;
+
+static size_t display_width(const char *s)
+{
+    size_t w = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if ((*p & 0xC0) != 0x80)
+            w++;
+    return w;
+}
+
+static void table_add(table *t, ...)
+{
+    t->cells = realloc(t->cells, (t->nrows + 1) * t->ncols * sizeof(char *));
+    if (!t->cells)
+        die("out of memory");
+    va_list ap;
+    va_start(ap, t);
+    for (size_t i = 0; i < t->ncols; i++) {
+        const char *s = va_arg(ap, const char *);
+        t->cells[t->nrows * t->ncols + i] = strdup(s ? s : "");
+    }
+    va_end(ap);
+    t->nrows++;
+}
+
+static void table_print(table *t)
+{
+    size_t *w = calloc(t->ncols, sizeof(size_t));
+    if (!w)
+        die("out of memory");
+    for (size_t c = 0; c < t->ncols; c++)
+        w[c] = display_width(t->names[c]);
+    for (size_t r = 0; r < t->nrows; r++)
+        for (size_t c = 0; c < t->ncols; c++) {
+            size_t dw = display_width(t->cells[r * t->ncols + c]);
+            if (dw > w[c])
+                w[c] = dw;
+        }
+    for (size_t r = 0; r <= t->nrows; r++) {
+        strbuf line = {0};
+        for (size_t c = 0; c < t->ncols; c++) {
+            const char *s = r == 0 ? t->names[c] : t->cells[(r - 1) * t->ncols + c];
+            size_t pad = w[c] - display_width(s);
+            bool last = c + 1 == t->ncols;
+            if (c)
+                sb_put(&line, "  ", 2);
+            if (t->right[c])
+                for (size_t k = 0; k < pad; k++)
+                    sb_put(&line, " ", 1);
+            sb_put(&line, s, strlen(s));
+            if (!t->right[c] && !last)
+                for (size_t k = 0; k < pad; k++)
+                    sb_put(&line, " ", 1);
+        }
+        /* no trailing blanks */
+        while (line.n && line.p[line.n - 1] == ' ')
+            line.p[--line.n] = 0;
+        puts(line.p ? line.p : "");
+        free(line.p);
+    }
+    for (size_t i = 0; i < t->nrows * t->ncols; i++)
+        free(t->cells[i]);
+    free(t->cells);
+    free(w);
+}
+
+/* 12345 -> "12,345", as KumoMTA's kcli formats counts. */
+static void fmt_count(long long v, char *out, size_t len)
+{
+    char digits[32];
+    int n = snprintf(digits, sizeof(digits), "%lld", v < 0 ? -v : v);
+    size_t o = 0;
+    if (v < 0 && o + 1 < len)
+        out[o++] = '-';
+    for (int i = 0; i < n && o + 2 < len; i++) {
+        if (i && (n - i) % 3 == 0)
+            out[o++] = ',';
+        out[o++] = digits[i];
+    }
+    out[o] = 0;
+}
+
+static const char *jstr(const json_t *o, const char *k)
+{
+    return json_string_value(json_object_get(o, k));
+}
+
+static void criteria_text(const json_t *e, bool with_routing, char *out, size_t len)
+{
+    static const char *const keys[] = {"campaign", "tenant", "domain", "routing_domain"};
+    size_t o = 0;
+    out[0] = 0;
+    for (int i = 0; i < 4; i++) {
+        if (i == 3 && !with_routing)
+            break;
+        const char *v = jstr(e, keys[i]);
+        if (v)
+            o += (size_t)snprintf(out + o, o < len ? len - o : 0, "%s%s=%s", o ? ", " : "",
+                                  keys[i], v);
+    }
+    const json_t *qn = json_object_get(e, "queue_names");
+    size_t i;
+    json_t *q;
+    json_array_foreach(qn, i, q)
+    {
+        if (o < len)
+            o += (size_t)snprintf(out + o, len - o, "%squeue=%s", o ? ", " : "",
+                                  json_string_value(q) ? json_string_value(q) : "");
+    }
+    if (!out[0])
+        snprintf(out, len, "everything");
+}
+
+/* ---- option parsing ------------------------------------------------------------------- */
+
+typedef struct cmd cmd;
+struct cmd {
+    const char *name;
+    const char *summary;
+    const char *usage; /* options text */
+    int (*run)(const cmd *c, int argc, char **argv);
+};
+
+static bool wants_help(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return true;
+    return false;
+}
+
+static void print_cmd_help(const cmd *c)
+{
+    printf("%s\n\nUsage: kcli %s %s\n", c->summary, c->name, c->usage);
+}
+
+/* Selection options shared by bounce, suspend and rebind. */
+typedef struct selection {
+    const char *domain, *routing_domain, *campaign, *tenant, *reason, *duration;
+    json_t *queues;
+    bool everything;
+} selection;
+
+static void selection_to_json(const selection *s, json_t *req, bool with_routing)
+{
+    if (s->domain)
+        json_object_set_new(req, "domain", json_string(s->domain));
+    if (with_routing && s->routing_domain)
+        json_object_set_new(req, "routing_domain", json_string(s->routing_domain));
+    if (s->campaign)
+        json_object_set_new(req, "campaign", json_string(s->campaign));
+    if (s->tenant)
+        json_object_set_new(req, "tenant", json_string(s->tenant));
+    if (json_array_size(s->queues))
+        json_object_set(req, "queue_names", s->queues);
+    if (s->reason)
+        json_object_set_new(req, "reason", json_string(s->reason));
+    if (s->duration)
+        json_object_set_new(req, "duration", json_string(s->duration));
+}
+
+enum {
+    O_DOMAIN = 1000, O_ROUTING, O_CAMPAIGN, O_TENANT, O_QUEUE, O_REASON, O_EVERYTHING,
+    O_SUPPRESS, O_DURATION, O_JSON, O_ID, O_NAME, O_ALWAYS_FLUSH, O_TRIGGER, O_DATA, O_SET,
+    O_WANT_BODY, O_LIMIT, O_NO_LIMIT, O_BY_VOLUME, O_SCHED_Q
+};
+
+/* ---- commands ------------------------------------------------------------------------- */
+
+static int parse_selection(const cmd *c, int argc, char **argv, selection *s, bool *json,
+                           bool *suppress, bool allow_routing, bool allow_queue)
+{
+    static const struct option opts[] = {
+        {"domain", required_argument, NULL, O_DOMAIN},
+        {"routing-domain", required_argument, NULL, O_ROUTING},
+        {"routing_domain", required_argument, NULL, O_ROUTING},
+        {"campaign", required_argument, NULL, O_CAMPAIGN},
+        {"tenant", required_argument, NULL, O_TENANT},
+        {"queue", required_argument, NULL, O_QUEUE},
+        {"reason", required_argument, NULL, O_REASON},
+        {"everything", no_argument, NULL, O_EVERYTHING},
+        {"suppress-logging", no_argument, NULL, O_SUPPRESS},
+        {"duration", required_argument, NULL, O_DURATION},
+        {"json", no_argument, NULL, O_JSON},
+        {NULL, 0, NULL, 0},
+    };
+    s->queues = json_array();
+    optind = 0;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+        switch (ch) {
+        case O_DOMAIN:
+            s->domain = optarg;
+            break;
+        case O_ROUTING:
+            if (!allow_routing)
+                usage_error(c->name, "unexpected option --routing-domain");
+            s->routing_domain = optarg;
+            break;
+        case O_CAMPAIGN:
+            s->campaign = optarg;
+            break;
+        case O_TENANT:
+            s->tenant = optarg;
+            break;
+        case O_QUEUE:
+            if (!allow_queue)
+                usage_error(c->name, "unexpected option --queue");
+            json_array_append_new(s->queues, json_string(optarg));
+            break;
+        case O_REASON:
+            s->reason = optarg;
+            break;
+        case O_EVERYTHING:
+            s->everything = true;
+            break;
+        case O_SUPPRESS:
+            if (!suppress)
+                usage_error(c->name, "unexpected option --suppress-logging");
+            *suppress = true;
+            break;
+        case O_DURATION:
+            s->duration = optarg;
+            break;
+        case O_JSON:
+            *json = true;
+            break;
+        case ':':
+            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
+        default:
+            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        usage_error(c->name, "unexpected argument %s", argv[optind]);
+    if (!s->reason)
+        usage_error(c->name, "--reason is required");
+    bool any = s->domain || s->campaign || s->tenant || s->routing_domain ||
+               json_array_size(s->queues);
+    if (!any && !s->everything)
+        die("No domain%s, campaign or tenant was specified. Use --everything if you intend to "
+            "apply to all queues",
+            allow_routing ? ", routing_domain" : "");
+    if (any && s->everything)
+        usage_error(c->name, "--everything cannot be combined with other selections");
+    if (json_array_size(s->queues) && (s->domain || s->campaign || s->tenant || s->routing_domain))
+        usage_error(c->name, "--queue cannot be combined with --domain, --campaign or --tenant");
+    return 0;
+}
+
+static int run_bounce(const cmd *c, int argc, char **argv)
+{
+    selection s = {0};
+    bool json = false, suppress = false;
+    parse_selection(c, argc, argv, &s, &json, &suppress, true, true);
+    json_t *req = json_object();
+    selection_to_json(&s, req, true);
+    if (suppress)
+        json_object_set_new(req, "suppress_logging", json_true());
+    json_t *res = request_json("POST", "/api/admin/bounce/v1", NULL, req);
+    if (json) {
+        print_json(res);
+    } else {
+        fprintf(stderr, "NOTE: the bounce is running async. Use the bounce-list command to "
+                        "review ongoing status!\n");
+        printf("%s\n", jstr(res, "id") ? jstr(res, "id") : "");
+    }
+    json_decref(req);
+    json_decref(res);
+    json_decref(s.queues);
+    return 0;
+}
+
+static int run_suspend(const cmd *c, int argc, char **argv)
+{
+    selection s = {0};
+    bool json = false;
+    parse_selection(c, argc, argv, &s, &json, NULL, false, true);
+    json_t *req = json_object();
+    selection_to_json(&s, req, false);
+    json_t *res = request_json("POST", "/api/admin/suspend/v1", NULL, req);
+    if (json)
+        print_json(res);
+    else
+        printf("%s\n", jstr(res, "id") ? jstr(res, "id") : "");
+    json_decref(req);
+    json_decref(res);
+    json_decref(s.queues);
+    return 0;
+}
+
+static int run_rebind(const cmd *c, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"domain", required_argument, NULL, O_DOMAIN},
+        {"routing-domain", required_argument, NULL, O_ROUTING},
+        {"routing_domain", required_argument, NULL, O_ROUTING},
+        {"campaign", required_argument, NULL, O_CAMPAIGN},
+        {"tenant", required_argument, NULL, O_TENANT},
+        {"reason", required_argument, NULL, O_REASON},
+        {"everything", no_argument, NULL, O_EVERYTHING},
+        {"suppress-logging", no_argument, NULL, O_SUPPRESS},
+        {"always-flush", no_argument, NULL, O_ALWAYS_FLUSH},
+        {"trigger-rebind-event", no_argument, NULL, O_TRIGGER},
+        {"data", required_argument, NULL, O_DATA},
+        {"set", required_argument, NULL, O_SET},
+        {"json", no_argument, NULL, O_JSON},
+        {NULL, 0, NULL, 0},
+    };
+    selection s = {0};
+    bool suppress = false, flush = false, trigger = false, json = false;
+    json_t *data = json_object();
+    optind = 0;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+        switch (ch) {
+        case O_DOMAIN:
+            s.domain = optarg;
+            break;
+        case O_ROUTING:
+            s.routing_domain = optarg;
+            break;
+        case O_CAMPAIGN:
+            s.campaign = optarg;
+            break;
+        case O_TENANT:
+            s.tenant = optarg;
+            break;
+        case O_REASON:
+            s.reason = optarg;
+            break;
+        case O_EVERYTHING:
+            s.everything = true;
+            break;
+        case O_SUPPRESS:
+            suppress = true;
+            break;
+        case O_ALWAYS_FLUSH:
+            flush = true;
+            break;
+        case O_TRIGGER:
+            trigger = true;
+            break;
+        case O_JSON:
+            json = true;
+            break;
+        case O_DATA: {
+            json_error_t jerr;
+            json_t *d = json_loads(optarg, 0, &jerr);
+            if (!json_is_object(d))
+                usage_error(c->name, "--data: expected a JSON object of strings: %s",
+                            d ? "not an object" : jerr.text);
+            const char *k;
+            json_t *v;
+            json_object_foreach(d, k, v)
+            {
+                if (!json_is_string(v))
+                    usage_error(c->name, "--data: the value of %s must be a string", k);
+            }
+            json_object_update(data, d);
+            json_decref(d);
+            break;
+        }
+        case O_SET: {
+            const char *eq = strchr(optarg, '=');
+            if (!eq || eq == optarg || !eq[1])
+                usage_error(c->name, "--set: expected name=value, but got %s", optarg);
+            char *k = strndup(optarg, (size_t)(eq - optarg));
+            json_object_set_new(data, k, json_string(eq + 1));
+            free(k);
+            break;
+        }
+        case ':':
+            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
+        default:
+            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        usage_error(c->name, "unexpected argument %s", argv[optind]);
+    if (!s.reason)
+        usage_error(c->name, "--reason is required");
+    if (!s.domain && !s.campaign && !s.tenant && !s.routing_domain && !s.everything)
+        die("No domain, routing_domain, campaign or tenant was specified. Use --everything if "
+            "you intend to apply to all queues");
+    json_t *req = json_object();
+    selection_to_json(&s, req, true);
+    json_object_set_new(req, "data", data);
+    json_object_set_new(req, "always_flush", json_boolean(flush));
+    json_object_set_new(req, "suppress_logging", json_boolean(suppress));
+    json_object_set_new(req, "trigger_rebind_event", json_boolean(trigger));
+    json_t *res = request_json("POST", "/api/admin/rebind/v1", NULL, req);
+    if (json)
+        print_json(res);
+    else
+        fprintf(stderr, "NOTE: Rebind always runs asynchronously\n");
+    json_decref(req);
+    json_decref(res);
+    return 0;
+}
+
+/* Parses only --json (and, when id is given, --id ID). */
+static void parse_simple(const cmd *c, int argc, char **argv, bool *json, const char **id,
+                         const char **positional)
+{
+    static const struct option opts[] = {
+        {"json", no_argument, NULL, O_JSON},
+        {"id", required_argument, NULL, O_ID},
+        {NULL, 0, NULL, 0},
+    };
+    optind = 0;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+        if (ch == O_JSON && json)
+            *json = true;
+        else if (ch == O_ID && id)
+            *id = optarg;
+        else if (ch == ':')
+            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
+        else
+            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+    }
+    if (positional && optind < argc)
+        *positional = argv[optind++];
+    if (optind < argc)
+        usage_error(c->name, "unexpected argument %s", argv[optind]);
+    if (id && !*id)
+        usage_error(c->name, "--id is required");
+    if (positional && !*positional)
+        usage_error(c->name, "a %s is required", strstr(c->usage, "FILTER") ? "FILTER" : "value");
+}
+
+static int run_cancel(const cmd *c, const char *path, int argc, char **argv)
+{
+    const char *id = NULL;
+    parse_simple(c, argc, argv, NULL, &id, NULL);
+    json_t *req = json_pack("{s:s}", "id", id);
+    response r = request("DELETE", path, NULL, req);
+    puts(r.body.n ? r.body.p : "OK");
+    free(r.body.p);
+    json_decref(req);
+    return 0;
+}
+
+static int run_bounce_cancel(const cmd *c, int argc, char **argv)
+{
+    return run_cancel(c, "/api/admin/bounce/v1", argc, argv);
+}
+
+static int run_suspend_cancel(const cmd *c, int argc, char **argv)
+{
+    return run_cancel(c, "/api/admin/suspend/v1", argc, argv);
+}
+
+static int run_suspend_ready_q_cancel(const cmd *c, int argc, char **argv)
+{
+    return run_cancel(c, "/api/admin/suspend-ready-q/v1", argc, argv);
+}
+
+static int run_bounce_list(const cmd *c, int argc, char **argv)
+{
+    bool json = false;
+    parse_simple(c, argc, argv, &json, NULL, NULL);
+    json_t *res = request_json("GET", "/api/admin/bounce/v1", NULL, NULL);
+    if (json) {
+        print_json(res);
+        json_decref(res);
+        return 0;
+    }
+    static const char *names[] = {"ID", "REASON", "REMAIN", "BOUNCED", "CRITERIA"};
+    static const bool right[] = {false, false, false, true, false};
+    table t = {.ncols = 5, .names = names, .right = right};
+    size_t i;
+    json_t *e;
+    json_array_foreach(res, i, e)
+    {
+        char crit[1024], count[32];
+        criteria_text(e, true, crit, sizeof(crit));
+        fmt_count(json_integer_value(json_object_get(e, "total_bounced")), count, sizeof(count));
+        table_add(&t, jstr(e, "id"), jstr(e, "reason"), jstr(e, "duration"), count, crit);
+    }
+    table_print(&t);
+    json_decref(res);
+    return 0;
+}
+
+static int run_suspend_list(const cmd *c, int argc, char **argv)
+{
+    bool json = false;
+    parse_simple(c, argc, argv, &json, NULL, NULL);
+    json_t *res = request_json("GET", "/api/admin/suspend/v1", NULL, NULL);
+    if (json) {
+        print_json(res);
+        json_decref(res);
+        return 0;
+    }
+    static const char *names[] = {"ID", "REASON", "REMAIN", "CRITERIA"};
+    static const bool right[] = {false, false, false, false};
+    table t = {.ncols = 4, .names = names, .right = right};
+    size_t i;
+    json_t *e;
+    json_array_foreach(res, i, e)
+    {
+        char crit[1024];
+        criteria_text(e, false, crit, sizeof(crit));
+        table_add(&t, jstr(e, "id"), jstr(e, "reason"), jstr(e, "duration"), crit);
+    }
+    table_print(&t);
+    json_decref(res);
+    return 0;
+}
+
+static int run_suspend_ready_q(const cmd *c, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"name", required_argument, NULL, O_NAME},
+        {"reason", required_argument, NULL, O_REASON},
+        {"duration", required_argument, NULL, O_DURATION},
+        {"json", no_argument, NULL, O_JSON},
+        {NULL, 0, NULL, 0},
+    };
+    const char *name = NULL, *reason = NULL, *duration = NULL;
+    bool json = false;
+    optind = 0;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+        if (ch == O_NAME)
+            name = optarg;
+        else if (ch == O_REASON)
+            reason = optarg;
+        else if (ch == O_DURATION)
+            duration = optarg;
+        else if (ch == O_JSON)
+            json = true;
+        else if (ch == ':')
+            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
+        else
+            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+    }
+    if (optind < argc)
+        usage_error(c->name, "unexpected argument %s", argv[optind]);
+    if (!name || !reason)
+        usage_error(c->name, "--name and --reason are required");
+    json_t *req = json_pack("{s:s,s:s}", "name", name, "reason", reason);
+    if (duration)
+        json_object_set_new(req, "duration", json_string(duration));
+    json_t *res = request_json("POST", "/api/admin/suspend-ready-q/v1", NULL, req);
+    if (json)
+        print_json(res);
+    else
+        printf("%s\n", jstr(res, "id") ? jstr(res, "id") : "");
+    json_decref(req);
+    json_decref(res);
+    return 0;
+}
+
+static int run_suspend_ready_q_list(const cmd *c, int argc, char **argv)
+{
+    bool json = false;
+    parse_simple(c, argc, argv, &json, NULL, NULL);
+    json_t *res = request_json("GET", "/api/admin/suspend-ready-q/v1", NULL, NULL);
+    if (json) {
+        print_json(res);
+        json_decref(res);
+        return 0;
+    }
+    static const char *names[] = {"ID", "NAME", "REASON", "REMAIN"};
+    static const bool right[] = {false, false, false, false};
+    table t = {.ncols = 4, .names = names, .right = right};
+    size_t i;
+    json_t *e;
+    json_array_foreach(res, i, e)
+        table_add(&t, jstr(e, "id"), jstr(e, "name"), jstr(e, "reason"), jstr(e, "duration"));
+    table_print(&t);
+    json_decref(res);
+    return 0;
+}
+
+static void print_scalar(const char *label, const json_t *v)
+{
+    if (!v)
+        return;
+    char *s = json_is_string(v) ? strdup(json_string_value(v))
+                                : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    printf("%-13s %s\n", label, s ? s : "");
+    free(s);
+}
+
+static int run_inspect_message(const cmd *c, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"want-body", no_argument, NULL, O_WANT_BODY},
+        {"json", no_argument, NULL, O_JSON},
+        {NULL, 0, NULL, 0},
+    };
+    bool want_body = false, json = false;
+    optind = 0;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+        if (ch == O_WANT_BODY)
+            want_body = true;
+        else if (ch == O_JSON)
+            json = true;
+        else
+            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+    }
+    if (optind >= argc)
+        usage_error(c->name, "a message id is required");
+    if (optind + 1 < argc)
+        usage_error(c->name, "unexpected argument %s", argv[optind + 1]);
+    strbuf q = {0};
+    query_add(&q, "id", argv[optind]);
+    if (want_body)
+        query_add(&q, "want_body", "true");
+    json_t *res = request_json("GET", "/api/admin/inspect-message/v1", q.p, NULL);
+    free(q.p);
+    if (json) {
+        print_json(res);
+        json_decref(res);
+        return 0;
+    }
+    const json_t *m = json_object_get(res, "message");
+    print_scalar("id:", json_object_get(res, "id"));
+    print_scalar("sender:", json_object_get(m, "sender"));
+    print_scalar("recipient:", json_object_get(m, "recipient"));
+    print_scalar("due:", json_object_get(m, "due"));
+    print_scalar("num_attempts:", json_object_get(m, "num_attempts"));
+    print_scalar("scheduling:", json_object_get(m, "scheduling"));
+    const json_t *meta = json_object_get(m, "meta");
+    if (meta) {
+        printf("meta:\n");
+        char *s = json_dumps(meta, JSON_INDENT(2) | JSON_SORT_KEYS);
+        printf("%s\n", s ? s : "");
+        free(s);
+    }
+    const char *data = jstr(m, "data");
+    if (data)
+        printf("\n%s%s", data, data[0] && data[strlen(data) - 1] != '\n' ? "\n" : "");
+    json_decref(res);
+    return 0;
+}
+
+static int run_inspect_sched_q(const cmd *c, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"want-body", no_argument, NULL, O_WANT_BODY},
+        {"limit", required_argument, NULL, O_LIMIT},
+        {"no-limit", no_argument, NULL, O_NO_LIMIT},
+        {"json", no_argument, NULL, O_JSON},
+        {NULL, 0, NULL, 0},
+    };
+    bool want_body = false, json = false, no_limit = false;
+    const char *limit = "5";
+    optind = 0;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+        if (ch == O_WANT_BODY)
+            want_body = true;
+        else if (ch == O_JSON)
+            json = true;
+        else if (ch == O_NO_LIMIT)
+            no_limit = true;
+        else if (ch == O_LIMIT)
+            limit = optarg;
+        else if (ch == ':')
+            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
+        else
+            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+    }
+    if (optind + 1 != argc)
+        usage_error(c->name, "exactly one queue name is required");
+    strbuf q = {0};
+    query_add(&q, "queue_name", argv[optind]);
+    if (want_body)
+        query_add(&q, "want_body", "true");
+    if (!no_limit)
+        query_add(&q, "limit", limit);
+    json_t *res = request_json("GET", "/api/admin/inspect-sched-q/v1", q.p, NULL);
+    free(q.p);
+    if (json) {
+        print_json(res);
+        json_decref(res);
+        return 0;
+    }
+    char count[32];
+    fmt_count(json_integer_value(json_object_get(res, "num_scheduled")), count, sizeof(count));
+    printf("queue: %s\nscheduled: %s\n", jstr(res, "queue_name") ? jstr(res, "queue_name") : "",
+           count);
+    const json_t *cfg = json_object_get(res, "queue_config");
+    if (cfg) {
+        char *s = json_dumps(cfg, JSON_COMPACT | JSON_SORT_KEYS);
+        printf("config: %s\n", s ? s : "");
+        free(s);
+    }
+    printf("\n");
+    static const char *names[] = {"ID", "DUE", "ATTEMPTS", "SENDER", "RECIPIENT"};
+    static const bool right[] = {false, false, true, false, false};
+    table t = {.ncols = 5, .names = names, .right = right};
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(res, "messages"), i, e)
+    {
+        const json_t *m = json_object_get(e, "message");
+        if (!m)
+            m = e;
+        char att[32];
+        fmt_count(json_integer_value(json_object_get(m, "num_attempts")), att, sizeof(att));
+        const json_t *rc = json_object_get(m, "recipient");
+        char *rcs = json_is_string(rc) ? strdup(json_string_value(rc))
+                    : rc                ? json_dumps(rc, JSON_COMPACT)
+                                        : strdup("");
+        const char *id = jstr(e, "id");
+        table_add(&t, id ? id : "", jstr(m, "due") ? jstr(m, "due") : "now", att,
+                  jstr(m, "sender"), rcs);
+        free(rcs);
+    }
+    table_print(&t);
+    json_decref(res);
+    return 0;
+}
+
+static int run_inspect_ready_q(const cmd *c, int argc, char **argv)
+{
+    bool json = false;
+    const char *name = NULL;
+    parse_simple(c, argc, argv, &json, NULL, &name);
+    strbuf q = {0};
+    query_add(&q, "queue_name", name);
+    json_t *res = request_json("GET", "/api/admin/inspect-ready-q/v1", q.p, NULL);
+    free(q.p);
+    if (json) {
+        print_json(res);
+        json_decref(res);
+        return 0;
+    }
+    char ready[32], conns[32], limit[32], max_ready[32];
+    fmt_count(json_integer_value(json_object_get(res, "ready_count")), ready, sizeof(ready));
+    fmt_count(json_integer_value(json_object_get(res, "connection_count")), conns, sizeof(conns));
+    fmt_count(json_integer_value(json_object_get(res, "connection_limit")), limit, sizeof(limit));
+    fmt_count(json_integer_value(json_object_get(res, "max_ready")), max_ready,
+              sizeof(max_ready));
+    printf("queue: %s\n\n", jstr(res, "name") ? jstr(res, "name") : name);
+    printf("ready: %s (max %s)\n", ready, max_ready);
+    printf("connections: %s (limit %s)\n", conns, limit);
+    if (json_is_true(json_object_get(res, "suspended")))
+        printf("suspended: yes\n");
+    const json_t *msgs = json_object_get(res, "messages");
+    if (json_array_size(msgs)) {
+        printf("\n");
+        static const char *names[] = {"ID", "DUE", "ATTEMPTS"};
+        static const bool right[] = {false, false, true};
+        table t = {.ncols = 3, .names = names, .right = right};
+        size_t i;
+        json_t *e;
+        json_array_foreach(msgs, i, e)
+        {
+            char att[32];
+            fmt_count(json_integer_value(json_object_get(e, "num_attempts")), att, sizeof(att));
+            table_add(&t, jstr(e, "id"), jstr(e, "due") ? jstr(e, "due") : "now", att);
+        }
+        table_print(&t);
+    }
+    json_decref(res);
+    return 0;
+}
+
+static int run_set_log_filter(const cmd *c, int argc, char **argv)
+{
+    const char *filter = NULL;
+    parse_simple(c, argc, argv, NULL, NULL, &filter);
+    json_t *req = json_pack("{s:s}", "filter", filter);
+    response r = request("POST", "/api/admin/set_diagnostic_log_filter/v1", NULL, req);
+    puts(r.body.n ? r.body.p : "OK");
+    free(r.body.p);
+    json_decref(req);
+    return 0;
+}
+
+/* ---- queue-summary --------------------------------------------------------------------- */
+
+/* The value of series label=value in a one-label family of /metrics.json
+ * ({"name": {"value": {"label": {"v1": N, ...}}}}), as an object. */
+static const json_t *family_series(const json_t *metrics, const char *family, const char *label)
+{
+    const json_t *f = json_object_get(metrics, family);
+    const json_t *v = json_object_get(f, "value");
+    return json_object_get(v, label);
+}
+
+typedef struct rq_row {
+    const char *name;
+    long long delivered, transfail, conns, queued;
+    bool have_d, have_t;
+    char status[512];
+} rq_row;
+
+static int cmp_rq(const void *a, const void *b)
+{
+    return strcmp(((const rq_row *)a)->name, ((const rq_row *)b)->name);
+}
+
+static int cmp_rq_volume(const void *a, const void *b)
+{
+    const rq_row *x = a, *y = b;
+    long long vx = x->delivered + x->transfail + x->conns + x->queued;
+    long long vy = y->delivered + y->transfail + y->conns + y->queued;
+    if (vx != vy)
+        return vx > vy ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+typedef struct sq_row {
+    const char *name;
+    long long count;
+    char status[512];
+} sq_row;
+
+static int cmp_sq(const void *a, const void *b)
+{
+    return strcmp(((const sq_row *)a)->name, ((const sq_row *)b)->name);
+}
+
+static int cmp_sq_volume(const void *a, const void *b)
+{
+    const sq_row *x = a, *y = b;
+    if (x->count != y->count)
+        return x->count > y->count ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+/* Splits "<source>-><site>@<proto>" into its parts. */
+static void readyq_parts(const char *name, char *source, char *site, char *proto, size_t len)
+{
+    const char *arrow = strstr(name, "->");
+    const char *s = arrow ? arrow + 2 : name;
+    snprintf(source, len, "%.*s", arrow ? (int)(arrow - name) : 0, name);
+    const char *at = strrchr(s, '@');
+    snprintf(site, len, "%.*s", at ? (int)(at - s) : (int)strlen(s), s);
+    snprintf(proto, len, "%s", at ? at + 1 : "");
+}
+
+/* Does an admin entry (campaign/tenant/domain) match scheduled queue q? */
+static bool entry_matches(const json_t *e, const char *q)
+{
+    const json_t *qn = json_object_get(e, "queue_names");
+    if (json_array_size(qn)) {
+        size_t i;
+        json_t *v;
+        json_array_foreach(qn, i, v) if (json_is_string(v) && strcmp(json_string_value(v), q) == 0)
+            return true;
+        return false;
+    }
+    /* campaign:tenant@domain!routing */
+    char campaign[256] = "", tenant[256] = "", domain[256] = "";
+    const char *at = strchr(q, '@');
+    const char *dom = at ? at + 1 : q;
+    size_t dl = strcspn(dom, "!");
+    snprintf(domain, sizeof(domain), "%.*s", (int)dl, dom);
+    if (at) {
+        const char *colon = memchr(q, ':', (size_t)(at - q));
+        if (colon) {
+            snprintf(campaign, sizeof(campaign), "%.*s", (int)(colon - q), q);
+            snprintf(tenant, sizeof(tenant), "%.*s", (int)(at - colon - 1), colon + 1);
+        } else {
+            snprintf(tenant, sizeof(tenant), "%.*s", (int)(at - q), q);
+        }
+    }
+    const char *c = jstr(e, "campaign"), *t = jstr(e, "tenant"), *d = jstr(e, "domain");
+    return (!c || strcmp(c, campaign) == 0) && (!t || strcmp(t, tenant) == 0) &&
+           (!d || strcasecmp(d, domain) == 0);
+}
+
+static int run_queue_summary(const cmd *c, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"limit", required_argument, NULL, O_LIMIT},
+        {"by-volume", no_argument, NULL, O_BY_VOLUME},
+        {"domain", required_argument, NULL, O_DOMAIN},
+        {"json", no_argument, NULL, O_JSON},
+        {NULL, 0, NULL, 0},
+    };
+    long limit = -1;
+    bool by_volume = false, json = false;
+    const char *domain = NULL;
+    optind = 0;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+        if (ch == O_LIMIT) {
+            char *end;
+            limit = strtol(optarg, &end, 10);
+            if (*end || limit < 0)
+                usage_error(c->name, "--limit: expected a number, got %s", optarg);
+        } else if (ch == O_BY_VOLUME) {
+            by_volume = true;
+        } else if (ch == O_DOMAIN) {
+            domain = optarg;
+        } else if (ch == O_JSON) {
+            json = true;
+        } else if (ch == ':') {
+            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
+        } else {
+            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        usage_error(c->name, "unexpected argument %s", argv[optind]);
+
+    json_t *suspended = request_json("GET", "/api/admin/suspend/v1", NULL, NULL);
+    json_t *bounced = request_json("GET", "/api/admin/bounce/v1", NULL, NULL);
+    json_t *susp_rq = request_json("GET", "/api/admin/suspend-ready-q/v1", NULL, NULL);
+    json_t *states = request_json("GET", "/api/admin/ready-q-states/v1", NULL, NULL);
+    json_t *metrics = request_json("GET", "/metrics.json", NULL, NULL);
+
+    /* ready queues: services "<proto>:<ready queue name>" */
+    const json_t *ready = family_series(metrics, "ready_count", "service");
+    const json_t *conns = family_series(metrics, "connection_count", "service");
+    const json_t *deliv = family_series(metrics, "total_messages_delivered", "service");
+    const json_t *tf = family_series(metrics, "total_messages_transfail", "service");
+    size_t cap = json_object_size(ready) + json_object_size(conns) + 1, nr = 0;
+    rq_row *rows = calloc(cap, sizeof(*rows));
+    const json_t *sources[2] = {ready, conns};
+    for (int s = 0; s < 2; s++) {
+        const char *svc;
+        json_t *v;
+        json_object_foreach((json_t *)sources[s], svc, v)
+        {
+            const char *colon = strchr(svc, ':');
+            if (!colon)
+                continue;
+            const char *name = colon + 1;
+            bool seen = false;
+            for (size_t i = 0; i < nr; i++)
+                if (strcmp(rows[i].name, name) == 0)
+                    seen = true;
+            if (seen)
+                continue;
+            rq_row *r = &rows[nr++];
+            r->name = name;
+            r->queued = (long long)json_number_value(json_object_get(ready, svc));
+            r->conns = (long long)json_number_value(json_object_get(conns, svc));
+            json_t *d = json_object_get(deliv, svc), *t = json_object_get(tf, svc);
+            r->have_d = d != NULL;
+            r->have_t = t != NULL;
+            r->delivered = (long long)json_number_value(d);
+            r->transfail = (long long)json_number_value(t);
+            size_t sl = 0;
+            size_t i;
+            json_t *e;
+            json_array_foreach(susp_rq, i, e)
+            {
+                if (jstr(e, "name") && strcmp(jstr(e, "name"), name) == 0 && sl < sizeof(r->status))
+                    sl += (size_t)snprintf(r->status + sl, sizeof(r->status) - sl,
+                                           "%ssuspend: %s", sl ? ", " : "",
+                                           jstr(e, "reason") ? jstr(e, "reason") : "");
+            }
+            const json_t *st =
+                json_object_get(json_object_get(states, "states_by_ready_queue"), name);
+            const char *key;
+            json_t *sv;
+            json_object_foreach((json_t *)st, key, sv)
+            {
+                if (strcmp(key, "suspended") == 0 && sl)
+                    continue; /* already shown with its reason */
+                if (sl < sizeof(r->status)) {
+                    const char *ctx = jstr(sv, "context");
+                    sl += (size_t)snprintf(r->status + sl, sizeof(r->status) - sl, "%s%s%s%s",
+                                           sl ? ", " : "", key, ctx ? ": " : "", ctx ? ctx : "");
+                }
+            }
+        }
+    }
+    if (domain) {
+        size_t o = 0;
+        for (size_t i = 0; i < nr; i++) {
+            char src[512], site[512], proto[512];
+            readyq_parts(rows[i].name, src, site, proto, sizeof(src));
+            if (strcasestr(site, domain))
+                rows[o++] = rows[i];
+        }
+        nr = o;
+    }
+    qsort(rows, nr, sizeof(*rows), by_volume ? cmp_rq_volume : cmp_rq);
+    if (limit >= 0 && (size_t)limit < nr)
+        nr = (size_t)limit;
+
+    /* scheduled queues */
+    const json_t *sched = family_series(metrics, "scheduled_count", "queue");
+    size_t ns = 0;
+    sq_row *srows = calloc(json_object_size(sched) + 1, sizeof(*srows));
+    const char *qname;
+    json_t *qv;
+    json_object_foreach((json_t *)sched, qname, qv)
+    {
+        if (domain) {
+            const char *at = strchr(qname, '@');
+            const char *dom = at ? at + 1 : qname;
+            size_t dl = strcspn(dom, "!");
+            if (strlen(domain) != dl || strncasecmp(dom, domain, dl) != 0)
+                continue;
+        }
+        sq_row *r = &srows[ns++];
+        r->name = qname;
+        r->count = (long long)json_number_value(qv);
+        size_t i;
+        json_t *e;
+        json_array_foreach(bounced, i, e)
+        {
+            if (!r->status[0] && entry_matches(e, qname))
+                snprintf(r->status, sizeof(r->status), "bounce: %s",
+                         jstr(e, "reason") ? jstr(e, "reason") : "");
+        }
+        json_array_foreach(suspended, i, e)
+        {
+            if (!r->status[0] && entry_matches(e, qname))
+                snprintf(r->status, sizeof(r->status), "suspend: %s",
+                         jstr(e, "reason") ? jstr(e, "reason") : "");
+        }
+    }
+    qsort(srows, ns, sizeof(*srows), by_volume ? cmp_sq_volume : cmp_sq);
+    if (limit >= 0 && (size_t)limit < ns)
+        ns = (size_t)limit;
+
+    if (json) {
+        json_t *out = json_pack("{s:[],s:[]}", "ready", "scheduled");
+        for (size_t i = 0; i < nr; i++) {
+            char src[512], site[512], proto[512];
+            readyq_parts(rows[i].name, src, site, proto, sizeof(src));
+            json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:s}", "name", rows[i].name, "site",
+                                  site, "source", src, "protocol", proto, "connections",
+                                  (json_int_t)rows[i].conns, "queued", (json_int_t)rows[i].queued,
+                                  "status", rows[i].status);
+            if (rows[i].have_d)
+                json_object_set_new(o, "delivered", json_integer(rows[i].delivered));
+            if (rows[i].have_t)
+                json_object_set_new(o, "transfail", json_integer(rows[i].transfail));
+            json_array_append_new(json_object_get(out, "ready"), o);
+        }
+        for (size_t i = 0; i < ns; i++)
+            json_array_append_new(json_object_get(out, "scheduled"),
+                                  json_pack("{s:s,s:I,s:s}", "name", srows[i].name, "count",
+                                            (json_int_t)srows[i].count, "status",
+                                            srows[i].status));
+        print_json(out);
+        json_decref(out);
+    } else {
+        static const char *rnames[] = {"SITE", "SOURCE", "PROTO", "D", "T", "C", "Q", ""};
+        static const bool rright[] = {false, false, false, true, true, true, true, false};
+        table t = {.ncols = 8, .names = rnames, .right = rright};
+        for (size_t i = 0; i < nr; i++) {
+            char src[512], site[512], proto[512], d[32] = "-", tt[32] = "-", cc[32], q[32];
+            readyq_parts(rows[i].name, src, site, proto, sizeof(src));
+            if (rows[i].have_d)
+                fmt_count(rows[i].delivered, d, sizeof(d));
+            if (rows[i].have_t)
+                fmt_count(rows[i].transfail, tt, sizeof(tt));
+            fmt_count(rows[i].conns, cc, sizeof(cc));
+            fmt_count(rows[i].queued, q, sizeof(q));
+            table_add(&t, site, src, proto, d, tt, cc, q, rows[i].status);
+        }
+        table_print(&t);
+        printf("\n");
+        static const char *snames[] = {"SCHEDULED QUEUE", "COUNT", ""};
+        static const bool sright[] = {false, true, false};
+        table st = {.ncols = 3, .names = snames, .right = sright};
+        for (size_t i = 0; i < ns; i++) {
+            char cnt[32];
+            fmt_count(srows[i].count, cnt, sizeof(cnt));
+            table_add(&st, srows[i].name, cnt, srows[i].status);
+        }
+        table_print(&st);
+    }
+    free(rows);
+    free(srows);
+    json_decref(suspended);
+    json_decref(bounced);
+    json_decref(susp_rq);
+    json_decref(states);
+    json_decref(metrics);
+    return 0;
+}
+
+/* ---- main ------------------------------------------------------------------------------ */
+
+static const cmd commands[] = {
+    {"bounce", "Administratively bounce messages in matching queues",
+     "--reason REASON [--domain D] [--routing-domain D] [--campaign C] [--tenant T]\n"
+     "                   [--queue NAME]... [--everything] [--suppress-logging] [--duration DUR] "
+     "[--json]",
+     run_bounce},
+    {"bounce-list", "List the active administrative bounces", "[--json]", run_bounce_list},
+    {"bounce-cancel", "Cancel an administrative bounce", "--id ID", run_bounce_cancel},
+    {"suspend", "Administratively suspend messages in matching scheduled queues",
+     "--reason REASON [--domain D] [--campaign C] [--tenant T] [--queue NAME]...\n"
+     "                    [--everything] [--duration DUR] [--json]",
+     run_suspend},
+    {"suspend-list", "List the active scheduled-queue suspensions", "[--json]", run_suspend_list},
+    {"suspend-cancel", "Cancel a scheduled-queue suspension", "--id ID", run_suspend_cancel},
+    {"suspend-ready-q", "Administratively suspend a ready queue",
+     "--name READY_QUEUE --reason REASON [--duration DUR] [--json]", run_suspend_ready_q},
+    {"suspend-ready-q-list", "List the active ready-queue suspensions", "[--json]",
+     run_suspend_ready_q_list},
+    {"suspend-ready-q-cancel", "Cancel a ready-queue suspension", "--id ID",
+     run_suspend_ready_q_cancel},
+    {"rebind", "Rebind messages from matching queues into different queue(s)",
+     "--reason REASON [--domain D] [--routing-domain D] [--campaign C] [--tenant T]\n"
+     "                   [--everything] [--always-flush] [--suppress-logging]\n"
+     "                   [--trigger-rebind-event] [--data JSON] [--set KEY=VALUE]... [--json]",
+     run_rebind},
+    {"inspect-message", "Show a queued message: envelope, meta, due time and attempts",
+     "[--want-body] [--json] ID", run_inspect_message},
+    {"inspect-sched-q", "Show a scheduled queue and a sample of its messages",
+     "[--want-body] [--limit N | --no-limit] [--json] QUEUE_NAME", run_inspect_sched_q},
+    {"inspect-ready-q", "Show a ready queue: counts, limits, suspension and its messages",
+     "[--json] READY_QUEUE_NAME", run_inspect_ready_q},
+    {"queue-summary", "Summarise the ready and scheduled queues (from /metrics.json)",
+     "[--limit N] [--by-volume] [--domain D] [--json]", run_queue_summary},
+    {"set-log-filter", "Change the diagnostic log filter of the running kumod", "FILTER",
+     run_set_log_filter},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "kcli: administer a running kumod through its HTTP API.\n\n"
+               "Usage: kcli [--endpoint URL] COMMAND [OPTIONS]\n\n"
+               "  --endpoint URL  the kumod HTTP listener (env KUMO_KCLI_ENDPOINT; default "
+               "%s)\n"
+               "  --help          show this text; 'kcli COMMAND --help' for a command\n\n"
+               "Commands:\n",
+            DEFAULT_ENDPOINT);
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        fprintf(f, "  %-24s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv)
+{
+    const char *env = getenv("KUMO_KCLI_ENDPOINT");
+    if (env && *env)
+        endpoint = env;
+    int i = 1;
+    for (; i < argc; i++) {
+        if (strcmp(argv[i], "--endpoint") == 0) {
+            if (i + 1 >= argc)
+                usage_error(NULL, "option --endpoint needs a value");
+            endpoint = argv[++i];
+        } else if (strncmp(argv[i], "--endpoint=", 11) == 0) {
+            endpoint = argv[i] + 11;
+        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "kcli: unknown option %s\n\n", argv[i]);
+            usage(stderr);
+            return 2;
+        } else {
+            break;
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    if (strncmp(endpoint, "http://", 7) != 0 && strncmp(endpoint, "https://", 8) != 0)
+        usage_error(NULL, "--endpoint must be an http:// or https:// URL, got '%s'", endpoint);
+    const cmd *c = NULL;
+    for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]); k++)
+        if (strcmp(commands[k].name, argv[i]) == 0)
+            c = &commands[k];
+    if (!c) {
+        fprintf(stderr, "kcli: unknown command '%s'\n\n", argv[i]);
+        usage(stderr);
+        return 2;
+    }
+    int sub_argc = argc - i;
+    char **sub_argv = argv + i;
+    if (wants_help(sub_argc, sub_argv)) {
+        print_cmd_help(c);
+        return 0;
+    }
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0)
+        die("cannot initialise libcurl");
+    int rc = c->run(c, sub_argc, sub_argv);
+    curl_global_cleanup();
+    return rc;
+}
