@@ -67,7 +67,7 @@ static void reactor_drain(evutil_socket_t fd, short what, void *arg)
 {
     reactor *r = arg;
     uint64_t v;
-    if (read(fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+    if ((what & EV_READ) && read(fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
         DERROR("kumod::reactor", "reactor=%d eventfd read failed: %s", r->idx, strerror(errno));
     for (;;) {
         pthread_mutex_lock(&r->lock);
@@ -236,6 +236,11 @@ void reactor_post(reactor *r, reactor_fn fn, void *arg)
     r->tail = m;
     pthread_mutex_unlock(&r->lock);
     if (was_empty) {
+        if (r == tls_reactor) {
+            /* posting to ourselves: no syscall, just run the drain soon */
+            event_active(r->mail_ev, EV_READ, 0);
+            return;
+        }
         uint64_t one = 1;
         ssize_t w = write(r->efd, &one, sizeof(one));
         (void)w;

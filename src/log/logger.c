@@ -470,9 +470,26 @@ static void *writer_main(void *arg)
 {
     logger *lg = arg;
     int64_t deadline = 0;
+    int64_t last_flush = 0;
     pthread_mutex_lock(&lg->lock);
     for (;;) {
         if (!lg->head) {
+            if (lg->processed_seq > lg->flushed_seq && !lg->stopping &&
+                lg->flush_target <= lg->flushed_seq) {
+                /* Coalesce: at most one zstd flush (and write) per 20 ms, so a
+                 * busy server does not pay a syscall per record. */
+                struct timespec now;
+                clock_gettime(CLOCK_REALTIME, &now);
+                int64_t t = (int64_t)now.tv_sec * NS_PER_S + now.tv_nsec;
+                if (t - last_flush < 20000000) {
+                    int64_t until = last_flush + 20000000;
+                    struct timespec ts = {.tv_sec = until / NS_PER_S, .tv_nsec = until % NS_PER_S};
+                    pthread_cond_timedwait(&lg->not_empty, &lg->lock, &ts);
+                    if (lg->head)
+                        continue;
+                }
+                last_flush = t;
+            }
             if (lg->processed_seq > lg->flushed_seq) {
                 /* Queue drained: make everything written so far readable. */
                 pthread_mutex_unlock(&lg->lock);

@@ -208,6 +208,11 @@ spool *services_spool(void)
     return the_spool;
 }
 
+bool services_spool_sync(void)
+{
+    return (spool_defined[0] && spool_defs[0].flush) || (spool_defined[1] && spool_defs[1].flush);
+}
+
 bool services_spool_healthy(char *reason, size_t len)
 {
     if (!the_spool) {
@@ -231,6 +236,16 @@ void services_set_spool_ready(void)
 void services_shutdown(void)
 {
     if (the_spool) {
+        spool_stats st;
+        spool_get_stats(the_spool, &st);
+        DINFO("kumod::spool",
+              "spool stats: saves=%llu syncs=%llu synced_saves=%llu (%.1f saves per sync) "
+              "removes=%llu loads=%llu errors=%llu",
+              (unsigned long long)st.saves, (unsigned long long)st.syncs,
+              (unsigned long long)st.synced_saves,
+              st.syncs ? (double)st.synced_saves / (double)st.syncs : 0.0,
+              (unsigned long long)st.removes, (unsigned long long)st.loads,
+              (unsigned long long)st.errors);
         spool_free(the_spool);
         the_spool = NULL;
     }

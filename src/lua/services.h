@@ -17,6 +17,9 @@ spool *services_spool(void);
 bool services_spool_ready(void);
 void services_set_spool_ready(void);
 void services_shutdown(void);
+/* Whether receptions wait for a sync before acknowledging: true unless the
+ * policy set flush = false on its spools (kumod is durable by default). */
+bool services_spool_sync(void);
 /* kumo.suspend_delivery_when_spool_unhealthy (default true). */
 bool services_suspend_delivery_when_unhealthy(void);
 /* True when the spool is open and healthy; otherwise reason says why. */
