@@ -195,15 +195,20 @@ static int opt_object(const json_t *obj, const char *key, const char *where, con
     return 0;
 }
 
-static int compile_field(inject_job *j, const char *src, const char *name, bool html, tmpl **out,
-                         verr *e)
+/* Compiles one templated field. field names it in the error as KumoMTA
+ * does ("'content.text_body'", "headers['Subject']"); name is the template's
+ * own name, whose .html suffix turns on escaping in MiniJinja. */
+static int compile_field(inject_job *j, const char *src, const char *field, const char *name,
+                         tmpl **out, verr *e)
 {
     char err[400];
+    size_t nl = strlen(name);
+    bool html = nl > 5 && strcmp(name + nl - 5, ".html") == 0;
     int rc = tmpl_compile(src, strlen(src), j->dialect, name, html, out, err, sizeof(err));
     if (rc == KERR_NOMEM)
         return bad(e, 500, "out of memory");
     if (rc)
-        return bad(e, 422, "failed parsing field '%s' as template: %s", name, err);
+        return bad(e, 422, "failed parsing field %s as template: %s", field, err);
     return 0;
 }
 
@@ -231,13 +236,15 @@ static int parse_mailbox_field(inject_job *j, const json_t *content, const char 
         return bad(e, 422, "failed parsing content.%s: invalid address '%s'", key, email);
     inj_hdr *h = &j->hdrs[j->n_hdrs++];
     h->name = hname;
-    char tn[64];
+    char tn[64], fl[80];
     snprintf(tn, sizeof(tn), "content.%s.email", key);
-    if (compile_field(j, email, tn, false, &h->mb_addr, e))
+    snprintf(fl, sizeof(fl), "'%s'", tn);
+    if (compile_field(j, email, fl, tn, &h->mb_addr, e))
         return -1;
     if (name) {
         snprintf(tn, sizeof(tn), "content.%s.name", key);
-        if (compile_field(j, name, tn, false, &h->mb_name, e))
+        snprintf(fl, sizeof(fl), "'%s'", tn);
+        if (compile_field(j, name, fl, tn, &h->mb_name, e))
             return -1;
     }
     return 0;
@@ -270,11 +277,12 @@ static int parse_builder(inject_job *j, const json_t *c, verr *e)
     /* KumoMTA checks the bodies after the types */
     if (!text && !html)
         return bad(e, 422, "at least one of text_body and/or html_body must be given");
-    if (text && compile_field(j, text, "text_body.txt", false, &j->text, e))
+    if (text && compile_field(j, text, "'content.text_body'", "text_body.txt", &j->text, e))
         return -1;
-    if (html && compile_field(j, html, "html_body.html", true, &j->html, e))
+    if (html && compile_field(j, html, "'content.html_body'", "html_body.html", &j->html, e))
         return -1;
-    if (amp && compile_field(j, amp, "amp_html_body.html", true, &j->amp, e))
+    if (amp &&
+        compile_field(j, amp, "'content.amp_html_body'", "amp_html_body.html", &j->amp, e))
         return -1;
     size_t nh = json_object_size(headers) + 3;
     j->hdrs = calloc(nh, sizeof(*j->hdrs));
@@ -286,7 +294,7 @@ static int parse_builder(inject_job *j, const json_t *c, verr *e)
     if (subject) {
         inj_hdr *h = &j->hdrs[j->n_hdrs++];
         h->name = "Subject";
-        if (compile_field(j, subject, "headers[Subject]", false, &h->value, e))
+        if (compile_field(j, subject, "headers['Subject']", "headers[Subject]", &h->value, e))
             return -1;
     }
     const char *k;
@@ -308,9 +316,10 @@ static int parse_builder(inject_job *j, const json_t *c, verr *e)
             j->have_to = true;
         inj_hdr *h = &j->hdrs[j->n_hdrs++];
         h->name = k;
-        char tn[300];
+        char tn[300], fl[310];
         snprintf(tn, sizeof(tn), "headers[%s]", k);
-        if (compile_field(j, json_string_value(v), tn, false, &h->value, e))
+        snprintf(fl, sizeof(fl), "headers['%s']", k);
+        if (compile_field(j, json_string_value(v), fl, tn, &h->value, e))
             return -1;
     }
     /* KumoMTA keeps headers in a sorted map */
@@ -474,7 +483,8 @@ static int parse_request(inject_job *j, verr *e)
     }
     /* content last: its errors are 422 once the shape is right */
     if (json_is_string(content))
-        return compile_field(j, json_string_value(content), "content", false, &j->content, e);
+        return compile_field(j, json_string_value(content), "'content'", "content", &j->content,
+                             e);
     return parse_builder(j, content, e);
 }
 
