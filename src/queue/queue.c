@@ -46,6 +46,7 @@
 #include "queue/backoff.h"
 #include "queue/config.h"
 #include "queue/dispatch.h"
+#include "queue/schedule.h"
 #include "smtp/server.h"
 #include "spool/spool.h"
 
@@ -500,7 +501,9 @@ struct schedq {
     struct event *reap_ev;
     struct event *retry_ev;
     int64_t cfg_loaded_ns;
+    unsigned cfg_epoch;
     throttle_state rate;
+    int busy; /* maildir writes in flight: keeps the queue from being reaped */
 };
 
 struct readyq {
@@ -521,6 +524,9 @@ struct readyq {
     struct event *reap_ev;
     struct event *retry_ev;
     struct event *watchdog_ev;
+    throttle_state msg_rate, conn_rate;
+    int64_t cfg_loaded_ns;
+    unsigned cfg_epoch;
 };
 
 typedef struct qtables {
@@ -623,7 +629,7 @@ static void sched_free(schedq *sq)
 
 static void sched_arm_reap(schedq *sq)
 {
-    if (sq->waiting.count || sq->pending.count)
+    if (sq->waiting.count || sq->pending.count || sq->busy)
         return;
     int64_t ns = sq->state == CFG_READY ? sq->cfg.reap_interval_ns : 600 * NS_PER_SEC;
     struct timeval tv = {ns / NS_PER_SEC, (ns % NS_PER_SEC) / 1000};
@@ -633,7 +639,7 @@ static void sched_arm_reap(schedq *sq)
 static void sched_reap_cb(evutil_socket_t fd, short what, void *arg)
 {
     schedq *sq = arg;
-    if (sq->waiting.count || sq->pending.count || sq->state == CFG_LOADING)
+    if (sq->waiting.count || sq->pending.count || sq->busy || sq->state == CFG_LOADING)
         return;
     DDEBUG(QMOD, "queue=%s reaped (empty for reap_interval)", sq->name);
     sched_free(sq);
@@ -643,6 +649,7 @@ static void sched_site_resolved(const dns_mx *mx, void *ud);
 
 static void sched_config_ready(schedq *sq)
 {
+    sq->cfg_epoch = klua_config_epoch();
     if (sq->cfg.proto == QPROTO_SMTP && !sq->cfg.mx_list && !sq->site) {
         /* all domains served by the same MX hosts share one ready queue */
         const char *dom = sq->parts.routing_domain ? sq->parts.routing_domain : sq->parts.domain;
@@ -889,6 +896,13 @@ static void sched_place(schedq *sq, qmsg *q)
         qlist_push(&sq->pending, q);
         return;
     }
+    /* refresh_interval (Ttl) or a config epoch change (Epoch) */
+    if (sq->cfg.refresh_epoch ? sq->cfg_epoch != klua_config_epoch()
+                              : clock_mono_ns() - sq->cfg_loaded_ns > sq->cfg.refresh_interval_ns) {
+        qlist_push(&sq->pending, q);
+        sched_load_config(sq);
+        return;
+    }
     evtimer_del(sq->reap_ev);
     q->sq = sq;
     if (admin_intercept(sq, q))
@@ -912,6 +926,20 @@ static void sched_place(schedq *sq, qmsg *q)
         q->due_wall_s = br.delay_s > 0 ? now_s() + br.delay_s : 0;
     }
     int64_t now = now_s();
+    if (q->m && q->m->scheduling) {
+        /* set_scheduling: a deferred first attempt, then the delivery window */
+        int64_t first;
+        const char *fa = json_string_value(json_object_get(q->m->scheduling, "first_attempt"));
+        if (fa && q->num_attempts == 0 && sched_parse_rfc3339(fa, &first) == 0 &&
+            first > q->due_wall_s) {
+            q->due_wall_s = first;
+            qmsg_add_reason(q, R_SCHEDULED_FOR_LATER);
+        }
+        int64_t base = q->due_wall_s > now ? q->due_wall_s : now;
+        int64_t adj = sched_window_adjust(q->m->scheduling, base);
+        if (adj > base)
+            q->due_wall_s = adj;
+    }
     if (q->due_wall_s > now) {
         int64_t delay = q->due_wall_s - now;
         bool quiet = (q->n_reasons == 1 && q->reasons[0] == R_ENUMERATED) ||
@@ -1108,7 +1136,7 @@ static void maildir_after_load(qmsg *q, int err, void *ud)
                  .source = "unspecified",
                  .proto = "Maildir",
                  .provider = sq->cfg.provider_name};
-    sq->pending.count--; /* the load held a reference on the queue */
+    sq->busy--; /* the load held a reference on the queue */
     char why[512];
     if (err) {
         snprintf(why, sizeof(why), "KumoMTA internal: error in deliver_message: %s",
@@ -1204,13 +1232,23 @@ static void sched_make_ready(schedq *sq, qmsg *q)
 {
     if (hold_for_spool(sq, q) || admin_intercept(sq, q) || admin_suspended(sq, q))
         return;
+    if (sq->cfg.has_max_message_rate) {
+        int64_t wait = throttle_take(&sq->rate, &sq->cfg.max_message_rate, clock_wall_ns());
+        if (wait > 0) {
+            /* no attempt, no jitter: due when the throttle opens */
+            qmsg_add_reason(q, R_MESSAGE_RATE_THROTTLE);
+            q->due_wall_s = now_s() + (wait + NS_PER_SEC - 1) / NS_PER_SEC;
+            sched_place(sq, q);
+            return;
+        }
+    }
     switch (sq->cfg.proto) {
     case QPROTO_NULL:
         spool_forget(q);
         qmsg_free(q);
         return;
     case QPROTO_MAILDIR:
-        sq->pending.count++; /* keeps the queue from being reaped during the load */
+        sq->busy++; /* keeps the queue from being reaped during the load */
         qmsg_load(q, true, maildir_after_load, sq);
         return;
     default:
@@ -1402,6 +1440,13 @@ static void back_to_sched(qmsg *q, int reason, int64_t delay_s);
 
 static void readyq_accept(readyq *rq, qmsg *q)
 {
+    if (rq->active == 0 && rq->state == CFG_READY &&
+        (rq->cfg.refresh_epoch ? rq->cfg_epoch != klua_config_epoch()
+                               : clock_mono_ns() - rq->cfg_loaded_ns > rq->cfg.refresh_interval_ns)) {
+        qlist_push(&rq->pending, q);
+        readyq_load_config(rq);
+        return;
+    }
     if (rq->fifo.count >= rq->cfg.max_ready) {
         back_to_sched(q, R_READYQ_FULL, -1);
         return;
@@ -1415,6 +1460,8 @@ static void readyq_accept(readyq *rq, qmsg *q)
 static void readyq_config_ready(readyq *rq)
 {
     rq->state = CFG_READY;
+    rq->cfg_loaded_ns = clock_mono_ns();
+    rq->cfg_epoch = klua_config_epoch();
     while (rq->pending.count)
         readyq_accept(rq, qlist_pop(&rq->pending));
     readyq_arm_reap(rq);
@@ -1950,6 +1997,27 @@ static void disp_next(dispatcher *d)
     readyq *rq = d->rq;
     if (d->closing)
         return;
+    int64_t now_ns = clock_wall_ns();
+    if (!d->open && !d->opening && rq->cfg.has_max_connection_rate) {
+        int64_t wait = throttle_take(&rq->conn_rate, &rq->cfg.max_connection_rate, now_ns);
+        if (wait > 0) {
+            disp_set_phase(d, PHASE_CONNECTION_RATE_THROTTLED, NULL);
+            struct timeval tv = {wait / NS_PER_SEC, (wait % NS_PER_SEC) / 1000};
+            event_base_once(reactor_base(reactor_current()), -1, EV_TIMEOUT, disp_next_cb, d,
+                            &tv);
+            return;
+        }
+    }
+    if (d->open && rq->fifo.count && rq->cfg.has_max_message_rate) {
+        int64_t wait = throttle_take(&rq->msg_rate, &rq->cfg.max_message_rate, now_ns);
+        if (wait > 0) {
+            disp_set_phase(d, PHASE_MESSAGE_RATE_THROTTLED, NULL);
+            struct timeval tv = {wait / NS_PER_SEC, (wait % NS_PER_SEC) / 1000};
+            event_base_once(reactor_base(reactor_current()), -1, EV_TIMEOUT, disp_next_cb, d,
+                            &tv);
+            return;
+        }
+    }
     if (!d->open) {
         if (d->opening)
             return;

@@ -33,6 +33,7 @@
 
 #include "core/duration.h"
 #include "core/kerr.h"
+#include "core/diag.h"
 #include "spool/backend.h"
 #include "spool/health.h"
 #include "spool/spool.h"
@@ -507,8 +508,13 @@ static void run_apply(spool_store *st, spool__wop *ops, size_t n, spool_req **wh
         return;
     st->be->apply(st, ops, n);
     for (size_t i = 0; i < n; i++)
-        if (ops[i].err < 0 && who[i]->err == 0)
+        if (ops[i].err < 0 && who[i]->err == 0) {
+            char hex[SPOOLID_HEX_LEN + 1];
+            spoolid_to_hex(ops[i].id, hex);
+            DERROR("kumod::spool", "id=%s %s of the %s spool at %s failed: %s", hex,
+                   ops[i].buf ? "write" : "delete", st->name, st->path, kerr_str(ops[i].err));
             who[i]->err = ops[i].err;
+        }
 }
 
 static void write_segment(spool *sp, spool_req **reqs, size_t n)
