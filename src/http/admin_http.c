@@ -235,10 +235,13 @@ void http_check_liveness_v1(http_req *hr)
 {
     static const char ctype[] = "text/plain; charset=utf-8";
     const char *why = NULL;
+    char reason[256];
     if (http_shutting_down())
         why = "shutting down";
     else if (!services_spool() || !services_spool_ready())
         why = "waiting for spool startup";
+    else if (!services_spool_healthy(reason, sizeof(reason)))
+        why = reason;
     if (why) {
         http_reply_text(hr, 503, ctype, why, strlen(why));
         return;

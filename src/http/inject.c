@@ -1101,9 +1101,15 @@ void http_inject_v1(http_req *hr)
         http_reply_error(hr, 503, "shutting down");
         return;
     }
+    char why[256];
     if (!services_spool() || !services_spool_ready()) {
         job_free(j);
         http_reply_error(hr, 503, "waiting for spool startup");
+        return;
+    }
+    if (!services_spool_healthy(why, sizeof(why))) {
+        job_free(j);
+        http_reply_error(hr, 503, "%s", why);
         return;
     }
     job_step(j);

@@ -9,11 +9,14 @@
  * through queue_admin_summary (a mailbox round trip, so the scraping
  * reactor never reads another reactor's queues). Only values that exist
  * are reported: the queue layer counts deliveries process-wide, not per
- * ready queue, so those totals carry service="all". A family that another
- * layer registered first is left to it.
+ * ready queue, so those totals carry service="all". The spool's monitor
+ * feeds disk_free_*{name="data spool"|"meta spool"} and, for RocksDB
+ * stores, rocks_spool_*{path}. A family that another layer registered
+ * first is left to it.
  *
  * Owns the snapshot (under snap_lock) and the HTTP receive counter. */
 #include <pthread.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -25,8 +28,10 @@
 #include "http/request.h"
 #include "metrics/metrics.h"
 #include "queue/admin.h"
+#include "lua/services.h"
 #include "queue/queue.h"
 #include "smtp/server.h"
+#include "spool/spool.h"
 
 #define MMOD "kumod::http_metrics"
 
@@ -140,6 +145,58 @@ static void c_ready(metrics_emitter *em, void *arg)
     pthread_mutex_unlock(&snap_lock);
 }
 
+/* disk_free_* and rocks_spool_*: which field of spool_health_info a family
+ * reports, and its C type. */
+typedef struct health_field {
+    size_t off;
+    bool is_double, rocks_only, is_bool;
+} health_field;
+
+#define HF(field, dbl, rocks)                                                                      \
+    {offsetof(spool_health_info, field), dbl, rocks, false}
+
+static const health_field hf_disk_bytes = HF(disk_free_bytes, false, false);
+static const health_field hf_disk_inodes = HF(disk_free_inodes, false, false);
+static const health_field hf_disk_pct = HF(disk_free_percent, true, false);
+static const health_field hf_disk_inodes_pct = HF(disk_free_inodes_percent, true, false);
+static const health_field hf_mem_total = HF(mem_table_total, false, true);
+static const health_field hf_mem_unflushed = HF(mem_table_unflushed, false, true);
+static const health_field hf_readers = HF(mem_table_readers_total, false, true);
+static const health_field hf_cache = HF(cache_total, false, true);
+static const health_field hf_bg_errors = HF(background_errors, false, true);
+static const health_field hf_write_stopped = HF(write_stopped, false, true);
+static const health_field hf_compactions = HF(num_running_compactions, false, true);
+static const health_field hf_compaction_pending = HF(compaction_pending, false, true);
+static const health_field hf_pending_bytes = HF(estimate_pending_compaction_bytes, false, true);
+static const health_field hf_delayed_rate = HF(actual_delayed_write_rate, false, true);
+static const health_field hf_load_shed = {offsetof(spool_health_info, load_shed_active), false,
+                                          true, true};
+
+static void c_spool_health(metrics_emitter *em, void *arg)
+{
+    const health_field *f = arg;
+    spool *sp = services_spool();
+    if (!sp)
+        return;
+    spool_health_info info[2];
+    spool_get_health(sp, info);
+    static const char *const names[2] = {"data spool", "meta spool"};
+    for (int i = 0; i < 2; i++) {
+        /* not sampled yet: nothing to report rather than zeros */
+        if (!info[i].path[0] || (f->rocks_only && !info[i].is_rocksdb))
+            continue;
+        const char *p = (const char *)&info[i] + f->off;
+        double v;
+        if (f->is_bool)
+            v = *(const bool *)p ? 1 : 0;
+        else if (f->is_double)
+            v = *(const double *)p;
+        else
+            v = (double)*(const uint64_t *)p;
+        metrics_emit(em, v, f->rocks_only ? info[i].path : names[i], NULL);
+    }
+}
+
 /* ---- registration ------------------------------------------------------------------ */
 
 static void reg(enum metrics_type type, const char *name, const char *help, const char *label,
@@ -187,6 +244,52 @@ static void register_once(void)
         (void *)"ready_count");
     reg(METRICS_GAUGE, "connection_count", "number of active connections", "service", c_ready,
         (void *)"connection_count");
+    static const struct {
+        const char *name, *help;
+        const health_field *f;
+    } health[] = {
+        {"disk_free_bytes", "number of available bytes in a monitored location", &hf_disk_bytes},
+        {"disk_free_inodes", "number of available inodes in a monitored location",
+         &hf_disk_inodes},
+        {"disk_free_percent", "percentage of available bytes in a monitored location",
+         &hf_disk_pct},
+        {"disk_free_inodes_percent", "percentage of available inodes in a monitored location",
+         &hf_disk_inodes_pct},
+        {"rocks_spool_mem_table_total", "Approximate memory usage (bytes) of all the mem-tables",
+         &hf_mem_total},
+        {"rocks_spool_mem_table_unflushed",
+         "Approximate memory usage (bytes) of un-flushed mem-tables", &hf_mem_unflushed},
+        {"rocks_spool_mem_table_readers_total",
+         "Approximate memory usage (bytes) of all the table readers", &hf_readers},
+        {"rocks_spool_cache_total", "Approximate memory (bytes) usage by cache", &hf_cache},
+        {"rocks_spool_background_errors",
+         "Accumulated count of background errors encountered by the rocksdb instance",
+         &hf_bg_errors},
+        {"rocks_spool_write_stopped",
+         "Set to 1 when the rocksdb instance is currently refusing writes at the "
+         "WriteController layer, 0 otherwise",
+         &hf_write_stopped},
+        {"rocks_spool_num_running_compactions",
+         "Number of background compactions currently running for this rocksdb instance",
+         &hf_compactions},
+        {"rocks_spool_compaction_pending",
+         "Set to 1 when at least one compaction is pending for this rocksdb instance, 0 "
+         "otherwise",
+         &hf_compaction_pending},
+        {"rocks_spool_estimate_pending_compaction_bytes",
+         "Estimated total bytes that compaction needs to rewrite to bring all levels back under "
+         "their target sizes",
+         &hf_pending_bytes},
+        {"rocks_spool_actual_delayed_write_rate",
+         "Current delayed write rate (bytes/second) applied by rocksdb to throttle foreground "
+         "writers",
+         &hf_delayed_rate},
+        {"rocks_spool_load_shed_active",
+         "Set to 1 when this spool's load-shedding gate is latched, 0 otherwise", &hf_load_shed},
+    };
+    for (size_t i = 0; i < sizeof(health) / sizeof(health[0]); i++)
+        reg(METRICS_GAUGE, health[i].name, health[i].help,
+            health[i].f->rocks_only ? "path" : "name", c_spool_health, (void *)health[i].f);
 }
 
 void http_metrics_register(void)

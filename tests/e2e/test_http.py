@@ -763,6 +763,9 @@ def test_metrics_parse_and_count_what_was_injected_and_delivered(kumod_factory):
     status, res = inject(k, body)
     assert status == 200 and res["success_count"] == 3
     k.wait_records(type="Delivery", count=3)
+    # the spool monitor samples twice a second; before that it reports nothing
+    wait_until(lambda: b"disk_free_bytes{" in request(k, "GET", "/metrics")[2], 10,
+               what="the spool monitor's first sample")
     status, headers, data = request(k, "GET", "/metrics")
     assert status == 200
     assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
@@ -775,6 +778,12 @@ def test_metrics_parse_and_count_what_was_injected_and_delivered(kumod_factory):
     assert values[("total_messages_fail", (("service", "all"),))] == 0
     assert values[("scheduled_count_total", ())] == 0
     assert values[("dispatcher_watchdog_aborted", (("service", "all"),))] == 0
+    # the spool monitor's numbers: both spools' disks, RocksDB gauges for the meta spool
+    assert values[("disk_free_bytes", (("name", "data spool"),))] > 0
+    assert 0 < values[("disk_free_percent", (("name", "meta spool"),))] <= 100
+    rocks = {labels for (name, labels) in values if name == "rocks_spool_mem_table_total"}
+    assert rocks == {(("path", k.path("spool", "meta")),)}, rocks
+    assert values[("rocks_spool_load_shed_active", (("path", k.path("spool", "meta")),))] == 0
     assert types["total_messages_received"] == "counter"
     assert types["scheduled_count_total"] == "gauge"
     assert "# HELP total_messages_received total number of messages ever received" in text
