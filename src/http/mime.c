@@ -181,20 +181,28 @@ bool mime_addr_valid(const char *a)
     return true;
 }
 
-/* RFC 2047 B encoded-words for a UTF-8 string; every word at most 75
- * characters and never splitting a UTF-8 sequence, words joined by
- * "\r\n " (a fold). */
-static void put_encoded_words(buf *b, const char *s, size_t n)
+/* RFC 2047 B encoded-words for a UTF-8 string starting at column col;
+ * every line they occupy stays within 76 characters (so every word is
+ * shorter than 75), no word splits a UTF-8 sequence, and words are joined
+ * by "\r\n " (a fold). */
+static void put_encoded_words(buf *b, const char *s, size_t n, size_t col)
 {
-    /* "=?UTF-8?B?" + "?=" is 12 chars: 63 left for base64 = 45 bytes of input */
     size_t i = 0;
     bool first = true;
     while (i < n) {
-        size_t take = n - i < 45 ? n - i : 45;
+        /* "=?UTF-8?B?" + "?=" take 12 columns; base64 turns 3 bytes into 4 */
+        size_t avail = 76 - 12 - (first ? (col < 60 ? col : 60) : 1);
+        size_t max = avail / 4 * 3;
+        if (max < 3) {
+            puts_(b, "\r\n ");
+            first = false;
+            continue;
+        }
+        size_t take = n - i < max ? n - i : max;
         while (take < n - i && take > 0 && ((unsigned char)s[i + take] & 0xC0) == 0x80)
             take--;
         if (take == 0)
-            take = n - i < 45 ? n - i : 45;
+            take = n - i < max ? n - i : max;
         char *enc = mime_b64_encode((const unsigned char *)s + i, take);
         if (!enc) {
             b->failed = true;
@@ -220,7 +228,8 @@ char *mime_mailbox(const char *name, const char *addr)
     }
     size_t nl = strlen(name);
     if (!is_ascii(name, nl)) {
-        put_encoded_words(&b, name, nl);
+        /* typically after "Reply-To: " */
+        put_encoded_words(&b, name, nl, 10);
     } else {
         bool plain = true;
         for (size_t i = 0; i < nl; i++) {
@@ -271,7 +280,7 @@ static void put_header(buf *b, const char *name, const char *value, bool encoded
         if (v[i] == '\r' || v[i] == '\n')
             v[i] = ' ';
     if (!encoded && !is_ascii(v, vl)) {
-        put_encoded_words(b, v, vl);
+        put_encoded_words(b, v, vl, strlen(name) + 2);
         puts_(b, "\r\n");
         free(v);
         return;
@@ -373,7 +382,7 @@ static void put_param(buf *b, const char *name, const char *value)
     puts_(b, "=\"");
     size_t vl = strlen(value);
     if (!is_ascii(value, vl)) {
-        put_encoded_words(b, value, vl);
+        put_encoded_words(b, value, vl, strlen(name) + 3);
     } else {
         for (size_t i = 0; i < vl; i++) {
             if (value[i] == '"' || value[i] == '\\')
