@@ -305,6 +305,31 @@ void http_lua_register(void)
     klua_register_opener(http_open);
 }
 
+static const char *method_name(enum evhttp_cmd_type m)
+{
+    switch (m) {
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+        return "OPTIONS";
+    case EVHTTP_REQ_TRACE:
+        return "TRACE";
+    case EVHTTP_REQ_CONNECT:
+        return "CONNECT";
+    case EVHTTP_REQ_PATCH:
+        return "PATCH";
+    }
+    return "UNKNOWN";
+}
+
 /* ---- replies ---------------------------------------------------------------------------- */
 
 static const char *reason_phrase(int status)
@@ -356,10 +381,7 @@ void http_reply_text(http_req *hr, int status, const char *content_type, const c
         evhttp_add_header(h, "Content-Type", content_type);
     if (out && body && len)
         evbuffer_add(out, body, len);
-    DDEBUG(HMOD, "peer=%s %s %s -> %d", hr->peer_ip,
-           hr->method == EVHTTP_REQ_GET    ? "GET"
-           : hr->method == EVHTTP_REQ_POST ? "POST"
-                                           : "other",
+    DDEBUG(HMOD, "peer=%s %s %s -> %d", hr->peer_ip, method_name(hr->method),
            hr->path ? hr->path : "?", status);
     evhttp_send_reply(hr->req, status, reason_phrase(status), out);
     if (out)
@@ -378,6 +400,26 @@ void http_reply_json(http_req *hr, int status, json_t *body_take)
     free(s);
 }
 
+/* Replaces every byte that is not part of well-formed UTF-8 with '?': a
+ * message may quote client bytes or be cut in the middle of a character,
+ * and JSON strings must be valid. */
+void http_utf8_sanitize(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        int n = *p < 0x80 ? 0 : (*p & 0xE0) == 0xC0 ? 1 : (*p & 0xF0) == 0xE0 ? 2
+                          : (*p & 0xF8) == 0xF0 ? 3 : -1;
+        bool ok = n >= 0 && !(n == 1 && *p < 0xC2);
+        for (int i = 1; ok && i <= n; i++)
+            ok = (p[i] & 0xC0) == 0x80;
+        if (!ok) {
+            *p++ = '?';
+            continue;
+        }
+        p += n + 1;
+    }
+}
+
 void http_reply_error(http_req *hr, int status, const char *fmt, ...)
 {
     char msg[2048];
@@ -385,6 +427,7 @@ void http_reply_error(http_req *hr, int status, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    http_utf8_sanitize(msg);
     http_reply_json(hr, status, json_pack("{s:s}", "error", msg));
 }
 
@@ -464,31 +507,6 @@ static const http_route routes[] = {
     {"/api/admin/set_diagnostic_log_filter/v1", M_POST, http_admin_set_log_filter},
     {"/api/admin/bump-config-epoch", M_POST, http_admin_bump_config_epoch},
 };
-
-static const char *method_name(enum evhttp_cmd_type m)
-{
-    switch (m) {
-    case EVHTTP_REQ_GET:
-        return "GET";
-    case EVHTTP_REQ_POST:
-        return "POST";
-    case EVHTTP_REQ_HEAD:
-        return "HEAD";
-    case EVHTTP_REQ_PUT:
-        return "PUT";
-    case EVHTTP_REQ_DELETE:
-        return "DELETE";
-    case EVHTTP_REQ_OPTIONS:
-        return "OPTIONS";
-    case EVHTTP_REQ_TRACE:
-        return "TRACE";
-    case EVHTTP_REQ_CONNECT:
-        return "CONNECT";
-    case EVHTTP_REQ_PATCH:
-        return "PATCH";
-    }
-    return "UNKNOWN";
-}
 
 /* ---- authentication ------------------------------------------------------------------------- */
 

@@ -528,6 +528,8 @@ static void rcpt_fail(inj_rcpt *r, const char *fmt, ...)
         r->error = NULL;
     if (!r->error)
         r->error = strdup("out of memory");
+    if (r->error)
+        http_utf8_sanitize(r->error);
 }
 
 static char *render(const tmpl *t, const json_t *vars, size_t *len, char *err, size_t errlen)

@@ -57,6 +57,10 @@ void http_reply_error(http_req *hr, int status, const char *fmt, ...)
 void http_reply_text(http_req *hr, int status, const char *content_type, const char *body,
                      size_t len);
 
+/* Replaces bytes that are not well-formed UTF-8 with '?' (in place), so
+ * that a message can go into a JSON string. */
+void http_utf8_sanitize(char *s);
+
 /* True once http_shutdown has begun. */
 bool http_shutting_down(void);
 

@@ -343,6 +343,8 @@ static int parse_literal(lexer *lx, json_t **out)
     switch (lx->kind) {
     case T_STR:
         *out = json_string(lx->text);
+        if (!*out)
+            return syntax_error(lx->p, lx->base + lx->i, "string literal is not valid UTF-8");
         break;
     case T_INT:
         *out = json_integer(lx->inum);
@@ -509,13 +511,16 @@ static int parse_primary(lexer *lx, expr **out)
             }
         }
     } else {
+        if (lx->kind != T_STR && lx->kind != T_INT && lx->kind != T_FLOAT &&
+            lx->kind != T_IDENT)
+            return lex_error(lx, "an expression");
         e = expr_new(E_LIT);
         if (!e)
             return KERR_NOMEM;
         rc = parse_literal(lx, &e->lit);
         if (rc) {
             expr_free(e);
-            return rc == KERR_PARSE ? lex_error(lx, "an expression") : rc;
+            return rc;
         }
     }
     rc = parse_filters(lx, e);

@@ -144,6 +144,8 @@ static const struct error_row error_rows[] = {
     {"{{#each x}}{{/each}}", TMPL_HANDLEBARS,
      "syntax error: handlebars block helpers and partials are not supported (in t.txt:1)"},
     {"{{name", TMPL_HANDLEBARS, "syntax error: unexpected end of input, expected '}}' (in t.txt:1)"},
+    /* found by tests/fuzz/fuzz_template.c: used to report "out of memory" */
+    {"{{ '\xb0' }}", TMPL_JINJA, "syntax error: string literal is not valid UTF-8 (in t.txt:1)"},
 };
 
 static void test_syntax_errors(void **state)
