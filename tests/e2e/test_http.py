@@ -1042,3 +1042,57 @@ def test_bump_config_epoch(k):
     status, _, data = request(k, "POST", "/api/admin/bump-config-epoch")
     assert (status, data) == (200, b"")
     k.wait_diag(r"config epoch bump requested")
+
+
+# ---- listener and ACL parameters --------------------------------------------------------------------
+
+
+BAD_PARAMS = [
+    ("kumo.start_http_listener { listen = '127.0.0.1:{http_port}', colour = 'red' }",
+     r"kumo\.start_http_listener: unknown field 'colour'"),
+    ("kumo.start_http_listener { listen = 'nope' }",
+     r"kumo\.start_http_listener: listen: 'nope' is not an IP:port address"),
+    ("kumo.start_http_listener { listen = '127.0.0.1:{http_port}', trusted_hosts = { 'x/y' } }",
+     r"kumo\.start_http_listener: trusted_hosts: "),
+    ("kumo.start_http_listener { listen = '127.0.0.1:{http_port}', use_tls = 'yes' }",
+     r"kumo\.start_http_listener: use_tls: expected a boolean"),
+    ("kumo.start_http_listener { listen = '127.0.0.1:{http_port}', tls_certificate = '/x.pem' }",
+     r"kumo\.start_http_listener: tls_certificate and tls_private_key must be given together"),
+    ("kumo.start_http_listener { listen = '127.0.0.1:{http_port}', request_body_limit = 'lots' }",
+     r"kumo\.start_http_listener: request_body_limit: expected a positive number of bytes"),
+    ("kumo.aaa.make_access_control_list { { criteria = { Identity = { Frob = 1 } }, "
+     "privilege = 'GET', access = 'Allow' } }",
+     r"kumo\.aaa\.make_access_control_list: rule 1: unknown Identity criteria 'Frob'"),
+    ("kumo.aaa.make_access_control_list { { criteria = { Identity = { Any = {} } }, "
+     "privilege = 'GET', access = 'Perhaps' } }",
+     r"kumo\.aaa\.make_access_control_list: rule 1: access must be 'Allow' or 'Deny'"),
+]
+
+
+@pytest.mark.parametrize("lua,pattern", BAD_PARAMS)
+def test_bad_parameters_are_named(kumod_factory, lua, pattern):
+    k = kumod_factory(start=False, policy=f"""local kumo = require 'kumo'
+kumo.on('init', function()
+  {lua}
+end)
+""")
+    e = dict(os.environ)
+    e.setdefault("ASAN_OPTIONS", "detect_leaks=0")
+    r = subprocess.run([kh.kumod_bin(), "--policy", k.policy_path, "--validate"],
+                       capture_output=True, timeout=60 * kh.SLOW, env=e,
+                       stdin=subprocess.DEVNULL)
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    assert re.search(r"policy\.lua:3: " + pattern, err), err
+
+
+def test_validate_opens_no_http_listener(kumod_factory):
+    k = kumod_factory(start=False, policy=POLICY)
+    e = dict(os.environ)
+    e.setdefault("ASAN_OPTIONS", "detect_leaks=0")
+    r = subprocess.run([kh.kumod_bin(), "--policy", k.policy_path, "--validate"],
+                       capture_output=True, timeout=60 * kh.SLOW, env=e,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr.decode()
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", k.http_port)) != 0
