@@ -1022,6 +1022,24 @@ def test_kcli_queue_summary(k):
     kcli(k, "suspend-cancel", "--id", sid)
 
 
+def test_kcli_top(k):
+    hold(k, "top.hold.test", 2, prefix="t")
+    p = kcli(k, "top", "--count", "2", "--interval", "0.2")
+    frames = p.stdout.split(f"kumod at http://127.0.0.1:{k.http_port}  ")
+    assert len(frames) == 3, p.stdout
+    last = frames[2].splitlines()
+    assert re.fullmatch(r"\s+TOTAL\s+PER SEC", last[2]), last
+    rows = {line.split()[0]: line.split()[1:] for line in last[3:10]}
+    assert set(rows) == {"received", "delivered", "transfail", "failed", "scheduled", "ready",
+                         "connections"}
+    assert int(rows["received"][0].replace(",", "")) >= 2
+    # the second frame has rates for the counters
+    assert re.fullmatch(r"-?\d+\.\d", rows["received"][1]), rows
+    sched = last[last.index("", 3) + 1:]
+    assert re.fullmatch(r"SCHEDULED QUEUE\s+COUNT", sched[0])
+    assert any(re.fullmatch(r"top\.hold\.test\s+2", line) for line in sched), sched
+
+
 def test_kcli_inspect_ready_q(k):
     name = "unspecified->no.such.queue@smtp_client"
     p = kcli(k, "inspect-ready-q", name, check=False)

@@ -2,7 +2,7 @@
  * KumoMTA's kcli for the subcommands kumod serves (bounce, bounce-list,
  * bounce-cancel, suspend, suspend-list, suspend-cancel, suspend-ready-q,
  * suspend-ready-q-list, suspend-ready-q-cancel, rebind, inspect-message,
- * inspect-sched-q, inspect-ready-q, queue-summary, set-log-filter).
+ * inspect-sched-q, inspect-ready-q, queue-summary, set-log-filter, top).
  *
  * It talks to the HTTP listener (--endpoint, KUMO_KCLI_ENDPOINT, default
  * http://127.0.0.1:8000) with libcurl's easy interface, one blocking
@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
+#include <unistd.h>
 
 #define DEFAULT_ENDPOINT "http://127.0.0.1:8000"
 #define TIMEOUT_S 60L
@@ -1304,6 +1306,156 @@ static int run_queue_summary(const cmd *c, int argc, char **argv)
     return 0;
 }
 
+/* ---- top --------------------------------------------------------------------------------- */
+
+/* The sum of a family's series in /metrics.json (a number, a one-label
+ * object, or a list of series), or -1 when the family is absent. */
+static double family_total(const json_t *metrics, const char *family)
+{
+    const json_t *v = json_object_get(json_object_get(metrics, family), "value");
+    if (!v)
+        return -1;
+    if (json_is_number(v))
+        return json_number_value(v);
+    double sum = 0;
+    if (json_is_object(v)) {
+        const char *label;
+        json_t *series;
+        json_object_foreach((json_t *)v, label, series)
+        {
+            const char *lv;
+            json_t *n;
+            json_object_foreach(series, lv, n) sum += json_number_value(n);
+        }
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *s;
+        json_array_foreach(v, i, s) sum += json_number_value(json_object_get(s, "@"));
+    }
+    return sum;
+}
+
+typedef struct top_row {
+    const char *name;
+    double value;
+} top_row;
+
+static int cmp_top(const void *a, const void *b)
+{
+    const top_row *x = a, *y = b;
+    if (x->value != y->value)
+        return x->value > y->value ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+static void print_top_queues(const json_t *series, const char *title, bool strip_proto)
+{
+    size_t n = json_object_size(series), k = 0;
+    top_row *rows = calloc(n ? n : 1, sizeof(*rows));
+    const char *name;
+    json_t *v;
+    json_object_foreach((json_t *)series, name, v)
+    {
+        const char *colon = strip_proto ? strchr(name, ':') : NULL;
+        rows[k].name = colon ? colon + 1 : name;
+        rows[k++].value = json_number_value(v);
+    }
+    qsort(rows, k, sizeof(*rows), cmp_top);
+    static const char *names[2];
+    static const bool right[] = {false, true};
+    names[0] = title;
+    names[1] = "COUNT";
+    table t = {.ncols = 2, .names = names, .right = right};
+    for (size_t i = 0; i < k && i < 10; i++) {
+        char c[32];
+        fmt_count((long long)rows[i].value, c, sizeof(c));
+        table_add(&t, rows[i].name, c);
+    }
+    table_print(&t);
+    free(rows);
+}
+
+static int run_top(const cmd *c, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"interval", required_argument, NULL, O_LIMIT},
+        {"count", required_argument, NULL, O_ID},
+        {NULL, 0, NULL, 0},
+    };
+    double interval = 2;
+    long frames = -1;
+    optind = 0;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+        char *end;
+        if (ch == O_LIMIT) {
+            interval = strtod(optarg, &end);
+            if (*end || interval <= 0)
+                usage_error(c->name, "--interval: expected a positive number of seconds");
+        } else if (ch == O_ID) {
+            frames = strtol(optarg, &end, 10);
+            if (*end || frames <= 0)
+                usage_error(c->name, "--count: expected a positive number");
+        } else if (ch == ':') {
+            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
+        } else {
+            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        usage_error(c->name, "unexpected argument %s", argv[optind]);
+    static const struct {
+        const char *family, *label;
+    } totals[] = {
+        {"total_messages_received", "received"},  {"total_messages_delivered", "delivered"},
+        {"total_messages_transfail", "transfail"}, {"total_messages_fail", "failed"},
+        {"scheduled_count_total", "scheduled"},   {"ready_count", "ready"},
+        {"connection_count", "connections"},
+    };
+    enum { NT = sizeof(totals) / sizeof(totals[0]) };
+    double prev[NT];
+    struct timespec prev_t = {0};
+    bool tty = isatty(STDOUT_FILENO);
+    for (long frame = 0; frames < 0 || frame < frames; frame++) {
+        if (frame)
+            usleep((useconds_t)(interval * 1e6));
+        json_t *m = request_json("GET", "/metrics.json", NULL, NULL);
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double dt = (double)(now.tv_sec - prev_t.tv_sec) + (now.tv_nsec - prev_t.tv_nsec) / 1e9;
+        if (tty)
+            fputs("\033[H\033[2J", stdout);
+        time_t wall = time(NULL);
+        char when[64];
+        strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", localtime(&wall));
+        printf("kumod at %s  %s\n\n", endpoint, when);
+        static const char *names[] = {"", "TOTAL", "PER SEC"};
+        static const bool right[] = {false, true, true};
+        table t = {.ncols = 3, .names = names, .right = right};
+        for (int i = 0; i < NT; i++) {
+            double v = family_total(m, totals[i].family);
+            char tot[32] = "-", rate[32] = "";
+            if (v >= 0)
+                fmt_count((long long)v, tot, sizeof(tot));
+            bool counter = strncmp(totals[i].family, "total_", 6) == 0;
+            if (counter && frame && v >= 0 && prev[i] >= 0 && dt > 0)
+                snprintf(rate, sizeof(rate), "%.1f", (v - prev[i]) / dt);
+            table_add(&t, totals[i].label, tot, rate);
+            prev[i] = v;
+        }
+        table_print(&t);
+        printf("\n");
+        print_top_queues(family_series(m, "scheduled_count", "queue"), "SCHEDULED QUEUE", false);
+        printf("\n");
+        print_top_queues(family_series(m, "ready_count", "service"), "READY QUEUE", true);
+        fflush(stdout);
+        prev_t = now;
+        json_decref(m);
+    }
+    return 0;
+}
+
 /* ---- main ------------------------------------------------------------------------------ */
 
 static const cmd commands[] = {
@@ -1341,6 +1493,8 @@ static const cmd commands[] = {
      "[--limit N] [--by-volume] [--domain D] [--json]", run_queue_summary},
     {"set-log-filter", "Change the diagnostic log filter of the running kumod", "FILTER",
      run_set_log_filter},
+    {"top", "A live view of message rates and the largest queues (from /metrics.json)",
+     "[--interval SECONDS] [--count FRAMES]", run_top},
 };
 
 static void usage(FILE *f)
