@@ -24,6 +24,7 @@
 #include "lua/klua.h"
 #include "lua/services.h"
 #include "smtp/server.h"
+#include "http/http.h"
 #include "queue/queue.h"
 #include "delivery/lua_deliver.h"
 #include "delivery/deferred.h"
@@ -296,6 +297,7 @@ int main(int argc, char **argv)
 
     services_lua_register();
     smtpsrv_lua_register();
+    http_lua_register();
     queue_init();
     lua_deliver_register();
     deferred_register();
@@ -336,6 +338,11 @@ int main(int argc, char **argv)
         exit_code = 1;
         goto out_reactors;
     }
+    if (http_start_listeners(err, sizeof(err)) != 0) {
+        fprintf(stderr, "kumod: %s\n", err);
+        exit_code = 1;
+        goto out_listeners;
+    }
     if (user && drop_privileges(user) != 0) {
         exit_code = 1;
         goto out_listeners;
@@ -367,6 +374,7 @@ int main(int argc, char **argv)
 out_listeners:
     /* Orderly: stop accepting, let sessions finish their current reply, then
      * stop the reactors, drain the spool and flush the logs. */
+    http_shutdown();
     smtpsrv_shutdown();
     for (int i = 0; i < reactor_count(); i++) {
         struct sync_job j;

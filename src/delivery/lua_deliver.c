@@ -56,10 +56,10 @@ static void after_constructor(klua_call *c, int status, void *ud)
     lua_State *L = klua_call_thread(c);
     if (klua_call_nresults(c) < 1 || lua_type(L, 1) != LUA_TTABLE) {
         snprintf(content, sizeof(content),
-                 "KumoMTA internal: failed to connect: constructor '%s' did not return a "
-                 "connection object (a table with a send method)",
-                 disp_queue_config(d)->constructor);
-        DERROR(LMOD, "ready_queue=%s %s", disp_readyq_name(d), content);
+                 "KumoMTA internal: error in deliver_message: invalid connection object");
+        DERROR(LMOD, "ready_queue=%s constructor '%s' did not return a connection object (a "
+                     "table with a send method)",
+               disp_readyq_name(d), disp_queue_config(d)->constructor);
         disp_response r = {400, 0, 0, 0, content, NULL};
         disp_opened(d, false, &r);
         return;
@@ -68,6 +68,11 @@ static void after_constructor(klua_call *c, int status, void *ud)
     lua_State *main = klua_state(lc->vm);
     lua_xmove(L, main, 1);
     lc->obj_ref = luaL_ref(main, LUA_REGISTRYINDEX);
+    lua_rawgeti(main, LUA_REGISTRYINDEX, lc->obj_ref);
+    lua_getfield(main, -1, "send");
+    if (lua_type(main, -1) == LUA_TFUNCTION)
+        disp_set_peer(d, lc->peer_name, "0.0.0.0");
+    lua_pop(main, 2);
     disp_opened(d, true, NULL);
 }
 
@@ -82,7 +87,6 @@ static void ldeliver_open(dispatcher *d)
     snprintf(lc->peer_name, sizeof(lc->peer_name), "Lua via %s",
              disp_queue_config(d)->constructor);
     disp_set_driver_state(d, lc);
-    disp_set_peer(d, lc->peer_name, "0.0.0.0");
     const char *ctor = disp_queue_config(d)->constructor;
     disp_set_phase(d, PHASE_ATTEMPTING_CONNECTION, NULL);
     klua_call *c;

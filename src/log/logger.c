@@ -478,9 +478,8 @@ static void *writer_main(void *arg)
                 lg->flush_target <= lg->flushed_seq) {
                 /* Coalesce: at most one zstd flush (and write) per 20 ms, so a
                  * busy server does not pay a syscall per record. */
-                struct timespec now;
-                clock_gettime(CLOCK_REALTIME, &now);
-                int64_t t = (int64_t)now.tv_sec * NS_PER_S + now.tv_nsec;
+                /* not_empty waits on CLOCK_MONOTONIC */
+                int64_t t = mono_now();
                 if (t - last_flush < 20000000) {
                     int64_t until = last_flush + 20000000;
                     struct timespec ts = {.tv_sec = until / NS_PER_S, .tv_nsec = until % NS_PER_S};

@@ -75,7 +75,10 @@ static const char dispatch_src[] =
     "  if not multi[name] then return hs[1](...) end\n"
     "  for i = 1, #hs do\n"
     "    local r = table.pack(hs[i](...))\n"
-    "    if r[1] ~= nil then return table.unpack(r, 1, r.n) end\n"
+    "    if name == 'requeue_message' then\n"
+    "      -- every handler runs until one explicitly returns nil\n"
+    "      if r.n > 0 and r[1] == nil then return nil end\n"
+    "    elseif r[1] ~= nil then return table.unpack(r, 1, r.n) end\n"
     "  end\n"
     "  return nil\n"
     "end\n";

@@ -50,11 +50,11 @@ int queue_name_parse(const char *name, queue_name_parts *out)
     const char *dom = name;
     if (at) {
         const char *colon = memchr(name, ':', (size_t)(at - name));
+        /* "campaign:@domain" and "@domain" have an empty (not absent) tenant */
         if (colon) {
             out->campaign = xstrndup(name, (size_t)(colon - name));
-            if (at > colon + 1)
-                out->tenant = xstrndup(colon + 1, (size_t)(at - colon - 1));
-        } else if (at > name) {
+            out->tenant = xstrndup(colon + 1, (size_t)(at - colon - 1));
+        } else {
             out->tenant = xstrndup(name, (size_t)(at - name));
         }
         dom = at + 1;

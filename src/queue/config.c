@@ -671,24 +671,29 @@ static unsigned gcd(unsigned a, unsigned b)
 
 int egress_pool_next(const egress_pool *p, wrr_state *st)
 {
+    /* LVS interleaved weighted round robin over the entries with a weight */
+    int idx[256];
+    int n = 0;
     unsigned g = 0, maxw = 0;
-    for (size_t i = 0; i < p->n; i++) {
+    for (size_t i = 0; i < p->n && n < 256; i++) {
+        if (p->entries[i].weight == 0)
+            continue;
+        idx[n++] = (int)i;
         g = gcd(g, p->entries[i].weight);
         if (p->entries[i].weight > maxw)
             maxw = p->entries[i].weight;
     }
-    if (maxw == 0)
+    if (n == 0)
         return -1;
-    /* LVS interleaved weighted round robin */
-    for (size_t guard = 0; guard < p->n * (maxw / g + 1) + 1; guard++) {
-        st->i = (st->i + 1) % (int)p->n;
+    for (int guard = 0; guard < n * (int)(maxw / g + 1) + 1; guard++) {
+        st->i = (st->i + 1) % n;
         if (st->i == 0) {
             st->cw -= (int)g;
             if (st->cw <= 0)
                 st->cw = (int)maxw;
         }
-        if (p->entries[st->i].weight >= (unsigned)st->cw && p->entries[st->i].weight > 0)
-            return st->i;
+        if (p->entries[idx[st->i]].weight >= (unsigned)st->cw)
+            return idx[st->i];
     }
     return -1;
 }

@@ -372,11 +372,14 @@ static void load_finish_on_reactor(void *arg)
 {
     struct load_job *j = arg;
     qmsg *q = j->q;
-    if (!j->err && j->meta) {
+    /* keep a meta that loaded even when the data did not: the failure is
+     * then logged against the message and it is retried */
+    if (j->meta) {
         message *m;
         int rc = message_from_meta_json(&q->id, j->meta, j->meta_len, &m);
         if (rc) {
-            j->err = rc;
+            if (!j->err)
+                j->err = rc;
         } else {
             message_unref(q->m);
             q->m = m;
@@ -1128,21 +1131,26 @@ struct maildir_job {
 static void maildir_after_load(qmsg *q, int err, void *ud)
 {
     schedq *sq = ud;
-    char site[4200];
-    snprintf(site, sizeof(site), "maildir:%s", sq->cfg.maildir_path);
+    char session[37];
+    uuid_t u;
+    uuid_generate_time(u);
+    uuid_unparse_lower(u, session);
     rec_ctx x = {.queue = sq->name,
-                 .site = site,
-                 .pool = sq->cfg.egress_pool ? sq->cfg.egress_pool : "unspecified",
-                 .source = "unspecified",
+                 .site = "",
                  .proto = "Maildir",
+                 .session_id = session,
                  .provider = sq->cfg.provider_name};
     sq->busy--; /* the load held a reference on the queue */
-    char why[512];
+    char why[512], content[900];
+    char hex[SPOOLID_HEX_LEN + 1];
+    spoolid_to_hex(&q->id, hex);
+    const char *rcpt = q->m && q->m->n_rcpts ? q->m->rcpts[0] : "";
     if (err) {
         snprintf(why, sizeof(why), "KumoMTA internal: error in deliver_message: %s",
                  kerr_str(err));
     } else if (maildir_write(&sq->cfg, q->m, why, sizeof(why)) == 0) {
-        disp_response r = {200, 0, 0, 0, "", NULL};
+        snprintf(content, sizeof(content), "%s: wrote to maildir with id=%s", rcpt, hex);
+        disp_response r = {200, 0, 0, 0, content, NULL};
         log_record(LOGREC_DELIVERY, q->m, q->num_attempts, &x, &r);
         atomic_fetch_add(&st_delivered, 1);
         spool_forget_delivered(q);
@@ -1153,16 +1161,18 @@ static void maildir_after_load(qmsg *q, int err, void *ud)
     /* "Failures to write to the maildir will cause the message to be delayed
      * and retried approximately 1 minute later." */
     DWARN(QMOD, "queue=%s maildir delivery failed: %s", sq->name, why);
-    char content[600];
-    snprintf(content, sizeof(content), "%s", why);
+    snprintf(content, sizeof(content), "%s: failed to write to maildir: %s", rcpt, why);
     disp_response r = {400, 0, 0, 0, content, NULL};
     atomic_fetch_add(&st_transfail, 1);
-    if (q->m)
-        log_record(LOGREC_TRANSIENT_FAILURE, q->m, q->num_attempts, &x, &r);
-    qmsg_add_reason(q, R_LOGGED_TRANSIENT_FAILURE);
+    if (!q->m) {
+        q->due_wall_s = now_s() + 60;
+        sched_place(sq, q);
+        return;
+    }
+    log_record(LOGREC_TRANSIENT_FAILURE, q->m, q->num_attempts, &x, &r);
     q->num_attempts++;
-    q->due_wall_s = now_s() + 60;
-    sched_place(sq, q);
+    q->n_reasons = 0;
+    requeue(q, sq->name, false, 60, &r, R_LOGGED_TRANSIENT_FAILURE);
 }
 
 /* ---- making a message ready ---------------------------------------------------------------------- */
@@ -1989,6 +1999,8 @@ static void disp_after_load(qmsg *q, int err, void *ud)
         return;
     }
     disp_set_phase(d, PHASE_DELIVERING_MESSAGE, NULL);
+    /* the insert context of a later requeue describes this attempt only */
+    q->n_reasons = 0;
     d->drv->send(d, q->m);
 }
 
@@ -2338,7 +2350,6 @@ static void requeue_on_owner(void *arg)
                          "Next delivery time would be %s after creation, which exceeds "
                          "max_age=%s",
                          dur, max);
-            q->num_attempts--; /* the record shows the attempts made */
             expire_message(q, sq->name, content, sq->cfg.egress_pool, sq->cfg.provider_name);
             free(j);
             sched_arm_reap(sq);

@@ -1713,6 +1713,7 @@ static void save_done_on_reactor(void *arg)
 static void save_done(void *ud, int err)
 {
     struct save_ctx *x = ud;
+    x->err = err; /* a failed save must never be acknowledged */
     reactor_post(x->s->r, save_done_on_reactor, x);
 }
 
@@ -1824,7 +1825,9 @@ static void finish_reception(sess *s)
     if (s->deadline_ev)
         event_del(s->deadline_ev);
     /* Second pass: Reception records, then hand over to the queues. */
-    char ids[4096];
+    char *ids = malloc(s->n_batch * (SPOOLID_HEX_LEN + 1) + 1);
+    if (!ids)
+        abort();
     size_t il = 0;
     ids[0] = 0;
     bool relayed_any = false, black_holed = false;
@@ -1833,8 +1836,7 @@ static void finish_reception(sess *s)
         message *m = s->batch[i];
         char hex[SPOOLID_HEX_LEN + 1];
         spoolid_to_hex(&m->id, hex);
-        if (il + 34 < sizeof(ids))
-            il += (size_t)snprintf(ids + il, sizeof(ids) - il, "%s%s", il ? " " : "", hex);
+        il += (size_t)sprintf(ids + il, "%s%s", il ? " " : "", hex);
         char *q = queue_name_of_message(m);
         bool relay = relay_allowed(s, m->sender, m->rcpts[0]);
         log_reception(s, m, q);
@@ -1858,8 +1860,13 @@ static void finish_reception(sess *s)
     } else if (failed && (size_t)failed == n) {
         sess_replyf(s, 421, "DATA", "4.3.0 %s technical difficulties", s->ln->hostname);
     } else {
-        sess_replyf(s, 250, "DATA", "%s ids=%s", failed ? "PARTIAL" : "OK", ids);
+        char *reply = NULL;
+        if (asprintf(&reply, "%s ids=%s", failed ? "PARTIAL" : "OK", ids) < 0)
+            abort();
+        sess_reply(s, 250, reply, "DATA");
+        free(reply);
     }
+    free(ids);
 }
 
 /* ---- AUTH PLAIN ------------------------------------------------------------------------ */

@@ -41,6 +41,9 @@ typedef struct spool__backend {
     /* Reads an integer property of the store (RocksDB's "rocksdb.*"); NULL
      * or a negative return when unknown. Any thread. */
     int (*property)(spool_store *st, const char *name, uint64_t *out);
+    /* Writes and removes a probe record, synced; 0 when the store takes
+     * writes again. Any thread. NULL: the health gate probes the directory. */
+    int (*probe)(spool_store *st);
 } spool__backend;
 
 /* The part every backend store starts with. */

@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "core/diag.h"
@@ -92,7 +94,7 @@ bool spool__health_latched(spool_health *h)
 }
 
 static void sample(spool_health *h, int i, spool_health_info *out, bool *disk_low, bool *bg_grew,
-                   bool *stopped)
+                   bool *stopped, bool *bg_above)
 {
     spool_store *st = h->stores[i];
     memset(out, 0, sizeof(*out));
@@ -130,11 +132,39 @@ static void sample(spool_health *h, int i, spool_health_info *out, bool *disk_lo
             if (st->be->property(st, props[k].prop, &v) == 0)
                 *(uint64_t *)((char *)out + props[k].off) = v;
         }
-        if (out->background_errors > h->bg_start[i])
-            *bg_grew = true;
+        if (out->background_errors > h->bg_start[i]) {
+            *bg_above = true;
+            if (out->background_errors > h->info[i].background_errors)
+                *bg_grew = true;
+        }
         if (out->write_stopped)
             *stopped = true;
     }
+}
+
+/* Before clearing the gate, prove that each store takes a synced write
+ * again (a RocksDB that hit a WAL error never recovers by itself). */
+static bool probe_ok(spool_health *h)
+{
+    for (int i = 0; i < 2; i++) {
+        spool_store *st = h->stores[i];
+        if (st->be->probe) {
+            if (st->be->probe(st) != 0)
+                return false;
+            continue;
+        }
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/.kumod-health-probe", st->path);
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0)
+            return false;
+        bool ok = write(fd, "1", 1) == 1 && fsync(fd) == 0;
+        close(fd);
+        unlink(path);
+        if (!ok)
+            return false;
+    }
+    return true;
 }
 
 static void *monitor_main(void *arg)
@@ -152,11 +182,11 @@ static void *monitor_main(void *arg)
         pthread_cond_timedwait(&h->cond, &h->mu, &ts);
         if (h->stop)
             break;
-        bool disk_low = false, bg_grew = false, stopped = false;
+        bool disk_low = false, bg_grew = false, stopped = false, bg_above = false;
         spool_health_info info[2];
         pthread_mutex_unlock(&h->mu);
         for (int i = 0; i < 2; i++)
-            sample(h, i, &info[i], &disk_low, &bg_grew, &stopped);
+            sample(h, i, &info[i], &disk_low, &bg_grew, &stopped, &bg_above);
         pthread_mutex_lock(&h->mu);
         memcpy(h->info, info, sizeof(info));
         int64_t now = mono_ns();
@@ -171,13 +201,23 @@ static void *monitor_main(void *arg)
             if (!h->first_problem_ns)
                 h->first_problem_ns = now;
         }
-        bool problem = bg_grew || h->fg_errors > 0;
+        bool problem = bg_above || h->fg_errors > 0;
         if (!atomic_load(&h->latched) && problem && h->first_problem_ns &&
             now - h->first_problem_ns >= h->latch_ns)
-            latch_locked(h, bg_grew ? "RocksDB background errors keep growing"
+            latch_locked(h, bg_above ? "RocksDB background errors keep growing"
                                     : "spool operations keep failing");
-        if (atomic_load(&h->latched) && h->allow_unlatch && !disk_low &&
-            now - h->last_error_ns >= h->unlatch_ns) {
+        bool try_unlatch = atomic_load(&h->latched) && h->allow_unlatch && !disk_low &&
+                           now - h->last_error_ns >= h->unlatch_ns;
+        if (try_unlatch) {
+            pthread_mutex_unlock(&h->mu);
+            bool ok = probe_ok(h);
+            pthread_mutex_lock(&h->mu);
+            if (!ok) {
+                h->last_error_ns = mono_ns();
+                try_unlatch = false;
+            }
+        }
+        if (try_unlatch) {
             DINFO(HMOD, "spool health gate cleared after %llds without new errors",
                   (long long)(h->unlatch_ns / 1000000000LL));
             atomic_store(&h->latched, false);

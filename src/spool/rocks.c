@@ -413,8 +413,29 @@ static int rocks_property(spool_store *st, const char *name, uint64_t *out)
     return rocksdb_property_int(rs->db, name, out) == 0 ? 0 : KERR_NOTFOUND;
 }
 
+/* A 17-byte key can never collide with a 16-byte spool id, and enumeration
+ * skips keys of any other size. */
+static int rocks_probe(spool_store *st)
+{
+    rocks_store *rs = (rocks_store *)st;
+    static const char key[17] = "\0kumod-probe-key";
+    char *err = NULL;
+    rocksdb_put(rs->db, rs->wo_sync, key, sizeof(key), "1", 1, &err);
+    if (err) {
+        rocksdb_free(err);
+        return KERR_IO;
+    }
+    rocksdb_delete(rs->db, rs->wo_sync, key, sizeof(key), &err);
+    if (err) {
+        rocksdb_free(err);
+        return KERR_IO;
+    }
+    return 0;
+}
+
 static const spool__backend rocks_backend = {
     .property = rocks_property,
+    .probe = rocks_probe,
     .apply = rocks_apply,
     .get = rocks_get,
     .iterate = rocks_iterate,
@@ -485,7 +506,10 @@ int spool__rocks_open(const spool_params *p, spool_store **out, char *err, size_
     /* RocksDB keeps 1000 info logs by default, a bit much. */
     rocksdb_options_set_keep_log_file_num(rs->opts, 10);
     rocksdb_options_set_compression(rs->opts, rocksdb_snappy_compression);
-    rocksdb_options_set_info_log_level(rs->opts, 1);
+    /* Debian's RocksDB is built with assertions: a failing write to its own
+     * LOG (full or read-only disk) aborts the process. Log only the header
+     * unless the policy asks for more with rocks_params.log_level. */
+    rocksdb_options_set_info_log_level(rs->opts, 5);
     rocksdb_options_set_log_file_time_to_roll(rs->opts, 86400);
     rocksdb_options_set_delete_obsolete_files_period_micros(rs->opts, 6ULL * 3600 * 1000000);
     rc = rparams_apply(p->rocks_params, rs->opts, &explicit_compression, err, errlen);
