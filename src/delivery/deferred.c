@@ -23,7 +23,6 @@
 
 static void dfr_open(dispatcher *d)
 {
-    disp_set_peer(d, "deferred_smtp_inject", "0.0.0.0");
     disp_opened(d, true, NULL);
 }
 
@@ -53,12 +52,13 @@ static void after_event(klua_call *c, int status, void *ud)
     if (status == KLUA_ERROR)
         DERROR(DMOD, "session=%s smtp_server_message_deferred_inject failed: %s",
                disp_session_id(d), klua_call_error(c));
-    /* back to the special queue for another try */
-    json_object_set_new(m->meta, "queue", json_string(DEFERRED_QUEUE));
-    m->meta_dirty = true;
+    /* logged against the message's own queue, then back to the special
+     * queue for another try */
+    disp_set_requeue_queue(d, DEFERRED_QUEUE);
     char content[1024];
     snprintf(content, sizeof(content), "%s", klua_call_error(c));
-    disp_response r = {450, 0, 0, 0, content, NULL};
+    int code = status == KLUA_REJECT ? klua_call_reject_code(c) : 450;
+    disp_response r = {code, 0, 0, 0, content, NULL};
     message_unref(m);
     disp_delivered(d, OUTCOME_TRANSIENT, &r);
 }
@@ -104,6 +104,7 @@ static void dfr_close(dispatcher *d)
 
 static const disp_driver deferred_driver = {
     .delivery_protocol = "DeferredSmtpInjection",
+    .bare_records = true,
     .open = dfr_open,
     .send = dfr_send,
     .close = dfr_close,

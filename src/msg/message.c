@@ -187,6 +187,7 @@ int message_from_meta_json(const spoolid *id, const char *buf, size_t len, messa
         m->scheduling = json_incref(sched);
     m->meta_dirty = false;
     m->data_dirty = false;
+    m->in_spool = true;
     json_decref(doc);
     *out = m;
     return 0;

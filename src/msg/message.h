@@ -26,6 +26,7 @@ typedef struct message {
     bool force_sync;
     bool data_dirty;
     bool meta_dirty;
+    bool in_spool; /* saved (or loaded from the spool) at least once */
     int64_t due_ns; /* wall clock; 0 = now */
 } message;
 

@@ -29,6 +29,8 @@ typedef enum disp_phase {
 
 typedef struct disp_driver {
     const char *delivery_protocol; /* "Lua", "ESMTP", ... for log records */
+    /* records carry no peer, egress pool/source or session (deferred injection) */
+    bool bare_records;
     /* Opens the connection; reports with disp_opened(). */
     void (*open)(dispatcher *d);
     /* Delivers one resident message; reports with disp_delivered(). */
@@ -91,6 +93,9 @@ void disp_rebound(dispatcher *d);
 void disp_bulk_fail(dispatcher *d, disp_outcome o, const disp_response *r, const char *reason);
 /* The connection cannot be reused: close after the current message. */
 void disp_close_after_this(dispatcher *d);
+/* A transient failure of the current message goes back to this queue (its
+ * meta `queue` is set to it) instead of the queue its meta names. */
+void disp_set_requeue_queue(dispatcher *d, const char *queue);
 void disp_recipient_outcome(dispatcher *d, size_t rcpt_index, disp_outcome o,
                             const disp_response *r);
 

@@ -1321,6 +1321,7 @@ struct dispatcher {
     char session_id[37];
     int64_t started_ns, phase_ns, progress_ns;
     char *peer_name, *peer_addr, *tls_cipher, *tls_version, *source_address;
+    char *requeue_to;
     /* per-recipient outcomes of the current message */
     int *rcpt_outcome;
     disp_response *rcpt_resp;
@@ -1731,6 +1732,7 @@ static void disp_destroy(dispatcher *d)
     free(d->tls_cipher);
     free(d->tls_version);
     free(d->source_address);
+    free(d->requeue_to);
     free(d->rcpt_outcome);
     free(d->rcpt_resp);
     if (d->rcpt_content) {
@@ -1764,9 +1766,19 @@ static void disp_close_soon(dispatcher *d)
     event_base_once(reactor_base(reactor_current()), -1, EV_TIMEOUT, reap_closed, d, &zero);
 }
 
+void disp_set_requeue_queue(dispatcher *d, const char *queue)
+{
+    free(d->requeue_to);
+    d->requeue_to = queue ? strdup(queue) : NULL;
+}
+
 static rec_ctx disp_rec(dispatcher *d, message *m, char *qbuf)
 {
     (void)m;
+    if (d->drv->bare_records) {
+        rec_ctx bare = {.queue = qbuf, .site = d->rq->name, .proto = d->drv->delivery_protocol};
+        return bare;
+    }
     rec_ctx x = {.queue = qbuf,
                  .site = d->rq->name,
                  .pool = d->rq->qcfg.egress_pool ? d->rq->qcfg.egress_pool : "unspecified",
@@ -1802,6 +1814,14 @@ static void finish_message(dispatcher *d, qmsg *q, int outcome, const disp_respo
     } else {
         log_record(LOGREC_TRANSIENT_FAILURE, m, q->num_attempts, &x, r);
         atomic_fetch_add(&st_transfail, 1);
+        if (d->requeue_to) {
+            json_object_set_new(m->meta, "queue", json_string(d->requeue_to));
+            m->meta_dirty = true;
+            free(qname);
+            qname = strdup(d->requeue_to);
+            free(d->requeue_to);
+            d->requeue_to = NULL;
+        }
         requeue(q, qname, true, -1, r, R_LOGGED_TRANSIENT_FAILURE);
     }
     free(qname);
@@ -1923,7 +1943,9 @@ void disp_rebound(dispatcher *d)
         rec_ctx x = disp_rec(d, m, newq);
         disp_response r = {250, 0, 0, 0, "ok", NULL};
         log_record(LOGREC_DEFERRED_INJECTION_REBIND, m, q->num_attempts, &x, &r);
-        qmsg_save_if_dirty(q);
+        /* a deferred_spool message stays in memory until it must be saved */
+        if (m->in_spool)
+            qmsg_save_if_dirty(q);
         atomic_fetch_sub(&st_in_flight, 1);
         q->n_reasons = 0;
         qmsg_add_reason(q, R_RECEIVED);

@@ -79,6 +79,7 @@ typedef struct listener_cfg {
     char *tls_certificate, *tls_private_key;
     json_t *meta; /* object */
     bool deferred_spool, deferred_queue;
+    bool relay_hosts_set;
     enum batch_handling batch_handling;
     SSL_CTX *tls;
     struct sockaddr_storage addr;
@@ -301,6 +302,7 @@ static listener_cfg *listener_cfg_from_json(json_t *j, char *err, size_t errlen)
         else if (strcmp(k, "banner") == 0)
             rc = cfg_str(v, k, &c->banner, err, errlen);
         else if (strcmp(k, "relay_hosts") == 0) {
+            c->relay_hosts_set = true;
             cidr_list_fini(&c->relay_hosts);
             char e2[200];
             if (cidr_list_from_json(v, &c->relay_hosts, e2, sizeof(e2)) != 0) {
@@ -1766,6 +1768,7 @@ static void finish_reception(sess *s)
                 spool_remove(sp, &s->batch[i]->id, NULL, NULL);
         int err = s->save_err;
         s->save_err = 0;
+        s->busy = false;
         if (err == KERR_UNHEALTHY)
             post_data_fail(s, 451, "4.3.2 the spool is not accepting writes");
         else if (err == KERR_TIMEDOUT)
@@ -1812,6 +1815,7 @@ static void finish_reception(sess *s)
             s->saves_pending++;
             any_saving = true;
             m->meta_dirty = m->data_dirty = false;
+            m->in_spool = true;
             /* durable before the 250 unless the operator opted out */
             spool_save(sp, &m->id, meta, ml, data, m->data_len,
                        services_spool_sync() || m->force_sync, save_done, x);
@@ -2408,7 +2412,7 @@ int smtpsrv_start_listeners(char *err, size_t errlen)
         bool loopback = ln->addr.ss_family == AF_INET
                             ? (ntohl(in->sin_addr.s_addr) >> 24) == 127
                             : IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ln->addr)->sin6_addr);
-        if (ln->deferred_queue && !loopback)
+        if (ln->deferred_queue && !loopback && !ln->relay_hosts_set)
             DWARN(SMOD, "esmtp listener %s has deferred_queue=true on a non-loopback address: "
                         "it must only face trusted injectors (check relay_hosts)",
                   ln->listen);

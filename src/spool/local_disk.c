@@ -156,7 +156,10 @@ static int ld_dirs_sync(ld_store *ls, ld_dirs *d)
         }
         fd = openat(ls->data_fd, d->names[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0) {
-            rc = KERR_IO;
+            /* A later delete in the same batch may have pruned the directory
+             * again: then there is nothing left in it to make durable. */
+            if (errno != ENOENT)
+                rc = KERR_IO;
             continue;
         }
         if (fsync(fd) < 0)

@@ -356,9 +356,6 @@ def test_auth_plain_swaks(k):
     assert any(r.startswith("250 OK ids=") for r in replies), out
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an empty PLAIN authorization id is passed to "
-                                       "smtp_server_auth_plain as '' instead of the "
-                                       "authentication id (KumoMTA: authz defaults to authc)")
 def test_auth_plain_empty_authz_defaults_to_authc(k):
     s = k.smtp(ehlo="authz.e2e.test")
     s.starttls(context=unverified_tls())

@@ -347,8 +347,6 @@ def test_idle_past_client_timeout(k):
     assert [r for r in k.records("Rejection") if by_ehlo(ehlo)(r)] == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: after STARTTLS a 421 reply (here: idle too long) "
-                                       "is lost; the connection just closes")
 def test_idle_after_starttls_gets_421(k):
     s = session(k, "idletls.e2e.test", "idle")
     assert s.cmd("STARTTLS") == (220, "Ready to Start TLS")
@@ -507,9 +505,6 @@ def test_policy_error_in_mail_from(k):
     assert re.search(r"policy\.lua:\d+: deliberate mail_from error", m.group(0)), m.group(0)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Rejection records differ from KumoMTA's: "
-                                       "reception_protocol is 'ESMTP' (KumoMTA: null) and "
-                                       "recipient is [] when none was accepted (KumoMTA: '')")
 def test_rejection_record_exact_shape(k):
     ehlo = "shape.e2e.test"
     s = session(k, ehlo)
