@@ -613,11 +613,6 @@ def test_deferred_spool_listener_does_not_save_the_message_at_reception(dq):
     wait_gone(k, s.id)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a deferred_spool message is written to both spools "
-                   "when it is rebound after smtp_server_message_deferred_inject (the queue meta "
-                   "the dispatcher cleared makes it dirty and disp_rebound saves it), i.e. before "
-                   "its first delivery attempt; KumoMTA's rebind only re-inserts it, it stays in "
-                   "memory")
 def test_deferred_spool_message_is_never_written_before_its_delivery(dq):
     assert not dq.nospool_spooled_ever
 
@@ -822,11 +817,6 @@ def test_rebind_follows_the_envelope_recipient_set_by_the_handler(dq):
     assert envs == [(SENDER, ["moved@moved.test"])]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the DeferredInjectionRebind record has "
-                   "peer_address {name: 'deferred_smtp_inject', addr: '0.0.0.0'}, egress_pool and "
-                   "egress_source 'unspecified' and a session_id; KumoMTA "
-                   "(DeferredSmtpInjectionDispatcher::deliver_message) logs peer_address, "
-                   "egress_pool and egress_source null and no session_id")
 def test_rebind_record_matches_kumomta(dq):
     rs = dq.k.records()
     for s in [dq.plain] + dq.sleepers:
@@ -855,10 +845,6 @@ def test_reject_550_bounces_and_removes_from_the_spool(dq):
     assert len(inject_calls(k, s.id)) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the Bounce from a deferred-inject kumo.reject(550) "
-                   "has peer_address {name: 'deferred_smtp_inject', addr: '0.0.0.0'}, "
-                   "egress_pool/egress_source 'unspecified' and a session_id; KumoMTA logs them "
-                   "null/absent")
 def test_reject_bounce_record_matches_kumomta(dq):
     s = dq.reject
     [b] = of(dq.k.records(), s.id, "Bounce")
@@ -889,11 +875,6 @@ def test_plain_error_is_a_transient_failure(dq):
     assert [c["num_attempts"] for c in inject_calls(k, s.id)][:1] == [0]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the TransientFailure of a failed deferred inject has "
-                   "queue 'deferred_smtp_inject.kumomta.internal'; KumoMTA logs it before it puts "
-                   "the queue meta back, so its queue is the message's normal queue "
-                   "('error.test'); and peer_address/egress_pool/egress_source/session_id as for "
-                   "the rebind record")
 def test_plain_error_transient_failure_record_matches_kumomta(dq):
     s = dq.error
     check_kumomta(dq.tf_error, type="TransientFailure", s=s, queue=s.domain, code=450,
@@ -914,10 +895,6 @@ def test_plain_error_next_attempt_is_due_a_minute_later(dq):
     assert m["meta"]["queue"] == DEFERRED
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: kumo.reject(451, ...) in "
-                   "smtp_server_message_deferred_inject is logged as a TransientFailure with code "
-                   "450 (deferred.c after_event hard-codes 450 for every non-5xx outcome); KumoMTA "
-                   "logs the rejection's own code: 451 'deferred inject says later'")
 def test_reject_4xx_is_a_transient_failure_with_its_code(dq):
     [tf] = of(dq.k.records(), dq.tempfail.id, "TransientFailure")
     assert tf["response"] == {"code": 451, "enhanced_code": None,
@@ -997,9 +974,6 @@ def test_non_loopback_deferred_listener_warns(kumod_factory):
     assert rec["queue"] == DEFERRED
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the non-loopback deferred_queue warning is logged "
-                   "even for a listener with an explicit relay_hosts list; issue 8 asks for it "
-                   "only when there is none (smtpsrv_start_listeners does not look at relay_hosts)")
 def test_non_loopback_deferred_listener_with_relay_hosts_does_not_warn(kumod_factory):
     k = kumod_factory(start=False, listener="deferred_queue = true,", handlers=QUICK_HANDLERS,
                       init="kumo.start_esmtp_listener { listen = '0.0.0.0:{port:public}', "
@@ -1042,14 +1016,6 @@ def test_slow_handler_messages_are_delivered_after_the_handler_ran(dq):
 
 # ---- rebind, delivery and removal in quick succession --------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: with a LocalDisk meta spool, a message rebound by "
-                   "the deferred queue and delivered at once (Maildir) latches the spool health "
-                   "gate ('a write failed: I/O error'): disp_rebound's unawaited save of the meta "
-                   "(dirty because the dispatcher cleared `queue`) and the remove after the "
-                   "delivery land in one writer group, spool.c applies meta puts and meta deletes "
-                   "in one LocalDisk batch, the delete prunes the aa/bb/cc/dd directories the put "
-                   "just created, and the batch's directory fsync (ld_dirs_sync) fails with "
-                   "ENOENT; from then on the listener answers 421 and delivery is suspended")
 def test_quick_rebind_and_delivery_keep_the_spool_healthy(kumod_factory):
     """Up to five rounds of ten concurrent messages through a handler that
     does nothing, delivered to a Maildir: all delivered, the spool stays
