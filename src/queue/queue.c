@@ -1066,7 +1066,8 @@ static void expand_path(const char *tmpl, message *m, char *out, size_t outlen)
     out[o] = 0;
 }
 
-static int maildir_write(const queue_config *c, message *m, char *err, size_t errlen)
+static int maildir_write(const queue_config *c, message *m, char *err, size_t errlen,
+                         char *name_out, size_t name_len)
 {
     char base[4096];
     expand_path(c->maildir_path, m, base, sizeof(base));
@@ -1120,6 +1121,7 @@ static int maildir_write(const queue_config *c, message *m, char *err, size_t er
         unlink(tmp);
         return KERR_IO;
     }
+    snprintf(name_out, name_len, "%s", uniq);
     return 0;
 }
 
@@ -1142,13 +1144,12 @@ static void maildir_after_load(qmsg *q, int err, void *ud)
                  .provider = sq->cfg.provider_name};
     sq->busy--; /* the load held a reference on the queue */
     char why[512], content[900];
-    char hex[SPOOLID_HEX_LEN + 1];
-    spoolid_to_hex(&q->id, hex);
+    char hex[300];
     const char *rcpt = q->m && q->m->n_rcpts ? q->m->rcpts[0] : "";
     if (err) {
         snprintf(why, sizeof(why), "KumoMTA internal: error in deliver_message: %s",
                  kerr_str(err));
-    } else if (maildir_write(&sq->cfg, q->m, why, sizeof(why)) == 0) {
+    } else if (maildir_write(&sq->cfg, q->m, why, sizeof(why), hex, sizeof(hex)) == 0) {
         snprintf(content, sizeof(content), "%s: wrote to maildir with id=%s", rcpt, hex);
         disp_response r = {200, 0, 0, 0, content, NULL};
         log_record(LOGREC_DELIVERY, q->m, q->num_attempts, &x, &r);

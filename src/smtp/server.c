@@ -1769,7 +1769,8 @@ static void finish_reception(sess *s)
         int err = s->save_err;
         s->save_err = 0;
         s->busy = false;
-        if (err == KERR_UNHEALTHY)
+        char why[128];
+        if (err == KERR_UNHEALTHY || !services_spool_healthy(why, sizeof(why)))
             post_data_fail(s, 451, "4.3.2 the spool is not accepting writes");
         else if (err == KERR_TIMEDOUT)
             post_data_fail(s, 451, "4.4.5 spool write timed out");

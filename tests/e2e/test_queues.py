@@ -424,12 +424,6 @@ def test_maildir_delivery_record(maildir_run):
         assert [r["type"] for r in of(rs, id)] == ["Reception", "Delivery"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the Maildir Delivery record has site "
-                   "'maildir:<path>', egress_pool/egress_source 'unspecified', content '' and no "
-                   "session_id; KumoMTA (queue.rs, DeliveryProto::Maildir) logs site '', "
-                   "egress_pool/egress_source null, content "
-                   "'<rcpt>: wrote to maildir with id=<id>' "
-                   "and a session_id")
 def test_maildir_delivery_record_matches_kumomta(maildir_run):
     k, sent = maildir_run
     rs = k.records()
@@ -492,12 +486,6 @@ def test_maildir_write_failure_is_a_transient_failure(blocked_run):
     assert spooled(k, id)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the Maildir TransientFailure record has site "
-                   "'maildir:<path>', egress_pool/egress_source 'unspecified', content "
-                   "'creating <path>/tmp: Not a directory' and no session_id; "
-                   "KumoMTA logs site '', "
-                   "egress_pool/egress_source null, content '<rcpt>: failed to write to maildir: "
-                   "...' and a session_id")
 def test_maildir_failure_record_matches_kumomta(blocked_run):
     k, id, size = blocked_run
     [tf] = of(k.records(), id, "TransientFailure")
@@ -508,9 +496,6 @@ def test_maildir_failure_record_matches_kumomta(blocked_run):
           num_attempts=0, protocol="Maildir", pool=None, source=None, peer=None, size=size)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a Maildir write failure does not fire "
-                   "requeue_message; KumoMTA requeues it through QueueManager::requeue_message "
-                   "(insert_ready failure), which triggers the event with LoggedTransientFailure")
 def test_maildir_write_failure_fires_requeue_message(blocked_run):
     k, id, size = blocked_run
     lines = read_lines(k, "requeued")
@@ -674,12 +659,6 @@ def test_constructor_without_send_is_transient_and_retried(lua_k, domain, ctor):
     assert read_lines(k, f"ctor-{ctor[5:]}")[:1] == [domain]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: for a constructor whose object has no send, "
-                   "the TransientFailure has peer_address 'Lua via <ctor>' (KumoMTA: null, "
-                   "ready_queue.rs deliver_message error path); for a constructor that returns "
-                   "nothing the content is 'KumoMTA internal: failed to connect: ...' where "
-                   "KumoMTA keeps the nil object and fails in deliver_message ('KumoMTA internal: "
-                   "error in deliver_message: invalid connection object')")
 @pytest.mark.parametrize("domain,ctor", [("nosend.test", "make.nosend"),
                                          ("nilctor.test", "make.nilctor")])
 def test_constructor_without_send_record_matches_kumomta(lua_k, domain, ctor):
@@ -847,10 +826,6 @@ def test_requeue_message_parameters(rq_run):
                                  ["[10.0.0.1]", "2"]]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: insert_context accumulates the message's "
-                   "history (e.g. 'Received,LoggedTransientFailure,DueTimeWasReached,"
-                   "LoggedTransientFailure'); KumoMTA passes only the reasons of this requeue, "
-                   "['LoggedTransientFailure'] for a failed delivery attempt")
 def test_requeue_message_insert_context_is_the_current_reason(rq_run):
     """KumoMTA passes the reasons of this one requeue: a dispatcher failure is
     exactly ["LoggedTransientFailure"] on every attempt (ready_queue.rs,
@@ -915,10 +890,6 @@ def test_requeue_handler_error_keeps_the_original_queue(rq_run):
     assert post_lines(k, id) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a requeue_message handler that explicitly "
-                   "returns nil does not stop the chain (the event dispatcher goes on while the "
-                   "first result is nil), so the seed's handler registered after it still moves "
-                   "the message; KumoMTA stops at any returned value, nil included")
 def test_requeue_handler_returning_nil_stops_the_chain(rq_run):
     """"...until one explicitly returns nil to signal that no more should be
     triggered": the handlers after it (the seed's, the last observer) are not
@@ -1038,10 +1009,6 @@ def test_max_age_expiry(timing_run):
     assert len(of(k.records(), id, "Expiration")) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the Expiration record after a failed attempt has "
-                   "num_attempts one lower than KumoMTA's, which increments the count before it "
-                   "decides to expire (increment_attempts_and_update_delay): 2 instead of 3 "
-                   "after three failed attempts")
 def test_max_age_expiration_record_matches_kumomta(timing_run):
     k, ids = timing_run
     id = ids["expire"]
