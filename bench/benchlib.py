@@ -292,7 +292,7 @@ kumo.on('init', function()
 end)
 kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
   return kumo.make_queue_config {
-    protocol = { smtp = { mx_list = { '[127.0.0.1]' } } },
+    protocol = {protocol},
     {queue}
   }
 end)
@@ -319,9 +319,24 @@ kumo.on('smtp_server_message_deferred_inject', function(msg, conn_meta) slow_pol
 """
 
 
+# A destination that is never reached and never churns: every attempt is a
+# transient failure at once, and the message waits for its retry_interval.
+HOLD_PROTOCOL = "{ custom_lua = { constructor = 'bench_hold' } }"
+HOLD_HANDLER = r"""
+kumo.on('bench_hold', function(domain, tenant, campaign)
+  local conn = {}
+  function conn:send(msg)
+    kumo.reject(400, '4.4.1 held by the benchmark')
+  end
+  function conn:close() end
+  return conn
+end)
+"""
+
+
 class Kumod:
     def __init__(self, binary, workdir, sink_port, listener="", queue="", handlers="",
-                 threads=None, env=None):
+                 threads=None, env=None, protocol="{ smtp = { mx_list = { '[127.0.0.1]' } } }"):
         self.binary = binary
         self.dir = workdir
         os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
@@ -333,7 +348,8 @@ class Kumod:
         text = KUMOD_POLICY
         for k, v in (("{dir}", workdir), ("{port}", str(self.port)),
                      ("{sink_port}", str(sink_port)), ("{listener}", listener),
-                     ("{queue}", queue), ("{handlers}", handlers)):
+                     ("{queue}", queue), ("{protocol}", protocol),
+                     ("{handlers}", handlers)):
             text = text.replace(k, v)
         with open(self.policy, "w") as f:
             f.write(text)

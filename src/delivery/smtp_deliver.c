@@ -39,6 +39,7 @@ typedef struct sconn {
     size_t next_target;
     size_t pending_lookups;
     char **hosts; /* host names still to resolve, in order */
+    char **names; /* display names (mx_list {name=, addr=}); NULL: the host */
     uint16_t *host_ports;
     size_t n_hosts;
     size_t resolved; /* index of the next host result to merge */
@@ -71,10 +72,13 @@ static void sconn_free(sconn *c)
     free(c->targets);
     for (size_t i = 0; i < c->n_hosts; i++) {
         free(c->hosts[i]);
+        if (c->names)
+            free(c->names[i]);
         if (c->host_results && c->host_results[i])
             free(c->host_results[i]);
     }
     free(c->hosts);
+    free(c->names);
     free(c->host_ports);
     free(c->host_results);
     c->ref->c = NULL;
@@ -84,6 +88,7 @@ static void sconn_free(sconn *c)
 
 static void add_target(sconn *c, const char *name, const dns_addr *a, uint16_t port)
 {
+
     if (c->n_targets == c->cap_targets) {
         c->cap_targets = c->cap_targets ? c->cap_targets * 2 : 8;
         c->targets = realloc(c->targets, c->cap_targets * sizeof(target));
@@ -124,7 +129,7 @@ static void plan_ready(sconn *c)
             }
             if (cidr_list_match_str(&pc->skip_hosts, a->text))
                 continue;
-            add_target(c, c->hosts[h], a, c->host_ports[h]);
+            add_target(c, c->names[h] ? c->names[h] : c->hosts[h], a, c->host_ports[h]);
         }
     }
     if (c->n_targets == 0) {
@@ -221,6 +226,10 @@ static void resolve_hosts(sconn *c)
 
 static void add_host(sconn *c, const char *name, uint16_t port)
 {
+    c->names = realloc(c->names, (c->n_hosts + 1) * sizeof(char *));
+    if (!c->names)
+        abort();
+    c->names[c->n_hosts] = NULL;
     c->hosts = realloc(c->hosts, (c->n_hosts + 1) * sizeof(char *));
     c->host_ports = realloc(c->host_ports, (c->n_hosts + 1) * sizeof(uint16_t));
     if (!c->hosts || !c->host_ports)
@@ -271,17 +280,29 @@ static void on_ready(smtpcli *cli, int err, const smtpcli_response *resp, void *
     target *t = &c->targets[c->next_target - 1];
     disp_set_peer(c->d, t->name, t->addr.text);
     const smtpcli_tls_info *tls = smtpcli_tls(cli);
-    if (tls && tls->cipher)
+    if (tls && tls->cipher) {
         disp_set_tls(c->d, tls->cipher, tls->protocol_version);
+        char subj[1024] = "";
+        size_t o = 0;
+        for (size_t i = 0; i < tls->n_subject_name && o < sizeof(subj) - 2; i++)
+            o += (size_t)snprintf(subj + o, sizeof(subj) - o, "%s%s", i ? "\n" : "",
+                                  tls->subject_name[i]);
+        disp_set_tls_subject(c->d, tls->n_subject_name ? subj : NULL);
+    }
     socklen_t ll = 0;
     const struct sockaddr *la = smtpcli_local_address(cli, &ll);
     if (la) {
-        char ip[INET6_ADDRSTRLEN] = "";
-        if (la->sa_family == AF_INET)
-            inet_ntop(AF_INET, &((const struct sockaddr_in *)la)->sin_addr, ip, sizeof(ip));
-        else if (la->sa_family == AF_INET6)
-            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)la)->sin6_addr, ip, sizeof(ip));
-        disp_set_source_address(c->d, ip);
+        char ip[INET6_ADDRSTRLEN] = "", full[INET6_ADDRSTRLEN + 16];
+        if (la->sa_family == AF_INET) {
+            const struct sockaddr_in *s4 = (const struct sockaddr_in *)la;
+            inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+            snprintf(full, sizeof(full), "%s:%u", ip, ntohs(s4->sin_port));
+        } else {
+            const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)la;
+            inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+            snprintf(full, sizeof(full), "[%s]:%u", ip, ntohs(s6->sin6_port));
+        }
+        disp_set_source_address(c->d, full);
     }
     disp_opened(c->d, true, NULL);
 }
@@ -307,7 +328,14 @@ static void try_next_target(sconn *c)
     smtpcli_params p;
     smtpcli_params_init(&p);
     p.ehlo_domain = c->ehlo;
-    p.hostname = t->name;
+    /* MX names come fully qualified ("mx.example.com."); certificates and
+     * SNI use the name without the root dot */
+    char bare[300];
+    snprintf(bare, sizeof(bare), "%s", t->name);
+    size_t bl = strlen(bare);
+    if (bl > 1 && bare[bl - 1] == '.')
+        bare[bl - 1] = 0;
+    p.hostname = bare;
     p.label = disp_readyq_name(d);
     p.session_id = disp_session_id(d);
     p.enable_tls = (smtpcli_tls_mode)pc->enable_tls;
@@ -398,11 +426,7 @@ static void sd_open(dispatcher *d)
                 const char *name = json_string_value(json_object_get(e, "name"));
                 const char *addr = json_string_value(json_object_get(e, "addr"));
                 add_host(c, addr, 0);
-                free(c->hosts[c->n_hosts - 1]);
-                char both[600];
-                snprintf(both, sizeof(both), "%s", addr);
-                c->hosts[c->n_hosts - 1] = strdup(both);
-                (void)name;
+                c->names[c->n_hosts - 1] = strdup(name);
             }
         }
         resolve_hosts(c);
@@ -486,7 +510,14 @@ static void sd_abort(dispatcher *d)
     sconn_free(c);
 }
 
+static bool sd_usable(dispatcher *d)
+{
+    sconn *c = disp_driver_state(d);
+    return c && c->cli && smtpcli_usable(c->cli);
+}
+
 static const disp_driver smtp_driver = {
+    .usable = sd_usable,
     .delivery_protocol = "ESMTP",
     .open = sd_open,
     .send = sd_send,

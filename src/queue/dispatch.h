@@ -39,6 +39,8 @@ typedef struct disp_driver {
     void (*close)(dispatcher *d);
     /* Drops everything at once (watchdog); never reports afterwards. */
     void (*abort)(dispatcher *d);
+    /* Whether an idle connection can take another message (NULL: yes). */
+    bool (*usable)(dispatcher *d);
 } disp_driver;
 
 typedef enum disp_outcome {
@@ -71,6 +73,8 @@ void disp_set_phase(dispatcher *d, disp_phase p, const char *detail);
 /* Peer and TLS details for the records of this connection. */
 void disp_set_peer(dispatcher *d, const char *name, const char *addr);
 void disp_set_tls(dispatcher *d, const char *cipher, const char *version);
+/* Subject entries of the peer certificate, one per line; NULL clears. */
+void disp_set_tls_subject(dispatcher *d, const char *subject_lines);
 void disp_set_source_address(dispatcher *d, const char *addr);
 
 /* ok=false: every message waiting in the ready queue... only the current

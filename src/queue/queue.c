@@ -278,7 +278,7 @@ typedef struct rec_ctx {
     const char *peer_name, *peer_addr;
     const char *session_id;
     const char *provider;
-    const char *tls_cipher, *tls_version;
+    const char *tls_cipher, *tls_version, *tls_subject;
     const char *source_address;
 } rec_ctx;
 
@@ -315,6 +315,7 @@ static void log_record(logrec_type t, message *m, uint32_t attempts, const rec_c
     rec.provider_name = x->provider;
     rec.tls_cipher = x->tls_cipher;
     rec.tls_protocol_version = x->tls_version;
+    rec.tls_peer_subject_name = x->tls_subject;
     rec.msg_meta = m->meta;
     rec.msg_data = m->data;
     rec.msg_data_len = m->data ? m->data_len : 0;
@@ -1289,7 +1290,7 @@ static void sched_make_ready(schedq *sq, qmsg *q)
         json_t *e;
         json_array_foreach(sq->cfg.mx_list, i, e) {
             const char *h = json_is_string(e) ? json_string_value(e)
-                                              : json_string_value(json_object_get(e, "name"));
+                                              : json_string_value(json_object_get(e, "addr"));
             o += (size_t)snprintf(sbuf + o, sizeof(sbuf) - o, "%s%s", i ? "," : "", h);
         }
         site = sbuf;
@@ -1315,13 +1316,15 @@ struct dispatcher {
     qmsg *cur;
     bool open, closing, opening;
     bool loading; /* a spool load for cur is in flight */
+    bool idle;    /* open, waiting up to idle_timeout for more messages */
+    struct event *idle_ev;
     bool aborted; /* the watchdog fired while loading */
     int delivered;
     disp_phase phase;
     char detail[128];
     char session_id[37];
     int64_t started_ns, phase_ns, progress_ns;
-    char *peer_name, *peer_addr, *tls_cipher, *tls_version, *source_address;
+    char *peer_name, *peer_addr, *tls_cipher, *tls_version, *source_address, *tls_subject;
     char *requeue_to;
     /* per-recipient outcomes of the current message */
     int *rcpt_outcome;
@@ -1707,6 +1710,11 @@ void disp_set_tls(dispatcher *d, const char *cipher, const char *version)
     set_str(&d->tls_version, version);
 }
 
+void disp_set_tls_subject(dispatcher *d, const char *subject_lines)
+{
+    set_str(&d->tls_subject, subject_lines);
+}
+
 void disp_set_source_address(dispatcher *d, const char *addr)
 {
     set_str(&d->source_address, addr);
@@ -1733,7 +1741,10 @@ static void disp_destroy(dispatcher *d)
     free(d->tls_cipher);
     free(d->tls_version);
     free(d->source_address);
+    free(d->tls_subject);
     free(d->requeue_to);
+    if (d->idle_ev)
+        event_free(d->idle_ev);
     free(d->rcpt_outcome);
     free(d->rcpt_resp);
     if (d->rcpt_content) {
@@ -1746,7 +1757,8 @@ static void disp_destroy(dispatcher *d)
 static void disp_close(dispatcher *d)
 {
     disp_set_phase(d, PHASE_CLOSING, NULL);
-    if (d->open && d->drv->close)
+    /* also after a failed open: the driver frees its state */
+    if (d->drv->close)
         d->drv->close(d);
     d->open = false;
     disp_destroy(d);
@@ -1792,6 +1804,7 @@ static rec_ctx disp_rec(dispatcher *d, message *m, char *qbuf)
                                                       : d->rq->qcfg.provider_name,
                  .tls_cipher = d->tls_cipher,
                  .tls_version = d->tls_version,
+                 .tls_subject = d->tls_subject,
                  .source_address = d->source_address};
     return x;
 }
@@ -1843,9 +1856,17 @@ void disp_recipient_outcome(dispatcher *d, size_t idx, disp_outcome o, const dis
     d->rcpt_outcome[idx] = (int)o;
     d->rcpt_resp[idx] = *r;
     free(d->rcpt_content[idx]);
-    d->rcpt_content[idx] = strdup(r->content ? r->content : "");
-    d->rcpt_resp[idx].content = d->rcpt_content[idx];
-    d->rcpt_resp[idx].command = NULL;
+    /* content and command in one allocation: "content\0command" */
+    size_t cl = strlen(r->content ? r->content : ""), ml = r->command ? strlen(r->command) : 0;
+    char *both = malloc(cl + ml + 2);
+    if (!both)
+        abort();
+    memcpy(both, r->content ? r->content : "", cl + 1);
+    if (r->command)
+        memcpy(both + cl + 1, r->command, ml + 1);
+    d->rcpt_content[idx] = both;
+    d->rcpt_resp[idx].content = both;
+    d->rcpt_resp[idx].command = r->command ? both + cl + 1 : NULL;
 }
 
 /* Splits per-recipient outcomes: each recipient gets its own record; those
@@ -2027,6 +2048,15 @@ static void disp_after_load(qmsg *q, int err, void *ud)
     d->drv->send(d, q->m);
 }
 
+static void disp_idle_expired(evutil_socket_t fd, short what, void *arg)
+{
+    dispatcher *d = arg;
+    if (!d->idle)
+        return;
+    d->idle = false;
+    disp_close_soon(d);
+}
+
 static void disp_next(dispatcher *d)
 {
     readyq *rq = d->rq;
@@ -2061,9 +2091,25 @@ static void disp_next(dispatcher *d)
         d->drv->open(d);
         return;
     }
+    if (d->drv->usable && !d->drv->usable(d)) {
+        disp_close_soon(d);
+        readyq_maintain(rq);
+        return;
+    }
     qmsg *q = qlist_pop(&rq->fifo);
     if (!q) {
-        disp_close_soon(d);
+        /* keep the connection for idle_timeout: more mail is likely */
+        int64_t idle = rq->cfg.idle_timeout_ns;
+        if (idle <= 0) {
+            disp_close_soon(d);
+            return;
+        }
+        d->idle = true;
+        disp_set_phase(d, PHASE_IDLE, NULL);
+        if (!d->idle_ev)
+            d->idle_ev = evtimer_new(reactor_base(reactor_current()), disp_idle_expired, d);
+        struct timeval tv = {idle / NS_PER_SEC, (idle % NS_PER_SEC) / 1000};
+        evtimer_add(d->idle_ev, &tv);
         return;
     }
     atomic_fetch_sub(&st_ready, 1);
@@ -2203,6 +2249,8 @@ static void watchdog_requeue(dispatcher *d, qmsg *q)
              phase_names[d->phase], d->detail, d->session_id, age, tip);
     char *qname = queue_name_of_message(q->m);
     rec_ctx x = disp_rec(d, q->m, qname);
+    x.peer_name = x.peer_addr = NULL;
+    x.source_address = NULL;
     disp_response r = {451, 4, 4, 1, content, NULL};
     log_record(LOGREC_DELAYED, q->m, q->num_attempts, &x, &r);
     atomic_fetch_sub(&st_in_flight, 1);
@@ -2243,7 +2291,7 @@ static void watchdog_fired(evutil_socket_t fd, short what, void *arg)
     bool aborted_any = false;
     for (dispatcher *d = rq->dispatchers, *next; d; d = next) {
         next = d->next;
-        if (d->closing || d->aborted || now - d->progress_ns < thr)
+        if (d->closing || d->aborted || d->idle || now - d->progress_ns < thr)
             continue;
         atomic_fetch_add(&st_watchdog, 1);
         aborted_any = true;
@@ -2290,6 +2338,14 @@ static void readyq_maintain(readyq *rq)
     if (!drv) {
         /* no delivery driver for this protocol yet: messages wait */
         return;
+    }
+    /* idle connections take new mail before any new one is opened */
+    for (dispatcher *d = rq->dispatchers; d && rq->fifo.count; d = d->next) {
+        if (!d->idle || d->closing)
+            continue;
+        d->idle = false;
+        evtimer_del(d->idle_ev);
+        disp_next(d);
     }
     long limit = rq->cfg.connection_limit > 0 ? rq->cfg.connection_limit : 1;
     long ready = rq->fifo.count;
