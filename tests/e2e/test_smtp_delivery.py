@@ -444,7 +444,9 @@ def test_watchdog_aborts_an_smtp_peer_that_never_answers_the_dot(watchdog_run):
                   site=site("mx.hang.test"), detail=None, protocol="ESMTP")
     assert peer.hung == 1
     # the peer got the whole message before going silent; nothing was stored
-    assert peer.received() == []
+    # from the hung connection (the retry may already have delivered it on a
+    # later one: its delay is random within 0-60 s)
+    assert all(m["conn"] != 1 for m in peer.received()), peer.received()
 
 
 def metrics_text(k):
