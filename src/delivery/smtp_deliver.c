@@ -51,6 +51,8 @@ typedef struct sconn {
     bool dead;
     bool lookups_cancelled;
     struct sconn_ref *ref;
+    message *cur;     /* the message being sent (reference held) */
+    size_t batch_off; /* first recipient of the current transaction */
 } sconn;
 
 /* Lookups may complete after the dispatcher went away: they hold this. */
@@ -77,6 +79,7 @@ static void sconn_free(sconn *c)
         if (c->host_results && c->host_results[i])
             free(c->host_results[i]);
     }
+    message_unref(c->cur);
     free(c->hosts);
     free(c->names);
     free(c->host_ports);
@@ -448,12 +451,17 @@ static void sd_open(dispatcher *d)
     }
 }
 
+static void send_batch(sconn *c);
+
 static void on_sent(smtpcli *cli, const smtpcli_result *res, void *ud)
 {
     sconn *c = ud;
     dispatcher *d = c->d;
-    if (res->transport_failed || !smtpcli_usable(cli))
+    bool broken = res->transport_failed || !smtpcli_usable(cli);
+    if (broken)
         disp_close_after_this(d);
+    size_t base = c->batch_off;
+    bool whole = base == 0 && res->n_rcpts == c->cur->n_rcpts;
     for (size_t i = 0; i < res->n_rcpts; i++) {
         const smtpcli_response *r = &res->rcpts[i].response;
         disp_outcome o;
@@ -465,27 +473,62 @@ static void on_sent(smtpcli *cli, const smtpcli_result *res, void *ud)
             o = OUTCOME_TRANSIENT;
         disp_response dr = {r->code, r->enh_class, r->enh_subject, r->enh_detail, r->content,
                             r->command};
-        if (res->n_rcpts == 1) {
+        if (whole && res->n_rcpts == 1) {
+            message_unref(c->cur);
+            c->cur = NULL;
             disp_delivered(d, (int)o, &dr);
             return;
         }
-        disp_recipient_outcome(d, i, o, &dr);
+        disp_recipient_outcome(d, base + i, o, &dr);
     }
+    /* max_recipients_per_batch: the next transaction takes the next slice */
+    c->batch_off += res->n_rcpts;
+    if (c->batch_off < c->cur->n_rcpts && !broken) {
+        send_batch(c);
+        return;
+    }
+    message_unref(c->cur);
+    c->cur = NULL;
     disp_delivered(d, -1, NULL);
+}
+
+static void send_batch(sconn *c)
+{
+    dispatcher *d = c->d;
+    message *m = c->cur;
+    size_t max = disp_path_config(d)->max_recipients_per_batch > 0
+                     ? (size_t)disp_path_config(d)->max_recipients_per_batch
+                     : m->n_rcpts;
+    size_t n = m->n_rcpts - c->batch_off;
+    if (n > max)
+        n = max;
+    if (!c->cli || !smtpcli_usable(c->cli) ||
+        smtpcli_send(c->cli, m->sender, (const char *const *)m->rcpts + c->batch_off, n, m->data,
+                     m->data_len, on_sent, c) != 0) {
+        disp_close_after_this(d);
+        disp_response r = {421, 4, 4, 2, "KumoMTA internal: connection is no longer usable",
+                           NULL};
+        message_unref(c->cur);
+        c->cur = NULL;
+        if (m->n_rcpts == 1 || c->batch_off == 0) {
+            disp_delivered(d, OUTCOME_TRANSIENT, &r);
+        } else {
+            for (size_t i = c->batch_off; i < m->n_rcpts; i++)
+                disp_recipient_outcome(d, i, OUTCOME_TRANSIENT, &r);
+            disp_delivered(d, -1, NULL);
+        }
+    }
 }
 
 static void sd_send(dispatcher *d, message *m)
 {
     sconn *c = disp_driver_state(d);
     disp_set_phase(d, PHASE_DELIVERING_MESSAGE, "smtp: send");
-    if (!c->cli || !smtpcli_usable(c->cli) ||
-        smtpcli_send(c->cli, m->sender, (const char *const *)m->rcpts, m->n_rcpts, m->data,
-                     m->data_len, on_sent, c) != 0) {
-        disp_close_after_this(d);
-        disp_response r = {421, 4, 4, 2, "KumoMTA internal: connection is no longer usable",
-                           NULL};
-        disp_delivered(d, OUTCOME_TRANSIENT, &r);
-    }
+    message_ref(m);
+    message_unref(c->cur);
+    c->cur = m;
+    c->batch_off = 0;
+    send_batch(c);
 }
 
 static void sd_close(dispatcher *d)

@@ -531,6 +531,7 @@ struct readyq {
     throttle_state msg_rate, conn_rate;
     int64_t cfg_loaded_ns;
     unsigned cfg_epoch;
+    long conn_failures; /* consecutive failed connection plans */
 };
 
 typedef struct qtables {
@@ -2201,14 +2202,47 @@ void disp_opened(dispatcher *d, bool ok, const disp_response *fail)
 {
     d->opening = false;
     if (ok) {
+        d->rq->conn_failures = 0;
         d->open = true;
         disp_set_phase(d, PHASE_IDLE, NULL);
         struct timeval zero = {0, 0};
         event_base_once(reactor_base(reactor_current()), -1, EV_TIMEOUT, disp_next_cb, d, &zero);
         return;
     }
-    /* no connection: every message waiting for this path is told so */
-    disp_bulk_fail(d, OUTCOME_TRANSIENT, fail, "TooManyConnectionFailures");
+    /* no connection: the next message in line takes the failure; after
+     * consecutive_connection_failures_before_delay in a row, every message
+     * waiting for this path does (the whole ready queue is delayed) */
+    readyq *rq = d->rq;
+    if (++rq->conn_failures >= rq->cfg.consecutive_connection_failures_before_delay ||
+        rq->fifo.count <= 1) {
+        rq->conn_failures = 0;
+        disp_bulk_fail(d, OUTCOME_TRANSIENT, fail, "TooManyConnectionFailures");
+        return;
+    }
+    qmsg *q = qlist_pop(&rq->fifo);
+    atomic_fetch_sub(&st_ready, 1);
+    struct bulk_one *b = calloc(1, sizeof(*b));
+    if (!b)
+        abort();
+    b->outcome = OUTCOME_TRANSIENT;
+    b->r = *fail;
+    b->content = strdup(fail->content ? fail->content : "");
+    b->r.content = b->content;
+    b->r.command = NULL;
+    b->reason = R_LOGGED_TRANSIENT_FAILURE;
+    b->site = strdup(rq->name);
+    b->pool = strdup(rq->qcfg.egress_pool ? rq->qcfg.egress_pool : "unspecified");
+    b->source = strdup(rq->source_name);
+    b->proto = strdup(d->drv->delivery_protocol);
+    b->session = strdup(d->session_id);
+    b->x.site = b->site;
+    b->x.pool = b->pool;
+    b->x.source = b->source;
+    b->x.proto = b->proto;
+    b->x.session_id = b->session;
+    qmsg_load(q, false, bulk_after_load, b);
+    disp_close_soon(d);
+    readyq_maintain(rq);
 }
 
 /* ---- the dispatcher progress watchdog (seed 000) ------------------------------------ */
