@@ -27,6 +27,7 @@
 #include "core/kerr.h"
 #include "http/request.h"
 #include "metrics/metrics.h"
+#include "msg/message.h"
 #include "queue/admin.h"
 #include "lua/services.h"
 #include "queue/queue.h"
@@ -212,8 +213,16 @@ static void reg(enum metrics_type type, const char *name, const char *help, cons
         DERROR(MMOD, "cannot register metric family %s: %s", name, kerr_str(rc));
 }
 
+static void c_message_count(metrics_emitter *em, void *arg)
+{
+    (void)arg;
+    metrics_emit(em, (double)message_live_count(), NULL);
+}
+
 static void register_once(void)
 {
+    reg(METRICS_GAUGE, "message_count", "total number of Message objects", NULL, c_message_count,
+        NULL);
     reg(METRICS_COUNTER, "total_messages_received", "total number of messages ever received",
         "service", c_received, NULL);
     reg(METRICS_COUNTER, "total_connection_count", "total number of active connections ever made",

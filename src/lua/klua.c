@@ -23,6 +23,7 @@
 #include "core/diag.h"
 #include "core/reactor.h"
 #include "lua/message_lua.h"
+#include "metrics/metrics.h"
 
 #define KLUA_MOD "kumod::lua"
 #define KLUA_MAX_OPENERS 32
@@ -50,6 +51,7 @@ struct klua_call {
     char *errmsg;
     bool running;
     bool waiting;
+    int64_t started_ns;
     int extra_args; /* 1 when the dispatcher's event-name argument is on the stack */
 };
 
@@ -708,6 +710,7 @@ lua_State *klua_call_begin(klua *vm, const char *event, klua_call **out)
     lua_rawgeti(c->co, LUA_REGISTRYINDEX, vm->dispatch_ref);
     lua_pushstring(c->co, event);
     c->extra_args = 1;
+    c->started_ns = clock_mono_ns();
     *out = c;
     return c->co;
 }
@@ -777,6 +780,18 @@ static void klua_call_step(klua_call *c, int nargs)
             c->errmsg = strdup(m ? m : "unknown Lua error");
         }
         c->nres = 0;
+    }
+    static metrics_family *lat;
+    if (!lat)
+        metrics_histogram_family(&lat, "lua_event_latency",
+                                 "how long a given lua event callback took", (const char *[]){"event"},
+                                 1, NULL, 0);
+    if (lat && c->started_ns) {
+        metrics_histogram *h = metrics_histogram_get(lat, c->event, NULL);
+        if (h) {
+            metrics_histogram_observe(h, (double)(clock_mono_ns() - c->started_ns) / 1e9);
+            metrics_histogram_unref(h);
+        }
     }
     if (c->done)
         c->done(c, c->status, c->ud);

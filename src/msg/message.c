@@ -33,9 +33,17 @@ static char *xstrdup(const char *s)
     return p;
 }
 
+static atomic_long live_messages;
+
+long message_live_count(void)
+{
+    return atomic_load(&live_messages);
+}
+
 message *message_new(const spoolid *id, const char *sender, const char *const *rcpts, size_t n)
 {
     message *m = xcalloc(1, sizeof(*m));
+    atomic_fetch_add(&live_messages, 1);
     m->refs = 1;
     if (id)
         m->id = *id;
@@ -72,6 +80,7 @@ void message_unref(message *m)
     json_decref(m->scheduling);
     free(m->data);
     free(m);
+    atomic_fetch_sub(&live_messages, 1);
 }
 
 int message_set_data(message *m, const char *buf, size_t len)

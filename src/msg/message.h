@@ -47,6 +47,9 @@ char *message_meta_to_json(const message *m, size_t *len);
 /* Rebuilds a message (without data) from its spool meta document. */
 int message_from_meta_json(const spoolid *id, const char *buf, size_t len, message **out);
 
+/* Message structs alive in this process (the message_count metric). */
+long message_live_count(void);
+
 /* Domain part of an address (after the last '@'), or "" when none. */
 const char *address_domain(const char *addr);
 

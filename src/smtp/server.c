@@ -50,6 +50,7 @@
 #include "net/cidr.h"
 #include "net/tls.h"
 #include "spool/spool.h"
+#include "metrics/metrics.h"
 
 #define SMOD "kumod::smtp_server"
 #define MAX_LISTENERS 16
@@ -1689,7 +1690,48 @@ static void data_received(sess *s)
 struct save_ctx {
     sess *s;
     int err;
+    int64_t started_ns;
 };
+
+static metrics_histogram *save_latency(void)
+{
+    static _Atomic(metrics_histogram *) h;
+    metrics_histogram *v = atomic_load(&h);
+    if (!v) {
+        metrics_family *f = NULL;
+        if (metrics_histogram_family(&f, "message_save_latency",
+                                     "how long it takes to save a message to spool", NULL, 0, NULL,
+                                     0) == 0 || f) {
+            v = metrics_histogram_get(f, NULL);
+            metrics_histogram *expected = NULL;
+            if (!atomic_compare_exchange_strong(&h, &expected, v)) {
+                metrics_histogram_unref(v);
+                v = expected;
+            }
+        }
+    }
+    return v;
+}
+
+static metrics_histogram *log_latency(void)
+{
+    static _Atomic(metrics_histogram *) h;
+    metrics_histogram *v = atomic_load(&h);
+    if (!v) {
+        metrics_family *f = NULL;
+        if (metrics_histogram_family(&f, "log_submit_latency",
+                                     "latency of log event submission operations", NULL, 0, NULL,
+                                     0) == 0 || f) {
+            v = metrics_histogram_get(f, NULL);
+            metrics_histogram *expected = NULL;
+            if (!atomic_compare_exchange_strong(&h, &expected, v)) {
+                metrics_histogram_unref(v);
+                v = expected;
+            }
+        }
+    }
+    return v;
+}
 
 static void save_done_on_reactor(void *arg)
 {
@@ -1716,6 +1758,9 @@ static void save_done(void *ud, int err)
 {
     struct save_ctx *x = ud;
     x->err = err; /* a failed save must never be acknowledged */
+    metrics_histogram *h = save_latency();
+    if (h)
+        metrics_histogram_observe(h, (double)(clock_mono_ns() - x->started_ns) / 1e9);
     reactor_post(x->s->r, save_done_on_reactor, x);
 }
 
@@ -1744,7 +1789,11 @@ static void log_reception(sess *s, message *m, const char *queue)
     r.msg_meta = m->meta;
     r.msg_data = m->data;
     r.msg_data_len = m->data_len;
+    int64_t t0 = clock_mono_ns();
     logs_record(&r);
+    metrics_histogram *h = log_latency();
+    if (h)
+        metrics_histogram_observe(h, (double)(clock_mono_ns() - t0) / 1e9);
 }
 
 /* Called after the events (saves_pending == 0 and nothing saved yet) and
@@ -1812,6 +1861,7 @@ static void finish_reception(sess *s)
                 abort();
             x->s = s;
             x->err = 0;
+            x->started_ns = clock_mono_ns();
             s->refs++;
             s->saves_pending++;
             any_saving = true;
