@@ -171,6 +171,7 @@ class Sink:
         self.cmd = [RUN_AS[SMTP_SINK]] + (["-u", "nobody"] if IS_ROOT else []) + list(extra) + \
             ["-c", f"127.0.0.1:{self.port}", str(backlog)]
         self.count = 0
+        self.sessions = 0  # SMTP sessions the sink has seen (connections)
         self.other = []  # the last lines that were not counters (errors)
         self._target = None
         self._target_time = None
@@ -197,6 +198,7 @@ class Sink:
     def _reader(self):
         buf = b""
         rx = re.compile(rb"mesg=(\d+)")
+        rxs = re.compile(rb"sess=(\d+)")
         fd = self.proc.stdout.fileno()
         while True:
             try:
@@ -219,8 +221,13 @@ class Sink:
                 pass
             if m is None:
                 continue
+            ms = None
+            for ms in rxs.finditer(done):
+                pass
             now = time.monotonic()
             with self._cv:
+                if ms is not None:
+                    self.sessions = max(self.sessions, int(ms.group(1)))
                 self.count = max(self.count, int(m.group(1)))
                 if self._target is not None and self._target_time is None and \
                         self.count >= self._target:

@@ -750,6 +750,10 @@ def samples(text):
     for fam in text_string_to_metric_families(text):
         types[fam.name] = fam.type
         for s in fam.samples:
+            if fam.type == "histogram":
+                assert s.name in (fam.name + "_bucket", fam.name + "_sum", fam.name + "_count")
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+                continue
             assert s.name in (fam.name, fam.name + "_total"), (fam.name, s.name)
             out[(fam.name, tuple(sorted(s.labels.items())))] = s.value
     return out, types
