@@ -17,6 +17,7 @@
  * request_body_limit are refused by libevent itself with 413 before the
  * body is buffered. */
 #include "http/http.h"
+#include "net/sockaddr.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -112,59 +113,6 @@ static void listener_free(http_listener *c)
     free(c);
 }
 
-static int parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *len)
-{
-    char host[256];
-    const char *port;
-    if (s[0] == '[') {
-        const char *close = strchr(s, ']');
-        if (!close || close[1] != ':')
-            return KERR_PARSE;
-        snprintf(host, sizeof(host), "%.*s", (int)(close - s - 1), s + 1);
-        port = close + 2;
-    } else {
-        const char *colon = strrchr(s, ':');
-        if (!colon)
-            return KERR_PARSE;
-        snprintf(host, sizeof(host), "%.*s", (int)(colon - s), s);
-        port = colon + 1;
-    }
-    struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE,
-                             .ai_socktype = SOCK_STREAM};
-    struct addrinfo *res;
-    if (getaddrinfo(host, port, &hints, &res) != 0)
-        return KERR_PARSE;
-    memcpy(ss, res->ai_addr, res->ai_addrlen);
-    *len = res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
-}
-
-/* "ip" and "ip:port" / "[ip6]:port" of a socket address. */
-static void addr_format(const struct sockaddr *sa, char *ip, size_t iplen, char *full,
-                        size_t fulllen)
-{
-    char tmp[INET6_ADDRSTRLEN] = "unknown";
-    int port = 0;
-    if (sa && sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &in->sin_addr, tmp, sizeof(tmp));
-        port = ntohs(in->sin_port);
-        if (full)
-            snprintf(full, fulllen, "%s:%d", tmp, port);
-    } else if (sa && sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &in6->sin6_addr, tmp, sizeof(tmp));
-        port = ntohs(in6->sin6_port);
-        if (full)
-            snprintf(full, fulllen, "[%s]:%d", tmp, port);
-    } else if (full) {
-        snprintf(full, fulllen, "unknown");
-    }
-    if (ip)
-        snprintf(ip, iplen, "%s", tmp);
-}
-
 static int cfg_string(json_t *v, const char *key, char **out, char *err, size_t errlen)
 {
     if (!json_is_string(v)) {
@@ -252,7 +200,7 @@ static http_listener *listener_from_json(json_t *j, char *err, size_t errlen)
         snprintf(err, errlen, "tls_certificate and tls_private_key must be given together");
         rc = KERR_INVAL;
     }
-    if (!rc && parse_hostport(c->listen, &c->addr, &c->addrlen) != 0) {
+    if (!rc && net_parse_hostport(c->listen, &c->addr, &c->addrlen) != 0) {
         snprintf(err, errlen, "listen: '%s' is not an IP:port address", c->listen);
         rc = KERR_INVAL;
     }
@@ -260,7 +208,7 @@ static http_listener *listener_from_json(json_t *j, char *err, size_t errlen)
         listener_free(c);
         return NULL;
     }
-    addr_format((struct sockaddr *)&c->addr, NULL, 0, c->bound, sizeof(c->bound));
+    net_format_addr((struct sockaddr *)&c->addr, NULL, 0, c->bound, sizeof(c->bound));
     return c;
 }
 
@@ -851,15 +799,15 @@ static void on_request(struct evhttp_request *req, void *arg)
     hr->method = evhttp_request_get_command(req);
     struct evhttp_connection *conn = evhttp_request_get_connection(req);
     if (conn) {
-        addr_format(evhttp_connection_get_addr(conn), hr->peer_ip, sizeof(hr->peer_ip), NULL, 0);
+        net_format_addr(evhttp_connection_get_addr(conn), hr->peer_ip, sizeof(hr->peer_ip), NULL, 0);
         struct bufferevent *bev = evhttp_connection_get_bufferevent(conn);
         struct sockaddr_storage local;
         socklen_t ll = sizeof(local);
         if (bev && getsockname(bufferevent_getfd(bev), (struct sockaddr *)&local, &ll) == 0)
-            addr_format((struct sockaddr *)&local, hr->local_ip, sizeof(hr->local_ip), NULL, 0);
+            net_format_addr((struct sockaddr *)&local, hr->local_ip, sizeof(hr->local_ip), NULL, 0);
     }
     if (!hr->local_ip[0])
-        addr_format((struct sockaddr *)&ln->addr, hr->local_ip, sizeof(hr->local_ip), NULL, 0);
+        net_format_addr((struct sockaddr *)&ln->addr, hr->local_ip, sizeof(hr->local_ip), NULL, 0);
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *raw_path = uri ? evhttp_uri_get_path(uri) : NULL;
     hr->path = evhttp_uridecode(raw_path && *raw_path ? raw_path : "/", 0, NULL);

@@ -48,6 +48,7 @@
 #include "msg/headers.h"
 #include "msg/queue_name.h"
 #include "net/cidr.h"
+#include "net/sockaddr.h"
 #include "net/tls.h"
 #include "spool/spool.h"
 #include "metrics/metrics.h"
@@ -110,34 +111,6 @@ void smtpsrv_get_stats(smtpsrv_stats *out)
     out->connections_denied = atomic_load(&st_denied);
     out->messages_received = atomic_load(&st_received);
     out->rejections = atomic_load(&st_rejections);
-}
-
-static int parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *len)
-{
-    char host[256];
-    const char *port;
-    if (s[0] == '[') {
-        const char *close = strchr(s, ']');
-        if (!close || close[1] != ':')
-            return KERR_PARSE;
-        snprintf(host, sizeof(host), "%.*s", (int)(close - s - 1), s + 1);
-        port = close + 2;
-    } else {
-        const char *colon = strrchr(s, ':');
-        if (!colon)
-            return KERR_PARSE;
-        snprintf(host, sizeof(host), "%.*s", (int)(colon - s), s);
-        port = colon + 1;
-    }
-    struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE,
-                             .ai_socktype = SOCK_STREAM};
-    struct addrinfo *res;
-    if (getaddrinfo(host, port, &hints, &res) != 0)
-        return KERR_PARSE;
-    memcpy(ss, res->ai_addr, res->ai_addrlen);
-    *len = res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
 }
 
 static void listener_cfg_free(listener_cfg *c)
@@ -389,7 +362,7 @@ static listener_cfg *listener_cfg_from_json(json_t *j, char *err, size_t errlen)
         listener_cfg_free(c);
         return NULL;
     }
-    if (parse_hostport(c->listen, &c->addr, &c->addrlen) != 0) {
+    if (net_parse_hostport(c->listen, &c->addr, &c->addrlen) != 0) {
         snprintf(err, errlen, "listen: '%s' is not an IP:port address", c->listen);
         listener_cfg_free(c);
         return NULL;
@@ -1693,44 +1666,37 @@ struct save_ctx {
     int64_t started_ns;
 };
 
-static metrics_histogram *save_latency(void)
+/* A label-less histogram, registered on first use (any thread). */
+static metrics_histogram *lazy_histogram(_Atomic(metrics_histogram *) *slot, const char *name,
+                                         const char *help)
 {
-    static _Atomic(metrics_histogram *) h;
-    metrics_histogram *v = atomic_load(&h);
-    if (!v) {
-        metrics_family *f = NULL;
-        if (metrics_histogram_family(&f, "message_save_latency",
-                                     "how long it takes to save a message to spool", NULL, 0, NULL,
-                                     0) == 0 || f) {
-            v = metrics_histogram_get(f, NULL);
-            metrics_histogram *expected = NULL;
-            if (!atomic_compare_exchange_strong(&h, &expected, v)) {
-                metrics_histogram_unref(v);
-                v = expected;
-            }
-        }
+    metrics_histogram *v = atomic_load(slot);
+    if (v)
+        return v;
+    metrics_family *f = NULL;
+    if (metrics_histogram_family(&f, name, help, NULL, 0, NULL, 0) != 0 || !f)
+        return NULL;
+    v = metrics_histogram_get(f, NULL);
+    metrics_histogram *expected = NULL;
+    if (!atomic_compare_exchange_strong(slot, &expected, v)) {
+        metrics_histogram_unref(v);
+        v = expected;
     }
     return v;
 }
 
+static _Atomic(metrics_histogram *) save_latency_h, log_latency_h;
+
+static metrics_histogram *save_latency(void)
+{
+    return lazy_histogram(&save_latency_h, "message_save_latency",
+                          "how long it takes to save a message to spool");
+}
+
 static metrics_histogram *log_latency(void)
 {
-    static _Atomic(metrics_histogram *) h;
-    metrics_histogram *v = atomic_load(&h);
-    if (!v) {
-        metrics_family *f = NULL;
-        if (metrics_histogram_family(&f, "log_submit_latency",
-                                     "latency of log event submission operations", NULL, 0, NULL,
-                                     0) == 0 || f) {
-            v = metrics_histogram_get(f, NULL);
-            metrics_histogram *expected = NULL;
-            if (!atomic_compare_exchange_strong(&h, &expected, v)) {
-                metrics_histogram_unref(v);
-                v = expected;
-            }
-        }
-    }
-    return v;
+    return lazy_histogram(&log_latency_h, "log_submit_latency",
+                          "latency of log event submission operations");
 }
 
 static void save_done_on_reactor(void *arg)
@@ -2301,26 +2267,6 @@ static void sess_event_cb(struct bufferevent *bev, short what, void *arg)
     }
 }
 
-static void addr_to_str(const struct sockaddr *sa, char *ip, size_t iplen, char *full,
-                        size_t fulllen)
-{
-    int port = 0;
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &in->sin_addr, ip, (socklen_t)iplen);
-        port = ntohs(in->sin_port);
-        snprintf(full, fulllen, "%s:%d", ip, port);
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &in6->sin6_addr, ip, (socklen_t)iplen);
-        port = ntohs(in6->sin6_port);
-        snprintf(full, fulllen, "[%s]:%d", ip, port);
-    } else {
-        snprintf(ip, iplen, "unknown");
-        snprintf(full, fulllen, "unknown");
-    }
-}
-
 static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
                       int salen, void *arg)
 {
@@ -2337,11 +2283,11 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
     atomic_fetch_add(&ln->active, 1);
     atomic_fetch_add(&live_sessions, 1);
     memcpy(&s->peer, sa, (size_t)salen < sizeof(s->peer) ? (size_t)salen : sizeof(s->peer));
-    addr_to_str(sa, s->peer_ip, sizeof(s->peer_ip), s->peer_str, sizeof(s->peer_str));
+    net_format_addr(sa, s->peer_ip, sizeof(s->peer_ip), s->peer_str, sizeof(s->peer_str));
     struct sockaddr_storage local;
     socklen_t ll = sizeof(local);
     getsockname(fd, (struct sockaddr *)&local, &ll);
-    addr_to_str((struct sockaddr *)&local, s->local_ip, sizeof(s->local_ip), s->local_str,
+    net_format_addr((struct sockaddr *)&local, s->local_ip, sizeof(s->local_ip), s->local_str,
                 sizeof(s->local_str));
     uuid_t u;
     uuid_generate_time(u);
