@@ -389,6 +389,7 @@ out_reactors:
         reactor *r = reactor_get(i);
         klua *vm = reactor_get_slot(r, REACTOR_SLOT_LUA);
         reactor_set_slot(r, REACTOR_SLOT_LUA, NULL);
+        klua_drop_waits(vm);
         klua_unref(vm);
         dns_reactor_free(r);
     }

@@ -30,11 +30,14 @@
 #define KLUA_REJECT_MT "kumod.Rejection"
 #define KLUA_CONNMETA_MT "kumod.ConnectionMeta"
 
+struct sleep_wait;
+
 struct klua {
     lua_State *L;
     int refs;
     int reactor_idx;
     int dispatch_ref;
+    struct sleep_wait *sleeps; /* pending kumo.time.sleep timers */
 };
 
 struct klua_call {
@@ -197,14 +200,26 @@ void klua_wait_resume(klua_call *c, int nres)
 }
 
 struct sleep_wait {
+    struct sleep_wait *next, *prev;
     klua_call *c;
     struct event *ev;
 };
+
+static void sleep_unlink(klua *vm, struct sleep_wait *w)
+{
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        vm->sleeps = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+}
 
 static void sleep_done(evutil_socket_t fd, short what, void *arg)
 {
     struct sleep_wait *w = arg;
     klua_call *c = w->c;
+    sleep_unlink(c->vm, w);
     event_free(w->ev);
     free(w);
     klua_wait_resume(c, 0);
@@ -223,6 +238,11 @@ static int l_sleep(lua_State *L)
     if (!w)
         return luaL_error(L, "kumo.time.sleep: out of memory");
     w->c = c;
+    w->prev = NULL;
+    w->next = c->vm->sleeps;
+    if (w->next)
+        w->next->prev = w;
+    c->vm->sleeps = w;
     w->ev = evtimer_new(reactor_base(r), sleep_done, w);
     struct timeval tv = {(time_t)secs, (suseconds_t)((secs - (double)(time_t)secs) * 1e6)};
     evtimer_add(w->ev, &tv);
@@ -640,6 +660,21 @@ klua *klua_load(const char *policy_path, int reactor_idx, char *err, size_t errl
     }
     lua_pop(L, 1);
     return vm;
+}
+
+static void klua_call_free(klua_call *c);
+
+void klua_drop_waits(klua *vm)
+{
+    while (vm && vm->sleeps) {
+        struct sleep_wait *w = vm->sleeps;
+        sleep_unlink(vm, w);
+        event_free(w->ev);
+        klua_call *c = w->c;
+        free(w);
+        c->done = NULL;
+        klua_call_free(c);
+    }
 }
 
 void klua_ref(klua *vm)

@@ -27,6 +27,9 @@ klua *klua_load(const char *policy_path, int reactor_idx, char *err, size_t errl
 void klua_ref(klua *vm);
 void klua_unref(klua *vm);
 lua_State *klua_state(klua *vm);
+/* Shutdown: abandons the calls of vm that wait on a timer (their owners are
+ * gone), so the VM can be closed. Reactor stopped or on its thread. */
+void klua_drop_waits(klua *vm);
 
 /* The VM installed on the calling reactor (NULL off-reactor). */
 klua *klua_current(void);

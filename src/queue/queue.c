@@ -2650,6 +2650,10 @@ void queue_reactor_shutdown(void)
                 free(d->tls_cipher);
                 free(d->tls_version);
                 free(d->source_address);
+                free(d->tls_subject);
+                free(d->requeue_to);
+                if (d->idle_ev)
+                    event_free(d->idle_ev);
                 free(d);
             }
             rq->active = 0;
