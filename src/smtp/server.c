@@ -463,6 +463,7 @@ typedef struct sess sess;
 typedef void (*sess_cont)(sess *s, klua_call *c, int status);
 
 struct sess {
+    sess *next_live, *prev_live; /* this reactor's sessions */
     listener_cfg *ln;
     reactor *r;
     struct bufferevent *bev;
@@ -548,8 +549,16 @@ static void tx_reset(sess *s)
         event_del(s->deadline_ev);
 }
 
+static __thread sess *live_list;
+
 static void sess_free(sess *s)
 {
+    if (s->prev_live)
+        s->prev_live->next_live = s->next_live;
+    else if (live_list == s)
+        live_list = s->next_live;
+    if (s->next_live)
+        s->next_live->prev_live = s->prev_live;
     tx_reset(s);
     free(s->rcpts);
     if (s->bev)
@@ -2280,6 +2289,10 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
     }
     s->ln = ln;
     s->r = r;
+    s->next_live = live_list;
+    if (live_list)
+        live_list->prev_live = s;
+    live_list = s;
     atomic_fetch_add(&ln->active, 1);
     atomic_fetch_add(&live_sessions, 1);
     memcpy(&s->peer, sa, (size_t)salen < sizeof(s->peer) ? (size_t)salen : sizeof(s->peer));
@@ -2516,6 +2529,25 @@ int smtpsrv_start_enumeration(void)
 
 /* ---- shutdown ----------------------------------------------------------------------------------- */
 
+/* Shutdown, after the grace period: sessions still open are dropped. */
+static void close_sessions_on_reactor(void *arg)
+{
+    struct open_job *j = arg;
+    for (sess *s = live_list, *next; s; s = next) {
+        next = s->next_live;
+        if (s->call) {
+            klua_call_cancel(s->call);
+            s->call = NULL;
+        }
+        if (s->refs == 0)
+            sess_free(s);
+    }
+    pthread_mutex_lock(&j->lock);
+    j->done = true;
+    pthread_cond_signal(&j->cond);
+    pthread_mutex_unlock(&j->lock);
+}
+
 static void close_listeners_on_reactor(void *arg)
 {
     struct open_job *j = arg;
@@ -2553,6 +2585,18 @@ void smtpsrv_shutdown(void)
     /* Let sessions in the middle of a transaction finish (bounded). */
     for (int i = 0; i < 300 && atomic_load(&live_sessions) > 0; i++)
         usleep(10000);
+    for (int r = 0; r < reactor_count() && atomic_load(&live_sessions) > 0; r++) {
+        struct open_job j = {.reactor_idx = r};
+        pthread_mutex_init(&j.lock, NULL);
+        pthread_cond_init(&j.cond, NULL);
+        reactor_post(reactor_get(r), close_sessions_on_reactor, &j);
+        pthread_mutex_lock(&j.lock);
+        while (!j.done)
+            pthread_cond_wait(&j.cond, &j.lock);
+        pthread_mutex_unlock(&j.lock);
+        pthread_mutex_destroy(&j.lock);
+        pthread_cond_destroy(&j.cond);
+    }
     free(evlisteners);
     evlisteners = NULL;
     for (int i = 0; i < n_listeners; i++) {

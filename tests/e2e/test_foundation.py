@@ -369,9 +369,6 @@ def test_sighup_with_broken_policy_keeps_the_old_one(kumod_factory):
 
 
 @pytest.mark.skipif(not kh.is_sanitized(), reason="KUMOD_BIN is not an ASan build")
-@pytest.mark.xfail(strict=True, reason="BUG: at SIGTERM the scheduled/ready queues and the "
-                                       "messages in them are never freed (LeakSanitizer: "
-                                       "queue.c readyq_create, sched tables, message_new)")
 def test_no_leaks_after_sessions_and_shutdown(kumod_factory):
     k = kumod_factory(start=False, env={"ASAN_OPTIONS": "detect_leaks=1"})
     k.own_sanitizer_check = True
