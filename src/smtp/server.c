@@ -2490,9 +2490,14 @@ static void enum_on_reactor(void *arg)
     enum_after_event(NULL, KLUA_OK, m);
 }
 
+static int64_t enum_started_wall_ns;
+
 static void enum_each(void *ud, const spoolid *id, const char *meta, size_t len)
 {
     message *m;
+    /* accepted since start-up: already queued by its reception */
+    if (spoolid_created_ns(id) >= enum_started_wall_ns)
+        return;
     if (message_from_meta_json(id, meta, len, &m) != 0) {
         char hex[SPOOLID_HEX_LEN + 1];
         spoolid_to_hex(id, hex);
@@ -2517,12 +2522,15 @@ static void enum_done(void *ud, int err)
     DINFO(SMOD, "spool enumeration done: %llu messages (%llu unreadable) in %.3fs",
           (unsigned long long)atomic_load(&enum_count), (unsigned long long)atomic_load(&enum_bad),
           (double)(clock_mono_ns() - enum_started_ns) / 1e9);
-    services_set_spool_ready();
 }
 
 int smtpsrv_start_enumeration(void)
 {
     enum_started_ns = clock_mono_ns();
+    enum_started_wall_ns = clock_wall_ns();
+    /* The spool is open: take mail at once. Enumeration runs beside it and
+     * skips what arrives meanwhile (spec 5.2). */
+    services_set_spool_ready();
     spool_enumerate(services_spool(), enum_each, enum_done, NULL);
     return 0;
 }
