@@ -76,8 +76,12 @@ static void reactor_drain(evutil_socket_t fd, short what, void *arg)
         bool stop = r->stopping;
         pthread_mutex_unlock(&r->lock);
         if (!m) {
-            if (stop)
-                event_base_loopbreak(r->base);
+            /* leave the loop soon, but let zero-delay work (deferred frees)
+             * scheduled by the last jobs run first */
+            if (stop) {
+                struct timeval tv = {0, 50000};
+                event_base_loopexit(r->base, &tv);
+            }
             return;
         }
         while (m) {

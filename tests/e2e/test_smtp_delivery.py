@@ -734,12 +734,6 @@ def test_default_prohibited_hosts_bounce_loopback_mx(routing_run):
     assert routing_run["peers"]["127.0.0.16"].connections == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: every failed connection plan leaks the SMTP "
-                   "driver's per-dispatcher state (smtp_deliver.c: the sconn from sd_open with "
-                   "its ref, hosts, targets and resolved addresses): when open fails (all hosts "
-                   "refused, null MX, NXDOMAIN, prohibited host, TLS failure) the dispatcher is "
-                   "closed without drv->close/abort because it never opened, and the sconn <-> "
-                   "ref cycle is never freed (~1 KB per attempt; LeakSanitizer reports it at exit)")
 def test_failed_connection_plans_do_not_leak(kumod_factory, dns):
     if not kh.is_sanitized():
         pytest.skip("needs an ASan build (LeakSanitizer)")
