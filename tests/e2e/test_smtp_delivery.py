@@ -51,6 +51,7 @@ TLS_MODES = ["Opportunistic", "OpportunisticInsecure", "Required", "RequiredInse
 #   .16 prohibited     .10 TLS (untrusted cert)   .11 no STARTTLS   .15 TLS (trusted cert)
 #   .21/.22 refused (nothing listens)   .23 never greets   .31-.37 scripted failures
 #   .40 never answers the dot   .50 bulk   .51 pipelining off   .52 no PIPELINING offered
+#   .53 backlog (its own host: no connection left idle by another test can carry it)
 
 MX = [
     ("single.test", "mx1.single.test", 10),
@@ -62,7 +63,7 @@ MX = [
     ("refused.test", "mx1.refused.test", 10), ("refused.test", "mx2.refused.test", 20),
     ("banner.test", "mx.banner.test", 10),
     ("hang.test", "mx.hang.test", 10),
-    ("bulk.test", "mx.bulk.test", 10), ("backlog.test", "mx.bulk.test", 10),
+    ("bulk.test", "mx.bulk.test", 10), ("backlog.test", "mx.backlog.test", 10),
     ("nopipe.test", "mx.nopipe.test", 10), ("noadv.test", "mx.noadv.test", 10),
 ]
 A = [
@@ -74,7 +75,7 @@ A = [
     ("mx1.refused.test", "127.0.0.21"), ("mx2.refused.test", "127.0.0.22"),
     ("mx.banner.test", "127.0.0.23"), ("mx.hang.test", "127.0.0.40"),
     ("mx.bulk.test", "127.0.0.50"), ("mx.nopipe.test", "127.0.0.51"),
-    ("mx.noadv.test", "127.0.0.52"),
+    ("mx.noadv.test", "127.0.0.52"), ("mx.backlog.test", "127.0.0.53"),
 ]
 FAILS = {  # domain: (address, command scripted, reply given once)
     "mail.fail.test": ("127.0.0.31", "MAIL", "451 4.3.0 mail from later"),
@@ -1011,13 +1012,12 @@ def test_banner_timeout(failure_run):
 
 @pytest.fixture(scope="module")
 def volume_run(module_kumod_factory, dns):
-    ips = ["127.0.0.50", "127.0.0.51", "127.0.0.52"]
+    ips = ["127.0.0.50", "127.0.0.51", "127.0.0.52", "127.0.0.53"]
     port = free_port_on(*ips)
     peers = {"bulk": SmtpPeer("127.0.0.50", port).start(),
+             "backlog": SmtpPeer("127.0.0.53", port).start(),
              "nopipe": SmtpPeer("127.0.0.51", port).start(),
              "noadv": SmtpPeer("127.0.0.52", port, pipelining=False).start()}
-    # bulk.test and backlog.test share their MX host, hence one ready queue
-    # (configured by whichever domain comes first): give them the same path
     bulk = {"connection_limit": 4, "idle_timeout": "30s", "banner_timeout": "300s"}
     paths = {"bulk.test": bulk, "backlog.test": bulk, "nopipe.test": {"enable_pipelining": False}}
     k = run_kumod(module_kumod_factory, policy(dns, port, paths=paths), "volume")
@@ -1044,7 +1044,8 @@ def test_pipelining_observed_on_the_wire(volume_run):
     for d, id in ids.items():
         [rec] = wait_of(k, id, "Delivery")
         assert rec["response"]["command"] == ".\r\n"
-    for d, peer in peers.items():
+    for d in ids:
+        peer = peers[d]
         reads = [data for _, data in peer.reads]
         mail = [r for r in reads if r.startswith(b"MAIL FROM:")]
         assert mail, reads
@@ -1063,7 +1064,7 @@ def test_thousand_messages_use_at_most_connection_limit_connections(volume_run):
     its banner until all of them are queued, so the ready queue has a
     backlog from the start: at most 4 TCP connections reach the peer, each
     reused for many messages, every message delivered exactly once."""
-    k, peer = volume_run["k"], volume_run["peers"]["bulk"]
+    k, peer = volume_run["k"], volume_run["peers"]["backlog"]
     peer.reset_counts()
     peer.gate.clear()
     before = len(peer.received())
@@ -1083,7 +1084,7 @@ def test_thousand_messages_use_at_most_connection_limit_connections(volume_run):
     recs = k.wait_records(lambda r: r["recipient"] == "user@backlog.test", type="Delivery",
                           count=1000, timeout=30)
     assert len(recs) == 1000 and len({r["id"] for r in recs}) == 1000
-    assert {r["site"] for r in recs} == {site("mx.bulk.test")}
+    assert {r["site"] for r in recs} == {site("mx.backlog.test")}
     assert {r["num_attempts"] for r in recs} == {0}
     assert not k.records("TransientFailure")
     assert 1 <= peer.connections <= 4, peer.connections
