@@ -115,7 +115,15 @@ int reactor_pool_init(int n)
         if (!r)
             return KERR_NOMEM;
         r->idx = i;
-        r->base = event_base_new();
+        /* The epoll changelist folds the add/remove of EV_WRITE around each
+         * reply into at most one epoll_ctl per loop iteration. (Its caveat,
+         * dup()ed descriptors, does not apply: nothing here dups a socket.) */
+        struct event_config *ecfg = event_config_new();
+        if (!ecfg)
+            return KERR_NOMEM;
+        event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+        r->base = event_base_new_with_config(ecfg);
+        event_config_free(ecfg);
         r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (!r->base || r->efd < 0)
             return KERR_IO;

@@ -82,6 +82,7 @@ struct logger {
     uint64_t flushed_seq;  /* every line <= this is written and flushed */
     bool stopping;
     bool started;
+    bool writer_idle; /* waiting for the first record: the next submit wakes it */
     pthread_t thread;
 
     _Atomic uint64_t st_submitted, st_written, st_submit_full, st_errors;
@@ -477,15 +478,17 @@ static void *writer_main(void *arg)
             if (lg->processed_seq > lg->flushed_seq && !lg->stopping &&
                 lg->flush_target <= lg->flushed_seq) {
                 /* Coalesce: at most one zstd flush (and write) per 20 ms, so a
-                 * busy server does not pay a syscall per record. */
-                /* not_empty waits on CLOCK_MONOTONIC */
+                 * busy server does not pay a syscall per record. Submitters
+                 * do not wake us meanwhile; a logger_flush() or a stop does. */
                 int64_t t = mono_now();
                 if (t - last_flush < 20000000) {
                     int64_t until = last_flush + 20000000;
                     struct timespec ts = {.tv_sec = until / NS_PER_S, .tv_nsec = until % NS_PER_S};
-                    pthread_cond_timedwait(&lg->not_empty, &lg->lock, &ts);
-                    if (lg->head)
-                        continue;
+                    pthread_cond_timedwait(&lg->not_empty, &lg->lock, &ts); /* CLOCK_MONOTONIC */
+                    if (mono_now() < until && lg->flush_target <= lg->flushed_seq &&
+                        !lg->stopping)
+                        continue; /* spurious wake-up */
+                    t = mono_now();
                 }
                 last_flush = t;
             }
@@ -499,6 +502,7 @@ static void *writer_main(void *arg)
             }
             if (lg->stopping)
                 break;
+            lg->writer_idle = true;
             if (deadline) {
                 struct timespec ts = {.tv_sec = deadline / NS_PER_S,
                                       .tv_nsec = deadline % NS_PER_S};
@@ -508,34 +512,43 @@ static void *writer_main(void *arg)
             } else {
                 pthread_cond_wait(&lg->not_empty, &lg->lock);
             }
+            lg->writer_idle = false;
             pthread_mutex_unlock(&lg->lock);
             deadline = expire_segments(lg);
             pthread_mutex_lock(&lg->lock);
             continue;
         }
+        /* Take everything queued in one go: one lock round per batch, not
+         * per record. */
         struct logger_item *it = lg->head;
-        lg->head = it->next;
-        if (!lg->head)
-            lg->tail = NULL;
-        lg->count--;
-        pthread_cond_signal(&lg->not_full);
-        bool want_flush = lg->flush_target > lg->flushed_seq && it->seq >= lg->flush_target;
+        bool was_full = lg->count >= lg->capacity;
+        lg->head = lg->tail = NULL;
+        lg->count = 0;
+        if (was_full)
+            pthread_cond_broadcast(&lg->not_full);
         pthread_mutex_unlock(&lg->lock);
 
-        write_item(lg, it);
-        lg->processed_seq = it->seq;
-        free(it->text);
-        free(it);
-        /* A busy queue never drains; notice old segments anyway. */
+        while (it) {
+            struct logger_item *next = it->next;
+            write_item(lg, it);
+            lg->processed_seq = it->seq;
+            free(it->text);
+            free(it);
+            it = next;
+        }
+        /* A busy queue may not drain for long; notice old segments anyway. */
         if (deadline && deadline <= mono_now())
             deadline = expire_segments(lg);
         else if (!deadline && lg->max_segment_ns > 0)
             deadline = expire_segments(lg);
-        if (want_flush) {
+        pthread_mutex_lock(&lg->lock);
+        if (lg->flush_target > lg->flushed_seq && lg->processed_seq >= lg->flush_target) {
+            pthread_mutex_unlock(&lg->lock);
             flush_all(lg);
             mark_flushed(lg);
+            last_flush = mono_now();
+            pthread_mutex_lock(&lg->lock);
         }
-        pthread_mutex_lock(&lg->lock);
     }
     pthread_mutex_unlock(&lg->lock);
     for (int i = 0; i < lg->n_streams; i++)
@@ -643,7 +656,12 @@ int logger_submit_take(logger *lg, int stream, const char *segment_header, char 
     lg->tail = it;
     lg->count++;
     atomic_fetch_add_explicit(&lg->st_submitted, 1, memory_order_relaxed);
-    pthread_cond_signal(&lg->not_empty);
+    /* Only an idle writer needs waking; a busy one takes this record with
+     * its next batch, a coalescing one within 20 ms. */
+    if (lg->writer_idle) {
+        lg->writer_idle = false;
+        pthread_cond_signal(&lg->not_empty);
+    }
     pthread_mutex_unlock(&lg->lock);
     return 0;
 }

@@ -1319,6 +1319,7 @@ struct dispatcher {
     bool loading; /* a spool load for cur is in flight */
     bool idle;    /* open, waiting up to idle_timeout for more messages */
     struct event *idle_ev;
+    struct event *kick_ev; /* the next step from a fresh stack frame, or the close */
     bool aborted; /* the watchdog fired while loading */
     int delivered;
     disp_phase phase;
@@ -1723,9 +1724,23 @@ void disp_set_source_address(dispatcher *d, const char *addr)
 
 static void disp_next(dispatcher *d);
 
-static void disp_next_cb(evutil_socket_t fd, short what, void *arg)
+static void disp_close(dispatcher *d);
+
+/* One timer per dispatcher instead of event_base_once: a pending step dies
+ * with its dispatcher, and repeated kicks fold into one. */
+static void disp_kick_cb(evutil_socket_t fd, short what, void *arg)
 {
-    disp_next(arg);
+    dispatcher *d = arg;
+    if (d->closing)
+        disp_close(d);
+    else
+        disp_next(d);
+}
+
+static void disp_kick(dispatcher *d, int64_t wait_ns)
+{
+    struct timeval tv = {wait_ns / NS_PER_SEC, (wait_ns % NS_PER_SEC) / 1000};
+    evtimer_add(d->kick_ev, &tv);
 }
 
 static void disp_destroy(dispatcher *d)
@@ -1746,6 +1761,7 @@ static void disp_destroy(dispatcher *d)
     free(d->requeue_to);
     if (d->idle_ev)
         event_free(d->idle_ev);
+    event_free(d->kick_ev);
     free(d->rcpt_outcome);
     free(d->rcpt_resp);
     if (d->rcpt_content) {
@@ -1765,19 +1781,13 @@ static void disp_close(dispatcher *d)
     disp_destroy(d);
 }
 
-static void reap_closed(evutil_socket_t fd, short what, void *arg)
-{
-    disp_close(arg);
-}
-
 /* Closes from outside the driver's own callback. */
 static void disp_close_soon(dispatcher *d)
 {
     if (d->closing)
         return;
     d->closing = true;
-    struct timeval zero = {0, 0};
-    event_base_once(reactor_base(reactor_current()), -1, EV_TIMEOUT, reap_closed, d, &zero);
+    disp_kick(d, 0);
 }
 
 void disp_set_requeue_queue(dispatcher *d, const char *queue)
@@ -1949,8 +1959,7 @@ void disp_delivered(dispatcher *d, int outcome, const disp_response *r)
     }
     disp_set_phase(d, PHASE_IDLE, NULL);
     /* continue from a fresh stack frame: the driver is inside its callback */
-    struct timeval zero = {0, 0};
-    event_base_once(reactor_base(reactor_current()), -1, EV_TIMEOUT, disp_next_cb, d, &zero);
+    disp_kick(d, 0);
 }
 
 static void watchdog_requeue(dispatcher *d, qmsg *q);
@@ -1985,8 +1994,7 @@ void disp_rebound(dispatcher *d)
     if (d->closing)
         return;
     disp_set_phase(d, PHASE_IDLE, NULL);
-    struct timeval zero = {0, 0};
-    event_base_once(reactor_base(reactor_current()), -1, EV_TIMEOUT, disp_next_cb, d, &zero);
+    disp_kick(d, 0);
 }
 
 static void disp_after_load(qmsg *q, int err, void *ud)
@@ -2068,9 +2076,7 @@ static void disp_next(dispatcher *d)
         int64_t wait = throttle_take(&rq->conn_rate, &rq->cfg.max_connection_rate, now_ns);
         if (wait > 0) {
             disp_set_phase(d, PHASE_CONNECTION_RATE_THROTTLED, NULL);
-            struct timeval tv = {wait / NS_PER_SEC, (wait % NS_PER_SEC) / 1000};
-            event_base_once(reactor_base(reactor_current()), -1, EV_TIMEOUT, disp_next_cb, d,
-                            &tv);
+            disp_kick(d, wait);
             return;
         }
     }
@@ -2078,9 +2084,7 @@ static void disp_next(dispatcher *d)
         int64_t wait = throttle_take(&rq->msg_rate, &rq->cfg.max_message_rate, now_ns);
         if (wait > 0) {
             disp_set_phase(d, PHASE_MESSAGE_RATE_THROTTLED, NULL);
-            struct timeval tv = {wait / NS_PER_SEC, (wait % NS_PER_SEC) / 1000};
-            event_base_once(reactor_base(reactor_current()), -1, EV_TIMEOUT, disp_next_cb, d,
-                            &tv);
+            disp_kick(d, wait);
             return;
         }
     }
@@ -2205,8 +2209,7 @@ void disp_opened(dispatcher *d, bool ok, const disp_response *fail)
         d->rq->conn_failures = 0;
         d->open = true;
         disp_set_phase(d, PHASE_IDLE, NULL);
-        struct timeval zero = {0, 0};
-        event_base_once(reactor_base(reactor_current()), -1, EV_TIMEOUT, disp_next_cb, d, &zero);
+        disp_kick(d, 0);
         return;
     }
     /* no connection: the next message in line takes the failure; after
@@ -2397,6 +2400,9 @@ static void readyq_maintain(readyq *rq)
         uuid_t u;
         uuid_generate_time(u);
         uuid_unparse_lower(u, d->session_id);
+        d->kick_ev = evtimer_new(reactor_base(reactor_current()), disp_kick_cb, d);
+        if (!d->kick_ev)
+            abort();
         d->started_ns = d->phase_ns = d->progress_ns = clock_mono_ns();
         d->phase = PHASE_STARTING;
         d->next = rq->dispatchers;
@@ -2654,6 +2660,7 @@ void queue_reactor_shutdown(void)
                 free(d->requeue_to);
                 if (d->idle_ev)
                     event_free(d->idle_ev);
+                event_free(d->kick_ev);
                 free(d);
             }
             rq->active = 0;
