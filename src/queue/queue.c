@@ -37,6 +37,7 @@
 #include "core/duration.h"
 #include "core/kerr.h"
 #include "core/reactor.h"
+#include "core/slab.h"
 #include "log/logs.h"
 #include "lua/klua.h"
 #include "lua/message_lua.h"
@@ -144,6 +145,11 @@ typedef struct qmsg {
     int64_t due_wall_s;      /* when it is due (0 = now) */
 } qmsg;
 
+/* Set on a reactor once queue_reactor_shutdown() has freed its queues:
+ * work that arrives later (a spool load finishing, a message posted by
+ * another reactor) frees what it carries instead of rebuilding queues. */
+static __thread bool queues_down;
+
 typedef struct qlist {
     qmsg head;
     long count;
@@ -217,11 +223,17 @@ static bool qmsg_has_reason(const qmsg *q, int r)
     return false;
 }
 
+/* Every qmsg comes from one pool (see core/slab.h for why). */
+static slab *qmsg_slab;
+
+static qmsg *qmsg_alloc(void)
+{
+    return slab_alloc(qmsg_slab);
+}
+
 static qmsg *qmsg_new(message *m)
 {
-    qmsg *q = calloc(1, sizeof(*q));
-    if (!q)
-        abort();
+    qmsg *q = qmsg_alloc();
     q->m = m;
     q->id = m->id;
     q->num_attempts = (uint16_t)m->num_attempts;
@@ -231,7 +243,7 @@ static qmsg *qmsg_new(message *m)
 static void qmsg_free(qmsg *q)
 {
     message_unref(q->m);
-    free(q);
+    slab_release(qmsg_slab, q);
 }
 
 static uint64_t name_hash(const char *s)
@@ -369,10 +381,22 @@ struct load_job {
     int stage;
 };
 
+static void inspect_after_load(qmsg *q, int err, void *ud);
+
 static void load_finish_on_reactor(void *arg)
 {
     struct load_job *j = arg;
     qmsg *q = j->q;
+    if (queues_down) {
+        /* An in-place load (inspect) left its qmsg in a queue, freed with
+         * it; any other qmsg was in flight and is this job's to free. */
+        if (j->done != inspect_after_load)
+            qmsg_free(q);
+        free(j->meta);
+        free(j->data);
+        free(j);
+        return;
+    }
     /* keep a meta that loaded even when the data did not: the failure is
      * then logged against the message and it is retried */
     if (j->meta) {
@@ -969,7 +993,10 @@ struct insert_job {
 static void insert_on_owner(void *arg)
 {
     struct insert_job *j = arg;
-    sched_insert_local(j->name, j->q);
+    if (queues_down)
+        qmsg_free(j->q);
+    else
+        sched_insert_local(j->name, j->q);
     free(j);
 }
 
@@ -987,8 +1014,11 @@ static void sched_insert_remote(const char *name, qmsg *q)
 static void sched_insert_local(const char *name, qmsg *q)
 {
     schedq *sq = sched_get(name);
+    bool enumerated = q->enumerated_pending;
     q->sq = sq;
     sched_place(sq, q);
+    if (enumerated)
+        smtpsrv_enum_placed(1);
 }
 
 int queue_insert(message *m, const char *queue, const char *reason)
@@ -1006,6 +1036,102 @@ int queue_insert(message *m, const char *queue, const char *reason)
 static int insert_hook(message *m, const char *queue, const char *reason)
 {
     return queue_insert(m, queue, reason);
+}
+
+/* ---- start-up enumeration: batches straight to the owners ------------------------------------- */
+
+/* The spool reader builds, per owner reactor, a batch of bare qmsgs (id
+ * and reason only: meta is loaded when a dispatcher needs it) with their
+ * queue names, and posts it whole: one mailbox item per ENUM_BATCH
+ * messages instead of two posts and a parsed message per message. */
+#define ENUM_BATCH 1024
+
+struct enum_batch {
+    int n;
+    size_t used, cap;
+    char *names;               /* NUL-terminated names, back to back */
+    uint32_t name_of[ENUM_BATCH]; /* offset into names */
+    qmsg *q[ENUM_BATCH];
+};
+
+static struct enum_batch **enum_batches; /* per owner; the reader thread only */
+
+static void enum_batch_on_owner(void *arg)
+{
+    struct enum_batch *b = arg;
+    schedq *sq = NULL;
+    uint32_t last = UINT32_MAX;
+    for (int i = 0; i < b->n && queues_down; i++)
+        qmsg_free(b->q[i]);
+    for (int i = 0; i < b->n && !queues_down; i++) {
+        if (b->name_of[i] != last) {
+            last = b->name_of[i];
+            sq = sched_get(b->names + last);
+        }
+        qmsg *q = b->q[i];
+        q->sq = sq;
+        sched_place(sq, q);
+    }
+    smtpsrv_enum_placed((unsigned long)b->n);
+    free(b->names);
+    free(b);
+}
+
+static void enum_batch_post(int owner)
+{
+    struct enum_batch *b = enum_batches[owner];
+    enum_batches[owner] = NULL;
+    if (b)
+        reactor_post(reactor_get(owner), enum_batch_on_owner, b);
+}
+
+static void enum_add(const spoolid *id, const char *queue)
+{
+    int owner = (int)(name_hash(queue) % (uint64_t)reactor_count());
+    if (!enum_batches) {
+        enum_batches = calloc((size_t)reactor_count(), sizeof(*enum_batches));
+        if (!enum_batches)
+            abort();
+    }
+    struct enum_batch *b = enum_batches[owner];
+    if (!b) {
+        b = calloc(1, sizeof(*b));
+        if (!b)
+            abort();
+        enum_batches[owner] = b;
+    }
+    /* runs of one queue name share one copy */
+    size_t n = strlen(queue) + 1;
+    if (!b->n || strcmp(b->names + b->name_of[b->n - 1], queue) != 0) {
+        if (b->used + n > b->cap) {
+            b->cap = (b->used + n) * 2 + 256;
+            b->names = realloc(b->names, b->cap);
+            if (!b->names)
+                abort();
+        }
+        memcpy(b->names + b->used, queue, n);
+        b->name_of[b->n] = (uint32_t)b->used;
+        b->used += n;
+    } else {
+        b->name_of[b->n] = b->name_of[b->n - 1];
+    }
+    qmsg *q = qmsg_alloc();
+    q->id = *id;
+    qmsg_add_reason(q, R_ENUMERATED);
+    q->enumerated_pending = true;
+    b->q[b->n++] = q;
+    if (b->n == ENUM_BATCH)
+        enum_batch_post(owner);
+}
+
+static void enum_flush(void)
+{
+    if (!enum_batches)
+        return;
+    for (int i = 0; i < reactor_count(); i++)
+        enum_batch_post(i);
+    free(enum_batches);
+    enum_batches = NULL;
 }
 
 /* ---- maildir ------------------------------------------------------------------------------------ */
@@ -1589,6 +1715,11 @@ static void readyq_load_config(readyq *rq)
 static void ready_on_owner(void *arg)
 {
     struct ready_job *j = arg;
+    if (queues_down) {
+        qmsg_free(j->q);
+        ready_job_free(j);
+        return;
+    }
     readyq *rq = readyq_find(j->name);
     if (!rq)
         rq = readyq_create(j);
@@ -2427,6 +2558,11 @@ static void requeue_on_owner(void *arg)
 {
     struct requeue_job *j = arg;
     qmsg *q = j->q;
+    if (queues_down) {
+        qmsg_free(q);
+        free(j);
+        return;
+    }
     schedq *sq = sched_get(j->name);
     q->sq = sq;
     if (sq->state != CFG_READY) {
@@ -2671,12 +2807,17 @@ void queue_reactor_shutdown(void)
     }
     free(t);
     reactor_set_slot(r, REACTOR_SLOT_QUEUES, NULL);
+    queues_down = true;
 }
 
 void queue_init(void)
 {
+    if (!qmsg_slab && !(qmsg_slab = slab_new(sizeof(qmsg))))
+        abort();
     queue_config_lua_register();
     smtpsrv_set_insert_hook(insert_hook);
+    static const smtpsrv_enum_hooks eh = {enum_add, enum_flush};
+    smtpsrv_set_enum_hooks(&eh);
 }
 
 void queue_set_protocol_ops(const queue_protocol_ops *ops)

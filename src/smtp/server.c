@@ -46,6 +46,7 @@
 #include "lua/message_lua.h"
 #include "lua/services.h"
 #include "msg/headers.h"
+#include "msg/meta_scan.h"
 #include "msg/queue_name.h"
 #include "net/cidr.h"
 #include "net/sockaddr.h"
@@ -2451,12 +2452,38 @@ int smtpsrv_start_listeners(char *err, size_t errlen)
 
 /* ---- enumeration at start-up --------------------------------------------------------------- */
 
-static atomic_ullong enum_count, enum_bad;
-static int64_t enum_started_ns;
+/* Counts: found (readable), placed (back in a scheduled queue, reported by
+ * the queue layer), unreadable. The done line waits for placed == found. */
+static atomic_ullong enum_count, enum_bad, enum_placed;
+static atomic_bool enum_read_done, enum_logged;
+static int64_t enum_started_ns, enum_started_wall_ns;
+static bool enum_lua; /* a spool_message_enumerated handler is defined */
+static smtpsrv_enum_hooks enum_hooks;
+static int enum_read_err;
 
-struct enum_item {
-    message *m;
-};
+void smtpsrv_set_enum_hooks(const smtpsrv_enum_hooks *hooks)
+{
+    enum_hooks = *hooks;
+}
+
+static void enum_maybe_done(void)
+{
+    if (!atomic_load(&enum_read_done) ||
+        atomic_load(&enum_placed) < atomic_load(&enum_count) ||
+        atomic_exchange(&enum_logged, true))
+        return;
+    if (enum_read_err)
+        DERROR(SMOD, "spool enumeration failed: %s", kerr_str(enum_read_err));
+    DINFO(SMOD, "spool enumeration done: %llu messages (%llu unreadable) in %.3fs",
+          (unsigned long long)atomic_load(&enum_count), (unsigned long long)atomic_load(&enum_bad),
+          (double)(clock_mono_ns() - enum_started_ns) / 1e9);
+}
+
+void smtpsrv_enum_placed(unsigned long n)
+{
+    atomic_fetch_add(&enum_placed, n);
+    enum_maybe_done();
+}
 
 static void enum_after_event(klua_call *c, int status, void *ud)
 {
@@ -2476,9 +2503,7 @@ static void enum_after_event(klua_call *c, int status, void *ud)
 
 static void enum_on_reactor(void *arg)
 {
-    struct enum_item *it = arg;
-    message *m = it->m;
-    free(it);
+    message *m = arg;
     klua *vm = klua_current();
     if (vm && klua_has_handler(vm, "spool_message_enumerated")) {
         klua_call *c;
@@ -2490,14 +2515,27 @@ static void enum_on_reactor(void *arg)
     enum_after_event(NULL, KLUA_OK, m);
 }
 
-static int64_t enum_started_wall_ns;
-
+/* Reader thread: one call per meta entry. */
 static void enum_each(void *ud, const spoolid *id, const char *meta, size_t len)
 {
-    message *m;
+    (void)ud;
     /* accepted since start-up: already queued by its reception */
     if (spoolid_created_ns(id) >= enum_started_wall_ns)
         return;
+    if (!enum_lua && enum_hooks.add) {
+        char *q;
+        bool sched;
+        if (meta_scan_queue(meta, len, &q, &sched) == 0) {
+            if (!sched) {
+                atomic_fetch_add(&enum_count, 1);
+                enum_hooks.add(id, q);
+                free(q);
+                return;
+            }
+            free(q);
+        }
+    }
+    message *m;
     if (message_from_meta_json(id, meta, len, &m) != 0) {
         char hex[SPOOLID_HEX_LEN + 1];
         spoolid_to_hex(id, hex);
@@ -2507,21 +2545,27 @@ static void enum_each(void *ud, const spoolid *id, const char *meta, size_t len)
         return;
     }
     atomic_fetch_add(&enum_count, 1);
-    struct enum_item *it = malloc(sizeof(*it));
-    if (!it)
-        abort();
-    it->m = m;
     uint64_t h = spoolid_hash(id);
-    reactor_post(reactor_get((int)(h % (uint64_t)reactor_count())), enum_on_reactor, it);
+    reactor_post(reactor_get((int)(h % (uint64_t)reactor_count())), enum_on_reactor, m);
 }
 
 static void enum_done(void *ud, int err)
 {
-    if (err)
-        DERROR(SMOD, "spool enumeration failed: %s", kerr_str(err));
-    DINFO(SMOD, "spool enumeration done: %llu messages (%llu unreadable) in %.3fs",
-          (unsigned long long)atomic_load(&enum_count), (unsigned long long)atomic_load(&enum_bad),
-          (double)(clock_mono_ns() - enum_started_ns) / 1e9);
+    (void)ud;
+    if (enum_hooks.flush)
+        enum_hooks.flush();
+    enum_read_err = err;
+    atomic_store(&enum_read_done, true);
+    enum_maybe_done();
+}
+
+/* On reactor 0: whether the policy wants the event decides the path. */
+static void enum_start_on_reactor(void *arg)
+{
+    (void)arg;
+    klua *vm = klua_current();
+    enum_lua = vm && klua_has_handler(vm, "spool_message_enumerated");
+    spool_enumerate(services_spool(), enum_each, enum_done, NULL);
 }
 
 int smtpsrv_start_enumeration(void)
@@ -2531,7 +2575,7 @@ int smtpsrv_start_enumeration(void)
     /* The spool is open: take mail at once. Enumeration runs beside it and
      * skips what arrives meanwhile (spec 5.2). */
     services_set_spool_ready();
-    spool_enumerate(services_spool(), enum_each, enum_done, NULL);
+    reactor_post(reactor_get(0), enum_start_on_reactor, NULL);
     return 0;
 }
 
