@@ -44,6 +44,10 @@ typedef struct spool__backend {
     /* Writes and removes a probe record, synced; 0 when the store takes
      * writes again. Any thread. NULL: the health gate probes the directory. */
     int (*probe)(spool_store *st);
+    /* Makes every write applied so far durable (a WAL sync). Called from
+     * the facade's syncer thread while the writer thread applies to the
+     * other store. NULL: the backend syncs inside apply() only. */
+    int (*sync_wal)(spool_store *st);
 } spool__backend;
 
 /* The part every backend store starts with. */

@@ -415,6 +415,18 @@ static void rocks_close(spool_store *st)
     free(rs);
 }
 
+static int rocks_sync_wal(spool_store *st)
+{
+    rocks_store *rs = (rocks_store *)st;
+    char *errp = NULL;
+    rocksdb_flush_wal(rs->db, 1, &errp);
+    if (errp == NULL)
+        return 0;
+    int rc = rocks_err_code(errp);
+    rocksdb_free(errp);
+    return rc < 0 ? rc : KERR_IO;
+}
+
 static int rocks_property(spool_store *st, const char *name, uint64_t *out)
 {
     rocks_store *rs = (rocks_store *)st;
@@ -450,6 +462,7 @@ static const spool__backend rocks_backend = {
     .get = rocks_get,
     .iterate = rocks_iterate,
     .close = rocks_close,
+    .sync_wal = rocks_sync_wal,
 };
 
 /* RocksDB locks <path>/LOCK itself (fcntl), but only after it has rotated

@@ -408,6 +408,16 @@ struct spool {
     uint64_t *seen; /* open-addressing set of removed ids (hashes), see cut_segment */
     size_t seen_cap;
 
+    /* The syncer: syncs the data store's WAL while the writer writes and
+     * syncs the meta store, so a group commit waits for one fsync, not two
+     * in a row. Only when the data backend has sync_wal. */
+    pthread_t syncer;
+    bool syncer_started;
+    pthread_mutex_t smu;
+    pthread_cond_t scond;
+    bool sync_asked, sync_done, sync_stop;
+    int sync_rc;
+
     _Atomic uint64_t saves, syncs, synced_saves, removes, loads, errors;
     spool_health *health;
 };
@@ -517,6 +527,47 @@ static void run_apply(spool_store *st, spool__wop *ops, size_t n, spool_req **wh
         }
 }
 
+static void *syncer_main(void *arg)
+{
+    spool *sp = arg;
+    (void)pthread_setname_np(pthread_self(), "spool-syncer"); /* cosmetic */
+    pthread_mutex_lock(&sp->smu);
+    for (;;) {
+        while (!sp->sync_asked && !sp->sync_stop)
+            pthread_cond_wait(&sp->scond, &sp->smu);
+        if (!sp->sync_asked)
+            break;
+        sp->sync_asked = false;
+        pthread_mutex_unlock(&sp->smu);
+        int rc = sp->data->be->sync_wal(sp->data);
+        pthread_mutex_lock(&sp->smu);
+        sp->sync_rc = rc;
+        sp->sync_done = true;
+        pthread_cond_broadcast(&sp->scond);
+    }
+    pthread_mutex_unlock(&sp->smu);
+    return NULL;
+}
+
+static void data_sync_start(spool *sp)
+{
+    pthread_mutex_lock(&sp->smu);
+    sp->sync_done = false;
+    sp->sync_asked = true;
+    pthread_cond_broadcast(&sp->scond);
+    pthread_mutex_unlock(&sp->smu);
+}
+
+static int data_sync_wait(spool *sp)
+{
+    pthread_mutex_lock(&sp->smu);
+    while (!sp->sync_done)
+        pthread_cond_wait(&sp->scond, &sp->smu);
+    int rc = sp->sync_rc;
+    pthread_mutex_unlock(&sp->smu);
+    return rc;
+}
+
 static void write_segment(spool *sp, spool_req **reqs, size_t n)
 {
     spool__wop *ops = wops_reserve(sp, n);
@@ -534,16 +585,31 @@ static void write_segment(spool *sp, spool_req **reqs, size_t n)
     for (size_t i = 0; i < n; i++)
         reqs[i]->err = 0;
 
-    /* 1. Every data half. */
+    /* 1. Every data half. With a syncer, written unsynced here and synced
+     * by the syncer while step 2 writes and syncs the metas: both fsyncs
+     * overlap. A crash between them can leave a synced meta whose data was
+     * not synced (a power loss; a killed process loses nothing, the page
+     * cache has both). That message was never acknowledged, since acks wait
+     * for both syncs; it then takes the missing-data path of any other
+     * spool damage (TransientFailure records until it expires) and reaches
+     * no recipient. */
+    bool parallel = false;
     k = 0;
     for (size_t i = 0; i < n; i++) {
         spool_req *r = reqs[i];
         if (r->type != REQ_SAVE || r->data == NULL)
             continue;
-        ops[k] = (spool__wop){&r->id, r->data, r->data_len, r->sync || sp->data->sync_all, 0};
+        bool sync = r->sync || sp->data->sync_all;
+        if (sync && sp->syncer_started) {
+            parallel = true;
+            sync = false;
+        }
+        ops[k] = (spool__wop){&r->id, r->data, r->data_len, sync, 0};
         who[k++] = r;
     }
     run_apply(sp->data, ops, k, who);
+    if (parallel)
+        data_sync_start(sp);
 
     /* 2. Every meta half and meta delete, in queue order. A save whose data
      * failed writes no meta: there would be nothing to deliver. */
@@ -559,6 +625,27 @@ static void write_segment(spool *sp, spool_req **reqs, size_t n)
         who[k++] = r;
     }
     run_apply(sp->meta, ops, k, who);
+    if (parallel) {
+        int src = data_sync_wait(sp);
+        if (src < 0) {
+            /* The data is not known durable: fail every save of the group
+             * and take back the metas just written (unsynced deletes; the
+             * client was not acknowledged and will retry). */
+            DERROR("kumod::spool", "sync of the %s spool at %s failed: %s", sp->data->name,
+                   sp->data->path, kerr_str(src));
+            k = 0;
+            for (size_t i = 0; i < n; i++) {
+                spool_req *r = reqs[i];
+                if (r->type != REQ_SAVE || r->data == NULL)
+                    continue;
+                if (r->err == 0)
+                    ops[k++] = (spool__wop){&r->id, NULL, 0, false, 0};
+                r->err = src;
+            }
+            if (k)
+                sp->meta->be->apply(sp->meta, ops, k);
+        }
+    }
 
     /* 3. The data halves of the removes, now that no meta points at them.
      * Unsynced: an unsynced delete is at worst undone by a crash, and the
@@ -764,6 +851,14 @@ static void spool_stop_threads(spool *sp)
     if (sp->writer_started)
         pthread_join(sp->writer, NULL);
     sp->writer_started = false;
+    if (sp->syncer_started) {
+        pthread_mutex_lock(&sp->smu);
+        sp->sync_stop = true;
+        pthread_cond_broadcast(&sp->scond);
+        pthread_mutex_unlock(&sp->smu);
+        pthread_join(sp->syncer, NULL);
+        sp->syncer_started = false;
+    }
 }
 
 static void spool_release(spool *sp)
@@ -773,6 +868,8 @@ static void spool_release(spool *sp)
     pthread_cond_destroy(&sp->rcond);
     pthread_cond_destroy(&sp->wcond);
     pthread_mutex_destroy(&sp->mu);
+    pthread_cond_destroy(&sp->scond);
+    pthread_mutex_destroy(&sp->smu);
     free(sp->batch);
     free(sp->wops);
     free(sp->seen);
@@ -805,7 +902,8 @@ int spool_new(spool_store *data_take, spool_store *meta_take, spool **out)
     rl_init(&sp->loadq);
     rl_init(&sp->enumq);
     if (pthread_mutex_init(&sp->mu, NULL) != 0 || pthread_cond_init(&sp->wcond, NULL) != 0 ||
-        pthread_cond_init(&sp->rcond, NULL) != 0) {
+        pthread_cond_init(&sp->rcond, NULL) != 0 || pthread_mutex_init(&sp->smu, NULL) != 0 ||
+        pthread_cond_init(&sp->scond, NULL) != 0) {
         /* glibc never fails these for default attributes. */
         spool_release(sp);
         return KERR_NOMEM;
@@ -814,12 +912,20 @@ int spool_new(spool_store *data_take, spool_store *meta_take, spool **out)
     /* Spool threads take no signals: they belong to the main thread. */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    sp->writer_alive = true;
-    if (pthread_create(&sp->writer, NULL, writer_main, sp) != 0) {
-        sp->writer_alive = false;
-        rc = KERR_NOMEM;
-    } else {
-        sp->writer_started = true;
+    if (sp->data->be->sync_wal != NULL) {
+        if (pthread_create(&sp->syncer, NULL, syncer_main, sp) != 0)
+            rc = KERR_NOMEM;
+        else
+            sp->syncer_started = true;
+    }
+    if (rc == 0) {
+        sp->writer_alive = true;
+        if (pthread_create(&sp->writer, NULL, writer_main, sp) != 0) {
+            sp->writer_alive = false;
+            rc = KERR_NOMEM;
+        } else {
+            sp->writer_started = true;
+        }
     }
     for (int i = 0; rc == 0 && i < SPOOL_READERS; i++) {
         pthread_mutex_lock(&sp->mu);
