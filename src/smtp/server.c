@@ -475,6 +475,7 @@ struct sess {
     bool reap_armed;
     bool close_after_write;
     bool starttls_pending;
+    bool filtered; /* s->bev is the TLS filter: libevent writes, not sess_flush */
     bool discarding_line; /* over-long command being skipped */
     int drain_polls;
     int refs;             /* pending spool saves and similar */
@@ -649,6 +650,30 @@ static void log_rejection(sess *s, int code, const char *msg, const char *comman
 /* Writes a reply (multi-line when msg holds '\n'), logs a Rejection for 4xx
  * and 5xx (except 421 4.3.2 load/shutdown notices, as KumoMTA), and closes
  * after a 421. */
+/* Plain sessions write their replies at once (write-through) instead of
+ * arming EV_WRITE and waiting for the next loop turn: no epoll_ctl pair and
+ * no extra wake-up per reply. EV_WRITE is enabled only while the kernel
+ * cannot take everything (then libevent finishes the job, with the write
+ * timeout, and sess_write_cb disables it again) or while a STARTTLS reply
+ * must leave before the handshake starts. */
+static void sess_flush(sess *s)
+{
+    if (!s->bev || s->dead || s->filtered)
+        return;
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    if (evbuffer_get_length(out) == 0)
+        return;
+    if (!s->starttls_pending) {
+        (void)evbuffer_write(out, bufferevent_getfd(s->bev));
+        if (evbuffer_get_length(out) == 0) {
+            if (s->close_after_write && !s->in_loop)
+                sess_reap_soon(s);
+            return;
+        }
+    }
+    bufferevent_enable(s->bev, EV_WRITE);
+}
+
 static void sess_reply(sess *s, int code, const char *msg, const char *command)
 {
     if (!s->bev || s->dead)
@@ -672,6 +697,8 @@ static void sess_reply(sess *s, int code, const char *msg, const char *command)
         sess_set_state(s, SS_CLOSING);
         bufferevent_disable(s->bev, EV_READ);
     }
+    if (!s->in_loop)
+        sess_flush(s);
 }
 
 static void sess_replyf(sess *s, int code, const char *command, const char *fmt, ...)
@@ -2042,6 +2069,7 @@ static void start_tls_now(sess *s)
         return;
     }
     s->bev = tb;
+    s->filtered = true;
     bufferevent_setcb(tb, sess_read_cb, sess_write_cb, sess_event_cb, s);
     struct timeval tv = {s->ln->client_timeout_ns / NS_PER_SEC, 0};
     bufferevent_set_timeouts(tb, &tv, &tv);
@@ -2182,6 +2210,7 @@ static void sess_process(sess *s)
         free(line);
     }
     s->in_loop = false;
+    sess_flush(s);
     if (s->bev && !s->dead && s->close_after_write &&
         evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
         if (s->tls)
@@ -2216,6 +2245,8 @@ static void tls_drain_check(evutil_socket_t fd, short what, void *arg)
 static void sess_write_cb(struct bufferevent *bev, void *arg)
 {
     sess *s = arg;
+    if (!s->filtered && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        bufferevent_disable(bev, EV_WRITE); /* back to write-through */
     if (s->starttls_pending) {
         start_tls_now(s);
         return;
@@ -2323,7 +2354,7 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
     struct timeval tv = {ln->client_timeout_ns / NS_PER_SEC,
                          (ln->client_timeout_ns % NS_PER_SEC) / 1000};
     bufferevent_set_timeouts(s->bev, &tv, &tv);
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(s->bev, EV_READ); /* EV_WRITE: see sess_flush */
     DDEBUG(SMOD, "session=%s accepted peer=%s via=%s", s->session_id, s->peer_str,
            s->local_str);
 
