@@ -32,6 +32,8 @@ struct reactor {
     struct event_base *base;
     int efd;
     struct event *mail_ev;
+    struct event *more_ev; /* the rest of a long mailbox, after the next poll */
+    struct mail *bl_head, *bl_tail; /* taken from the mailbox, not run yet; this thread only */
     struct event *tick_ev;
     pthread_mutex_t lock;
     struct mail *head, *tail;
@@ -63,34 +65,60 @@ int64_t clock_wall_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* Time given to mailbox jobs per turn of the loop. A flood of posts (a
+ * million messages coming back from the spool at start-up) must not keep
+ * sockets waiting: past this, the rest runs after the next poll for I/O. */
+#define MAIL_TURN_NS (10 * 1000 * 1000)
+
 static void reactor_drain(evutil_socket_t fd, short what, void *arg)
 {
     reactor *r = arg;
     uint64_t v;
     if ((what & EV_READ) && read(fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
         DERROR("kumod::reactor", "reactor=%d eventfd read failed: %s", r->idx, strerror(errno));
-    for (;;) {
-        pthread_mutex_lock(&r->lock);
-        struct mail *m = r->head;
-        r->head = r->tail = NULL;
-        bool stop = r->stopping;
-        pthread_mutex_unlock(&r->lock);
-        if (!m) {
-            /* leave the loop soon, but let zero-delay work (deferred frees)
-             * scheduled by the last jobs run first */
-            if (stop) {
-                struct timeval tv = {0, 50000};
-                event_base_loopexit(r->base, &tv);
-            }
-            return;
-        }
-        while (m) {
-            struct mail *next = m->next;
-            m->fn(m->arg);
-            free(m);
-            m = next;
-        }
+    pthread_mutex_lock(&r->lock);
+    struct mail *head = r->head, *tail = r->tail;
+    r->head = r->tail = NULL;
+    bool stop = r->stopping;
+    pthread_mutex_unlock(&r->lock);
+    if (head) {
+        if (r->bl_tail)
+            r->bl_tail->next = head;
+        else
+            r->bl_head = head;
+        r->bl_tail = tail;
     }
+    if (!r->bl_head) {
+        /* leave the loop soon, but let zero-delay work (deferred frees)
+         * scheduled by the last jobs run first */
+        if (stop) {
+            struct timeval tv = {0, 50000};
+            event_base_loopexit(r->base, &tv);
+        }
+        return;
+    }
+    int64_t until = clock_mono_ns() + MAIL_TURN_NS;
+    while (r->bl_head) {
+        struct mail *m = r->bl_head;
+        r->bl_head = m->next;
+        if (!r->bl_head)
+            r->bl_tail = NULL;
+        m->fn(m->arg);
+        free(m);
+        if (clock_mono_ns() > until)
+            break;
+    }
+    /* the rest (or the stop) after the next poll: a zero timer, unlike
+     * event_active, lets I/O in first */
+    if (r->bl_head || stop) {
+        struct timeval zero = {0, 0};
+        evtimer_add(r->more_ev, &zero);
+    }
+}
+
+static void reactor_drain_more(evutil_socket_t fd, short what, void *arg)
+{
+    reactor_drain(-1, 0, arg);
 }
 
 static void reactor_tick(evutil_socket_t fd, short what, void *arg)
@@ -130,8 +158,9 @@ int reactor_pool_init(int n)
         pthread_mutex_init(&r->lock, NULL);
         r->mail_ev = event_new(r->base, r->efd, EV_READ | EV_PERSIST, reactor_drain, r);
         r->tick_ev = evtimer_new(r->base, reactor_tick, r);
+        r->more_ev = evtimer_new(r->base, reactor_drain_more, r);
         r->wheel = wheel_new(4096, REACTOR_TICK_MS, clock_mono_ms());
-        if (!r->mail_ev || !r->tick_ev || !r->wheel)
+        if (!r->mail_ev || !r->tick_ev || !r->more_ev || !r->wheel)
             return KERR_NOMEM;
         event_add(r->mail_ev, NULL);
         reactors[i] = r;
@@ -180,14 +209,17 @@ void reactor_pool_free(void)
 {
     for (int i = 0; i < n_reactors; i++) {
         reactor *r = reactors[i];
-        struct mail *m = r->head;
-        while (m) {
-            struct mail *n = m->next;
-            free(m);
-            m = n;
+        for (int l = 0; l < 2; l++) {
+            struct mail *m = l ? r->bl_head : r->head;
+            while (m) {
+                struct mail *n = m->next;
+                free(m);
+                m = n;
+            }
         }
         event_free(r->mail_ev);
         event_free(r->tick_ev);
+        event_free(r->more_ev);
         wheel_free(r->wheel);
         event_base_free(r->base);
         close(r->efd);
