@@ -181,3 +181,16 @@ uint64_t spoolid_hash(const spoolid *id)
      * almost never; mixing both halves keeps the result well spread. */
     return mix64(lo ^ mix64(hi));
 }
+
+void spoolid_to_uuid_str(const spoolid *id, char out[SPOOLID_UUID_LEN + 1])
+{
+    char hex[SPOOLID_HEX_LEN + 1];
+    spoolid_to_hex(id, hex);
+    size_t o = 0;
+    for (size_t i = 0; i < SPOOLID_HEX_LEN; i++) {
+        if (i == 8 || i == 12 || i == 16 || i == 20)
+            out[o++] = '-';
+        out[o++] = hex[i];
+    }
+    out[o] = 0;
+}

@@ -17,6 +17,9 @@ void spoolid_new(spoolid *out);
 void spoolid_to_hex(const spoolid *id, char out[SPOOLID_HEX_LEN + 1]);
 /* Parses 32 hex digits (also accepts the dashed 36-char UUID form). 0 or KERR_PARSE. */
 int spoolid_from_hex(const char *s, spoolid *out);
+/* The hyphenated lowercase UUID form (8-4-4-4-12), e.g. for session ids. */
+#define SPOOLID_UUID_LEN 36
+void spoolid_to_uuid_str(const spoolid *id, char out[SPOOLID_UUID_LEN + 1]);
 /* Creation time encoded in the v1 timestamp, as Unix nanoseconds. */
 int64_t spoolid_created_ns(const spoolid *id);
 bool spoolid_eq(const spoolid *a, const spoolid *b);

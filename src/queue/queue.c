@@ -1262,9 +1262,9 @@ static void maildir_after_load(qmsg *q, int err, void *ud)
 {
     schedq *sq = ud;
     char session[37];
-    uuid_t u;
-    uuid_generate_time(u);
-    uuid_unparse_lower(u, session);
+    spoolid u; /* a v1 UUID without libuuid: no uuidd round trip */
+    spoolid_new(&u);
+    spoolid_to_uuid_str(&u, session);
     rec_ctx x = {.queue = sq->name,
                  .site = "",
                  .proto = "Maildir",
@@ -2528,9 +2528,9 @@ static void readyq_maintain(readyq *rq)
             abort();
         d->rq = rq;
         d->drv = drv;
-        uuid_t u;
-        uuid_generate_time(u);
-        uuid_unparse_lower(u, d->session_id);
+        spoolid u; /* a v1 UUID without libuuid: no uuidd round trip */
+        spoolid_new(&u);
+        spoolid_to_uuid_str(&u, d->session_id);
         d->kick_ev = evtimer_new(reactor_base(reactor_current()), disp_kick_cb, d);
         if (!d->kick_ev)
             abort();

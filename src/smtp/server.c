@@ -2334,9 +2334,9 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
     getsockname(fd, (struct sockaddr *)&local, &ll);
     net_format_addr((struct sockaddr *)&local, s->local_ip, sizeof(s->local_ip), s->local_str,
                 sizeof(s->local_str));
-    uuid_t u;
-    uuid_generate_time(u);
-    uuid_unparse_lower(u, s->session_id);
+    spoolid u; /* a v1 UUID without libuuid: no uuidd round trip */
+    spoolid_new(&u);
+    spoolid_to_uuid_str(&u, s->session_id);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     s->bev = bufferevent_socket_new(reactor_base(r), fd, BEV_OPT_CLOSE_ON_FREE);

@@ -171,6 +171,24 @@ static void test_new_unique_across_threads(void **state)
     free(all);
 }
 
+/* The hyphenated form: libuuid's uuid_unparse_lower layout, and it parses
+ * back to the same id. */
+static void test_uuid_str(void **state)
+{
+    (void)state;
+    spoolid id, back;
+    assert_int_equal(spoolid_from_hex("0123456789abcdef0123456789ABCDEF", &id), 0);
+    char s[SPOOLID_UUID_LEN + 1];
+    spoolid_to_uuid_str(&id, s);
+    assert_string_equal(s, "01234567-89ab-cdef-0123-456789abcdef");
+    assert_int_equal(spoolid_from_hex(s, &back), 0);
+    assert_true(spoolid_eq(&id, &back));
+    spoolid_new(&id);
+    spoolid_to_uuid_str(&id, s);
+    assert_int_equal(strlen(s), 36);
+    assert_int_equal(s[14], '1'); /* version 1 */
+}
+
 static void test_eq_and_hash(void **state)
 {
     (void)state;
@@ -209,6 +227,7 @@ int main(void)
         cmocka_unit_test(test_new_monotonic),
         cmocka_unit_test(test_new_unique_across_threads),
         cmocka_unit_test(test_eq_and_hash),
+        cmocka_unit_test(test_uuid_str),
     };
     return cmocka_run_group_tests_name("core/spoolid", tests, NULL, NULL);
 }
