@@ -476,6 +476,7 @@ struct sess {
     bool close_after_write;
     bool starttls_pending;
     bool filtered; /* s->bev is the TLS filter: libevent writes, not sess_flush */
+    struct evbuffer *outq; /* replies not yet written (plain sessions) */
     bool discarding_line; /* over-long command being skipped */
     int drain_polls;
     int refs;             /* pending spool saves and similar */
@@ -563,6 +564,8 @@ static void sess_free(sess *s)
         s->next_live->prev_live = s->prev_live;
     tx_reset(s);
     free(s->rcpts);
+    if (s->outq)
+        evbuffer_free(s->outq);
     if (s->bev)
         bufferevent_free(s->bev);
     if (s->deadline_ev)
@@ -652,26 +655,38 @@ static void log_rejection(sess *s, int code, const char *msg, const char *comman
  * after a 421. */
 /* Plain sessions write their replies at once (write-through) instead of
  * arming EV_WRITE and waiting for the next loop turn: no epoll_ctl pair and
- * no extra wake-up per reply. EV_WRITE is enabled only while the kernel
- * cannot take everything (then libevent finishes the job, with the write
- * timeout, and sess_write_cb disables it again) or while a STARTTLS reply
- * must leave before the handshake starts. */
+ * no extra wake-up per reply. Replies collect in the session's own buffer
+ * (a bufferevent's output cannot be drained from outside) and go out with
+ * one writev when a command (or a pipelined group) is done. Whatever the
+ * kernel does not take moves to the bufferevent, which finishes the job with
+ * EV_WRITE and the write timeout; sess_write_cb disables EV_WRITE again. */
+static struct evbuffer *sess_out(sess *s)
+{
+    return s->filtered ? bufferevent_get_output(s->bev) : s->outq;
+}
+
 static void sess_flush(sess *s)
 {
-    if (!s->bev || s->dead || s->filtered)
+    if (!s->bev || s->dead || s->filtered || evbuffer_get_length(s->outq) == 0)
         return;
-    struct evbuffer *out = bufferevent_get_output(s->bev);
-    if (evbuffer_get_length(out) == 0)
+    struct evbuffer *bout = bufferevent_get_output(s->bev);
+    if (evbuffer_get_length(bout) == 0)
+        (void)evbuffer_write(s->outq, bufferevent_getfd(s->bev));
+    if (evbuffer_get_length(s->outq) == 0) {
+        if (s->close_after_write && !s->in_loop)
+            sess_reap_soon(s);
         return;
-    if (!s->starttls_pending) {
-        (void)evbuffer_write(out, bufferevent_getfd(s->bev));
-        if (evbuffer_get_length(out) == 0) {
-            if (s->close_after_write && !s->in_loop)
-                sess_reap_soon(s);
-            return;
-        }
     }
+    /* the socket is full (or libevent is still writing earlier replies) */
+    evbuffer_add_buffer(bout, s->outq);
     bufferevent_enable(s->bev, EV_WRITE);
+}
+
+/* Nothing of ours is waiting to be written. */
+static bool sess_out_empty(sess *s)
+{
+    return evbuffer_get_length(bufferevent_get_output(s->bev)) == 0 &&
+           (s->filtered || evbuffer_get_length(s->outq) == 0);
 }
 
 static void sess_reply(sess *s, int code, const char *msg, const char *command)
@@ -680,7 +695,7 @@ static void sess_reply(sess *s, int code, const char *msg, const char *command)
         return;
     if (code >= 400 && code < 600 && !(code == 421 && strncmp(msg, "4.3.2 ", 6) == 0))
         log_rejection(s, code, msg, command);
-    struct evbuffer *out = bufferevent_get_output(s->bev);
+    struct evbuffer *out = sess_out(s);
     const char *p = msg;
     for (;;) {
         const char *nl = strchr(p, '\n');
@@ -2093,7 +2108,8 @@ static void cmd_starttls(sess *s)
     bufferevent_disable(s->bev, EV_READ);
     s->starttls_pending = true;
     s->busy = true;
-    if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+    sess_flush(s); /* the 220 leaves in the clear, before the handshake */
+    if (sess_out_empty(s))
         start_tls_now(s);
 }
 
@@ -2211,8 +2227,7 @@ static void sess_process(sess *s)
     }
     s->in_loop = false;
     sess_flush(s);
-    if (s->bev && !s->dead && s->close_after_write &&
-        evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
+    if (s->bev && !s->dead && s->close_after_write && sess_out_empty(s)) {
         if (s->tls)
             tls_drain_check(-1, 0, s);
         else
@@ -2340,8 +2355,10 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     s->bev = bufferevent_socket_new(reactor_base(r), fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!s->bev) {
-        close(fd);
+    s->outq = evbuffer_new();
+    if (!s->bev || !s->outq) {
+        if (!s->bev)
+            close(fd); /* else bufferevent_free closes it */
         sess_free(s);
         return;
     }
