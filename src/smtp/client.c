@@ -404,6 +404,11 @@ typedef struct tx {
 struct smtpcli {
     struct event_base *base;
     struct bufferevent *bev;
+    /* Plain connections write through (see cli_flush): commands collect
+     * here and leave with one writev; corked while a pipelined group is
+     * being built. Once TLS starts, writes go to the filter instead. */
+    struct evbuffer *outq;
+    bool corked, filtered;
     struct bufferevent *dead_bev; /* closed, waiting to be freed outside its callbacks */
     struct event *timer, *defer_ev, *gc_ev;
     cli_state state;
@@ -614,6 +619,8 @@ static void tx_free(tx *t);
 static void cli_free(smtpcli *c)
 {
     tx_free(c->tx);
+    if (c->outq)
+        evbuffer_free(c->outq);
     if (c->bev)
         bufferevent_free(c->bev);
     if (c->dead_bev)
@@ -685,12 +692,37 @@ static void cli_reap_soon(smtpcli *c)
 
 /* ---- writing ---- */
 
+/* Writes what is queued in outq now, without waiting for EV_WRITE: no
+ * epoll_ctl pair and no extra loop turn per command. What the kernel does
+ * not take (or anything queued behind bytes libevent is still writing)
+ * moves to the bufferevent, which finishes the job as usual. */
+static void cli_flush(smtpcli *c)
+{
+    if (!c->bev || c->filtered || c->corked || evbuffer_get_length(c->outq) == 0)
+        return;
+    struct evbuffer *bout = bufferevent_get_output(c->bev);
+    if (evbuffer_get_length(bout) == 0)
+        (void)evbuffer_write(c->outq, bufferevent_getfd(c->bev));
+    if (evbuffer_get_length(c->outq) > 0)
+        evbuffer_add_buffer(bout, c->outq);
+}
+
+/* Nothing of ours is waiting to be written. */
+static bool cli_out_empty(smtpcli *c)
+{
+    return c->bev && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0 &&
+           (c->filtered || evbuffer_get_length(c->outq) == 0);
+}
+
 static int cli_write(smtpcli *c, const char *s, size_t n)
 {
     if (!c->bev)
         return KERR_IO;
-    if (bufferevent_write(c->bev, s, n) != 0)
+    if (c->filtered)
+        return bufferevent_write(c->bev, s, n) != 0 ? KERR_NOMEM : 0;
+    if (evbuffer_add(c->outq, s, n) != 0)
         return KERR_NOMEM;
+    cli_flush(c);
     return 0;
 }
 
@@ -961,6 +993,7 @@ static void start_tls(smtpcli *c)
         return;
     }
     c->bev = tb;
+    c->filtered = true;
     bufferevent_openssl_set_allow_dirty_shutdown(tb, 1);
     bufferevent_setwatermark(tb, EV_WRITE, BODY_WRITE_LOWAT, 0);
     bufferevent_setcb(tb, cli_read_cb, cli_write_cb, cli_event_cb, c);
@@ -1159,12 +1192,19 @@ static void tx_after_data(smtpcli *c)
         return;
     }
     size_t len = evbuffer_get_length(t->body);
-    if (bufferevent_write_buffer(c->bev, t->body) != 0) {
+    if (c->filtered ? bufferevent_write_buffer(c->bev, t->body) != 0
+                    : evbuffer_add_buffer(c->outq, t->body) != 0) {
         tx_write_failed(c, KERR_NOMEM);
         return;
     }
+    cli_flush(c);
     set_detail(c, "sending %zu bytes of message data", len);
     smtpcli_set_state(c, CS_BODY);
+    if (!c->filtered && cli_out_empty(c)) {
+        /* the kernel took it all at once: no write callback will come */
+        set_detail(c, ".");
+        smtpcli_set_state(c, CS_DATA_DOT);
+    }
 }
 
 static void tx_on_reply(smtpcli *c, const smtpcli_reply *r)
@@ -1335,9 +1375,11 @@ int smtpcli_send(smtpcli *c, const char *sender, const char *const *rcpts, size_
      * whole group goes to the bufferevent before we return to the loop, so
      * it leaves in one write. */
     size_t upto = pipeline ? k : 1;
+    c->corked = true;
     for (size_t i = 0; i < upto; i++) {
         int rc = cli_write(c, t->cmds[i].line, strlen(t->cmds[i].line));
         if (rc) {
+            c->corked = false;
             /* part of the group may be queued: the connection is out of
              * step, so it closes; done hears about it from the loop */
             resp_internal(&t->mail, 400, 0, 0, 0, NULL, "failed to send message: %s", kerr_str(rc));
@@ -1348,6 +1390,8 @@ int smtpcli_send(smtpcli *c, const char *sender, const char *const *rcpts, size_
         }
         t->sent++;
     }
+    c->corked = false;
+    cli_flush(c);
     DTRACE(CMOD, "%s peer=%s transaction: %zu recipient(s), %zu bytes, %s", c->logid, c->peer_str,
            n, evbuffer_get_length(t->body), pipeline ? "pipelined" : "lock-step");
     tx_await(c);
@@ -1794,6 +1838,11 @@ smtpcli *smtpcli_connect(struct event_base *base, const struct sockaddr *addr, s
     if (!c->bev) {
         close(fd);
         defer_connect_failure(c, KERR_NOMEM, "bufferevent_socket_new failed");
+        return c;
+    }
+    c->outq = evbuffer_new();
+    if (!c->outq) {
+        defer_connect_failure(c, KERR_NOMEM, "evbuffer_new failed");
         return c;
     }
     bufferevent_setcb(c->bev, cli_read_cb, cli_write_cb, cli_event_cb, c);
