@@ -2782,7 +2782,9 @@ void queue_reactor_shutdown(void)
             readyq *rq = t->ready[i];
             while (rq->dispatchers) {
                 dispatcher *d = rq->dispatchers;
-                if (d->drv->abort && (d->open || d->opening))
+                /* also a dispatcher whose open failed but still holds its
+                 * driver state (the resolver gave up on shutdown) */
+                if (d->drv->abort && (d->open || d->opening || d->drv_state))
                     d->drv->abort(d);
                 if (d->cur && !d->loading)
                     qmsg_free(d->cur);
