@@ -291,6 +291,38 @@ void reactor_post(reactor *r, reactor_fn fn, void *arg)
     }
 }
 
+struct sync_call {
+    reactor_fn fn;
+    void *arg;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+};
+
+static void sync_call_run(void *arg)
+{
+    struct sync_call *c = arg;
+    c->fn(c->arg);
+    pthread_mutex_lock(&c->lock);
+    c->done = true;
+    pthread_cond_signal(&c->cond);
+    pthread_mutex_unlock(&c->lock);
+}
+
+void reactor_call_sync(reactor *r, reactor_fn fn, void *arg)
+{
+    struct sync_call c = {.fn = fn, .arg = arg};
+    pthread_mutex_init(&c.lock, NULL);
+    pthread_cond_init(&c.cond, NULL);
+    reactor_post(r, sync_call_run, &c);
+    pthread_mutex_lock(&c.lock);
+    while (!c.done)
+        pthread_cond_wait(&c.cond, &c.lock);
+    pthread_mutex_unlock(&c.lock);
+    pthread_mutex_destroy(&c.lock);
+    pthread_cond_destroy(&c.cond);
+}
+
 void reactor_timer_arm(reactor *r, wheel_entry *e, int64_t due_ms)
 {
     wheel_arm(r->wheel, e, due_ms);

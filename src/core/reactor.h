@@ -33,6 +33,9 @@ wheel *reactor_wheel(reactor *r);
 /* Queues fn(arg) to run on r's thread; arg's ownership moves with it. Any
  * thread, never blocks. Calls from one thread run in the order posted. */
 void reactor_post(reactor *r, reactor_fn fn, void *arg);
+/* Runs fn(arg) on r's thread and returns once it has returned. For start-up
+ * and shutdown from the main thread; never from r's own thread. */
+void reactor_call_sync(reactor *r, reactor_fn fn, void *arg);
 
 /* Arms a wheel entry on the current reactor, keeping its tick timer running. */
 void reactor_timer_arm(reactor *r, wheel_entry *e, int64_t due_ms);

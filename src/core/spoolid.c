@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/hex.h"
 #include "core/kerr.h"
 
 /* 100 ns intervals from the Gregorian reform (1582-10-15) to the Unix epoch. */
@@ -106,17 +107,6 @@ void spoolid_to_hex(const spoolid *id, char out[SPOOLID_HEX_LEN + 1])
     out[SPOOLID_HEX_LEN] = '\0';
 }
 
-static int hex_val(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int spoolid_from_hex(const char *s, spoolid *out)
 {
     if (!s || !out)
@@ -133,8 +123,8 @@ int spoolid_from_hex(const char *s, spoolid *out)
             if (*p++ != '-')
                 return KERR_PARSE;
         }
-        int hi = hex_val(p[0]);
-        int lo = hi < 0 ? -1 : hex_val(p[1]);
+        int hi = hex_digit_value(p[0]);
+        int lo = hi < 0 ? -1 : hex_digit_value(p[1]);
         if (lo < 0)
             return KERR_PARSE;
         id.b[i] = (uint8_t)(hi << 4 | lo);

@@ -870,35 +870,16 @@ static struct bufferevent *tls_bevcb(struct event_base *base, void *arg)
 }
 
 typedef struct sync_job {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    bool done;
     int rc;
     char err[512];
 } sync_job;
-
-static void job_finish(sync_job *j)
-{
-    pthread_mutex_lock(&j->lock);
-    j->done = true;
-    pthread_cond_signal(&j->cond);
-    pthread_mutex_unlock(&j->lock);
-}
 
 static void run_on_every_reactor(reactor_fn fn, char *err, size_t errlen, int *rc_out)
 {
     *rc_out = 0;
     for (int r = 0; r < reactor_count(); r++) {
         sync_job j = {.rc = 0};
-        pthread_mutex_init(&j.lock, NULL);
-        pthread_cond_init(&j.cond, NULL);
-        reactor_post(reactor_get(r), fn, &j);
-        pthread_mutex_lock(&j.lock);
-        while (!j.done)
-            pthread_cond_wait(&j.cond, &j.lock);
-        pthread_mutex_unlock(&j.lock);
-        pthread_mutex_destroy(&j.lock);
-        pthread_cond_destroy(&j.cond);
+        reactor_call_sync(reactor_get(r), fn, &j);
         if (j.rc != 0 && *rc_out == 0) {
             *rc_out = j.rc;
             if (err)
@@ -956,7 +937,6 @@ static void open_on_reactor(void *arg)
         slot->http = http;
         slot->bound = bs;
     }
-    job_finish(j);
 }
 
 int http_start_listeners(char *err, size_t errlen)
@@ -995,7 +975,7 @@ int http_start_listeners(char *err, size_t errlen)
 
 static void stop_accepting_on_reactor(void *arg)
 {
-    sync_job *j = arg;
+    (void)arg;
     int r = reactor_index(reactor_current());
     for (int i = 0; i < n_listeners; i++) {
         http_slot *slot = &slots[r * MAX_LISTENERS + i];
@@ -1004,12 +984,11 @@ static void stop_accepting_on_reactor(void *arg)
             slot->bound = NULL;
         }
     }
-    job_finish(j);
 }
 
 static void free_on_reactor(void *arg)
 {
-    sync_job *j = arg;
+    (void)arg;
     int r = reactor_index(reactor_current());
     /* only when no request is in flight: evhttp_free frees their requests */
     if (atomic_load(&inflight) == 0) {
@@ -1022,7 +1001,6 @@ static void free_on_reactor(void *arg)
         }
     }
     auth_cache_clear();
-    job_finish(j);
 }
 
 void http_shutdown(void)

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/hex.h"
 #include "core/kerr.h"
 #include "msg/queue_name.h"
 
@@ -25,17 +26,6 @@ static void ws(scan *s)
 {
     while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
         s->p++;
-}
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
 }
 
 /* At the opening quote. With out != NULL the decoded text is returned
@@ -93,7 +83,7 @@ static int str(scan *s, char **out)
         case 'u': {
             int v = 0;
             for (int i = 0; i < 4; i++) {
-                int h = q + i < stop ? hexval(q[i]) : -1;
+                int h = q + i < stop ? hex_digit_value(q[i]) : -1;
                 if (h < 0) {
                     free(buf);
                     return KERR_AGAIN;

@@ -2297,6 +2297,33 @@ static void bulk_after_load(qmsg *q, int err, void *ud)
     free(b);
 }
 
+/* Takes q out of the ready queue's hands: it gets outcome o with response
+ * r (recorded against dispatcher d's context) once its meta is loaded. */
+static void bulk_one_fail(dispatcher *d, qmsg *q, int o, const disp_response *r, int reason)
+{
+    readyq *rq = d->rq;
+    struct bulk_one *b = calloc(1, sizeof(*b));
+    if (!b)
+        abort();
+    b->outcome = o;
+    b->r = *r;
+    b->content = strdup(r->content ? r->content : "");
+    b->r.content = b->content;
+    b->r.command = NULL;
+    b->reason = reason;
+    b->site = strdup(rq->name);
+    b->pool = strdup(rq->qcfg.egress_pool ? rq->qcfg.egress_pool : "unspecified");
+    b->source = strdup(rq->source_name);
+    b->proto = strdup(d->drv->delivery_protocol);
+    b->session = strdup(d->session_id);
+    b->x.site = b->site;
+    b->x.pool = b->pool;
+    b->x.source = b->source;
+    b->x.proto = b->proto;
+    b->x.session_id = b->session;
+    qmsg_load(q, false, bulk_after_load, b);
+}
+
 void disp_bulk_fail(dispatcher *d, disp_outcome o, const disp_response *r, const char *reason)
 {
     d->opening = false;
@@ -2304,26 +2331,7 @@ void disp_bulk_fail(dispatcher *d, disp_outcome o, const disp_response *r, const
     while (d->rq->fifo.count) {
         qmsg *q = qlist_pop(&d->rq->fifo);
         atomic_fetch_sub(&st_ready, 1);
-        struct bulk_one *b = calloc(1, sizeof(*b));
-        if (!b)
-            abort();
-        b->outcome = (int)o;
-        b->r = *r;
-        b->content = strdup(r->content ? r->content : "");
-        b->r.content = b->content;
-        b->r.command = NULL;
-        b->reason = rs;
-        b->site = strdup(d->rq->name);
-        b->pool = strdup(d->rq->qcfg.egress_pool ? d->rq->qcfg.egress_pool : "unspecified");
-        b->source = strdup(d->rq->source_name);
-        b->proto = strdup(d->drv->delivery_protocol);
-        b->session = strdup(d->session_id);
-        b->x.site = b->site;
-        b->x.pool = b->pool;
-        b->x.source = b->source;
-        b->x.proto = b->proto;
-        b->x.session_id = b->session;
-        qmsg_load(q, false, bulk_after_load, b);
+        bulk_one_fail(d, q, (int)o, r, rs);
     }
     disp_close_soon(d);
 }
@@ -2355,26 +2363,7 @@ void disp_opened(dispatcher *d, bool ok, const disp_response *fail)
     }
     qmsg *q = qlist_pop(&rq->fifo);
     atomic_fetch_sub(&st_ready, 1);
-    struct bulk_one *b = calloc(1, sizeof(*b));
-    if (!b)
-        abort();
-    b->outcome = OUTCOME_TRANSIENT;
-    b->r = *fail;
-    b->content = strdup(fail->content ? fail->content : "");
-    b->r.content = b->content;
-    b->r.command = NULL;
-    b->reason = R_LOGGED_TRANSIENT_FAILURE;
-    b->site = strdup(rq->name);
-    b->pool = strdup(rq->qcfg.egress_pool ? rq->qcfg.egress_pool : "unspecified");
-    b->source = strdup(rq->source_name);
-    b->proto = strdup(d->drv->delivery_protocol);
-    b->session = strdup(d->session_id);
-    b->x.site = b->site;
-    b->x.pool = b->pool;
-    b->x.source = b->source;
-    b->x.proto = b->proto;
-    b->x.session_id = b->session;
-    qmsg_load(q, false, bulk_after_load, b);
+    bulk_one_fail(d, q, OUTCOME_TRANSIENT, fail, R_LOGGED_TRANSIENT_FAILURE);
     disp_close_soon(d);
     readyq_maintain(rq);
 }

@@ -2411,12 +2411,8 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
 /* ---- start and stop ---------------------------------------------------------------------------- */
 
 struct open_job {
-    int reactor_idx;
     char err[512];
     int rc;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    bool done;
 };
 
 static void open_on_reactor(void *arg)
@@ -2447,10 +2443,6 @@ static void open_on_reactor(void *arg)
         }
         evlisteners[reactor_index(r) * MAX_LISTENERS + i] = evl;
     }
-    pthread_mutex_lock(&j->lock);
-    j->done = true;
-    pthread_cond_signal(&j->cond);
-    pthread_mutex_unlock(&j->lock);
 }
 
 int smtpsrv_start_listeners(char *err, size_t errlen)
@@ -2477,16 +2469,8 @@ int smtpsrv_start_listeners(char *err, size_t errlen)
                   ln->listen);
     }
     for (int r = 0; r < reactor_count(); r++) {
-        struct open_job j = {.reactor_idx = r};
-        pthread_mutex_init(&j.lock, NULL);
-        pthread_cond_init(&j.cond, NULL);
-        reactor_post(reactor_get(r), open_on_reactor, &j);
-        pthread_mutex_lock(&j.lock);
-        while (!j.done)
-            pthread_cond_wait(&j.cond, &j.lock);
-        pthread_mutex_unlock(&j.lock);
-        pthread_mutex_destroy(&j.lock);
-        pthread_cond_destroy(&j.cond);
+        struct open_job j = {0};
+        reactor_call_sync(reactor_get(r), open_on_reactor, &j);
         if (j.rc != 0) {
             snprintf(err, errlen, "%s", j.err);
             return -1;
@@ -2632,7 +2616,7 @@ int smtpsrv_start_enumeration(void)
 /* Shutdown, after the grace period: sessions still open are dropped. */
 static void close_sessions_on_reactor(void *arg)
 {
-    struct open_job *j = arg;
+    (void)arg;
     for (sess *s = live_list, *next; s; s = next) {
         next = s->next_live;
         if (s->call) {
@@ -2642,15 +2626,11 @@ static void close_sessions_on_reactor(void *arg)
         if (s->refs == 0)
             sess_free(s);
     }
-    pthread_mutex_lock(&j->lock);
-    j->done = true;
-    pthread_cond_signal(&j->cond);
-    pthread_mutex_unlock(&j->lock);
 }
 
 static void close_listeners_on_reactor(void *arg)
 {
-    struct open_job *j = arg;
+    (void)arg;
     reactor *r = reactor_current();
     for (int i = 0; i < n_listeners; i++) {
         struct evconnlistener **slot = &evlisteners[reactor_index(r) * MAX_LISTENERS + i];
@@ -2659,10 +2639,6 @@ static void close_listeners_on_reactor(void *arg)
             *slot = NULL;
         }
     }
-    pthread_mutex_lock(&j->lock);
-    j->done = true;
-    pthread_cond_signal(&j->cond);
-    pthread_mutex_unlock(&j->lock);
 }
 
 void smtpsrv_shutdown(void)
@@ -2670,32 +2646,14 @@ void smtpsrv_shutdown(void)
     atomic_store(&shutting_down, true);
     if (evlisteners) {
         for (int r = 0; r < reactor_count(); r++) {
-            struct open_job j = {.reactor_idx = r};
-            pthread_mutex_init(&j.lock, NULL);
-            pthread_cond_init(&j.cond, NULL);
-            reactor_post(reactor_get(r), close_listeners_on_reactor, &j);
-            pthread_mutex_lock(&j.lock);
-            while (!j.done)
-                pthread_cond_wait(&j.cond, &j.lock);
-            pthread_mutex_unlock(&j.lock);
-            pthread_mutex_destroy(&j.lock);
-            pthread_cond_destroy(&j.cond);
+            reactor_call_sync(reactor_get(r), close_listeners_on_reactor, NULL);
         }
     }
     /* Let sessions in the middle of a transaction finish (bounded). */
     for (int i = 0; i < 300 && atomic_load(&live_sessions) > 0; i++)
         usleep(10000);
     for (int r = 0; r < reactor_count() && atomic_load(&live_sessions) > 0; r++) {
-        struct open_job j = {.reactor_idx = r};
-        pthread_mutex_init(&j.lock, NULL);
-        pthread_cond_init(&j.cond, NULL);
-        reactor_post(reactor_get(r), close_sessions_on_reactor, &j);
-        pthread_mutex_lock(&j.lock);
-        while (!j.done)
-            pthread_cond_wait(&j.cond, &j.lock);
-        pthread_mutex_unlock(&j.lock);
-        pthread_mutex_destroy(&j.lock);
-        pthread_cond_destroy(&j.cond);
+        reactor_call_sync(reactor_get(r), close_sessions_on_reactor, NULL);
     }
     free(evlisteners);
     evlisteners = NULL;

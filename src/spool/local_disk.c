@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/hex.h"
 #include "core/kerr.h"
 #include "spool/backend.h"
 
@@ -64,25 +65,14 @@ static void ld_relpath(const spoolid *id, char rel[LD_REL_LEN + 1])
     *o = '\0';
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Parses exactly 2*n hex digits of s into out. */
 static bool hex_bytes(const char *s, uint8_t *out, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        int hi = hexval(s[2 * i]), lo;
+        int hi = hex_digit_value(s[2 * i]), lo;
         if (hi < 0)
             return false;
-        lo = hexval(s[2 * i + 1]);
+        lo = hex_digit_value(s[2 * i + 1]);
         if (lo < 0)
             return false;
         out[i] = (uint8_t)(hi << 4 | lo);

@@ -64,9 +64,9 @@ def read_ids(path):
         return []
 
 
-@pytest.mark.parametrize("kind", ["RocksDB", "LocalDisk"])
-def test_kill9_loses_no_acknowledged_message(kumod_factory, kind):
-    k = kumod_factory(data_kind=kind, meta_kind=kind, handlers=HANDLERS, threads=2)
+def inject_then_kill9(k):
+    """CLIENTS sessions inject; kumod gets SIGKILL once KILL_AFTER messages
+    are acknowledged. Returns the injector and the acknowledged ids."""
     inj = Injector(k)
     threads = run_threads([lambda n=n: inj.client(n) for n in range(CLIENTS)])
     inj.enough.wait(timeout=300)
@@ -78,6 +78,13 @@ def test_kill9_loses_no_acknowledged_message(kumod_factory, kind):
     acked = set(inj.acked)
     assert len(acked) >= KILL_AFTER
     assert len(acked) < TOTAL, "the kill came too late to test anything"
+    return inj, acked
+
+
+@pytest.mark.parametrize("kind", ["RocksDB", "LocalDisk"])
+def test_kill9_loses_no_acknowledged_message(kumod_factory, kind):
+    k = kumod_factory(data_kind=kind, meta_kind=kind, handlers=HANDLERS, threads=2)
+    inj, acked = inject_then_kill9(k)
 
     k.start()
     m = k.wait_diag(r"spool enumeration done: (\d+) messages \((\d+) unreadable\)")
@@ -149,16 +156,7 @@ def test_kill9_then_enumeration_without_handler_delivers_every_acknowledged_mess
     delivered exactly once after the restart."""
     k = kumod_factory(data_kind="RocksDB", meta_kind="RocksDB", handlers=HOLD_THEN_MAILDIR,
                       threads=2)
-    inj = Injector(k)
-    threads = run_threads([lambda n=n: inj.client(n) for n in range(CLIENTS)])
-    inj.enough.wait(timeout=300)
-    k.kill9()
-    for t in threads:
-        t.join(60)
-        assert not t.is_alive()
-    assert inj.errors == []
-    acked = set(inj.acked)
-    assert KILL_AFTER <= len(acked) < TOTAL
+    inj, acked = inject_then_kill9(k)
 
     open(k.path("release"), "w").close()
     k.start()
