@@ -281,8 +281,9 @@ void reactor_post(reactor *r, reactor_fn fn, void *arg)
     pthread_mutex_unlock(&r->lock);
     if (was_empty) {
         if (r == tls_reactor) {
-            /* posting to ourselves: no syscall, just run the drain soon */
-            event_active(r->mail_ev, EV_READ, 0);
+            /* posting to ourselves: no syscall, just run the drain soon
+             * (not as EV_READ: the drain would read the empty eventfd) */
+            event_active(r->mail_ev, EV_TIMEOUT, 0);
             return;
         }
         uint64_t one = 1;

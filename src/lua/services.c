@@ -240,12 +240,12 @@ void services_shutdown(void)
         spool_get_stats(the_spool, &st);
         DINFO("kumod::spool",
               "spool stats: saves=%llu syncs=%llu synced_saves=%llu (%.1f saves per sync) "
-              "removes=%llu loads=%llu errors=%llu",
+              "removes=%llu loads=%llu errors=%llu delayed_groups=%llu",
               (unsigned long long)st.saves, (unsigned long long)st.syncs,
               (unsigned long long)st.synced_saves,
               st.syncs ? (double)st.synced_saves / (double)st.syncs : 0.0,
               (unsigned long long)st.removes, (unsigned long long)st.loads,
-              (unsigned long long)st.errors);
+              (unsigned long long)st.errors, (unsigned long long)st.delayed_groups);
         spool_free(the_spool);
         the_spool = NULL;
     }

@@ -20,7 +20,6 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
-#include <event2/listener.h>
 #include <lauxlib.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -87,6 +86,7 @@ typedef struct listener_cfg {
     SSL_CTX *tls;
     struct sockaddr_storage addr;
     socklen_t addrlen;
+    bool wildcard; /* any address or port 0: ask each socket for its local end */
     atomic_long active;
 } listener_cfg;
 
@@ -98,8 +98,15 @@ static atomic_bool shutting_down;
 static atomic_int live_sessions;
 static atomic_ullong st_connections, st_denied, st_received, st_rejections;
 
-/* per reactor, per listener */
-static struct evconnlistener **evlisteners; /* [reactor * MAX_LISTENERS + i] */
+/* One listening socket per reactor and listener (SO_REUSEPORT: the kernel
+ * spreads connections over the reactors). */
+typedef struct acceptor {
+    listener_cfg *ln;
+    int fd;
+    struct event *ev;    /* EV_READ on fd */
+    struct event *pause; /* re-arms ev after a resource error */
+} acceptor;
+static acceptor **evlisteners; /* [reactor * MAX_LISTENERS + i] */
 
 void smtpsrv_set_insert_hook(smtpsrv_insert_fn fn)
 {
@@ -368,6 +375,13 @@ static listener_cfg *listener_cfg_from_json(json_t *j, char *err, size_t errlen)
         listener_cfg_free(c);
         return NULL;
     }
+    if (c->addr.ss_family == AF_INET) {
+        const struct sockaddr_in *a4 = (const struct sockaddr_in *)&c->addr;
+        c->wildcard = a4->sin_addr.s_addr == htonl(INADDR_ANY) || a4->sin_port == 0;
+    } else {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)&c->addr;
+        c->wildcard = IN6_IS_ADDR_UNSPECIFIED(&a6->sin6_addr) || a6->sin6_port == 0;
+    }
     return c;
 }
 
@@ -475,6 +489,7 @@ struct sess {
     bool reap_armed;
     bool close_after_write;
     bool starttls_pending;
+    bool expecting; /* counted in spool_expect_save */
     bool filtered; /* s->bev is the TLS filter: libevent writes, not sess_flush */
     struct evbuffer *outq; /* replies not yet written (plain sessions) */
     bool discarding_line; /* over-long command being skipped */
@@ -529,8 +544,20 @@ static void sess_set_state(sess *s, sess_state st)
     s->state = st;
 }
 
+/* A session that is receiving a body announces its save to the spool's
+ * group commit (see spool_expect_save); every way out of the transaction
+ * takes the announcement back. */
+static void sess_expecting(sess *s, bool on)
+{
+    if (s->expecting != on) {
+        s->expecting = on;
+        spool_expect_save(on ? 1 : -1);
+    }
+}
+
 static void tx_reset(sess *s)
 {
+    sess_expecting(s, false);
     free(s->sender);
     s->sender = NULL;
     for (size_t i = 0; i < s->n_rcpts; i++)
@@ -1224,6 +1251,7 @@ static void cmd_data(sess *s)
     memcpy(s->data, "\r\n", 2);
     s->data_len = 2;
     s->too_big = false;
+    sess_expecting(s, true);
     sess_reply(s, 354, "Send body; end with CRLF.CRLF", s->line);
 }
 
@@ -1849,6 +1877,7 @@ static void finish_reception(sess *s)
     bool any_saving = false;
     if (!s->busy && s->saves_pending == 0 && s->batch_idx == s->n_batch) {
         s->batch_idx = s->n_batch + 1; /* marks "saves issued" */
+        sess_expecting(s, false);
         for (size_t i = 0; i < s->n_batch; i++) {
             message *m = s->batch[i];
             if (apply_supplemental(s, m) != 0) {
@@ -2323,10 +2352,8 @@ static void sess_event_cb(struct bufferevent *bev, short what, void *arg)
     }
 }
 
-static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
-                      int salen, void *arg)
+static void on_accept(listener_cfg *ln, int fd, struct sockaddr *sa, socklen_t salen)
 {
-    listener_cfg *ln = arg;
     reactor *r = reactor_current();
     atomic_fetch_add(&st_connections, 1);
     sess *s = calloc(1, sizeof(*s));
@@ -2344,16 +2371,22 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
     atomic_fetch_add(&live_sessions, 1);
     memcpy(&s->peer, sa, (size_t)salen < sizeof(s->peer) ? (size_t)salen : sizeof(s->peer));
     net_format_addr(sa, s->peer_ip, sizeof(s->peer_ip), s->peer_str, sizeof(s->peer_str));
-    struct sockaddr_storage local;
-    socklen_t ll = sizeof(local);
-    getsockname(fd, (struct sockaddr *)&local, &ll);
-    net_format_addr((struct sockaddr *)&local, s->local_ip, sizeof(s->local_ip), s->local_str,
-                sizeof(s->local_str));
+    if (ln->wildcard) {
+        struct sockaddr_storage local;
+        socklen_t ll = sizeof(local);
+        getsockname(fd, (struct sockaddr *)&local, &ll);
+        net_format_addr((struct sockaddr *)&local, s->local_ip, sizeof(s->local_ip),
+                        s->local_str, sizeof(s->local_str));
+    } else {
+        /* bound to one address and port: that is the local end */
+        net_format_addr((struct sockaddr *)&ln->addr, s->local_ip, sizeof(s->local_ip),
+                        s->local_str, sizeof(s->local_str));
+    }
     spoolid u; /* a v1 UUID without libuuid: no uuidd round trip */
     spoolid_new(&u);
     spoolid_to_uuid_str(&u, s->session_id);
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* TCP_NODELAY comes from the listening socket (Linux copies it to the
+     * accepted one). */
     s->bev = bufferevent_socket_new(reactor_base(r), fd, BEV_OPT_CLOSE_ON_FREE);
     s->outq = evbuffer_new();
     if (!s->bev || !s->outq) {
@@ -2415,6 +2448,53 @@ struct open_job {
     int rc;
 };
 
+static void acceptor_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    acceptor *a = arg;
+    event_add(a->ev, NULL);
+}
+
+/* One accept per readiness report: the poll is level-triggered, so a
+ * backlog reports again at once, and a lone connection costs no second
+ * accept4 that would only fail with EAGAIN. */
+static void acceptor_ready(evutil_socket_t lfd, short what, void *arg)
+{
+    (void)what;
+    acceptor *a = arg;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+        on_accept(a->ln, fd, (struct sockaddr *)&ss, sl);
+        return;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED ||
+        errno == EPROTO)
+        return;
+    /* EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays in the backlog;
+     * stop polling for a moment instead of spinning on it. */
+    DERROR(SMOD, "esmtp listener %s: accept failed: %s; pausing this listener for 100 ms",
+           a->ln->listen, strerror(errno));
+    event_del(a->ev);
+    struct timeval tv = {0, 100 * 1000};
+    evtimer_add(a->pause, &tv);
+}
+
+static void acceptor_free(acceptor *a)
+{
+    if (!a)
+        return;
+    if (a->ev)
+        event_free(a->ev);
+    if (a->pause)
+        event_free(a->pause);
+    if (a->fd >= 0)
+        close(a->fd);
+    free(a);
+}
+
 static void open_on_reactor(void *arg)
 {
     struct open_job *j = arg;
@@ -2425,6 +2505,7 @@ static void open_on_reactor(void *arg)
         int one = 1;
         if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
             setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0 ||
             bind(fd, (struct sockaddr *)&ln->addr, ln->addrlen) != 0 || listen(fd, 1024) != 0) {
             snprintf(j->err, sizeof(j->err), "cannot listen on %s: %s", ln->listen,
                      strerror(errno));
@@ -2433,15 +2514,23 @@ static void open_on_reactor(void *arg)
             j->rc = -1;
             break;
         }
-        struct evconnlistener *evl = evconnlistener_new(
-            reactor_base(r), on_accept, ln, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, -1, fd);
-        if (!evl) {
+        acceptor *a = calloc(1, sizeof(*a));
+        if (a) {
+            a->ln = ln;
+            a->fd = fd;
+            a->ev = event_new(reactor_base(r), fd, EV_READ | EV_PERSIST, acceptor_ready, a);
+            a->pause = evtimer_new(reactor_base(r), acceptor_resume, a);
+        }
+        if (!a || !a->ev || !a->pause || event_add(a->ev, NULL) != 0) {
             snprintf(j->err, sizeof(j->err), "cannot listen on %s", ln->listen);
-            close(fd);
+            if (a)
+                acceptor_free(a);
+            else
+                close(fd);
             j->rc = -1;
             break;
         }
-        evlisteners[reactor_index(r) * MAX_LISTENERS + i] = evl;
+        evlisteners[reactor_index(r) * MAX_LISTENERS + i] = a;
     }
 }
 
@@ -2633,9 +2722,9 @@ static void close_listeners_on_reactor(void *arg)
     (void)arg;
     reactor *r = reactor_current();
     for (int i = 0; i < n_listeners; i++) {
-        struct evconnlistener **slot = &evlisteners[reactor_index(r) * MAX_LISTENERS + i];
+        acceptor **slot = &evlisteners[reactor_index(r) * MAX_LISTENERS + i];
         if (*slot) {
-            evconnlistener_free(*slot);
+            acceptor_free(*slot);
             *slot = NULL;
         }
     }

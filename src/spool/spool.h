@@ -28,8 +28,9 @@ typedef struct spool_store spool_store;
  * "LocalDisk"), flush (bool; absent means true in kumod: durable by default),
  * rocks_params (object), min_free_space, min_free_inodes ("10%" default),
  * store_deadline ("30s"), error_latch_duration ("15s"),
- * error_unlatch_duration ("5m"), allow_error_unlatch (true). Unknown keys
- * are an error naming the key. */
+ * error_unlatch_duration ("5m"), allow_error_unlatch (true), commit_delay
+ * ("300us"; kumod's own, the larger of the two spools' values counts).
+ * Unknown keys are an error naming the key. */
 typedef struct spool_params {
     char *name;
     char *path;
@@ -42,7 +43,12 @@ typedef struct spool_params {
     int64_t error_latch_ns;
     int64_t error_unlatch_ns;
     bool allow_error_unlatch;
+    int64_t commit_delay_ns; /* kumod's own; see spool_expect_save */
 } spool_params;
+
+/* commit_delay: 300 µs by default, at most 100 ms, 0 turns it off. */
+#define SPOOL_COMMIT_DELAY_DEFAULT_NS (300 * 1000LL)
+#define SPOOL_COMMIT_DELAY_MAX_NS (100 * 1000 * 1000LL)
 
 /* Fills p from params. On error returns KERR_INVAL and writes a message for
  * the operator into err. */
@@ -73,6 +79,10 @@ typedef void (*spool_each_fn)(void *ud, const spoolid *id, const char *meta, siz
  * one sync: group commit). cb may be NULL. */
 void spool_save(spool *sp, const spoolid *id, char *meta_take, size_t meta_len,
                 char *data_take, size_t data_len, bool sync, spool_done_fn cb, void *ud);
+/* +1: a save is on its way (an SMTP session is receiving a body); -1 once
+ * it is issued or abandoned. While any is announced, the writer waits
+ * commit_delay before a group commit so that it can join. */
+void spool_expect_save(int delta);
 /* Removes both halves; not synced by itself (rides on the next sync). cb may be NULL. */
 void spool_remove(spool *sp, const spoolid *id, spool_done_fn cb, void *ud);
 /* Loads the data (want_data) or the meta of id. KERR_NOTFOUND if absent. */
@@ -88,6 +98,7 @@ typedef struct spool_stats {
     uint64_t removes;
     uint64_t loads;
     uint64_t errors;
+    uint64_t delayed_groups; /* group commits that waited commit_delay */
 } spool_stats;
 void spool_get_stats(spool *sp, spool_stats *out);
 

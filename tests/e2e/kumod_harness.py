@@ -82,17 +82,18 @@ def lua_str(s):
 
 
 def default_policy(listener="", handlers="", data_kind="LocalDisk", meta_kind="RocksDB",
-                   logs="", init="", hostname=HOSTNAME):
+                   logs="", init="", hostname=HOSTNAME, spool=""):
     """The usual policy: a data and a meta spool, local logs with a Subject
     header and some meta, one listener on {smtp_port}. `listener` is extra
     Lua table fields for start_esmtp_listener (e.g. "client_timeout='1s',"),
     `logs` extra fields for configure_local_logs, `init` more Lua run in
-    init, `handlers` more top-level Lua (kumo.on calls)."""
+    init, `handlers` more top-level Lua (kumo.on calls), `spool` extra
+    fields for both define_spool calls."""
     return f"""
 local kumo = require 'kumo'
 kumo.on('init', function()
-  kumo.define_spool {{ name = 'data', path = '{{spool}}/data', kind = '{data_kind}' }}
-  kumo.define_spool {{ name = 'meta', path = '{{spool}}/meta', kind = '{meta_kind}' }}
+  kumo.define_spool {{ name = 'data', path = '{{spool}}/data', kind = '{data_kind}', {spool} }}
+  kumo.define_spool {{ name = 'meta', path = '{{spool}}/meta', kind = '{meta_kind}', {spool} }}
   kumo.configure_local_logs {{
     log_dir = '{{logs}}',
     headers = {{ 'Subject', 'X-E2E-*' }},

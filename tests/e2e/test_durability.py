@@ -189,3 +189,40 @@ def test_sigterm_while_enumerated_messages_churn_exits_cleanly(kumod_factory):
         m = k.wait_diag(r"spool enumeration done: (\d+) messages \((\d+) unreadable\)", 60)
         assert (int(m.group(1)), int(m.group(2))) == (3000, 0), m.group(0)
     assert k.stop() == 0, k.diag()
+
+
+def spool_stats(k):
+    """The counters kumod logs when it stops in order."""
+    import re
+    m = re.search(r"spool stats: (.*)", k.diag())
+    assert m, "no spool stats line in the diagnostic log"
+    return {key: int(v) for key, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
+
+
+@pytest.mark.parametrize("delay,syncs", [("'100ms'", 1), ("0", 2)])
+def test_commit_delay_lets_a_body_in_progress_share_the_sync(kumod_factory, delay, syncs):
+    """commit_delay (kumod's own define_spool key): session B has sent its
+    whole message while session A is still sending its body. With a window of
+    100 ms, B's group commit waits for A (announced since A's 354), and both
+    250s come from one sync; with commit_delay = 0, B is synced on its own.
+    A lone client is never delayed: nothing else is announced."""
+    import time
+    k = kumod_factory(spool=f"commit_delay = {delay},")
+    body = b"Subject: window\r\n\r\nbody\r\n.\r\n"
+    a, b = k.smtp(ehlo="a.e2e.test"), k.smtp(ehlo="b.e2e.test")
+    for s, who in ((a, "a"), (b, "b")):
+        assert s.mail(f"{who}@a.example")[0] == 250
+        assert s.rcpt("r@d.example")[0] == 250
+        assert s.docmd("DATA")[0] == 354
+    b.send(body)            # B's save is queued now...
+    time.sleep(0.02)
+    a.send(body)            # ...A's 20 ms later
+    for s in (a, b):
+        code, reply = s.getreply()
+        assert code == 250, reply
+        s.quit()
+    assert k.stop() == 0
+    st = spool_stats(k)
+    assert st["saves"] == 2, st
+    assert st["syncs"] == syncs, st
+    assert st["delayed_groups"] == (1 if syncs == 1 else 0), st

@@ -98,6 +98,9 @@ static int teardown_dir(void **state)
     return 0;
 }
 
+/* commit_delay for the stores open_store() makes; NULL: the default. */
+static const char *g_commit_delay;
+
 static int open_store(const char *dir, const char *name, spool_kind kind, bool flush,
                       spool_store **out, char *err, size_t errlen)
 {
@@ -111,6 +114,8 @@ static int open_store(const char *dir, const char *name, spool_kind kind, bool f
         json_object_set_new(
             j, "rocks_params",
             json_pack("{s:i, s:s}", "increase_parallelism", 2, "compression_type", "Snappy"));
+    if (g_commit_delay != NULL)
+        json_object_set_new(j, "commit_delay", json_string(g_commit_delay));
     rc = spool_params_from_json(j, &p, err, errlen);
     assert_int_equal(rc, 0);
     rc = spool_store_open(&p, out, err, errlen);
@@ -379,6 +384,12 @@ static void test_params_validation(void **state)
          "\"obsolete_files_period\":\"1h\",\"limit_concurrent_stores\":8}}",
          0, NULL},
         {"[]", KERR_INVAL, "table"},
+        {"{\"name\":\"data\",\"path\":\"/x\",\"commit_delay\":\"1s\"}", KERR_INVAL,
+         "commit_delay"},
+        {"{\"name\":\"data\",\"path\":\"/x\",\"commit_delay\":\"soon\"}", KERR_INVAL,
+         "commit_delay"},
+        {"{\"name\":\"data\",\"path\":\"/x\",\"commit_delay\":\"100ms\"}", 0, NULL},
+        {"{\"name\":\"data\",\"path\":\"/x\",\"commit_delay\":0}", 0, NULL},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         json_error_t jerr;
@@ -804,6 +815,58 @@ static void test_group_commit_local_disk(void **state)
     group_commit(((fixture *)*state)->dir, SPOOL_KIND_LOCALDISK);
 }
 
+/* commit_delay: a save with nothing announced commits at once, alone; a
+ * save made while another is announced (spool_expect_save) waits for it,
+ * and both share one sync. The second save comes 5 ms after the first, the
+ * window is 80 ms. */
+static void commit_delay(const char *dir, spool_kind kind)
+{
+    spool_stats st;
+    waiter w;
+    spoolid a, b, c;
+    struct timespec five_ms = {0, 5 * 1000 * 1000};
+
+    g_commit_delay = "80ms";
+    spool *sp = open_spool(dir, kind, true);
+    g_commit_delay = NULL;
+    waiter_init(&w);
+    test_id(&a);
+    test_id(&b);
+    test_id(&c);
+
+    save_one(sp, &w, &a, "{\"m\":1}", "one", true);
+    waiter_wait(&w);
+    spool_get_stats(sp, &st);
+    assert_int_equal(st.syncs, 1);
+    assert_int_equal(st.delayed_groups, 0);
+
+    spool_expect_save(1);
+    save_one(sp, &w, &b, "{\"m\":2}", "two", true);
+    nanosleep(&five_ms, NULL);
+    save_one(sp, &w, &c, "{\"m\":3}", "three", true);
+    spool_expect_save(-1);
+    waiter_wait(&w);
+    assert_int_equal(w.errors, 0);
+    spool_get_stats(sp, &st);
+    assert_int_equal(st.synced_saves, 3);
+    assert_int_equal(st.delayed_groups, 1);
+    if (st.syncs != 2)
+        fail_msg("%llu syncs for three saves, want 2 (the last two in one group)",
+                 (unsigned long long)st.syncs);
+    waiter_fini(&w);
+    spool_free(sp);
+}
+
+static void test_commit_delay_rocks(void **state)
+{
+    commit_delay(((fixture *)*state)->dir, SPOOL_KIND_ROCKSDB);
+}
+
+static void test_commit_delay_local_disk(void **state)
+{
+    commit_delay(((fixture *)*state)->dir, SPOOL_KIND_LOCALDISK);
+}
+
 /* Not a pass/fail test: prints the throughput of synced 5 KB saves. */
 static void bench(const char *dir, spool_kind kind, int total, int window)
 {
@@ -855,6 +918,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lock_local_disk, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_group_commit_rocks, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_group_commit_local_disk, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_commit_delay_rocks, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_commit_delay_local_disk, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_bench_rocks, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_bench_local_disk, setup_dir, teardown_dir),
     };
