@@ -321,6 +321,7 @@ kumo.on('init', function()
     relay_hosts = { '127.0.0.1' },
     {listener}
   }
+  kumo.start_http_listener { listen = '127.0.0.1:{http_port}' }
 end)
 kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
   return kumo.make_queue_config {
@@ -374,6 +375,7 @@ class Kumod:
         self.dir = workdir
         os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
         self.port = free_port()
+        self.http_port = free_port()
         self.sink_port = sink_port
         self.threads = threads
         self.env = env or {}
@@ -382,7 +384,8 @@ class Kumod:
         for k, v in (("{dir}", workdir), ("{port}", str(self.port)),
                      ("{sink_port}", str(sink_port)), ("{listener}", listener),
                      ("{queue}", queue), ("{protocol}", protocol),
-                     ("{handlers}", handlers), ("{spool}", spool)):
+                     ("{handlers}", handlers), ("{spool}", spool),
+                     ("{http_port}", str(self.http_port))):
             text = text.replace(k, v)
         with open(self.policy, "w") as f:
             f.write(text)
@@ -445,6 +448,26 @@ class Kumod:
         if out.get("syncs"):
             out["saves_per_sync"] = out.get("synced_saves", 0) / out["syncs"]
         return out
+
+    def save_latency(self):
+        """(count, mean seconds) of kumod's message_save_latency histogram
+        (ESMTP end of data -> spool save durable), from /metrics; None
+        when it cannot be read."""
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics",
+                                        timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        vals = {}
+        for line in text.splitlines():
+            m = re.match(r"message_save_latency_(sum|count)(?:\{[^}]*\})? ([0-9.eE+-]+)$", line)
+            if m:
+                vals[m.group(1)] = float(m.group(2))
+        if not vals.get("count"):
+            return None
+        return int(vals["count"]), vals["sum"] / vals["count"]
 
     def rss_kb(self):
         return proc_status_kb(self.proc.pid, "VmRSS")
