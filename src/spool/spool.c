@@ -70,6 +70,7 @@ static const char *const param_keys[] = {
     "error_unlatch_duration",
     "allow_error_unlatch",
     "commit_delay",
+    "commit_siblings",
 };
 
 /* Returns the value of an optional key; NULL when absent or null (a Lua nil
@@ -93,6 +94,21 @@ static int param_string(const json_t *params, const char *key, char **out, char 
     }
     *out = strdup(json_string_value(v));
     return *out == NULL ? KERR_NOMEM : 0;
+}
+
+static int param_int(const json_t *params, const char *key, long lo, long hi, long *out,
+                     char *err, size_t errlen)
+{
+    const json_t *v = opt_get(params, key);
+    if (v == NULL)
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
+        snprintf(err, errlen, "define_spool: %s: expected an integer from %ld to %ld", key, lo,
+                 hi);
+        return KERR_INVAL;
+    }
+    *out = (long)json_integer_value(v);
+    return 0;
 }
 
 static int param_bool(const json_t *params, const char *key, bool *out, char *err, size_t errlen)
@@ -180,6 +196,7 @@ int spool_params_from_json(const json_t *params, spool_params *p, char *err, siz
     p->error_unlatch_ns = 5 * 60 * NS_PER_SEC;
     p->allow_error_unlatch = true;
     p->commit_delay_ns = SPOOL_COMMIT_DELAY_DEFAULT_NS;
+    p->commit_siblings = SPOOL_COMMIT_SIBLINGS_DEFAULT;
 
     if (!json_is_object(params)) {
         snprintf(err, errlen, "define_spool: expected a table");
@@ -226,7 +243,9 @@ int spool_params_from_json(const json_t *params, spool_params *p, char *err, siz
             0 ||
         (rc = param_duration(params, "error_unlatch_duration", &p->error_unlatch_ns, err, errlen)) <
             0 ||
-        (rc = param_duration(params, "commit_delay", &p->commit_delay_ns, err, errlen)) < 0)
+        (rc = param_duration(params, "commit_delay", &p->commit_delay_ns, err, errlen)) < 0 ||
+        (rc = param_int(params, "commit_siblings", 1, 100000, &p->commit_siblings, err, errlen)) <
+            0)
         goto fail;
     if (p->commit_delay_ns > SPOOL_COMMIT_DELAY_MAX_NS) {
         snprintf(err, errlen, "define_spool: commit_delay: at most 100ms (a delay that long "
@@ -429,6 +448,7 @@ struct spool {
     int sync_rc;
 
     int64_t commit_delay_ns;
+    long commit_siblings;
     _Atomic uint64_t saves, syncs, synced_saves, removes, loads, errors, delayed_groups;
     spool_health *health;
 };
@@ -736,15 +756,17 @@ static void *writer_main(void *arg)
             pthread_mutex_unlock(&sp->mu);
             break;
         }
-        /* Commit delay: when another save is on its way (a session is
-         * receiving a body), give it commit_delay to join this group. One
-         * pair of fsyncs then covers more messages, which under load costs
-         * less CPU and fewer thread wake-ups per message than it adds in
-         * latency. A lone client never waits: its own save is no longer
-         * expected once it is queued. A plain sleep, not a wait that each
-         * arriving save would cut short with a wake-up of its own. */
+        /* Commit delay: when at least commit_siblings more saves are on
+         * their way (sessions receiving a body), give them commit_delay to
+         * join this group. One pair of fsyncs then covers more messages,
+         * which under heavy load costs less CPU and fewer thread wake-ups
+         * per message than it adds in latency; with few sessions the
+         * latency matters more, and the group goes at once. A lone client
+         * never waits: its own save is no longer expected once it is
+         * queued. A plain sleep, not a wait that each arriving save would
+         * cut short with a wake-up of its own. */
         if (sp->commit_delay_ns > 0 && !sp->wstop &&
-            atomic_load_explicit(&saves_expected, memory_order_relaxed) > 0) {
+            atomic_load_explicit(&saves_expected, memory_order_relaxed) >= sp->commit_siblings) {
             struct timespec ts = {(time_t)(sp->commit_delay_ns / NS_PER_SEC),
                                   (long)(sp->commit_delay_ns % NS_PER_SEC)};
             pthread_mutex_unlock(&sp->mu);
@@ -937,6 +959,9 @@ int spool_new(spool_store *data_take, spool_store *meta_take, spool **out)
     sp->commit_delay_ns = data_take->params.commit_delay_ns > meta_take->params.commit_delay_ns
                               ? data_take->params.commit_delay_ns
                               : meta_take->params.commit_delay_ns;
+    sp->commit_siblings = data_take->params.commit_siblings < meta_take->params.commit_siblings
+                              ? data_take->params.commit_siblings
+                              : meta_take->params.commit_siblings;
     sp->meta = meta_take;
     rl_init(&sp->wq);
     rl_init(&sp->loadq);

@@ -29,7 +29,8 @@ typedef struct spool_store spool_store;
  * rocks_params (object), min_free_space, min_free_inodes ("10%" default),
  * store_deadline ("30s"), error_latch_duration ("15s"),
  * error_unlatch_duration ("5m"), allow_error_unlatch (true), commit_delay
- * ("300us"; kumod's own, the larger of the two spools' values counts).
+ * ("300us") and commit_siblings (4) (kumod's own; the larger delay and the
+ * smaller siblings count of the two spools count).
  * Unknown keys are an error naming the key. */
 typedef struct spool_params {
     char *name;
@@ -44,11 +45,15 @@ typedef struct spool_params {
     int64_t error_unlatch_ns;
     bool allow_error_unlatch;
     int64_t commit_delay_ns; /* kumod's own; see spool_expect_save */
+    long commit_siblings;    /* kumod's own: saves announced for the delay to apply */
 } spool_params;
 
 /* commit_delay: 300 µs by default, at most 100 ms, 0 turns it off. */
 #define SPOOL_COMMIT_DELAY_DEFAULT_NS (300 * 1000LL)
 #define SPOOL_COMMIT_DELAY_MAX_NS (100 * 1000 * 1000LL)
+/* commit_siblings: the delay applies only while at least this many saves are
+ * announced (PostgreSQL's commit_delay/commit_siblings pair). */
+#define SPOOL_COMMIT_SIBLINGS_DEFAULT 4
 
 /* Fills p from params. On error returns KERR_INVAL and writes a message for
  * the operator into err. */
@@ -80,8 +85,8 @@ typedef void (*spool_each_fn)(void *ud, const spoolid *id, const char *meta, siz
 void spool_save(spool *sp, const spoolid *id, char *meta_take, size_t meta_len,
                 char *data_take, size_t data_len, bool sync, spool_done_fn cb, void *ud);
 /* +1: a save is on its way (an SMTP session is receiving a body); -1 once
- * it is issued or abandoned. While any is announced, the writer waits
- * commit_delay before a group commit so that it can join. */
+ * it is issued or abandoned. While at least commit_siblings are announced,
+ * the writer waits commit_delay before a group commit so that they can join. */
 void spool_expect_save(int delta);
 /* Removes both halves; not synced by itself (rides on the next sync). cb may be NULL. */
 void spool_remove(spool *sp, const spoolid *id, spool_done_fn cb, void *ud);

@@ -199,15 +199,20 @@ def spool_stats(k):
     return {key: int(v) for key, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
 
 
-@pytest.mark.parametrize("delay,syncs", [("'100ms'", 1), ("0", 2)])
-def test_commit_delay_lets_a_body_in_progress_share_the_sync(kumod_factory, delay, syncs):
-    """commit_delay (kumod's own define_spool key): session B has sent its
-    whole message while session A is still sending its body. With a window of
-    100 ms, B's group commit waits for A (announced since A's 354), and both
-    250s come from one sync; with commit_delay = 0, B is synced on its own.
-    A lone client is never delayed: nothing else is announced."""
+@pytest.mark.parametrize("spool,syncs", [
+    ("commit_delay = '100ms', commit_siblings = 1", 1),
+    ("commit_delay = 0, commit_siblings = 1", 2),
+    ("commit_delay = '100ms'", 2),  # default commit_siblings = 4: one body is too few
+])
+def test_commit_delay_lets_a_body_in_progress_share_the_sync(kumod_factory, spool, syncs):
+    """commit_delay and commit_siblings (kumod's own define_spool keys):
+    session B has sent its whole message while session A is still sending
+    its body. With a 100 ms window and one sibling enough, B's group commit
+    waits for A (announced since A's 354), and both 250s come from one sync;
+    with commit_delay = 0, or fewer announced bodies than commit_siblings,
+    B is synced on its own. A lone client is never delayed."""
     import time
-    k = kumod_factory(spool=f"commit_delay = {delay},")
+    k = kumod_factory(spool=spool + ",")
     body = b"Subject: window\r\n\r\nbody\r\n.\r\n"
     a, b = k.smtp(ehlo="a.e2e.test"), k.smtp(ehlo="b.e2e.test")
     for s, who in ((a, "a"), (b, "b")):

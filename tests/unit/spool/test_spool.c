@@ -98,8 +98,10 @@ static int teardown_dir(void **state)
     return 0;
 }
 
-/* commit_delay for the stores open_store() makes; NULL: the default. */
+/* commit_delay and commit_siblings for the stores open_store() makes;
+ * NULL / 0: the defaults. */
 static const char *g_commit_delay;
+static int g_commit_siblings;
 
 static int open_store(const char *dir, const char *name, spool_kind kind, bool flush,
                       spool_store **out, char *err, size_t errlen)
@@ -116,6 +118,8 @@ static int open_store(const char *dir, const char *name, spool_kind kind, bool f
             json_pack("{s:i, s:s}", "increase_parallelism", 2, "compression_type", "Snappy"));
     if (g_commit_delay != NULL)
         json_object_set_new(j, "commit_delay", json_string(g_commit_delay));
+    if (g_commit_siblings > 0)
+        json_object_set_new(j, "commit_siblings", json_integer(g_commit_siblings));
     rc = spool_params_from_json(j, &p, err, errlen);
     assert_int_equal(rc, 0);
     rc = spool_store_open(&p, out, err, errlen);
@@ -390,6 +394,11 @@ static void test_params_validation(void **state)
          "commit_delay"},
         {"{\"name\":\"data\",\"path\":\"/x\",\"commit_delay\":\"100ms\"}", 0, NULL},
         {"{\"name\":\"data\",\"path\":\"/x\",\"commit_delay\":0}", 0, NULL},
+        {"{\"name\":\"data\",\"path\":\"/x\",\"commit_siblings\":0}", KERR_INVAL,
+         "commit_siblings"},
+        {"{\"name\":\"data\",\"path\":\"/x\",\"commit_siblings\":\"4\"}", KERR_INVAL,
+         "commit_siblings"},
+        {"{\"name\":\"data\",\"path\":\"/x\",\"commit_siblings\":1}", 0, NULL},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         json_error_t jerr;
@@ -447,6 +456,16 @@ static void test_params_values(void **state)
     assert_true(p.min_free_space_pct == 10.0);
     assert_true(p.min_free_inodes_pct == 10.0);
     assert_true(p.allow_error_unlatch);
+    assert_int_equal(p.commit_delay_ns, 300000);
+    assert_int_equal(p.commit_siblings, 4);
+    spool_params_fini(&p);
+    json_decref(j);
+
+    j = json_pack("{s:s, s:s, s:s, s:i}", "name", "data", "path", "/d", "commit_delay", "250us",
+                  "commit_siblings", 2);
+    assert_int_equal(spool_params_from_json(j, &p, err, sizeof(err)), 0);
+    assert_int_equal(p.commit_delay_ns, 250000);
+    assert_int_equal(p.commit_siblings, 2);
     spool_params_fini(&p);
     json_decref(j);
 
@@ -815,10 +834,10 @@ static void test_group_commit_local_disk(void **state)
     group_commit(((fixture *)*state)->dir, SPOOL_KIND_LOCALDISK);
 }
 
-/* commit_delay: a save with nothing announced commits at once, alone; a
- * save made while another is announced (spool_expect_save) waits for it,
- * and both share one sync. The second save comes 5 ms after the first, the
- * window is 80 ms. */
+/* commit_delay: a save with fewer than commit_siblings (here 2) others
+ * announced commits at once, alone; a save made while two are announced
+ * (spool_expect_save) waits, and the next one shares its sync. The second
+ * save comes 5 ms after the first, the window is 80 ms. */
 static void commit_delay(const char *dir, spool_kind kind)
 {
     spool_stats st;
@@ -827,24 +846,27 @@ static void commit_delay(const char *dir, spool_kind kind)
     struct timespec five_ms = {0, 5 * 1000 * 1000};
 
     g_commit_delay = "80ms";
+    g_commit_siblings = 2;
     spool *sp = open_spool(dir, kind, true);
     g_commit_delay = NULL;
+    g_commit_siblings = 0;
     waiter_init(&w);
     test_id(&a);
     test_id(&b);
     test_id(&c);
 
+    spool_expect_save(1); /* one sibling: below the threshold */
     save_one(sp, &w, &a, "{\"m\":1}", "one", true);
     waiter_wait(&w);
     spool_get_stats(sp, &st);
     assert_int_equal(st.syncs, 1);
     assert_int_equal(st.delayed_groups, 0);
 
-    spool_expect_save(1);
+    spool_expect_save(1); /* two */
     save_one(sp, &w, &b, "{\"m\":2}", "two", true);
     nanosleep(&five_ms, NULL);
     save_one(sp, &w, &c, "{\"m\":3}", "three", true);
-    spool_expect_save(-1);
+    spool_expect_save(-2);
     waiter_wait(&w);
     assert_int_equal(w.errors, 0);
     spool_get_stats(sp, &st);
