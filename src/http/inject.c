@@ -1011,25 +1011,11 @@ static void job_step(inject_job *j)
 static void log_reception(inject_job *j, message *m, const char *queue)
 {
     char hex[SPOOLID_HEX_LEN + 1];
-    spoolid_to_hex(&m->id, hex);
-    logrec r = {0};
-    r.type = LOGREC_RECEPTION;
-    r.id = hex;
-    r.sender = m->sender;
-    r.recipients = (const char *const *)m->rcpts;
-    r.n_recipients = m->n_rcpts;
-    r.queue = queue;
-    r.site = "";
-    r.size = m->data_len;
-    r.response.code = 250;
-    r.response.content = "";
+    logrec r;
+    logrec_reception(&r, hex, m, queue);
     r.peer_name = "";
     r.peer_addr = j->hr->peer_ip;
-    r.created_ns = spoolid_created_ns(&m->id);
     r.reception_protocol = "HTTP";
-    r.msg_meta = m->meta;
-    r.msg_data = m->data;
-    r.msg_data_len = m->data_len;
     logs_record(&r);
 }
 

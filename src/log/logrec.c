@@ -43,7 +43,9 @@
 #include <time.h>
 
 #include "core/kerr.h"
+#include "core/spoolid.h"
 #include "log/logs.h"
+#include "msg/message.h"
 
 #define NS_PER_S 1000000000LL
 
@@ -664,4 +666,24 @@ out:
     json_decref(meta);
     json_decref(headers);
     return text;
+}
+
+void logrec_reception(logrec *r, char hex[33], const struct message *m, const char *queue)
+{
+    spoolid_to_hex(&m->id, hex);
+    *r = (logrec){0};
+    r->type = LOGREC_RECEPTION;
+    r->id = hex;
+    r->sender = m->sender;
+    r->recipients = (const char *const *)m->rcpts;
+    r->n_recipients = m->n_rcpts;
+    r->queue = queue;
+    r->site = "";
+    r->size = m->data_len;
+    r->response.code = 250;
+    r->response.content = "";
+    r->created_ns = spoolid_created_ns(&m->id);
+    r->msg_meta = m->meta;
+    r->msg_data = m->data;
+    r->msg_data_len = m->data_len;
 }

@@ -74,6 +74,13 @@ typedef struct logrec {
     size_t msg_data_len;
 } logrec;
 
+struct message;
+/* The fields every Reception record of m has: its id (written into hex,
+ * which must outlive the record), sender, recipients, queue, size, the
+ * 250, creation time, meta and data. The caller adds the protocol and the
+ * peer. */
+void logrec_reception(logrec *r, char hex[33], const struct message *m, const char *queue);
+
 /* Adds a local log destination from the JSON form of the Lua table given to
  * kumo.configure_local_logs{}: log_dir (required), max_file_size
  * (1000000000), max_segment_duration (none), compression_level (0),

@@ -3258,15 +3258,23 @@ int queue_admin_bounce_cancel(const char *id)
 
 /* ---- suspensions ------------------------------------------------------------------------- */
 
-int queue_admin_suspend(const json_t *req, json_t **result, char *err, size_t errlen)
+/* A suspension of either kind takes effect as it is added: the queues
+ * consult the entries (admin_suspended, readyq_suspended). */
+static int admin_create(admin_kind kind, const json_t *req, json_t **result, char *err,
+                        size_t errlen)
 {
     admin_entry *e;
-    int rc = admin_parse(req, ADM_SUSPEND, &e, err, errlen);
+    int rc = admin_parse(req, kind, &e, err, errlen);
     if (rc)
         return rc;
     admin_add(e);
     *result = json_pack("{s:s}", "id", e->id);
     return 0;
+}
+
+int queue_admin_suspend(const json_t *req, json_t **result, char *err, size_t errlen)
+{
+    return admin_create(ADM_SUSPEND, req, result, err, errlen);
 }
 
 json_t *queue_admin_suspend_list(void)
@@ -3281,13 +3289,7 @@ int queue_admin_suspend_cancel(const char *id)
 
 int queue_admin_suspend_readyq(const json_t *req, json_t **result, char *err, size_t errlen)
 {
-    admin_entry *e;
-    int rc = admin_parse(req, ADM_SUSPEND_READYQ, &e, err, errlen);
-    if (rc)
-        return rc;
-    admin_add(e);
-    *result = json_pack("{s:s}", "id", e->id);
-    return 0;
+    return admin_create(ADM_SUSPEND_READYQ, req, result, err, errlen);
 }
 
 json_t *queue_admin_suspend_readyq_list(void)

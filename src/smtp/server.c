@@ -1813,28 +1813,14 @@ static void save_done(void *ud, int err)
 static void log_reception(sess *s, message *m, const char *queue)
 {
     char hex[SPOOLID_HEX_LEN + 1];
-    spoolid_to_hex(&m->id, hex);
-    logrec r = {0};
-    r.type = LOGREC_RECEPTION;
-    r.id = hex;
-    r.sender = m->sender;
-    r.recipients = (const char *const *)m->rcpts;
-    r.n_recipients = m->n_rcpts;
-    r.queue = queue;
-    r.site = "";
-    r.size = m->data_len;
-    r.response.code = 250;
-    r.response.content = "";
+    logrec r;
+    logrec_reception(&r, hex, m, queue);
     r.peer_name = s->ehlo_domain ? s->ehlo_domain : "";
     r.peer_addr = s->peer_ip;
-    r.created_ns = spoolid_created_ns(&m->id);
     r.reception_protocol = "ESMTP";
     r.session_id = s->session_id;
     r.tls_cipher = s->tls ? s->tls_cipher : NULL;
     r.tls_protocol_version = s->tls ? s->tls_version : NULL;
-    r.msg_meta = m->meta;
-    r.msg_data = m->data;
-    r.msg_data_len = m->data_len;
     int64_t t0 = clock_mono_ns();
     logs_record(&r);
     metrics_histogram *h = log_latency();

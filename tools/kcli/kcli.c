@@ -680,16 +680,25 @@ static int run_suspend_ready_q_cancel(const cmd *c, int argc, char **argv)
     return run_cancel(c, "/api/admin/suspend-ready-q/v1", argc, argv);
 }
 
-static int run_bounce_list(const cmd *c, int argc, char **argv)
+/* The list subcommands: GET path. With --json the answer is printed as is
+ * and NULL returned; else the caller gets the array to show as a table. */
+static json_t *get_list(const cmd *c, int argc, char **argv, const char *path)
 {
     bool json = false;
     parse_simple(c, argc, argv, &json, NULL, NULL);
-    json_t *res = request_json("GET", "/api/admin/bounce/v1", NULL, NULL);
-    if (json) {
-        print_json(res);
-        json_decref(res);
+    json_t *res = request_json("GET", path, NULL, NULL);
+    if (!json)
+        return res;
+    print_json(res);
+    json_decref(res);
+    return NULL;
+}
+
+static int run_bounce_list(const cmd *c, int argc, char **argv)
+{
+    json_t *res = get_list(c, argc, argv, "/api/admin/bounce/v1");
+    if (!res)
         return 0;
-    }
     static const char *names[] = {"ID", "REASON", "REMAIN", "BOUNCED", "CRITERIA"};
     static const bool right[] = {false, false, false, true, false};
     table t = {.ncols = 5, .names = names, .right = right};
@@ -709,14 +718,9 @@ static int run_bounce_list(const cmd *c, int argc, char **argv)
 
 static int run_suspend_list(const cmd *c, int argc, char **argv)
 {
-    bool json = false;
-    parse_simple(c, argc, argv, &json, NULL, NULL);
-    json_t *res = request_json("GET", "/api/admin/suspend/v1", NULL, NULL);
-    if (json) {
-        print_json(res);
-        json_decref(res);
+    json_t *res = get_list(c, argc, argv, "/api/admin/suspend/v1");
+    if (!res)
         return 0;
-    }
     static const char *names[] = {"ID", "REASON", "REMAIN", "CRITERIA"};
     static const bool right[] = {false, false, false, false};
     table t = {.ncols = 4, .names = names, .right = right};
@@ -780,14 +784,9 @@ static int run_suspend_ready_q(const cmd *c, int argc, char **argv)
 
 static int run_suspend_ready_q_list(const cmd *c, int argc, char **argv)
 {
-    bool json = false;
-    parse_simple(c, argc, argv, &json, NULL, NULL);
-    json_t *res = request_json("GET", "/api/admin/suspend-ready-q/v1", NULL, NULL);
-    if (json) {
-        print_json(res);
-        json_decref(res);
+    json_t *res = get_list(c, argc, argv, "/api/admin/suspend-ready-q/v1");
+    if (!res)
         return 0;
-    }
     static const char *names[] = {"ID", "NAME", "REASON", "REMAIN"};
     static const bool right[] = {false, false, false, false};
     table t = {.ncols = 4, .names = names, .right = right};
