@@ -148,6 +148,32 @@ def alive(pid):
         return False
 
 
+def system_busy():
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    return sum(v) - idle, sum(v)
+
+
+def quiesce(max_busy=0.25, quiet_s=0.5, timeout=15.0):
+    """Before a measurement: writes back dirty pages (the previous MTA's
+    spool and logs), then waits until the whole machine is at most
+    max_busy busy over quiet_s (or timeout). Returns (seconds waited,
+    last busy fraction)."""
+    t0 = time.monotonic()
+    os.sync()
+    frac = 1.0
+    while time.monotonic() - t0 < timeout:
+        b0, t_0 = system_busy()
+        time.sleep(quiet_s)
+        b1, t_1 = system_busy()
+        frac = (b1 - b0) / max(1, t_1 - t_0)
+        if frac <= max_busy:
+            break
+    return time.monotonic() - t0, frac
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return [float(x) for x in f.read().split()[:3]]
