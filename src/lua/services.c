@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "core/diag.h"
+#include "core/kerr.h"
 #include "log/logs.h"
 #include "lua/klua.h"
 
@@ -191,8 +192,9 @@ int services_open_spool(char *err, size_t errlen)
             goto fail;
         }
     }
-    if (spool_new(stores[0], stores[1], &the_spool) != 0) {
-        snprintf(err, errlen, "cannot start the spool threads");
+    int src = spool_new(stores[0], stores[1], &the_spool);
+    if (src != 0) {
+        snprintf(err, errlen, "cannot start the spool: %s (details above)", kerr_str(src));
         return -1;
     }
     return 0;
@@ -240,12 +242,14 @@ void services_shutdown(void)
         spool_get_stats(the_spool, &st);
         DINFO("kumod::spool",
               "spool stats: saves=%llu syncs=%llu synced_saves=%llu (%.1f saves per sync) "
-              "removes=%llu loads=%llu errors=%llu delayed_groups=%llu",
+              "removes=%llu loads=%llu errors=%llu delayed_groups=%llu groups=%llu "
+              "journal_checkpoints=%llu",
               (unsigned long long)st.saves, (unsigned long long)st.syncs,
               (unsigned long long)st.synced_saves,
               st.syncs ? (double)st.synced_saves / (double)st.syncs : 0.0,
               (unsigned long long)st.removes, (unsigned long long)st.loads,
-              (unsigned long long)st.errors, (unsigned long long)st.delayed_groups);
+              (unsigned long long)st.errors, (unsigned long long)st.delayed_groups,
+              (unsigned long long)st.groups, (unsigned long long)st.journal_checkpoints);
         spool_free(the_spool);
         the_spool = NULL;
     }

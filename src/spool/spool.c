@@ -10,7 +10,10 @@
  * the removes, unsynced (they ride on the next sync). Only then does it call
  * the callbacks, in queue order. So data is durable before its meta, a remove
  * deletes meta before data, and many sessions share one fsync. While the
- * writer syncs, new requests pile up and form the next group.
+ * writer syncs, new requests pile up and form the next group. Removes do not
+ * wake the writer: they join the next group of saves, or go on their own
+ * SPOOL_REMOVE_DELAY_MS after the first of them when no save comes (a third
+ * of the writer's wake-ups in a relay at 10 sessions were removes alone).
  *
  * Readers: loads and enumerations go to separate reader threads so that they
  * are never stuck behind an fsync; at most one reader runs an enumeration at
@@ -29,7 +32,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "core/duration.h"
@@ -37,6 +42,7 @@
 #include "core/diag.h"
 #include "spool/backend.h"
 #include "spool/health.h"
+#include "spool/journal.h"
 #include "spool/spool.h"
 
 #define SPOOL_READERS 2
@@ -71,6 +77,7 @@ static const char *const param_keys[] = {
     "allow_error_unlatch",
     "commit_delay",
     "commit_siblings",
+    "journal_size",
 };
 
 /* Returns the value of an optional key; NULL when absent or null (a Lua nil
@@ -154,6 +161,34 @@ static int param_duration(const json_t *params, const char *key, int64_t *out, c
     return KERR_INVAL;
 }
 
+/* A byte size ("64MiB", "1GB") or a number of bytes; 0 turns it off. */
+static int param_size(const json_t *params, const char *key, uint64_t lo, uint64_t hi,
+                      uint64_t *out, char *err, size_t errlen)
+{
+    const json_t *v = opt_get(params, key);
+    uint64_t n;
+    if (v == NULL)
+        return 0;
+    bool ok = false;
+    if (json_is_string(v)) {
+        ok = size_parse(json_string_value(v), &n) == 0;
+    } else if (json_is_integer(v) && json_integer_value(v) >= 0) {
+        n = (uint64_t)json_integer_value(v);
+        ok = true;
+    }
+    if (!ok) {
+        snprintf(err, errlen, "define_spool: %s: expected a size such as \"64MiB\", or 0", key);
+        return KERR_INVAL;
+    }
+    if (n != 0 && (n < lo || n > hi)) {
+        snprintf(err, errlen, "define_spool: %s: 0 (off) or from %lluMiB to %lluGiB", key,
+                 (unsigned long long)(lo >> 20), (unsigned long long)(hi >> 30));
+        return KERR_INVAL;
+    }
+    *out = n;
+    return 0;
+}
+
 /* "10%". KumoMTA also takes an absolute number of bytes or inodes, which
  * spool_params cannot hold yet: that is refused rather than misread. */
 static int param_percent(const json_t *params, const char *key, double *out, char *err,
@@ -197,6 +232,7 @@ int spool_params_from_json(const json_t *params, spool_params *p, char *err, siz
     p->allow_error_unlatch = true;
     p->commit_delay_ns = SPOOL_COMMIT_DELAY_DEFAULT_NS;
     p->commit_siblings = SPOOL_COMMIT_SIBLINGS_DEFAULT;
+    p->journal_size = SPOOL_JOURNAL_SIZE_DEFAULT;
 
     if (!json_is_object(params)) {
         snprintf(err, errlen, "define_spool: expected a table");
@@ -245,7 +281,9 @@ int spool_params_from_json(const json_t *params, spool_params *p, char *err, siz
             0 ||
         (rc = param_duration(params, "commit_delay", &p->commit_delay_ns, err, errlen)) < 0 ||
         (rc = param_int(params, "commit_siblings", 1, 100000, &p->commit_siblings, err, errlen)) <
-            0)
+            0 ||
+        (rc = param_size(params, "journal_size", SPOOL_JOURNAL_SIZE_MIN, SPOOL_JOURNAL_SIZE_MAX,
+                         &p->journal_size, err, errlen)) < 0)
         goto fail;
     if (p->commit_delay_ns > SPOOL_COMMIT_DELAY_MAX_NS) {
         snprintf(err, errlen, "define_spool: commit_delay: at most 100ms (a delay that long "
@@ -417,6 +455,8 @@ struct spool {
     pthread_cond_t wcond; /* writer: work queued or stopping */
     pthread_cond_t rcond; /* readers: work queued, enumeration done, or stopping */
     req_list wq;          /* saves and removes */
+    size_t wq_urgent;     /* requests in wq other than removes */
+    struct timespec wq_lazy_due; /* CLOCK_MONOTONIC: when removes alone go */
     req_list loadq;
     req_list enumq;
     bool wstop, rstop; /* drain, then exit */
@@ -447,9 +487,17 @@ struct spool {
     bool sync_asked, sync_done, sync_stop;
     int sync_rc;
 
+    /* The journal (two RocksDB stores): one fdatasync per group commit;
+     * the stores are synced when it wraps. NULL without one, or after it
+     * failed. jops: the writer's scratch for a group's record. */
+    spool__journal *journal;
+    spool__jop *jops;
+    size_t jops_cap;
+
     int64_t commit_delay_ns;
     long commit_siblings;
-    _Atomic uint64_t saves, syncs, synced_saves, removes, loads, errors, delayed_groups;
+    _Atomic uint64_t saves, syncs, synced_saves, removes, loads, errors, delayed_groups, groups;
+    _Atomic uint64_t journal_checkpoints;
     spool_health *health;
 };
 
@@ -608,12 +656,89 @@ static int data_sync_wait(spool *sp)
     return rc;
 }
 
+/* Makes every write applied so far to both stores durable: their WAL syncs,
+ * in parallel when the syncer runs. */
+static int stores_sync(spool *sp)
+{
+    int rc, drc;
+    if (!sp->syncer_started) {
+        rc = sp->data->be->sync_wal(sp->data);
+        drc = sp->meta->be->sync_wal(sp->meta);
+        return rc < 0 ? rc : drc;
+    }
+    data_sync_start(sp);
+    rc = sp->meta->be->sync_wal(sp->meta);
+    drc = data_sync_wait(sp);
+    return rc < 0 ? rc : drc;
+}
+
+/* The stores durable, then a new lap of the journal. */
+static int journal_checkpoint(spool *sp)
+{
+    int rc = stores_sync(sp);
+    if (rc == 0)
+        rc = spool__journal_checkpoint(sp->journal);
+    if (rc == 0)
+        stat_add(&sp->journal_checkpoints, 1);
+    return rc;
+}
+
+/* The journal failed (a write or its sync): group commits sync the stores
+ * themselves from now on. Once the stores are synced the journal holds
+ * nothing they lack, and it is removed so that no restart replays an old
+ * record over newer removes. */
+static void journal_give_up(spool *sp, int err)
+{
+    const char *path = spool__journal_path(sp->journal);
+    int rc = stores_sync(sp);
+    if (rc == 0 && unlink(path) == 0) {
+        DERROR("kumod::spool",
+               "the spool journal %s failed (%s): removed it; group commits sync the %s and %s "
+               "spools directly until restart",
+               path, kerr_str(err), sp->data->name, sp->meta->name);
+    } else {
+        DERROR("kumod::spool",
+               "the spool journal %s failed (%s) and the spools could not be synced (%s): kept "
+               "it for the next start to replay; group commits sync the spools directly",
+               path, kerr_str(err), kerr_str(rc < 0 ? rc : KERR_IO));
+    }
+    spool__journal_close(sp->journal);
+    sp->journal = NULL;
+}
+
+/* Fills sp->jops with the journal ops of a group: every request that has
+ * not failed (all < 0 errors were set by the stores' writes). */
+static size_t journal_ops(spool *sp, spool_req **reqs, size_t n, bool *sync)
+{
+    size_t m = 0;
+    *sync = false;
+    for (size_t i = 0; i < n; i++) {
+        spool_req *r = reqs[i];
+        if (r->err < 0)
+            continue;
+        spool__jop *o = &sp->jops[m++];
+        o->id = r->id;
+        if (r->type == REQ_SAVE) {
+            o->kind = r->data != NULL ? JOP_SAVE : JOP_SAVE_META;
+            o->meta = r->meta;
+            o->meta_len = r->meta_len;
+            o->data = r->data;
+            o->data_len = r->data != NULL ? r->data_len : 0;
+            *sync |= r->sync;
+        } else {
+            *o = (spool__jop){JOP_REMOVE, r->id, NULL, 0, NULL, 0};
+        }
+    }
+    return m;
+}
+
 static void write_segment(spool *sp, spool_req **reqs, size_t n)
 {
     spool__wop *ops = wops_reserve(sp, n);
     spool_req **who;
     size_t k, nsaves = 0, nremoves = 0, nsynced_ok = 0, nerr = 0;
     bool any_synced = false;
+    bool journaled = false; /* this group: one journal record instead of the stores' syncs */
 
     who = malloc((n ? n : 1) * sizeof(*who));
     if (ops == NULL || who == NULL) {
@@ -624,6 +749,28 @@ static void write_segment(spool *sp, spool_req **reqs, size_t n)
     }
     for (size_t i = 0; i < n; i++)
         reqs[i]->err = 0;
+
+    if (sp->journal != NULL) {
+        if (sp->jops_cap < n) {
+            spool__jop *j = realloc(sp->jops, n * sizeof(*j));
+            if (j != NULL) {
+                sp->jops = j;
+                sp->jops_cap = n;
+            }
+        }
+        if (sp->jops_cap >= n) {
+            bool unused;
+            size_t len = spool__journal_record_len(sp->jops, journal_ops(sp, reqs, n, &unused));
+            journaled = spool__journal_takes(sp->journal, len);
+            if (journaled && !spool__journal_room(sp->journal, len)) {
+                int rc = journal_checkpoint(sp);
+                if (rc < 0) {
+                    journal_give_up(sp, rc);
+                    journaled = false;
+                }
+            }
+        }
+    }
 
     /* 1. Every data half. With a syncer, written unsynced here and synced
      * by the syncer while step 2 writes and syncs the metas: both fsyncs
@@ -639,7 +786,7 @@ static void write_segment(spool *sp, spool_req **reqs, size_t n)
         spool_req *r = reqs[i];
         if (r->type != REQ_SAVE || r->data == NULL)
             continue;
-        bool sync = r->sync || sp->data->sync_all;
+        bool sync = !journaled && (r->sync || sp->data->sync_all);
         if (sync && sp->syncer_started) {
             parallel = true;
             sync = false;
@@ -659,7 +806,8 @@ static void write_segment(spool *sp, spool_req **reqs, size_t n)
         if (r->err < 0)
             continue;
         if (r->type == REQ_SAVE)
-            ops[k] = (spool__wop){&r->id, r->meta, r->meta_len, r->sync || sp->meta->sync_all, 0};
+            ops[k] = (spool__wop){&r->id, r->meta, r->meta_len,
+                                  !journaled && (r->sync || sp->meta->sync_all), 0};
         else
             ops[k] = (spool__wop){&r->id, NULL, 0, false, 0};
         who[k++] = r;
@@ -699,6 +847,37 @@ static void write_segment(spool *sp, spool_req **reqs, size_t n)
         who[k++] = r;
     }
     run_apply(sp->data, ops, k, who);
+
+    /* 4. With the journal: the group's record, synced when a save asked
+     * for it, makes everything above durable. A group too large for it went
+     * through the stores' syncs instead; the journal then starts a new lap,
+     * so that no replay puts older records back over this group. */
+    if (journaled) {
+        bool jsync;
+        size_t m = journal_ops(sp, reqs, n, &jsync);
+        int rc = m == 0 ? 0
+                        : spool__journal_append(sp->journal, sp->jops, m,
+                                                spool__journal_record_len(sp->jops, m), jsync);
+        if (rc < 0) {
+            /* Not durable: fail the group's saves and take their metas back
+             * (the clients were not acknowledged and will retry). */
+            k = 0;
+            for (size_t i = 0; i < n; i++) {
+                spool_req *r = reqs[i];
+                if (r->type != REQ_SAVE || r->err < 0)
+                    continue;
+                ops[k++] = (spool__wop){&r->id, NULL, 0, false, 0};
+                r->err = rc;
+            }
+            if (k)
+                sp->meta->be->apply(sp->meta, ops, k);
+            journal_give_up(sp, rc);
+        }
+    } else if (sp->journal != NULL) {
+        int rc = journal_checkpoint(sp);
+        if (rc < 0)
+            journal_give_up(sp, rc);
+    }
     free(who);
 
 callbacks:
@@ -749,8 +928,12 @@ static void *writer_main(void *arg)
         size_t n = 0, nremoves = 0, start = 0;
 
         pthread_mutex_lock(&sp->mu);
-        while (sp->wq.head == NULL && !sp->wstop)
-            pthread_cond_wait(&sp->wcond, &sp->mu);
+        while (!sp->wstop && sp->wq_urgent == 0) {
+            if (sp->wq.head == NULL)
+                pthread_cond_wait(&sp->wcond, &sp->mu);
+            else if (pthread_cond_timedwait(&sp->wcond, &sp->mu, &sp->wq_lazy_due) == ETIMEDOUT)
+                break;
+        }
         if (sp->wq.head == NULL) {
             sp->writer_alive = false;
             pthread_mutex_unlock(&sp->mu);
@@ -765,7 +948,7 @@ static void *writer_main(void *arg)
          * never waits: its own save is no longer expected once it is
          * queued. A plain sleep, not a wait that each arriving save would
          * cut short with a wake-up of its own. */
-        if (sp->commit_delay_ns > 0 && !sp->wstop &&
+        if (sp->commit_delay_ns > 0 && !sp->wstop && sp->wq_urgent > 0 &&
             atomic_load_explicit(&saves_expected, memory_order_relaxed) >= sp->commit_siblings) {
             struct timespec ts = {(time_t)(sp->commit_delay_ns / NS_PER_SEC),
                                   (long)(sp->commit_delay_ns % NS_PER_SEC)};
@@ -776,8 +959,10 @@ static void *writer_main(void *arg)
             pthread_mutex_lock(&sp->mu);
         }
         /* Group commit: take everything queued. */
+        stat_add(&sp->groups, 1);
         list = sp->wq.head;
         rl_init(&sp->wq);
+        sp->wq_urgent = 0;
         pthread_mutex_unlock(&sp->mu);
 
         for (spool_req *r = list; r != NULL; r = r->next)
@@ -920,8 +1105,110 @@ static void spool_stop_threads(spool *sp)
     }
 }
 
+/* Replay sink: one journal record into the stores, in the writer's order
+ * (data, then metas and meta deletes, then data deletes); unsynced, the
+ * caller syncs once at the end. */
+static int replay_apply(void *ud, const spool__jop *jops, size_t n)
+{
+    spool *sp = ud;
+    spool__wop *ops = wops_reserve(sp, n);
+    size_t k;
+    if (ops == NULL)
+        return KERR_NOMEM;
+    for (int step = 0; step < 3; step++) {
+        spool_store *st = step == 1 ? sp->meta : sp->data;
+        k = 0;
+        for (size_t i = 0; i < n; i++) {
+            const spool__jop *o = &jops[i];
+            if (step == 0 && o->kind == JOP_SAVE)
+                ops[k++] = (spool__wop){&o->id, o->data, o->data_len, false, 0};
+            else if (step == 1)
+                ops[k++] = (spool__wop){&o->id, o->kind == JOP_REMOVE ? NULL : o->meta,
+                                        o->meta_len, false, 0};
+            else if (step == 2 && o->kind == JOP_REMOVE)
+                ops[k++] = (spool__wop){&o->id, NULL, 0, false, 0};
+        }
+        if (k == 0)
+            continue;
+        st->be->apply(st, ops, k);
+        for (size_t i = 0; i < k; i++)
+            if (ops[i].err < 0)
+                return ops[i].err;
+    }
+    return 0;
+}
+
+/* Opens the journal of two RocksDB stores, replays what it holds past its
+ * last checkpoint (messages acknowledged before a crash whose store writes
+ * were not synced), syncs the stores and starts a new lap. A journal left
+ * by a run that had one is replayed even when this one turns it off. */
+static int journal_start(spool *sp)
+{
+    const spool_params *dp = &sp->data->params, *mp = &sp->meta->params;
+    bool want = dp->journal_size != 0 && mp->journal_size != 0;
+    uint64_t size = dp->journal_size > mp->journal_size ? dp->journal_size : mp->journal_size;
+    uint64_t records = 0, nops = 0;
+    char path[PATH_MAX], err[512];
+    int rc;
+
+    if (sp->data->be->sync_wal == NULL || sp->meta->be->sync_wal == NULL)
+        return 0; /* LocalDisk: its own syncs */
+    if ((size_t)snprintf(path, sizeof(path), "%s/%s", sp->data->path, SPOOL_JOURNAL_NAME) >=
+        sizeof(path))
+        return KERR_INVAL;
+    if (!want && access(path, F_OK) != 0)
+        return 0;
+    rc = spool__journal_open(path, want ? size : SPOOL_JOURNAL_SIZE_DEFAULT, &sp->journal, err,
+                             sizeof(err));
+    if (rc < 0) {
+        DERROR("kumod::spool", "spool journal: %s", err);
+        return rc;
+    }
+    rc = spool__journal_replay(sp->journal, replay_apply, sp, &records, &nops);
+    if (rc < 0) {
+        DERROR("kumod::spool",
+               "spool journal %s: replay failed after %llu records: %s; the spools are left as "
+               "they are and the journal is kept",
+               path, (unsigned long long)records, kerr_str(rc));
+        goto fail;
+    }
+    if (!want) {
+        rc = stores_sync(sp);
+        if (rc == 0 && unlink(path) != 0)
+            rc = KERR_IO;
+        if (rc < 0) {
+            DERROR("kumod::spool", "spool journal %s: cannot retire it: %s", path, kerr_str(rc));
+            goto fail;
+        }
+        DINFO("kumod::spool", "spool journal %s: replayed %llu records (%llu operations), "
+                              "then removed it (journal_size = 0)",
+              path, (unsigned long long)records, (unsigned long long)nops);
+        spool__journal_close(sp->journal);
+        sp->journal = NULL;
+        return 0;
+    }
+    rc = journal_checkpoint(sp);
+    if (rc < 0) {
+        DERROR("kumod::spool", "spool journal %s: cannot start a new lap: %s", path,
+               kerr_str(rc));
+        goto fail;
+    }
+    DINFO("kumod::spool", "spool journal %s (%llu KiB): replayed %llu records (%llu operations)",
+          path, (unsigned long long)(spool__journal_size(sp->journal) >> 10),
+          (unsigned long long)records, (unsigned long long)nops);
+    return 0;
+
+fail:
+    spool__journal_close(sp->journal);
+    sp->journal = NULL;
+    return rc;
+}
+
 static void spool_release(spool *sp)
 {
+    spool__journal_close(sp->journal);
+    sp->journal = NULL;
+    free(sp->jops);
     spool_store_close(sp->data);
     spool_store_close(sp->meta);
     pthread_cond_destroy(&sp->rcond);
@@ -966,12 +1253,26 @@ int spool_new(spool_store *data_take, spool_store *meta_take, spool **out)
     rl_init(&sp->wq);
     rl_init(&sp->loadq);
     rl_init(&sp->enumq);
-    if (pthread_mutex_init(&sp->mu, NULL) != 0 || pthread_cond_init(&sp->wcond, NULL) != 0 ||
-        pthread_cond_init(&sp->rcond, NULL) != 0 || pthread_mutex_init(&sp->smu, NULL) != 0 ||
-        pthread_cond_init(&sp->scond, NULL) != 0) {
-        /* glibc never fails these for default attributes. */
+    /* The writer's timed wait (removes waiting for company) runs on the
+     * monotonic clock. */
+    pthread_condattr_t mono;
+    bool init_ok = pthread_condattr_init(&mono) == 0;
+    init_ok = init_ok && pthread_condattr_setclock(&mono, CLOCK_MONOTONIC) == 0 &&
+              pthread_mutex_init(&sp->mu, NULL) == 0 &&
+              pthread_cond_init(&sp->wcond, &mono) == 0 &&
+              pthread_cond_init(&sp->rcond, NULL) == 0 &&
+              pthread_mutex_init(&sp->smu, NULL) == 0 && pthread_cond_init(&sp->scond, NULL) == 0;
+    pthread_condattr_destroy(&mono);
+    if (!init_ok) {
+        /* glibc never fails these. */
         spool_release(sp);
         return KERR_NOMEM;
+    }
+
+    rc = journal_start(sp);
+    if (rc < 0) {
+        spool_release(sp);
+        return rc;
     }
 
     /* Spool threads take no signals: they belong to the main thread. */
@@ -1027,6 +1328,14 @@ void spool_free(spool *sp)
     spool__health_free(sp->health);
     sp->health = NULL;
     spool_stop_threads(sp);
+    if (sp->journal != NULL) {
+        /* An orderly stop leaves nothing to replay. */
+        int rc = journal_checkpoint(sp);
+        if (rc < 0)
+            DERROR("kumod::spool", "spool journal %s: final checkpoint failed: %s (the next "
+                                   "start replays it)",
+                   spool__journal_path(sp->journal), kerr_str(rc));
+    }
     spool_release(sp);
 }
 
@@ -1045,8 +1354,22 @@ static void enqueue_write(spool *sp, spool_req *r)
     }
     pthread_mutex_lock(&sp->mu);
     if (sp->writer_alive) {
+        bool was_empty = sp->wq.head == NULL;
         rl_push(&sp->wq, r);
-        pthread_cond_signal(&sp->wcond);
+        if (r->type != REQ_REMOVE) {
+            if (sp->wq_urgent++ == 0)
+                pthread_cond_signal(&sp->wcond);
+        } else if (was_empty) {
+            /* The first remove of a batch sets its deadline; the writer
+             * moves from an untimed wait to a timed one. */
+            clock_gettime(CLOCK_MONOTONIC, &sp->wq_lazy_due);
+            sp->wq_lazy_due.tv_nsec += SPOOL_REMOVE_DELAY_MS * 1000000L;
+            if (sp->wq_lazy_due.tv_nsec >= 1000000000L) {
+                sp->wq_lazy_due.tv_sec++;
+                sp->wq_lazy_due.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_signal(&sp->wcond);
+        }
         pthread_mutex_unlock(&sp->mu);
         return;
     }
@@ -1184,4 +1507,6 @@ void spool_get_stats(spool *sp, spool_stats *out)
     out->loads = atomic_load_explicit(&sp->loads, memory_order_relaxed);
     out->errors = atomic_load_explicit(&sp->errors, memory_order_relaxed);
     out->delayed_groups = atomic_load_explicit(&sp->delayed_groups, memory_order_relaxed);
+    out->groups = atomic_load_explicit(&sp->groups, memory_order_relaxed);
+    out->journal_checkpoints = atomic_load_explicit(&sp->journal_checkpoints, memory_order_relaxed);
 }

@@ -30,7 +30,10 @@ typedef struct spool_store spool_store;
  * store_deadline ("30s"), error_latch_duration ("15s"),
  * error_unlatch_duration ("5m"), allow_error_unlatch (true), commit_delay
  * ("300us") and commit_siblings (4) (kumod's own; the larger delay and the
- * smaller siblings count of the two spools count).
+ * smaller siblings count of the two spools count), journal_size ("64MiB",
+ * kumod's own: the group-commit journal of two RocksDB spools, in the data
+ * spool's directory; 0 on either spool turns it off, else the larger size
+ * counts; see spool/journal.h).
  * Unknown keys are an error naming the key. */
 typedef struct spool_params {
     char *name;
@@ -46,6 +49,7 @@ typedef struct spool_params {
     bool allow_error_unlatch;
     int64_t commit_delay_ns; /* kumod's own; see spool_expect_save */
     long commit_siblings;    /* kumod's own: saves announced for the delay to apply */
+    uint64_t journal_size;   /* kumod's own: bytes; 0 = no journal */
 } spool_params;
 
 /* commit_delay: 300 µs by default, at most 100 ms, 0 turns it off. */
@@ -88,8 +92,12 @@ void spool_save(spool *sp, const spoolid *id, char *meta_take, size_t meta_len,
  * it is issued or abandoned. While at least commit_siblings are announced,
  * the writer waits commit_delay before a group commit so that they can join. */
 void spool_expect_save(int delta);
-/* Removes both halves; not synced by itself (rides on the next sync). cb may be NULL. */
+/* Removes both halves; not synced by itself (rides on the next sync). Not
+ * urgent either: it waits for the next group of saves, or at most
+ * SPOOL_REMOVE_DELAY_MS when no save comes, instead of waking the writer on
+ * its own. cb may be NULL. */
 void spool_remove(spool *sp, const spoolid *id, spool_done_fn cb, void *ud);
+#define SPOOL_REMOVE_DELAY_MS 10
 /* Loads the data (want_data) or the meta of id. KERR_NOTFOUND if absent. */
 void spool_load(spool *sp, const spoolid *id, bool want_data, spool_load_fn cb, void *ud);
 /* Calls each for every meta entry (the buffer is borrowed for the call), then
@@ -104,6 +112,8 @@ typedef struct spool_stats {
     uint64_t loads;
     uint64_t errors;
     uint64_t delayed_groups; /* group commits that waited commit_delay */
+    uint64_t groups;         /* writer wake-ups: groups of saves and removes written together */
+    uint64_t journal_checkpoints; /* journal laps: both stores synced, ring started again */
 } spool_stats;
 void spool_get_stats(spool *sp, spool_stats *out);
 

@@ -80,6 +80,9 @@ typedef struct fixture {
     char dir[64];
 } fixture;
 
+/* journal_size for the stores open_store() makes; NULL: the default. */
+static const char *g_journal_size;
+
 static int setup_dir(void **state)
 {
     fixture *f = calloc(1, sizeof(*f));
@@ -87,6 +90,7 @@ static int setup_dir(void **state)
     if (mkdtemp(f->dir) == NULL)
         return -1;
     *state = f;
+    g_journal_size = NULL; /* a failed test may have left it set */
     return 0;
 }
 
@@ -120,6 +124,8 @@ static int open_store(const char *dir, const char *name, spool_kind kind, bool f
         json_object_set_new(j, "commit_delay", json_string(g_commit_delay));
     if (g_commit_siblings > 0)
         json_object_set_new(j, "commit_siblings", json_integer(g_commit_siblings));
+    if (g_journal_size != NULL)
+        json_object_set_new(j, "journal_size", json_string(g_journal_size));
     rc = spool_params_from_json(j, &p, err, errlen);
     assert_int_equal(rc, 0);
     rc = spool_store_open(&p, out, err, errlen);
@@ -399,6 +405,17 @@ static void test_params_validation(void **state)
         {"{\"name\":\"data\",\"path\":\"/x\",\"commit_siblings\":\"4\"}", KERR_INVAL,
          "commit_siblings"},
         {"{\"name\":\"data\",\"path\":\"/x\",\"commit_siblings\":1}", 0, NULL},
+        {"{\"name\":\"data\",\"path\":\"/x\",\"journal_size\":\"256MiB\"}", 0, NULL},
+        {"{\"name\":\"data\",\"path\":\"/x\",\"journal_size\":0}", 0, NULL},
+        {"{\"name\":\"data\",\"path\":\"/x\",\"journal_size\":\"0\"}", 0, NULL},
+        {"{\"name\":\"data\",\"path\":\"/x\",\"journal_size\":\"64k\"}", KERR_INVAL,
+         "journal_size"},
+        {"{\"name\":\"data\",\"path\":\"/x\",\"journal_size\":\"lots\"}", KERR_INVAL,
+         "journal_size"},
+        {"{\"name\":\"data\",\"path\":\"/x\",\"journal_size\":-1}", KERR_INVAL,
+         "journal_size"},
+        {"{\"name\":\"data\",\"path\":\"/x\",\"journal_size\":\"17GiB\"}", KERR_INVAL,
+         "journal_size"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         json_error_t jerr;
@@ -906,6 +923,162 @@ static void bench(const char *dir, spool_kind kind, int total, int window)
     spool_free(sp);
 }
 
+/* ---- the journal ----------------------------------------------------- */
+
+static void copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    char buf[65536];
+    size_t n;
+    assert_non_null(in);
+    assert_non_null(out);
+    while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+        assert_int_equal(fwrite(buf, 1, n, out), n);
+    fclose(in);
+    assert_int_equal(fclose(out), 0);
+}
+
+static void rm_tree(const char *path)
+{
+    assert_int_equal(nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS), 0);
+}
+
+/* A power loss that takes every store write since the journal's last
+ * checkpoint: the stores are wiped and the journal, as it was after the
+ * acknowledged saves and removes, is put back. Opening the spool must
+ * replay it: the saves (one meta rewritten), minus the removes. */
+static void test_journal_replays_lost_store_writes(void **state)
+{
+    enum { N = 30, GONE = 10 }; /* "meta-10" below */
+    const char *dir = ((fixture *)*state)->dir;
+    char *jpath = xstrdup_printf("%s/data/kumod-journal", dir);
+    char *copy = xstrdup_printf("%s/journal.copy", dir);
+    char *ddir = xstrdup_printf("%s/data", dir), *mdir = xstrdup_printf("%s/meta", dir);
+    spoolid ids[N];
+    bool gone[N] = {0};
+    enum_res e;
+    waiter w;
+    spool *sp = open_spool(dir, SPOOL_KIND_ROCKSDB, true);
+
+    waiter_init(&w);
+    for (int i = 0; i < N; i++) {
+        /* ids[GONE]'s meta is rewritten below (a meta-only save) */
+        char *meta = i == GONE ? strdup("meta-stale") : xstrdup_printf("meta-%d", i);
+        char *data = xstrdup_printf("data-%d", i);
+        test_id(&ids[i]);
+        save_one(sp, &w, &ids[i], meta, data, true);
+        free(meta);
+        free(data);
+    }
+    waiter_wait(&w);
+    for (int i = 0; i < GONE; i++) {
+        waiter_add(&w, 1 << 30);
+        spool_remove(sp, &ids[i], on_done, &w);
+        gone[i] = true;
+    }
+    save_one(sp, &w, &ids[GONE], "meta-10", NULL, true); /* meta only */
+    waiter_wait(&w);
+    assert_int_equal(w.errors, 0);
+    copy_file(jpath, copy);
+    spool_free(sp);
+
+    rm_tree(ddir);
+    rm_tree(mdir);
+    assert_int_equal(mkdir(ddir, 0755), 0);
+    copy_file(copy, jpath);
+
+    for (int round = 0; round < 2; round++) {
+        /* Round 2: the replay was checkpointed; opening again changes nothing. */
+        sp = open_spool(dir, SPOOL_KIND_ROCKSDB, true);
+        enumerate_sync(sp, &e);
+        assert_enum_exact(&e, ids, N, gone);
+        enum_res_fini(&e);
+        assert_loads(sp, &ids[GONE], false, "meta-10");
+        for (int i = 0; i < N; i++) {
+            char *data = xstrdup_printf("data-%d", i);
+            if (gone[i])
+                assert_absent(sp, &ids[i], true);
+            else
+                assert_loads(sp, &ids[i], true, data);
+            free(data);
+        }
+        spool_free(sp);
+    }
+    waiter_fini(&w);
+    free(jpath);
+    free(copy);
+    free(ddir);
+    free(mdir);
+}
+
+/* journal_size = 0: no journal file; and one left by an earlier run is
+ * replayed, then removed. */
+static void test_journal_off(void **state)
+{
+    const char *dir = ((fixture *)*state)->dir;
+    char *jpath = xstrdup_printf("%s/data/kumod-journal", dir);
+    char *copy = xstrdup_printf("%s/journal.copy", dir);
+    char *ddir = xstrdup_printf("%s/data", dir), *mdir = xstrdup_printf("%s/meta", dir);
+    spoolid id;
+    enum_res e;
+    waiter w;
+    struct stat st;
+    spool *sp = open_spool(dir, SPOOL_KIND_ROCKSDB, true);
+
+    waiter_init(&w);
+    test_id(&id);
+    save_one(sp, &w, &id, "meta-0", "d", true);
+    waiter_wait(&w);
+    copy_file(jpath, copy);
+    spool_free(sp);
+    rm_tree(ddir);
+    rm_tree(mdir);
+    assert_int_equal(mkdir(ddir, 0755), 0);
+    copy_file(copy, jpath);
+
+    g_journal_size = "0";
+    sp = open_spool(dir, SPOOL_KIND_ROCKSDB, true);
+    assert_int_equal(stat(jpath, &st), -1);
+    enumerate_sync(sp, &e);
+    assert_enum_exact(&e, &id, 1, NULL);
+    enum_res_fini(&e);
+    assert_loads(sp, &id, true, "d");
+    spool_free(sp);
+    sp = open_spool(dir, SPOOL_KIND_ROCKSDB, true);
+    assert_int_equal(stat(jpath, &st), -1);
+    assert_loads(sp, &id, true, "d");
+    spool_free(sp);
+    g_journal_size = NULL;
+    waiter_fini(&w);
+    free(jpath);
+    free(copy);
+    free(ddir);
+    free(mdir);
+}
+
+/* A damaged journal stops the start with an error instead of dropping what
+ * it may hold. */
+static void test_journal_damaged_refuses_start(void **state)
+{
+    const char *dir = ((fixture *)*state)->dir;
+    char *jpath = xstrdup_printf("%s/data/kumod-journal", dir);
+    spool_store *data, *meta;
+    spool *sp = open_spool(dir, SPOOL_KIND_ROCKSDB, true);
+    char err[256];
+    spool_free(sp);
+
+    FILE *f = fopen(jpath, "r+b");
+    assert_non_null(f);
+    char junk[1024];
+    memset(junk, 0x5a, sizeof(junk));
+    assert_int_equal(fwrite(junk, 1, sizeof(junk), f), sizeof(junk));
+    fclose(f);
+    assert_int_equal(open_store(dir, "data", SPOOL_KIND_ROCKSDB, true, &data, err, sizeof(err)), 0);
+    assert_int_equal(open_store(dir, "meta", SPOOL_KIND_ROCKSDB, true, &meta, err, sizeof(err)), 0);
+    assert_true(spool_new(data, meta, &sp) < 0);
+    free(jpath);
+}
+
 static void test_bench_rocks(void **state)
 {
     fixture *f = *state;
@@ -942,6 +1115,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_group_commit_local_disk, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_commit_delay_rocks, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_commit_delay_local_disk, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_journal_replays_lost_store_writes, setup_dir,
+                                        teardown_dir),
+        cmocka_unit_test_setup_teardown(test_journal_off, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_journal_damaged_refuses_start, setup_dir,
+                                        teardown_dir),
         cmocka_unit_test_setup_teardown(test_bench_rocks, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_bench_local_disk, setup_dir, teardown_dir),
     };
