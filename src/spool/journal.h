@@ -31,7 +31,7 @@
 #include "core/spoolid.h"
 
 #define SPOOL_JOURNAL_NAME "kumod-journal"
-#define SPOOL_JOURNAL_SIZE_DEFAULT (64ULL << 20)
+#define SPOOL_JOURNAL_SIZE_DEFAULT (16ULL << 20)
 #define SPOOL_JOURNAL_SIZE_MIN (1ULL << 20)
 #define SPOOL_JOURNAL_SIZE_MAX (16ULL << 30)
 

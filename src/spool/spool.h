@@ -30,7 +30,7 @@ typedef struct spool_store spool_store;
  * store_deadline ("30s"), error_latch_duration ("15s"),
  * error_unlatch_duration ("5m"), allow_error_unlatch (true), commit_delay
  * ("300us") and commit_siblings (4) (kumod's own; the larger delay and the
- * smaller siblings count of the two spools count), journal_size ("64MiB",
+ * smaller siblings count of the two spools count), journal_size ("16MiB",
  * kumod's own: the group-commit journal of two RocksDB spools, in the data
  * spool's directory; 0 on either spool turns it off, else the larger size
  * counts; see spool/journal.h).

@@ -182,14 +182,14 @@ def test_journal_brings_back_what_the_stores_lost(kumod_factory):
     that was never sent."""
     k = kumod_factory(data_kind="RocksDB", meta_kind="RocksDB", handlers=HANDLERS, threads=2)
     inj, acked = inject_then_kill9(k)
-    assert os.path.getsize(os.path.join(k.spool, "data", "kumod-journal")) == 64 << 20
+    assert os.path.getsize(os.path.join(k.spool, "data", "kumod-journal")) == 16 << 20
     wals = glob.glob(os.path.join(k.spool, "*", "*.log"))
     assert len(wals) >= 2, wals
     for w in wals:
         os.unlink(w)
 
     k.start()
-    m = k.wait_diag(r"spool journal \S+ \(65536 KiB\): replayed (\d+) records \((\d+) operations\)")
+    m = k.wait_diag(r"spool journal \S+ \(16384 KiB\): replayed (\d+) records \((\d+) operations\)")
     assert int(m.group(1)) > 0 and int(m.group(2)) >= len(acked)
     m = k.wait_diag(r"spool enumeration done: (\d+) messages \((\d+) unreadable\)")
     n, unreadable = int(m.group(1)), int(m.group(2))
@@ -203,7 +203,7 @@ def test_journal_brings_back_what_the_stores_lost(kumod_factory):
     # an orderly stop checkpoints: the next start has nothing to replay
     k.stop()
     k.start()
-    m = k.wait_diag(r"spool journal \S+ \(65536 KiB\): replayed (\d+) records")
+    m = k.wait_diag(r"spool journal \S+ \(16384 KiB\): replayed (\d+) records")
     assert m.group(1) == "0", m.group(0)
     k.wait_diag(r"spool enumeration done: %d messages" % n)
 
