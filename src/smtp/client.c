@@ -46,6 +46,7 @@
 #include "core/diag.h"
 #include "core/kerr.h"
 #include "core/reactor.h"
+#include "net/wthrough.h"
 
 #define CMOD "kumod::smtp_client"
 #define PULL_MAX (64 * 1024)         /* the most reply text we look at in one go */
@@ -692,26 +693,19 @@ static void cli_reap_soon(smtpcli *c)
 
 /* ---- writing ---- */
 
-/* Writes what is queued in outq now, without waiting for EV_WRITE: no
- * epoll_ctl pair and no extra loop turn per command. What the kernel does
- * not take (or anything queued behind bytes libevent is still writing)
- * moves to the bufferevent, which finishes the job as usual. */
+/* Writes what is queued in outq through (net/wthrough.h); the bufferevent
+ * keeps EV_WRITE on and finishes whatever is left. */
 static void cli_flush(smtpcli *c)
 {
-    if (!c->bev || c->filtered || c->corked || evbuffer_get_length(c->outq) == 0)
+    if (!c->bev || c->filtered || c->corked)
         return;
-    struct evbuffer *bout = bufferevent_get_output(c->bev);
-    if (evbuffer_get_length(bout) == 0)
-        (void)evbuffer_write(c->outq, bufferevent_getfd(c->bev));
-    if (evbuffer_get_length(c->outq) > 0)
-        evbuffer_add_buffer(bout, c->outq);
+    (void)net_write_through(c->outq, c->bev);
 }
 
 /* Nothing of ours is waiting to be written. */
 static bool cli_out_empty(smtpcli *c)
 {
-    return c->bev && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0 &&
-           (c->filtered || evbuffer_get_length(c->outq) == 0);
+    return c->bev && net_out_empty(c->filtered ? NULL : c->outq, c->bev);
 }
 
 static int cli_write(smtpcli *c, const char *s, size_t n)

@@ -50,6 +50,7 @@
 #include "net/cidr.h"
 #include "net/sockaddr.h"
 #include "net/tls.h"
+#include "net/wthrough.h"
 #include "spool/spool.h"
 #include "metrics/metrics.h"
 
@@ -680,13 +681,9 @@ static void log_rejection(sess *s, int code, const char *msg, const char *comman
 /* Writes a reply (multi-line when msg holds '\n'), logs a Rejection for 4xx
  * and 5xx (except 421 4.3.2 load/shutdown notices, as KumoMTA), and closes
  * after a 421. */
-/* Plain sessions write their replies at once (write-through) instead of
- * arming EV_WRITE and waiting for the next loop turn: no epoll_ctl pair and
- * no extra wake-up per reply. Replies collect in the session's own buffer
- * (a bufferevent's output cannot be drained from outside) and go out with
- * one writev when a command (or a pipelined group) is done. Whatever the
- * kernel does not take moves to the bufferevent, which finishes the job with
- * EV_WRITE and the write timeout; sess_write_cb disables EV_WRITE again. */
+/* Plain sessions write their replies through (net/wthrough.h) when a
+ * command or a pipelined group is done; what is left goes with EV_WRITE,
+ * which sess_write_cb disables again. */
 static struct evbuffer *sess_out(sess *s)
 {
     return s->filtered ? bufferevent_get_output(s->bev) : s->outq;
@@ -696,24 +693,16 @@ static void sess_flush(sess *s)
 {
     if (!s->bev || s->dead || s->filtered || evbuffer_get_length(s->outq) == 0)
         return;
-    struct evbuffer *bout = bufferevent_get_output(s->bev);
-    if (evbuffer_get_length(bout) == 0)
-        (void)evbuffer_write(s->outq, bufferevent_getfd(s->bev));
-    if (evbuffer_get_length(s->outq) == 0) {
-        if (s->close_after_write && !s->in_loop)
-            sess_reap_soon(s);
-        return;
-    }
-    /* the socket is full (or libevent is still writing earlier replies) */
-    evbuffer_add_buffer(bout, s->outq);
-    bufferevent_enable(s->bev, EV_WRITE);
+    if (!net_write_through(s->outq, s->bev))
+        bufferevent_enable(s->bev, EV_WRITE);
+    else if (s->close_after_write && !s->in_loop)
+        sess_reap_soon(s);
 }
 
 /* Nothing of ours is waiting to be written. */
 static bool sess_out_empty(sess *s)
 {
-    return evbuffer_get_length(bufferevent_get_output(s->bev)) == 0 &&
-           (s->filtered || evbuffer_get_length(s->outq) == 0);
+    return net_out_empty(s->filtered ? NULL : s->outq, s->bev);
 }
 
 static void sess_reply(sess *s, int code, const char *msg, const char *command)

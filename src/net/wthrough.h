@@ -1,0 +1,31 @@
+/* Write-through for plain (not TLS-filtered) bufferevents, shared by the
+ * SMTP server and client.
+ *
+ * Replies and commands collect in the connection's own evbuffer (outq; a
+ * bufferevent's output cannot be drained from outside while libevent owns
+ * it) and leave with one writev as soon as a command or a pipelined group is
+ * complete, instead of arming EV_WRITE and waiting for the next loop turn:
+ * no epoll_ctl pair and no extra wake-up per reply. Whatever the kernel does
+ * not take, or anything that would overtake bytes libevent is still
+ * writing, moves to the bufferevent's output, which finishes the job with
+ * EV_WRITE and its write timeout. */
+#ifndef KUMOD_NET_WTHROUGH_H
+#define KUMOD_NET_WTHROUGH_H
+
+#include <stdbool.h>
+
+struct bufferevent;
+struct evbuffer;
+
+/* Writes outq to bev's socket now when bev's output is empty; moves what is
+ * left to bev's output. True when all of outq left at once (nothing is
+ * pending in either buffer); false when the caller must let libevent
+ * finish (enable EV_WRITE when it keeps it off between replies). */
+bool net_write_through(struct evbuffer *outq, struct bufferevent *bev);
+
+/* Nothing of ours waits to be written: neither outq (ignored when NULL, for
+ * a TLS-filtered connection that writes through the filter) nor bev's
+ * output. */
+bool net_out_empty(const struct evbuffer *outq, struct bufferevent *bev);
+
+#endif
