@@ -17,6 +17,8 @@ BENCH = os.path.join(kh.REPO, "bench", "run")
 EXPECTED = {
     "relay -s 10 N=500": True,
     "relay -s 50 N=500": True,
+    "relay -s 10 N=500 kumod --threads 1": True,
+    "relay -s 50 N=500 kumod --threads 1": True,
     "held -s 50 N=500 (dest. unreachable)": True,
     "memory M=5000": False,
     "restart (SIGTERM) M=5000": False,
@@ -37,7 +39,8 @@ def _positive(v):
                     reason="Postfix (smtp-source, smtp-sink) is not installed")
 def test_bench_smoke(tmp_path):
     out = tmp_path / "smoke.json"
-    p = subprocess.run([sys.executable, BENCH, "--smoke", "--kumod", kh.kumod_bin(),
+    p = subprocess.run([sys.executable, BENCH, "--smoke", "--also-threads", "1",
+                        "--kumod", kh.kumod_bin(),
                         "--out", str(out), "--tmpdir", str(tmp_path)],
                        capture_output=True, text=True, timeout=600 * kh.SLOW)
     assert p.returncode == 0, f"bench/run --smoke failed:\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}"
@@ -59,7 +62,7 @@ def test_bench_smoke(tmp_path):
 
     sc = doc["scenarios"]
     for key in ("relay_s010", "relay_s050"):
-        for kind in ("ceiling", "kumod", "postfix"):
+        for kind in ("ceiling", "kumod", "postfix", "kumod_t1"):
             run = sc[key]["runs"][kind][0]
             assert run["source_exit"] == 0 and run["sink_count"] >= 500, (key, kind, run)
             assert run["command"].startswith("/usr/sbin/smtp-source ")
