@@ -382,6 +382,9 @@ out_listeners:
         reactor_post(reactor_get(i), job_queue_shutdown, &j);
         sync_job_wait(&j);
     }
+    /* Loads and saves still in the spool's threads post their completions
+     * to the reactors: finish them while the reactors run. */
+    services_spool_stop();
 out_reactors:
     reactor_pool_stop();
     /* VMs hold references to their reactors' bases: free them before the pool. */

@@ -235,6 +235,11 @@ void services_set_spool_ready(void)
     atomic_store(&spool_ready, true);
 }
 
+void services_spool_stop(void)
+{
+    spool_stop(the_spool);
+}
+
 void services_shutdown(void)
 {
     if (the_spool) {

@@ -16,6 +16,9 @@ spool *services_spool(void);
 /* True once start-up enumeration has finished. */
 bool services_spool_ready(void);
 void services_set_spool_ready(void);
+/* Lets the spool finish what is queued and stops its threads, while the
+ * reactors still run to take the completions. */
+void services_spool_stop(void);
 void services_shutdown(void);
 /* Whether receptions wait for a sync before acknowledging: true unless the
  * policy set flush = false on its spools (kumod is durable by default). */

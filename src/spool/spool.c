@@ -1321,6 +1321,12 @@ int spool_new(spool_store *data_take, spool_store *meta_take, spool **out)
     return 0;
 }
 
+void spool_stop(spool *sp)
+{
+    if (sp != NULL)
+        spool_stop_threads(sp);
+}
+
 void spool_free(spool *sp)
 {
     if (sp == NULL)

@@ -74,7 +74,12 @@ typedef struct spool spool;
 /* Builds the facade over both stores (ownership moves in) and starts its
  * threads. */
 int spool_new(spool_store *data_take, spool_store *meta_take, spool **out);
-/* Completes every queued operation, stops the threads, closes the stores. */
+/* Completes every queued operation and stops the threads; what is asked of
+ * the spool afterwards fails at once with KERR_SHUTDOWN. Called at shutdown
+ * while the reactors still run, so that the completions it posts to them
+ * are handled there. The stores stay open until spool_free. */
+void spool_stop(spool *sp);
+/* spool_stop if not done yet, then closes the stores. */
 void spool_free(spool *sp);
 
 typedef void (*spool_done_fn)(void *ud, int err);
