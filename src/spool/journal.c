@@ -163,7 +163,7 @@ static int pread_all(int fd, void *buf, size_t len, uint64_t off)
     return 0;
 }
 
-static int fdatasync_retry(int fd)
+static int data_sync(int fd)
 {
     /* No retry after a failure: the kernel may have dropped the dirty pages
      * (the fsyncgate lesson), so a second call proves nothing. */
@@ -185,7 +185,7 @@ static int write_header(int fd, uint64_t *generation, uint64_t size, uint64_t ck
     memcpy(slot, &h, sizeof(h));
     int rc = pwrite_all(fd, slot, sizeof(slot), (h.generation & 1) * J_SLOT);
     if (rc == 0)
-        rc = fdatasync_retry(fd);
+        rc = data_sync(fd);
     if (rc == 0)
         *generation = h.generation;
     return rc;
@@ -451,7 +451,7 @@ int spool__journal_append(spool__journal *j, const spool__jop *ops, size_t n, si
         if (w < 0 || (size_t)w != run)
             return w < 0 ? kerr_from_errno(errno) : KERR_IO;
     }
-    if (sync && (rc = fdatasync_retry(j->fd)) < 0)
+    if (sync && (rc = data_sync(j->fd)) < 0)
         return rc;
     j->off += len;
     j->last_seq++;

@@ -66,6 +66,21 @@ def read_ids(path):
         return []
 
 
+def assert_all_enumerated(k, acked):
+    """After a restart: the enumeration finds no unreadable entry, every
+    enumerated message is announced once, and no acknowledged one is
+    missing. Returns (n, enumerated ids)."""
+    m = k.wait_diag(r"spool enumeration done: (\d+) messages \((\d+) unreadable\)")
+    n, unreadable = int(m.group(1)), int(m.group(2))
+    assert unreadable == 0
+    enumerated = wait_until(lambda: (lambda ids: ids if len(ids) >= n else None)(
+        read_ids(k.path("enumerated"))), 30, what=f"{n} spool_message_enumerated events")
+    assert len(enumerated) == n == len(set(enumerated))
+    missing = acked - set(enumerated)
+    assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {sorted(missing)[:3]}"
+    return n, enumerated
+
+
 def inject_then_kill9(k):
     """CLIENTS sessions inject; kumod gets SIGKILL once KILL_AFTER messages
     are acknowledged. Returns the injector and the acknowledged ids."""
@@ -89,14 +104,7 @@ def test_kill9_loses_no_acknowledged_message(kumod_factory, kind):
     inj, acked = inject_then_kill9(k)
 
     k.start()
-    m = k.wait_diag(r"spool enumeration done: (\d+) messages \((\d+) unreadable\)")
-    n, unreadable = int(m.group(1)), int(m.group(2))
-    assert unreadable == 0
-    enumerated = wait_until(lambda: (lambda ids: ids if len(ids) >= n else None)(
-        read_ids(k.path("enumerated"))), 30, what=f"{n} spool_message_enumerated events")
-    assert len(enumerated) == n == len(set(enumerated))
-    missing = acked - set(enumerated)
-    assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {sorted(missing)[:3]}"
+    n, enumerated = assert_all_enumerated(k, acked)
     # nothing beyond what was sent: at most the messages in flight at the kill
     print(f"{kind}: acked={len(acked)} enumerated={n} attempted={inj.attempted}")
     assert n <= inj.attempted
@@ -191,14 +199,7 @@ def test_journal_brings_back_what_the_stores_lost(kumod_factory):
     k.start()
     m = k.wait_diag(r"spool journal \S+ \(16384 KiB\): replayed (\d+) records \((\d+) operations\)")
     assert int(m.group(1)) > 0 and int(m.group(2)) >= len(acked)
-    m = k.wait_diag(r"spool enumeration done: (\d+) messages \((\d+) unreadable\)")
-    n, unreadable = int(m.group(1)), int(m.group(2))
-    assert unreadable == 0
-    enumerated = wait_until(lambda: (lambda ids: ids if len(ids) >= n else None)(
-        read_ids(k.path("enumerated"))), 30, what=f"{n} spool_message_enumerated events")
-    assert len(enumerated) == n == len(set(enumerated))
-    missing = acked - set(enumerated)
-    assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {sorted(missing)[:3]}"
+    n, enumerated = assert_all_enumerated(k, acked)
     assert n <= inj.attempted
     # an orderly stop checkpoints: the next start has nothing to replay
     k.stop()

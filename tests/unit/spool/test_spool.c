@@ -943,6 +943,26 @@ static void rm_tree(const char *path)
     assert_int_equal(nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS), 0);
 }
 
+/* Closes sp as a power loss would leave it: the journal as it was while
+ * the spool ran, the stores without anything written since it opened (here
+ * all of it: the test spools are fresh). */
+static void close_as_after_power_loss(spool *sp, const char *dir)
+{
+    char *jpath = xstrdup_printf("%s/data/kumod-journal", dir);
+    char *copy = xstrdup_printf("%s/journal.copy", dir);
+    char *ddir = xstrdup_printf("%s/data", dir), *mdir = xstrdup_printf("%s/meta", dir);
+    copy_file(jpath, copy);
+    spool_free(sp);
+    rm_tree(ddir);
+    rm_tree(mdir);
+    assert_int_equal(mkdir(ddir, 0755), 0);
+    copy_file(copy, jpath);
+    free(jpath);
+    free(copy);
+    free(ddir);
+    free(mdir);
+}
+
 /* A power loss that takes every store write since the journal's last
  * checkpoint: the stores are wiped and the journal, as it was after the
  * acknowledged saves and removes, is put back. Opening the spool must
@@ -951,9 +971,6 @@ static void test_journal_replays_lost_store_writes(void **state)
 {
     enum { N = 30, GONE = 10 }; /* "meta-10" below */
     const char *dir = ((fixture *)*state)->dir;
-    char *jpath = xstrdup_printf("%s/data/kumod-journal", dir);
-    char *copy = xstrdup_printf("%s/journal.copy", dir);
-    char *ddir = xstrdup_printf("%s/data", dir), *mdir = xstrdup_printf("%s/meta", dir);
     spoolid ids[N];
     bool gone[N] = {0};
     enum_res e;
@@ -979,13 +996,7 @@ static void test_journal_replays_lost_store_writes(void **state)
     save_one(sp, &w, &ids[GONE], "meta-10", NULL, true); /* meta only */
     waiter_wait(&w);
     assert_int_equal(w.errors, 0);
-    copy_file(jpath, copy);
-    spool_free(sp);
-
-    rm_tree(ddir);
-    rm_tree(mdir);
-    assert_int_equal(mkdir(ddir, 0755), 0);
-    copy_file(copy, jpath);
+    close_as_after_power_loss(sp, dir);
 
     for (int round = 0; round < 2; round++) {
         /* Round 2: the replay was checkpointed; opening again changes nothing. */
@@ -1005,10 +1016,6 @@ static void test_journal_replays_lost_store_writes(void **state)
         spool_free(sp);
     }
     waiter_fini(&w);
-    free(jpath);
-    free(copy);
-    free(ddir);
-    free(mdir);
 }
 
 /* journal_size = 0: no journal file; and one left by an earlier run is
@@ -1017,8 +1024,6 @@ static void test_journal_off(void **state)
 {
     const char *dir = ((fixture *)*state)->dir;
     char *jpath = xstrdup_printf("%s/data/kumod-journal", dir);
-    char *copy = xstrdup_printf("%s/journal.copy", dir);
-    char *ddir = xstrdup_printf("%s/data", dir), *mdir = xstrdup_printf("%s/meta", dir);
     spoolid id;
     enum_res e;
     waiter w;
@@ -1029,12 +1034,7 @@ static void test_journal_off(void **state)
     test_id(&id);
     save_one(sp, &w, &id, "meta-0", "d", true);
     waiter_wait(&w);
-    copy_file(jpath, copy);
-    spool_free(sp);
-    rm_tree(ddir);
-    rm_tree(mdir);
-    assert_int_equal(mkdir(ddir, 0755), 0);
-    copy_file(copy, jpath);
+    close_as_after_power_loss(sp, dir);
 
     g_journal_size = "0";
     sp = open_spool(dir, SPOOL_KIND_ROCKSDB, true);
@@ -1051,9 +1051,6 @@ static void test_journal_off(void **state)
     g_journal_size = NULL;
     waiter_fini(&w);
     free(jpath);
-    free(copy);
-    free(ddir);
-    free(mdir);
 }
 
 /* A damaged journal stops the start with an error instead of dropping what
