@@ -140,6 +140,12 @@ static int load_all_vms(char *err, size_t errlen)
 
 static void job_queue_shutdown(void *arg)
 {
+    /* The resolver goes first: a scheduled queue still waiting for its MX
+     * answer is freed below, and its lookup must never complete after that
+     * (the reactors run on while the spool drains). Lookups pending now are
+     * dropped; anything that resolves later gets a fresh resolver, freed at
+     * the end of main. */
+    dns_reactor_free(reactor_current());
     queue_reactor_shutdown();
     sync_job_finish(arg, 0);
 }

@@ -150,6 +150,7 @@ kumo.on('init', function()
   }
   kumo.configure_local_logs { log_dir = '{logs}', max_segment_duration = '1s' }
   kumo.start_esmtp_listener { listen = '127.0.0.1:{smtp_port}', hostname = '{hostname}' }
+  kumo.dns.configure_resolver { name_servers = { '{dns}' } }
   if kumo.start_http_listener then
     kumo.start_http_listener { listen = '127.0.0.1:{http_port}', trusted_hosts = { '127.0.0.1' } }
     append('http-enabled', 'yes')

@@ -16,6 +16,9 @@ braces need no escaping):
     {http_port}   a spare port for an HTTP listener
     {port:NAME}   another free port, allocated on first use (see port(NAME))
     {hostname}    the listener hostname used by default_policy()
+    {dns}         "127.0.0.1:PORT" of this process's NullDns (every name is
+                  NXDOMAIN), which default_policy() resolves through, so that
+                  no test ever queries the machine's own resolver
 """
 import base64
 import glob
@@ -64,6 +67,69 @@ def free_port():
         return s.getsockname()[1]
 
 
+class NullDns:
+    """A DNS server on a loopback UDP port that answers every query with
+    NXDOMAIN (the question echoed, no records), after `delay(n)` seconds for
+    the n-th query (0, 1, ...). Runs in a daemon thread; `queries` lists the
+    names asked, in order."""
+
+    def __init__(self, delay=None):
+        self.delay = delay
+        self.queries = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.addr = f"127.0.0.1:{self.port}"
+        self.lock = threading.Lock()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @staticmethod
+    def _qname(pkt):
+        labels, i = [], 12
+        while i < len(pkt) and pkt[i]:
+            labels.append(pkt[i + 1:i + 1 + pkt[i]].decode("ascii", "replace"))
+            i += 1 + pkt[i]
+        return ".".join(labels), i + 5  # the zero label, QTYPE, QCLASS
+
+    def _answer(self, pkt, peer):
+        try:
+            self.sock.sendto(pkt, peer)
+        except OSError:
+            pass
+
+    def _serve(self):
+        while True:
+            try:
+                pkt, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            if len(pkt) < 17:
+                continue
+            name, end = self._qname(pkt)
+            with self.lock:
+                n = len(self.queries)
+                self.queries.append(name)
+            flags = 0x8083 | (pkt[2] & 0x01) << 8  # QR, RD echoed, RA, NXDOMAIN
+            reply = pkt[:2] + flags.to_bytes(2, "big") + b"\x00\x01\x00\x00\x00\x00\x00\x00" \
+                + pkt[12:end]
+            d = self.delay(n) if self.delay else 0
+            if d > 0:
+                threading.Timer(d, self._answer, (reply, peer)).start()
+            else:
+                self._answer(reply, peer)
+
+
+_NULL_DNS = None
+
+
+def null_dns():
+    """The process-wide NullDns that default_policy() resolves through."""
+    global _NULL_DNS
+    if _NULL_DNS is None:
+        _NULL_DNS = NullDns()
+    return _NULL_DNS
+
+
 def wait_until(pred, timeout=10.0, interval=0.02, what="condition"):
     """Polls pred() until it returns a true value, which is returned."""
     deadline = time.monotonic() + timeout * SLOW
@@ -105,6 +171,7 @@ kumo.on('init', function()
     hostname = '{hostname}',
     {listener}
   }}
+  kumo.dns.configure_resolver {{ name_servers = {{ '{{dns}}' }} }}
   {init}
 end)
 {handlers}
@@ -152,7 +219,7 @@ class Kumod:
         text = re.sub(r"\{port:([A-Za-z0-9_]+)\}", lambda m: str(self.port(m.group(1))), text)
         for k, v in (("{dir}", self.dir), ("{spool}", self.spool), ("{logs}", self.logs),
                      ("{smtp_port}", str(self.smtp_port)), ("{http_port}", str(self.http_port)),
-                     ("{hostname}", self.hostname)):
+                     ("{hostname}", self.hostname), ("{dns}", null_dns().addr)):
             text = text.replace(k, v)
         return text
 

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from kumod_harness import parse_ids, run_threads, wait_until
+from kumod_harness import NullDns, parse_ids, run_threads, wait_until
 
 CLIENTS = 10
 TOTAL = 2000
@@ -243,6 +243,35 @@ def test_sigterm_while_enumerated_messages_churn_exits_cleanly(kumod_factory):
         k.start()
         m = k.wait_diag(r"spool enumeration done: (\d+) messages \((\d+) unreadable\)", 60)
         assert (int(m.group(1)), int(m.group(2))) == (3000, 0), m.group(0)
+    assert k.stop() == 0, k.diag()
+
+
+def test_sigterm_while_queues_wait_for_their_mx_exits_cleanly(kumod_factory):
+    """Regression: SIGTERM while scheduled queues are still resolving their
+    MX. The queues are freed at shutdown while the reactors still run (the
+    spool drains after them); an answer arriving in between must not reach a
+    freed queue (it did: SIGSEGV in sched_site_resolved). A NullDns holds its
+    NXDOMAIN answers back 0-400 ms, staggered, so that some land inside that
+    window in each of the rounds; every message is still there afterwards."""
+    import time
+    dns = NullDns(delay=lambda n: 0.01 * (n % 40))
+    k = kumod_factory(start=False, threads=2,
+                      init=f"kumo.dns.configure_resolver {{ name_servers = {{ '{dns.addr}' }} }}")
+    total = 0
+    for rnd in range(4):
+        k.start()
+        s = k.smtp(ehlo="mx-wait.e2e.test")
+        for i in range(40):
+            assert s.sendmail("src@a.example", [f"r@wait{rnd}-{i}.example"],
+                              b"Subject: mx wait\r\n\r\nbody\r\n") == {}
+        total += 40
+        s.close()
+        time.sleep(0.05 * rnd)
+        assert k.stop() == 0, k.diag()
+    k.start()
+    m = k.wait_diag(r"spool enumeration done: (\d+) messages \((\d+) unreadable\)", 60)
+    assert (int(m.group(1)), int(m.group(2))) == (total, 0), m.group(0)
+    assert any(q.startswith("wait") for q in dns.queries), dns.queries[:5]
     assert k.stop() == 0, k.diag()
 
 

@@ -52,6 +52,7 @@ kumo.on('init', function()
              'extra', 'gen_groups' },
   }
   kumo.start_esmtp_listener { listen = '127.0.0.1:{smtp_port}', hostname = '{hostname}' }
+  kumo.dns.configure_resolver { name_servers = { '{dns}' } }
   kumo.start_http_listener { listen = '127.0.0.1:{http_port}', hostname = 'http.e2e.test' }
   kumo.start_http_listener {
     listen = '127.0.0.1:{port:untrusted}',
