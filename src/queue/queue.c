@@ -532,6 +532,7 @@ struct schedq {
     unsigned cfg_epoch;
     throttle_state rate;
     int busy; /* maildir writes in flight: keeps the queue from being reaped */
+    klua_call *call; /* get_queue_config / get_egress_pool in flight */
 };
 
 struct readyq {
@@ -643,6 +644,8 @@ static void sched_free(schedq *sq)
             *pp = sq->hnext;
             break;
         }
+    if (sq->call)
+        klua_call_cancel(sq->call); /* a handler still waiting (shutdown) */
     event_free(sq->reap_ev);
     if (sq->retry_ev)
         event_free(sq->retry_ev);
@@ -725,6 +728,7 @@ static void sched_config_failed(schedq *sq, const char *why)
 static void after_get_egress_pool(klua_call *c, int status, void *ud)
 {
     schedq *sq = ud;
+    sq->call = NULL;
     if (status != KLUA_OK) {
         sched_config_failed(sq, klua_call_error(c));
         return;
@@ -767,12 +771,14 @@ static void sched_load_pool(schedq *sq)
     klua_call *c;
     lua_State *co = klua_call_begin(vm, "get_egress_pool", &c);
     lua_pushstring(co, sq->cfg.egress_pool);
+    sq->call = c;
     klua_call_run(c, 1, after_get_egress_pool, sq);
 }
 
 static void after_get_queue_config(klua_call *c, int status, void *ud)
 {
     schedq *sq = ud;
+    sq->call = NULL;
     if (status != KLUA_OK) {
         sched_config_failed(sq, klua_call_error(c));
         return;
@@ -833,6 +839,7 @@ static void sched_load_config(schedq *sq)
         lua_pushstring(co, sq->parts.routing_domain);
     else
         lua_pushnil(co);
+    sq->call = c;
     klua_call_run(c, 4, after_get_queue_config, sq);
 }
 

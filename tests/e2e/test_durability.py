@@ -275,6 +275,31 @@ def test_sigterm_while_queues_wait_for_their_mx_exits_cleanly(kumod_factory):
     assert k.stop() == 0, k.diag()
 
 
+def test_sigterm_while_get_queue_config_sleeps_exits_cleanly(kumod_factory):
+    """Regression, the same window as above for a get_queue_config handler
+    that is still waiting (kumo.sleep, staggered 0-400 ms) when the queues are
+    freed: its completion must not reach the freed queue."""
+    import time
+    handlers = """
+local n = 0
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  n = n + 1
+  kumo.sleep(0.01 * (n % 40))
+  return kumo.make_queue_config { protocol = { maildir_path = '{dir}/maildir' } }
+end)
+"""
+    k = kumod_factory(start=False, threads=2, handlers=handlers)
+    for rnd in range(4):
+        k.start()
+        s = k.smtp(ehlo="cfg-wait.e2e.test")
+        for i in range(40):
+            assert s.sendmail("src@a.example", [f"r@cfg{rnd}-{i}.example"],
+                              b"Subject: cfg wait\r\n\r\nbody\r\n") == {}
+        s.close()
+        time.sleep(0.05 * rnd)
+        assert k.stop() == 0, k.diag()
+
+
 def spool_stats(k):
     """The counters kumod logs when it stops in order."""
     import re
