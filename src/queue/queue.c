@@ -557,6 +557,7 @@ struct readyq {
     int64_t cfg_loaded_ns;
     unsigned cfg_epoch;
     long conn_failures; /* consecutive failed connection plans */
+    klua_call *call;    /* get_egress_source / get_egress_path_config in flight */
 };
 
 typedef struct qtables {
@@ -1549,6 +1550,8 @@ static void readyq_free(readyq *rq)
             *pp = rq->hnext;
             break;
         }
+    if (rq->call)
+        klua_call_cancel(rq->call); /* a handler still waiting (shutdown) */
     event_free(rq->reap_ev);
     if (rq->retry_ev)
         event_free(rq->retry_ev);
@@ -1636,6 +1639,7 @@ static void readyq_config_failed(readyq *rq, const char *why)
 static void after_get_egress_path_config(klua_call *c, int status, void *ud)
 {
     readyq *rq = ud;
+    rq->call = NULL;
     if (status != KLUA_OK) {
         readyq_config_failed(rq, klua_call_error(c));
         return;
@@ -1672,12 +1676,14 @@ static void readyq_load_path(readyq *rq)
     lua_pushstring(co, rd);
     lua_pushstring(co, rq->source_name);
     lua_pushstring(co, rq->site);
+    rq->call = c;
     klua_call_run(c, 3, after_get_egress_path_config, rq);
 }
 
 static void after_get_egress_source(klua_call *c, int status, void *ud)
 {
     readyq *rq = ud;
+    rq->call = NULL;
     if (status != KLUA_OK) {
         readyq_config_failed(rq, klua_call_error(c));
         return;
@@ -1716,6 +1722,7 @@ static void readyq_load_config(readyq *rq)
     klua_call *c;
     lua_State *co = klua_call_begin(vm, "get_egress_source", &c);
     lua_pushstring(co, rq->source_name);
+    rq->call = c;
     klua_call_run(c, 1, after_get_egress_source, rq);
 }
 

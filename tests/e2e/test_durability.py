@@ -275,17 +275,28 @@ def test_sigterm_while_queues_wait_for_their_mx_exits_cleanly(kumod_factory):
     assert k.stop() == 0, k.diag()
 
 
-def test_sigterm_while_get_queue_config_sleeps_exits_cleanly(kumod_factory):
-    """Regression, the same window as above for a get_queue_config handler
-    that is still waiting (kumo.sleep, staggered 0-400 ms) when the queues are
-    freed: its completion must not reach the freed queue."""
+@pytest.mark.parametrize("event", ["get_queue_config", "get_egress_path_config"])
+def test_sigterm_while_a_queue_handler_sleeps_exits_cleanly(kumod_factory, event):
+    """Regression, the same window as above for a scheduled queue whose
+    get_queue_config, or a ready queue whose get_egress_path_config, is still
+    waiting (kumo.sleep, staggered 0-400 ms) when the queues are freed: the
+    handler's completion must not reach the freed queue."""
     import time
-    handlers = """
-local n = 0
+    # one site per domain (so one ready queue each), at a port nobody serves
+    handlers = f"""
+local n, sites = 0, 0
+local function nap() n = n + 1; kumo.sleep(0.01 * (n % 40)) end
 kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
-  n = n + 1
-  kumo.sleep(0.01 * (n % 40))
-  return kumo.make_queue_config { protocol = { maildir_path = '{dir}/maildir' } }
+  {'nap()' if event == 'get_queue_config' else ''}
+  sites = sites + 1
+  local addr = '127.0.' .. (1 + sites // 200) .. '.' .. (1 + sites % 200)
+  return kumo.make_queue_config {{
+    protocol = {{ smtp = {{ mx_list = {{ {{ name = 'mx.' .. domain, addr = addr }} }} }} }},
+  }}
+end)
+kumo.on('get_egress_path_config', function(domain, source, site)
+  {'nap()' if event == 'get_egress_path_config' else ''}
+  return kumo.make_egress_path {{ smtp_port = {{port:closed}} }}
 end)
 """
     k = kumod_factory(start=False, threads=2, handlers=handlers)
