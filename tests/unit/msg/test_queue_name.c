@@ -198,14 +198,12 @@ static void test_round_trip(void **state)
         queue_name_parts p;
         assert_int_equal(queue_name_parse(name, &p), 0);
         char *again = queue_name_build(p.campaign, p.tenant, p.domain, p.routing_domain);
-        if (strcmp(again, name) != 0) {
+        bool same = strcmp(again, name) == 0;
+        if (!same)
             print_error("parse+build(\"%s\") = \"%s\"\n", name, again);
-            free(again);
-            queue_name_parts_fini(&p);
-            fail();
-        }
         free(again);
         queue_name_parts_fini(&p);
+        assert_true(same);
     }
     /* and build -> parse -> build for every combination of present parts */
     static const char *const camps[] = {NULL, "c"};
@@ -276,15 +274,13 @@ static void test_queue_name_of_message(void **state)
         json_object_update(m->meta, meta);
         json_decref(meta);
         char *got = queue_name_of_message(m);
-        if (strcmp(got, r->want) != 0) {
+        bool same = strcmp(got, r->want) == 0;
+        if (!same)
             print_error("queue of rcpt %s meta %s = \"%s\"; want \"%s\"\n", r->rcpt, r->meta_json,
                         got, r->want);
-            free(got);
-            message_unref(m);
-            fail();
-        }
         free(got);
         message_unref(m);
+        assert_true(same);
     }
 }
 
