@@ -1,5 +1,5 @@
-/* Write-through for plain (not TLS-filtered) bufferevents, shared by the
- * SMTP server and client.
+/* Write-through and direct reads for plain (not TLS-filtered) connections,
+ * shared by the SMTP server and client.
  *
  * Replies and commands collect in the connection's own evbuffer (outq; a
  * bufferevent's output cannot be drained from outside while libevent owns
@@ -13,9 +13,19 @@
 #define KUMOD_NET_WTHROUGH_H
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
 
 struct bufferevent;
 struct evbuffer;
+
+/* Reading side: one readv of up to max bytes straight into in. libevent's
+ * evbuffer_read asks the kernel how much is queued (ioctl FIONREAD) before
+ * every read and then takes at most 4 KiB; connections that read for
+ * themselves (their own EV_READ event) skip that probe and take a whole
+ * command group or body segment at once. Returns the bytes read, 0 at end
+ * of stream, -1 with errno (EAGAIN: nothing yet). */
+ssize_t net_read_some(struct evbuffer *in, int fd, size_t max);
 
 /* Writes outq to bev's socket now when bev's output is empty; moves what is
  * left to bev's output. True when all of outq left at once (nothing is

@@ -50,6 +50,7 @@
 
 #define CMOD "kumod::smtp_client"
 #define PULL_MAX (64 * 1024)         /* the most reply text we look at in one go */
+#define CLI_READ_MAX (16384 - 128)   /* one read; one 16 KiB evbuffer chain */
 #define BODY_WRITE_LOWAT (32 * 1024) /* progress callbacks while the body drains */
 
 /* ---- small helpers --------------------------------------------------------------------------- */
@@ -409,6 +410,8 @@ struct smtpcli {
      * here and leave with one writev; corked while a pipelined group is
      * being built. Once TLS starts, writes go to the filter instead. */
     struct evbuffer *outq;
+    struct evbuffer *inq; /* replies not yet parsed (plain connections) */
+    struct event *rev;    /* plain connections read for themselves (net_read_some) */
     bool corked, filtered;
     struct bufferevent *dead_bev; /* closed, waiting to be freed outside its callbacks */
     struct event *timer, *defer_ev, *gc_ev;
@@ -622,6 +625,10 @@ static void cli_free(smtpcli *c)
     tx_free(c->tx);
     if (c->outq)
         evbuffer_free(c->outq);
+    if (c->inq)
+        evbuffer_free(c->inq);
+    if (c->rev)
+        event_free(c->rev); /* deleted by conn_close, before the socket closes */
     if (c->bev)
         bufferevent_free(c->bev);
     if (c->dead_bev)
@@ -669,6 +676,8 @@ static void gc_soon(smtpcli *c)
 /* Stops all I/O on the connection; the bufferevent is freed from gc_ev. */
 static void conn_close(smtpcli *c)
 {
+    if (c->rev)
+        event_del(c->rev);
     if (c->bev) {
         bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
         if (bufferevent_disable(c->bev, EV_READ | EV_WRITE) != 0)
@@ -972,7 +981,8 @@ static void start_tls(smtpcli *c)
     /* Anything the server sent after its 220 was sent in clear text and
      * must not be taken as coming from inside TLS (the CVE-2011-0411 class
      * of injection), so it is dropped. */
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    event_del(c->rev); /* from now on the TLS filter reads */
+    struct evbuffer *in = c->inq;
     if (evbuffer_drain(in, evbuffer_get_length(in)) != 0)
         DWARN(CMOD, "%s evbuffer_drain failed", c->logid);
     /* the body watermark moves up to the filter; TLS drives the socket */
@@ -1056,7 +1066,8 @@ static void on_connected(smtpcli *c)
     c->local_len = sizeof(c->local);
     if (getsockname(bufferevent_getfd(c->bev), (struct sockaddr *)&c->local, &c->local_len) != 0)
         c->local_len = 0;
-    if (bufferevent_enable(c->bev, EV_READ | EV_WRITE) != 0) {
+    /* the bufferevent writes; replies are read by cli_rev_cb */
+    if (bufferevent_enable(c->bev, EV_WRITE) != 0 || event_add(c->rev, NULL) != 0) {
         fail_ready_internal(c, KERR_IO, 400, NULL, "bufferevent_enable failed");
         return;
     }
@@ -1534,7 +1545,7 @@ static void cli_process_input(smtpcli *c)
     c->in_input = true;
     while (c->bev && !c->reaping && c->state != CS_CLOSED && c->state != CS_TLS_HANDSHAKE &&
            c->state != CS_CONNECTING) {
-        struct evbuffer *in = bufferevent_get_input(c->bev);
+        struct evbuffer *in = c->filtered ? bufferevent_get_input(c->bev) : c->inq;
         size_t len = evbuffer_get_length(in);
         if (len == 0)
             break;
@@ -1570,6 +1581,27 @@ static void cli_process_input(smtpcli *c)
 static void cli_read_cb(struct bufferevent *bev, void *arg)
 {
     cli_process_input(arg);
+}
+
+/* A plain connection's socket is readable: one read without libevent's
+ * FIONREAD probe (net/wthrough.h). End of stream and errors take the same
+ * path as the bufferevent's. */
+static void cli_rev_cb(evutil_socket_t fd, short what, void *arg)
+{
+    smtpcli *c = arg;
+    if (!c->bev || c->filtered)
+        return;
+    ssize_t n = net_read_some(c->inq, fd, CLI_READ_MAX);
+    if (n > 0) {
+        cli_process_input(c);
+        return;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    int e = errno;
+    event_del(c->rev); /* as libevent does: no more reads after EOF or an error */
+    errno = e;         /* describe_bev_error reads it */
+    cli_event_cb(c->bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), c);
 }
 
 static void cli_write_cb(struct bufferevent *bev, void *arg)
@@ -1835,7 +1867,9 @@ smtpcli *smtpcli_connect(struct event_base *base, const struct sockaddr *addr, s
         return c;
     }
     c->outq = evbuffer_new();
-    if (!c->outq) {
+    c->inq = evbuffer_new();
+    c->rev = event_new(base, fd, EV_READ | EV_PERSIST, cli_rev_cb, c);
+    if (!c->outq || !c->inq || !c->rev) {
         defer_connect_failure(c, KERR_NOMEM, "evbuffer_new failed");
         return c;
     }

@@ -56,6 +56,9 @@
 
 #define SMOD "kumod::smtp_server"
 #define MAX_LISTENERS 16
+/* One read takes at most this much: a 5 KB message with its commands in one
+ * go; with the evbuffer chain header it stays one 16 KiB allocation. */
+#define SESS_READ_MAX (16384 - 128)
 
 /* ---- listener configuration ---------------------------------------------- */
 
@@ -493,6 +496,8 @@ struct sess {
     bool expecting; /* counted in spool_expect_save */
     bool filtered; /* s->bev is the TLS filter: libevent writes, not sess_flush */
     struct evbuffer *outq; /* replies not yet written (plain sessions) */
+    struct evbuffer *inq;  /* what the client sent, not yet processed (plain sessions) */
+    struct event *rev;     /* plain sessions read for themselves: EV_READ, idle timeout */
     bool discarding_line; /* over-long command being skipped */
     int drain_polls;
     int refs;             /* pending spool saves and similar */
@@ -594,6 +599,10 @@ static void sess_free(sess *s)
     free(s->rcpts);
     if (s->outq)
         evbuffer_free(s->outq);
+    if (s->inq)
+        evbuffer_free(s->inq);
+    if (s->rev)
+        event_free(s->rev); /* before bufferevent_free closes the socket */
     if (s->bev)
         bufferevent_free(s->bev);
     if (s->deadline_ev)
@@ -629,6 +638,8 @@ static void sess_reap_soon(sess *s)
         klua_call_cancel(s->call);
         s->call = NULL;
     }
+    if (s->rev)
+        event_del(s->rev);
     if (s->bev) {
         bufferevent_disable(s->bev, EV_READ | EV_WRITE);
         bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
@@ -689,6 +700,31 @@ static struct evbuffer *sess_out(sess *s)
     return s->filtered ? bufferevent_get_output(s->bev) : s->outq;
 }
 
+/* Input: a plain session reads for itself (sess_rev_cb, net_read_some)
+ * into inq and never enables its bufferevent's EV_READ; after STARTTLS the
+ * TLS filter reads. */
+static struct evbuffer *sess_in(sess *s)
+{
+    return s->filtered ? bufferevent_get_input(s->bev) : s->inq;
+}
+
+/* Turns reading (and with it the idle timeout) on or off. */
+static void sess_reading(sess *s, bool on)
+{
+    if (s->filtered) {
+        if (on)
+            bufferevent_enable(s->bev, EV_READ);
+        else
+            bufferevent_disable(s->bev, EV_READ);
+    } else if (on) {
+        struct timeval tv = {s->ln->client_timeout_ns / NS_PER_SEC,
+                             (s->ln->client_timeout_ns % NS_PER_SEC) / 1000};
+        event_add(s->rev, &tv);
+    } else {
+        event_del(s->rev);
+    }
+}
+
 static void sess_flush(sess *s)
 {
     if (!s->bev || s->dead || s->filtered || evbuffer_get_length(s->outq) == 0)
@@ -726,7 +762,7 @@ static void sess_reply(sess *s, int code, const char *msg, const char *command)
     if (code == 421) {
         s->close_after_write = true;
         sess_set_state(s, SS_CLOSING);
-        bufferevent_disable(s->bev, EV_READ);
+        sess_reading(s, false);
     }
     if (!s->in_loop)
         sess_flush(s);
@@ -2107,9 +2143,9 @@ static void cmd_starttls(sess *s)
     }
     sess_reply(s, 220, "Ready to Start TLS", s->line);
     /* RFC 3207 §4.2: discard anything the client pipelined after STARTTLS */
-    struct evbuffer *in = bufferevent_get_input(s->bev);
+    struct evbuffer *in = sess_in(s);
     evbuffer_drain(in, evbuffer_get_length(in));
-    bufferevent_disable(s->bev, EV_READ);
+    sess_reading(s, false);
     s->starttls_pending = true;
     s->busy = true;
     sess_flush(s); /* the 220 leaves in the clear, before the handshake */
@@ -2169,7 +2205,7 @@ static void dispatch_line(sess *s, char *line)
         sess_reply(s, 221, "So long, and thanks for all the fish!", NULL);
         s->close_after_write = true;
         sess_set_state(s, SS_CLOSING);
-        bufferevent_disable(s->bev, EV_READ);
+        sess_reading(s, false);
     } else if (strcasecmp(verb, "STARTTLS") == 0)
         cmd_starttls(s);
     else if (strcasecmp(verb, "AUTH") == 0)
@@ -2189,7 +2225,7 @@ static void sess_process(sess *s)
     if (s->in_loop || s->dead || !s->bev)
         return;
     s->in_loop = true;
-    struct evbuffer *in = bufferevent_get_input(s->bev);
+    struct evbuffer *in = sess_in(s);
     while (!s->busy && !s->dead && s->state != SS_CLOSING && s->state != SS_CONNECT) {
         if (s->state == SS_DATA) {
             if (!data_consume(s, in))
@@ -2244,6 +2280,39 @@ static void sess_process(sess *s)
 static void sess_read_cb(struct bufferevent *bev, void *arg)
 {
     sess_process(arg);
+}
+
+/* The client said nothing for client_timeout (reading is on only while the
+ * session waits for the client). */
+static void sess_idle_timeout(sess *s)
+{
+    DDEBUG(SMOD, "session=%s peer=%s idle too long in state %s", s->session_id, s->peer_str,
+           state_names[s->state]);
+    sess_replyf(s, 421, NULL, "4.3.2 %s idle too long", s->ln->hostname);
+}
+
+/* A plain session's socket: readable, or idle for client_timeout. */
+static void sess_rev_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sess *s = arg;
+    if (s->dead)
+        return;
+    if (what & EV_TIMEOUT) {
+        if (!s->busy) /* waiting on policy/spool: the processing deadline governs */
+            sess_idle_timeout(s);
+        return;
+    }
+    ssize_t n = net_read_some(s->inq, fd, SESS_READ_MAX);
+    if (n > 0) {
+        sess_process(s);
+        return;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    if (n < 0)
+        DDEBUG(SMOD, "session=%s peer=%s read failed: %s", s->session_id, s->peer_str,
+               strerror(errno));
+    sess_reap_soon(s); /* end of stream or a socket error */
 }
 
 /* A TLS session's final reply sits in the filter's underlying buffer after
@@ -2302,15 +2371,15 @@ static void sess_event_cb(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (what & BEV_EVENT_TIMEOUT) {
+        /* libevent turned off what timed out: reading (TLS sessions) or
+         * writing (the client does not read its replies) */
         if (s->busy) {
             /* waiting on policy/spool: the processing deadline governs */
-            bufferevent_enable(bev, EV_READ);
+            bufferevent_enable(bev, (what & BEV_EVENT_READING) ? EV_READ : EV_WRITE);
             return;
         }
-        DDEBUG(SMOD, "session=%s peer=%s idle too long in state %s", s->session_id,
-               s->peer_str, state_names[s->state]);
-        bufferevent_enable(bev, EV_READ | EV_WRITE);
-        sess_replyf(s, 421, NULL, "4.3.2 %s idle too long", s->ln->hostname);
+        bufferevent_enable(bev, s->filtered ? EV_READ | EV_WRITE : EV_WRITE);
+        sess_idle_timeout(s);
         return;
     }
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
@@ -2364,7 +2433,9 @@ static void on_accept(listener_cfg *ln, int fd, struct sockaddr *sa, socklen_t s
      * accepted one). */
     s->bev = bufferevent_socket_new(reactor_base(r), fd, BEV_OPT_CLOSE_ON_FREE);
     s->outq = evbuffer_new();
-    if (!s->bev || !s->outq) {
+    s->inq = evbuffer_new();
+    s->rev = event_new(reactor_base(r), fd, EV_READ | EV_PERSIST, sess_rev_cb, s);
+    if (!s->bev || !s->outq || !s->inq || !s->rev) {
         if (!s->bev)
             close(fd); /* else bufferevent_free closes it */
         sess_free(s);
@@ -2378,8 +2449,8 @@ static void on_accept(listener_cfg *ln, int fd, struct sockaddr *sa, socklen_t s
     bufferevent_setcb(s->bev, sess_read_cb, sess_write_cb, sess_event_cb, s);
     struct timeval tv = {ln->client_timeout_ns / NS_PER_SEC,
                          (ln->client_timeout_ns % NS_PER_SEC) / 1000};
-    bufferevent_set_timeouts(s->bev, &tv, &tv);
-    bufferevent_enable(s->bev, EV_READ); /* EV_WRITE: see sess_flush */
+    bufferevent_set_timeouts(s->bev, &tv, &tv); /* the write timeout */
+    sess_reading(s, true); /* the bufferevent writes only; EV_WRITE: see sess_flush */
     DDEBUG(SMOD, "session=%s accepted peer=%s via=%s", s->session_id, s->peer_str,
            s->local_str);
 
