@@ -48,6 +48,11 @@ typedef struct spool__backend {
      * the facade's syncer thread while the writer thread applies to the
      * other store. NULL: the backend syncs inside apply() only. */
     int (*sync_wal)(spool_store *st);
+    /* Makes every write applied so far durable, also those applied while
+     * skip_wal was set (RocksDB: the memtables written out as tables and
+     * synced). Writer thread, or before the writer starts. NULL: the
+     * backend has no WAL to skip. */
+    int (*persist)(spool_store *st);
 } spool__backend;
 
 /* The part every backend store starts with. */
@@ -59,6 +64,12 @@ struct spool_store {
     /* LocalDisk with flush=true syncs every write, not only sync'ed saves
      * (KumoMTA's semantics); the facade reads this to count syncs right. */
     bool sync_all;
+    /* Set by the facade while the spool journal records every group: unsynced
+     * writes then skip the store's own WAL (the journal is the log that
+     * brings them back after a crash), and a journal checkpoint calls
+     * persist() instead of sync_wal(). Writes that ask for a sync still go
+     * through the WAL. Read by apply() only. */
+    bool skip_wal;
     spool_params params; /* copy of the scalar settings (strings and json not owned) */
 };
 

@@ -32,6 +32,7 @@ typedef struct rocks_store {
     rocksdb_options_t *opts;
     rocksdb_writeoptions_t *wo_sync;
     rocksdb_writeoptions_t *wo_nosync;
+    rocksdb_writeoptions_t *wo_nowal; /* skip_wal: no WAL append at all */
     rocksdb_readoptions_t *ro_get;
     rocksdb_readoptions_t *ro_scan;
     rocksdb_writebatch_t *wb; /* writer thread only; cleared per apply */
@@ -319,7 +320,8 @@ static void rocks_apply(spool_store *st, spool__wop *ops, size_t n)
     /* One write for the whole group: one WAL append and, when any op needs
      * it, one WAL fsync shared by all of them. This write blocks during a
      * RocksDB write stall; that holds up only this writer thread. */
-    rocksdb_write(rs->db, sync ? rs->wo_sync : rs->wo_nosync, rs->wb, &errp);
+    rocksdb_write(rs->db, sync ? rs->wo_sync : st->skip_wal ? rs->wo_nowal : rs->wo_nosync, rs->wb,
+                  &errp);
     if (errp != NULL) {
         rc = rocks_err_code(errp);
         rocksdb_free(errp);
@@ -382,19 +384,32 @@ static int rocks_iterate(spool_store *st, spool__each_fn each, void *ud, unsigne
     return rc;
 }
 
+/* The memtables written out as tables (synced, with the MANIFEST): every
+ * write so far is durable, WAL or not. */
+static int rocks_persist(spool_store *st)
+{
+    rocks_store *rs = (rocks_store *)st;
+    rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
+    char *errp = NULL;
+    rocksdb_flushoptions_set_wait(fo, 1);
+    rocksdb_flush(rs->db, fo, &errp);
+    rocksdb_flushoptions_destroy(fo);
+    if (errp == NULL)
+        return 0;
+    int rc = rocks_err_code(errp);
+    rocksdb_free(errp);
+    return rc < 0 ? rc : KERR_IO;
+}
+
 static void rocks_close(spool_store *st)
 {
     rocks_store *rs = (rocks_store *)st;
     if (rs->db != NULL) {
         /* Orderly close: persist the memtables as tables now, so the next
          * start does not replay the WAL (seconds with a large queue). A
-         * failure (full disk...) changes nothing: the WAL still has it all. */
-        rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
-        char *errp = NULL;
-        rocksdb_flushoptions_set_wait(fo, 1);
-        rocksdb_flush(rs->db, fo, &errp);
-        rocksdb_free(errp);
-        rocksdb_flushoptions_destroy(fo);
+         * failure (full disk...) changes nothing: the WAL, or the spool
+         * journal for writes that skipped it, still has it all. */
+        (void)rocks_persist(st);
         rocksdb_close(rs->db);
     }
     if (rs->wb != NULL)
@@ -405,6 +420,8 @@ static void rocks_close(spool_store *st)
         rocksdb_readoptions_destroy(rs->ro_get);
     if (rs->wo_nosync != NULL)
         rocksdb_writeoptions_destroy(rs->wo_nosync);
+    if (rs->wo_nowal != NULL)
+        rocksdb_writeoptions_destroy(rs->wo_nowal);
     if (rs->wo_sync != NULL)
         rocksdb_writeoptions_destroy(rs->wo_sync);
     if (rs->opts != NULL)
@@ -463,6 +480,7 @@ static const spool__backend rocks_backend = {
     .iterate = rocks_iterate,
     .close = rocks_close,
     .sync_wal = rocks_sync_wal,
+    .persist = rocks_persist,
 };
 
 /* RocksDB locks <path>/LOCK itself (fcntl), but only after it has rotated
@@ -567,6 +585,9 @@ int spool__rocks_open(const spool_params *p, spool_store **out, char *err, size_
     rocksdb_writeoptions_set_sync(rs->wo_sync, 1);
     rs->wo_nosync = rocksdb_writeoptions_create();
     rocksdb_writeoptions_set_sync(rs->wo_nosync, 0);
+    rs->wo_nowal = rocksdb_writeoptions_create();
+    rocksdb_writeoptions_set_sync(rs->wo_nowal, 0);
+    rocksdb_writeoptions_disable_WAL(rs->wo_nowal, 1);
     rs->ro_get = rocksdb_readoptions_create();
     /* A load reads a message once per delivery attempt, typically hours
      * apart: caching its blocks only grows resident memory. */

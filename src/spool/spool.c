@@ -672,10 +672,31 @@ static int stores_sync(spool *sp)
     return rc < 0 ? rc : drc;
 }
 
+/* While the journal records every group, the stores take their unsynced
+ * writes without their WALs (skip_wal): one write of each body instead of
+ * two, and no WAL pages for the kernel to write back. Only with backends
+ * that can persist such writes later. */
+static void stores_skip_wal(spool *sp, bool on)
+{
+    bool can = sp->data->be->persist != NULL && sp->meta->be->persist != NULL;
+    sp->data->skip_wal = sp->meta->skip_wal = on && can;
+}
+
+/* Every write applied so far to both stores made durable: a WAL sync, or,
+ * when writes skipped the WAL, the memtables persisted as tables. */
+static int stores_durable(spool *sp)
+{
+    if (!sp->data->skip_wal && !sp->meta->skip_wal)
+        return stores_sync(sp);
+    int rc = sp->meta->be->persist(sp->meta);
+    int drc = sp->data->be->persist(sp->data);
+    return rc < 0 ? rc : drc;
+}
+
 /* The stores durable, then a new lap of the journal. */
 static int journal_checkpoint(spool *sp)
 {
-    int rc = stores_sync(sp);
+    int rc = stores_durable(sp);
     if (rc == 0)
         rc = spool__journal_checkpoint(sp->journal);
     if (rc == 0)
@@ -690,7 +711,8 @@ static int journal_checkpoint(spool *sp)
 static void journal_give_up(spool *sp, int err)
 {
     const char *path = spool__journal_path(sp->journal);
-    int rc = stores_sync(sp);
+    int rc = stores_durable(sp);
+    stores_skip_wal(sp, false);
     if (rc == 0 && unlink(path) == 0) {
         DERROR("kumod::spool",
                "the spool journal %s failed (%s): removed it; group commits sync the %s and %s "
@@ -758,18 +780,26 @@ static void write_segment(spool *sp, spool_req **reqs, size_t n)
                 sp->jops_cap = n;
             }
         }
+        size_t len = 0;
         if (sp->jops_cap >= n) {
             bool unused;
-            size_t len = spool__journal_record_len(sp->jops, journal_ops(sp, reqs, n, &unused));
+            len = spool__journal_record_len(sp->jops, journal_ops(sp, reqs, n, &unused));
             journaled = spool__journal_takes(sp->journal, len);
-            if (journaled && !spool__journal_room(sp->journal, len)) {
-                int rc = journal_checkpoint(sp);
-                if (rc < 0) {
-                    journal_give_up(sp, rc);
-                    journaled = false;
-                }
+        }
+        /* A group that does not fit the journal (or no memory for its ops)
+         * goes through the stores' WALs and syncs, after a new lap of the
+         * journal with the stores made durable, so that no replay ever puts
+         * older records back over this group. A group that fits, but not in
+         * what is left of this lap, also waits for a new one. */
+        if (!journaled || !spool__journal_room(sp->journal, len)) {
+            int rc = journal_checkpoint(sp);
+            if (rc < 0) {
+                journal_give_up(sp, rc);
+                journaled = false;
             }
         }
+        if (!journaled)
+            stores_skip_wal(sp, false);
     }
 
     /* 1. Every data half. With a syncer, written unsynced here and synced
@@ -874,9 +904,7 @@ static void write_segment(spool *sp, spool_req **reqs, size_t n)
             journal_give_up(sp, rc);
         }
     } else if (sp->journal != NULL) {
-        int rc = journal_checkpoint(sp);
-        if (rc < 0)
-            journal_give_up(sp, rc);
+        stores_skip_wal(sp, true); /* this group went through the WALs */
     }
     free(who);
 
@@ -1193,6 +1221,7 @@ static int journal_start(spool *sp)
                kerr_str(rc));
         goto fail;
     }
+    stores_skip_wal(sp, true); /* replayed through the WALs; from now on the journal logs */
     DINFO("kumod::spool", "spool journal %s (%llu KiB): replayed %llu records (%llu operations)",
           path, (unsigned long long)(spool__journal_size(sp->journal) >> 10),
           (unsigned long long)records, (unsigned long long)nops);

@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1076,6 +1078,143 @@ static void test_journal_damaged_refuses_start(void **state)
     free(jpath);
 }
 
+/* ---- a crash (kill -9) with the stores' WALs skipped ------------------ */
+
+enum { CRASH_N = 200, CRASH_REMOVED = 50, CRASH_BIG = 3, CRASH_DATA = 4000 };
+
+/* The body of message i: CRASH_DATA bytes (big ones: 400 KB) derived from i. */
+static char *crash_body(int i, size_t *len)
+{
+    *len = i >= 1000 ? 400 * 1000 : CRASH_DATA;
+    char *b = malloc(*len + 1);
+    assert_non_null(b);
+    for (size_t k = 0; k < *len; k++)
+        b[k] = (char)('a' + (i * 7 + (int)k) % 26);
+    b[*len] = 0;
+    return b;
+}
+
+/* Runs in a fresh process (the test binary re-executed, so RocksDB's
+ * threads are its own): CRASH_N acknowledged saves, CRASH_REMOVED of them
+ * removed, with "big" also CRASH_BIG saves too large for a 1 MiB journal
+ * (they go through the WALs), then SIGKILL: whatever sits in memtables is
+ * lost, as in a crash. */
+static int crash_child(const char *dir, const char *mode)
+{
+    bool big = strcmp(mode, "big") == 0;
+    if (big)
+        g_journal_size = "1MiB";
+    spool *sp = open_spool(dir, SPOOL_KIND_ROCKSDB, true);
+    spoolid ids[CRASH_N];
+    waiter w;
+    waiter_init(&w);
+    for (int i = 0; i < CRASH_N; i++) {
+        size_t len;
+        char *data = crash_body(i, &len);
+        char *meta = xstrdup_printf("crash-%d", i);
+        test_id(&ids[i]);
+        save_one(sp, &w, &ids[i], meta, data, true);
+        free(meta);
+        free(data);
+        if (big && i == CRASH_N / 2)
+            for (int b = 0; b < CRASH_BIG; b++) {
+                spoolid id;
+                data = crash_body(1000 + b, &len);
+                meta = xstrdup_printf("crash-%d", 1000 + b);
+                test_id(&id);
+                save_one(sp, &w, &id, meta, data, true);
+                free(meta);
+                free(data);
+            }
+    }
+    waiter_wait(&w);
+    for (int i = 0; i < CRASH_REMOVED; i++) {
+        waiter_add(&w, 1 << 30);
+        spool_remove(sp, &ids[i], on_done, &w);
+    }
+    waiter_wait(&w);
+    if (w.errors != 0)
+        return 3;
+    kill(getpid(), SIGKILL);
+    return 4;
+}
+
+static const char *g_self; /* argv[0]: the crash child re-executes it */
+
+static off_t wal_bytes(const char *dir)
+{
+    off_t total = 0;
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        size_t l = strlen(e->d_name);
+        if (l > 4 && strcmp(e->d_name + l - 4, ".log") == 0) {
+            char *p = xstrdup_printf("%s/%s", dir, e->d_name);
+            struct stat st;
+            if (stat(p, &st) == 0)
+                total += st.st_size;
+            free(p);
+        }
+    }
+    closedir(d);
+    return total;
+}
+
+static void crash_and_check(const char *dir, const char *mode)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        execl(g_self, g_self, "--crash-child", dir, mode, (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+
+    bool big = strcmp(mode, "big") == 0;
+    char *ddir = xstrdup_printf("%s/data", dir);
+    if (!big) /* the bodies never went through the data store's WAL */
+        assert_true(wal_bytes(ddir) < (off_t)CRASH_N * CRASH_DATA / 10);
+    free(ddir);
+
+    if (big)
+        g_journal_size = "1MiB";
+    spool *sp = open_spool(dir, SPOOL_KIND_ROCKSDB, true);
+    enum_res e;
+    enumerate_sync(sp, &e);
+    size_t want = CRASH_N - CRASH_REMOVED + (big ? CRASH_BIG : 0);
+    assert_int_equal(e.n, want);
+    for (size_t j = 0; j < e.n; j++) {
+        int i = -1;
+        assert_int_equal(sscanf(e.items[j].meta, "crash-%d", &i), 1);
+        assert_true(i >= CRASH_REMOVED);
+        size_t len;
+        char *body = crash_body(i, &len);
+        assert_loads(sp, &e.items[j].id, true, body);
+        free(body);
+    }
+    enum_res_fini(&e);
+    spool_free(sp);
+    g_journal_size = NULL;
+}
+
+/* kill -9 after acknowledged saves and removes: with the journal on, the
+ * stores took them without their WALs, so the memtables that held them are
+ * gone; the journal brings every one back, and no removed one. */
+static void test_journal_recovers_a_crash_without_store_wals(void **state)
+{
+    crash_and_check(((fixture *)*state)->dir, "small");
+}
+
+/* The same with saves too large for the journal in between (1 MiB ring:
+ * a 400 KB record does not fit a quarter of it): they go through the WALs
+ * after a checkpoint, and journaled saves before and after them survive. */
+static void test_journal_recovers_a_crash_around_groups_too_large_for_it(void **state)
+{
+    crash_and_check(((fixture *)*state)->dir, "big");
+}
+
 static void test_bench_rocks(void **state)
 {
     fixture *f = *state;
@@ -1095,8 +1234,11 @@ static void test_bench_local_disk(void **state)
     bench(((fixture *)*state)->dir, SPOOL_KIND_LOCALDISK, 4000, 16);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    g_self = argv[0];
+    if (argc == 4 && strcmp(argv[1], "--crash-child") == 0)
+        return crash_child(argv[2], argv[3]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_params_validation),
         cmocka_unit_test(test_params_values),
@@ -1117,6 +1259,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_journal_off, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_journal_damaged_refuses_start, setup_dir,
                                         teardown_dir),
+        cmocka_unit_test_setup_teardown(test_journal_recovers_a_crash_without_store_wals,
+                                        setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(
+            test_journal_recovers_a_crash_around_groups_too_large_for_it, setup_dir,
+            teardown_dir),
         cmocka_unit_test_setup_teardown(test_bench_rocks, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_bench_local_disk, setup_dir, teardown_dir),
     };
