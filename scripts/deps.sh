@@ -7,7 +7,7 @@ $SUDO apt-get update -q
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
   build-essential cmake pkg-config ca-certificates \
   libevent-dev liblua5.4-dev librocksdb-dev libjansson-dev libzstd-dev zstd \
-  libc-ares-dev libssl-dev openssl uuid-dev libcmocka-dev libcurl4-openssl-dev \
+  libc-ares-dev libssl-dev openssl uuid-dev libcmocka-dev libcurl4-openssl-dev libjemalloc-dev \
   python3 python3-pytest python3-aiosmtpd python3-zstandard python3-prometheus-client \
   swaks postfix dnsmasq-base procps curl
 # Debian's postfix package starts a system mail daemon; we never use it.
