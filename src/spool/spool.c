@@ -904,7 +904,7 @@ static void write_segment(spool *sp, spool_req **reqs, size_t n)
             journal_give_up(sp, rc);
         }
     } else if (sp->journal != NULL) {
-        stores_skip_wal(sp, true); /* this group went through the WALs */
+        stores_skip_wal(sp, true); /* the groups after this one skip the WALs again */
     }
     free(who);
 

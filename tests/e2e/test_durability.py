@@ -246,6 +246,23 @@ def test_sigterm_while_enumerated_messages_churn_exits_cleanly(kumod_factory):
     assert k.stop() == 0, k.diag()
 
 
+def sigterm_rounds(k, tag, rounds=4, n=40):
+    """Starts k, sends n messages to n new domains ("r@<tag><round>-<i>.example"),
+    stops it with SIGTERM a little later each round (0, 50, 100... ms) and
+    asserts a clean exit. Returns how many messages were acknowledged."""
+    import time
+    for rnd in range(rounds):
+        k.start()
+        s = k.smtp(ehlo=f"{tag}.e2e.test")
+        for i in range(n):
+            assert s.sendmail("src@a.example", [f"r@{tag}{rnd}-{i}.example"],
+                              f"Subject: {tag}\r\n\r\nbody\r\n".encode()) == {}
+        s.close()
+        time.sleep(0.05 * rnd)
+        assert k.stop() == 0, k.diag()
+    return rounds * n
+
+
 def test_sigterm_while_queues_wait_for_their_mx_exits_cleanly(kumod_factory):
     """Regression: SIGTERM while scheduled queues are still resolving their
     MX. The queues are freed at shutdown while the reactors still run (the
@@ -253,21 +270,10 @@ def test_sigterm_while_queues_wait_for_their_mx_exits_cleanly(kumod_factory):
     freed queue (it did: SIGSEGV in sched_site_resolved). A NullDns holds its
     NXDOMAIN answers back 0-400 ms, staggered, so that some land inside that
     window in each of the rounds; every message is still there afterwards."""
-    import time
     dns = NullDns(delay=lambda n: 0.01 * (n % 40))
     k = kumod_factory(start=False, threads=2,
                       init=f"kumo.dns.configure_resolver {{ name_servers = {{ '{dns.addr}' }} }}")
-    total = 0
-    for rnd in range(4):
-        k.start()
-        s = k.smtp(ehlo="mx-wait.e2e.test")
-        for i in range(40):
-            assert s.sendmail("src@a.example", [f"r@wait{rnd}-{i}.example"],
-                              b"Subject: mx wait\r\n\r\nbody\r\n") == {}
-        total += 40
-        s.close()
-        time.sleep(0.05 * rnd)
-        assert k.stop() == 0, k.diag()
+    total = sigterm_rounds(k, "wait")
     k.start()
     m = k.wait_diag(r"spool enumeration done: (\d+) messages \((\d+) unreadable\)", 60)
     assert (int(m.group(1)), int(m.group(2))) == (total, 0), m.group(0)
@@ -281,7 +287,6 @@ def test_sigterm_while_a_queue_handler_sleeps_exits_cleanly(kumod_factory, event
     get_queue_config, or a ready queue whose get_egress_path_config, is still
     waiting (kumo.sleep, staggered 0-400 ms) when the queues are freed: the
     handler's completion must not reach the freed queue."""
-    import time
     # one site per domain (so one ready queue each), at a port nobody serves
     handlers = f"""
 local n, sites = 0, 0
@@ -300,15 +305,7 @@ kumo.on('get_egress_path_config', function(domain, source, site)
 end)
 """
     k = kumod_factory(start=False, threads=2, handlers=handlers)
-    for rnd in range(4):
-        k.start()
-        s = k.smtp(ehlo="cfg-wait.e2e.test")
-        for i in range(40):
-            assert s.sendmail("src@a.example", [f"r@cfg{rnd}-{i}.example"],
-                              b"Subject: cfg wait\r\n\r\nbody\r\n") == {}
-        s.close()
-        time.sleep(0.05 * rnd)
-        assert k.stop() == 0, k.diag()
+    sigterm_rounds(k, "cfg")
 
 
 def spool_stats(k):
