@@ -949,7 +949,7 @@ static void rcpt_after_event(inject_job *j, inj_rcpt *r)
     j->saves_pending++;
     m->meta_dirty = m->data_dirty = false;
     /* durable before the 200 */
-    spool_save(sp, &m->id, meta, ml, data, m->data_len, true, save_done, x);
+    spool_save_new(sp, &m->id, meta, ml, data, m->data_len, true, save_done, x);
 }
 
 static void after_generated(klua_call *c, int status, void *ud)

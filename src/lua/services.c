@@ -248,13 +248,14 @@ void services_shutdown(void)
         DINFO("kumod::spool",
               "spool stats: saves=%llu syncs=%llu synced_saves=%llu (%.1f saves per sync) "
               "removes=%llu loads=%llu errors=%llu delayed_groups=%llu groups=%llu "
-              "journal_checkpoints=%llu",
+              "journal_checkpoints=%llu never_stored=%llu",
               (unsigned long long)st.saves, (unsigned long long)st.syncs,
               (unsigned long long)st.synced_saves,
               st.syncs ? (double)st.synced_saves / (double)st.syncs : 0.0,
               (unsigned long long)st.removes, (unsigned long long)st.loads,
               (unsigned long long)st.errors, (unsigned long long)st.delayed_groups,
-              (unsigned long long)st.groups, (unsigned long long)st.journal_checkpoints);
+              (unsigned long long)st.groups, (unsigned long long)st.journal_checkpoints,
+              (unsigned long long)st.never_stored);
         spool_free(the_spool);
         the_spool = NULL;
     }

@@ -1926,8 +1926,8 @@ static void finish_reception(sess *s)
             m->meta_dirty = m->data_dirty = false;
             m->in_spool = true;
             /* durable before the 250 unless the operator opted out */
-            spool_save(sp, &m->id, meta, ml, data, m->data_len,
-                       services_spool_sync() || m->force_sync, save_done, x);
+            spool_save_new(sp, &m->id, meta, ml, data, m->data_len,
+                           services_spool_sync() || m->force_sync, save_done, x);
         }
         if (any_saving) {
             s->busy = true;

@@ -43,6 +43,7 @@
 #include "spool/backend.h"
 #include "spool/health.h"
 #include "spool/journal.h"
+#include "spool/pending.h"
 #include "spool/spool.h"
 
 #define SPOOL_READERS 2
@@ -406,6 +407,7 @@ typedef struct spool_req {
     req_type type;
     bool sync;
     bool want_data;
+    bool fresh; /* a save: the first of a new id (see spool_save_new) */
     spoolid id;
     char *meta; /* owned */
     size_t meta_len;
@@ -493,11 +495,15 @@ struct spool {
     spool__journal *journal;
     spool__jop *jops;
     size_t jops_cap;
+    /* What the journal holds and the stores do not yet (pending.h). The
+     * writer changes it under pmu; readers look ids up under pmu. */
+    pthread_mutex_t pmu;
+    spool__pend pend;
 
     int64_t commit_delay_ns;
     long commit_siblings;
     _Atomic uint64_t saves, syncs, synced_saves, removes, loads, errors, delayed_groups, groups;
-    _Atomic uint64_t journal_checkpoints;
+    _Atomic uint64_t journal_checkpoints, never_stored;
     spool_health *health;
 };
 
@@ -694,9 +700,62 @@ static int stores_durable(spool *sp)
 }
 
 /* The stores durable, then a new lap of the journal. */
+/* Writes the pending set to the stores (unsynced; the caller makes them
+ * durable) in the order of a group commit: data puts, then metas and meta
+ * deletes, then data deletes. On success the set is emptied; on failure it
+ * is kept (the journal still holds all of it). Writer thread, or when it is
+ * not running. */
+static int pend_flush(spool *sp)
+{
+    spool__pend *p = &sp->pend;
+    if (p->count == 0)
+        return 0;
+    /* its own array: the writer's scratch (sp->wops) is in use by the
+     * group that asked for this checkpoint */
+    spool__wop *ops = malloc(p->count * sizeof(*ops));
+    if (ops == NULL)
+        return KERR_NOMEM;
+    for (int step = 0; step < 3; step++) {
+        spool_store *st = step == 1 ? sp->meta : sp->data;
+        size_t k = 0;
+        for (size_t i = 0; i < p->cap; i++) {
+            const spool__pend_ent *e = &p->slots[i];
+            if (e->state == PEND_FREE)
+                continue;
+            bool save = e->state == PEND_SAVE;
+            if (step == 0 && save && e->data != NULL)
+                ops[k++] = (spool__wop){&e->id, e->data, e->data_len, false, 0};
+            else if (step == 1)
+                ops[k++] = (spool__wop){&e->id, save ? e->meta : NULL, save ? e->meta_len : 0,
+                                        false, 0};
+            else if (step == 2 && (!save || e->drop_data))
+                ops[k++] = (spool__wop){&e->id, NULL, 0, false, 0};
+        }
+        if (k == 0)
+            continue;
+        st->be->apply(st, ops, k);
+        for (size_t i = 0; i < k; i++)
+            if (ops[i].err < 0) {
+                int rc = ops[i].err;
+                DERROR("kumod::spool", "writing the journal's pending operations to the %s spool "
+                                       "at %s failed: %s",
+                       st->name, st->path, kerr_str(rc));
+                free(ops);
+                return rc;
+            }
+    }
+    free(ops);
+    pthread_mutex_lock(&sp->pmu);
+    spool__pend_clear(p);
+    pthread_mutex_unlock(&sp->pmu);
+    return 0;
+}
+
 static int journal_checkpoint(spool *sp)
 {
-    int rc = stores_durable(sp);
+    int rc = pend_flush(sp);
+    if (rc == 0)
+        rc = stores_durable(sp);
     if (rc == 0)
         rc = spool__journal_checkpoint(sp->journal);
     if (rc == 0)
@@ -711,7 +770,9 @@ static int journal_checkpoint(spool *sp)
 static void journal_give_up(spool *sp, int err)
 {
     const char *path = spool__journal_path(sp->journal);
-    int rc = stores_durable(sp);
+    int rc = pend_flush(sp);
+    if (rc == 0)
+        rc = stores_durable(sp);
     stores_skip_wal(sp, false);
     if (rc == 0 && unlink(path) == 0) {
         DERROR("kumod::spool",
@@ -754,6 +815,77 @@ static size_t journal_ops(spool *sp, spool_req **reqs, size_t n, bool *sync)
     return m;
 }
 
+/* The removes of a group, straight to the stores (metas first, so that no
+ * meta points at deleted data); unsynced. For a group whose journal record
+ * failed, after the journal was given up. */
+static void write_removes(spool *sp, spool_req **reqs, size_t n)
+{
+    spool__wop *ops = wops_reserve(sp, n);
+    spool_req **who = malloc(n * sizeof(*who));
+    for (int step = 0; step < 2; step++) {
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++) {
+            spool_req *r = reqs[i];
+            if (r->type != REQ_REMOVE || r->err < 0)
+                continue;
+            if (ops == NULL || who == NULL) {
+                r->err = KERR_NOMEM;
+                continue;
+            }
+            ops[k] = (spool__wop){&r->id, NULL, 0, false, 0};
+            who[k++] = r;
+        }
+        run_apply(step == 0 ? sp->meta : sp->data, ops, k, who);
+    }
+    free(who);
+    if (sp->pend.count > 0) {
+        /* what the journal still held for them is void now */
+        pthread_mutex_lock(&sp->pmu);
+        for (size_t i = 0; i < n; i++)
+            if (reqs[i]->type == REQ_REMOVE && reqs[i]->err == 0)
+                spool__pend_forget(&sp->pend, &reqs[i]->id);
+        pthread_mutex_unlock(&sp->pmu);
+    }
+}
+
+/* A group the journal records: its record (synced when a save asked for
+ * it) is all it writes; its saves and removes wait in the pending set for
+ * the next checkpoint, where a remove that met its message's save leaves
+ * nothing to write. */
+static void write_journaled(spool *sp, spool_req **reqs, size_t n)
+{
+    bool jsync;
+    size_t m = journal_ops(sp, reqs, n, &jsync);
+    int rc = m == 0 ? 0
+                    : spool__journal_append(sp->journal, sp->jops, m,
+                                            spool__journal_record_len(sp->jops, m), jsync);
+    if (rc < 0) {
+        /* Not durable: the saves fail (their clients were not acknowledged
+         * and will retry). Giving the journal up writes what it had pending
+         * to the stores; this group's removes then go there too. */
+        for (size_t i = 0; i < n; i++)
+            if (reqs[i]->type == REQ_SAVE)
+                reqs[i]->err = rc;
+        journal_give_up(sp, rc);
+        write_removes(sp, reqs, n);
+        return;
+    }
+    uint64_t drops = sp->pend.drops;
+    pthread_mutex_lock(&sp->pmu);
+    for (size_t i = 0; i < n; i++) {
+        spool_req *r = reqs[i];
+        if (r->type == REQ_SAVE) {
+            spool__pend_save(&sp->pend, &r->id, r->meta, r->meta_len, r->data,
+                             r->data != NULL ? r->data_len : 0, r->fresh);
+            r->meta = r->data = NULL;
+        } else {
+            spool__pend_remove(&sp->pend, &r->id);
+        }
+    }
+    pthread_mutex_unlock(&sp->pmu);
+    stat_add(&sp->never_stored, sp->pend.drops - drops);
+}
+
 static void write_segment(spool *sp, spool_req **reqs, size_t n)
 {
     spool__wop *ops = wops_reserve(sp, n);
@@ -786,6 +918,13 @@ static void write_segment(spool *sp, spool_req **reqs, size_t n)
             len = spool__journal_record_len(sp->jops, journal_ops(sp, reqs, n, &unused));
             journaled = spool__journal_takes(sp->journal, len);
         }
+        if (journaled) {
+            /* room in the pending set, so that recording the group there
+             * cannot fail once its record is written */
+            pthread_mutex_lock(&sp->pmu);
+            journaled = spool__pend_reserve(&sp->pend, n) == 0;
+            pthread_mutex_unlock(&sp->pmu);
+        }
         /* A group that does not fit the journal (or no memory for its ops)
          * goes through the stores' WALs and syncs, after a new lap of the
          * journal with the stores made durable, so that no replay ever puts
@@ -800,6 +939,23 @@ static void write_segment(spool *sp, spool_req **reqs, size_t n)
         }
         if (!journaled)
             stores_skip_wal(sp, false);
+    }
+    if (journaled) {
+        write_journaled(sp, reqs, n);
+        free(who);
+        goto callbacks;
+    }
+    if (sp->pend.count > 0) {
+        /* The journal was given up with operations still pending (the
+         * stores refused them then): they go before this group, or it
+         * fails. */
+        int rc = pend_flush(sp);
+        if (rc < 0) {
+            for (size_t i = 0; i < n; i++)
+                reqs[i]->err = rc;
+            free(who);
+            goto callbacks;
+        }
     }
 
     /* 1. Every data half. With a syncer, written unsynced here and synced
@@ -816,7 +972,7 @@ static void write_segment(spool *sp, spool_req **reqs, size_t n)
         spool_req *r = reqs[i];
         if (r->type != REQ_SAVE || r->data == NULL)
             continue;
-        bool sync = !journaled && (r->sync || sp->data->sync_all);
+        bool sync = r->sync || sp->data->sync_all;
         if (sync && sp->syncer_started) {
             parallel = true;
             sync = false;
@@ -836,8 +992,7 @@ static void write_segment(spool *sp, spool_req **reqs, size_t n)
         if (r->err < 0)
             continue;
         if (r->type == REQ_SAVE)
-            ops[k] = (spool__wop){&r->id, r->meta, r->meta_len,
-                                  !journaled && (r->sync || sp->meta->sync_all), 0};
+            ops[k] = (spool__wop){&r->id, r->meta, r->meta_len, r->sync || sp->meta->sync_all, 0};
         else
             ops[k] = (spool__wop){&r->id, NULL, 0, false, 0};
         who[k++] = r;
@@ -878,34 +1033,13 @@ static void write_segment(spool *sp, spool_req **reqs, size_t n)
     }
     run_apply(sp->data, ops, k, who);
 
-    /* 4. With the journal: the group's record, synced when a save asked
-     * for it, makes everything above durable. A group too large for it went
-     * through the stores' syncs instead; the journal then starts a new lap,
-     * so that no replay puts older records back over this group. */
-    if (journaled) {
-        bool jsync;
-        size_t m = journal_ops(sp, reqs, n, &jsync);
-        int rc = m == 0 ? 0
-                        : spool__journal_append(sp->journal, sp->jops, m,
-                                                spool__journal_record_len(sp->jops, m), jsync);
-        if (rc < 0) {
-            /* Not durable: fail the group's saves and take their metas back
-             * (the clients were not acknowledged and will retry). */
-            k = 0;
-            for (size_t i = 0; i < n; i++) {
-                spool_req *r = reqs[i];
-                if (r->type != REQ_SAVE || r->err < 0)
-                    continue;
-                ops[k++] = (spool__wop){&r->id, NULL, 0, false, 0};
-                r->err = rc;
-            }
-            if (k)
-                sp->meta->be->apply(sp->meta, ops, k);
-            journal_give_up(sp, rc);
-        }
-    } else if (sp->journal != NULL) {
-        stores_skip_wal(sp, true); /* the groups after this one skip the WALs again */
-    }
+    /* A group too large for the journal went through the stores' syncs;
+     * the journal started a new lap before it, so that no replay puts older
+     * records back over this group. The groups after it skip the WALs
+     * again. */
+    if (sp->journal != NULL)
+        stores_skip_wal(sp, true);
+
     free(who);
 
 callbacks:
@@ -1027,13 +1161,77 @@ static void *writer_main(void *arg)
 
 typedef struct enum_ctx {
     spool_req *req;
+    spool__pend snap; /* the pending set's ids and metas when the enumeration began */
 } enum_ctx;
 
 static int enum_each(void *ud, const spoolid *id, const char *buf, size_t len)
 {
     enum_ctx *ec = ud;
-    ec->req->each(ec->req->ud, id, buf, len);
+    /* the pending set has the newer state of this id */
+    if (spool__pend_find(&ec->snap, id) == NULL)
+        ec->req->each(ec->req->ud, id, buf, len);
     return 0;
+}
+
+/* Copies the ids and metas of the pending set (what the journal holds and
+ * the meta store does not yet). 0 or KERR_NOMEM. */
+static int pend_snapshot(spool *sp, spool__pend *snap)
+{
+    int rc = 0;
+    pthread_mutex_lock(&sp->pmu);
+    const spool__pend *p = &sp->pend;
+    if (p->count > 0)
+        rc = spool__pend_reserve(snap, p->count);
+    for (size_t i = 0; rc == 0 && i < p->cap; i++) {
+        const spool__pend_ent *e = &p->slots[i];
+        if (e->state == PEND_REMOVE) {
+            spool__pend_remove(snap, &e->id);
+        } else if (e->state == PEND_SAVE) {
+            char *meta = malloc(e->meta_len ? e->meta_len : 1);
+            if (meta == NULL) {
+                rc = KERR_NOMEM;
+                break;
+            }
+            memcpy(meta, e->meta, e->meta_len);
+            spool__pend_save(snap, &e->id, meta, e->meta_len, NULL, 0, false);
+        }
+    }
+    pthread_mutex_unlock(&sp->pmu);
+    return rc;
+}
+
+/* A load the pending set answers: 1 (rc and *buf set), or 0 when the
+ * stores have to. */
+static int load_pending(spool *sp, const spool_req *r, int *rc, char **buf, size_t *len)
+{
+    int found = 1;
+    pthread_mutex_lock(&sp->pmu);
+    const spool__pend_ent *e = spool__pend_find(&sp->pend, &r->id);
+    const char *src = NULL;
+    size_t n = 0;
+    if (e == NULL) {
+        found = 0;
+    } else if (e->state == PEND_REMOVE || (r->want_data && e->data == NULL && e->drop_data)) {
+        *rc = KERR_NOTFOUND;
+    } else if (!r->want_data) {
+        src = e->meta;
+        n = e->meta_len;
+    } else if (e->data != NULL) {
+        src = e->data;
+        n = e->data_len;
+    } else {
+        found = 0; /* a meta-only save: the data half is in the stores */
+    }
+    if (src != NULL) {
+        *buf = malloc(n ? n : 1);
+        *rc = *buf != NULL ? 0 : KERR_NOMEM;
+        if (*buf != NULL) {
+            memcpy(*buf, src, n);
+            *len = n;
+        }
+    }
+    pthread_mutex_unlock(&sp->pmu);
+    return found;
 }
 
 static void do_load(spool *sp, spool_req *r)
@@ -1041,7 +1239,9 @@ static void do_load(spool *sp, spool_req *r)
     spool_store *st = r->want_data ? sp->data : sp->meta;
     char *buf = NULL;
     size_t len = 0;
-    int rc = st->be->get(st, &r->id, &buf, &len);
+    int rc;
+    if (!load_pending(sp, r, &rc, &buf, &len))
+        rc = st->be->get(st, &r->id, &buf, &len);
 
     stat_add(&sp->loads, 1);
     if (rc < 0 && rc != KERR_NOTFOUND) {
@@ -1053,12 +1253,21 @@ static void do_load(spool *sp, spool_req *r)
 
 static void do_enumerate(spool *sp, spool_req *r)
 {
-    enum_ctx ec = {r};
+    enum_ctx ec = {r, {0}};
     unsigned skipped = 0;
     int rc;
 
-    /* The meta store only: start-up must never read message bodies. */
-    rc = sp->meta->be->iterate(sp->meta, enum_each, &ec, &skipped);
+    /* The meta store only: start-up must never read message bodies. The
+     * pending set's metas come after it. */
+    rc = pend_snapshot(sp, &ec.snap);
+    if (rc == 0)
+        rc = sp->meta->be->iterate(sp->meta, enum_each, &ec, &skipped);
+    for (size_t i = 0; rc == 0 && i < ec.snap.cap; i++) {
+        const spool__pend_ent *e = &ec.snap.slots[i];
+        if (e->state == PEND_SAVE)
+            r->each(r->ud, &e->id, e->meta, e->meta_len);
+    }
+    spool__pend_fini(&ec.snap);
     stat_add(&sp->errors, skipped + (rc < 0));
     if (r->done != NULL)
         r->done(r->ud, rc);
@@ -1248,6 +1457,8 @@ static void spool_release(spool *sp)
     free(sp->batch);
     free(sp->wops);
     free(sp->seen);
+    spool__pend_fini(&sp->pend);
+    pthread_mutex_destroy(&sp->pmu);
     free(sp);
 }
 
@@ -1290,7 +1501,8 @@ int spool_new(spool_store *data_take, spool_store *meta_take, spool **out)
               pthread_mutex_init(&sp->mu, NULL) == 0 &&
               pthread_cond_init(&sp->wcond, &mono) == 0 &&
               pthread_cond_init(&sp->rcond, NULL) == 0 &&
-              pthread_mutex_init(&sp->smu, NULL) == 0 && pthread_cond_init(&sp->scond, NULL) == 0;
+              pthread_mutex_init(&sp->smu, NULL) == 0 && pthread_cond_init(&sp->scond, NULL) == 0 &&
+              pthread_mutex_init(&sp->pmu, NULL) == 0;
     pthread_condattr_destroy(&mono);
     if (!init_ok) {
         /* glibc never fails these. */
@@ -1417,8 +1629,8 @@ static void enqueue_write(spool *sp, spool_req *r)
     free(r);
 }
 
-void spool_save(spool *sp, const spoolid *id, char *meta_take, size_t meta_len, char *data_take,
-                size_t data_len, bool sync, spool_done_fn cb, void *ud)
+static void save(spool *sp, const spoolid *id, char *meta_take, size_t meta_len, char *data_take,
+                 size_t data_len, bool sync, bool fresh, spool_done_fn cb, void *ud)
 {
     spool_req *r = calloc(1, sizeof(*r));
     if (r == NULL || meta_take == NULL) {
@@ -1437,9 +1649,22 @@ void spool_save(spool *sp, const spoolid *id, char *meta_take, size_t meta_len, 
     r->data = data_take;
     r->data_len = data_len;
     r->sync = sync;
+    r->fresh = fresh && data_take != NULL;
     r->done = cb;
     r->ud = ud;
     enqueue_write(sp, r);
+}
+
+void spool_save(spool *sp, const spoolid *id, char *meta_take, size_t meta_len, char *data_take,
+                size_t data_len, bool sync, spool_done_fn cb, void *ud)
+{
+    save(sp, id, meta_take, meta_len, data_take, data_len, sync, false, cb, ud);
+}
+
+void spool_save_new(spool *sp, const spoolid *id, char *meta_take, size_t meta_len,
+                    char *data_take, size_t data_len, bool sync, spool_done_fn cb, void *ud)
+{
+    save(sp, id, meta_take, meta_len, data_take, data_len, sync, true, cb, ud);
 }
 
 void spool_remove(spool *sp, const spoolid *id, spool_done_fn cb, void *ud)
@@ -1544,4 +1769,5 @@ void spool_get_stats(spool *sp, spool_stats *out)
     out->delayed_groups = atomic_load_explicit(&sp->delayed_groups, memory_order_relaxed);
     out->groups = atomic_load_explicit(&sp->groups, memory_order_relaxed);
     out->journal_checkpoints = atomic_load_explicit(&sp->journal_checkpoints, memory_order_relaxed);
+    out->never_stored = atomic_load_explicit(&sp->never_stored, memory_order_relaxed);
 }

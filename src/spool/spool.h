@@ -93,6 +93,12 @@ typedef void (*spool_each_fn)(void *ud, const spoolid *id, const char *meta, siz
  * one sync: group commit). cb may be NULL. */
 void spool_save(spool *sp, const spoolid *id, char *meta_take, size_t meta_len,
                 char *data_take, size_t data_len, bool sync, spool_done_fn cb, void *ud);
+/* spool_save for the first save of a new message (data_take not NULL):
+ * nothing is stored under id yet. While the journal records every group, a
+ * remove that follows within the same journal lap then leaves nothing for
+ * the stores to write (the message is only ever in the journal). */
+void spool_save_new(spool *sp, const spoolid *id, char *meta_take, size_t meta_len,
+                    char *data_take, size_t data_len, bool sync, spool_done_fn cb, void *ud);
 /* +1: a save is on its way (an SMTP session is receiving a body); -1 once
  * it is issued or abandoned. While at least commit_siblings are announced,
  * the writer waits commit_delay before a group commit so that they can join. */
@@ -119,6 +125,8 @@ typedef struct spool_stats {
     uint64_t delayed_groups; /* group commits that waited commit_delay */
     uint64_t groups;         /* writer wake-ups: groups of saves and removes written together */
     uint64_t journal_checkpoints; /* journal laps: both stores synced, ring started again */
+    uint64_t never_stored; /* messages saved and removed within one journal lap: never written
+                              to the stores */
 } spool_stats;
 void spool_get_stats(spool *sp, spool_stats *out);
 

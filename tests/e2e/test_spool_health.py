@@ -671,11 +671,13 @@ def corrupt_run(module_kumod_factory):
     """The data spool in RocksDB: message A (100 KB) alone in an SST, whose
     first half is then overwritten in place. Loading A for its second
     attempt fails with a block checksum mismatch (Corruption), which latches
-    at once; B (in the memtable) are held; the SST's bytes are put back."""
+    at once; B (in the memtable) are held; the SST's bytes are put back.
+    Without the spool journal: with it, A would wait in the journal's
+    pending set instead of reaching the store's memtable and an SST."""
     k, _ = first_fail_start(
         module_kumod_factory, "rocks-corrupt", data_path="{dir}/data", meta_path="{dir}/meta",
         data_kind="RocksDB",
-        data_extra=("rocks_params = { write_buffer_size = 65536, "
+        data_extra=("journal_size = 0, rocks_params = { write_buffer_size = 65536, "
                     "level0_file_num_compaction_trigger = 100, "
                     "level0_slowdown_writes_trigger = 200, level0_stop_writes_trigger = 300 },"))
     run = Run(k)
@@ -773,11 +775,12 @@ def test_deleted_sst_and_wal_go_unnoticed_while_open(module_kumod_factory):
     files (a restart). A table reader evicted from a bounded table cache
     (max_open_files = 20: 10 readers over 64 shards, so which one goes is
     down to hashing) fails with 'IO error: No such file or directory' --
-    the same load failure as the corrupted SST above."""
+    the same load failure as the corrupted SST above. Without the spool
+    journal, so that the bodies reach the store's tables at once."""
     k, _ = first_fail_start(
         module_kumod_factory, "rocks-deleted", data_path="{dir}/data", meta_path="{dir}/meta",
         data_kind="RocksDB",
-        data_extra=("rocks_params = { write_buffer_size = 65536, "
+        data_extra=("journal_size = 0, rocks_params = { write_buffer_size = 65536, "
                     "level0_file_num_compaction_trigger = 100, "
                     "level0_slowdown_writes_trigger = 200, level0_stop_writes_trigger = 300 },"))
     run = Run(k)

@@ -221,6 +221,15 @@ static void save_one(spool *sp, waiter *w, const spoolid *id, const char *meta, 
                data ? strlen(data) : 0, sync, on_done, w);
 }
 
+/* save_one for the first save of a new message (spool_save_new). */
+static void save_new_one(spool *sp, waiter *w, const spoolid *id, const char *meta,
+                         const char *data, bool sync)
+{
+    waiter_add(w, 1 << 30);
+    spool_save_new(sp, id, strdup(meta), strlen(meta), strdup(data), strlen(data), sync, on_done,
+                   w);
+}
+
 typedef struct load_res {
     waiter w;
     int err;
@@ -1113,7 +1122,10 @@ static int crash_child(const char *dir, const char *mode)
         char *data = crash_body(i, &len);
         char *meta = xstrdup_printf("crash-%d", i);
         test_id(&ids[i]);
-        save_one(sp, &w, &ids[i], meta, data, true);
+        if (i % 2 == 0) /* half of them as new messages: the journal's pending set drops those removed */
+            save_new_one(sp, &w, &ids[i], meta, data, true);
+        else
+            save_one(sp, &w, &ids[i], meta, data, true);
         free(meta);
         free(data);
         if (big && i == CRASH_N / 2)
@@ -1215,6 +1227,195 @@ static void test_journal_recovers_a_crash_around_groups_too_large_for_it(void **
     crash_and_check(((fixture *)*state)->dir, "big");
 }
 
+/* The enumeration holds exactly the ids of ids[0..n) not gone (metas
+ * "meta-<i>") plus upd with meta upd_meta. */
+static void assert_enum_with(spool *sp, const spoolid *ids, int n, const bool *gone,
+                             const spoolid *upd, const char *upd_meta)
+{
+    enum_res e;
+    enumerate_sync(sp, &e);
+    bool found = false;
+    for (size_t j = 0; j < e.n; j++)
+        if (memcmp(e.items[j].id.b, upd->b, 16) == 0) {
+            assert_false(found);
+            found = true;
+            assert_string_equal(e.items[j].meta, upd_meta);
+            free(e.items[j].meta);
+            e.items[j] = e.items[--e.n];
+            j--;
+        }
+    assert_true(found);
+    assert_enum_exact(&e, ids, n, gone);
+    enum_res_fini(&e);
+}
+
+/* With the journal, a group's saves and removes wait in its pending set
+ * until the journal wraps: loads and enumerations see them there, a new
+ * message removed within the lap never reaches the stores (never_stored),
+ * and an orderly stop writes the rest to the stores, where a restart finds
+ * exactly what was left: the second round removes and updates messages that
+ * are in the stores by then. */
+static void test_journal_pending_set(void **state)
+{
+    const char *dir = ((fixture *)*state)->dir;
+    enum { N = 40 };
+    spoolid ids[N], upd;
+    bool gone[N] = {0};
+    waiter w;
+    spool_stats st;
+    int nremoved = 0;
+
+    waiter_init(&w);
+    spool *sp = open_spool(dir, SPOOL_KIND_ROCKSDB, false);
+    spool_get_stats(sp, &st);
+    uint64_t laps = st.journal_checkpoints;
+    for (int i = 0; i <= N; i++) {
+        spoolid *id = i < N ? &ids[i] : &upd;
+        char *m = xstrdup_printf("meta-%d", i), *d = xstrdup_printf("body-%d", i);
+        test_id(id);
+        save_new_one(sp, &w, id, m, d, true);
+        free(m);
+        free(d);
+    }
+    waiter_wait(&w);
+    assert_int_equal(w.errors, 0);
+    for (int i = 0; i < N; i += 7) {
+        char *m = xstrdup_printf("meta-%d", i), *d = xstrdup_printf("body-%d", i);
+        assert_loads(sp, &ids[i], false, m);
+        assert_loads(sp, &ids[i], true, d);
+        free(m);
+        free(d);
+    }
+    for (int i = 0; i < N; i += 3) {
+        waiter_add(&w, 1 << 30);
+        spool_remove(sp, &ids[i], on_done, &w);
+        gone[i] = true;
+        nremoved++;
+    }
+    /* a meta-only save: the pending data stays */
+    save_one(sp, &w, &upd, "meta-upd-1", NULL, true);
+    waiter_wait(&w);
+    assert_int_equal(w.errors, 0);
+    spool_get_stats(sp, &st);
+    assert_int_equal(st.journal_checkpoints, laps); /* all of it still pending */
+    assert_int_equal(st.never_stored, nremoved);
+    assert_int_equal(st.removes, nremoved);
+    for (int i = 0; i < N; i += 3) {
+        assert_absent(sp, &ids[i], false);
+        assert_absent(sp, &ids[i], true);
+    }
+    assert_loads(sp, &upd, false, "meta-upd-1");
+    assert_loads(sp, &upd, true, "body-40");
+    assert_enum_with(sp, ids, N, gone, &upd, "meta-upd-1");
+    spool_free(sp);
+
+    /* Restarted: the stores have what was pending. */
+    sp = open_spool(dir, SPOOL_KIND_ROCKSDB, false);
+    assert_enum_with(sp, ids, N, gone, &upd, "meta-upd-1");
+    assert_loads(sp, &ids[1], true, "body-1");
+    assert_loads(sp, &upd, true, "body-40");
+    /* Removes and a meta-only save of stored messages: pending too, and
+     * they must reach the stores. */
+    for (int i = 1; i < N; i += 3) {
+        waiter_add(&w, 1 << 30);
+        spool_remove(sp, &ids[i], on_done, &w);
+        gone[i] = true;
+    }
+    /* an update, then the remove, of stored messages within the lap */
+    for (int i = 2; i < N; i += 6) {
+        char *m = xstrdup_printf("meta-%d", i);
+        save_one(sp, &w, &ids[i], m, NULL, false);
+        free(m);
+        waiter_add(&w, 1 << 30);
+        spool_remove(sp, &ids[i], on_done, &w);
+        gone[i] = true;
+    }
+    save_one(sp, &w, &upd, "meta-upd-2", NULL, true);
+    waiter_wait(&w);
+    assert_int_equal(w.errors, 0);
+    for (int i = 1; i < N; i += 3)
+        assert_absent(sp, &ids[i], true);
+    assert_loads(sp, &upd, false, "meta-upd-2");
+    assert_loads(sp, &upd, true, "body-40");
+    spool_get_stats(sp, &st);
+    assert_int_equal(st.never_stored, 0);
+    assert_enum_with(sp, ids, N, gone, &upd, "meta-upd-2");
+    spool_free(sp);
+
+    sp = open_spool(dir, SPOOL_KIND_ROCKSDB, false);
+    assert_enum_with(sp, ids, N, gone, &upd, "meta-upd-2");
+    for (int i = 0; i < N; i++) {
+        if (!gone[i])
+            continue;
+        assert_absent(sp, &ids[i], false);
+        assert_absent(sp, &ids[i], true);
+    }
+    assert_loads(sp, &ids[5], true, "body-5");
+    assert_loads(sp, &upd, true, "body-40");
+    spool_free(sp);
+    waiter_fini(&w);
+}
+
+/* A journal lap that fills up writes what is pending to the stores (a
+ * checkpoint) and goes on: with a 1 MiB ring and 40 KB bodies, several laps
+ * go by; every message not removed is then loadable, in the stores or
+ * still pending, and after a restart. */
+static void test_journal_pending_set_across_laps(void **state)
+{
+    const char *dir = ((fixture *)*state)->dir;
+    enum { N = 120, SIZE = 40000 };
+    spoolid ids[N];
+    bool gone[N] = {0};
+    waiter w;
+    spool_stats st;
+    char *body = malloc(SIZE + 1);
+    assert_non_null(body);
+
+    g_journal_size = "1MiB";
+    waiter_init(&w);
+    spool *sp = open_spool(dir, SPOOL_KIND_ROCKSDB, false);
+    for (int i = 0; i < N; i++) {
+        char *m = xstrdup_printf("meta-%d", i);
+        test_id(&ids[i]);
+        memset(body, 'a' + i % 26, SIZE);
+        body[SIZE] = 0;
+        save_new_one(sp, &w, &ids[i], m, body, true);
+        free(m);
+        waiter_wait(&w);
+        if (i % 4 == 1) { /* removed right away: pending, or in the stores */
+            waiter_add(&w, 1 << 30);
+            spool_remove(sp, &ids[i - 1], on_done, &w);
+            gone[i - 1] = true;
+            waiter_wait(&w);
+        }
+    }
+    assert_int_equal(w.errors, 0);
+    spool_get_stats(sp, &st);
+    assert_true(st.journal_checkpoints >= 3);
+    assert_true(st.never_stored > 0);
+    enum_res e;
+    enumerate_sync(sp, &e);
+    assert_enum_exact(&e, ids, N, gone);
+    enum_res_fini(&e);
+    for (int i = 0; i < N; i++) {
+        if (gone[i]) {
+            assert_absent(sp, &ids[i], true);
+            continue;
+        }
+        memset(body, 'a' + i % 26, SIZE);
+        assert_loads(sp, &ids[i], true, body);
+    }
+    spool_free(sp);
+    sp = open_spool(dir, SPOOL_KIND_ROCKSDB, false);
+    enumerate_sync(sp, &e);
+    assert_enum_exact(&e, ids, N, gone);
+    enum_res_fini(&e);
+    spool_free(sp);
+    g_journal_size = NULL;
+    free(body);
+    waiter_fini(&w);
+}
+
 static void test_bench_rocks(void **state)
 {
     fixture *f = *state;
@@ -1251,6 +1452,9 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_lock_rocks, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_lock_local_disk, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_group_commit_rocks, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_journal_pending_set, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_journal_pending_set_across_laps, setup_dir,
+                                        teardown_dir),
         cmocka_unit_test_setup_teardown(test_group_commit_local_disk, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_commit_delay_rocks, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_commit_delay_local_disk, setup_dir, teardown_dir),
