@@ -13,9 +13,11 @@
  * File layout: two header slots (offsets 0 and 512; the one with the higher
  * generation and a good checksum wins), then records from offset 4096. A
  * record is one group: a 24-byte header (magic, CRC-32C, sequence number,
- * length, number of ops), the op headers, then each op's meta and data bytes.
- * Records follow each other; a checkpoint (stores durable up to sequence S)
- * writes S into a header slot and starts again at offset 4096 with S + 1.
+ * length, number of ops), the op headers, then each op's meta and data bytes,
+ * zero-padded to a multiple of 512 bytes (journals written before the
+ * padding have records padded to 8 bytes; both replay). Records follow each
+ * other; a checkpoint (stores durable up to sequence S) writes S into a
+ * header slot and starts again at offset 4096 with S + 1.
  * Recovery reads from offset 4096 while each record is whole and carries the
  * next sequence number: a torn record, or the older lap's leftovers, end it.
  *
@@ -58,6 +60,16 @@ typedef struct spool__journal spool__journal;
  * 0, or a negative KERR_* code with the reason in err. */
 int spool__journal_open(const char *path, uint64_t size, spool__journal **out, char *err,
                         size_t errlen);
+
+/* Writes the records with O_DIRECT from now on (on) or through the page
+ * cache (off; the default). A file system that refuses O_DIRECT, at open or
+ * at the first write, leaves the journal on the page cache. Direct: each
+ * record is copied into an aligned buffer and written, with RWF_DSYNC when
+ * synced, in one pwritev2: no dirty pages, no writeback, one syscall per
+ * group commit instead of two. */
+void spool__journal_set_direct(spool__journal *j, bool on);
+/* Whether records go through the O_DIRECT descriptor now. */
+bool spool__journal_direct(const spool__journal *j);
 
 /* Calls fn for every op of every record after the checkpoint, in order; the
  * buffers are borrowed for the call. fn returning < 0 stops the replay with

@@ -1401,6 +1401,7 @@ static int journal_start(spool *sp)
         DERROR("kumod::spool", "spool journal: %s", err);
         return rc;
     }
+    spool__journal_set_direct(sp->journal, true);
     rc = spool__journal_replay(sp->journal, replay_apply, sp, &records, &nops);
     if (rc < 0) {
         DERROR("kumod::spool",
@@ -1431,9 +1432,11 @@ static int journal_start(spool *sp)
         goto fail;
     }
     stores_skip_wal(sp, true); /* replayed through the WALs; from now on the journal logs */
-    DINFO("kumod::spool", "spool journal %s (%llu KiB): replayed %llu records (%llu operations)",
-          path, (unsigned long long)(spool__journal_size(sp->journal) >> 10),
-          (unsigned long long)records, (unsigned long long)nops);
+    DINFO("kumod::spool",
+          "spool journal %s (%llu KiB%s): replayed %llu records (%llu operations)", path,
+          (unsigned long long)(spool__journal_size(sp->journal) >> 10),
+          spool__journal_direct(sp->journal) ? ", direct I/O" : "", (unsigned long long)records,
+          (unsigned long long)nops);
     return 0;
 
 fail:

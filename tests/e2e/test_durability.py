@@ -197,14 +197,15 @@ def test_journal_brings_back_what_the_stores_lost(kumod_factory):
         os.unlink(w)
 
     k.start()
-    m = k.wait_diag(r"spool journal \S+ \(16384 KiB\): replayed (\d+) records \((\d+) operations\)")
+    m = k.wait_diag(r"spool journal \S+ \(16384 KiB(?:, direct I/O)?\): "
+                    r"replayed (\d+) records \((\d+) operations\)")
     assert int(m.group(1)) > 0 and int(m.group(2)) >= len(acked)
     n, enumerated = assert_all_enumerated(k, acked)
     assert n <= inj.attempted
     # an orderly stop checkpoints: the next start has nothing to replay
     k.stop()
     k.start()
-    m = k.wait_diag(r"spool journal \S+ \(16384 KiB\): replayed (\d+) records")
+    m = k.wait_diag(r"spool journal \S+ \(16384 KiB(?:, direct I/O)?\): replayed (\d+) records")
     assert m.group(1) == "0", m.group(0)
     k.wait_diag(r"spool enumeration done: %d messages" % n)
 

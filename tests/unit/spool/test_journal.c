@@ -95,6 +95,10 @@ static spool__jop mkop(spool__jop_kind kind, unsigned idseed, const char *meta, 
     return o;
 }
 
+/* Every test runs twice: records through the page cache, then with
+ * O_DIRECT (what kumod uses). */
+static bool g_direct;
+
 static spool__journal *jopen(const char *path, uint64_t size)
 {
     spool__journal *j = NULL;
@@ -103,7 +107,20 @@ static spool__journal *jopen(const char *path, uint64_t size)
     if (rc != 0)
         fail_msg("spool__journal_open(%s): %d: %s", path, rc, err);
     assert_non_null(j);
+    spool__journal_set_direct(j, g_direct);
     return j;
+}
+
+/* Whether the file system under dir takes O_DIRECT. */
+static bool fs_takes_direct(const char *dir)
+{
+    char p[256];
+    snprintf(p, sizeof(p), "%s/probe", dir);
+    int fd = open(p, O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        close(fd);
+    unlink(p);
+    return fd >= 0;
 }
 
 static void append(spool__journal *j, const spool__jop *ops, size_t n, bool sync)
@@ -151,6 +168,15 @@ static unsigned char read_byte(const char *path, uint64_t off)
 }
 
 /* Flips every bit of the byte at off; calling it twice restores the file. */
+static int pread_file(const char *path, void *buf, size_t len, uint64_t off)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    assert_true(fd >= 0);
+    ssize_t r = pread(fd, buf, len, (off_t)off);
+    close(fd);
+    return r == (ssize_t)len ? 0 : -1;
+}
+
 static void flip_byte(const char *path, uint64_t off)
 {
     unsigned char c = (unsigned char)(read_byte(path, off) ^ 0xff);
@@ -413,11 +439,11 @@ static void test_append_reopen_replay(void **state)
     const size_t ns[] = {2, 1, 3};
     rlog l = {0};
 
-    /* Lengths: 24-byte header, 32 per op, the bytes, padded to 8. */
-    assert_int_equal(spool__journal_record_len(r1, 2), 24 + 64 + 1024);
-    assert_int_equal(spool__journal_record_len(r2, 1), 24 + 32);
-    assert_int_equal(spool__journal_record_len(r3, 3), 24 + 96 + 104);
-    assert_int_equal(spool__journal_record_len(NULL, 0), 24);
+    /* Lengths: 24-byte header, 32 per op, the bytes, padded to 512. */
+    assert_int_equal(spool__journal_record_len(r1, 2), 1536); /* 24 + 64 + 1020 */
+    assert_int_equal(spool__journal_record_len(r2, 1), 512);  /* 24 + 32 */
+    assert_int_equal(spool__journal_record_len(r3, 3), 512);  /* 24 + 96 + 104 */
+    assert_int_equal(spool__journal_record_len(NULL, 0), 512);
 
     spool__journal *j = jopen(f->path, MIB);
     append(j, r1, 2, true);
@@ -595,7 +621,7 @@ static void test_torn_record(void **state)
     size_t len1 = spool__journal_record_len(r1, 1), len2 = spool__journal_record_len(r2, 2);
     size_t len3 = spool__journal_record_len(r3, 1);
     uint64_t off3 = REC_START + len1 + len2;
-    assert_int_equal(len3 % 8, 0);
+    assert_int_equal(len3 % 512, 0);
     assert_true(len3 > 24 + 32 + 21 + 1501); /* has padding */
 
     /* Untouched: all four. */
@@ -780,12 +806,15 @@ static void test_header_slots(void **state)
 /* Encodes a record the way the journal header describes it: 24-byte header
  * (magic, CRC-32C of the rest, seq, len, nops), 32-byte op headers (kind,
  * 3 pad, meta_len, data_len, pad, id), the bytes, zero padding to 8. */
-static size_t encode_record(unsigned char *out, uint64_t seq, const spool__jop *ops, size_t n)
+/* A record padded to align bytes: 512 today, 8 in journals written before
+ * the records were aligned for O_DIRECT (those must still replay). */
+static size_t encode_record_aligned(unsigned char *out, uint64_t seq, const spool__jop *ops,
+                                    size_t n, size_t align)
 {
     size_t len = 24 + 32 * n, pos;
     for (size_t i = 0; i < n; i++)
         len += ops[i].meta_len + ops[i].data_len;
-    len = (len + 7) & ~(size_t)7;
+    len = (len + align - 1) & ~(align - 1);
     memset(out, 0, len);
     uint32_t magic = REC_MAGIC, len32 = (uint32_t)len, n32 = (uint32_t)n;
     memcpy(out, &magic, 4);
@@ -810,6 +839,11 @@ static size_t encode_record(unsigned char *out, uint64_t seq, const spool__jop *
     uint32_t crc = spool__crc32c(0, out + 8, len - 8);
     memcpy(out + 4, &crc, 4);
     return len;
+}
+
+static size_t encode_record(unsigned char *out, uint64_t seq, const spool__jop *ops, size_t n)
+{
+    return encode_record_aligned(out, seq, ops, n, 512);
 }
 
 static void reseal(unsigned char *rec, size_t len)
@@ -849,9 +883,11 @@ static void test_record_format(void **state)
     }
     assert_memory_equal(got, want, sizeof(want));
 
-    /* A record built here with the next sequence number is replayed. */
+    /* A record built here with the next sequence number is replayed, also
+     * in the older format (padded to 8 bytes, not 512). */
     uint64_t off3 = REC_START + l1 + l2;
-    size_t l3 = encode_record(rec, 3, r3, 1);
+    size_t l3 = encode_record_aligned(rec, 3, r3, 1, 8);
+    assert_int_equal(l3 % 512 != 0, 1);
     write_at(f->path, off3, rec, l3);
     j = open_replay(f->path, MIB, &l);
     {
@@ -951,7 +987,7 @@ static void test_room_takes(void **state)
     spool__jop fits = mkop(JOP_SAVE, 50, m, 100, d, quarter - 24 - 32 - 100);
     spool__jop big = mkop(JOP_SAVE, 50, m, 100, d, quarter - 24 - 32 - 100 + 1);
     assert_int_equal(spool__journal_record_len(&fits, 1), quarter);
-    assert_int_equal(spool__journal_record_len(&big, 1), quarter + 8);
+    assert_int_equal(spool__journal_record_len(&big, 1), quarter + 512);
     assert_true(spool__journal_takes(j, spool__journal_record_len(&fits, 1)));
     assert_false(spool__journal_takes(j, spool__journal_record_len(&big, 1)));
 
@@ -1213,6 +1249,79 @@ static void test_many_pieces(void **state)
     free(m3);
 }
 
+/* With direct I/O on, records go through the O_DIRECT descriptor (on a
+ * file system that takes it) and are the same bytes as buffered ones; an
+ * append at an offset O_DIRECT cannot take (after replaying a journal whose
+ * records are padded to 8 bytes only) goes through the page cache, and
+ * everything still replays; the next lap is aligned again. */
+static void test_direct_writes(void **state)
+{
+    fixture *f = *state;
+    if (!g_direct)
+        skip();
+    char *m = mkbytes(64, 70), *d = mkbytes(3000, 71);
+    spool__jop r1[] = {mkop(JOP_SAVE, 70, m, 33, d, 2999)};
+    spool__jop r2[] = {mkop(JOP_REMOVE, 71, NULL, 0, NULL, 0)};
+    spool__jop r3[] = {mkop(JOP_SAVE_META, 72, m, 5, NULL, 0)};
+    const spool__jop *recs[] = {r1, r2, r3, r1};
+    const size_t ns[] = {1, 1, 1, 1};
+    unsigned char want[8192], got[8192];
+    rlog l = {0};
+
+    spool__journal *j = jopen(f->path, MIB);
+    assert_int_equal(spool__journal_direct(j), fs_takes_direct(f->dir));
+    if (!spool__journal_direct(j)) {
+        spool__journal_close(j);
+        free(m);
+        free(d);
+        skip();
+    }
+    append(j, r1, 1, true);
+    append(j, r2, 1, false);
+    assert_true(spool__journal_direct(j));
+    spool__journal_close(j);
+    size_t l1 = encode_record(want, 1, r1, 1);
+    size_t l2 = encode_record(want + l1, 2, r2, 1);
+    assert_int_equal(pread_file(f->path, got, l1 + l2, REC_START), 0);
+    assert_memory_equal(got, want, l1 + l2);
+
+    /* an old-format record after them: the next append is unaligned */
+    size_t l3 = encode_record_aligned(want, 3, r3, 1, 8);
+    assert_true(l3 % 512 != 0);
+    write_at(f->path, REC_START + l1 + l2, want, l3);
+    j = open_replay(f->path, MIB, &l);
+    assert_replayed(&l, recs, ns, 3);
+    rlog_free(&l);
+    append(j, r1, 1, true);
+    spool__journal_close(j);
+    j = open_replay(f->path, MIB, &l);
+    assert_replayed(&l, recs, ns, 4);
+    rlog_free(&l);
+    assert_int_equal(spool__journal_checkpoint(j), 0);
+    append(j, r2, 1, true);
+    assert_true(spool__journal_direct(j));
+    spool__journal_close(j);
+    l2 = encode_record(want, 5, r2, 1);
+    assert_int_equal(pread_file(f->path, got, l2, REC_START), 0);
+    assert_memory_equal(got, want, l2);
+    free(m);
+    free(d);
+}
+
+static int group_buffered(void **state)
+{
+    (void)state;
+    g_direct = false;
+    return 0;
+}
+
+static int group_direct(void **state)
+{
+    (void)state;
+    g_direct = true;
+    return 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1230,6 +1339,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_resize, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_replay_callback_error, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_many_pieces, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_direct_writes, setup_dir, teardown_dir),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    int failed = cmocka_run_group_tests_name("buffered", tests, group_buffered, NULL);
+    return failed + cmocka_run_group_tests_name("direct", tests, group_direct, NULL);
 }
