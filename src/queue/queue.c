@@ -372,6 +372,7 @@ struct load_job {
     reactor *r;
     load_done_fn done;
     void *ud;
+    void (*ud_free)(void *ud); /* frees ud when the queues are down before done could run */
     int err;
     char *meta;
     size_t meta_len;
@@ -389,9 +390,12 @@ static void load_finish_on_reactor(void *arg)
     qmsg *q = j->q;
     if (queues_down) {
         /* An in-place load (inspect) left its qmsg in a queue, freed with
-         * it; any other qmsg was in flight and is this job's to free. */
+         * it; any other qmsg was in flight and is this job's to free, and
+         * so is what the caller handed to done. */
         if (j->done != inspect_after_load)
             qmsg_free(q);
+        if (j->ud_free)
+            j->ud_free(j->ud);
         free(j->meta);
         free(j->data);
         free(j);
@@ -445,8 +449,11 @@ static void load_step(void *ud, int err, char *buf, size_t len)
     reactor_post(j->r, load_finish_on_reactor, j);
 }
 
-/* Makes q->m resident with its data (want_data) on the calling reactor. */
-static void qmsg_load(qmsg *q, bool want_data, load_done_fn done, void *ud)
+/* Makes q->m resident with its data (want_data) on the calling reactor,
+ * then calls done. ud_free (may be NULL) frees ud instead when the queues
+ * shut down while the load is under way. */
+static void qmsg_load(qmsg *q, bool want_data, load_done_fn done, void *ud,
+                      void (*ud_free)(void *ud))
 {
     bool have_meta = q->m != NULL;
     bool have_data = q->m && q->m->data;
@@ -466,6 +473,7 @@ static void qmsg_load(qmsg *q, bool want_data, load_done_fn done, void *ud)
     j->r = reactor_current();
     j->done = done;
     j->ud = ud;
+    j->ud_free = ud_free;
     j->want_data = want_data;
     if (have_meta) {
         j->stage = 1;
@@ -882,14 +890,20 @@ struct expire_load {
     char *pool;
 };
 
-static void expire_after_load(qmsg *q, int err, void *ud)
+static void expire_load_free(void *ud)
 {
     struct expire_load *x = ud;
-    expire_message(q, x->queue, x->content, x->pool, NULL);
     free(x->queue);
     free(x->content);
     free(x->pool);
     free(x);
+}
+
+static void expire_after_load(qmsg *q, int err, void *ud)
+{
+    struct expire_load *x = ud;
+    expire_message(q, x->queue, x->content, x->pool, NULL);
+    expire_load_free(x);
 }
 
 /* Expires a message, loading its meta first when it is not resident. */
@@ -901,7 +915,7 @@ static void expire_loading(schedq *sq, qmsg *q, const char *content)
     x->queue = strdup(sq->name);
     x->content = strdup(content);
     x->pool = sq->cfg.egress_pool ? strdup(sq->cfg.egress_pool) : NULL;
-    qmsg_load(q, false, expire_after_load, x);
+    qmsg_load(q, false, expire_after_load, x, expire_load_free);
 }
 
 static void log_delayed(schedq *sq, qmsg *q, int64_t delay_s)
@@ -1338,6 +1352,14 @@ struct hold_job {
     char *reason;
 };
 
+static void hold_job_free(void *ud)
+{
+    struct hold_job *h = ud;
+    free(h->queue);
+    free(h->reason);
+    free(h);
+}
+
 static void hold_after_load(qmsg *q, int err, void *ud)
 {
     struct hold_job *h = ud;
@@ -1353,9 +1375,7 @@ static void hold_after_load(qmsg *q, int err, void *ud)
     qmsg_add_reason(q, R_LOGGED_TRANSIENT_FAILURE);
     /* back on its normal retry schedule: no stampede when health returns */
     requeue_post(q, h->queue, true, false, -1);
-    free(h->queue);
-    free(h->reason);
-    free(h);
+    hold_job_free(h);
 }
 
 /* seed 001: while the spool is unhealthy, hold messages as if every source
@@ -1371,7 +1391,7 @@ static bool hold_for_spool(schedq *sq, qmsg *q)
         abort();
     h->queue = strdup(sq->name);
     h->reason = strdup(why);
-    qmsg_load(q, false, hold_after_load, h);
+    qmsg_load(q, false, hold_after_load, h, hold_job_free);
     return true;
 }
 
@@ -1396,7 +1416,7 @@ static void sched_make_ready(schedq *sq, qmsg *q)
         return;
     case QPROTO_MAILDIR:
         sq->busy++; /* keeps the queue from being reaped during the load */
-        qmsg_load(q, true, maildir_after_load, sq);
+        qmsg_load(q, true, maildir_after_load, sq, NULL);
         return;
     default:
         break;
@@ -2265,7 +2285,7 @@ static void disp_next(dispatcher *d)
     atomic_fetch_sub(&st_ready, 1);
     d->cur = q;
     d->loading = true;
-    qmsg_load(q, true, disp_after_load, d);
+    qmsg_load(q, true, disp_after_load, d, NULL);
 }
 
 struct bulk_one {
@@ -2277,6 +2297,18 @@ struct bulk_one {
     rec_ctx x;
     char *site, *pool, *source, *proto, *session;
 };
+
+static void bulk_one_free(void *ud)
+{
+    struct bulk_one *b = ud;
+    free(b->content);
+    free(b->site);
+    free(b->pool);
+    free(b->source);
+    free(b->proto);
+    free(b->session);
+    free(b);
+}
 
 static void bulk_after_load(qmsg *q, int err, void *ud)
 {
@@ -2302,13 +2334,7 @@ static void bulk_after_load(qmsg *q, int err, void *ud)
         }
         free(qname);
     }
-    free(b->content);
-    free(b->site);
-    free(b->pool);
-    free(b->source);
-    free(b->proto);
-    free(b->session);
-    free(b);
+    bulk_one_free(b);
 }
 
 /* Takes q out of the ready queue's hands: it gets outcome o with response
@@ -2335,7 +2361,7 @@ static void bulk_one_fail(dispatcher *d, qmsg *q, int o, const disp_response *r,
     b->x.source = b->source;
     b->x.proto = b->proto;
     b->x.session_id = b->session;
-    qmsg_load(q, false, bulk_after_load, b);
+    qmsg_load(q, false, bulk_after_load, b, bulk_one_free);
 }
 
 void disp_bulk_fail(dispatcher *d, disp_outcome o, const disp_response *r, const char *reason)
@@ -2665,7 +2691,7 @@ static void back_to_sched(qmsg *q, int reason, int64_t delay_s)
     qmsg_add_reason(q, reason);
     atomic_fetch_sub(&st_in_flight, 1);
     /* the queue name lives in the meta: load it when not resident */
-    qmsg_load(q, false, back_after_load, (void *)(intptr_t)delay_s);
+    qmsg_load(q, false, back_after_load, (void *)(intptr_t)delay_s, NULL);
 }
 
 struct rq_event {
@@ -3101,6 +3127,14 @@ struct abounce {
     bool suppress;
 };
 
+static void abounce_free(void *ud)
+{
+    struct abounce *b = ud;
+    free(b->queue);
+    free(b->reason);
+    free(b);
+}
+
 static void abounce_after_load(qmsg *q, int err, void *ud)
 {
     struct abounce *b = ud;
@@ -3114,9 +3148,7 @@ static void abounce_after_load(qmsg *q, int err, void *ud)
     atomic_fetch_add(&st_failed, 0);
     spool_forget(q);
     qmsg_free(q);
-    free(b->queue);
-    free(b->reason);
-    free(b);
+    abounce_free(b);
 }
 
 static void admin_bounce_msg(const char *queue, qmsg *q, const char *reason, bool suppress)
@@ -3127,7 +3159,7 @@ static void admin_bounce_msg(const char *queue, qmsg *q, const char *reason, boo
     b->queue = strdup(queue);
     b->reason = strdup(reason);
     b->suppress = suppress;
-    qmsg_load(q, false, abounce_after_load, b);
+    qmsg_load(q, false, abounce_after_load, b, abounce_free);
 }
 
 /* Checked when a message is placed and when it is made ready: returns true
@@ -3325,6 +3357,14 @@ struct susp_job {
     char *reason;
 };
 
+static void susp_job_free(void *ud)
+{
+    struct susp_job *s = ud;
+    free(s->queue);
+    free(s->reason);
+    free(s);
+}
+
 static void susp_after_load(qmsg *q, int err, void *ud)
 {
     struct susp_job *s = ud;
@@ -3341,9 +3381,7 @@ static void susp_after_load(qmsg *q, int err, void *ud)
         qmsg_add_reason(q, R_LOGGED_TRANSIENT_FAILURE);
         requeue_post(q, s->queue, true, false, -1);
     }
-    free(s->queue);
-    free(s->reason);
-    free(s);
+    susp_job_free(s);
 }
 
 static bool admin_suspended(schedq *sq, qmsg *q)
@@ -3356,7 +3394,7 @@ static bool admin_suspended(schedq *sq, qmsg *q)
         abort();
     s->queue = strdup(sq->name);
     s->reason = strdup(reason);
-    qmsg_load(q, false, susp_after_load, s);
+    qmsg_load(q, false, susp_after_load, s, susp_job_free);
     return true;
 }
 
@@ -3480,7 +3518,7 @@ static void rebind_on_reactor(void *arg)
         r->from = (char *)(void *)q->prev;
         q->prev = NULL;
         atomic_fetch_add(&b->remaining, 1);
-        qmsg_load(q, false, rebind_after_load, r);
+        qmsg_load(q, false, rebind_after_load, r, NULL);
     }
     bcast_part_done(b);
 }
@@ -3597,7 +3635,7 @@ static void inspect_msg_on_reactor(void *arg)
                 x->summary = qmsg_summary(q);
                 json_object_set_new(x->summary, "queue", json_string(sq->name));
                 /* load in place: the qmsg stays in its list */
-                qmsg_load(q, b->want_body, inspect_after_load, x);
+                qmsg_load(q, b->want_body, inspect_after_load, x, NULL);
                 return;
             }
         }
