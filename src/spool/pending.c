@@ -7,14 +7,7 @@
 
 static size_t slot_of(const spoolid *id, size_t mask)
 {
-    uint64_t a, b;
-    memcpy(&a, id->b, 8);
-    memcpy(&b, id->b + 8, 8);
-    a ^= b * 0x9e3779b97f4a7c15ULL;
-    a ^= a >> 29;
-    a *= 0xbf58476d1ce4e5b9ULL;
-    a ^= a >> 32;
-    return (size_t)a & mask;
+    return (size_t)spoolid_hash(id) & mask;
 }
 
 static spool__pend_ent *lookup(const spool__pend *p, const spoolid *id)

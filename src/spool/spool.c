@@ -526,14 +526,7 @@ static void stat_add(_Atomic uint64_t *c, uint64_t n)
 
 static uint64_t id_hash(const spoolid *id)
 {
-    uint64_t a, b;
-    memcpy(&a, id->b, 8);
-    memcpy(&b, id->b + 8, 8);
-    a ^= b * 0x9e3779b97f4a7c15ULL;
-    a ^= a >> 29;
-    a *= 0xbf58476d1ce4e5b9ULL;
-    a ^= a >> 32;
-    return a | 1; /* 0 marks an empty slot */
+    return spoolid_hash(id) | 1; /* 0 marks an empty slot */
 }
 
 /* Returns true when h was already in the set; adds it otherwise. */
