@@ -150,6 +150,58 @@ static void job_queue_shutdown(void *arg)
     sync_job_finish(arg, 0);
 }
 
+/* ---- script mode (--script FILE) ------------------------------------------ */
+
+static const char *script_path;
+static char **script_argv;
+static int script_argc;
+
+static void script_done(klua_call *c, int status, void *ud)
+{
+    struct sync_job *j = ud;
+    if (status == KLUA_OK) {
+        sync_job_finish(j, 0);
+        return;
+    }
+    snprintf(j->err, sizeof(j->err), "%s", klua_call_error(c));
+    sync_job_finish(j, -1);
+}
+
+static void job_run_script(void *arg)
+{
+    struct sync_job *j = arg;
+    klua_call *c;
+    klua *vm = klua_load_script(script_path, 0, &c, j->err, sizeof(j->err));
+    if (!vm) {
+        sync_job_finish(j, -1);
+        return;
+    }
+    /* arg, as the lua interpreter sets it: arg[0] the script, then its arguments */
+    lua_State *L = klua_state(vm);
+    lua_createtable(L, script_argc, 1);
+    lua_pushstring(L, script_path);
+    lua_rawseti(L, -2, 0);
+    for (int i = 0; i < script_argc; i++) {
+        lua_pushstring(L, script_argv[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setglobal(L, "arg");
+    klua_install(vm);
+    klua_unref(vm);
+    klua_call_run(c, 0, script_done, j);
+}
+
+static int run_script(char *err, size_t errlen)
+{
+    struct sync_job j;
+    sync_job_init(&j);
+    reactor_post(reactor_get(0), job_run_script, &j);
+    int rc = sync_job_wait(&j);
+    if (rc != 0)
+        snprintf(err, errlen, "%s", j.err);
+    return rc;
+}
+
 /* ---- reload ------------------------------------------------------------ */
 
 static void job_reload_vm(void *arg)
@@ -194,6 +246,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: kumod --policy FILE [--threads N] [--validate] [--user NAME]\n"
+               "       kumod --script FILE [ARG...]\n"
                "\n"
                "  --policy FILE   the Lua policy to run (default "
                "/opt/kumomta/etc/policy/init.lua)\n"
@@ -201,6 +254,9 @@ static void usage(FILE *f)
                "KUMOD_THREADS)\n"
                "  --validate      load the policy, run init, report problems and exit\n"
                "  --user NAME     drop privileges to NAME after start-up (when run as root)\n"
+               "  --script FILE   run FILE as a Lua script with the kumo module (no\n"
+               "                  listeners, no spool) and exit: 0 when it returns, 1 with\n"
+               "                  the error when it raises one; ARGs are in the global arg\n"
                "  --help          show this text\n"
                "\n"
                "Diagnostics go to stderr; filter them with KUMOD_LOG (e.g. "
@@ -237,7 +293,8 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"policy", required_argument, NULL, 'p'}, {"threads", required_argument, NULL, 't'},
         {"validate", no_argument, NULL, 'v'},     {"user", required_argument, NULL, 'u'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+        {"help", no_argument, NULL, 'h'},         {"script", required_argument, NULL, 's'},
+        {NULL, 0, NULL, 0},
     };
     int threads = 0;
     bool validate = false;
@@ -247,7 +304,8 @@ int main(int argc, char **argv)
         threads = atoi(env_threads);
     opterr = 0;
     int ch;
-    while ((ch = getopt_long(argc, argv, ":p:t:u:vh", opts, NULL)) != -1) {
+    /* "+": stop at the first non-option, so a script's own arguments stay its own */
+    while ((ch = getopt_long(argc, argv, "+:p:t:u:s:vh", opts, NULL)) != -1) {
         switch (ch) {
         case 'p':
             policy_path = optarg;
@@ -269,6 +327,9 @@ int main(int argc, char **argv)
         case 'u':
             user = optarg;
             break;
+        case 's':
+            script_path = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -281,6 +342,13 @@ int main(int argc, char **argv)
             usage(stderr);
             return 2;
         }
+    }
+    if (script_path) {
+        script_argv = argv + optind;
+        script_argc = argc - optind;
+        optind = argc;
+        policy_path = script_path;
+        validate = true;
     }
     if (optind < argc) {
         fprintf(stderr, "kumod: unexpected argument %s\n", argv[optind]);
@@ -318,6 +386,14 @@ int main(int argc, char **argv)
     }
     char err[4096];
     int exit_code = 0;
+    bool started = false;
+    if (script_path) {
+        if (run_script(err, sizeof(err)) != 0) {
+            fprintf(stderr, "kumod: script %s failed: %s\n", script_path, err);
+            exit_code = 1;
+        }
+        goto out_reactors;
+    }
     if (load_all_vms(err, sizeof(err)) != 0) {
         fprintf(stderr, "kumod: failed to load policy: %s\n", err);
         exit_code = 1;
@@ -362,6 +438,7 @@ int main(int argc, char **argv)
         exit_code = 1;
         goto out_listeners;
     }
+    started = true;
     DINFO(MAIN_MOD, "kumod started: policy=%s threads=%d pid=%d", policy_path, threads,
           (int)getpid());
 
@@ -406,7 +483,8 @@ out_reactors:
     services_shutdown();
     logs_shutdown();
     reactor_pool_free();
-    DINFO(MAIN_MOD, "kumod stopped");
+    if (started)
+        DINFO(MAIN_MOD, "kumod stopped");
     diag_shutdown();
     return exit_code;
 }

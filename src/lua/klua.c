@@ -549,14 +549,10 @@ static int l_traceback_msgh(lua_State *L)
     return 1;
 }
 
-klua *klua_load(const char *policy_path, int reactor_idx, char *err, size_t errlen)
+/* A VM with the kumo module and the dispatcher, and no policy loaded yet;
+ * package.path starts with the directory of base_path. */
+static klua *klua_new_vm(const char *base_path, int reactor_idx, char *err, size_t errlen)
 {
-    FILE *f = fopen(policy_path, "r");
-    if (!f) {
-        snprintf(err, errlen, "cannot open policy file %s: %s", policy_path, strerror(errno));
-        return NULL;
-    }
-    fclose(f);
     klua *vm = calloc(1, sizeof(*vm));
     if (!vm) {
         snprintf(err, errlen, "out of memory");
@@ -623,7 +619,7 @@ klua *klua_load(const char *policy_path, int reactor_idx, char *err, size_t errl
     lua_pop(L, 2);
 
     /* package.path gets the policy's own directory first */
-    char *dup = strdup(policy_path);
+    char *dup = strdup(base_path);
     const char *dir = dup ? dirname(dup) : ".";
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "path");
@@ -643,6 +639,21 @@ klua *klua_load(const char *policy_path, int reactor_idx, char *err, size_t errl
     }
     lua_call(L, 2, 1);
     vm->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return vm;
+}
+
+klua *klua_load(const char *policy_path, int reactor_idx, char *err, size_t errlen)
+{
+    FILE *f = fopen(policy_path, "r");
+    if (!f) {
+        snprintf(err, errlen, "cannot open policy file %s: %s", policy_path, strerror(errno));
+        return NULL;
+    }
+    fclose(f);
+    klua *vm = klua_new_vm(policy_path, reactor_idx, err, errlen);
+    if (!vm)
+        return NULL;
+    lua_State *L = vm->L;
 
     /* the policy itself */
     lua_pushcfunction(L, l_traceback_msgh);
@@ -663,6 +674,25 @@ klua *klua_load(const char *policy_path, int reactor_idx, char *err, size_t errl
 }
 
 static void klua_call_free(klua_call *c);
+
+klua *klua_load_script(const char *script_path, int reactor_idx, klua_call **out, char *err,
+                       size_t errlen)
+{
+    klua *vm = klua_new_vm(script_path, reactor_idx, err, errlen);
+    if (!vm)
+        return NULL;
+    klua_call *c;
+    lua_State *co = klua_call_begin_fn(vm, "script", &c);
+    if (luaL_loadfile(co, script_path) != LUA_OK) {
+        snprintf(err, errlen, "%s", lua_tostring(co, -1));
+        klua_call_free(c);
+        klua_unref(vm);
+        return NULL;
+    }
+    *out = c;
+    return vm;
+}
+
 
 void klua_drop_waits(klua *vm)
 {

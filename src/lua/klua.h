@@ -24,6 +24,12 @@ void klua_register_opener(klua_opener fn);
  * as --validate) and runs the policy file. On failure returns NULL with a
  * message naming file and line in err. */
 klua *klua_load(const char *policy_path, int reactor_idx, char *err, size_t errlen);
+/* Script mode (kumod --script): a VM with the kumo module whose main chunk
+ * is FILE, compiled but not yet run. *out is a call whose coroutine holds the
+ * chunk: run it with klua_call_run(*out, 0, ...), so that the script may call
+ * functions that yield (sleep, DNS, ...) at its top level. */
+klua *klua_load_script(const char *script_path, int reactor_idx, klua_call **out, char *err,
+                       size_t errlen);
 void klua_ref(klua *vm);
 void klua_unref(klua *vm);
 lua_State *klua_state(klua *vm);
