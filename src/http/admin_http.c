@@ -44,8 +44,9 @@ static char *delete_id(http_req *hr)
     json_object_foreach(body, k, v)
     {
         if (strcmp(k, "id") != 0) {
-            json_decref(body);
+            /* k belongs to body: answer before letting it go */
             http_reply_error(hr, 400, "unknown field `%s`", k);
+            json_decref(body);
             return NULL;
         }
     }

@@ -44,6 +44,7 @@
 
 #include "core/kerr.h"
 #include "core/spoolid.h"
+#include "core/utf8.h"
 #include "log/logs.h"
 #include "msg/message.h"
 
@@ -94,39 +95,6 @@ int logrec_type_parse(const char *name, logrec_type *out)
 }
 
 /* ---- strings ---- */
-
-/* Length of the valid UTF-8 sequence at s[0..n), or, when it is invalid, the
- * negated length of its maximal subpart (what one U+FFFD replaces). */
-static long utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned char b = s[0];
-    if (b < 0x80)
-        return 1;
-    size_t need;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (b >= 0xC2 && b <= 0xDF)
-        need = 1;
-    else if (b == 0xE0)
-        need = 2, lo = 0xA0;
-    else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF)
-        need = 2;
-    else if (b == 0xED)
-        need = 2, hi = 0x9F;
-    else if (b == 0xF0)
-        need = 3, lo = 0x90;
-    else if (b >= 0xF1 && b <= 0xF3)
-        need = 3;
-    else if (b == 0xF4)
-        need = 3, hi = 0x8F;
-    else
-        return -1;
-    for (size_t k = 1; k <= need; k++) {
-        if (k >= n || s[k] < lo || s[k] > hi)
-            return -(long)k;
-        lo = 0x80, hi = 0xBF;
-    }
-    return (long)need + 1;
-}
 
 static json_t *jstr_n(const char *s, size_t n)
 {

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/utf8.h"
 #include "core/diag.h"
 #include "core/reactor.h"
 #include "lua/message_lua.h"
@@ -458,8 +459,18 @@ static json_t *klua_to_json_depth(lua_State *L, int idx, int depth, char *err, s
     case LUA_TSTRING: {
         size_t len;
         const char *s = lua_tolstring(L, idx, &len);
-        json_t *j = json_stringn_nocheck(s, len);
-        return j;
+        /* JSON text is UTF-8: a string that is not would make the whole
+         * document unwritable (meta in the spool, a log record), so it is
+         * refused here, where the policy line can be named. */
+        size_t bad = utf8_invalid_at(s, len);
+        if (bad != len) {
+            snprintf(err, errlen,
+                     "string is not valid UTF-8 (byte 0x%02x at offset %zu); "
+                     "only UTF-8 text can be stored as JSON",
+                     (unsigned char)s[bad], bad);
+            return NULL;
+        }
+        return json_stringn_nocheck(s, len);
     }
     case LUA_TTABLE: {
         luaL_checkstack(L, 6, "json nesting too deep");
@@ -494,7 +505,14 @@ static json_t *klua_to_json_depth(lua_State *L, int idx, int depth, char *err, s
             char kbuf[32];
             const char *k;
             if (lua_type(L, -2) == LUA_TSTRING) {
-                k = lua_tostring(L, -2);
+                size_t klen;
+                k = lua_tolstring(L, -2, &klen);
+                if (!utf8_valid(k, klen) || strlen(k) != klen) {
+                    snprintf(err, errlen, "table key is not valid UTF-8 text");
+                    lua_pop(L, 2);
+                    json_decref(o);
+                    return NULL;
+                }
             } else if (lua_isinteger(L, -2)) {
                 snprintf(kbuf, sizeof(kbuf), "%lld", (long long)lua_tointeger(L, -2));
                 k = kbuf;

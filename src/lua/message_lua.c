@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "core/duration.h"
+#include "core/utf8.h"
 #include "lua/klua.h"
 #include "msg/headers.h"
 #include "msg/queue_name.h"
@@ -54,8 +55,14 @@ void klua_push_address(lua_State *L, const char *addr)
 
 const char *klua_check_address(lua_State *L, int idx)
 {
-    if (lua_type(L, idx) == LUA_TSTRING)
-        return lua_tostring(L, idx);
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        /* the envelope is stored as JSON text: refuse what could not be */
+        size_t len;
+        const char *a = lua_tolstring(L, idx, &len);
+        if (!utf8_valid(a, len) || strlen(a) != len)
+            luaL_argerror(L, idx, "address is not valid UTF-8 text");
+        return a;
+    }
     return luaL_checkudata(L, idx, ADDR_MT);
 }
 

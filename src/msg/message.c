@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "core/kerr.h"
+#include "core/utf8.h"
 
 static void *xcalloc(size_t n, size_t sz)
 {
@@ -122,16 +123,49 @@ int message_set_recipients(message *m, const char *const *rcpts, size_t n)
     return 0;
 }
 
+/* An envelope address as JSON text. Every way in (SMTP, HTTP, the Lua
+ * binding) refuses addresses that are not UTF-8; should one still get here,
+ * its invalid bytes become U+FFFD rather than the field going missing: a
+ * meta without its sender could never be read back (issue 25). */
+static json_t *jaddr(const char *s)
+{
+    size_t n = strlen(s);
+    if (utf8_valid(s, n))
+        return json_stringn_nocheck(s, n);
+    fprintf(stderr, "kumod: envelope address is not valid UTF-8; storing it with replacements\n");
+    char *buf = malloc(n * 3 + 1);
+    if (!buf) {
+        fputs("kumod: out of memory\n", stderr);
+        abort();
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        long k = utf8_seq((const unsigned char *)s + i, n - i);
+        if (k > 0) {
+            memcpy(buf + o, s + i, (size_t)k);
+            o += (size_t)k;
+            i += (size_t)k;
+        } else {
+            memcpy(buf + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i += (size_t)-k;
+        }
+    }
+    json_t *j = json_stringn_nocheck(buf, o);
+    free(buf);
+    return j;
+}
+
 char *message_meta_to_json(const message *m, size_t *len)
 {
     json_t *doc = json_object();
-    json_object_set_new(doc, "sender", json_string(m->sender));
+    json_object_set_new(doc, "sender", jaddr(m->sender));
     if (m->n_rcpts == 1) {
-        json_object_set_new(doc, "recipient", json_string(m->rcpts[0]));
+        json_object_set_new(doc, "recipient", jaddr(m->rcpts[0]));
     } else {
         json_t *a = json_array();
         for (size_t i = 0; i < m->n_rcpts; i++)
-            json_array_append_new(a, json_string(m->rcpts[i]));
+            json_array_append_new(a, jaddr(m->rcpts[i]));
         json_object_set_new(doc, "recipient", a);
     }
     json_object_set(doc, "meta", m->meta);
@@ -151,7 +185,8 @@ char *message_meta_to_json(const message *m, size_t *len)
 int message_from_meta_json(const spoolid *id, const char *buf, size_t len, message **out)
 {
     json_error_t e;
-    json_t *doc = json_loadb(buf, len, 0, &e);
+    /* JSON_ALLOW_NUL: a policy may store a string holding NUL in meta */
+    json_t *doc = json_loadb(buf, len, JSON_ALLOW_NUL, &e);
     if (!doc || !json_is_object(doc)) {
         json_decref(doc);
         return KERR_PARSE;

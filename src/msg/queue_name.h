@@ -13,11 +13,16 @@ typedef struct queue_name_parts {
     char *routing_domain; /* NULL when absent */
 } queue_name_parts;
 
-/* Builds the name from parts (domain lower-cased). malloc'd. */
+/* Builds the name from parts (domain lower-cased). malloc'd. A separator
+ * inside a component that parsing would misread (a tenant holding '@', a
+ * domain holding '!', '%' anywhere) is written as %XX, so no component,
+ * wherever it came from, can change another one; names without such
+ * characters are exactly KumoMTA's. */
 char *queue_name_build(const char *campaign, const char *tenant, const char *domain,
                        const char *routing_domain);
 /* Splits a name: at the first '@' (prefix = campaign:tenant at the first
- * ':'), the domain at the first '!'. A name without '@' is a bare domain. */
+ * ':'), the domain at the first '!'. A name without '@' is a bare domain.
+ * %XX in a component is decoded. */
 int queue_name_parse(const char *name, queue_name_parts *out);
 void queue_name_parts_fini(queue_name_parts *p);
 /* The queue of a message: meta `queue` when set, else built from meta

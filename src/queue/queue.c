@@ -2887,6 +2887,10 @@ typedef struct admin_entry {
 static pthread_mutex_t admin_lock = PTHREAD_MUTEX_INITIALIZER;
 static admin_entry *admin_entries;
 static atomic_uint admin_generation;
+/* Whether admin_entries is non-empty, for admin_find's lock-free fast path
+ * (every message that comes due asks): the list itself is only read and
+ * written under admin_lock. Set under the lock after each change. */
+static atomic_bool admin_any;
 
 static void admin_entry_free(admin_entry *e)
 {
@@ -2930,6 +2934,7 @@ static void admin_expire_locked(void)
             pp = &(*pp)->next;
         }
     }
+    atomic_store_explicit(&admin_any, admin_entries != NULL, memory_order_release);
 }
 
 /* Finds the active entry of kind that matches; copies the reason and id.
@@ -2937,7 +2942,7 @@ static void admin_expire_locked(void)
 static bool admin_find(admin_kind kind, const char *qname, const queue_name_parts *p,
                        char *reason, size_t rlen, char id[37], bool *suppress)
 {
-    if (!admin_entries)
+    if (!atomic_load_explicit(&admin_any, memory_order_acquire))
         return false;
     bool found = false;
     pthread_mutex_lock(&admin_lock);
@@ -3055,6 +3060,7 @@ static void admin_add(admin_entry *e)
     pthread_mutex_lock(&admin_lock);
     e->next = admin_entries;
     admin_entries = e;
+    atomic_store_explicit(&admin_any, true, memory_order_release);
     pthread_mutex_unlock(&admin_lock);
     atomic_fetch_add(&admin_generation, 1);
 }
@@ -3072,6 +3078,7 @@ static int admin_cancel(admin_kind kind, const char *id)
             break;
         }
     }
+    atomic_store_explicit(&admin_any, admin_entries != NULL, memory_order_release);
     pthread_mutex_unlock(&admin_lock);
     atomic_fetch_add(&admin_generation, 1);
     return rc;

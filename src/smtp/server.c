@@ -40,6 +40,7 @@
 #include "core/duration.h"
 #include "core/kerr.h"
 #include "core/reactor.h"
+#include "core/utf8.h"
 #include "log/logs.h"
 #include "lua/klua.h"
 #include "lua/message_lua.h"
@@ -73,6 +74,7 @@ typedef struct listener_cfg {
     long max_connections;
     int64_t client_timeout_ns;
     int64_t data_processing_timeout_ns;
+    long min_data_rate; /* bytes/s a DATA transfer must average (0: no floor) */
     long max_messages_per_connection;
     long max_recipients_per_message;
     uint64_t max_message_size;
@@ -264,6 +266,7 @@ static listener_cfg *listener_cfg_from_json(json_t *j, char *err, size_t errlen)
     c->max_connections = 32768;
     c->client_timeout_ns = 60 * NS_PER_SEC;
     c->data_processing_timeout_ns = 300 * NS_PER_SEC;
+    c->min_data_rate = 500; /* as Postfix's smtpd_min_data_rate */
     c->max_messages_per_connection = 10000;
     c->max_recipients_per_message = 1024;
     c->max_message_size = 20 * 1024 * 1024;
@@ -301,6 +304,8 @@ static listener_cfg *listener_cfg_from_json(json_t *j, char *err, size_t errlen)
             rc = cfg_duration(v, k, &c->client_timeout_ns, err, errlen);
         else if (strcmp(k, "data_processing_timeout") == 0)
             rc = cfg_duration(v, k, &c->data_processing_timeout_ns, err, errlen);
+        else if (strcmp(k, "min_data_rate") == 0)
+            rc = cfg_long(v, k, &c->min_data_rate, err, errlen);
         else if (strcmp(k, "max_messages_per_connection") == 0)
             rc = cfg_long(v, k, &c->max_messages_per_connection, err, errlen);
         else if (strcmp(k, "max_recipients_per_message") == 0)
@@ -499,6 +504,10 @@ struct sess {
     struct evbuffer *inq;  /* what the client sent, not yet processed (plain sessions) */
     struct event *rev;     /* plain sessions read for themselves: EV_READ, idle timeout */
     bool discarding_line; /* over-long command being skipped */
+    /* Deadlines that trickled bytes do not extend (the idle timeout does
+     * restart on every byte): when the partial command line in the input
+     * began to arrive (0: none), and when DATA's 354 went out. */
+    int64_t line_since_ns, data_since_ns;
     int drain_polls;
     int refs;             /* pending spool saves and similar */
     char session_id[37];
@@ -539,6 +548,7 @@ struct sess {
 };
 
 static void sess_process(sess *s);
+static bool sess_too_slow(sess *s);
 static void sess_reap_soon(sess *s);
 static void tls_drain_check(evutil_socket_t fd, short what, void *arg);
 
@@ -927,6 +937,12 @@ static void cmd_ehlo(sess *s, const char *arg, bool ehlo)
         sess_reply(s, 501, "Syntax error in command or arguments: expected a domain", s->line);
         return;
     }
+    /* it goes into the connection meta and every log record as JSON text */
+    if (!utf8_valid(arg, strlen(arg))) {
+        sess_reply(s, 501, "5.5.2 Syntax error in command or arguments: the domain is not UTF-8",
+                   s->line);
+        return;
+    }
     if (!has_handler("smtp_server_ehlo")) {
         finish_ehlo(s, arg, ehlo, NULL);
         return;
@@ -1011,6 +1027,13 @@ static void cmd_mail(sess *s, const char *arg)
     char *addr = parse_path(arg, "FROM:", &params);
     if (!addr) {
         sess_reply(s, 501, "5.1.7 Bad sender's mailbox address syntax", s->line);
+        return;
+    }
+    if (!utf8_valid(addr, strlen(addr))) {
+        /* Stored as JSON text, it could not be read back (issue 25): refused
+         * here rather than acknowledged and lost. RFC 6531 3.7.1's code. */
+        sess_reply(s, 553, "5.6.7 sender address is not valid UTF-8", s->line);
+        free(addr);
         return;
     }
     if (*addr && !valid_mailbox(addr)) {
@@ -1234,7 +1257,22 @@ static void cmd_rcpt(sess *s, const char *arg)
         sess_reply(s, 503, "5.5.0 MAIL FROM must be issued first", s->line);
         return;
     }
-    char *addr = parse_path(arg, "TO:", NULL);
+    const char *params;
+    char *addr = parse_path(arg, "TO:", &params);
+    if (addr && !utf8_valid(addr, strlen(addr))) {
+        sess_reply(s, 553, "5.6.7 recipient address is not valid UTF-8", s->line);
+        free(addr);
+        return;
+    }
+    if (addr && *params) {
+        /* No RCPT parameter is advertised (no DSN): RFC 5321 4.1.1.11 */
+        char tok[128];
+        size_t tl = strcspn(params, " ");
+        snprintf(tok, sizeof(tok), "%.*s", (int)(tl < 100 ? tl : 100), params);
+        sess_replyf(s, 555, s->line, "5.5.4 unsupported RCPT TO parameter %s", tok);
+        free(addr);
+        return;
+    }
     if (!addr || !valid_mailbox(addr)) {
         /* <postmaster> without a domain is allowed by RFC 5321 4.1.1.3 */
         if (addr && strcasecmp(addr, "postmaster") == 0) {
@@ -1276,6 +1314,7 @@ static void cmd_data(sess *s)
     memcpy(s->data, "\r\n", 2);
     s->data_len = 2;
     s->too_big = false;
+    s->data_since_ns = clock_mono_ns();
     sess_expecting(s, true);
     sess_reply(s, 354, "Send body; end with CRLF.CRLF", s->line);
 }
@@ -2057,6 +2096,12 @@ static void auth_plain_response(sess *s, const char *b64)
         return;
     }
     const char *authz = (char *)buf, *authc = (char *)z1 + 1, *pass = (char *)z2 + 1;
+    /* RFC 4616: the identities are UTF-8; they go into the connection meta */
+    if (!utf8_valid(authz, strlen(authz)) || !utf8_valid(authc, strlen(authc))) {
+        sess_reply(s, 501, "5.5.2 Invalid decoded PLAIN response: identity is not UTF-8",
+                   s->line);
+        return;
+    }
     if (!*authz)
         authz = authc; /* RFC 4616: an empty authorization identity means authc */
     free(s->line);
@@ -2237,6 +2282,8 @@ static void sess_process(sess *s)
         struct evbuffer_ptr eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
         if (eol.pos < 0) {
             size_t pending = evbuffer_get_length(in);
+            if (pending && !s->line_since_ns)
+                s->line_since_ns = clock_mono_ns();
             if ((long)pending > s->ln->line_length_hard_limit) {
                 /* keep reading until the line ends, then answer once */
                 evbuffer_drain(in, pending);
@@ -2245,6 +2292,7 @@ static void sess_process(sess *s)
             break;
         }
         size_t n = (size_t)eol.pos;
+        s->line_since_ns = 0;
         if (s->discarding_line || (long)n > s->ln->line_length_hard_limit) {
             evbuffer_drain(in, n + eol_len);
             s->discarding_line = false;
@@ -2279,7 +2327,8 @@ static void sess_process(sess *s)
 
 static void sess_read_cb(struct bufferevent *bev, void *arg)
 {
-    sess_process(arg);
+    if (!sess_too_slow(arg))
+        sess_process(arg);
 }
 
 /* The client said nothing for client_timeout (reading is on only while the
@@ -2289,6 +2338,40 @@ static void sess_idle_timeout(sess *s)
     DDEBUG(SMOD, "session=%s peer=%s idle too long in state %s", s->session_id, s->peer_str,
            state_names[s->state]);
     sess_replyf(s, 421, NULL, "4.3.2 %s idle too long", s->ln->hostname);
+}
+
+/* Whether the client has taken too long over the command line or the DATA
+ * transfer in progress, however steadily it trickles bytes (slowloris): a
+ * command line must arrive within client_timeout of its first byte; DATA
+ * gets client_timeout plus what min_data_rate allows for its size so far.
+ * Checked when bytes arrive; a client that sends nothing at all meets the
+ * idle timeout instead. Answers 421 and returns true when it is over. */
+static bool sess_too_slow(sess *s)
+{
+    if (s->busy || s->dead)
+        return false;
+    int64_t now = clock_mono_ns();
+    if (s->state == SS_DATA && s->data_since_ns) {
+        int64_t allowed = s->ln->client_timeout_ns;
+        if (s->ln->min_data_rate > 0)
+            allowed += (int64_t)((double)s->data_len / (double)s->ln->min_data_rate * 1e9);
+        if (s->ln->min_data_rate > 0 && now - s->data_since_ns > allowed) {
+            DINFO(SMOD, "session=%s peer=%s DATA too slow: %zu bytes in %.1fs (floor %ld B/s)",
+                  s->session_id, s->peer_str, s->data_len,
+                  (double)(now - s->data_since_ns) / 1e9, s->ln->min_data_rate);
+            sess_replyf(s, 421, NULL, "4.4.2 %s data transfer too slow", s->ln->hostname);
+            return true;
+        }
+        return false;
+    }
+    if (s->line_since_ns && now - s->line_since_ns > s->ln->client_timeout_ns) {
+        DINFO(SMOD, "session=%s peer=%s command line took over %.0fs in state %s",
+              s->session_id, s->peer_str, (double)s->ln->client_timeout_ns / 1e9,
+              state_names[s->state]);
+        sess_replyf(s, 421, NULL, "4.4.2 %s command timed out", s->ln->hostname);
+        return true;
+    }
+    return false;
 }
 
 /* A plain session's socket: readable, or idle for client_timeout. */
@@ -2304,7 +2387,8 @@ static void sess_rev_cb(evutil_socket_t fd, short what, void *arg)
     }
     ssize_t n = net_read_some(s->inq, fd, SESS_READ_MAX);
     if (n > 0) {
-        sess_process(s);
+        if (!sess_too_slow(s))
+            sess_process(s);
         return;
     }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))

@@ -314,6 +314,55 @@ static void test_queue_name_first_recipient(void **state)
     message_unref(m);
 }
 
+/* Issue 25, defect 6: a component taken from meta cannot change the domain
+ * (or any other component) of the name. */
+static void test_components_cannot_inject(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *campaign, *tenant, *domain, *routing;
+    } rows[] = {
+        {NULL, "x@evil.test!evil.test", "local.test", NULL},
+        {"c:d", "t@u", "local.test", NULL},
+        {NULL, "a:b", "local.test", NULL},
+        {"camp", "50%off", "local.test", "r@x!y"},
+        {"@", "!", "local.test", "@"},
+        {NULL, "%41", "local.test", NULL},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
+        char *name = queue_name_build(rows[i].campaign, rows[i].tenant, rows[i].domain,
+                                      rows[i].routing);
+        queue_name_parts p;
+        assert_int_equal(queue_name_parse(name, &p), 0);
+        bool ok = str_eq_null(p.domain, rows[i].domain) &&
+                  str_eq_null(p.tenant, rows[i].tenant) &&
+                  str_eq_null(p.campaign, rows[i].campaign) &&
+                  str_eq_null(p.routing_domain, rows[i].routing);
+        if (!ok)
+            print_error("row %zu: %s -> campaign=%s tenant=%s domain=%s routing=%s\n", i, name,
+                        N(p.campaign), N(p.tenant), N(p.domain), N(p.routing_domain));
+        queue_name_parts_fini(&p);
+        free(name);
+        assert_true(ok);
+    }
+    /* only what would be misread is escaped: names KumoMTA writes stay verbatim */
+    char *name = queue_name_build(NULL, "x@evil.test!evil.test", "Local.Test", NULL);
+    assert_string_equal(name, "x%40evil.test!evil.test@local.test");
+    free(name);
+    /* the tenant of a message (meta) cannot route it elsewhere */
+    const char *rcpt[] = {"u@local.test"};
+    message *m = message_new(NULL, "s@example.com", rcpt, 1);
+    json_object_set_new(m->meta, "tenant", json_string("x@evil.test!evil.test"));
+    char *q = queue_name_of_message(m);
+    queue_name_parts p;
+    assert_int_equal(queue_name_parse(q, &p), 0);
+    bool dom_ok = strcmp(p.domain, "local.test") == 0 && p.routing_domain == NULL;
+    queue_name_parts_fini(&p);
+    free(q);
+    message_unref(m);
+    assert_true(dom_ok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -324,6 +373,7 @@ int main(void)
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_queue_name_of_message),
         cmocka_unit_test(test_queue_name_first_recipient),
+        cmocka_unit_test(test_components_cannot_inject),
     };
     return cmocka_run_group_tests_name("msg/queue_name", tests, NULL, NULL);
 }
