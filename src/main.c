@@ -5,8 +5,17 @@
  * start (answering 421 until enumeration of the spool has finished); the
  * spool is enumerated. The main thread then only waits for signals: SIGTERM
  * and SIGINT shut down in order, SIGHUP reloads the policy into every VM. */
+#include <ares.h>
 #include <errno.h>
 #include <event2/event.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <jansson.h>
+#include <lua.h>
+#include <openssl/crypto.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <zstd.h>
 #include <getopt.h>
 #include <grp.h>
 #include <pthread.h>
@@ -234,11 +243,101 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     if (sig == SIGHUP) {
         DINFO(MAIN_MOD, "SIGHUP: reloading policy %s", policy_path);
+        sd_notify(0, "RELOADING=1");
         klua_bump_epoch();
+        sd_notify(0, "READY=1");
         return;
     }
     DINFO(MAIN_MOD, "received %s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     event_base_loopbreak(main_base);
+}
+
+/* A second SIGTERM/SIGINT while the orderly shutdown runs (GNU timeout and
+ * many supervisors send two) must not kill kumod with its spool half
+ * closed: from the moment the shutdown starts, further ones are only noted.
+ * Only async-signal-safe calls here. */
+static void on_signal_during_shutdown(int sig)
+{
+    static const char msg[] = "kumod: already shutting down in order (the spool is being "
+                              "closed); signal ignored\n";
+    (void)sig;
+    ssize_t n = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)n;
+}
+
+static void ignore_further_stop_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal_during_shutdown;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+}
+
+/* ---- --user: directories for the unprivileged user ------------------------ */
+
+static uid_t chown_uid;
+static gid_t chown_gid;
+
+static int chown_one(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)st;
+    (void)type;
+    (void)ftw;
+    if (lchown(path, chown_uid, chown_gid) != 0) {
+        fprintf(stderr, "kumod: --user: cannot give %s to uid %d: %s\n", path, (int)chown_uid,
+                strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Creates each spool and log directory (0700) and gives it, and whatever an
+ * earlier run as root left in it, to the user kumod is about to become. */
+static int prepare_dir(const char *dir, bool is_spool, void *ud)
+{
+    (void)is_spool;
+    (void)ud;
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s", dir);
+    /* a parent kumod has to create is created for the user too */
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = 0;
+        if (mkdir(tmp, 0700) == 0 && lchown(tmp, chown_uid, chown_gid) != 0) {
+            fprintf(stderr, "kumod: cannot give %s to uid %d: %s\n", tmp, (int)chown_uid,
+                    strerror(errno));
+            return -1;
+        }
+        *p = '/';
+    }
+    if (mkdir(tmp, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "kumod: cannot create %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    /* private mail: whatever made the directory, nobody else reads it */
+    struct stat st;
+    if (stat(dir, &st) == 0 && (st.st_mode & 077) && chmod(dir, st.st_mode & 07700) != 0) {
+        fprintf(stderr, "kumod: cannot make %s private: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    return nftw(dir, chown_one, 32, FTW_PHYS) == 0 ? 0 : -1;
+}
+
+/* After the switch: a log directory that cannot be written would lose every
+ * record while mail keeps flowing, so it stops the start instead. */
+static int check_dir_writable(const char *dir, bool is_spool, void *ud)
+{
+    (void)ud;
+    if (access(dir, W_OK | X_OK) != 0) {
+        fprintf(stderr, "kumod: the %s directory %s is not writable by user %s: %s\n",
+                is_spool ? "spool" : "log", dir, (const char *)ud, strerror(errno));
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- arguments ------------------------------------------------------------- */
@@ -257,6 +356,7 @@ static void usage(FILE *f)
                "  --script FILE   run FILE as a Lua script with the kumo module (no\n"
                "                  listeners, no spool) and exit: 0 when it returns, 1 with\n"
                "                  the error when it raises one; ARGs are in the global arg\n"
+               "  --version       show the version and those of the libraries kumod uses\n"
                "  --help          show this text\n"
                "\n"
                "Diagnostics go to stderr; filter them with KUMOD_LOG (e.g. "
@@ -272,11 +372,27 @@ static int drop_privileges(const char *user)
     }
     if (getuid() != 0)
         return 0;
+    chown_uid = pw->pw_uid;
+    chown_gid = pw->pw_gid;
+    if (services_foreach_dir(prepare_dir, NULL) != 0)
+        return -1;
     if (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0) {
         fprintf(stderr, "kumod: cannot switch to user %s: %s\n", user, strerror(errno));
         return -1;
     }
-    return 0;
+    return services_foreach_dir(check_dir_writable, (void *)user) == 0 ? 0 : -1;
+}
+
+static void print_version(void)
+{
+    printf("kumod %s (%s)\n", KUMOD_VERSION, KUMOD_GIT);
+    printf("  %s\n", LUA_RELEASE);
+    printf("  libevent %s\n", event_get_version());
+    printf("  RocksDB %s\n", KUMOD_ROCKSDB_VERSION);
+    printf("  %s\n", OpenSSL_version(OPENSSL_VERSION));
+    printf("  c-ares %s\n", ares_version(NULL));
+    printf("  jansson %s\n", jansson_version_str());
+    printf("  zstd %s\n", ZSTD_versionString());
 }
 
 static void raise_nofile(void)
@@ -294,7 +410,7 @@ int main(int argc, char **argv)
         {"policy", required_argument, NULL, 'p'}, {"threads", required_argument, NULL, 't'},
         {"validate", no_argument, NULL, 'v'},     {"user", required_argument, NULL, 'u'},
         {"help", no_argument, NULL, 'h'},         {"script", required_argument, NULL, 's'},
-        {NULL, 0, NULL, 0},
+        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
     };
     int threads = 0;
     bool validate = false;
@@ -305,7 +421,7 @@ int main(int argc, char **argv)
     opterr = 0;
     int ch;
     /* "+": stop at the first non-option, so a script's own arguments stay its own */
-    while ((ch = getopt_long(argc, argv, "+:p:t:u:s:vh", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "+:p:t:u:s:vVh", opts, NULL)) != -1) {
         switch (ch) {
         case 'p':
             policy_path = optarg;
@@ -332,6 +448,9 @@ int main(int argc, char **argv)
             break;
         case 'h':
             usage(stdout);
+            return 0;
+        case 'V':
+            print_version();
             return 0;
         case ':':
             fprintf(stderr, "kumod: option %s needs a value\n", argv[optind - 1]);
@@ -367,6 +486,8 @@ int main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* spool bodies and logs are private mail: files 0600, directories 0700 */
+    umask(0077);
     raise_nofile();
 
     services_lua_register();
@@ -406,7 +527,10 @@ int main(int argc, char **argv)
         goto out_reactors;
     }
     if (validate) {
-        if (run_event_sync("validate_config", err, sizeof(err)) != 0) {
+        if (services_check_spools_defined(err, sizeof(err)) != 0) {
+            fprintf(stderr, "kumod: %s\n", err);
+            exit_code = 1;
+        } else if (run_event_sync("validate_config", err, sizeof(err)) != 0) {
             fprintf(stderr, "kumod: validate_config failed: %s\n", err);
             exit_code = 1;
         } else {
@@ -441,6 +565,9 @@ int main(int argc, char **argv)
     started = true;
     DINFO(MAIN_MOD, "kumod started: policy=%s threads=%d pid=%d", policy_path, threads,
           (int)getpid());
+    /* systemd Type=notify: the listeners accept and the spool is open (mail
+     * is taken from now on; enumeration goes on in the background) */
+    sd_notifyf(0, "READY=1\nSTATUS=accepting mail\nMAINPID=%d", (int)getpid());
 
     main_base = event_base_new();
     struct event *sigs[3];
@@ -450,8 +577,10 @@ int main(int argc, char **argv)
         event_add(sigs[i], NULL);
     }
     event_base_loop(main_base, EVLOOP_NO_EXIT_ON_EMPTY);
+    sd_notify(0, "STOPPING=1\nSTATUS=shutting down: finishing sessions, closing the spool");
     for (int i = 0; i < 3; i++)
         event_free(sigs[i]);
+    ignore_further_stop_signals();
     event_base_free(main_base);
 
 out_listeners:

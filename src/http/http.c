@@ -907,6 +907,13 @@ static void open_on_reactor(void *arg)
             j->rc = KERR_IO;
             break;
         }
+        /* port 0: every reactor joins the port the first one was given */
+        if (net_sockaddr_port(&ln->addr) == 0) {
+            struct sockaddr_storage bound;
+            socklen_t bl = sizeof(bound);
+            if (getsockname(fd, (struct sockaddr *)&bound, &bl) == 0)
+                net_sockaddr_set_port(&ln->addr, net_sockaddr_port(&bound));
+        }
         struct evhttp *http = evhttp_new(reactor_base(r));
         if (!http) {
             close(fd);
@@ -967,9 +974,12 @@ int http_start_listeners(char *err, size_t errlen)
     run_on_every_reactor(open_on_reactor, err, errlen, &rc);
     if (rc)
         return rc;
-    for (int i = 0; i < n_listeners; i++)
+    for (int i = 0; i < n_listeners; i++) {
+        char bound[INET6_ADDRSTRLEN + 8];
+        net_format_addr((struct sockaddr *)&listeners[i]->addr, NULL, 0, bound, sizeof(bound));
         DINFO(HMOD, "%s listener on %s (hostname %s)", listeners[i]->use_tls ? "https" : "http",
-              listeners[i]->listen, listeners[i]->hostname);
+              bound, listeners[i]->hostname);
+    }
     return 0;
 }
 

@@ -468,6 +468,22 @@ void logs_record(const logrec *r)
     pthread_rwlock_unlock(&logs_lock);
 }
 
+int logs_foreach_dir(int (*fn)(const char *dir, void *ud), void *ud)
+{
+    pthread_once(&logs_once, logs_init_lock);
+    pthread_rwlock_rdlock(&logs_lock);
+    int rc = 0;
+    for (size_t i = 0; i < logs_n && rc == 0; i++) {
+        struct logs_dest *d = logs_dests[i];
+        rc = fn(d->log_dir, ud);
+        for (int t = 0; t <= LOGREC__COUNT && rc == 0; t++)
+            if (d->pr[t].present && d->pr[t].log_dir)
+                rc = fn(d->pr[t].log_dir, ud);
+    }
+    pthread_rwlock_unlock(&logs_lock);
+    return rc;
+}
+
 void logs_flush(void)
 {
     lock_read();

@@ -103,6 +103,9 @@ char *logrec_to_json(const logrec *r, const char *const *meta_keys, size_t n_met
 /* Makes every destination write out and zstd-flush what it has, so readers
  * of the open segment see every record submitted before this call. */
 void logs_flush(void);
+/* Calls fn for every log directory configured so far (a directory may come
+ * more than once); stops at and returns the first non-zero result. */
+int logs_foreach_dir(int (*fn)(const char *dir, void *ud), void *ud);
 /* Flushes, closes every segment (marking it read-only), stops the threads. */
 void logs_shutdown(void);
 

@@ -172,6 +172,46 @@ void services_lua_register(void)
     klua_register_opener(services_open);
 }
 
+/* adapts logs_foreach_dir's callback to services_foreach_dir's */
+static int log_dir_cb(const char *dir, void *arg)
+{
+    struct {
+        int (*fn)(const char *, bool, void *);
+        void *ud;
+    } *w = arg;
+    return w->fn(dir, false, w->ud);
+}
+
+int services_check_spools_defined(char *err, size_t errlen)
+{
+    static const char *const names[2] = {"data", "meta"};
+    for (int i = 0; i < 2; i++) {
+        if (!spool_defined[i]) {
+            snprintf(err, errlen,
+                     "no spool named '%s' is defined: call kumo.define_spool{name='%s', ...} "
+                     "in your init handler",
+                     names[i], names[i]);
+            return KERR_INVAL;
+        }
+    }
+    return 0;
+}
+
+int services_foreach_dir(int (*fn)(const char *dir, bool spool, void *ud), void *ud)
+{
+    for (int i = 0; i < 2; i++)
+        if (spool_defined[i] && spool_defs[i].path) {
+            int rc = fn(spool_defs[i].path, true, ud);
+            if (rc)
+                return rc;
+        }
+    struct {
+        int (*fn)(const char *, bool, void *);
+        void *ud;
+    } w = {fn, ud};
+    return logs_foreach_dir(log_dir_cb, &w);
+}
+
 int services_open_spool(char *err, size_t errlen)
 {
     static const char *const names[2] = {"data", "meta"};

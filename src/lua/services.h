@@ -9,6 +9,12 @@
 #include "spool/spool.h"
 
 void services_lua_register(void);
+/* 0 when init defined both the data and the meta spool; otherwise an
+ * error naming the missing one (what --validate reports). */
+int services_check_spools_defined(char *err, size_t errlen);
+/* Calls fn for each spool directory (spool = true) and log directory
+ * defined so far; stops at and returns the first non-zero result. */
+int services_foreach_dir(int (*fn)(const char *dir, bool spool, void *ud), void *ud);
 /* Opens the data and meta spools defined in init (once). */
 int services_open_spool(char *err, size_t errlen);
 /* The spool, once open (NULL before). */

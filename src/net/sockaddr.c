@@ -5,6 +5,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/kerr.h"
@@ -26,6 +27,10 @@ int net_parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *le
         snprintf(host, sizeof(host), "%.*s", (int)(colon - s), s);
         port = colon + 1;
     }
+    /* getaddrinfo takes "99999" and wraps it to another port: only 0-65535 */
+    if (!*port || strspn(port, "0123456789") != strlen(port) || strlen(port) > 5 ||
+        atol(port) > 65535)
+        return KERR_PARSE;
     struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE,
                              .ai_socktype = SOCK_STREAM};
     struct addrinfo *res;
@@ -59,4 +64,21 @@ void net_format_addr(const struct sockaddr *sa, char *ip, size_t iplen, char *fu
     }
     if (ip)
         snprintf(ip, iplen, "%s", tmp);
+}
+
+int net_sockaddr_port(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+    if (ss->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+    return -1;
+}
+
+void net_sockaddr_set_port(struct sockaddr_storage *ss, int port)
+{
+    if (ss->ss_family == AF_INET)
+        ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
+    else if (ss->ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
 }

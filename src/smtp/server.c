@@ -2644,6 +2644,15 @@ static void open_on_reactor(void *arg)
             j->rc = -1;
             break;
         }
+        /* Port 0: the kernel picked one for the first reactor's socket; the
+         * others join that same port (SO_REUSEPORT), so the listener is one
+         * port, as configured, not one per reactor (reactors open in turn). */
+        if (net_sockaddr_port(&ln->addr) == 0) {
+            struct sockaddr_storage bound;
+            socklen_t bl = sizeof(bound);
+            if (getsockname(fd, (struct sockaddr *)&bound, &bl) == 0)
+                net_sockaddr_set_port(&ln->addr, net_sockaddr_port(&bound));
+        }
         acceptor *a = calloc(1, sizeof(*a));
         if (a) {
             a->ln = ln;
@@ -2695,9 +2704,11 @@ int smtpsrv_start_listeners(char *err, size_t errlen)
             return -1;
         }
     }
-    for (int i = 0; i < n_listeners; i++)
-        DINFO(SMOD, "esmtp listener on %s (hostname %s)", listeners[i]->listen,
-              listeners[i]->hostname);
+    for (int i = 0; i < n_listeners; i++) {
+        char bound[INET6_ADDRSTRLEN + 8];
+        net_format_addr((struct sockaddr *)&listeners[i]->addr, NULL, 0, bound, sizeof(bound));
+        DINFO(SMOD, "esmtp listener on %s (hostname %s)", bound, listeners[i]->hostname);
+    }
     return 0;
 }
 
