@@ -26,8 +26,10 @@
 #include "smtp/server.h"
 #include "http/http.h"
 #include "queue/queue.h"
+#include "queue/recovery.h"
 #include "delivery/lua_deliver.h"
 #include "delivery/deferred.h"
+#include "delivery/maildir.h"
 #include "delivery/smtp_deliver.h"
 #include "lua/dns_lua.h"
 #include "net/dns.h"
@@ -373,9 +375,12 @@ int main(int argc, char **argv)
     smtpsrv_lua_register();
     http_lua_register();
     queue_init();
+    /* reception hands messages to the queues (smtp sits above queue) */
+    smtpsrv_set_insert_hook(queue_insert);
     lua_deliver_register();
     deferred_register();
     smtp_deliver_register();
+    maildir_register();
     dns_lua_register();
     klua_set_reload_hook(reload_all);
     services_set_validate_only(validate);
@@ -434,7 +439,7 @@ int main(int argc, char **argv)
         exit_code = 1;
         goto out_listeners;
     }
-    if (smtpsrv_start_enumeration() != 0) {
+    if (recovery_start() != 0) {
         exit_code = 1;
         goto out_listeners;
     }
