@@ -11,7 +11,7 @@
 #include <strings.h>
 
 #include "core/duration.h"
-#include "lua/klua.h"
+#include "lua/luajson.h"
 #include "msg/headers.h"
 #include "msg/queue_name.h"
 
