@@ -25,6 +25,7 @@
 #include "lua/services.h"
 #include "smtp/server.h"
 #include "http/http.h"
+#include "http/metrics_http.h"
 #include "queue/queue.h"
 #include "queue/recovery.h"
 #include "delivery/lua_deliver.h"
@@ -374,6 +375,7 @@ int main(int argc, char **argv)
     services_lua_register();
     smtpsrv_lua_register();
     http_lua_register();
+    http_metrics_add_endpoints();
     queue_init();
     /* reception hands messages to the queues (smtp sits above queue) */
     smtpsrv_set_insert_hook(queue_insert);
