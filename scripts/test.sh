@@ -1,8 +1,11 @@
 #!/bin/sh
-# Builds kumod twice (release, then ASan+UBSan) and runs the whole test
-# suite (cmocka unit tests and pytest end-to-end tests) against each build.
+# Checks the include graph of src/ (scripts/check-includes.py), then builds
+# kumod twice (release, then ASan+UBSan) and runs the whole test suite
+# (cmocka unit tests and pytest end-to-end tests) against each build.
 set -eu
 cd "$(dirname "$0")/.."
+# The include graph of src/ first: no cycles, no include up the layers.
+/usr/bin/python3 scripts/check-includes.py
 jobs=$(nproc)
 status=0
 for variant in release asan; do
