@@ -1,5 +1,6 @@
 #!/bin/sh
-# Builds kumod three times and runs the test suite against each build:
+# Checks the include graph of src/ (scripts/check-includes.py), then
+# builds kumod three times and runs the test suite against each build:
 #   release      every test (cmocka unit tests, Lua scripts, pytest end-to-end)
 #   asan         the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   tsan         the end-to-end modules that drive reactors, spool, logger and
@@ -8,6 +9,8 @@
 # Pass variant names to run only those (e.g. ./scripts/test.sh release).
 set -eu
 cd "$(dirname "$0")/.."
+# The include graph of src/ first: no cycles, no include up the layers.
+/usr/bin/python3 scripts/check-includes.py
 jobs=$(nproc)
 status=0
 variants=${*:-release asan tsan}

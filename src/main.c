@@ -34,9 +34,12 @@
 #include "lua/services.h"
 #include "smtp/server.h"
 #include "http/http.h"
+#include "http/metrics_http.h"
 #include "queue/queue.h"
+#include "queue/recovery.h"
 #include "delivery/lua_deliver.h"
 #include "delivery/deferred.h"
+#include "delivery/maildir.h"
 #include "delivery/smtp_deliver.h"
 #include "lua/dns_lua.h"
 #include "net/dns.h"
@@ -493,10 +496,14 @@ int main(int argc, char **argv)
     services_lua_register();
     smtpsrv_lua_register();
     http_lua_register();
+    http_metrics_add_endpoints();
     queue_init();
+    /* reception hands messages to the queues (smtp sits above queue) */
+    smtpsrv_set_insert_hook(queue_insert);
     lua_deliver_register();
     deferred_register();
     smtp_deliver_register();
+    maildir_register();
     dns_lua_register();
     klua_set_reload_hook(reload_all);
     services_set_validate_only(validate);
@@ -558,7 +565,7 @@ int main(int argc, char **argv)
         exit_code = 1;
         goto out_listeners;
     }
-    if (smtpsrv_start_enumeration() != 0) {
+    if (recovery_start() != 0) {
         exit_code = 1;
         goto out_listeners;
     }

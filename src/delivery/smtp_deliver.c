@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "core/diag.h"
+#include "core/duration.h"
 #include "core/kerr.h"
 #include "core/reactor.h"
 #include "net/cidr.h"
@@ -559,6 +560,20 @@ static bool sd_usable(dispatcher *d)
     return c && c->cli && smtpcli_usable(c->cli);
 }
 
+/* The watchdog's default for SMTP: max(2 x the longest per-command
+ * timeout, 60 s). */
+static int64_t sd_watchdog_ns(const egress_path_config *cfg)
+{
+    int64_t m = cfg->mail_from_timeout_ns;
+    if (cfg->rcpt_to_timeout_ns > m)
+        m = cfg->rcpt_to_timeout_ns;
+    if (cfg->data_timeout_ns > m)
+        m = cfg->data_timeout_ns;
+    if (cfg->data_dot_timeout_ns > m)
+        m = cfg->data_dot_timeout_ns;
+    return 2 * m > 60 * NS_PER_SEC ? 2 * m : 60 * NS_PER_SEC;
+}
+
 static const disp_driver smtp_driver = {
     .usable = sd_usable,
     .delivery_protocol = "ESMTP",
@@ -566,6 +581,7 @@ static const disp_driver smtp_driver = {
     .send = sd_send,
     .close = sd_close,
     .abort = sd_abort,
+    .watchdog_ns = sd_watchdog_ns,
 };
 
 void smtp_deliver_register(void)

@@ -433,17 +433,9 @@ enum {
     M_DELETE = EVHTTP_REQ_DELETE,
 };
 
-typedef struct http_route {
-    const char *path;
-    unsigned methods;
-    void (*fn)(http_req *hr);
-} http_route;
-
 static const http_route routes[] = {
     {"/api/inject/v1", M_POST, http_inject_v1},
     {"/api/check-liveness/v1", M_GET, http_check_liveness_v1},
-    {"/metrics", M_GET, http_metrics_prometheus},
-    {"/metrics.json", M_GET, http_metrics_json},
     {"/api/admin/bounce/v1", M_GET | M_POST | M_DELETE, http_admin_bounce},
     {"/api/admin/suspend/v1", M_GET | M_POST | M_DELETE, http_admin_suspend},
     {"/api/admin/suspend-ready-q/v1", M_GET | M_POST | M_DELETE, http_admin_suspend_ready_q},
@@ -455,6 +447,19 @@ static const http_route routes[] = {
     {"/api/admin/set_diagnostic_log_filter/v1", M_POST, http_admin_set_log_filter},
     {"/api/admin/bump-config-epoch", M_POST, http_admin_bump_config_epoch},
 };
+
+/* Endpoint modules that register themselves (metrics_http.c): written by
+ * the main thread before the listeners start, read-only afterwards. */
+#define MAX_ENDPOINTS 8
+static const http_endpoints *endpoints[MAX_ENDPOINTS];
+static int n_endpoints;
+
+void http_add_endpoints(const http_endpoints *e)
+{
+    if (n_endpoints == MAX_ENDPOINTS)
+        abort(); /* a programming error: raise MAX_ENDPOINTS */
+    endpoints[n_endpoints++] = e;
+}
 
 /* ---- authentication ------------------------------------------------------------------------- */
 
@@ -833,6 +838,10 @@ static void on_request(struct evhttp_request *req, void *arg)
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
         if (strcmp(routes[i].path, hr->path) == 0)
             rt = &routes[i];
+    for (int e = 0; e < n_endpoints; e++)
+        for (size_t i = 0; i < endpoints[e]->n_routes; i++)
+            if (strcmp(endpoints[e]->routes[i].path, hr->path) == 0)
+                rt = &endpoints[e]->routes[i];
     if (!rt) {
         http_reply_error(hr, 404, "no such endpoint: %s", hr->path);
         return;
@@ -948,7 +957,9 @@ static void open_on_reactor(void *arg)
 
 int http_start_listeners(char *err, size_t errlen)
 {
-    http_metrics_register();
+    for (int e = 0; e < n_endpoints; e++)
+        if (endpoints[e]->start)
+            endpoints[e]->start();
     if (n_listeners == 0)
         return 0;
     for (int i = 0; i < n_listeners; i++) {
@@ -1031,7 +1042,9 @@ void http_shutdown(void)
         }
     }
     if (!slots) {
-        http_metrics_fini();
+        for (int e = 0; e < n_endpoints; e++)
+            if (endpoints[e]->stop)
+                endpoints[e]->stop();
         for (int i = 0; i < n_listeners; i++) {
             listener_free(listeners[i]);
             listeners[i] = NULL;

@@ -25,6 +25,7 @@
 
 #include "core/diag.h"
 #include "core/kerr.h"
+#include "http/metrics_http.h"
 #include "http/request.h"
 #include "metrics/metrics.h"
 #include "msg/message.h"
@@ -301,12 +302,14 @@ static void register_once(void)
             health[i].f->rocks_only ? "path" : "name", c_spool_health, (void *)health[i].f);
 }
 
-void http_metrics_register(void)
+/* Registers the kumod metric families (once). */
+static void http_metrics_register(void)
 {
     pthread_once(&reg_once, register_once);
 }
 
-void http_metrics_fini(void)
+/* Drops the queue snapshot of the last scrape (at shutdown). */
+static void http_metrics_fini(void)
 {
     pthread_mutex_lock(&snap_lock);
     json_decref(snapshot);
@@ -349,12 +352,29 @@ static void after_summary(void *ud, int status, json_t *result_take, const char 
     render_and_reply(hr);
 }
 
-void http_metrics_prometheus(http_req *hr)
+static void http_metrics_prometheus(http_req *hr)
 {
     queue_admin_summary(after_summary, hr);
 }
 
-void http_metrics_json(http_req *hr)
+static void http_metrics_json(http_req *hr)
 {
     queue_admin_summary(after_summary, hr);
+}
+
+static const http_route metrics_routes[] = {
+    {"/metrics", EVHTTP_REQ_GET, http_metrics_prometheus},
+    {"/metrics.json", EVHTTP_REQ_GET, http_metrics_json},
+};
+
+static const http_endpoints metrics_endpoints = {
+    .routes = metrics_routes,
+    .n_routes = sizeof(metrics_routes) / sizeof(metrics_routes[0]),
+    .start = http_metrics_register,
+    .stop = http_metrics_fini,
+};
+
+void http_metrics_add_endpoints(void)
+{
+    http_add_endpoints(&metrics_endpoints);
 }

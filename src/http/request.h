@@ -64,11 +64,29 @@ void http_utf8_sanitize(char *s);
 /* True once http_shutdown has begun. */
 bool http_shutting_down(void);
 
-/* Endpoint handlers (inject.c, admin_http.c, metrics_http.c). */
+/* One endpoint of the router: its path, the methods it takes
+ * (EVHTTP_REQ_* bits) and its handler. */
+typedef struct http_route {
+    const char *path;
+    unsigned methods;
+    void (*fn)(http_req *hr);
+} http_route;
+
+/* An endpoint module the router does not name registers its routes here,
+ * with hooks run when the listeners start (start) and once every listener
+ * is freed at shutdown (stop); either may be NULL. e must outlive the
+ * process. Main thread, before http_start_listeners(). */
+typedef struct http_endpoints {
+    const http_route *routes;
+    size_t n_routes;
+    void (*start)(void);
+    void (*stop)(void);
+} http_endpoints;
+void http_add_endpoints(const http_endpoints *e);
+
+/* Endpoint handlers of the router's own table (inject.c, admin_http.c). */
 void http_inject_v1(http_req *hr);
 void http_check_liveness_v1(http_req *hr);
-void http_metrics_prometheus(http_req *hr);
-void http_metrics_json(http_req *hr);
 void http_admin_bounce(http_req *hr);
 void http_admin_suspend(http_req *hr);
 void http_admin_suspend_ready_q(http_req *hr);
@@ -80,11 +98,8 @@ void http_admin_ready_q_states(http_req *hr);
 void http_admin_set_log_filter(http_req *hr);
 void http_admin_bump_config_epoch(http_req *hr);
 
-/* metrics_http.c: registers the kumod metric families (once). */
-void http_metrics_register(void);
-/* Drops the queue snapshot of the last scrape (at shutdown). */
-void http_metrics_fini(void);
-/* Counts one message received over HTTP (total_messages_received). */
+/* metrics_http.c: counts one message received over HTTP
+ * (total_messages_received). */
 void http_metrics_received(unsigned n);
 
 #endif

@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "lua/luajson.h"
+
 typedef struct klua klua;
 typedef struct klua_call klua_call;
 
@@ -82,10 +84,7 @@ const char *klua_call_event(klua_call *c);
 klua_call *klua_wait_begin(lua_State *L);
 void klua_wait_resume(klua_call *c, int nres);
 
-/* Lua <-> JSON. klua_to_json returns a new reference or NULL with err set
- * (tables with mixed keys, functions, cycles). Empty tables become {}. */
-void klua_push_json(lua_State *L, const json_t *j);
-json_t *klua_to_json(lua_State *L, int idx, char *err, size_t errlen);
+/* Lua <-> JSON: klua_push_json and klua_to_json are in lua/luajson.h. */
 
 /* Raises kumo.reject's structured error from C. */
 int klua_raise_reject(lua_State *L, int code, const char *msg);

@@ -12,7 +12,7 @@
 
 #include "core/duration.h"
 #include "core/utf8.h"
-#include "lua/klua.h"
+#include "lua/luajson.h"
 #include "msg/headers.h"
 #include "msg/queue_name.h"
 

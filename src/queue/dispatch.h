@@ -1,9 +1,19 @@
-/* The dispatcher interface between ready queues and delivery protocols.
- * A dispatcher is one "connection" of a ready queue: it opens, delivers
- * messages one at a time, and closes. Protocol drivers implement the three
- * operations and report back through the disp_* functions, always on the
- * ready queue's reactor. The dispatcher records its phase, a detail string
- * and the time of its last progress for the watchdog. */
+/* The delivery-protocol interface: the only way the queue engine knows a
+ * protocol. Each protocol (delivery/smtp_deliver.c, delivery/lua_deliver.c,
+ * delivery/deferred.c, delivery/maildir.c) fills a disp_driver and
+ * registers it for its qproto with dispatch_register_driver() at start-up,
+ * before the first message is queued.
+ *
+ * Two kinds of protocol:
+ * - connection protocols (open/send/close): a dispatcher is one
+ *   "connection" of a ready queue; it opens, delivers messages one at a
+ *   time, and closes. The driver reports back through the disp_*
+ *   functions, always on the ready queue's reactor. The dispatcher records
+ *   its phase, a detail string and the time of its last progress for the
+ *   watchdog.
+ * - direct protocols (deliver_direct): the scheduled queue delivers a due
+ *   message itself, on its own reactor, without a ready queue (maildir
+ *   today). */
 #ifndef KUMOD_QUEUE_DISPATCH_H
 #define KUMOD_QUEUE_DISPATCH_H
 #include <stdbool.h>
@@ -27,6 +37,27 @@ typedef enum disp_phase {
     PHASE_CLOSING,
 } disp_phase;
 
+typedef enum disp_outcome {
+    OUTCOME_DELIVERED,
+    OUTCOME_TRANSIENT,
+    OUTCOME_PERMANENT,
+} disp_outcome;
+
+typedef struct disp_response {
+    int code;
+    int enh_class, enh_subject, enh_detail; /* class 0 = none */
+    const char *content;
+    const char *command; /* may be NULL */
+} disp_response;
+
+/* One message for a direct protocol. */
+typedef struct disp_direct {
+    const char *queue;       /* the scheduled queue's name */
+    const queue_config *cfg; /* its configuration (maildir_path, modes...) */
+    message *m;              /* resident with its data; may be NULL when failure is set */
+    const char *failure;     /* why the message could not be loaded, or NULL */
+} disp_direct;
+
 typedef struct disp_driver {
     const char *delivery_protocol; /* "Lua", "ESMTP", ... for log records */
     /* records carry no peer, egress pool/source or session (deferred injection) */
@@ -41,20 +72,17 @@ typedef struct disp_driver {
     void (*abort)(dispatcher *d);
     /* Whether an idle connection can take another message (NULL: yes). */
     bool (*usable)(dispatcher *d);
+    /* How long a dispatcher may go without progress before the watchdog
+     * aborts it, unless the path sets watchdog_timeout (NULL: 600 s). */
+    int64_t (*watchdog_ns)(const egress_path_config *cfg);
+    /* Direct protocols only (open, send and close unused): delivers j->m
+     * now, or reports j->failure, on the scheduled queue's reactor. Fills r,
+     * its content written into buf (buflen bytes), and returns
+     * OUTCOME_DELIVERED or OUTCOME_TRANSIENT (the message is retried about
+     * a minute later). */
+    disp_outcome (*deliver_direct)(const disp_direct *j, disp_response *r, char *buf,
+                                   size_t buflen);
 } disp_driver;
-
-typedef enum disp_outcome {
-    OUTCOME_DELIVERED,
-    OUTCOME_TRANSIENT,
-    OUTCOME_PERMANENT,
-} disp_outcome;
-
-typedef struct disp_response {
-    int code;
-    int enh_class, enh_subject, enh_detail; /* class 0 = none */
-    const char *content;
-    const char *command; /* may be NULL */
-} disp_response;
 
 /* Accessors for drivers. */
 void *disp_driver_state(dispatcher *d);

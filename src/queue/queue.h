@@ -12,8 +12,8 @@
 
 #include "msg/message.h"
 
-/* Registers the Lua makers and the reception insert hook. Call before the
- * first VM is built. */
+/* Registers the Lua makers. Call before the first VM is built. (main.c
+ * connects the SMTP server's insert hook to queue_insert.) */
 void queue_init(void);
 /* Frees the calling reactor's queues (messages stay in the spool). Run on
  * each reactor at shutdown. */

@@ -14,33 +14,16 @@
 void smtpsrv_lua_register(void);
 /* Opens the listening sockets configured by init on every reactor. */
 int smtpsrv_start_listeners(char *err, size_t errlen);
-/* Marks the spool ready (listeners stop answering 421) and starts
- * enumerating it in the background. The line "spool enumeration done" is
- * logged once every message found is back in its scheduled queue. */
-int smtpsrv_start_enumeration(void);
 /* Stops accepting and asks sessions to end; returns when they are gone or
  * after a grace period. Call from the main thread. */
 void smtpsrv_shutdown(void);
 
 /* The queue layer's entry point: takes a reference to msg (already saved
- * unless deferred_spool); reasons is "Received" or "Enumerated". Runs on the
- * calling reactor (or a spool thread for enumeration). Returns 0 or an error
- * that makes reception answer a transient failure. */
+ * unless deferred_spool); reason is "Received". Runs on the calling
+ * reactor. Returns 0 or an error that makes reception answer a transient
+ * failure. main.c connects it to queue_insert(). */
 typedef int (*smtpsrv_insert_fn)(message *msg_take, const char *queue, const char *reason);
 void smtpsrv_set_insert_hook(smtpsrv_insert_fn fn);
-
-/* Enumeration's fast path, used when no spool_message_enumerated handler
- * is defined and the meta carries no scheduling: add() queues a message
- * known by id and queue name, flush() hands over what add() batched. Both
- * run on the spool reader thread. The queue layer reports each enumerated
- * message it has placed in its scheduled queue with smtpsrv_enum_placed(),
- * whichever path brought it. */
-typedef struct smtpsrv_enum_hooks {
-    void (*add)(const spoolid *id, const char *queue);
-    void (*flush)(void);
-} smtpsrv_enum_hooks;
-void smtpsrv_set_enum_hooks(const smtpsrv_enum_hooks *hooks);
-void smtpsrv_enum_placed(unsigned long n);
 
 /* Counters for metrics. */
 typedef struct smtpsrv_stats {

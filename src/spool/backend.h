@@ -1,5 +1,7 @@
 /* The internal contract between the spool facade (spool.c) and its backends
- * (rocks.c, local_disk.c). Not for use outside src/spool.
+ * (rocks.c, local_disk.c): the vtable each backend implements, its opener,
+ * and the helpers of backend.c the backends share. The backends include
+ * this header and store.h, never spool.h. Not for use outside src/spool.
  *
  * Threads: apply() is called only by the facade's single writer thread, so a
  * backend may keep unlocked scratch state for it. get() and iterate() are
@@ -11,7 +13,7 @@
 #include <stddef.h>
 
 #include "core/spoolid.h"
-#include "spool/spool.h"
+#include "spool/store.h"
 
 /* One write of a group commit. */
 typedef struct spool__wop {
@@ -85,8 +87,5 @@ int spool__mkdir_p(const char *path);
 /* Fills the common part; name and path are copied (NULL when out of memory). */
 void spool__store_init(spool_store *st, const spool__backend *be, const spool_params *p);
 void spool__store_fini(spool_store *st);
-
-struct spool_health;
-int spool__health_get(struct spool_health *h, spool_health_info out[2], char *reason, size_t len);
 
 #endif

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "spool/spool.h"
+#include "spool/store.h"
 
 typedef struct spool_health spool_health;
 
@@ -22,5 +22,8 @@ void spool__health_write_failed(spool_health *h, int err);
 /* A load or other operation failed (debounced). */
 void spool__health_op_failed(spool_health *h, int err);
 bool spool__health_latched(spool_health *h);
+/* The last sample of both stores (data, meta). Returns 1 while the gate is
+ * latched (reason, may be NULL, says why), else 0. */
+int spool__health_get(spool_health *h, spool_health_info out[2], char *reason, size_t len);
 
 #endif

@@ -328,53 +328,6 @@ void spool_params_fini(spool_params *p)
 
 /* ---- stores ----------------------------------------------------------- */
 
-int spool__mkdir_p(const char *path)
-{
-    size_t len = strlen(path);
-    char *buf = malloc(len + 1);
-    int rc = 0;
-
-    if (buf == NULL) {
-        errno = ENOMEM;
-        return KERR_IO;
-    }
-    memcpy(buf, path, len + 1);
-    for (size_t i = 1; i <= len; i++) {
-        if (buf[i] != '/' && buf[i] != '\0')
-            continue;
-        if (buf[i - 1] == '/')
-            continue;
-        buf[i] = '\0';
-        if (mkdir(buf, 0755) < 0 && errno != EEXIST) {
-            rc = KERR_IO;
-            break;
-        }
-        buf[i] = path[i];
-    }
-    free(buf);
-    return rc;
-}
-
-void spool__store_init(spool_store *st, const spool__backend *be, const spool_params *p)
-{
-    st->be = be;
-    st->kind = p->kind;
-    st->name = strdup(p->name);
-    st->path = strdup(p->path);
-    st->sync_all = false;
-    st->params = *p;
-    st->params.name = NULL;
-    st->params.path = NULL;
-    st->params.rocks_params = NULL;
-}
-
-void spool__store_fini(spool_store *st)
-{
-    free(st->name);
-    free(st->path);
-    st->name = st->path = NULL;
-}
-
 int spool_store_open(const spool_params *p, spool_store **out, char *err, size_t errlen)
 {
     *out = NULL;

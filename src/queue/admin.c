@@ -1,0 +1,524 @@
+/* Administrative actions on queued messages (queue/admin.h): the registry
+ * of active bounces and suspensions, the AdminBounce of a message, and the
+ * broadcast helpers that run an admin request on every reactor and answer
+ * on the one that asked. Rebind is in requeue.c, inspection in inspect.c.
+ *
+ * Threads: the registry is process-wide under admin_lock (read when a
+ * message is placed or made ready, so the lookup returns at once when it
+ * is empty); a broadcast runs its part on each reactor for that reactor's
+ * queues. Failures: a malformed request is refused with a message naming
+ * the field (HTTP 400); entries expire by themselves. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <uuid/uuid.h>
+
+#include "core/duration.h"
+#include "core/kerr.h"
+#include "queue/admin.h"
+#include "queue/dispatch.h"
+#include "queue/queue_int.h"
+
+static pthread_mutex_t admin_lock = PTHREAD_MUTEX_INITIALIZER;
+static admin_entry *admin_entries;
+/* Whether admin_entries is non-empty, for admin_find's lock-free fast path
+ * (every message that comes due asks): the list itself is only read and
+ * written under admin_lock. Set under the lock after each change. */
+static atomic_bool admin_any;
+static atomic_uint admin_generation;
+
+void admin_entry_free(admin_entry *e)
+{
+    free(e->reason);
+    free(e->domain);
+    free(e->campaign);
+    free(e->tenant);
+    free(e->routing_domain);
+    free(e->name);
+    json_decref(e->queue_names);
+    free(e);
+}
+
+static bool eq_ci_opt(const char *want, const char *have)
+{
+    return !want || (have && strcasecmp(want, have) == 0);
+}
+
+bool admin_matches(const admin_entry *e, const char *qname, const queue_name_parts *p)
+{
+    if (e->queue_names && json_array_size(e->queue_names) > 0) {
+        size_t i;
+        json_t *v;
+        json_array_foreach(e->queue_names, i, v) if (json_is_string(v) &&
+                                                     strcmp(json_string_value(v), qname) == 0) return true;
+        return false;
+    }
+    return eq_ci_opt(e->domain, p->domain) && eq_ci_opt(e->campaign, p->campaign) &&
+           eq_ci_opt(e->tenant, p->tenant) && eq_ci_opt(e->routing_domain, p->routing_domain);
+}
+
+static void admin_expire_locked(void)
+{
+    int64_t now = clock_wall_ns();
+    for (admin_entry **pp = &admin_entries; *pp;) {
+        if ((*pp)->expires_wall_ns && (*pp)->expires_wall_ns <= now) {
+            admin_entry *dead = *pp;
+            *pp = dead->next;
+            admin_entry_free(dead);
+        } else {
+            pp = &(*pp)->next;
+        }
+    }
+    atomic_store_explicit(&admin_any, admin_entries != NULL, memory_order_release);
+}
+
+/* Finds the active entry of kind that matches; copies the reason and id.
+ * Returns false when none. */
+static bool admin_find(admin_kind kind, const char *qname, const queue_name_parts *p,
+                       char *reason, size_t rlen, char id[37], bool *suppress)
+{
+    if (!atomic_load_explicit(&admin_any, memory_order_acquire))
+        return false;
+    bool found = false;
+    pthread_mutex_lock(&admin_lock);
+    admin_expire_locked();
+    for (admin_entry *e = admin_entries; e; e = e->next) {
+        if (e->kind != kind)
+            continue;
+        bool m = kind == ADM_SUSPEND_READYQ ? strcmp(e->name, qname) == 0
+                                            : admin_matches(e, qname, p);
+        if (m) {
+            snprintf(reason, rlen, "%s", e->reason);
+            if (id)
+                memcpy(id, e->id, 37);
+            if (suppress)
+                *suppress = e->suppress_logging;
+            if (kind == ADM_BOUNCE)
+                atomic_fetch_add(&e->bounced, 1);
+            found = true;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&admin_lock);
+    return found;
+}
+
+char *jstrdup(const json_t *req, const char *k)
+{
+    const char *s = json_string_value(json_object_get(req, k));
+    return s ? strdup(s) : NULL;
+}
+
+static int admin_parse(const json_t *req, admin_kind kind, admin_entry **out, char *err,
+                       size_t errlen)
+{
+    if (!json_is_object(req)) {
+        snprintf(err, errlen, "expected a JSON object");
+        return KERR_PARSE;
+    }
+    static const char *const allowed_bounce[] = {
+        "reason", "domain", "campaign", "tenant", "routing_domain", "queue_names", "duration",
+        "expires", "suppress_logging", NULL};
+    static const char *const allowed_suspend[] = {"reason", "domain", "campaign", "tenant",
+                                                  "queue_names", "duration", "expires", NULL};
+    static const char *const allowed_rq[] = {"name", "reason", "duration", "expires", NULL};
+    const char *const *allowed = kind == ADM_BOUNCE    ? allowed_bounce
+                                 : kind == ADM_SUSPEND ? allowed_suspend
+                                                       : allowed_rq;
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)req, k, v) {
+        bool ok = false;
+        for (int i = 0; allowed[i]; i++)
+            ok |= strcmp(allowed[i], k) == 0;
+        if (!ok) {
+            snprintf(err, errlen, "unknown field `%s`", k);
+            return KERR_PARSE;
+        }
+        if (strcmp(k, "queue_names") == 0 ? !json_is_array(v)
+            : strcmp(k, "suppress_logging") == 0 ? !json_is_boolean(v)
+                                                 : !json_is_string(v)) {
+            snprintf(err, errlen, "invalid type for field `%s`", k);
+            return KERR_PARSE;
+        }
+    }
+    if (!json_is_string(json_object_get(req, "reason"))) {
+        snprintf(err, errlen, "missing field `reason`");
+        return KERR_PARSE;
+    }
+    if (kind == ADM_SUSPEND_READYQ && !json_is_string(json_object_get(req, "name"))) {
+        snprintf(err, errlen, "missing field `name`");
+        return KERR_PARSE;
+    }
+    admin_entry *e = calloc(1, sizeof(*e));
+    if (!e)
+        abort();
+    e->kind = kind;
+    uuid_t u;
+    uuid_generate_random(u);
+    uuid_unparse_lower(u, e->id);
+    e->reason = jstrdup(req, "reason");
+    e->domain = jstrdup(req, "domain");
+    e->campaign = jstrdup(req, "campaign");
+    e->tenant = jstrdup(req, "tenant");
+    e->routing_domain = jstrdup(req, "routing_domain");
+    e->name = jstrdup(req, "name");
+    json_t *qn = json_object_get(req, "queue_names");
+    e->queue_names = qn ? json_incref(qn) : NULL;
+    e->suppress_logging = json_is_true(json_object_get(req, "suppress_logging"));
+    /* default duration: 5 minutes, as KumoMTA */
+    int64_t dur = 300 * NS_PER_SEC;
+    const char *ds = json_string_value(json_object_get(req, "duration"));
+    if (ds && duration_parse(ds, &dur) != 0) {
+        snprintf(err, errlen, "invalid duration `%s`", ds);
+        admin_entry_free(e);
+        return KERR_PARSE;
+    }
+    e->duration_ns = dur;
+    e->expires_wall_ns = clock_wall_ns() + dur;
+    const char *ex = json_string_value(json_object_get(req, "expires"));
+    if (ex) {
+        struct tm tm = {0};
+        if (!strptime(ex, "%Y-%m-%dT%H:%M:%S", &tm)) {
+            snprintf(err, errlen, "invalid expires `%s` (RFC 3339 expected)", ex);
+            admin_entry_free(e);
+            return KERR_PARSE;
+        }
+        e->expires_wall_ns = (int64_t)timegm(&tm) * NS_PER_SEC;
+    }
+    *out = e;
+    return 0;
+}
+
+static void admin_add(admin_entry *e)
+{
+    pthread_mutex_lock(&admin_lock);
+    e->next = admin_entries;
+    admin_entries = e;
+    atomic_store_explicit(&admin_any, true, memory_order_release);
+    pthread_mutex_unlock(&admin_lock);
+    atomic_fetch_add(&admin_generation, 1);
+}
+
+static int admin_cancel(admin_kind kind, const char *id)
+{
+    int rc = KERR_NOTFOUND;
+    pthread_mutex_lock(&admin_lock);
+    for (admin_entry **pp = &admin_entries; *pp; pp = &(*pp)->next) {
+        if ((*pp)->kind == kind && strcmp((*pp)->id, id) == 0) {
+            admin_entry *dead = *pp;
+            *pp = dead->next;
+            admin_entry_free(dead);
+            rc = 0;
+            break;
+        }
+    }
+    atomic_store_explicit(&admin_any, admin_entries != NULL, memory_order_release);
+    pthread_mutex_unlock(&admin_lock);
+    atomic_fetch_add(&admin_generation, 1);
+    return rc;
+}
+
+static json_t *admin_list(admin_kind kind)
+{
+    json_t *a = json_array();
+    pthread_mutex_lock(&admin_lock);
+    admin_expire_locked();
+    int64_t now = clock_wall_ns();
+    for (admin_entry *e = admin_entries; e; e = e->next) {
+        if (e->kind != kind)
+            continue;
+        json_t *o = json_object();
+        json_object_set_new(o, "id", json_string(e->id));
+        json_object_set_new(o, "reason", json_string(e->reason));
+        if (kind == ADM_SUSPEND_READYQ) {
+            json_object_set_new(o, "name", json_string(e->name));
+        } else {
+            json_object_set_new(o, "domain", e->domain ? json_string(e->domain) : json_null());
+            json_object_set_new(o, "campaign",
+                                e->campaign ? json_string(e->campaign) : json_null());
+            json_object_set_new(o, "tenant", e->tenant ? json_string(e->tenant) : json_null());
+            if (kind == ADM_BOUNCE)
+                json_object_set_new(o, "routing_domain", e->routing_domain
+                                                             ? json_string(e->routing_domain)
+                                                             : json_null());
+            json_object_set_new(o, "queue_names",
+                                e->queue_names ? json_incref(e->queue_names) : json_array());
+        }
+        char dur[64];
+        duration_format(e->expires_wall_ns - now, dur, sizeof(dur));
+        json_object_set_new(o, "duration", json_string(dur));
+        if (kind == ADM_BOUNCE) {
+            json_t *b = json_object();
+            json_object_set_new(b, "total", json_integer((json_int_t)atomic_load(&e->bounced)));
+            json_object_set_new(o, "bounced", b);
+            json_object_set_new(o, "total_bounced",
+                                json_integer((json_int_t)atomic_load(&e->bounced)));
+        }
+        json_array_append_new(a, o);
+    }
+    pthread_mutex_unlock(&admin_lock);
+    return a;
+}
+
+/* ---- AdminBounce on a message --------------------------------------------------- */
+
+struct abounce {
+    char *queue;
+    char *reason;
+    bool suppress;
+};
+
+static void abounce_free(void *ud)
+{
+    struct abounce *b = ud;
+    free(b->queue);
+    free(b->reason);
+    free(b);
+}
+
+static void abounce_after_load(qmsg *q, int err, void *ud)
+{
+    struct abounce *b = ud;
+    if (!err && q->m && !b->suppress) {
+        char content[600];
+        snprintf(content, sizeof(content), "Administrator bounced with reason: %s", b->reason);
+        rec_ctx x = {.queue = b->queue, .site = "localhost"};
+        disp_response r = {551, 5, 7, 1, content, NULL};
+        qmsg_log(LOGREC_ADMIN_BOUNCE, q->m, q->num_attempts, &x, &r);
+    }
+    atomic_fetch_add(&st_failed, 0);
+    qmsg_forget(q);
+    qmsg_free(q);
+    abounce_free(b);
+}
+
+static void admin_bounce_msg(const char *queue, qmsg *q, const char *reason, bool suppress)
+{
+    struct abounce *b = calloc(1, sizeof(*b));
+    if (!b)
+        abort();
+    b->queue = strdup(queue);
+    b->reason = strdup(reason);
+    b->suppress = suppress;
+    qmsg_load(q, false, abounce_after_load, b, abounce_free);
+}
+
+/* Checked when a message is placed and when it is made ready: returns true
+ * when an admin action consumed or delayed it. */
+bool admin_intercept(schedq *sq, qmsg *q)
+{
+    char reason[512];
+    bool suppress = false;
+    if (admin_find(ADM_BOUNCE, sq->name, &sq->parts, reason, sizeof(reason), NULL, &suppress)) {
+        admin_bounce_msg(sq->name, q, reason, suppress);
+        return true;
+    }
+    return false;
+}
+
+static void bcast_done_on_origin(void *arg)
+{
+    bcast *b = arg;
+    b->finish(b);
+    json_decref(b->req);
+    free(b->id);
+    pthread_mutex_destroy(&b->lock);
+    free(b);
+}
+
+void bcast_part_done(bcast *b)
+{
+    if (atomic_fetch_sub(&b->remaining, 1) == 1)
+        reactor_post(b->origin, bcast_done_on_origin, b);
+}
+
+bcast *bcast_new(admin_cb cb, void *ud, const json_t *req, void (*finish)(bcast *))
+{
+    bcast *b = calloc(1, sizeof(*b));
+    if (!b)
+        abort();
+    b->origin = reactor_current();
+    b->cb = cb;
+    b->ud = ud;
+    b->req = req ? json_deep_copy(req) : NULL;
+    b->finish = finish;
+    pthread_mutex_init(&b->lock, NULL);
+    atomic_store(&b->remaining, reactor_count());
+    return b;
+}
+
+void bcast_run(bcast *b, reactor_fn fn)
+{
+    for (int i = 0; i < reactor_count(); i++)
+        reactor_post(reactor_get(i), fn, b);
+}
+
+/* ---- bounce ------------------------------------------------------------------------------ */
+
+static void bounce_on_reactor(void *arg)
+{
+    bcast *b = arg;
+    qtables *t = tables();
+    long long n = 0;
+    FOREACH_SCHEDQ(t, sq)
+    {
+        if (!admin_matches(b->entry, sq->name, &sq->parts))
+            continue;
+        qlist *lists[2] = {&sq->waiting, &sq->pending};
+        for (int li = 0; li < 2; li++) {
+            while (lists[li]->count) {
+                qmsg *q = qlist_pop(lists[li]);
+                if (li == 0) {
+                    reactor_timer_cancel(reactor_current(), &q->timer);
+                    atomic_fetch_sub(&st_scheduled, 1);
+                }
+                atomic_fetch_add(&b->entry->bounced, 1);
+                admin_bounce_msg(sq->name, q, b->entry->reason, b->entry->suppress_logging);
+                n++;
+            }
+        }
+        sched_arm_reap(sq);
+    }
+    pthread_mutex_lock(&b->lock);
+    b->count += n;
+    pthread_mutex_unlock(&b->lock);
+    bcast_part_done(b);
+}
+
+static void bounce_finish(bcast *b)
+{
+    json_t *res = json_object();
+    json_object_set_new(res, "id", json_string(b->entry->id));
+    json_t *by = json_object();
+    json_object_set_new(res, "bounced", by);
+    json_object_set_new(res, "total_bounced", json_integer(b->count));
+    b->cb(b->ud, 200, res, NULL);
+}
+
+void queue_admin_bounce(const json_t *req, admin_cb cb, void *ud)
+{
+    char err[300];
+    admin_entry *e;
+    if (admin_parse(req, ADM_BOUNCE, &e, err, sizeof(err)) != 0) {
+        cb(ud, 400, NULL, err);
+        return;
+    }
+    admin_add(e);
+    bcast *b = bcast_new(cb, ud, req, bounce_finish);
+    b->entry = e;
+    bcast_run(b, bounce_on_reactor);
+}
+
+json_t *queue_admin_bounce_list(void)
+{
+    return admin_list(ADM_BOUNCE);
+}
+
+int queue_admin_bounce_cancel(const char *id)
+{
+    return admin_cancel(ADM_BOUNCE, id);
+}
+
+/* ---- suspensions ------------------------------------------------------------------------- */
+
+/* A suspension of either kind takes effect as it is added: the queues
+ * consult the entries (admin_suspended, readyq_suspended). */
+static int admin_create(admin_kind kind, const json_t *req, json_t **result, char *err,
+                        size_t errlen)
+{
+    admin_entry *e;
+    int rc = admin_parse(req, kind, &e, err, errlen);
+    if (rc)
+        return rc;
+    admin_add(e);
+    *result = json_pack("{s:s}", "id", e->id);
+    return 0;
+}
+
+int queue_admin_suspend(const json_t *req, json_t **result, char *err, size_t errlen)
+{
+    return admin_create(ADM_SUSPEND, req, result, err, errlen);
+}
+
+json_t *queue_admin_suspend_list(void)
+{
+    return admin_list(ADM_SUSPEND);
+}
+
+int queue_admin_suspend_cancel(const char *id)
+{
+    return admin_cancel(ADM_SUSPEND, id);
+}
+
+int queue_admin_suspend_readyq(const json_t *req, json_t **result, char *err, size_t errlen)
+{
+    return admin_create(ADM_SUSPEND_READYQ, req, result, err, errlen);
+}
+
+json_t *queue_admin_suspend_readyq_list(void)
+{
+    return admin_list(ADM_SUSPEND_READYQ);
+}
+
+int queue_admin_suspend_readyq_cancel(const char *id)
+{
+    return admin_cancel(ADM_SUSPEND_READYQ, id);
+}
+
+/* Scheduled-queue suspension: a TransientFailure and a retry with an
+ * attempt, as KumoMTA does. Returns true when it consumed q. */
+
+struct susp_job {
+    char *queue;
+    char *reason;
+};
+
+static void susp_job_free(void *ud)
+{
+    struct susp_job *s = ud;
+    free(s->queue);
+    free(s->reason);
+    free(s);
+}
+
+static void susp_after_load(qmsg *q, int err, void *ud)
+{
+    struct susp_job *s = ud;
+    if (err || !q->m) {
+        qmsg_free(q);
+    } else {
+        char content[600];
+        snprintf(content, sizeof(content), "KumoMTA internal: scheduled queue is suspended: %s",
+                 s->reason);
+        rec_ctx x = {.queue = s->queue, .site = s->queue};
+        disp_response r = {451, 4, 4, 4, content, NULL};
+        qmsg_log(LOGREC_TRANSIENT_FAILURE, q->m, q->num_attempts, &x, &r);
+        atomic_fetch_add(&st_transfail, 1);
+        qmsg_add_reason(q, R_LOGGED_TRANSIENT_FAILURE);
+        requeue_post(q, s->queue, true, false, -1);
+    }
+    susp_job_free(s);
+}
+
+bool admin_suspended(schedq *sq, qmsg *q)
+{
+    char reason[512];
+    if (!admin_find(ADM_SUSPEND, sq->name, &sq->parts, reason, sizeof(reason), NULL, NULL))
+        return false;
+    struct susp_job *s = calloc(1, sizeof(*s));
+    if (!s)
+        abort();
+    s->queue = strdup(sq->name);
+    s->reason = strdup(reason);
+    qmsg_load(q, false, susp_after_load, s, susp_job_free);
+    return true;
+}
+
+bool readyq_suspended(const readyq *rq)
+{
+    char reason[512];
+    return admin_find(ADM_SUSPEND_READYQ, rq->name, NULL, reason, sizeof(reason), NULL, NULL);
+}

@@ -1,0 +1,861 @@
+/* Dispatchers: the connections of a ready queue, and the engine's side of
+ * the delivery-protocol interface (queue/dispatch.h). How many a ready
+ * queue runs (readyq_maintain: connection_limit, rates, suspensions), each
+ * one's life (open, take a message, load it, hand it to the driver's send,
+ * record the outcome, idle, close), the records of outcomes (Delivery,
+ * Bounce, TransientFailure, per recipient when the driver reports so) and
+ * the progress watchdog (seed 000) that aborts a dispatcher stuck in one
+ * phase.
+ *
+ * Threads: everything runs on the ready queue's owner reactor; drivers
+ * report back on it. Failures: a message the spool cannot give is logged
+ * as a TransientFailure and retried (or, without meta, reported lost); a
+ * failed connection fails the next message, or after
+ * consecutive_connection_failures_before_delay every waiting one; the
+ * watchdog requeues the message of an aborted dispatcher without an
+ * attempt. */
+#include <event2/event.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/diag.h"
+#include "core/duration.h"
+#include "core/kerr.h"
+#include "lua/services.h"
+#include "queue/dispatch.h"
+#include "queue/queue_int.h"
+
+struct dispatcher {
+    dispatcher *next;
+    readyq *rq;
+    const disp_driver *drv;
+    void *drv_state;
+    qmsg *cur;
+    bool open, closing, opening;
+    bool loading; /* a spool load for cur is in flight */
+    bool idle;    /* open, waiting up to idle_timeout for more messages */
+    struct event *idle_ev;
+    struct event *kick_ev; /* the next step from a fresh stack frame, or the close */
+    bool aborted; /* the watchdog fired while loading */
+    int delivered;
+    disp_phase phase;
+    char detail[128];
+    char session_id[37];
+    int64_t started_ns, phase_ns, progress_ns;
+    char *peer_name, *peer_addr, *tls_cipher, *tls_version, *source_address, *tls_subject;
+    char *requeue_to;
+    /* per-recipient outcomes of the current message */
+    int *rcpt_outcome;
+    disp_response *rcpt_resp;
+    char **rcpt_content;
+};
+
+static const disp_driver *drivers[8];
+
+void dispatch_register_driver(int proto, const disp_driver *drv)
+{
+    if (proto >= 0 && proto < 8)
+        drivers[proto] = drv;
+}
+
+const disp_driver *dispatch_driver(int proto)
+{
+    return proto >= 0 && proto < 8 ? drivers[proto] : NULL;
+}
+
+/* ---- dispatchers ------------------------------------------------------------------------------------ */
+
+static const char *const phase_names[] = {
+    "Starting",        "AcquiringLease", "Idle", "AccumulatingBatch", "ConnectionRateThrottled",
+    "MessageRateThrottled", "AttemptingConnection", "DeliveringMessage", "Closing"};
+
+void *disp_driver_state(dispatcher *d)
+{
+    return d->drv_state;
+}
+void disp_set_driver_state(dispatcher *d, void *st)
+{
+    d->drv_state = st;
+}
+const char *disp_readyq_name(dispatcher *d)
+{
+    return d->rq->name;
+}
+const char *disp_site(dispatcher *d)
+{
+    return d->rq->site;
+}
+const char *disp_domain(dispatcher *d)
+{
+    return d->rq->queue_domain;
+}
+const char *disp_tenant(dispatcher *d)
+{
+    return d->rq->tenant;
+}
+const char *disp_campaign(dispatcher *d)
+{
+    return d->rq->campaign;
+}
+const char *disp_routing_domain(dispatcher *d)
+{
+    return d->rq->routing_domain;
+}
+const queue_config *disp_queue_config(dispatcher *d)
+{
+    return &d->rq->qcfg;
+}
+const egress_path_config *disp_path_config(dispatcher *d)
+{
+    return &d->rq->cfg;
+}
+const egress_source *disp_source(dispatcher *d)
+{
+    return &d->rq->source;
+}
+const char *disp_session_id(dispatcher *d)
+{
+    return d->session_id;
+}
+
+void disp_set_phase(dispatcher *d, disp_phase p, const char *detail)
+{
+    int64_t now = clock_mono_ns();
+    if (p != d->phase)
+        d->phase_ns = now;
+    d->phase = p;
+    snprintf(d->detail, sizeof(d->detail), "%s", detail ? detail : "");
+    d->progress_ns = now;
+}
+
+static void set_str(char **dst, const char *v)
+{
+    free(*dst);
+    *dst = v ? strdup(v) : NULL;
+}
+
+void disp_set_peer(dispatcher *d, const char *name, const char *addr)
+{
+    set_str(&d->peer_name, name);
+    set_str(&d->peer_addr, addr);
+}
+
+void disp_set_tls(dispatcher *d, const char *cipher, const char *version)
+{
+    set_str(&d->tls_cipher, cipher);
+    set_str(&d->tls_version, version);
+}
+
+void disp_set_tls_subject(dispatcher *d, const char *subject_lines)
+{
+    set_str(&d->tls_subject, subject_lines);
+}
+
+void disp_set_source_address(dispatcher *d, const char *addr)
+{
+    set_str(&d->source_address, addr);
+}
+
+static void disp_next(dispatcher *d);
+
+static void disp_close(dispatcher *d);
+
+/* One timer per dispatcher instead of event_base_once: a pending step dies
+ * with its dispatcher, and repeated kicks fold into one. */
+static void disp_kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    dispatcher *d = arg;
+    if (d->closing)
+        disp_close(d);
+    else
+        disp_next(d);
+}
+
+static void disp_kick(dispatcher *d, int64_t wait_ns)
+{
+    struct timeval tv = {wait_ns / NS_PER_SEC, (wait_ns % NS_PER_SEC) / 1000};
+    evtimer_add(d->kick_ev, &tv);
+}
+
+static void disp_destroy(dispatcher *d)
+{
+    readyq *rq = d->rq;
+    for (dispatcher **pp = &rq->dispatchers; *pp; pp = &(*pp)->next)
+        if (*pp == d) {
+            *pp = d->next;
+            break;
+        }
+    rq->active--;
+    free(d->peer_name);
+    free(d->peer_addr);
+    free(d->tls_cipher);
+    free(d->tls_version);
+    free(d->source_address);
+    free(d->tls_subject);
+    free(d->requeue_to);
+    if (d->idle_ev)
+        event_free(d->idle_ev);
+    event_free(d->kick_ev);
+    free(d->rcpt_outcome);
+    free(d->rcpt_resp);
+    if (d->rcpt_content) {
+        free(d->rcpt_content);
+    }
+    free(d);
+    readyq_arm_reap(rq);
+}
+
+static void disp_close(dispatcher *d)
+{
+    disp_set_phase(d, PHASE_CLOSING, NULL);
+    /* also after a failed open: the driver frees its state */
+    if (d->drv->close)
+        d->drv->close(d);
+    d->open = false;
+    disp_destroy(d);
+}
+
+/* Closes from outside the driver's own callback. */
+static void disp_close_soon(dispatcher *d)
+{
+    if (d->closing)
+        return;
+    d->closing = true;
+    disp_kick(d, 0);
+}
+
+void disp_set_requeue_queue(dispatcher *d, const char *queue)
+{
+    free(d->requeue_to);
+    d->requeue_to = queue ? strdup(queue) : NULL;
+}
+
+static rec_ctx disp_rec(dispatcher *d, message *m, char *qbuf)
+{
+    (void)m;
+    if (d->drv->bare_records) {
+        rec_ctx bare = {.queue = qbuf, .site = d->rq->name, .proto = d->drv->delivery_protocol};
+        return bare;
+    }
+    rec_ctx x = {.queue = qbuf,
+                 .site = d->rq->name,
+                 .pool = d->rq->qcfg.egress_pool ? d->rq->qcfg.egress_pool : "unspecified",
+                 .source = d->rq->source_name,
+                 .proto = d->drv->delivery_protocol,
+                 .peer_name = d->peer_name,
+                 .peer_addr = d->peer_addr,
+                 .session_id = d->session_id,
+                 .provider = d->rq->cfg.provider_name ? d->rq->cfg.provider_name
+                                                      : d->rq->qcfg.provider_name,
+                 .tls_cipher = d->tls_cipher,
+                 .tls_version = d->tls_version,
+                 .tls_subject = d->tls_subject,
+                 .source_address = d->source_address};
+    return x;
+}
+
+static void finish_message(dispatcher *d, qmsg *q, int outcome, const disp_response *r)
+{
+    message *m = q->m;
+    char *qname = queue_name_of_message(m);
+    rec_ctx x = disp_rec(d, m, qname);
+    atomic_fetch_sub(&st_in_flight, 1);
+    if (outcome == OUTCOME_DELIVERED) {
+        qmsg_log(LOGREC_DELIVERY, m, q->num_attempts, &x, r);
+        atomic_fetch_add(&st_delivered, 1);
+        qmsg_forget_delivered(q);
+        qmsg_free(q);
+    } else if (outcome == OUTCOME_PERMANENT) {
+        qmsg_log(LOGREC_BOUNCE, m, q->num_attempts, &x, r);
+        atomic_fetch_add(&st_failed, 1);
+        qmsg_forget(q);
+        qmsg_free(q);
+    } else {
+        qmsg_log(LOGREC_TRANSIENT_FAILURE, m, q->num_attempts, &x, r);
+        atomic_fetch_add(&st_transfail, 1);
+        if (d->requeue_to) {
+            json_object_set_new(m->meta, "queue", json_string(d->requeue_to));
+            m->meta_dirty = true;
+            free(qname);
+            qname = strdup(d->requeue_to);
+            free(d->requeue_to);
+            d->requeue_to = NULL;
+        }
+        requeue(q, qname, true, -1, r, R_LOGGED_TRANSIENT_FAILURE);
+    }
+    free(qname);
+}
+
+void disp_recipient_outcome(dispatcher *d, size_t idx, disp_outcome o, const disp_response *r)
+{
+    qmsg *q = d->cur;
+    if (!q || !q->m || idx >= q->m->n_rcpts)
+        return;
+    if (!d->rcpt_outcome) {
+        d->rcpt_outcome = calloc(q->m->n_rcpts, sizeof(int));
+        d->rcpt_resp = calloc(q->m->n_rcpts, sizeof(disp_response));
+        d->rcpt_content = calloc(q->m->n_rcpts, sizeof(char *));
+        for (size_t i = 0; i < q->m->n_rcpts; i++)
+            d->rcpt_outcome[i] = -1;
+    }
+    d->rcpt_outcome[idx] = (int)o;
+    d->rcpt_resp[idx] = *r;
+    free(d->rcpt_content[idx]);
+    /* content and command in one allocation: "content\0command" */
+    size_t cl = strlen(r->content ? r->content : ""), ml = r->command ? strlen(r->command) : 0;
+    char *both = malloc(cl + ml + 2);
+    if (!both)
+        abort();
+    memcpy(both, r->content ? r->content : "", cl + 1);
+    if (r->command)
+        memcpy(both + cl + 1, r->command, ml + 1);
+    d->rcpt_content[idx] = both;
+    d->rcpt_resp[idx].content = both;
+    d->rcpt_resp[idx].command = r->command ? both + cl + 1 : NULL;
+}
+
+/* Splits per-recipient outcomes: each recipient gets its own record; those
+ * that failed transiently stay on the message, which is requeued. */
+static void finish_per_recipient(dispatcher *d, qmsg *q)
+{
+    message *m = q->m;
+    size_t n = m->n_rcpts;
+    const char **keep = calloc(n ? n : 1, sizeof(char *));
+    size_t nk = 0;
+    disp_response tf = {0};
+    char *tf_content = NULL;
+    char *qname = queue_name_of_message(m);
+    rec_ctx x = disp_rec(d, m, qname);
+    for (size_t i = 0; i < n; i++) {
+        int o = d->rcpt_outcome[i] < 0 ? OUTCOME_TRANSIENT : d->rcpt_outcome[i];
+        const char *one = m->rcpts[i];
+        if (o == OUTCOME_TRANSIENT) {
+            keep[nk++] = m->rcpts[i];
+            tf = d->rcpt_resp[i];
+            free(tf_content);
+            tf_content = strdup(tf.content ? tf.content : "");
+            tf.content = tf_content;
+            continue;
+        }
+        /* a record for just this recipient */
+        char **saved = m->rcpts;
+        size_t saved_n = m->n_rcpts;
+        m->rcpts = (char **)&one;
+        m->n_rcpts = 1;
+        qmsg_log(o == OUTCOME_DELIVERED ? LOGREC_DELIVERY : LOGREC_BOUNCE, m, q->num_attempts,
+                   &x, &d->rcpt_resp[i]);
+        m->rcpts = saved;
+        m->n_rcpts = saved_n;
+        atomic_fetch_add(o == OUTCOME_DELIVERED ? &st_delivered : &st_failed, 1);
+    }
+    if (nk == 0) {
+        atomic_fetch_sub(&st_in_flight, 1);
+        qmsg_forget(q);
+        qmsg_free(q);
+    } else {
+        if (nk < n)
+            message_set_recipients(m, keep, nk);
+        atomic_fetch_sub(&st_in_flight, 1);
+        qmsg_log(LOGREC_TRANSIENT_FAILURE, m, q->num_attempts, &x, &tf);
+        atomic_fetch_add(&st_transfail, 1);
+        requeue(q, qname, true, -1, &tf, R_LOGGED_TRANSIENT_FAILURE);
+    }
+    free(qname);
+    free(keep);
+    free(tf_content);
+    for (size_t i = 0; i < n; i++)
+        free(d->rcpt_content[i]);
+    free(d->rcpt_content);
+    free(d->rcpt_outcome);
+    free(d->rcpt_resp);
+    d->rcpt_content = NULL;
+    d->rcpt_outcome = NULL;
+    d->rcpt_resp = NULL;
+}
+
+void disp_delivered(dispatcher *d, int outcome, const disp_response *r)
+{
+    qmsg *q = d->cur;
+    d->cur = NULL;
+    d->progress_ns = clock_mono_ns();
+    if (q) {
+        if (outcome < 0 && d->rcpt_outcome)
+            finish_per_recipient(d, q);
+        else
+            finish_message(d, q, outcome < 0 ? OUTCOME_TRANSIENT : outcome, r);
+        d->delivered++;
+    }
+    if (d->closing)
+        return;
+    if (d->delivered >= d->rq->cfg.max_deliveries_per_connection || !d->open) {
+        disp_close_soon(d);
+        return;
+    }
+    disp_set_phase(d, PHASE_IDLE, NULL);
+    /* continue from a fresh stack frame: the driver is inside its callback */
+    disp_kick(d, 0);
+}
+
+static void watchdog_requeue(dispatcher *d, qmsg *q);
+
+void disp_rebound(dispatcher *d)
+{
+    qmsg *q = d->cur;
+    d->cur = NULL;
+    d->progress_ns = clock_mono_ns();
+    if (q) {
+        message *m = q->m;
+        char *newq = queue_name_of_message(m);
+        rec_ctx x = disp_rec(d, m, newq);
+        disp_response r = {250, 0, 0, 0, "ok", NULL};
+        qmsg_log(LOGREC_DEFERRED_INJECTION_REBIND, m, q->num_attempts, &x, &r);
+        /* a deferred_spool message stays in memory until it must be saved */
+        if (m->in_spool)
+            qmsg_save_if_dirty(q);
+        atomic_fetch_sub(&st_in_flight, 1);
+        q->n_reasons = 0;
+        qmsg_add_reason(q, R_RECEIVED);
+        q->due_wall_s = 0;
+        if (strcmp(newq, "null") == 0) {
+            qmsg_forget(q);
+            qmsg_free(q);
+        } else {
+            requeue_post(q, newq, false, false, 0);
+        }
+        free(newq);
+        d->delivered++;
+    }
+    if (d->closing)
+        return;
+    disp_set_phase(d, PHASE_IDLE, NULL);
+    disp_kick(d, 0);
+}
+
+static void disp_after_load(qmsg *q, int err, void *ud)
+{
+    dispatcher *d = ud;
+    d->loading = false;
+    if (d->aborted) {
+        /* the watchdog gave up on this dispatcher while the spool was busy */
+        d->cur = NULL;
+        if (!err && q->m)
+            watchdog_requeue(d, q);
+        else
+            qmsg_free(q);
+        disp_destroy(d);
+        return;
+    }
+    if (err) {
+        /* the spool could not give us the message: no transaction starts */
+        char content[300], hex[SPOOLID_HEX_LEN + 1];
+        spoolid_to_hex(&q->id, hex);
+        if (err == KERR_NOTFOUND)
+            snprintf(content, sizeof(content),
+                     "KumoMTA internal: error in deliver_message: IO error: No such file or "
+                     "directory: message %s is missing from the spool",
+                     hex);
+        else
+            snprintf(content, sizeof(content),
+                     "KumoMTA internal: error in deliver_message: %s loading message %s",
+                     kerr_str(err), hex);
+        disp_response r = {400, 0, 0, 0, content, NULL};
+        d->cur = NULL;
+        atomic_fetch_sub(&st_in_flight, 1);
+        if (q->m) {
+            char *qname = queue_name_of_message(q->m);
+            rec_ctx x = disp_rec(d, q->m, qname);
+            qmsg_log(LOGREC_TRANSIENT_FAILURE, q->m, q->num_attempts, &x, &r);
+            atomic_fetch_add(&st_transfail, 1);
+            requeue(q, qname, true, -1, &r, R_LOGGED_TRANSIENT_FAILURE);
+            free(qname);
+        } else {
+            DERROR(QMOD, "id=%s %s; the message is lost from the spool", hex, content);
+            qmsg_free(q);
+        }
+        disp_next(d);
+        return;
+    }
+    q->m->num_attempts = q->num_attempts;
+    if (services_was_delivered(&q->id)) {
+        /* delivered earlier by this process; only its removal had failed */
+        d->cur = NULL;
+        atomic_fetch_sub(&st_in_flight, 1);
+        qmsg_forget_delivered(q);
+        qmsg_free(q);
+        disp_next(d);
+        return;
+    }
+    disp_set_phase(d, PHASE_DELIVERING_MESSAGE, NULL);
+    /* the insert context of a later requeue describes this attempt only */
+    q->n_reasons = 0;
+    d->drv->send(d, q->m);
+}
+
+static void disp_idle_expired(evutil_socket_t fd, short what, void *arg)
+{
+    dispatcher *d = arg;
+    if (!d->idle)
+        return;
+    d->idle = false;
+    disp_close_soon(d);
+}
+
+static void disp_next(dispatcher *d)
+{
+    readyq *rq = d->rq;
+    if (d->closing)
+        return;
+    int64_t now_ns = clock_wall_ns();
+    if (!d->open && !d->opening && rq->cfg.has_max_connection_rate) {
+        int64_t wait = throttle_take(&rq->conn_rate, &rq->cfg.max_connection_rate, now_ns);
+        if (wait > 0) {
+            disp_set_phase(d, PHASE_CONNECTION_RATE_THROTTLED, NULL);
+            disp_kick(d, wait);
+            return;
+        }
+    }
+    if (d->open && rq->fifo.count && rq->cfg.has_max_message_rate) {
+        int64_t wait = throttle_take(&rq->msg_rate, &rq->cfg.max_message_rate, now_ns);
+        if (wait > 0) {
+            disp_set_phase(d, PHASE_MESSAGE_RATE_THROTTLED, NULL);
+            disp_kick(d, wait);
+            return;
+        }
+    }
+    if (!d->open) {
+        if (d->opening)
+            return;
+        d->opening = true;
+        disp_set_phase(d, PHASE_ATTEMPTING_CONNECTION, NULL);
+        d->drv->open(d);
+        return;
+    }
+    if (d->drv->usable && !d->drv->usable(d)) {
+        disp_close_soon(d);
+        readyq_maintain(rq);
+        return;
+    }
+    qmsg *q = qlist_pop(&rq->fifo);
+    if (!q) {
+        /* keep the connection for idle_timeout: more mail is likely */
+        int64_t idle = rq->cfg.idle_timeout_ns;
+        if (idle <= 0) {
+            disp_close_soon(d);
+            return;
+        }
+        d->idle = true;
+        disp_set_phase(d, PHASE_IDLE, NULL);
+        if (!d->idle_ev)
+            d->idle_ev = evtimer_new(reactor_base(reactor_current()), disp_idle_expired, d);
+        struct timeval tv = {idle / NS_PER_SEC, (idle % NS_PER_SEC) / 1000};
+        evtimer_add(d->idle_ev, &tv);
+        return;
+    }
+    atomic_fetch_sub(&st_ready, 1);
+    d->cur = q;
+    d->loading = true;
+    qmsg_load(q, true, disp_after_load, d, NULL);
+}
+
+struct bulk_one {
+    dispatcher *d; /* only for the record context; copied below */
+    int outcome;
+    disp_response r;
+    char *content;
+    int reason;
+    rec_ctx x;
+    char *site, *pool, *source, *proto, *session;
+};
+
+static void bulk_one_free(void *ud)
+{
+    struct bulk_one *b = ud;
+    free(b->content);
+    free(b->site);
+    free(b->pool);
+    free(b->source);
+    free(b->proto);
+    free(b->session);
+    free(b);
+}
+
+static void bulk_after_load(qmsg *q, int err, void *ud)
+{
+    struct bulk_one *b = ud;
+    if (err || !q->m) {
+        atomic_fetch_sub(&st_in_flight, 1);
+        qmsg_free(q);
+    } else {
+        char *qname = queue_name_of_message(q->m);
+        rec_ctx x = b->x;
+        x.queue = qname;
+        atomic_fetch_sub(&st_in_flight, 1);
+        if (b->outcome == OUTCOME_PERMANENT) {
+            qmsg_log(LOGREC_BOUNCE, q->m, q->num_attempts, &x, &b->r);
+            atomic_fetch_add(&st_failed, 1);
+            qmsg_forget(q);
+            qmsg_free(q);
+        } else {
+            qmsg_log(LOGREC_TRANSIENT_FAILURE, q->m, q->num_attempts, &x, &b->r);
+            atomic_fetch_add(&st_transfail, 1);
+            qmsg_add_reason(q, b->reason);
+            requeue(q, qname, true, -1, &b->r, R_LOGGED_TRANSIENT_FAILURE);
+        }
+        free(qname);
+    }
+    bulk_one_free(b);
+}
+
+/* Takes q out of the ready queue's hands: it gets outcome o with response
+ * r (recorded against dispatcher d's context) once its meta is loaded. */
+static void bulk_one_fail(dispatcher *d, qmsg *q, int o, const disp_response *r, int reason)
+{
+    readyq *rq = d->rq;
+    struct bulk_one *b = calloc(1, sizeof(*b));
+    if (!b)
+        abort();
+    b->outcome = o;
+    b->r = *r;
+    b->content = strdup(r->content ? r->content : "");
+    b->r.content = b->content;
+    b->r.command = NULL;
+    b->reason = reason;
+    b->site = strdup(rq->name);
+    b->pool = strdup(rq->qcfg.egress_pool ? rq->qcfg.egress_pool : "unspecified");
+    b->source = strdup(rq->source_name);
+    b->proto = strdup(d->drv->delivery_protocol);
+    b->session = strdup(d->session_id);
+    b->x.site = b->site;
+    b->x.pool = b->pool;
+    b->x.source = b->source;
+    b->x.proto = b->proto;
+    b->x.session_id = b->session;
+    qmsg_load(q, false, bulk_after_load, b, bulk_one_free);
+}
+
+void disp_bulk_fail(dispatcher *d, disp_outcome o, const disp_response *r, const char *reason)
+{
+    d->opening = false;
+    int rs = reason ? reason_parse(reason) : R_FAILED_INSERT_READY;
+    while (d->rq->fifo.count) {
+        qmsg *q = qlist_pop(&d->rq->fifo);
+        atomic_fetch_sub(&st_ready, 1);
+        bulk_one_fail(d, q, (int)o, r, rs);
+    }
+    disp_close_soon(d);
+}
+
+void disp_close_after_this(dispatcher *d)
+{
+    d->delivered = INT32_MAX / 2;
+}
+
+void disp_opened(dispatcher *d, bool ok, const disp_response *fail)
+{
+    d->opening = false;
+    if (ok) {
+        d->rq->conn_failures = 0;
+        d->open = true;
+        disp_set_phase(d, PHASE_IDLE, NULL);
+        disp_kick(d, 0);
+        return;
+    }
+    /* no connection: the next message in line takes the failure; after
+     * consecutive_connection_failures_before_delay in a row, every message
+     * waiting for this path does (the whole ready queue is delayed) */
+    readyq *rq = d->rq;
+    if (++rq->conn_failures >= rq->cfg.consecutive_connection_failures_before_delay ||
+        rq->fifo.count <= 1) {
+        rq->conn_failures = 0;
+        disp_bulk_fail(d, OUTCOME_TRANSIENT, fail, "TooManyConnectionFailures");
+        return;
+    }
+    qmsg *q = qlist_pop(&rq->fifo);
+    atomic_fetch_sub(&st_ready, 1);
+    bulk_one_fail(d, q, OUTCOME_TRANSIENT, fail, R_LOGGED_TRANSIENT_FAILURE);
+    disp_close_soon(d);
+    readyq_maintain(rq);
+}
+
+/* ---- the dispatcher progress watchdog (seed 000) ------------------------------------ */
+
+static int64_t watchdog_threshold_ns(const readyq *rq)
+{
+    if (rq->cfg.watchdog_timeout_ns > 0)
+        return rq->cfg.watchdog_timeout_ns;
+    const disp_driver *drv = dispatch_driver(rq->proto);
+    return drv && drv->watchdog_ns ? drv->watchdog_ns(&rq->cfg) : 600 * NS_PER_SEC;
+}
+
+static void watchdog_requeue(dispatcher *d, qmsg *q)
+{
+    int64_t now = clock_mono_ns();
+    char age[96], tip[96], content[700];
+    duration_format(now - d->started_ns, age, sizeof(age));
+    duration_format(now - d->phase_ns, tip, sizeof(tip));
+    snprintf(content, sizeof(content),
+             "dispatcher watchdog aborted task; phase=%s detail=\"%s\" session=%s age=%s "
+             "time_in_phase=%s",
+             phase_names[d->phase], d->detail, d->session_id, age, tip);
+    char *qname = queue_name_of_message(q->m);
+    rec_ctx x = disp_rec(d, q->m, qname);
+    x.peer_name = x.peer_addr = NULL;
+    x.source_address = NULL;
+    disp_response r = {451, 4, 4, 1, content, NULL};
+    qmsg_log(LOGREC_DELAYED, q->m, q->num_attempts, &x, &r);
+    atomic_fetch_sub(&st_in_flight, 1);
+    qmsg_add_reason(q, R_DISPATCHER_DROP);
+    requeue(q, qname, false, -1, &r, R_LOGGED_TRANSIENT_FAILURE);
+    free(qname);
+}
+
+static void watchdog_fired(evutil_socket_t fd, short what, void *arg);
+
+static void readyq_arm_watchdog(readyq *rq)
+{
+    if (!rq->dispatchers)
+        return;
+    int64_t thr = watchdog_threshold_ns(rq);
+    int64_t now = clock_mono_ns();
+    int64_t earliest = INT64_MAX;
+    for (dispatcher *d = rq->dispatchers; d; d = d->next)
+        if (d->progress_ns + thr < earliest)
+            earliest = d->progress_ns + thr;
+    int64_t remaining = earliest - now;
+    if (remaining < 0)
+        remaining = 0;
+    /* jitter up to max(10% of the remaining time, 0.5s) */
+    int64_t jmax = remaining / 10 > NS_PER_SEC / 2 ? remaining / 10 : NS_PER_SEC / 2;
+    int64_t wait = remaining + (int64_t)(qrand01() * (double)jmax);
+    if (!rq->watchdog_ev)
+        rq->watchdog_ev = evtimer_new(reactor_base(reactor_current()), watchdog_fired, rq);
+    struct timeval tv = {wait / NS_PER_SEC, (wait % NS_PER_SEC) / 1000};
+    evtimer_add(rq->watchdog_ev, &tv);
+}
+
+static void watchdog_fired(evutil_socket_t fd, short what, void *arg)
+{
+    readyq *rq = arg;
+    int64_t thr = watchdog_threshold_ns(rq);
+    int64_t now = clock_mono_ns();
+    bool aborted_any = false;
+    for (dispatcher *d = rq->dispatchers, *next; d; d = next) {
+        next = d->next;
+        if (d->closing || d->aborted || d->idle || now - d->progress_ns < thr)
+            continue;
+        atomic_fetch_add(&st_watchdog, 1);
+        aborted_any = true;
+        DWARN(QMOD, "ready_queue=%s session=%s dispatcher watchdog aborted task; phase=%s "
+                    "detail=\"%s\"",
+              rq->name, d->session_id, phase_names[d->phase], d->detail);
+        if (d->drv->abort && (d->open || d->opening))
+            d->drv->abort(d);
+        d->open = d->opening = false;
+        qmsg *q = d->cur;
+        if (d->loading) {
+            d->aborted = true; /* disp_after_load finishes the job */
+            continue;
+        }
+        d->cur = NULL;
+        if (q && q->m)
+            watchdog_requeue(d, q);
+        else if (q)
+            back_to_sched(q, R_DISPATCHER_DROP, -1);
+        disp_destroy(d);
+    }
+    if (aborted_any)
+        readyq_maintain(rq);
+    else
+        readyq_arm_watchdog(rq);
+}
+
+void readyq_maintain(readyq *rq)
+{
+    if (rq->state != CFG_READY)
+        return;
+    char why_unhealthy[256];
+    if (readyq_suspended(rq) ||
+        (services_spool() && services_suspend_delivery_when_unhealthy() &&
+         !services_spool_healthy(why_unhealthy, sizeof(why_unhealthy)))) {
+        /* drain back to the scheduled queues; they come back when due */
+        while (rq->fifo.count) {
+            atomic_fetch_sub(&st_ready, 1);
+            back_to_sched(qlist_pop(&rq->fifo), R_READYQ_SUSPENDED, -1);
+        }
+        return;
+    }
+    const disp_driver *drv = dispatch_driver(rq->proto);
+    if (!drv) {
+        /* no delivery driver for this protocol yet: messages wait */
+        return;
+    }
+    /* idle connections take new mail before any new one is opened */
+    for (dispatcher *d = rq->dispatchers; d && rq->fifo.count; d = d->next) {
+        if (!d->idle || d->closing)
+            continue;
+        d->idle = false;
+        evtimer_del(d->idle_ev);
+        disp_next(d);
+    }
+    long limit = rq->cfg.connection_limit > 0 ? rq->cfg.connection_limit : 1;
+    long ready = rq->fifo.count;
+    long ideal = (long)ceil((double)limit * (1.0 - exp(-0.023 * (double)ready)));
+    if (ideal > ready)
+        ideal = ready;
+    if (ideal < 1 && ready > 0)
+        ideal = 1;
+    while (rq->active < ideal) {
+        dispatcher *d = calloc(1, sizeof(*d));
+        if (!d)
+            abort();
+        d->rq = rq;
+        d->drv = drv;
+        spoolid u; /* a v1 UUID without libuuid: no uuidd round trip */
+        spoolid_new(&u);
+        spoolid_to_uuid_str(&u, d->session_id);
+        d->kick_ev = evtimer_new(reactor_base(reactor_current()), disp_kick_cb, d);
+        if (!d->kick_ev)
+            abort();
+        d->started_ns = d->phase_ns = d->progress_ns = clock_mono_ns();
+        d->phase = PHASE_STARTING;
+        d->next = rq->dispatchers;
+        rq->dispatchers = d;
+        rq->active++;
+        disp_next(d);
+    }
+    readyq_arm_watchdog(rq);
+}
+
+const char *dispatcher_phase_name(int p);
+const char *dispatcher_phase_name(int p)
+{
+    return p >= 0 && p <= PHASE_CLOSING ? phase_names[p] : "Unknown";
+}
+
+void disp_free_all(readyq *rq)
+{
+    while (rq->dispatchers) {
+        dispatcher *d = rq->dispatchers;
+        /* also a dispatcher whose open failed but still holds its
+         * driver state (the resolver gave up on shutdown) */
+        if (d->drv->abort && (d->open || d->opening || d->drv_state))
+            d->drv->abort(d);
+        if (d->cur && !d->loading)
+            qmsg_free(d->cur);
+        rq->dispatchers = d->next;
+        free(d->peer_name);
+        free(d->peer_addr);
+        free(d->tls_cipher);
+        free(d->tls_version);
+        free(d->source_address);
+        free(d->tls_subject);
+        free(d->requeue_to);
+        if (d->idle_ev)
+            event_free(d->idle_ev);
+        event_free(d->kick_ev);
+        free(d);
+    }
+    rq->active = 0;
+}

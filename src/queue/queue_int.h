@@ -1,0 +1,402 @@
+/* State shared by the files of the queue engine (src/queue), and only by
+ * them: the queued message, the two kinds of queue, the per-reactor tables,
+ * the admin registry and the internal functions each file offers the
+ * others. Nothing outside src/queue includes this header.
+ *
+ * Who owns what (each .c file says more in its opening comment):
+ *   queue.c    the per-reactor tables, init, shutdown, the process-wide counters
+ *   qmsg.c     the queued message, insert reasons, log records, spool loads
+ *   schedq.c   scheduled queues: configuration, placement, retry timers,
+ *              expiry, making a message ready, direct protocols
+ *   recovery.c start-up enumeration of the spool
+ *   readyq.c   ready queues: configuration, admission
+ *   dispatch.c dispatchers (the delivery-protocol interface of dispatch.h),
+ *              their number per ready queue, and the progress watchdog
+ *   requeue.c  requeue after an attempt, the requeue_message event, rebind
+ *   admin.c    the admin registry (bounces, suspensions), broadcasts
+ *   inspect.c  inspection and summaries for the admin API and metrics
+ *
+ * Threads: everything here belongs to the reactor that owns the queue it is
+ * in (hash(name) % N) except the counters (atomics) and the admin registry
+ * (its mutex). */
+#ifndef KUMOD_QUEUE_QUEUE_INT_H
+#define KUMOD_QUEUE_QUEUE_INT_H
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/duration.h"
+#include "core/reactor.h"
+#include "core/spoolid.h"
+#include "core/throttle.h"
+#include "core/wheel.h"
+#include "log/logs.h"
+#include "lua/klua.h"
+#include "msg/message.h"
+#include "msg/queue_name.h"
+#include "queue/backoff.h"
+#include "queue/config.h"
+
+/* The public headers these files implement (queue/admin.h,
+ * queue/dispatch.h) are included by the .c files, not here, so that this
+ * header stays below them in the include graph. */
+struct disp_driver;
+struct disp_response;
+/* An admin_cb of queue/admin.h. */
+typedef void (*queue__admin_cb)(void *ud, int http_status, json_t *result_take,
+                                const char *error);
+
+#define QMOD "kumod::queue"
+#define DEFERRED_QUEUE "deferred_smtp_inject.kumomta.internal"
+
+#define container_of(p, T, m) ((T *)((char *)(p)-offsetof(T, m)))
+
+/* ---- insert reasons (spec §5.7), qmsg.c ---------------------------------------- */
+
+enum reason {
+    R_RECEIVED,
+    R_ENUMERATED,
+    R_SCHEDULED_FOR_LATER,
+    R_READYQ_SUSPENDED,
+    R_MESSAGE_RATE_THROTTLE,
+    R_THROTTLED_INSERT_READY,
+    R_READYQ_FULL,
+    R_FAILED_INSERT_READY,
+    R_GET_QUEUE_NAME_FAILED,
+    R_ADMIN_REBIND,
+    R_DUE_TIME_REACHED,
+    R_MAX_READY_REDUCED,
+    R_LOW_MEMORY,
+    R_NULL_MX,
+    R_MX_ZERO_HOSTS,
+    R_MX_PROHIBITED,
+    R_MX_SKIPPED,
+    R_TOO_MANY_CONN_FAILURES,
+    R_TOO_MANY_RECIPIENTS,
+    R_CONNECTION_RATE_THROTTLE,
+    R_LOGGED_TRANSIENT_FAILURE,
+    R_READYQ_REAPED,
+    R_DISPATCHER_DROP,
+    R_PEER_CLOSED,
+    R_PROTOCOL_CHANGED,
+    R_SPOOL_UNHEALTHY,
+    R_SOURCE_SUSPENDED,
+    R__COUNT
+};
+
+extern const char *const reason_names[R__COUNT];
+/* The reason named s ("Received", ...); R_RECEIVED when unknown. */
+int reason_parse(const char *s);
+
+/* ---- the queued message, qmsg.c --------------------------------------------------- */
+
+typedef struct schedq schedq;
+typedef struct readyq readyq;
+
+typedef struct qmsg {
+    wheel_entry timer;
+    struct qmsg *next, *prev;
+    message *m; /* resident, or NULL */
+    schedq *sq; /* valid on the scheduled queue's reactor only */
+    spoolid id;
+    uint16_t num_attempts;
+    uint8_t reasons[4]; /* most recent insert reasons, R__COUNT = empty */
+    uint8_t n_reasons;
+    bool enumerated_pending; /* attempts and due still to be inferred */
+    int64_t due_wall_s;      /* when it is due (0 = now) */
+} qmsg;
+
+/* Set on a reactor once queue_reactor_shutdown() has freed its queues:
+ * work that arrives later (a spool load finishing, a message posted by
+ * another reactor) frees what it carries instead of rebuilding queues. */
+extern __thread bool queues_down;
+
+typedef struct qlist {
+    qmsg head;
+    long count;
+} qlist;
+
+static inline void qlist_init(qlist *l)
+{
+    l->head.next = l->head.prev = &l->head;
+    l->count = 0;
+}
+
+static inline void qlist_push(qlist *l, qmsg *q)
+{
+    q->prev = l->head.prev;
+    q->next = &l->head;
+    l->head.prev->next = q;
+    l->head.prev = q;
+    l->count++;
+}
+
+static inline void qlist_del(qlist *l, qmsg *q)
+{
+    q->prev->next = q->next;
+    q->next->prev = q->prev;
+    q->next = q->prev = NULL;
+    l->count--;
+}
+
+static inline qmsg *qlist_pop(qlist *l)
+{
+    if (l->count == 0)
+        return NULL;
+    qmsg *q = l->head.next;
+    qlist_del(l, q);
+    return q;
+}
+
+/* Process-wide counters (queue.c), read by queue_get_stats(). */
+extern atomic_llong st_scheduled, st_ready, st_in_flight, st_sched_queues, st_ready_queues;
+extern atomic_ullong st_delivered, st_transfail, st_failed, st_expired, st_watchdog;
+
+void qmsg_pool_init(void);
+void qmsg_add_reason(qmsg *q, int r);
+bool qmsg_has_reason(const qmsg *q, int r);
+/* A bare qmsg (zeroed) from the pool. */
+qmsg *qmsg_alloc(void);
+/* A qmsg for m (reference taken). */
+qmsg *qmsg_new(message *m);
+void qmsg_free(qmsg *q);
+
+static inline uint64_t name_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+/* The reactor that owns the queue called name. */
+static inline reactor *owner_of(const char *name)
+{
+    return reactor_get((int)(name_hash(name) % (uint64_t)reactor_count()));
+}
+
+static inline int64_t now_s(void)
+{
+    return clock_wall_ns() / NS_PER_SEC;
+}
+
+/* Seconds since the message was created (from its spool id). */
+static inline int64_t age_s(const qmsg *q)
+{
+    return (clock_wall_ns() - spoolid_created_ns(&q->id)) / NS_PER_SEC;
+}
+
+/* A uniform number in [0, 1) from a per-thread xorshift (jitter). */
+double qrand01(void);
+
+/* The context of a log record besides the message itself. */
+typedef struct rec_ctx {
+    const char *queue;
+    const char *site;
+    const char *pool, *source;
+    const char *proto;
+    const char *peer_name, *peer_addr;
+    const char *session_id;
+    const char *provider;
+    const char *tls_cipher, *tls_version, *tls_subject;
+    const char *source_address;
+} rec_ctx;
+
+/* Hands a record of type t for m to the logger. */
+void qmsg_log(logrec_type t, message *m, uint32_t attempts, const rec_ctx *x,
+              const struct disp_response *r);
+/* Removes q's message from the spool (its fate is logged). */
+void qmsg_forget(qmsg *q);
+/* The same after a successful delivery: a failed removal is remembered, so
+ * that the message is never delivered again by this process. */
+void qmsg_forget_delivered(qmsg *q);
+
+typedef void (*load_done_fn)(qmsg *q, int err, void *ud);
+/* Makes q->m resident with its data (want_data) on the calling reactor,
+ * then calls done. q is the load's while it runs (the caller took it out of
+ * every list). ud_free (may be NULL) frees ud instead when the queues shut
+ * down while the load is under way; q is then freed too. */
+void qmsg_load(qmsg *q, bool want_data, load_done_fn done, void *ud,
+               void (*ud_free)(void *ud));
+/* The same for a q that stays in its queue's list while it loads
+ * (inspection): a shutdown meanwhile frees q with its queue, not here. */
+void qmsg_load_in_place(qmsg *q, bool want_data, load_done_fn done, void *ud);
+/* Saves a dirty meta (after a policy changed it) without a sync of its own. */
+void qmsg_save_if_dirty(qmsg *q);
+/* Drops the resident message of a waiting qmsg. */
+void qmsg_shrink(qmsg *q);
+
+/* ---- queues and the per-reactor tables, queue.c ------------------------------------ */
+
+#define TABLE_BUCKETS 1024
+
+typedef enum cfg_state { CFG_LOADING, CFG_READY, CFG_FAILED } cfg_state;
+
+struct schedq {
+    schedq *hnext;
+    char *name;
+    queue_name_parts parts;
+    cfg_state state;
+    queue_config cfg;
+    egress_pool pool;
+    bool has_pool;
+    wrr_state wrr;
+    char *site; /* resolved site for SMTP queues */
+    qlist waiting;
+    qlist pending;
+    struct event *reap_ev;
+    struct event *retry_ev;
+    int64_t cfg_loaded_ns;
+    unsigned cfg_epoch;
+    throttle_state rate;
+    int busy; /* direct deliveries (maildir) in flight: keeps the queue from being reaped */
+    klua_call *call; /* get_queue_config / get_egress_pool in flight */
+};
+
+struct readyq {
+    readyq *hnext;
+    char *name;
+    char *source_name;
+    char *site;
+    char *queue_domain, *tenant, *campaign, *routing_domain; /* of the first scheduled queue */
+    qproto proto;
+    queue_config qcfg; /* copy of the protocol part of the scheduled queue's config */
+    egress_path_config cfg;
+    egress_source source;
+    cfg_state state;
+    qlist fifo;
+    qlist pending;
+    int active;
+    struct dispatcher *dispatchers;
+    struct event *reap_ev;
+    struct event *retry_ev;
+    struct event *watchdog_ev;
+    throttle_state msg_rate, conn_rate;
+    int64_t cfg_loaded_ns;
+    unsigned cfg_epoch;
+    long conn_failures; /* consecutive failed connection plans */
+    klua_call *call;    /* get_egress_source / get_egress_path_config in flight */
+};
+
+typedef struct qtables {
+    schedq *sched[TABLE_BUCKETS];
+    readyq *ready[TABLE_BUCKETS];
+} qtables;
+
+/* The calling reactor's tables (created on first use). */
+qtables *tables(void);
+
+/* every schedq of the calling reactor */
+#define FOREACH_SCHEDQ(t, sq)                                                                      \
+    for (int bucket_ = 0; bucket_ < TABLE_BUCKETS; bucket_++)                                      \
+        for (schedq *sq = (t)->sched[bucket_], *nx_ = sq ? sq->hnext : NULL; sq;                   \
+             sq = nx_, nx_ = sq ? sq->hnext : NULL)
+
+/* ---- scheduled queues, schedq.c ------------------------------------------------------ */
+
+schedq *sched_find(const char *name);
+/* Finds or creates (and starts configuring) the scheduled queue name. */
+schedq *sched_get(const char *name);
+void sched_free(schedq *sq);
+/* Arms the reap timer of an empty queue. */
+void sched_arm_reap(schedq *sq);
+backoff_params sched_backoff(const schedq *sq);
+/* Puts q (q->sq == sq) on the timer wheel, or makes it ready when due. */
+void sched_place(schedq *sq, qmsg *q);
+/* Logs an Expiration record (when q->m is resident) and drops q. */
+void expire_message(qmsg *q, const char *queue, const char *content, const char *pool,
+                    const char *provider);
+
+/* ---- start-up enumeration, recovery.c ----------------------------------------------- */
+
+/* n enumerated messages are back in their scheduled queues. Any reactor. */
+void recovery_note_placed(unsigned long n);
+
+/* ---- ready queues, readyq.c ---------------------------------------------------------- */
+
+readyq *readyq_find(const char *name);
+void readyq_free(readyq *rq);
+void readyq_arm_reap(readyq *rq);
+/* Moves q from sq's reactor to the owner of the ready queue rq_name. */
+void readyq_insert_remote(const char *rq_name, schedq *sq, qmsg *q);
+
+/* ---- dispatchers, dispatch.c ------------------------------------------------------------ */
+
+/* Starts, wakes or drains the dispatchers of rq for what its fifo holds. */
+void readyq_maintain(readyq *rq);
+/* Frees every dispatcher of rq at shutdown (the driver aborts). */
+void disp_free_all(readyq *rq);
+/* The driver registered for protocol proto, or NULL. */
+const struct disp_driver *dispatch_driver(int proto);
+
+/* ---- requeue, requeue.c -------------------------------------------------------------------- */
+
+/* Posts q to the owner of the scheduled queue name: increment counts an
+ * attempt (backoff), changed means the queue changed (due at once),
+ * delay_s >= 0 a fixed delay, < 0 a random 0-60 s. */
+void requeue_post(qmsg *q, const char *name, bool increment, bool changed, int64_t delay_s);
+/* After an attempt: runs requeue_message when the policy defines it, then
+ * requeue_post. */
+void requeue(qmsg *q, const char *qname, bool increment, int64_t delay_s,
+             const struct disp_response *resp, int reason);
+/* Sends a message back to its scheduled queue without an attempt (full,
+ * suspended...): delay_s < 0 means a random 0-60 s. */
+void back_to_sched(qmsg *q, int reason, int64_t delay_s);
+
+/* ---- the admin registry and broadcasts, admin.c ------------------------------------------------- */
+
+typedef enum admin_kind { ADM_BOUNCE, ADM_SUSPEND, ADM_SUSPEND_READYQ } admin_kind;
+
+typedef struct admin_entry {
+    struct admin_entry *next;
+    admin_kind kind;
+    char id[37];
+    char *reason;
+    char *domain, *campaign, *tenant, *routing_domain;
+    char *name; /* ready queue name for ADM_SUSPEND_READYQ */
+    json_t *queue_names;
+    int64_t expires_wall_ns;
+    int64_t duration_ns;
+    bool suppress_logging;
+    atomic_ullong bounced;
+} admin_entry;
+
+void admin_entry_free(admin_entry *e);
+bool admin_matches(const admin_entry *e, const char *qname, const queue_name_parts *p);
+/* A copy of the string member k of req, or NULL. */
+char *jstrdup(const json_t *req, const char *k);
+
+/* Checked when a message is placed and when it is made ready: returns true
+ * when an admin bounce consumed it. */
+bool admin_intercept(schedq *sq, qmsg *q);
+/* Scheduled-queue suspension: true when it consumed q (a TransientFailure
+ * and a retry with an attempt, as KumoMTA does). */
+bool admin_suspended(schedq *sq, qmsg *q);
+bool readyq_suspended(const readyq *rq);
+
+/* One admin request run on every reactor (or on one owner); finish runs
+ * on the reactor that asked once every part is done. */
+typedef struct bcast {
+    atomic_int remaining;
+    reactor *origin;
+    queue__admin_cb cb;
+    void *ud;
+    json_t *req;
+    json_t *acc; /* accumulated result */
+    pthread_mutex_t lock;
+    admin_entry *entry;
+    long long count;
+    char *id;
+    bool want_body;
+    long limit;
+    void (*finish)(struct bcast *b);
+} bcast;
+
+bcast *bcast_new(queue__admin_cb cb, void *ud, const json_t *req, void (*finish)(bcast *));
+void bcast_run(bcast *b, reactor_fn fn);
+void bcast_part_done(bcast *b);
+
+#endif
