@@ -616,6 +616,7 @@ out_reactors:
         dns_reactor_free(r);
     }
     dns_shutdown();
+    recovery_free();
     services_shutdown();
     logs_shutdown();
     reactor_pool_free();

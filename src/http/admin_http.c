@@ -17,6 +17,7 @@
 #include "lua/klua.h"
 #include "lua/services.h"
 #include "queue/admin.h"
+#include "queue/recovery.h"
 
 #define ADMOD "kumod::http_admin"
 
@@ -186,6 +187,13 @@ void http_admin_inspect_ready_q(http_req *hr)
         return;
     }
     queue_admin_inspect_ready_q(q, admin_done, hr);
+}
+
+/* kumod's own: the messages start-up recovery could not read (kept in the
+ * spool, not delivered) */
+void http_admin_quarantine(http_req *hr)
+{
+    http_reply_json(hr, 200, recovery_quarantine_list());
 }
 
 void http_admin_ready_q_states(http_req *hr)

@@ -444,6 +444,7 @@ static const http_route routes[] = {
     {"/api/admin/inspect-sched-q/v1", M_GET, http_admin_inspect_sched_q},
     {"/api/admin/inspect-ready-q/v1", M_GET, http_admin_inspect_ready_q},
     {"/api/admin/ready-q-states/v1", M_GET, http_admin_ready_q_states},
+    {"/api/admin/quarantine/v1", M_GET, http_admin_quarantine},
     {"/api/admin/set_diagnostic_log_filter/v1", M_POST, http_admin_set_log_filter},
     {"/api/admin/bump-config-epoch", M_POST, http_admin_bump_config_epoch},
 };

@@ -95,6 +95,7 @@ void http_admin_inspect_message(http_req *hr);
 void http_admin_inspect_sched_q(http_req *hr);
 void http_admin_inspect_ready_q(http_req *hr);
 void http_admin_ready_q_states(http_req *hr);
+void http_admin_quarantine(http_req *hr);
 void http_admin_set_log_filter(http_req *hr);
 void http_admin_bump_config_epoch(http_req *hr);
 

@@ -182,6 +182,12 @@ static int log_dir_cb(const char *dir, void *arg)
     return w->fn(dir, false, w->ud);
 }
 
+const char *services_spool_path(const char *name)
+{
+    int slot = strcmp(name, "data") == 0 ? 0 : strcmp(name, "meta") == 0 ? 1 : -1;
+    return slot >= 0 && spool_defined[slot] ? spool_defs[slot].path : NULL;
+}
+
 int services_check_spools_defined(char *err, size_t errlen)
 {
     static const char *const names[2] = {"data", "meta"};

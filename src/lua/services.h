@@ -9,6 +9,8 @@
 #include "spool/spool.h"
 
 void services_lua_register(void);
+/* The directory of spool "data" or "meta" (NULL when not defined). */
+const char *services_spool_path(const char *name);
 /* 0 when init defined both the data and the meta spool; otherwise an
  * error naming the missing one (what --validate reports). */
 int services_check_spools_defined(char *err, size_t errlen);

@@ -15,27 +15,39 @@
  *
  * Threads: enum_each, enum_add and enum_flush run on the spool's reader
  * thread; enum_batch_on_owner, the event and the inserts on reactors; the
- * counters are atomics. Failures: an unreadable meta is logged and removed
- * from the spool; an enumeration error is logged; an event error is logged
+ * counters are atomics. Failures: an unreadable meta is quarantined: never
+ * removed (it may be a message someone was promised), logged with its id,
+ * counted (spool_quarantined metric), a copy of the raw record written to
+ * <meta spool>/quarantine/<id>.meta for the operator, and listed by
+ * GET /api/admin/quarantine/v1 (kcli quarantine-list); an enumeration error is logged; an event error is logged
  * and the message is queued anyway. The line "spool enumeration done: N
  * messages (M unreadable) in Ts" is logged once every message found is
  * back in its scheduled queue. */
 #include "queue/recovery.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/diag.h"
 #include "core/kerr.h"
 #include "lua/message_lua.h"
 #include "lua/services.h"
+#include "metrics/metrics.h"
 #include "msg/meta_scan.h"
 #include "queue/queue.h"
 #include "queue/queue_int.h"
 #include "spool/spool.h"
 
 #define RMOD "kumod::spool"
+
+static void quarantine(const spoolid *id, const char *meta, size_t len);
 /* ---- start-up enumeration: batches straight to the owners ------------------------------------- */
 
 /* The spool reader builds, per owner reactor, a batch of bare qmsgs (id
@@ -210,16 +222,105 @@ static void enum_each(void *ud, const spoolid *id, const char *meta, size_t len)
     }
     message *m;
     if (message_from_meta_json(id, meta, len, &m) != 0) {
-        char hex[SPOOLID_HEX_LEN + 1];
-        spoolid_to_hex(id, hex);
-        DERROR(RMOD, "id=%s unreadable meta in spool; removing it", hex);
         atomic_fetch_add(&enum_bad, 1);
-        spool_remove(services_spool(), id, NULL, NULL);
+        quarantine(id, meta, len);
         return;
     }
     atomic_fetch_add(&enum_count, 1);
     uint64_t h = spoolid_hash(id);
     reactor_post(reactor_get((int)(h % (uint64_t)reactor_count())), enum_on_reactor, m);
+}
+
+/* ---- quarantine -------------------------------------------------------------------------- */
+
+typedef struct quarantined {
+    struct quarantined *next;
+    char hex[SPOOLID_HEX_LEN + 1];
+    size_t meta_len;
+    char *copy; /* where the raw meta was copied, or NULL */
+} quarantined;
+
+static pthread_mutex_t q_lock = PTHREAD_MUTEX_INITIALIZER;
+static quarantined *q_list;
+static metrics_gauge *q_gauge;
+
+/* Writes the raw record next to the meta spool (once: a later start finds
+ * it there already), so that the operator can read what could not be
+ * parsed without tools for the spool's format. Returns the path or NULL. */
+static char *quarantine_copy(const char *hex, const char *meta, size_t len)
+{
+    const char *base = services_spool_path("meta");
+    if (!base)
+        return NULL;
+    char dir[4096], path[4200];
+    snprintf(dir, sizeof(dir), "%s/quarantine", base);
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        goto fail;
+    snprintf(path, sizeof(path), "%s/%s.meta", dir, hex);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == EEXIST)
+        return strdup(path);
+    if (fd < 0)
+        goto fail;
+    ssize_t w = write(fd, meta, len);
+    if (close(fd) != 0 || w != (ssize_t)len) {
+        unlink(path);
+        goto fail;
+    }
+    return strdup(path);
+fail:
+    DERROR(RMOD, "id=%s cannot write the quarantine copy under %s: %s", hex, dir,
+           strerror(errno));
+    return NULL;
+}
+
+static void quarantine(const spoolid *id, const char *meta, size_t len)
+{
+    quarantined *q = calloc(1, sizeof(*q));
+    if (!q)
+        abort();
+    spoolid_to_hex(id, q->hex);
+    q->meta_len = len;
+    q->copy = quarantine_copy(q->hex, meta, len);
+    DERROR(RMOD,
+           "id=%s unreadable meta in spool (%zu bytes): quarantined; it stays in the spool and "
+           "is not delivered (copy: %s; kcli quarantine-list)",
+           q->hex, len, q->copy ? q->copy : "none");
+    pthread_mutex_lock(&q_lock);
+    q->next = q_list;
+    q_list = q;
+    pthread_mutex_unlock(&q_lock);
+    if (q_gauge)
+        metrics_gauge_inc(q_gauge);
+}
+
+json_t *recovery_quarantine_list(void)
+{
+    json_t *a = json_array();
+    pthread_mutex_lock(&q_lock);
+    for (quarantined *q = q_list; q; q = q->next) {
+        json_t *o = json_object();
+        json_object_set_new(o, "id", json_string(q->hex));
+        json_object_set_new(o, "meta_size", json_integer((json_int_t)q->meta_len));
+        json_object_set_new(o, "copy", q->copy ? json_string(q->copy) : json_null());
+        json_array_append_new(a, o);
+    }
+    pthread_mutex_unlock(&q_lock);
+    return a;
+}
+
+void recovery_free(void)
+{
+    pthread_mutex_lock(&q_lock);
+    while (q_list) {
+        quarantined *q = q_list;
+        q_list = q->next;
+        free(q->copy);
+        free(q);
+    }
+    pthread_mutex_unlock(&q_lock);
+    metrics_gauge_unref(q_gauge);
+    q_gauge = NULL;
 }
 
 static void enum_done(void *ud, int err)
@@ -242,6 +343,12 @@ static void enum_start_on_reactor(void *arg)
 
 int recovery_start(void)
 {
+    metrics_family *f;
+    if (metrics_gauge_family(&f, "spool_quarantined",
+                             "messages whose spool meta could not be read at start-up: kept in "
+                             "the spool, not delivered (kcli quarantine-list)",
+                             NULL, 0) == 0)
+        q_gauge = metrics_gauge_get(f, NULL);
     enum_started_ns = clock_mono_ns();
     enum_started_wall_ns = clock_wall_ns();
     /* The spool is open: take mail at once. Enumeration runs beside it and

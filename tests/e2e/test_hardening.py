@@ -8,7 +8,9 @@ an unknown RCPT parameter (7).
 """
 import json
 import os
+import re
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -214,3 +216,45 @@ def test_unknown_rcpt_parameter_gets_555(k):
         555, "5.5.4 unsupported RCPT TO parameter BOGUS=1")
     assert s.cmd("RCPT TO:<u@local.test>")[0] == 250
     s.cmd("QUIT")
+
+
+# ---- start-up never deletes what it cannot read ------------------------------------
+
+QUARANTINE_INIT = """
+  kumo.start_http_listener { listen = '127.0.0.1:{http_port}', trusted_hosts = { '127.0.0.1' } }
+"""
+
+
+def test_unreadable_meta_is_quarantined_never_removed(module_kumod_factory):
+    k = module_kumod_factory(handlers=HANDLERS, init=QUARANTINE_INIT, name="quarantine",
+                             data_kind="LocalDisk", meta_kind="LocalDisk")
+    s = session(k)
+    code, text = send_message(s, b"Subject: to be damaged\r\n\r\nbody")
+    assert code == 250, text
+    spool_id = kh.parse_ids(text)[0]
+    s.cmd("QUIT")
+    k.stop()
+    meta = k.local_disk_path(spool_id, "meta")
+    with open(meta, "wb") as f:
+        f.write(b'{"sender": "s@example.com", "recipient": ')  # torn, not JSON
+    for run in range(2):
+        k.start()
+        k.wait_diag(r"spool enumeration done: 0 messages \(1 unreadable\)")
+        assert re.search(rf"id={spool_id} unreadable meta in spool \(\d+ bytes\): quarantined",
+                         k.diag())
+        listed = json.load(urllib.request.urlopen(
+            f"http://127.0.0.1:{k.http_port}/api/admin/quarantine/v1", timeout=10))
+        assert [q["id"] for q in listed] == [spool_id], listed
+        copy = listed[0]["copy"]
+        assert open(copy, "rb").read().startswith(b'{"sender"')
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{k.http_port}/metrics",
+                                         timeout=10).read().decode()
+        assert re.search(r"^spool_quarantined 1$", metrics, re.M), metrics[:2000]
+        kcli = os.environ.get("KCLI_BIN") or os.path.join(os.path.dirname(kh.kumod_bin()), "kcli")
+        out = subprocess.run([kcli, "--endpoint", f"http://127.0.0.1:{k.http_port}",
+                              "quarantine-list"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, timeout=30).stdout.decode()
+        assert spool_id in out, out
+        k.stop()
+        # still in the spool, untouched, after each start
+        assert os.path.exists(meta) and os.path.exists(k.local_disk_path(spool_id, "data"))

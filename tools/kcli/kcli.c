@@ -716,6 +716,28 @@ static int run_bounce_list(const cmd *c, int argc, char **argv)
     return 0;
 }
 
+static int run_quarantine_list(const cmd *c, int argc, char **argv)
+{
+    json_t *res = get_list(c, argc, argv, "/api/admin/quarantine/v1");
+    if (!res)
+        return 0;
+    static const char *names[] = {"ID", "META BYTES", "COPY"};
+    static const bool right[] = {false, true, false};
+    table t = {.ncols = 3, .names = names, .right = right};
+    size_t i;
+    json_t *e;
+    json_array_foreach(res, i, e)
+    {
+        char size[32];
+        fmt_count(json_integer_value(json_object_get(e, "meta_size")), size, sizeof(size));
+        const char *copy = json_string_value(json_object_get(e, "copy"));
+        table_add(&t, jstr(e, "id"), size, copy ? copy : "-");
+    }
+    table_print(&t);
+    json_decref(res);
+    return 0;
+}
+
 static int run_suspend_list(const cmd *c, int argc, char **argv)
 {
     json_t *res = get_list(c, argc, argv, "/api/admin/suspend/v1");
@@ -1490,6 +1512,8 @@ static const cmd commands[] = {
      "[--json] READY_QUEUE_NAME", run_inspect_ready_q},
     {"queue-summary", "Summarise the ready and scheduled queues (from /metrics.json)",
      "[--limit N] [--by-volume] [--domain D] [--json]", run_queue_summary},
+    {"quarantine-list", "List the spooled messages start-up could not read (kept, not delivered)",
+     "[--json]", run_quarantine_list},
     {"set-log-filter", "Change the diagnostic log filter of the running kumod", "FILTER",
      run_set_log_filter},
     {"top", "A live view of message rates and the largest queues (from /metrics.json)",
