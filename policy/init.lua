@@ -9,6 +9,9 @@
 local kumo = require 'kumo'
 
 local base = os.getenv('KUMOD_EXAMPLE_DIR') or '/var/tmp/kumod'
+-- where to listen (the defaults suit a first try; the tests move them)
+local smtp_listen = os.getenv('KUMOD_EXAMPLE_LISTEN') or '127.0.0.1:2025'
+local http_listen = os.getenv('KUMOD_EXAMPLE_HTTP') or '127.0.0.1:8000'
 
 kumo.on('init', function()
   kumo.define_spool {
@@ -28,10 +31,16 @@ kumo.on('init', function()
   }
 
   kumo.start_esmtp_listener {
-    listen = '127.0.0.1:2025',
+    listen = smtp_listen,
     hostname = 'mx.example.test',
     -- only loopback clients may relay
     relay_hosts = { '127.0.0.1', '::1' },
+  }
+
+  -- the HTTP API (injection, /metrics, kcli) for loopback clients only
+  kumo.start_http_listener {
+    listen = http_listen,
+    trusted_hosts = { '127.0.0.1', '::1' },
   }
 end)
 

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "core/diag.h"
+#include "core/fsutil.h"
 #include "core/reactor.h"
 #include "log/logs.h"
 #include "lua/klua.h"
@@ -297,27 +298,14 @@ static int chown_one(const char *path, const struct stat *st, int type, struct F
     return 0;
 }
 
-/* Creates each spool and log directory (0700) and gives it, and whatever an
- * earlier run as root left in it, to the user kumod is about to become. */
+/* Creates each spool and log directory (0700), makes it private, and gives
+ * it, with whatever an earlier run as root left in it, to the user kumod is
+ * about to become. */
 static int prepare_dir(const char *dir, bool is_spool, void *ud)
 {
     (void)is_spool;
     (void)ud;
-    char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s", dir);
-    /* a parent kumod has to create is created for the user too */
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(tmp, 0700) == 0 && lchown(tmp, chown_uid, chown_gid) != 0) {
-            fprintf(stderr, "kumod: cannot give %s to uid %d: %s\n", tmp, (int)chown_uid,
-                    strerror(errno));
-            return -1;
-        }
-        *p = '/';
-    }
-    if (mkdir(tmp, 0700) != 0 && errno != EEXIST) {
+    if (fs_mkdir_p(dir, 0700) != 0) {
         fprintf(stderr, "kumod: cannot create %s: %s\n", dir, strerror(errno));
         return -1;
     }
@@ -328,6 +316,14 @@ static int prepare_dir(const char *dir, bool is_spool, void *ud)
         return -1;
     }
     return nftw(dir, chown_one, 32, FTW_PHYS) == 0 ? 0 : -1;
+}
+
+/* Every directory kumod itself created in this run (log directories made
+ * while init ran, their parents, the spool's) belongs to the user too. */
+static int give_created(const char *dir, void *ud)
+{
+    (void)ud;
+    return chown_one(dir, NULL, 0, NULL);
 }
 
 /* After the switch: a log directory that cannot be written would lose every
@@ -377,7 +373,7 @@ static int drop_privileges(const char *user)
         return 0;
     chown_uid = pw->pw_uid;
     chown_gid = pw->pw_gid;
-    if (services_foreach_dir(prepare_dir, NULL) != 0)
+    if (services_foreach_dir(prepare_dir, NULL) != 0 || fs_created_foreach(give_created, NULL) != 0)
         return -1;
     if (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0) {
         fprintf(stderr, "kumod: cannot switch to user %s: %s\n", user, strerror(errno));
@@ -572,9 +568,7 @@ int main(int argc, char **argv)
     started = true;
     DINFO(MAIN_MOD, "kumod started: policy=%s threads=%d pid=%d", policy_path, threads,
           (int)getpid());
-    /* systemd Type=notify: the listeners accept and the spool is open (mail
-     * is taken from now on; enumeration goes on in the background) */
-    sd_notifyf(0, "READY=1\nSTATUS=accepting mail\nMAINPID=%d", (int)getpid());
+
 
     main_base = event_base_new();
     struct event *sigs[3];
@@ -583,6 +577,10 @@ int main(int argc, char **argv)
         sigs[i] = evsignal_new(main_base, signums[i], on_signal, NULL);
         event_add(sigs[i], NULL);
     }
+    /* systemd Type=notify: the listeners accept and the spool is open (mail
+     * is taken from now on; enumeration goes on in the background). Only
+     * now: a supervisor's SIGTERM right after READY must find the handler. */
+    sd_notifyf(0, "READY=1\nSTATUS=accepting mail\nMAINPID=%d", (int)getpid());
     event_base_loop(main_base, EVLOOP_NO_EXIT_ON_EMPTY);
     sd_notify(0, "STOPPING=1\nSTATUS=shutting down: finishing sessions, closing the spool");
     for (int i = 0; i < 3; i++)

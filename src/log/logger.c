@@ -27,6 +27,7 @@
 #include <zstd.h>
 
 #include "core/diag.h"
+#include "core/fsutil.h"
 #include "core/kerr.h"
 
 #define LOG_MOD "kumod::logging"
@@ -222,24 +223,7 @@ int logger__mkdir_p(const char *dir)
 {
     if (!*dir)
         return 0;
-    char *tmp = strdup(dir);
-    if (!tmp)
-        return KERR_NOMEM;
-    int rc = 0;
-    for (char *p = tmp + 1; rc == 0; p++) {
-        if (*p != '/' && *p != '\0')
-            continue;
-        char c = *p;
-        *p = '\0';
-        if (mkdir(tmp, 0777) < 0 && errno != EEXIST)
-            rc = KERR_IO;
-        *p = c;
-        if (c == '\0')
-            break;
-    }
-    int saved = errno;
-    free(tmp);
-    errno = saved;
+    int rc = fs_mkdir_p(dir, 0700);
     if (rc < 0)
         return rc;
     struct stat st;

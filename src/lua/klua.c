@@ -410,6 +410,37 @@ static int l_traceback_msgh(lua_State *L)
     return 1;
 }
 
+/* kumod's Lua share directory: PREFIX/share/kumod/lua beside the installed
+ * binary (PREFIX/sbin/kumod), so an installation can be moved; the
+ * configured KUMOD_LUA_SHARE_DIR when kumod runs from elsewhere (a build
+ * tree). */
+static pthread_once_t share_once = PTHREAD_ONCE_INIT;
+static char share_dir[4096] = KUMOD_LUA_SHARE_DIR;
+
+static void find_share_dir(void)
+{
+    char exe[sizeof(share_dir) - 32];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0)
+        return;
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (!slash)
+        return;
+    *slash = 0; /* PREFIX/sbin */
+    slash = strrchr(exe, '/');
+    if (!slash || (strcmp(slash, "/sbin") != 0 && strcmp(slash, "/bin") != 0))
+        return;
+    *slash = 0;
+    snprintf(share_dir, sizeof(share_dir), "%s/share/kumod/lua", exe);
+}
+
+static const char *lua_share_dir(void)
+{
+    pthread_once(&share_once, find_share_dir);
+    return share_dir;
+}
+
 /* A VM with the kumo module and the dispatcher, and no policy loaded yet;
  * package.path starts with the directory of base_path. */
 static klua *klua_new_vm(const char *base_path, int reactor_idx, char *err, size_t errlen)
@@ -481,12 +512,24 @@ static klua *klua_new_vm(const char *base_path, int reactor_idx, char *err, size
     lua_setfield(L, -2, "kumo");
     lua_pop(L, 2);
 
-    /* package.path gets the policy's own directory first */
+    /* package.path: the policy's own directory first, then kumod's Lua
+     * share directory (its policy-extras helpers) and, as KumoMTA has them,
+     * /opt/kumomta/etc/policy and /opt/kumomta/share, so that
+     * require 'policy-extras.X' resolves on a standard layout; then Lua's
+     * own defaults. KUMOD_LUA_PATH (tests, a build tree) goes before the
+     * share directory. */
     char *dup = strdup(base_path);
     const char *dir = dup ? dirname(dup) : ".";
+    const char *extra = getenv("KUMOD_LUA_PATH");
+    const char *share = lua_share_dir();
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "path");
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
+    lua_pushfstring(L,
+                    "%s/?.lua;%s/?/init.lua;%s%s%s/?.lua;%s/?/init.lua;"
+                    "/opt/kumomta/etc/policy/?.lua;/opt/kumomta/etc/policy/?/init.lua;"
+                    "/opt/kumomta/share/?.lua;/opt/kumomta/share/?/init.lua;%s",
+                    dir, dir, extra && *extra ? extra : "", extra && *extra ? ";" : "", share,
+                    share, lua_tostring(L, -1));
     lua_setfield(L, -3, "path");
     lua_pop(L, 2);
     free(dup);

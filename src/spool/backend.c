@@ -13,33 +13,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/fsutil.h"
 #include "core/kerr.h"
 
 int spool__mkdir_p(const char *path)
 {
-    size_t len = strlen(path);
-    char *buf = malloc(len + 1);
-    int rc = 0;
-
-    if (buf == NULL) {
-        errno = ENOMEM;
-        return KERR_IO;
-    }
-    memcpy(buf, path, len + 1);
-    for (size_t i = 1; i <= len; i++) {
-        if (buf[i] != '/' && buf[i] != '\0')
-            continue;
-        if (buf[i - 1] == '/')
-            continue;
-        buf[i] = '\0';
-        if (mkdir(buf, 0755) < 0 && errno != EEXIST) {
-            rc = KERR_IO;
-            break;
-        }
-        buf[i] = path[i];
-    }
-    free(buf);
-    return rc;
+    return fs_mkdir_p(path, 0700);
 }
 
 void spool__store_init(spool_store *st, const spool__backend *be, const spool_params *p)

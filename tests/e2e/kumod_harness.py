@@ -360,23 +360,8 @@ class Kumod:
 
     def records(self, type=None):
         """Every complete JSON record in every zstd segment under the log
-        dir, oldest segment first. Open segments are zstd streams without an
-        end: whatever decompresses is used and a trailing partial line is
-        ignored."""
-        out = []
-        files = [p for p in glob.glob(os.path.join(self.logs, "**", "*"), recursive=True)
-                 if os.path.isfile(p)]
-        for p in sorted(files, key=lambda p: (os.path.basename(p), p)):
-            with open(p, "rb") as f:
-                raw = f.read()
-            text = zstd_decompress_partial(raw)
-            lines = text.split(b"\n")
-            for line in lines[:-1]:
-                if line.strip():
-                    out.append(json.loads(line))
-        if type is not None:
-            out = [r for r in out if r.get("type") == type]
-        return out
+        dir, oldest segment first (see read_log_records)."""
+        return read_log_records(self.logs, type)
 
     def wait_records(self, pred=None, timeout=10.0, type=None, count=1):
         """Waits until at least `count` records (of `type`) satisfy pred;
@@ -408,6 +393,26 @@ class Kumod:
             if re.fullmatch(r"[0-9a-f]{32}", rel):
                 ids.add(rel)
         return ids
+
+
+def read_log_records(logs, type=None):
+    """Every complete JSON record in every zstd segment under logs, oldest
+    segment first. Open segments are zstd streams without an end: whatever
+    decompresses is used and a trailing partial line is ignored."""
+    out = []
+    files = [p for p in glob.glob(os.path.join(logs, "**", "*"), recursive=True)
+             if os.path.isfile(p)]
+    for p in sorted(files, key=lambda p: (os.path.basename(p), p)):
+        with open(p, "rb") as f:
+            raw = f.read()
+        text = zstd_decompress_partial(raw)
+        lines = text.split(b"\n")
+        for line in lines[:-1]:
+            if line.strip():
+                out.append(json.loads(line))
+    if type is not None:
+        out = [r for r in out if r.get("type") == type]
+    return out
 
 
 def zstd_decompress_partial(raw):

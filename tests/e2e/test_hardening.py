@@ -88,10 +88,11 @@ def test_example_policy_keeps_mail_with_a_non_utf8_tenant(tmp_path):
     """The shipped policy/init.lua takes the message and leaves the tenant out."""
     here = os.path.dirname(os.path.abspath(__file__))
     src = open(os.path.join(here, "..", "..", "policy", "init.lua")).read()
-    port = kh.free_port()
-    src = src.replace("127.0.0.1:2025", f"127.0.0.1:{port}")
-    assert f"127.0.0.1:{port}" in src
-    k = kh.Kumod(tmp_path / "example", policy=src, env={"KUMOD_EXAMPLE_DIR": str(tmp_path / "ex")})
+    port, http = kh.free_port(), kh.free_port()
+    k = kh.Kumod(tmp_path / "example", policy=src,
+                 env={"KUMOD_EXAMPLE_DIR": str(tmp_path / "ex"),
+                      "KUMOD_EXAMPLE_LISTEN": f"127.0.0.1:{port}",
+                      "KUMOD_EXAMPLE_HTTP": f"127.0.0.1:{http}"})
     k.ports["smtp"] = port
     try:
         k.start()

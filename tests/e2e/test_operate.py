@@ -192,7 +192,9 @@ def test_user_owns_private_spool_and_logs():
         k.wait_records(lambda r: r["type"] == "Reception")
         k.stop()
         nobody = 65534
-        for top in (k.spool, k.logs):
+        # the spool and log directories and all below them (their parents
+        # only hold directories and stay traversable)
+        for top in (os.path.join(k.spool, "data"), os.path.join(k.spool, "meta"), k.logs):
             for dirpath, dirs, files in os.walk(top):
                 st = os.stat(dirpath)
                 assert st.st_uid == nobody, dirpath
@@ -205,3 +207,76 @@ def test_user_owns_private_spool_and_logs():
         k.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="--user needs root")
+def test_installed_kumod_runs_the_installed_example_as_an_unprivileged_user():
+    """cmake --install to a fresh prefix; the installed kumod, with the
+    installed example policy, as user nobody: READY=1 on NOTIFY_SOCKET, a
+    message to sink.test lands in the example's maildir, the records are in
+    the logs, and nothing under the spool or logs is readable by others."""
+    build = os.path.dirname(os.path.abspath(kh.kumod_bin()))
+    top = tempfile.mkdtemp(prefix="kumod-inst-", dir="/var/tmp")
+    os.chmod(top, 0o755)
+    try:
+        prefix = os.path.join(top, "prefix")
+        p = subprocess.run(["cmake", "--install", build, "--prefix", prefix],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+        assert p.returncode == 0, p.stdout.decode()
+        for f in ("sbin/kumod", "bin/kcli", "share/man/man8/kumod.8", "share/man/man1/kcli.1",
+                  "share/kumod/policy/init.lua", "lib/systemd/system/kumod.service"):
+            assert os.path.exists(os.path.join(prefix, f)), f
+        unit = open(os.path.join(prefix, "lib/systemd/system/kumod.service")).read()
+        assert "Type=notify" in unit and "/sbin/kumod --policy" in unit and "--user kumod" in unit
+        # the installed kumod finds its Lua share directory beside itself
+        script = os.path.join(top, "path.lua")
+        with open(script, "w") as f:
+            f.write("print(package.path)\n")
+        out = subprocess.run([os.path.join(prefix, "sbin/kumod"), "--script", script],
+                             stdout=subprocess.PIPE, timeout=30).stdout.decode()
+        assert f"{prefix}/share/kumod/lua/?.lua" in out and "/opt/kumomta/share/?.lua" in out
+
+        run = os.path.join(top, "run")  # created for nobody by kumod --user
+        notify = os.path.join(top, "notify.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(notify)
+        os.chmod(notify, 0o777)
+        sock.settimeout(60)
+        smtp_port, http_port = kh.free_port(), kh.free_port()
+        env = dict(os.environ, KUMOD_EXAMPLE_DIR=run, NOTIFY_SOCKET=notify,
+                   KUMOD_EXAMPLE_LISTEN=f"127.0.0.1:{smtp_port}",
+                   KUMOD_EXAMPLE_HTTP=f"127.0.0.1:{http_port}", ASAN_OPTIONS="detect_leaks=0")
+        errlog = open(os.path.join(top, "stderr.log"), "wb")
+        proc = subprocess.Popen([os.path.join(prefix, "sbin/kumod"), "--policy",
+                                 os.path.join(prefix, "share/kumod/policy/init.lua"),
+                                 "--user", "nobody"], env=env, stdout=errlog, stderr=errlog)
+        try:
+            got = sock.recv(4096).decode()
+            assert "READY=1" in got.split("\n"), got
+            with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as s:
+                s.sendmail("me@example.com", ["someone@sink.test"],
+                           b"Subject: installed\r\n\r\nhello\r\n")
+            new = os.path.join(run, "maildir", "new")
+            wait_until(lambda: os.path.isdir(new) and os.listdir(new), 30,
+                       what="delivery into the example's maildir")
+            # kumod runs as nobody
+            with open(f"/proc/{proc.pid}/status") as f:
+                uids = [l for l in f if l.startswith("Uid:")][0].split()[1:]
+            assert set(uids) == {"65534"}, uids
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0, open(os.path.join(top, "stderr.log")).read()
+            sock.close()
+        records = kh.read_log_records(os.path.join(run, "logs"))
+        types = {r["type"] for r in records}
+        assert {"Reception", "Delivery"} <= types, types
+        for top_dir in (os.path.join(run, "spool", "data"), os.path.join(run, "spool", "meta"),
+                        os.path.join(run, "logs")):
+            for dirpath, dirs, files in os.walk(top_dir):
+                st = os.stat(dirpath)
+                assert st.st_uid == 65534 and stat.S_IMODE(st.st_mode) & 0o077 == 0, dirpath
+                for f in files:
+                    st = os.lstat(os.path.join(dirpath, f))
+                    assert st.st_uid == 65534 and stat.S_IMODE(st.st_mode) & 0o077 == 0, f
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
