@@ -30,6 +30,9 @@
 #include "delivery/deferred.h"
 #include "delivery/smtp_deliver.h"
 #include "lua/dns_lua.h"
+#include "lua/lib/digest.h"
+#include "lua/lib/encode.h"
+#include "lua/lib/secrets.h"
 #include "net/dns.h"
 
 #define MAIN_MOD "kumod"
@@ -377,6 +380,10 @@ int main(int argc, char **argv)
     deferred_register();
     smtp_deliver_register();
     dns_lua_register();
+    /* the kumo.* library modules (src/lua/lib) */
+    secrets_lua_register();
+    digest_lua_register();
+    encode_lua_register();
     klua_set_reload_hook(reload_all);
     services_set_validate_only(validate);
 

@@ -26,7 +26,7 @@
 #include "metrics/metrics.h"
 
 #define KLUA_MOD "kumod::lua"
-#define KLUA_MAX_OPENERS 32
+#define KLUA_MAX_OPENERS 64
 #define KLUA_REJECT_MT "kumod.Rejection"
 #define KLUA_CONNMETA_MT "kumod.ConnectionMeta"
 
@@ -56,6 +56,7 @@ struct klua_call {
     bool waiting;
     int64_t started_ns;
     int extra_args; /* 1 when the dispatcher's event-name argument is on the stack */
+    bool is_script; /* the main chunk of kumod --script: it is the policy, so kumo.on works */
 };
 
 static klua_opener openers[KLUA_MAX_OPENERS];
@@ -108,7 +109,8 @@ static int l_kumo_on(lua_State *L)
 {
     const char *name = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TFUNCTION);
-    if (*(klua_call **)lua_getextraspace(L) != NULL)
+    klua_call *in_call = *(klua_call **)lua_getextraspace(L);
+    if (in_call != NULL && !in_call->is_script)
         return luaL_error(L, "kumo.on('%s'): handlers must be registered when the policy is "
                              "loaded, not from inside an event handler", name);
     lua_getfield(L, LUA_REGISTRYINDEX, "kumod.handlers");
@@ -689,6 +691,7 @@ klua *klua_load_script(const char *script_path, int reactor_idx, klua_call **out
         klua_unref(vm);
         return NULL;
     }
+    c->is_script = true;
     *out = c;
     return vm;
 }
