@@ -33,6 +33,7 @@
 #include "lua/lib/digest.h"
 #include "lua/lib/encode.h"
 #include "lua/lib/secrets.h"
+#include "lua/lib/time.h"
 #include "lua/lib/uuid.h"
 #include "net/dns.h"
 
@@ -386,6 +387,7 @@ int main(int argc, char **argv)
     digest_lua_register();
     encode_lua_register();
     uuid_lua_register();
+    time_lua_register();
     klua_set_reload_hook(reload_all);
     services_set_validate_only(validate);
 
