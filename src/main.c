@@ -30,6 +30,7 @@
 #include "delivery/deferred.h"
 #include "delivery/smtp_deliver.h"
 #include "lua/dns_lua.h"
+#include "lua/lib/crypto.h"
 #include "lua/lib/digest.h"
 #include "lua/lib/encode.h"
 #include "lua/lib/secrets.h"
@@ -388,6 +389,7 @@ int main(int argc, char **argv)
     encode_lua_register();
     uuid_lua_register();
     time_lua_register();
+    crypto_lua_register();
     klua_set_reload_hook(reload_all);
     services_set_validate_only(validate);
 

@@ -60,6 +60,16 @@ void ktime_push(lua_State *L, int64_t sec, int32_t nsec)
     push_kt(L, (struct kt){sec, nsec}, TIME_MT);
 }
 
+bool ktime_test(lua_State *L, int idx, int64_t *sec, int32_t *nsec)
+{
+    struct kt *t = luaL_testudata(L, idx, TIME_MT);
+    if (!t)
+        return false;
+    *sec = t->sec;
+    *nsec = t->nsec;
+    return true;
+}
+
 static void push_delta(lua_State *L, struct kt v)
 {
     push_kt(L, v, DELTA_MT);
