@@ -32,7 +32,11 @@
 #include "lua/dns_lua.h"
 #include "lua/lib/crypto.h"
 #include "lua/lib/digest.h"
+#include "lua/lib/counter_series.h"
 #include "lua/lib/encode.h"
+#include "lua/lib/fs.h"
+#include "lua/lib/misc.h"
+#include "lua/lib/mpsc.h"
 #include "lua/lib/secrets.h"
 #include "lua/lib/time.h"
 #include "lua/lib/uuid.h"
@@ -390,6 +394,11 @@ int main(int argc, char **argv)
     uuid_lua_register();
     time_lua_register();
     crypto_lua_register();
+    fs_lua_register();
+    counter_series_lua_register();
+    mpsc_lua_register();
+    misc_lua_register();
+    misc_set_spawn_enabled(!validate || script_path);
     klua_set_reload_hook(reload_all);
     services_set_validate_only(validate);
 
@@ -421,6 +430,11 @@ int main(int argc, char **argv)
     if (validate) {
         if (run_event_sync("validate_config", err, sizeof(err)) != 0) {
             fprintf(stderr, "kumod: validate_config failed: %s\n", err);
+            exit_code = 1;
+        } else if (misc_validation_failed()) {
+            fprintf(stderr, "kumod: policy %s failed validation (kumo.validation_failed() was "
+                            "called; see the messages above)\n",
+                    policy_path);
             exit_code = 1;
         } else {
             printf("kumod: policy %s is valid\n", policy_path);

@@ -38,6 +38,7 @@ struct klua {
     int reactor_idx;
     int dispatch_ref;
     struct sleep_wait *sleeps; /* pending kumo.time.sleep timers */
+    klua_wait *waits;          /* other parked calls (klua_wait_park) */
 };
 
 struct klua_call {
@@ -199,6 +200,30 @@ klua_call *klua_wait_begin(lua_State *L)
 void klua_wait_resume(klua_call *c, int nres)
 {
     klua_call_step(c, nres);
+}
+
+void klua_wait_park(klua_wait *w, klua_call *c, void (*cancel)(klua_wait *w))
+{
+    klua *vm = c->vm;
+    w->call = c;
+    w->cancel = cancel;
+    w->prev = NULL;
+    w->next = vm->waits;
+    if (w->next)
+        w->next->prev = w;
+    vm->waits = w;
+}
+
+void klua_wait_unpark(klua_wait *w)
+{
+    klua *vm = w->call->vm;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        vm->waits = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    w->next = w->prev = NULL;
 }
 
 struct sleep_wait {
@@ -708,6 +733,14 @@ void klua_drop_waits(klua *vm)
         c->done = NULL;
         klua_call_free(c);
     }
+    while (vm && vm->waits) {
+        klua_wait *w = vm->waits;
+        klua_call *c = w->call;
+        klua_wait_unpark(w);
+        w->cancel(w);
+        c->done = NULL;
+        klua_call_free(c);
+    }
 }
 
 void klua_ref(klua *vm)
@@ -882,6 +915,11 @@ void klua_call_cancel(klua_call *c)
 lua_State *klua_call_thread(klua_call *c)
 {
     return c->co;
+}
+
+klua_call *klua_current_call(lua_State *L)
+{
+    return *(klua_call **)lua_getextraspace(L);
 }
 
 int klua_call_nresults(klua_call *c)
