@@ -34,6 +34,7 @@
 #include "lua/lib/digest.h"
 #include "lua/lib/counter_series.h"
 #include "lua/lib/encode.h"
+#include "lua/lib/file_type.h"
 #include "lua/lib/fs.h"
 #include "lua/lib/misc.h"
 #include "lua/lib/mpsc.h"
@@ -395,6 +396,7 @@ int main(int argc, char **argv)
     time_lua_register();
     crypto_lua_register();
     fs_lua_register();
+    file_type_lua_register();
     counter_series_lua_register();
     mpsc_lua_register();
     misc_lua_register();
