@@ -246,7 +246,8 @@ int fs_glob_push(lua_State *L, const char *pattern, const char *relative_to)
         arr[i++] = lua_tostring(L, -2); /* anchored by the set */
         lua_pop(L, 1);
     }
-    qsort(arr, n, sizeof(*arr), cmp_str);
+    if (n > 1)
+        qsort(arr, n, sizeof(*arr), cmp_str);
     lua_createtable(L, (int)n, 0);
     size_t rl = relative_to ? strlen(relative_to) : 0;
     while (rl > 1 && relative_to[rl - 1] == '/')
