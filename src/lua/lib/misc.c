@@ -169,7 +169,16 @@ static int l_on_recording(lua_State *L)
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_pushvalue(L, 1);
     lua_pushvalue(L, 2);
-    lua_call(L, 2, 0);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+        /* its message was raised from here, a C function: give it the
+         * policy's file:line as a direct call would have */
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            luaL_where(L, 1);
+            lua_insert(L, -2);
+            lua_concat(L, 2);
+        }
+        return lua_error(L);
+    }
     luaL_getsubtable(L, LUA_REGISTRYINDEX, REGISTRARS_KEY);
     if (lua_getfield(L, -1, name) != LUA_TTABLE) {
         lua_pop(L, 1);
