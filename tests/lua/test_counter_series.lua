@@ -54,7 +54,7 @@ utils.assert_error({ 'kumo.counter_series.define', 'name' }, CS.define, { num_bu
 utils.assert_error({ 'kumo.counter_series.define', 'bucket_size', 'invalid duration' }, CS.define, { name = 'x', num_buckets = 1, bucket_size = 'soon' })
 utils.assert_error({ 'kumo.counter_series.define', 'bucket_size' }, CS.define, { name = 'x', num_buckets = 1 })
 utils.assert_error({ 'kumo.counter_series.define', 'initial_value', '>= 0' }, CS.define, { name = 'x', num_buckets = 1, bucket_size = 1, initial_value = -1 })
-utils.assert_error('table expected', CS.define, 'x')
+utils.assert_error({ 'kumo.counter_series.define', 'argument #1 must be a table' }, CS.define, 'x')
 utils.assert_error({ 'series:increment', '>= 0' }, series.increment, series, -1)
 utils.assert_error({ 'series:observe', 'integer' }, series.observe, series, 'x')
 utils.assert_error({ 'series:delta', 'integer' }, series.delta, series, 1.5)

@@ -45,7 +45,11 @@ static const struct {
 static int l_index(lua_State *L)
 {
     const struct binresult *b = luaL_checkudata(L, 1, BINRESULT_MT);
-    const char *k = luaL_checkstring(L, 2);
+    if (lua_type(L, 2) != LUA_TSTRING) {
+        lua_pushnil(L);
+        return 1;
+    }
+    const char *k = lua_tostring(L, 2);
     if (strcmp(k, "bytes") == 0) {
         lua_pushlstring(L, (const char *)b->data, b->n);
         return 1;

@@ -16,6 +16,7 @@
 #include "core/duration.h"
 #include "core/reactor.h"
 #include "lua/klua.h"
+#include "lua/lib/args.h"
 
 struct cseries {
     uint32_t n;
@@ -168,7 +169,8 @@ static uint64_t check_u64(lua_State *L, int idx, const char *fname, const char *
 static int l_define(lua_State *L)
 {
     const char *fn = "kumo.counter_series.define";
-    luaL_argexpected(L, lua_istable(L, 1), 1, "table");
+    if (!lua_istable(L, 1))
+        return luaL_error(L, "%s: argument #1 must be a table, got %s", fn, luaL_typename(L, 1));
     lua_getfield(L, 1, "name");
     if (lua_type(L, -1) != LUA_TSTRING)
         return luaL_error(L, "%s: 'name' must be a string", fn);

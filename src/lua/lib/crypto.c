@@ -19,6 +19,7 @@
 
 #include "core/kerr.h"
 #include "lua/klua.h"
+#include "lua/lib/args.h"
 #include "lua/lib/binresult.h"
 #include "lua/lib/codec.h"
 #include "lua/lib/secrets.h"
@@ -88,7 +89,8 @@ static const char *check_data(lua_State *L, int idx, const char *fname, const ch
 
 static int l_aes_encrypt(lua_State *L)
 {
-    const char *alg = luaL_checkstring(L, 1);
+    const char *alg =
+        lib_checkstring(L, 1, "kumo.crypto.aes_encrypt_block", "argument #1 (ALGORITHM)");
     size_t n, klen;
     const char *plain = check_data(L, 2, "aes_encrypt_block", "PLAINTEXT", &n);
     const char *key = lua_tolstring(L, 3, &klen);
@@ -105,7 +107,8 @@ static int l_aes_encrypt(lua_State *L)
 
 static int l_aes_decrypt(lua_State *L)
 {
-    const char *alg = luaL_checkstring(L, 1);
+    const char *alg =
+        lib_checkstring(L, 1, "kumo.crypto.aes_decrypt_block", "argument #1 (ALGORITHM)");
     size_t n, klen;
     const char *data = check_data(L, 2, "aes_decrypt_block", "CIPHERTEXT", &n);
     const char *key = lua_tolstring(L, 3, &klen);
@@ -266,7 +269,6 @@ static struct kv *read_map(lua_State *L, const char *field, bool is_query, size_
 
 static int l_aws_sign_v4(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
     size_t n;
     const char *access = param_str(L, "access_key", true, &n);
     size_t slen;

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "lua/klua.h"
+#include "lua/lib/args.h"
 #include "lua/lib/codec.h"
 
 struct codec_fn {
@@ -170,7 +171,7 @@ static int convert(lua_State *L, iconv_t cd, const char *in, size_t n, bool skip
 
 static int l_charset_decode(lua_State *L)
 {
-    const char *cs = luaL_checkstring(L, 1);
+    const char *cs = lib_checkstring(L, 1, "kumo.encode.charset_decode", "argument #1 (CHARSET)");
     size_t n;
     const char *in = check_bytes(L, 2, "charset_decode", &n);
     iconv_t cd = iconv_open("UTF-8", cs);
@@ -189,7 +190,7 @@ static int l_charset_decode(lua_State *L)
 
 static int l_charset_encode(lua_State *L)
 {
-    const char *cs = luaL_checkstring(L, 1);
+    const char *cs = lib_checkstring(L, 1, "kumo.encode.charset_encode", "argument #1 (CHARSET)");
     size_t n;
     const char *in = check_bytes(L, 2, "charset_encode", &n);
     bool ignore = lua_isnoneornil(L, 3) ? true : lua_toboolean(L, 3);

@@ -22,6 +22,7 @@
 
 #include "core/reactor.h"
 #include "lua/klua.h"
+#include "lua/lib/args.h"
 #include "lua/lib/time.h"
 
 #define FS_CHUNK (1024 * 1024)
@@ -271,7 +272,7 @@ static int glob_common(lua_State *L, const char *fname, bool cached)
         return luaL_error(L, "%s: argument #1 (pattern) must be a string, got %s", fname,
                           luaL_typename(L, 1));
     const char *pattern = lua_tostring(L, 1);
-    const char *rel = luaL_optstring(L, 2, ".");
+    const char *rel = lib_optstring(L, 2, fname, "argument #2 (relative_to)", ".");
     double ttl = 60;
     if (cached && !lua_isnoneornil(L, 3)) {
         if (lua_type(L, 3) != LUA_TNUMBER)
@@ -444,7 +445,7 @@ static int l_open(lua_State *L)
         return luaL_error(L, "kumo.fs.open: argument #1 (FILENAME) must be a string, got %s",
                           luaL_typename(L, 1));
     const char *name = lua_tostring(L, 1);
-    const char *mode = luaL_optstring(L, 2, "r");
+    const char *mode = lib_optstring(L, 2, "kumo.fs.open", "argument #2 (OPT_MODE)", "r");
     static const struct {
         const char *m, *mb;
         int flags;
@@ -518,8 +519,8 @@ static int l_write_chunk(lua_State *L)
 static int l_seek(lua_State *L)
 {
     struct kfile *f = check_file(L, "seek");
-    const char *whence = luaL_optstring(L, 2, "cur");
-    lua_Integer pos = luaL_optinteger(L, 3, 0);
+    const char *whence = lib_optstring(L, 2, "file:seek", "OPT_WHENCE", "cur");
+    lua_Integer pos = lib_optinteger(L, 3, "file:seek", "OPT_POS", 0);
     int w;
     if (strcmp(whence, "cur") == 0)
         w = SEEK_CUR;

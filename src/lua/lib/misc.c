@@ -31,6 +31,7 @@
 #include "core/diag.h"
 #include "core/reactor.h"
 #include "lua/klua.h"
+#include "lua/lib/args.h"
 #include "lua/lib/fs.h"
 
 #ifndef KUMOD_VERSION
@@ -99,7 +100,7 @@ static int l_log_debug(lua_State *L)
 
 static int l_traceback(lua_State *L)
 {
-    lua_Integer level = luaL_optinteger(L, 1, 1);
+    lua_Integer level = lib_optinteger(L, 1, "kumo.traceback", "argument #1 (level)", 1);
     if (level < 0)
         return luaL_error(L, "kumo.traceback: argument #1 (level) must not be negative");
     lua_newtable(L);
@@ -154,7 +155,7 @@ static int l_validation_failed(lua_State *L)
  * stack under the event name, then calls the original. */
 static int l_on_recording(lua_State *L)
 {
-    const char *name = luaL_checkstring(L, 1);
+    const char *name = lib_checkstring(L, 1, "kumo.on", "argument #1 (event name)");
     lua_newtable(L);
     lua_Debug ar;
     int i = 0;
@@ -193,7 +194,8 @@ static int l_on_recording(lua_State *L)
 
 static int l_get_event_registrars(lua_State *L)
 {
-    const char *name = luaL_checkstring(L, 1);
+    const char *name =
+        lib_checkstring(L, 1, "kumo.get_event_registrars", "argument #1 (event name)");
     luaL_getsubtable(L, LUA_REGISTRYINDEX, REGISTRARS_KEY);
     lua_getfield(L, -1, name);
     return 1;

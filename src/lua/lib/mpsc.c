@@ -21,6 +21,7 @@
 
 #include "core/reactor.h"
 #include "lua/klua.h"
+#include "lua/lib/args.h"
 
 #define QUEUE_MT "kumo.MpscQueue"
 #define SEND_POLL_MS 5
@@ -219,7 +220,7 @@ static int l_try_recv(lua_State *L)
 
 static int l_recv_many(lua_State *L)
 {
-    lua_Integer n = luaL_checkinteger(L, 2);
+    lua_Integer n = lib_checkinteger(L, 2, "queue:recv_many", "LIMIT");
     if (n < 1)
         return luaL_error(L, "queue:recv_many: LIMIT must be at least 1");
     return receive(L, "recv_many", (size_t)n, true);
@@ -356,7 +357,10 @@ static int l_send(lua_State *L)
 
 static int l_send_timeout(lua_State *L)
 {
-    double t = luaL_checknumber(L, 3);
+    if (lua_type(L, 3) != LUA_TNUMBER)
+        return luaL_error(L, "queue:send_timeout: TIMEOUT_SECONDS must be a number, got %s",
+                          luaL_typename(L, 3));
+    double t = lua_tonumber(L, 3);
     struct mpsc *q = check_queue(L, "send_timeout");
     if (!q->limit) /* unbounded: the timeout is ignored */
         t = -1;

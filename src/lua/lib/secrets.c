@@ -78,8 +78,8 @@ static int push_file(lua_State *L, const char *path)
  * handled by the Lua side before this is called. */
 static int l_load_simple(lua_State *L)
 {
-    const char *fname = luaL_optstring(L, 2, "kumo.secrets.load");
-    const char *what = luaL_optstring(L, 3, "argument #1");
+    const char *fname = lua_isstring(L, 2) ? lua_tostring(L, 2) : "kumo.secrets.load";
+    const char *what = lua_isstring(L, 3) ? lua_tostring(L, 3) : "argument #1";
     switch (lua_type(L, 1)) {
     case LUA_TSTRING: {
         const char *path = lua_tostring(L, 1);

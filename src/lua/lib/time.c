@@ -237,7 +237,11 @@ static struct kt delta_between(const struct kt *a, const struct kt *b)
 static int l_time_index(lua_State *L)
 {
     struct kt *t = luaL_checkudata(L, 1, TIME_MT);
-    const char *k = luaL_checkstring(L, 2);
+    if (lua_type(L, 2) != LUA_TSTRING) {
+        lua_pushnil(L);
+        return 1;
+    }
+    const char *k = lua_tostring(L, 2);
     struct timefmt_tm tm;
     timefmt_breakdown(t->sec, &tm);
     if (strcmp(k, "year") == 0)
@@ -375,7 +379,11 @@ static int l_delta_tostring(lua_State *L)
 static int l_delta_index(lua_State *L)
 {
     struct kt *d = luaL_checkudata(L, 1, DELTA_MT);
-    const char *k = luaL_checkstring(L, 2);
+    if (lua_type(L, 2) != LUA_TSTRING) {
+        lua_pushnil(L);
+        return 1;
+    }
+    const char *k = lua_tostring(L, 2);
     int64_t ns;
     bool fits = delta_ns(d, &ns);
     if (strcmp(k, "seconds") == 0)

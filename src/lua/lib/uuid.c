@@ -95,7 +95,11 @@ static void format(const uint8_t *u, char out[37])
 static int l_index(lua_State *L)
 {
     const uint8_t *u = luaL_checkudata(L, 1, UUID_MT);
-    const char *k = luaL_checkstring(L, 2);
+    if (lua_type(L, 2) != LUA_TSTRING) {
+        lua_pushnil(L);
+        return 1;
+    }
+    const char *k = lua_tostring(L, 2);
     char h[37];
     format(u, h);
     if (strcmp(k, "bytes") == 0) {
