@@ -27,8 +27,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t n = timefmt_format(sec, nsec, "%Y-%m-%dT%H:%M:%S%.f+00:00", buf, sizeof(buf));
         int64_t sec2;
         int32_t nsec2;
-        if (n >= sizeof(buf) || timefmt_parse_rfc3339(buf, n, &sec2, &nsec2) != 0 ||
-            sec2 != sec || nsec2 != nsec)
+        if (n >= sizeof(buf) || timefmt_parse_rfc3339(buf, n, &sec2, &nsec2) != 0 || sec2 != sec ||
+            nsec2 != nsec)
             abort();
     }
     if (timefmt_parse_rfc2822(s, size, &sec, &nsec) == 0 && (nsec != 0))

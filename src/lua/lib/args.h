@@ -16,8 +16,8 @@ static inline const char *lib_checkstring(lua_State *L, int idx, const char *fna
     return lua_tostring(L, idx);
 }
 
-static inline const char *lib_optstring(lua_State *L, int idx, const char *fname,
-                                        const char *what, const char *def)
+static inline const char *lib_optstring(lua_State *L, int idx, const char *fname, const char *what,
+                                        const char *def)
 {
     return lua_isnoneornil(L, idx) ? def : lib_checkstring(L, idx, fname, what);
 }
@@ -32,8 +32,8 @@ static inline lua_Integer lib_checkinteger(lua_State *L, int idx, const char *fn
     return v;
 }
 
-static inline lua_Integer lib_optinteger(lua_State *L, int idx, const char *fname,
-                                         const char *what, lua_Integer def)
+static inline lua_Integer lib_optinteger(lua_State *L, int idx, const char *fname, const char *what,
+                                         lua_Integer def)
 {
     return lua_isnoneornil(L, idx) ? def : lib_checkinteger(L, idx, fname, what);
 }

@@ -244,8 +244,7 @@ static int l_delta(lua_State *L)
     int isint = 0;
     lua_Integer v = lua_tointegerx(L, 2, &isint);
     if (!isint)
-        return luaL_error(L, "series:delta: value must be an integer, got %s",
-                          luaL_typename(L, 2));
+        return luaL_error(L, "series:delta: value must be an integer, got %s", luaL_typename(L, 2));
     pthread_mutex_lock(&reg_lock);
     cseries_delta(e->s, v, now_secs());
     pthread_mutex_unlock(&reg_lock);

@@ -28,8 +28,8 @@
 
 /* ---- AES ------------------------------------------------------------------- */
 
-static const EVP_CIPHER *aes_cipher(lua_State *L, const char *fname, const char *alg,
-                                    size_t keylen, bool *cbc)
+static const EVP_CIPHER *aes_cipher(lua_State *L, const char *fname, const char *alg, size_t keylen,
+                                    bool *cbc)
 {
     if (strcmp(alg, "Cbc") == 0)
         *cbc = true;
@@ -75,8 +75,7 @@ static bool run_cipher(lua_State *L, const EVP_CIPHER *c, const uint8_t *key, co
     return ok;
 }
 
-static const char *check_data(lua_State *L, int idx, const char *fname, const char *what,
-                              size_t *n)
+static const char *check_data(lua_State *L, int idx, const char *fname, const char *what, size_t *n)
 {
     const uint8_t *b = binresult_test(L, idx, n);
     if (b)
@@ -117,9 +116,8 @@ static int l_aes_decrypt(lua_State *L)
     const uint8_t *iv = NULL;
     if (cbc) {
         if (n < 16)
-            return luaL_error(L,
-                              "kumo.crypto.aes_decrypt_block: ciphertext must be prefixed by iv "
-                              "with len at least 16");
+            return luaL_error(L, "kumo.crypto.aes_decrypt_block: ciphertext must be prefixed by iv "
+                                 "with len at least 16");
         iv = (const uint8_t *)data;
         data += 16;
         n -= 16;

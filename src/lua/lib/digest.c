@@ -52,10 +52,11 @@ struct algo {
 };
 
 static const struct algo algos[] = {
-    {"sha1", EVP_sha1},         {"sha224", EVP_sha224},     {"sha256", EVP_sha256},
-    {"sha384", EVP_sha384},     {"sha512", EVP_sha512},     {"sha512_256", EVP_sha512_256},
-    {"sha3_256", EVP_sha3_256}, {"sha3_384", EVP_sha3_384}, {"sha3_512", EVP_sha3_512},
-    {"crc32", NULL},
+    {"sha1", EVP_sha1},         {"sha224", EVP_sha224},
+    {"sha256", EVP_sha256},     {"sha384", EVP_sha384},
+    {"sha512", EVP_sha512},     {"sha512_256", EVP_sha512_256},
+    {"sha3_256", EVP_sha3_256}, {"sha3_384", EVP_sha3_384},
+    {"sha3_512", EVP_sha3_512}, {"crc32", NULL},
 };
 
 /* Replaces every argument that is not a string by its compact JSON text. */

@@ -196,8 +196,7 @@ static int l_charset_encode(lua_State *L)
     bool ignore = lua_isnoneornil(L, 3) ? true : lua_toboolean(L, 3);
     size_t bad = 0;
     if (!utf8_valid(in, n, &bad))
-        return luaL_error(L,
-                          "kumo.encode.charset_encode: argument #2 is not valid UTF-8 (byte %d)",
+        return luaL_error(L, "kumo.encode.charset_encode: argument #2 is not valid UTF-8 (byte %d)",
                           (int)bad);
     iconv_t cd = iconv_open(cs, "UTF-8");
     if (cd == (iconv_t)-1)

@@ -160,8 +160,7 @@ static void walk(lua_State *L, int out, const char *dir, const char *prefix, con
                 continue;
             struct stat st;
             char np[4096];
-            if (stat(path, &st) == 0 && S_ISDIR(st.st_mode) &&
-                join(np, sizeof(np), path, "", true))
+            if (stat(path, &st) == 0 && S_ISDIR(st.st_mode) && join(np, sizeof(np), path, "", true))
                 walk(L, out, path, np, seg, depth + 1); /* "**" again below it */
         }
         closedir(d);
@@ -174,7 +173,8 @@ static void walk(lua_State *L, int out, const char *dir, const char *prefix, con
         char np[4096];
         if (!*rest)
             add_result(L, out, path);
-        else if (stat(path, &st) == 0 && S_ISDIR(st.st_mode) && join(np, sizeof(np), path, "", true))
+        else if (stat(path, &st) == 0 && S_ISDIR(st.st_mode) &&
+                 join(np, sizeof(np), path, "", true))
             walk(L, out, path, np, rest, depth + 1);
         return;
     }
@@ -462,8 +462,9 @@ static int l_open(lua_State *L)
         if (strcmp(mode, modes[i].m) == 0 || strcmp(mode, modes[i].mb) == 0)
             flags = modes[i].flags;
     if (flags < 0)
-        return luaL_error(L, "kumo.fs.open: argument #2 (OPT_MODE) '%s' is not one of r, w, a, "
-                             "r+, w+, a+ (optionally with b)",
+        return luaL_error(L,
+                          "kumo.fs.open: argument #2 (OPT_MODE) '%s' is not one of r, w, a, "
+                          "r+, w+, a+ (optionally with b)",
                           mode);
     struct kfile *f = lua_newuserdatauv(L, sizeof(*f), 0);
     f->fd = -1;

@@ -235,8 +235,8 @@ static int l_spawn_task(lua_State *L)
 {
     const char *fn = "kumo.spawn_task";
     if (!lua_istable(L, 1))
-        return luaL_error(L, "%s: argument #1 must be a table with event_name and args, got %s",
-                          fn, luaL_typename(L, 1));
+        return luaL_error(L, "%s: argument #1 must be a table with event_name and args, got %s", fn,
+                          luaL_typename(L, 1));
     lua_getfield(L, 1, "event_name");
     if (lua_type(L, -1) != LUA_TSTRING)
         return luaL_error(L, "%s: event_name must be a string", fn);

@@ -319,8 +319,9 @@ static int send_common(lua_State *L, const char *method, double timeout)
     reactor *r = reactor_current();
     if (!call || !r) {
         json_decref(j);
-        return luaL_error(L, "queue:%s: queue '%s' is full, and waiting for room is only "
-                             "possible inside an event handler or task",
+        return luaL_error(L,
+                          "queue:%s: queue '%s' is full, and waiting for room is only "
+                          "possible inside an event handler or task",
                           method, q->name);
     }
     struct sender *s = calloc(1, sizeof(*s));
@@ -450,9 +451,8 @@ static int l_define(lua_State *L)
         int isint = 0;
         lua_Integer n = lua_tointegerx(L, 2, &isint);
         if (!isint || n < 1)
-            return luaL_error(L,
-                              "kumo.mpsc.define: argument #2 (OPTIONAL_LIMIT) must be a "
-                              "non-zero positive integer or nil");
+            return luaL_error(L, "kumo.mpsc.define: argument #2 (OPTIONAL_LIMIT) must be a "
+                                 "non-zero positive integer or nil");
         limit = (size_t)n;
     }
     pthread_mutex_lock(&registry_lock);
@@ -484,11 +484,17 @@ static int l_define(lua_State *L)
 static void mpsc_open(lua_State *L)
 {
     if (luaL_newmetatable(L, QUEUE_MT)) {
-        static const luaL_Reg methods[] = {
-            {"close", l_close},         {"is_closed", l_is_closed}, {"is_empty", l_is_empty},
-            {"len", l_len},             {"send", l_send},           {"send_timeout", l_send_timeout},
-            {"try_send", l_try_send},   {"recv", l_recv},           {"try_recv", l_try_recv},
-            {"recv_many", l_recv_many}, {NULL, NULL}};
+        static const luaL_Reg methods[] = {{"close", l_close},
+                                           {"is_closed", l_is_closed},
+                                           {"is_empty", l_is_empty},
+                                           {"len", l_len},
+                                           {"send", l_send},
+                                           {"send_timeout", l_send_timeout},
+                                           {"try_send", l_try_send},
+                                           {"recv", l_recv},
+                                           {"try_recv", l_try_recv},
+                                           {"recv_many", l_recv_many},
+                                           {NULL, NULL}};
         luaL_newlib(L, methods);
         lua_setfield(L, -2, "__index");
         lua_pushcfunction(L, l_tostring);

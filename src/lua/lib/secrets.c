@@ -221,7 +221,7 @@ void secrets_wrap(lua_State *L, const char *fname, int keyarg, enum secrets_wrap
     lua_insert(L, -2);
     lua_pushstring(L, fname);
     lua_pushinteger(L, keyarg);
-    lua_pushstring(L, mode == SECRETS_FIELDS ? "fields"
+    lua_pushstring(L, mode == SECRETS_FIELDS       ? "fields"
                       : mode == SECRETS_ARG_OR_KEY ? "arg_or_key"
                                                    : "arg");
     lua_newtable(L);

@@ -13,10 +13,10 @@
 #define SECRETS_MAX_FILE (1024 * 1024)
 
 enum secrets_wrap_mode {
-    SECRETS_ARG,         /* argument keyarg is a KeySource */
-    SECRETS_ARG_OR_KEY,  /* argument keyarg is a KeySource or { key = KeySource } */
-    SECRETS_FIELDS,      /* argument keyarg is a table whose fields (a NULL-ended list) are
-                            KeySources */
+    SECRETS_ARG,        /* argument keyarg is a KeySource */
+    SECRETS_ARG_OR_KEY, /* argument keyarg is a KeySource or { key = KeySource } */
+    SECRETS_FIELDS,     /* argument keyarg is a table whose fields (a NULL-ended list) are
+                           KeySources */
 };
 
 /* Replaces the function at the top of L's stack (the core) by a Lua

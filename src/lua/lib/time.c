@@ -464,23 +464,29 @@ static int l_timer_close(lua_State *L)
 static void time_open(lua_State *L)
 {
     luaL_newmetatable(L, TIME_MT);
-    static const luaL_Reg time_mt[] = {
-        {"__index", l_time_index}, {"__tostring", l_time_tostring},
-        {"__eq", l_eq},            {"__lt", l_lt},
-        {"__le", l_le},            {"__add", l_add},
-        {"__sub", l_sub},          {"__tojson", l_time_tostring},
-        {NULL, NULL}};
+    static const luaL_Reg time_mt[] = {{"__index", l_time_index},
+                                       {"__tostring", l_time_tostring},
+                                       {"__eq", l_eq},
+                                       {"__lt", l_lt},
+                                       {"__le", l_le},
+                                       {"__add", l_add},
+                                       {"__sub", l_sub},
+                                       {"__tojson", l_time_tostring},
+                                       {NULL, NULL}};
     luaL_setfuncs(L, time_mt, 0);
     lua_pushstring(L, "Time");
     lua_setfield(L, -2, "__name");
     lua_pop(L, 1);
     luaL_newmetatable(L, DELTA_MT);
-    static const luaL_Reg delta_mt[] = {
-        {"__index", l_delta_index}, {"__tostring", l_delta_tostring},
-        {"__eq", l_eq},             {"__lt", l_lt},
-        {"__le", l_le},             {"__add", l_add},
-        {"__sub", l_sub},           {"__tojson", l_delta_tostring},
-        {NULL, NULL}};
+    static const luaL_Reg delta_mt[] = {{"__index", l_delta_index},
+                                        {"__tostring", l_delta_tostring},
+                                        {"__eq", l_eq},
+                                        {"__lt", l_lt},
+                                        {"__le", l_le},
+                                        {"__add", l_add},
+                                        {"__sub", l_sub},
+                                        {"__tojson", l_delta_tostring},
+                                        {NULL, NULL}};
     luaL_setfuncs(L, delta_mt, 0);
     lua_pushstring(L, "TimeDelta");
     lua_setfield(L, -2, "__name");

@@ -14,9 +14,9 @@
 
 static const char *const month_abbr[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                          "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-static const char *const month_full[] = {"January", "February", "March",     "April",
-                                         "May",     "June",     "July",      "August",
-                                         "September", "October", "November", "December"};
+static const char *const month_full[] = {"January",   "February", "March",    "April",
+                                         "May",       "June",     "July",     "August",
+                                         "September", "October",  "November", "December"};
 static const char *const wday_abbr[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
 static const char *const wday_full[] = {"Sunday",   "Monday", "Tuesday", "Wednesday",
                                         "Thursday", "Friday", "Saturday"};
@@ -31,7 +31,7 @@ int64_t timefmt_days_from_civil(int64_t y, int m, int d)
 {
     y -= m <= 2;
     int64_t era = floor_div(y, 400);
-    int64_t yoe = y - era * 400;                                   /* [0, 399] */
+    int64_t yoe = y - era * 400;                                  /* [0, 399] */
     int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1; /* [0, 365] */
     int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;          /* [0, 146096] */
     return era * 146097 + doe - 719468;
@@ -274,9 +274,8 @@ int timefmt_parse_rfc2822(const char *s, size_t n, int64_t *sec, int32_t *nsec)
         static const struct {
             const char *name;
             int hours;
-        } zones[] = {{"UT", 0},   {"GMT", 0},  {"UTC", 0},  {"Z", 0},    {"EST", -5},
-                     {"EDT", -4}, {"CST", -6}, {"CDT", -5}, {"MST", -7}, {"MDT", -6},
-                     {"PST", -8}, {"PDT", -7}};
+        } zones[] = {{"UT", 0},   {"GMT", 0},  {"UTC", 0},  {"Z", 0},    {"EST", -5}, {"EDT", -4},
+                     {"CST", -6}, {"CDT", -5}, {"MST", -7}, {"MDT", -6}, {"PST", -8}, {"PDT", -7}};
         if (word(&c, w, sizeof(w)) == 0)
             return KERR_PARSE;
         bool found = false;
@@ -395,21 +394,49 @@ size_t timefmt_format(int64_t sec, int32_t nsec, const char *fmt, char *buf, siz
         }
         p++;
         switch (ch) {
-        case 'Y': year4(&o, tm.year, PAD('0')); break;
-        case 'C': num(&o, floor_div(tm.year, 100), 2, PAD('0')); break;
-        case 'y': num(&o, tm.year - floor_div(tm.year, 100) * 100, 2, PAD('0')); break;
-        case 'm': num(&o, tm.month, 2, PAD('0')); break;
+        case 'Y':
+            year4(&o, tm.year, PAD('0'));
+            break;
+        case 'C':
+            num(&o, floor_div(tm.year, 100), 2, PAD('0'));
+            break;
+        case 'y':
+            num(&o, tm.year - floor_div(tm.year, 100) * 100, 2, PAD('0'));
+            break;
+        case 'm':
+            num(&o, tm.month, 2, PAD('0'));
+            break;
         case 'b':
-        case 'h': puts_(&o, month_abbr[tm.month - 1]); break;
-        case 'B': puts_(&o, month_full[tm.month - 1]); break;
-        case 'd': num(&o, tm.day, 2, PAD('0')); break;
-        case 'e': num(&o, tm.day, 2, PAD(' ')); break;
-        case 'a': puts_(&o, wday_abbr[tm.wday]); break;
-        case 'A': puts_(&o, wday_full[tm.wday]); break;
-        case 'w': num(&o, tm.wday, 1, 0); break;
-        case 'u': num(&o, tm.wday == 0 ? 7 : tm.wday, 1, 0); break;
-        case 'U': num(&o, (tm.yday + 7 - tm.wday) / 7, 2, PAD('0')); break;
-        case 'W': num(&o, (tm.yday + 7 - (tm.wday + 6) % 7) / 7, 2, PAD('0')); break;
+        case 'h':
+            puts_(&o, month_abbr[tm.month - 1]);
+            break;
+        case 'B':
+            puts_(&o, month_full[tm.month - 1]);
+            break;
+        case 'd':
+            num(&o, tm.day, 2, PAD('0'));
+            break;
+        case 'e':
+            num(&o, tm.day, 2, PAD(' '));
+            break;
+        case 'a':
+            puts_(&o, wday_abbr[tm.wday]);
+            break;
+        case 'A':
+            puts_(&o, wday_full[tm.wday]);
+            break;
+        case 'w':
+            num(&o, tm.wday, 1, 0);
+            break;
+        case 'u':
+            num(&o, tm.wday == 0 ? 7 : tm.wday, 1, 0);
+            break;
+        case 'U':
+            num(&o, (tm.yday + 7 - tm.wday) / 7, 2, PAD('0'));
+            break;
+        case 'W':
+            num(&o, (tm.yday + 7 - (tm.wday + 6) % 7) / 7, 2, PAD('0'));
+            break;
         case 'G':
         case 'g':
         case 'V': {
@@ -424,7 +451,9 @@ size_t timefmt_format(int64_t sec, int32_t nsec, const char *fmt, char *buf, siz
                 num(&o, wk, 2, PAD('0'));
             break;
         }
-        case 'j': num(&o, tm.yday + 1, 3, PAD('0')); break;
+        case 'j':
+            num(&o, tm.yday + 1, 3, PAD('0'));
+            break;
         case 'D':
         case 'x':
             num(&o, tm.month, 2, '0');
@@ -447,15 +476,33 @@ size_t timefmt_format(int64_t sec, int32_t nsec, const char *fmt, char *buf, siz
             put(&o, "-", 1);
             year4(&o, tm.year, '0');
             break;
-        case 'H': num(&o, tm.hour, 2, PAD('0')); break;
-        case 'k': num(&o, tm.hour, 2, PAD(' ')); break;
-        case 'I': num(&o, (tm.hour + 11) % 12 + 1, 2, PAD('0')); break;
-        case 'l': num(&o, (tm.hour + 11) % 12 + 1, 2, PAD(' ')); break;
-        case 'P': puts_(&o, tm.hour < 12 ? "am" : "pm"); break;
-        case 'p': puts_(&o, tm.hour < 12 ? "AM" : "PM"); break;
-        case 'M': num(&o, tm.minute, 2, PAD('0')); break;
-        case 'S': num(&o, tm.second, 2, PAD('0')); break;
-        case 'f': frac(&o, nsec, 9, false); break;
+        case 'H':
+            num(&o, tm.hour, 2, PAD('0'));
+            break;
+        case 'k':
+            num(&o, tm.hour, 2, PAD(' '));
+            break;
+        case 'I':
+            num(&o, (tm.hour + 11) % 12 + 1, 2, PAD('0'));
+            break;
+        case 'l':
+            num(&o, (tm.hour + 11) % 12 + 1, 2, PAD(' '));
+            break;
+        case 'P':
+            puts_(&o, tm.hour < 12 ? "am" : "pm");
+            break;
+        case 'p':
+            puts_(&o, tm.hour < 12 ? "AM" : "PM");
+            break;
+        case 'M':
+            num(&o, tm.minute, 2, PAD('0'));
+            break;
+        case 'S':
+            num(&o, tm.second, 2, PAD('0'));
+            break;
+        case 'f':
+            frac(&o, nsec, 9, false);
+            break;
         case '.':
             if (*p == 'f') {
                 p++;
@@ -496,8 +543,12 @@ size_t timefmt_format(int64_t sec, int32_t nsec, const char *fmt, char *buf, siz
             num(&o, tm.second, 2, '0');
             puts_(&o, tm.hour < 12 ? " AM" : " PM");
             break;
-        case 'Z': puts_(&o, "UTC"); break;
-        case 'z': puts_(&o, "+0000"); break;
+        case 'Z':
+            puts_(&o, "UTC");
+            break;
+        case 'z':
+            puts_(&o, "+0000");
+            break;
         case '#':
             if (*p == 'z') {
                 p++;
@@ -550,11 +601,21 @@ size_t timefmt_format(int64_t sec, int32_t nsec, const char *fmt, char *buf, siz
             frac(&o, nsec, 0, true);
             puts_(&o, "+00:00");
             break;
-        case 's': num(&o, sec, 1, 0); break;
-        case 't': put(&o, "\t", 1); break;
-        case 'n': put(&o, "\n", 1); break;
-        case '%': put(&o, "%", 1); break;
-        default: put(&o, start, (size_t)(p - start)); break;
+        case 's':
+            num(&o, sec, 1, 0);
+            break;
+        case 't':
+            put(&o, "\t", 1);
+            break;
+        case 'n':
+            put(&o, "\n", 1);
+            break;
+        case '%':
+            put(&o, "%", 1);
+            break;
+        default:
+            put(&o, start, (size_t)(p - start));
+            break;
         }
 #undef PAD
     }

@@ -56,7 +56,8 @@ int kuuid_parse(const char *s, size_t n, uint8_t out[16])
 
 void kuuid_v1_to_v6(const uint8_t v1[16], uint8_t out[16])
 {
-    uint64_t time_low = (uint64_t)v1[0] << 24 | (uint64_t)v1[1] << 16 | (uint64_t)v1[2] << 8 | v1[3];
+    uint64_t time_low =
+        (uint64_t)v1[0] << 24 | (uint64_t)v1[1] << 16 | (uint64_t)v1[2] << 8 | v1[3];
     uint64_t time_mid = (uint64_t)v1[4] << 8 | v1[5];
     uint64_t time_hi = ((uint64_t)v1[6] << 8 | v1[7]) & 0x0fff;
     uint64_t ts = time_hi << 48 | time_mid << 32 | time_low; /* 60 bits */
@@ -196,17 +197,18 @@ static int l_parse(lua_State *L)
 static void uuid_open(lua_State *L)
 {
     if (luaL_newmetatable(L, UUID_MT)) {
-        static const luaL_Reg mt[] = {
-            {"__index", l_index}, {"__tostring", l_tostring}, {"__eq", l_eq},
-            {"__tojson", l_tostring}, {NULL, NULL}};
+        static const luaL_Reg mt[] = {{"__index", l_index},
+                                      {"__tostring", l_tostring},
+                                      {"__eq", l_eq},
+                                      {"__tojson", l_tostring},
+                                      {NULL, NULL}};
         luaL_setfuncs(L, mt, 0);
         lua_pushstring(L, "Uuid");
         lua_setfield(L, -2, "__name");
     }
     lua_pop(L, 1);
-    static const luaL_Reg fns[] = {{"new_v1", l_new_v1}, {"new_v4", l_new_v4},
-                                   {"new_v6", l_new_v6}, {"new_v7", l_new_v7},
-                                   {"parse", l_parse},   {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"new_v1", l_new_v1}, {"new_v4", l_new_v4}, {"new_v6", l_new_v6},
+                                   {"new_v7", l_new_v7}, {"parse", l_parse},   {NULL, NULL}};
     luaL_newlib(L, fns);
     lua_setfield(L, -2, "uuid");
 }

@@ -74,9 +74,8 @@ static const struct bad bads[] = {
     {CODEC_BASE32, "MZX", 2},      /* 15 bits: impossible length */
     {CODEC_BASE32, "M1======", 1}, /* '1' is not base32 */
     {CODEC_BASE32HEX, "W0", 0},    /* 'W' is past base32hex */
-    {CODEC_HEX, "abc", 2},
-    {CODEC_HEX, "0g", 1},
-    {CODEC_HEX, "00==", 2},        /* hex has no padding */
+    {CODEC_HEX, "abc", 2},         {CODEC_HEX, "0g", 1},
+    {CODEC_HEX, "00==", 2}, /* hex has no padding */
 };
 
 static void test_rejects(void **state)
@@ -147,8 +146,10 @@ static void test_crc32(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_vectors),          cmocka_unit_test(test_rejects),
-        cmocka_unit_test(test_padding_and_case), cmocka_unit_test(test_roundtrip),
+        cmocka_unit_test(test_vectors),
+        cmocka_unit_test(test_rejects),
+        cmocka_unit_test(test_padding_and_case),
+        cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_crc32),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

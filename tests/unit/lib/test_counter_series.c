@@ -17,8 +17,8 @@ static void test_rotation(void **state)
     cseries *s = cseries_new(5, 60, 2, 1000);
     assert_non_null(s);
     assert_int_equal(cseries_sum_over(s, UINT64_MAX, 1000), 2);
-    cseries_increment(s, 3, 1019);               /* same slot */
-    cseries_increment(s, 10, 1020);              /* next slot */
+    cseries_increment(s, 3, 1019);  /* same slot */
+    cseries_increment(s, 10, 1020); /* next slot */
     assert_int_equal(cseries_sum_over(s, 60, 1020), 10);
     assert_int_equal(cseries_sum_over(s, 61, 1020), 15); /* rounds up to 2 buckets */
     assert_int_equal(cseries_sum_over(s, 1, 1020), 10);
