@@ -43,6 +43,17 @@
 #include "delivery/maildir.h"
 #include "delivery/smtp_deliver.h"
 #include "lua/dns_lua.h"
+#include "lua/lib/crypto.h"
+#include "lua/lib/digest.h"
+#include "lua/lib/counter_series.h"
+#include "lua/lib/encode.h"
+#include "lua/lib/file_type.h"
+#include "lua/lib/fs.h"
+#include "lua/lib/misc.h"
+#include "lua/lib/mpsc.h"
+#include "lua/lib/secrets.h"
+#include "lua/lib/time.h"
+#include "lua/lib/uuid.h"
 #include "net/dns.h"
 
 #define MAIN_MOD "kumod"
@@ -501,6 +512,19 @@ int main(int argc, char **argv)
     smtp_deliver_register();
     maildir_register();
     dns_lua_register();
+    /* the kumo.* library modules (src/lua/lib) */
+    secrets_lua_register();
+    digest_lua_register();
+    encode_lua_register();
+    uuid_lua_register();
+    time_lua_register();
+    crypto_lua_register();
+    fs_lua_register();
+    file_type_lua_register();
+    counter_series_lua_register();
+    mpsc_lua_register();
+    misc_lua_register();
+    misc_set_spawn_enabled(!validate || script_path);
     klua_set_reload_hook(reload_all);
     services_set_validate_only(validate);
 
@@ -535,6 +559,11 @@ int main(int argc, char **argv)
             exit_code = 1;
         } else if (run_event_sync("validate_config", err, sizeof(err)) != 0) {
             fprintf(stderr, "kumod: validate_config failed: %s\n", err);
+            exit_code = 1;
+        } else if (misc_validation_failed()) {
+            fprintf(stderr, "kumod: policy %s failed validation (kumo.validation_failed() was "
+                            "called; see the messages above)\n",
+                    policy_path);
             exit_code = 1;
         } else {
             printf("kumod: policy %s is valid\n", policy_path);

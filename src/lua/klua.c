@@ -27,7 +27,7 @@
 #include "metrics/metrics.h"
 
 #define KLUA_MOD "kumod::lua"
-#define KLUA_MAX_OPENERS 32
+#define KLUA_MAX_OPENERS 64
 #define KLUA_REJECT_MT "kumod.Rejection"
 #define KLUA_CONNMETA_MT "kumod.ConnectionMeta"
 
@@ -39,6 +39,7 @@ struct klua {
     int reactor_idx;
     int dispatch_ref;
     struct sleep_wait *sleeps; /* pending kumo.time.sleep timers */
+    klua_wait *waits;          /* other parked calls (klua_wait_park) */
 };
 
 struct klua_call {
@@ -57,6 +58,7 @@ struct klua_call {
     bool waiting;
     int64_t started_ns;
     int extra_args; /* 1 when the dispatcher's event-name argument is on the stack */
+    bool is_script; /* the main chunk of kumod --script: it is the policy, so kumo.on works */
 };
 
 static klua_opener openers[KLUA_MAX_OPENERS];
@@ -109,7 +111,8 @@ static int l_kumo_on(lua_State *L)
 {
     const char *name = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TFUNCTION);
-    if (*(klua_call **)lua_getextraspace(L) != NULL)
+    klua_call *in_call = *(klua_call **)lua_getextraspace(L);
+    if (in_call != NULL && !in_call->is_script)
         return luaL_error(L, "kumo.on('%s'): handlers must be registered when the policy is "
                              "loaded, not from inside an event handler", name);
     lua_getfield(L, LUA_REGISTRYINDEX, "kumod.handlers");
@@ -198,6 +201,30 @@ klua_call *klua_wait_begin(lua_State *L)
 void klua_wait_resume(klua_call *c, int nres)
 {
     klua_call_step(c, nres);
+}
+
+void klua_wait_park(klua_wait *w, klua_call *c, void (*cancel)(klua_wait *w))
+{
+    klua *vm = c->vm;
+    w->call = c;
+    w->cancel = cancel;
+    w->prev = NULL;
+    w->next = vm->waits;
+    if (w->next)
+        w->next->prev = w;
+    vm->waits = w;
+}
+
+void klua_wait_unpark(klua_wait *w)
+{
+    klua *vm = w->call->vm;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        vm->waits = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    w->next = w->prev = NULL;
 }
 
 struct sleep_wait {
@@ -595,6 +622,7 @@ klua *klua_load_script(const char *script_path, int reactor_idx, klua_call **out
         klua_unref(vm);
         return NULL;
     }
+    c->is_script = true;
     *out = c;
     return vm;
 }
@@ -608,6 +636,14 @@ void klua_drop_waits(klua *vm)
         event_free(w->ev);
         klua_call *c = w->c;
         free(w);
+        c->done = NULL;
+        klua_call_free(c);
+    }
+    while (vm && vm->waits) {
+        klua_wait *w = vm->waits;
+        klua_call *c = w->call;
+        klua_wait_unpark(w);
+        w->cancel(w);
         c->done = NULL;
         klua_call_free(c);
     }
@@ -785,6 +821,11 @@ void klua_call_cancel(klua_call *c)
 lua_State *klua_call_thread(klua_call *c)
 {
     return c->co;
+}
+
+klua_call *klua_current_call(lua_State *L)
+{
+    return *(klua_call **)lua_getextraspace(L);
 }
 
 int klua_call_nresults(klua_call *c)

@@ -69,6 +69,9 @@ void klua_call_run(klua_call *c, int nargs, klua_done_fn done, void *ud);
 void klua_call_cancel(klua_call *c);
 
 lua_State *klua_call_thread(klua_call *c);
+/* The call whose coroutine L is (or runs inside of), or NULL when L is not
+ * running an event call (e.g. the main chunk of a policy being loaded). */
+klua_call *klua_current_call(lua_State *L);
 int klua_call_nresults(klua_call *c);
 /* For KLUA_ERROR: the error text (with file:line). For KLUA_REJECT: the
  * rejection text; klua_call_reject_code() gives its code. */
@@ -83,6 +86,21 @@ const char *klua_call_event(klua_call *c);
  * event coroutine; the caller then raises an error. */
 klua_call *klua_wait_begin(lua_State *L);
 void klua_wait_resume(klua_call *c, int nres);
+
+/* A wait that shutdown may have to abandon (the VM is closed while calls are
+ * parked, e.g. a task blocked in an MPSC queue's recv). The owner embeds a
+ * klua_wait, parks it after klua_wait_begin, and unparks it before
+ * klua_wait_resume. klua_drop_waits calls cancel(w) (which must release the
+ * owner's state, timers included, and not resume) and then frees the call.
+ * Reactor thread of the call only. */
+typedef struct klua_wait klua_wait;
+struct klua_wait {
+    klua_wait *next, *prev;
+    klua_call *call;
+    void (*cancel)(klua_wait *w);
+};
+void klua_wait_park(klua_wait *w, klua_call *c, void (*cancel)(klua_wait *w));
+void klua_wait_unpark(klua_wait *w);
 
 /* Lua <-> JSON: klua_push_json and klua_to_json are in lua/luajson.h. */
 
