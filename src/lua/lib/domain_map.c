@@ -10,7 +10,7 @@
 #include "lua/lib/lualib.h"
 
 #define DMAP_MT "kumo.DomainMap"
-#define DMAP_WILD_MAX 256 /* longest name whose wildcards are tried */
+#define DMAP_WILD_MAX 256 /* longer suffixes are joined with lua_concat */
 
 long domain_map_next_candidate(const char *name, size_t len, size_t *pos, int *wild)
 {
@@ -66,7 +66,7 @@ static int dmap_index(lua_State *L)
     const char *name = lua_tolstring(L, 2, &len);
     lua_getiuservalue(L, 1, 1);
     lua_pushvalue(L, 2);
-    if (lua_rawget(L, -2) != LUA_TNIL || len > DMAP_WILD_MAX)
+    if (lua_rawget(L, -2) != LUA_TNIL)
         return 1;
     lua_pop(L, 1);
     char buf[DMAP_WILD_MAX + 2] = "*.";
@@ -76,8 +76,14 @@ static int dmap_index(lua_State *L)
     domain_map_next_candidate(name, len, &pos, &wild); /* the exact name, done above */
     while ((off = domain_map_next_candidate(name, len, &pos, &wild)) >= 0) {
         size_t n = len - (size_t)off;
-        memcpy(buf + 2, name + off, n);
-        lua_pushlstring(L, buf, n + 2);
+        if (n <= DMAP_WILD_MAX) {
+            memcpy(buf + 2, name + off, n);
+            lua_pushlstring(L, buf, n + 2);
+        } else {
+            lua_pushliteral(L, "*.");
+            lua_pushlstring(L, name + off, n);
+            lua_concat(L, 2);
+        }
         if (lua_rawget(L, -2) != LUA_TNIL)
             return 1;
         lua_pop(L, 1);

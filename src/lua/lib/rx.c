@@ -256,7 +256,7 @@ char *rx_translate(const char *p, size_t n, enum rx_mode mode, size_t *outlen, c
                 i++;
             }
             /* a ']' right here is a literal in both syntaxes */
-            class_start = i + 1;
+            class_start = i;
             continue;
         case '(':
             ok = group(p, n, &i, mode, &o, err, errlen);
