@@ -7,6 +7,7 @@
 #include "lua/lib/rx.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -322,18 +323,24 @@ pcre2_code *rx_compile(const char *pat, size_t len, enum rx_mode mode, char *err
     return re;
 }
 
+/* One match context for the process: pcre2_match only reads it. */
+static pcre2_match_context *rx_mc;
+static pthread_once_t rx_mc_once = PTHREAD_ONCE_INIT;
+
+static void make_match_ctx(void)
+{
+    rx_mc = pcre2_match_context_create(NULL);
+    if (rx_mc) {
+        pcre2_set_match_limit(rx_mc, RX_MATCH_LIMIT);
+        pcre2_set_depth_limit(rx_mc, RX_DEPTH_LIMIT);
+        pcre2_set_heap_limit(rx_mc, RX_HEAP_LIMIT);
+    }
+}
+
 static pcre2_match_context *match_ctx(void)
 {
-    static __thread pcre2_match_context *mc;
-    if (!mc) {
-        mc = pcre2_match_context_create(NULL);
-        if (mc) {
-            pcre2_set_match_limit(mc, RX_MATCH_LIMIT);
-            pcre2_set_depth_limit(mc, RX_DEPTH_LIMIT);
-            pcre2_set_heap_limit(mc, RX_HEAP_LIMIT);
-        }
-    }
-    return mc;
+    pthread_once(&rx_mc_once, make_match_ctx);
+    return rx_mc;
 }
 
 int rx_exec(const pcre2_code *re, const char *s, size_t n, size_t start, uint32_t opts,
