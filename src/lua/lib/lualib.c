@@ -11,8 +11,8 @@
 #include "lua/klua.h"
 
 static const lualib_module *const modules[] = {
-    &lualib_serde,        &lualib_serde_compat, &lualib_string, &lualib_regex,
-    &lualib_regex_set_map, &lualib_domain_map,  &lualib_cidr,   &lualib_memoize,
+    &lualib_serde,         &lualib_serde_compat, &lualib_string, &lualib_regex,
+    &lualib_regex_set_map, &lualib_domain_map,   &lualib_cidr,   &lualib_memoize,
 };
 
 const lualib_module *const *lualib_modules(size_t *n)
@@ -54,8 +54,7 @@ void lualib_register(void)
 const char *lualib_checklstring(lua_State *L, int arg, const char *fname, size_t *len)
 {
     if (lua_type(L, arg) != LUA_TSTRING && lua_type(L, arg) != LUA_TNUMBER)
-        lualib_error(L, fname, "argument #%d must be a string, not %s", arg,
-                     luaL_typename(L, arg));
+        lualib_error(L, fname, "argument #%d must be a string, not %s", arg, luaL_typename(L, arg));
     return lua_tolstring(L, arg, len);
 }
 

@@ -40,18 +40,17 @@ struct mcache {
     char params[256]; /* the parameters that made it, to notice changes */
 };
 
-static const char factory_src[] =
-    "local get, put, make_key, unpack, pack = ...\n"
-    "return function(cache, func)\n"
-    "  return function(...)\n"
-    "    local key = make_key(...)\n"
-    "    local r = get(cache, key)\n"
-    "    if r then return unpack(r, 1, r.n) end\n"
-    "    r = pack(func(...))\n"
-    "    put(cache, key, r)\n"
-    "    return unpack(r, 1, r.n)\n"
-    "  end\n"
-    "end\n";
+static const char factory_src[] = "local get, put, make_key, unpack, pack = ...\n"
+                                  "return function(cache, func)\n"
+                                  "  return function(...)\n"
+                                  "    local key = make_key(...)\n"
+                                  "    local r = get(cache, key)\n"
+                                  "    if r then return unpack(r, 1, r.n) end\n"
+                                  "    r = pack(func(...))\n"
+                                  "    put(cache, key, r)\n"
+                                  "    return unpack(r, 1, r.n)\n"
+                                  "  end\n"
+                                  "end\n";
 
 /* The key: the arguments as JSON text, object keys sorted, raw bytes kept. */
 static int m_key(lua_State *L)
@@ -156,13 +155,24 @@ static bool bool_field(lua_State *L, const char *field)
 
 /* KumoMTA's pre-defined cache names (lruttl declare_cache!): memoize may
  * not use them, set_lruttl_cache_capacity only accepts them. */
-static const char *const predefined[] = {
-    "acl_check",          "acl_definition",         "dkim_key_cache",
-    "dkim_signer_cache",  "dns_resolver_ip",        "dns_resolver_ipv4",
-    "dns_resolver_ipv6",  "dns_resolver_mx",        "egress_source_pools",
-    "egress_source_sources", "http_server_auth",    "mod_filesystem_glob_cache",
-    "mta_sts_policy",     "rustls_client_config",   "smtp_dispatcher_broken_tls",
-    "smtp_dispatcher_client_certificate", "smtp_server_tls_config", NULL};
+static const char *const predefined[] = {"acl_check",
+                                         "acl_definition",
+                                         "dkim_key_cache",
+                                         "dkim_signer_cache",
+                                         "dns_resolver_ip",
+                                         "dns_resolver_ipv4",
+                                         "dns_resolver_ipv6",
+                                         "dns_resolver_mx",
+                                         "egress_source_pools",
+                                         "egress_source_sources",
+                                         "http_server_auth",
+                                         "mod_filesystem_glob_cache",
+                                         "mta_sts_policy",
+                                         "rustls_client_config",
+                                         "smtp_dispatcher_broken_tls",
+                                         "smtp_dispatcher_client_certificate",
+                                         "smtp_server_tls_config",
+                                         NULL};
 
 static bool is_predefined(const char *name)
 {
@@ -186,9 +196,10 @@ static int l_memoize(lua_State *L)
             for (int i = 0; param_keys[i]; i++)
                 known |= strcmp(lua_tostring(L, -2), param_keys[i]) == 0;
         if (!known)
-            return lualib_error(L, FN, "unknown field `%s` in argument #2, expected one of name, "
-                                       "ttl, capacity, invalidate_with_epoch, populate_timeout, "
-                                       "retry_on_populate_timeout, allow_stale_reads",
+            return lualib_error(L, FN,
+                                "unknown field `%s` in argument #2, expected one of name, "
+                                "ttl, capacity, invalidate_with_epoch, populate_timeout, "
+                                "retry_on_populate_timeout, allow_stale_reads",
                                 luaL_tolstring(L, -2, NULL));
         lua_pop(L, 1);
     }
@@ -208,7 +219,8 @@ static int l_memoize(lua_State *L)
     int isint = 0;
     lua_Integer cap = lua_tointegerx(L, -1, &isint);
     if (!isint || cap < 0)
-        return lualib_error(L, FN, "field `capacity` of argument #2 must be a non-negative integer");
+        return lualib_error(L, FN,
+                            "field `capacity` of argument #2 must be a non-negative integer");
     lua_pop(L, 1);
     int64_t pt = duration_field(L, "populate_timeout", false);
     bool ie = bool_field(L, "invalidate_with_epoch");

@@ -72,8 +72,8 @@ static int re_gc(lua_State *L)
 
 /* One match at or after start; raises on limits. Returns the number of
  * pairs (> 0) or 0 for no match. */
-static int exec1(lua_State *L, struct lre *r, const char *s, size_t n, size_t start,
-                 uint32_t opts, const char *fname)
+static int exec1(lua_State *L, struct lre *r, const char *s, size_t n, size_t start, uint32_t opts,
+                 const char *fname)
 {
     int rc = rx_exec(r->re, s, n, start, opts, r->md);
     if (rc == PCRE2_ERROR_NOMATCH)
@@ -313,9 +313,9 @@ static int re_tostring(lua_State *L)
 static void regex_setup(lua_State *L)
 {
     static const luaL_Reg methods[] = {
-        {"captures", re_captures}, {"is_match", re_is_match},       {"find", re_find},
-        {"find_all", re_find_all}, {"replace", re_replace},         {"replace_all", re_replace_all},
-        {"replacen", re_replacen}, {"split", re_split},             {NULL, NULL},
+        {"captures", re_captures}, {"is_match", re_is_match}, {"find", re_find},
+        {"find_all", re_find_all}, {"replace", re_replace},   {"replace_all", re_replace_all},
+        {"replacen", re_replacen}, {"split", re_split},       {NULL, NULL},
     };
     luaL_newmetatable(L, RE_MT);
     luaL_newlib(L, methods);

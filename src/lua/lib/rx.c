@@ -57,16 +57,43 @@ static bool escape(const char *p, size_t n, size_t *i, bool in_class, enum rx_mo
         return refuse(err, errlen, at, "a pattern may not end with a backslash");
     char c = p[at + 1];
     switch (c) {
-    case 'h': case 'H': case 'V': case 'R': case 'X': case 'N': case 'C': case 'K':
-    case 'G': case 'Q': case 'E': case 'e': case 'c': case 'g': case 'o': case 'Z':
-    case 'F': case 'L': case 'l': case 'j': case 'J': case 'y': case 'Y': case 'O':
-    case 'i': case 'I': case 'm': case 'M': case 'q': case 'T':
+    case 'h':
+    case 'H':
+    case 'V':
+    case 'R':
+    case 'X':
+    case 'N':
+    case 'C':
+    case 'K':
+    case 'G':
+    case 'Q':
+    case 'E':
+    case 'e':
+    case 'c':
+    case 'g':
+    case 'o':
+    case 'Z':
+    case 'F':
+    case 'L':
+    case 'l':
+    case 'j':
+    case 'J':
+    case 'y':
+    case 'Y':
+    case 'O':
+    case 'i':
+    case 'I':
+    case 'm':
+    case 'M':
+    case 'q':
+    case 'T':
         snprintf(err, errlen,
                  "unsupported at offset %zu: \\%c (not Rust regex syntax, or another meaning "
                  "in PCRE2)",
                  at, c);
         return false;
-    case '<': case '>':
+    case '<':
+    case '>':
         return refuse(err, errlen, at, "\\< and \\> word boundaries");
     case '0':
         return refuse(err, errlen, at, "\\0 (octal escapes)");
@@ -157,13 +184,16 @@ static bool group(const char *p, size_t n, size_t *i, enum rx_mode mode, struct 
         return refuse(err, errlen, at, "(?# comments)");
     case '|':
         return refuse(err, errlen, at, "(?| branch reset groups)");
-    case 'R': case '&': case '+':
+    case 'R':
+    case '&':
+    case '+':
         return refuse(err, errlen, at, "recursion");
     case 'C':
         return refuse(err, errlen, at, "callouts");
     case '\'':
         return refuse(err, errlen, at, "(?'name') groups: write (?<name>...)");
-    case '=': case '!':
+    case '=':
+    case '!':
         fancy = true, what = "look-ahead";
         break;
     case '>':
@@ -268,7 +298,10 @@ char *rx_translate(const char *p, size_t n, enum rx_mode mode, size_t *outlen, c
                 continue;
             }
             break;
-        case '*': case '+': case '?': case '}':
+        case '*':
+        case '+':
+        case '?':
+        case '}':
             if (mode == RX_PLAIN && i + 1 < n && p[i + 1] == '+' && i > 0) {
                 ok = refuse(err, errlen, i, "possessive quantifiers");
                 continue;
@@ -389,8 +422,8 @@ static bool name_char(char c)
     return isalnum((unsigned char)c) || c == '_';
 }
 
-int rx_expand(const pcre2_code *re, const char *subj, const size_t *ov, int npairs,
-              const char *rep, size_t rlen, char **out, size_t *outlen, size_t *cap)
+int rx_expand(const pcre2_code *re, const char *subj, const size_t *ov, int npairs, const char *rep,
+              size_t rlen, char **out, size_t *outlen, size_t *cap)
 {
     for (size_t i = 0; i < rlen;) {
         if (rep[i] != '$') {

@@ -58,7 +58,7 @@ char *rx_escape(const char *s, size_t n, size_t *outlen);
 /* Expands a replacement template ($1, $name, ${name}, $$) for one match
  * into out (realloc'd buffer *out of *cap bytes, *outlen used). Unknown
  * groups expand to nothing, as in Rust. Returns 0 or -1 on OOM. */
-int rx_expand(const pcre2_code *re, const char *subj, const size_t *ov, int npairs,
-              const char *rep, size_t rlen, char **out, size_t *outlen, size_t *cap);
+int rx_expand(const pcre2_code *re, const char *subj, const size_t *ov, int npairs, const char *rep,
+              size_t rlen, char **out, size_t *outlen, size_t *cap);
 
 #endif

@@ -89,8 +89,7 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     return len;
 }
 
-static int put_string(struct jbuf *b, const char *s, size_t n, int flags, char *err,
-                      size_t errlen)
+static int put_string(struct jbuf *b, const char *s, size_t n, int flags, char *err, size_t errlen)
 {
     jb_put(b, "\"", 1);
     size_t run = 0; /* start of the pending unescaped run */
@@ -99,13 +98,27 @@ static int put_string(struct jbuf *b, const char *s, size_t n, int flags, char *
         const char *esc = NULL;
         char ubuf[8];
         switch (c) {
-        case '"': esc = "\\\""; break;
-        case '\\': esc = "\\\\"; break;
-        case '\n': esc = "\\n"; break;
-        case '\r': esc = "\\r"; break;
-        case '\t': esc = "\\t"; break;
-        case '\b': esc = "\\b"; break;
-        case '\f': esc = "\\f"; break;
+        case '"':
+            esc = "\\\"";
+            break;
+        case '\\':
+            esc = "\\\\";
+            break;
+        case '\n':
+            esc = "\\n";
+            break;
+        case '\r':
+            esc = "\\r";
+            break;
+        case '\t':
+            esc = "\\t";
+            break;
+        case '\b':
+            esc = "\\b";
+            break;
+        case '\f':
+            esc = "\\f";
+            break;
         default:
             if (c < 0x20) {
                 snprintf(ubuf, sizeof(ubuf), "\\u%04x", c);
@@ -497,15 +510,30 @@ static int do_other_encode(lua_State *L, enum fmt f, int style, const char *fnam
 }
 
 #define SERDE_FNS(P, NS)                                                                           \
-    static int P##json_parse(lua_State *L) { return do_parse(L, FMT_JSON, NS "json_parse"); }      \
-    static int P##json_load(lua_State *L) { return do_load(L, FMT_JSON, NS "json_load"); }         \
-    static int P##json_encode(lua_State *L) { return do_json_encode(L, 0, NS "json_encode"); }     \
+    static int P##json_parse(lua_State *L)                                                         \
+    {                                                                                              \
+        return do_parse(L, FMT_JSON, NS "json_parse");                                             \
+    }                                                                                              \
+    static int P##json_load(lua_State *L)                                                          \
+    {                                                                                              \
+        return do_load(L, FMT_JSON, NS "json_load");                                               \
+    }                                                                                              \
+    static int P##json_encode(lua_State *L)                                                        \
+    {                                                                                              \
+        return do_json_encode(L, 0, NS "json_encode");                                             \
+    }                                                                                              \
     static int P##json_encode_pretty(lua_State *L)                                                 \
     {                                                                                              \
         return do_json_encode(L, SERDE_PRETTY | SERDE_SORT, NS "json_encode_pretty");              \
     }                                                                                              \
-    static int P##toml_parse(lua_State *L) { return do_parse(L, FMT_TOML, NS "toml_parse"); }      \
-    static int P##toml_load(lua_State *L) { return do_load(L, FMT_TOML, NS "toml_load"); }         \
+    static int P##toml_parse(lua_State *L)                                                         \
+    {                                                                                              \
+        return do_parse(L, FMT_TOML, NS "toml_parse");                                             \
+    }                                                                                              \
+    static int P##toml_load(lua_State *L)                                                          \
+    {                                                                                              \
+        return do_load(L, FMT_TOML, NS "toml_load");                                               \
+    }                                                                                              \
     static int P##toml_encode(lua_State *L)                                                        \
     {                                                                                              \
         return do_other_encode(L, FMT_TOML, TOML_JSON_PLAIN, NS "toml_encode");                    \

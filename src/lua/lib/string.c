@@ -38,24 +38,20 @@ static void split_fwd(lua_State *L, const char *s, size_t n, const char *p, size
         if (m < 0)
             break;
         if (pl == 0) {
-            /* boundaries: 0, after each char, n; skip the one at start
-             * once a piece was emitted there */
+            /* boundaries: 0, after each character, n */
             push_piece(L, s, start, (size_t)m, &i);
             start = (size_t)m;
-            if (m == (long)n) {
+            if (m == (long)n)
                 break;
-            }
             from = (size_t)m + kstr_charlen(s + m, n - (size_t)m);
             continue;
         }
         push_piece(L, s, start, (size_t)m, &i);
         start = from = (size_t)m + pl;
     }
+    /* the rest; for an empty pattern this is the "" after the last
+     * boundary: "abc" split "" is ["", "a", "b", "c", ""], as in Rust */
     push_piece(L, s, start, n, &i);
-    if (pl == 0 && limit < 0 && i > 0) {
-        /* "abc" split "" is ["", "a", "b", "c", ""]: the loop above ends
-         * at n having pushed the piece up to n; the final piece is "" */
-    }
 }
 
 static void split_rev(lua_State *L, const char *s, size_t n, const char *p, size_t pl,
@@ -265,11 +261,12 @@ static int psl_impl(lua_State *L, const char *fname, int domain)
     size_t n;
     const char *s = lualib_checklstring(L, 1, fname, &n);
     char buf[512];
-    long off = domain ? kstr_psl_domain(s, n, buf, sizeof(buf))
-                      : kstr_psl_suffix(s, n, buf, sizeof(buf));
+    long off =
+        domain ? kstr_psl_domain(s, n, buf, sizeof(buf)) : kstr_psl_suffix(s, n, buf, sizeof(buf));
     if (off == -2)
-        return lualib_error(L, fname, "the public suffix list %s cannot be read (install the "
-                                      "publicsuffix package)",
+        return lualib_error(L, fname,
+                            "the public suffix list %s cannot be read (install the "
+                            "publicsuffix package)",
                             kstr_psl_path());
     if (off < 0)
         return 0;

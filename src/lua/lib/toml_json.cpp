@@ -13,7 +13,8 @@
 #include <string_view>
 #include <toml++/toml.h>
 
-namespace {
+namespace
+{
 
 void set_err(char *err, size_t errlen, const std::string &msg)
 {
@@ -120,8 +121,7 @@ bool fill_table(const json_t *o, toml::table &t, int depth, std::string &why)
     return true;
 }
 
-template <typename V>
-void put(toml::array *arr, toml::table *tbl, const std::string &key, V &&v)
+template <typename V> void put(toml::array *arr, toml::table *tbl, const std::string &key, V &&v)
 {
     if (arr)
         arr->push_back(std::forward<V>(v));

@@ -20,8 +20,7 @@ extern "C" {
 /* Parses len bytes of TOML (need not be NUL-terminated; invalid UTF-8 is a
  * parse error). Returns a new object, or NULL with "line L, column C: why"
  * in err. source names the text in messages (a file name) or is NULL. */
-json_t *toml_json_parse(const char *text, size_t len, const char *source, char *err,
-                        size_t errlen);
+json_t *toml_json_parse(const char *text, size_t len, const char *source, char *err, size_t errlen);
 
 enum toml_json_style {
     TOML_JSON_PLAIN = 0,   /* basic strings, arrays on one line */

@@ -25,10 +25,10 @@ struct anchor {
 };
 
 struct frame {
-    json_t *c;       /* the open array or object */
-    char *key;       /* object: the pending key, or NULL */
+    json_t *c; /* the open array or object */
+    char *key; /* object: the pending key, or NULL */
     size_t keylen;
-    char *anchor;    /* anchor of this container, registered when it closes */
+    char *anchor; /* anchor of this container, registered when it closes */
     size_t weight;
 };
 
@@ -76,7 +76,7 @@ static bool scalar_int(const char *s, size_t n, json_int_t *out)
     if (!*p)
         return false;
     for (const char *q = p; *q; q++) {
-        bool ok = base == 16 ? strchr("0123456789abcdefABCDEF", *q) != NULL
+        bool ok = base == 16  ? strchr("0123456789abcdefABCDEF", *q) != NULL
                   : base == 8 ? (*q >= '0' && *q <= '7')
                               : (*q >= '0' && *q <= '9');
         if (!ok)
@@ -102,8 +102,8 @@ static bool scalar_int(const char *s, size_t n, json_int_t *out)
  * and .inf/.nan spellings. *special is set for inf/nan. */
 static bool scalar_float(const char *s, size_t n, double *out, bool *special)
 {
-    static const char *const infs[] = {".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF",
-                                       "-.inf", "-.Inf", "-.INF", NULL};
+    static const char *const infs[] = {".inf",  ".Inf",  ".INF",  "+.inf", "+.Inf",
+                                       "+.INF", "-.inf", "-.Inf", "-.INF", NULL};
     static const char *const nans[] = {".nan", ".NaN", ".NAN", NULL};
     *special = false;
     if (match(s, n, infs) || match(s, n, nans)) {
@@ -235,8 +235,7 @@ static int place(struct yj *y, json_t *v, size_t weight, const yaml_event_t *ev)
 /* In an object with no pending key, a scalar is the next key. */
 static bool wants_key(struct yj *y)
 {
-    return y->depth > 0 && json_is_object(y->st[y->depth - 1].c) &&
-           y->st[y->depth - 1].key == NULL;
+    return y->depth > 0 && json_is_object(y->st[y->depth - 1].c) && y->st[y->depth - 1].key == NULL;
 }
 
 static int set_key(struct yj *y, const char *s, size_t n)
@@ -415,8 +414,8 @@ static bool needs_quotes(const char *s, size_t n)
     if (scalar_int(s, n, &i) || scalar_float(s, n, &d, &special))
         return true;
     /* the old YAML 1.1 booleans, which other readers still honour */
-    static const char *const yes_no[] = {"y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No",
-                                         "NO", "on", "On", "ON", "off", "Off", "OFF", NULL};
+    static const char *const yes_no[] = {"y",  "Y",  "yes", "Yes", "YES", "n",   "N",   "no", "No",
+                                         "NO", "on", "On",  "ON",  "off", "Off", "OFF", NULL};
     return match(s, n, yes_no);
 }
 
@@ -447,8 +446,7 @@ static int emit_value(yaml_emitter_t *e, const json_t *v, int depth)
         return 0;
     }
     case JSON_ARRAY: {
-        if (!yaml_sequence_start_event_initialize(&ev, NULL, NULL, 1,
-                                                  YAML_BLOCK_SEQUENCE_STYLE) ||
+        if (!yaml_sequence_start_event_initialize(&ev, NULL, NULL, 1, YAML_BLOCK_SEQUENCE_STYLE) ||
             !yaml_emitter_emit(e, &ev))
             return -1;
         size_t i;
@@ -528,7 +526,7 @@ char *yaml_json_encode(const json_t *v, char *err, size_t errlen)
              yaml_emitter_flush(&e);
     if (!ok) {
         snprintf(err, errlen, "%s",
-                 b.oom        ? "out of memory"
+                 b.oom       ? "out of memory"
                  : e.problem ? e.problem
                              : "value cannot be written as YAML (nested too deeply?)");
         yaml_emitter_delete(&e);

@@ -25,7 +25,7 @@ static void test_longest_prefix(void **state)
 {
     cidr_map *m = cidr_map_new();
     int old;
-    const char *blocks[] = {"0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16", "10.1.2.3",
+    const char *blocks[] = {"0.0.0.0/0", "10.0.0.0/8",    "10.1.0.0/16",    "10.1.2.3",
                             "::/0",      "2001:db8::/32", "2001:db8:1::/48"};
     for (int i = 0; i < 7; i++) {
         cidr c = key(blocks[i]);
@@ -81,9 +81,8 @@ static void test_key_errors(void **state)
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
         cidr c;
         char err[300] = "";
-        assert_int_not_equal(cidr_map_parse_key(rows[i].in, strlen(rows[i].in), &c, err,
-                                                sizeof(err)),
-                             0);
+        assert_int_not_equal(
+            cidr_map_parse_key(rows[i].in, strlen(rows[i].in), &c, err, sizeof(err)), 0);
         if (!strstr(err, rows[i].msg))
             fail_msg("%s: got '%s'", rows[i].in, err);
     }

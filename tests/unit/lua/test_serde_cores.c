@@ -34,7 +34,8 @@ static void test_jsonc(void **state)
 {
     char err[256];
     const char *t = "{\"a\": \"/* no */ # no\", /* yes */ \"b\": 1 // yes\n, \"c\": [2] # yes\n}";
-    expect(jsonc_parse(t, strlen(t), err, sizeof(err)), "{\"a\":\"/* no */ # no\",\"b\":1,\"c\":[2]}");
+    expect(jsonc_parse(t, strlen(t), err, sizeof(err)),
+           "{\"a\":\"/* no */ # no\",\"b\":1,\"c\":[2]}");
     const char *esc = "[\"a\\\"//\"] // c";
     expect(jsonc_parse(esc, strlen(esc), err, sizeof(err)), "[\"a\\\"//\"]");
     char buf[] = "1 /* open";
@@ -76,9 +77,11 @@ static void test_toml(void **state)
 static void test_yaml(void **state)
 {
     char err[256];
-    const char *t = "a: [1, -2, 0o17, 1e3, .inf, ~, 'q', \"1\", Yes, !!str 5]\nb: {c: &x [1]}\nd: *x\n";
-    expect(yaml_json_parse(t, strlen(t), err, sizeof(err)),
-           "{\"a\":[1,-2,15,1000.0,null,null,\"q\",\"1\",\"Yes\",\"5\"],\"b\":{\"c\":[1]},\"d\":[1]}");
+    const char *t =
+        "a: [1, -2, 0o17, 1e3, .inf, ~, 'q', \"1\", Yes, !!str 5]\nb: {c: &x [1]}\nd: *x\n";
+    expect(
+        yaml_json_parse(t, strlen(t), err, sizeof(err)),
+        "{\"a\":[1,-2,15,1000.0,null,null,\"q\",\"1\",\"Yes\",\"5\"],\"b\":{\"c\":[1]},\"d\":[1]}");
     expect(yaml_json_parse("", 0, err, sizeof(err)), "null");
     expect(yaml_json_parse("99999999999999999999", 20, err, sizeof(err)), "1e20");
     assert_null(yaml_json_parse("a: 1\n---\nb: 1\n", 14, err, sizeof(err)));
