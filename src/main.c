@@ -54,6 +54,7 @@
 #include "lua/lib/secrets.h"
 #include "lua/lib/time.h"
 #include "lua/lib/uuid.h"
+#include "lua/lib/lualib.h"
 #include "net/dns.h"
 
 #define MAIN_MOD "kumod"
@@ -525,6 +526,7 @@ int main(int argc, char **argv)
     mpsc_lua_register();
     misc_lua_register();
     misc_set_spawn_enabled(!validate || script_path);
+    lualib_register();
     klua_set_reload_hook(reload_all);
     services_set_validate_only(validate);
 

@@ -303,67 +303,6 @@ static int l_bump_epoch(lua_State *L)
     return 0;
 }
 
-static int l_json_encode_impl(lua_State *L, size_t flags)
-{
-    char err[256];
-    json_t *j = klua_to_json(L, 1, err, sizeof(err));
-    if (!j)
-        return luaL_error(L, "json_encode: %s", err);
-    char *s = json_dumps(j, flags | JSON_ENCODE_ANY | JSON_COMPACT);
-    json_decref(j);
-    if (!s)
-        return luaL_error(L, "json_encode: cannot encode value");
-    lua_pushstring(L, s);
-    free(s);
-    return 1;
-}
-
-static int l_json_encode(lua_State *L)
-{
-    return l_json_encode_impl(L, 0);
-}
-
-static int l_json_encode_pretty(lua_State *L)
-{
-    char err[256];
-    json_t *j = klua_to_json(L, 1, err, sizeof(err));
-    if (!j)
-        return luaL_error(L, "json_encode_pretty: %s", err);
-    char *s = json_dumps(j, JSON_ENCODE_ANY | JSON_INDENT(2));
-    json_decref(j);
-    if (!s)
-        return luaL_error(L, "json_encode_pretty: cannot encode value");
-    lua_pushstring(L, s);
-    free(s);
-    return 1;
-}
-
-static int l_json_decode(lua_State *L)
-{
-    size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    json_error_t e;
-    json_t *j = json_loadb(s, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
-    if (!j)
-        return luaL_error(L, "json_decode: %s at line %d column %d", e.text, e.line, e.column);
-    klua_push_json(L, j);
-    json_decref(j);
-    return 1;
-}
-
-static int l_json_load(lua_State *L)
-{
-    const char *path = luaL_checkstring(L, 1);
-    json_error_t e;
-    json_t *j = json_load_file(path, JSON_DECODE_ANY, &e);
-    if (!j)
-        return luaL_error(L, "json_load: %s: %s (line %d column %d)", path, e.text, e.line,
-                          e.column);
-    klua_push_json(L, j);
-    json_decref(j);
-    return 1;
-}
-
 /* ---- conn_meta userdata ------------------------------------------------ */
 
 void klua_push_connmeta(lua_State *L, json_t *obj)
@@ -517,11 +456,6 @@ static klua *klua_new_vm(const char *base_path, int reactor_idx, char *err, size
         {"available_parallelism", l_available_parallelism},
         {"set_diagnostic_log_filter", l_set_diag_filter},
         {"bump_config_epoch", l_bump_epoch},
-        {"json_encode", l_json_encode},
-        {"json_encode_pretty", l_json_encode_pretty},
-        {"json_decode", l_json_decode},
-        {"json_parse", l_json_decode},
-        {"json_load", l_json_load},
         {"sleep", l_sleep},
         {NULL, NULL},
     };

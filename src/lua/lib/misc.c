@@ -403,24 +403,6 @@ static int l_knob(lua_State *L)
     return 0;
 }
 
-static int l_set_lruttl_cache_capacity(lua_State *L)
-{
-    const char *fn = "kumo.set_lruttl_cache_capacity";
-    if (lua_type(L, 1) != LUA_TSTRING)
-        return luaL_error(L, "%s: argument #1 (NAME) must be a string, got %s", fn,
-                          luaL_typename(L, 1));
-    int isint = 0;
-    lua_Integer cap = lua_tointegerx(L, 2, &isint);
-    if (!isint || cap < 0)
-        return luaL_error(L, "%s: argument #2 (CAPACITY) must be a non-negative integer", fn);
-    /* kumod's caches (DNS answers, ...) are sized by their own modules; the
-     * request is accepted and recorded in the VM for introspection */
-    luaL_getsubtable(L, LUA_REGISTRYINDEX, "kumod.lruttl_capacity");
-    lua_pushvalue(L, 2);
-    lua_setfield(L, -2, lua_tostring(L, 1));
-    return 0;
-}
-
 static uint64_t physical_ram(void)
 {
     long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
@@ -514,7 +496,6 @@ static void misc_open(lua_State *L)
         {"spawn_task", l_spawn_task},
         {"set_config_monitor_globs", l_set_config_monitor_globs},
         {"eval_config_monitor_globs", l_eval_config_monitor_globs},
-        {"set_lruttl_cache_capacity", l_set_lruttl_cache_capacity},
         {"get_memory_hard_limit", l_get_memory_hard_limit},
         {"get_memory_soft_limit", l_get_memory_soft_limit},
         {"get_memory_low_thresh", l_get_memory_low_thresh},
