@@ -71,7 +71,7 @@ static void c_conn_denied(metrics_emitter *em, void *arg)
     metrics_emit(em, (double)s.connections_denied, "esmtp_listener", NULL);
 }
 
-enum qfield { Q_DELIVERED, Q_TRANSFAIL, Q_FAILED, Q_WATCHDOG, Q_SCHEDULED, Q_SCHED_QUEUES };
+enum qfield { Q_DELIVERED, Q_TRANSFAIL, Q_FAILED, Q_SCHEDULED, Q_SCHED_QUEUES };
 
 static void c_queue_total(metrics_emitter *em, void *arg)
 {
@@ -87,9 +87,6 @@ static void c_queue_total(metrics_emitter *em, void *arg)
         break;
     case Q_FAILED:
         v = (double)s.failed;
-        break;
-    case Q_WATCHDOG:
-        v = (double)s.watchdog_aborted;
         break;
     case Q_SCHEDULED:
         v = (double)s.scheduled;
@@ -112,6 +109,30 @@ static void readyq_service(const char *name, char *out, size_t len)
     const char *proto = at ? at + 1 : "unknown";
     size_t pl = strcspn(proto, ":");
     snprintf(out, len, "%.*s:%s", (int)pl, proto, name);
+}
+
+/* dispatcher_watchdog_aborted_total: "all", and one series per ready queue
+ * (service "<proto>:<ready queue>") that has aborted a dispatcher */
+static void c_watchdog(metrics_emitter *em, void *arg)
+{
+    (void)arg;
+    queue_stats s;
+    queue_get_stats(&s);
+    metrics_emit(em, (double)s.watchdog_aborted, "all", NULL);
+    pthread_mutex_lock(&snap_lock);
+    size_t i;
+    json_t *q;
+    json_array_foreach(json_object_get(snapshot, "ready"), i, q)
+    {
+        const char *name = json_string_value(json_object_get(q, "name"));
+        json_int_t n = json_integer_value(json_object_get(q, "watchdog_aborted"));
+        if (!name || n <= 0)
+            continue;
+        char service[1024];
+        readyq_service(name, service, sizeof(service));
+        metrics_emit(em, (double)n, service, NULL);
+    }
+    pthread_mutex_unlock(&snap_lock);
 }
 
 static void c_scheduled(metrics_emitter *em, void *arg)
@@ -241,7 +262,7 @@ static void register_once(void)
         c_queue_total, (void *)(intptr_t)Q_FAILED);
     reg(METRICS_COUNTER, "dispatcher_watchdog_aborted_total",
         "total number of dispatcher tasks aborted by the progress watchdog", "service",
-        c_queue_total, (void *)(intptr_t)Q_WATCHDOG);
+        c_watchdog, NULL);
     reg(METRICS_GAUGE, "scheduled_count_total",
         "total number of messages across all scheduled queues", NULL, c_queue_total,
         (void *)(intptr_t)Q_SCHEDULED);

@@ -746,6 +746,7 @@ static void watchdog_fired(evutil_socket_t fd, short what, void *arg)
         if (d->closing || d->aborted || d->idle || now - d->progress_ns < thr)
             continue;
         atomic_fetch_add(&st_watchdog, 1);
+        rq->watchdog_aborted++;
         aborted_any = true;
         DWARN(QMOD, "ready_queue=%s session=%s dispatcher watchdog aborted task; phase=%s "
                     "detail=\"%s\"",

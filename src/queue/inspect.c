@@ -194,6 +194,7 @@ static json_t *readyq_state(readyq *rq)
     json_object_set_new(o, "connection_limit", json_integer(rq->cfg.connection_limit));
     json_object_set_new(o, "max_ready", json_integer(rq->cfg.max_ready));
     json_object_set_new(o, "suspended", json_boolean(readyq_suspended(rq)));
+    json_object_set_new(o, "watchdog_aborted", json_integer((json_int_t)rq->watchdog_aborted));
     return o;
 }
 

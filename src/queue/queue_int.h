@@ -259,6 +259,9 @@ struct schedq {
 struct readyq {
     readyq *hnext;
     char *name;
+    /* dispatchers its progress watchdog aborted (the per-service series of
+     * dispatcher_watchdog_aborted_total; pruned with the queue) */
+    unsigned long long watchdog_aborted;
     char *source_name;
     char *site;
     char *queue_domain, *tenant, *campaign, *routing_domain; /* of the first scheduled queue */

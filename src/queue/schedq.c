@@ -346,6 +346,20 @@ static void log_delayed(schedq *sq, qmsg *q, int64_t delay_s)
 {
     if (!q->m)
         return;
+    if (qmsg_has_reason(q, R_READYQ_SUSPENDED)) {
+        /* As KumoMTA: a message drained from a suspended ready queue finds
+         * no eligible source for its path, which is a transient failure */
+        const char *pool = sq->cfg.egress_pool ? sq->cfg.egress_pool : "unspecified";
+        char content[600];
+        snprintf(content, sizeof(content),
+                 "KumoMTA internal: no sources for %s pool=`%s` are eligible for selection at "
+                 "this time",
+                 sq->name, pool);
+        rec_ctx x = {.queue = sq->name, .site = "", .pool = pool};
+        disp_response r = {451, 4, 4, 4, content, NULL};
+        qmsg_log(LOGREC_TRANSIENT_FAILURE, q->m, q->num_attempts, &x, &r);
+        return;
+    }
     char ctx[256] = "";
     size_t o = 0;
     for (int i = 0; i < q->n_reasons; i++)

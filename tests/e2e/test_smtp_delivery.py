@@ -469,9 +469,21 @@ def test_watchdog_counts_its_aborts(watchdog_run):
     text = metrics_text(k)
     if text is None:
         return
-    values = [float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
-              if l.startswith("dispatcher_watchdog_aborted_total")]
-    assert values and sum(values) >= 2, text
+    def series():
+        text = metrics_text(k) or ""
+        out = {}
+        for l in text.splitlines():
+            m = re.match(r'dispatcher_watchdog_aborted_total\{service="([^"]*)"\} (\S+)$', l)
+            if m:
+                out[m.group(1)] = float(m.group(2))
+        return out
+    # "all", and a series per ready queue (issue 21: KumoMTA labels it per service)
+    got = wait_until(lambda: (lambda s: s if len(s) >= 3 else None)(series()), 15,
+                     what="per-service dispatcher_watchdog_aborted_total series")
+    assert got["all"] == 2, got
+    per = {k_: v for k_, v in got.items() if k_ != "all"}
+    assert sum(per.values()) == 2, got
+    assert {k_.split(":", 1)[0] for k_ in per} == {"lua", "smtp_client"}, got
 
 
 def test_watchdog_delayed_record_has_no_peer(watchdog_run):

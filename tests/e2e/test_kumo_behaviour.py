@@ -1,0 +1,82 @@
+"""Issue 21, behaving as KumoMTA does: what a KumoMTA user sees in the log
+records and the policy events, checked against KumoMTA's documented (and, for
+record shapes, coded) behaviour."""
+import json
+import urllib.request
+
+import pytest
+
+import kumod_harness as kh
+from kumod_harness import parse_ids
+from smtpdeliv_peers import SmtpPeer
+
+PEER_HOST = "127.0.0.70"
+
+
+@pytest.fixture(scope="module")
+def peer():
+    p = SmtpPeer(host=PEER_HOST)
+    p.start()
+    yield p
+    p.stop()
+
+
+def policy_for(peer):
+    return f"""
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {{
+    protocol = {{ smtp = {{ mx_list = {{ '[{PEER_HOST}]' }} }} }},
+    retry_interval = '1h',
+  }}
+end)
+kumo.on('get_egress_path_config', function(domain, source, site)
+  return kumo.make_egress_path {{ smtp_port = {peer.port}, enable_tls = 'Disabled',
+                                 prohibited_hosts = {{}} }}
+end)
+"""
+
+
+INIT = "kumo.start_http_listener { listen = '127.0.0.1:{http_port}' }"
+
+
+def api(k, method, path, body=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{k.http_port}{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read() or b"null")
+
+
+def inject(k, rcpt, subject):
+    import smtplib
+    with smtplib.SMTP("127.0.0.1", k.smtp_port, timeout=10) as s:
+        s.ehlo("behaviour.e2e.test")
+        s.mail("sender@src.example")
+        s.rcpt(rcpt)
+        code, text = s.data(f"Subject: {subject}\r\n\r\nbody\r\n".encode())
+    assert code == 250, text
+    return parse_ids(text.decode())[0]
+
+
+def test_suspended_ready_queue_logs_transient_failure(kumod_factory, peer):
+    """KumoMTA drains a suspended ready queue back into its scheduled queue,
+    where no source is eligible: a TransientFailure (451 4.4.4 "KumoMTA
+    internal: no sources for <queue> pool=`<pool>` are eligible for selection
+    at this time"), not a Delayed record."""
+    k = kumod_factory(handlers=policy_for(peer), init=INIT)
+    first = inject(k, "a@suspend.example", "first")
+    [d] = k.wait_records(lambda r: r["id"] == first and r["type"] == "Delivery", timeout=20)
+    site = d["site"]
+    api(k, "POST", "/api/admin/suspend-ready-q/v1",
+        {"name": site, "reason": "testing", "duration": "10m"})
+    second = inject(k, "b@suspend.example", "second")
+    [tf] = k.wait_records(lambda r: r["id"] == second and r["type"] == "TransientFailure",
+                          timeout=20)
+    assert tf["response"]["code"] == 451, tf
+    assert tf["response"]["enhanced_code"] == {"class": 4, "subject": 4, "detail": 4}, tf
+    assert tf["response"]["content"] == (
+        "KumoMTA internal: no sources for suspend.example pool=`unspecified` are eligible "
+        "for selection at this time"), tf
+    assert tf["egress_pool"] == "unspecified", tf
+    assert tf["site"] == "", tf
+    assert not [r for r in k.records() if r["id"] == second and r["type"] == "Delayed"]
