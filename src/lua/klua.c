@@ -53,6 +53,7 @@ struct klua_call {
     int nres;
     int status;
     int reject_code;
+    int reject_disconnect; /* enum klua_disconnect, for kumo.disconnect */
     char *errmsg;
     bool running;
     bool waiting;
@@ -151,6 +152,33 @@ static int l_kumo_reject(lua_State *L)
     if (code < 200 || code > 599)
         return luaL_error(L, "kumo.reject: code %d is not an SMTP reply code", (int)code);
     return klua_raise_reject(L, (int)code, msg);
+}
+
+/* kumo.disconnect(CODE, MESSAGE [, REJECT_OR_DISCONNECT]): kumo.reject's
+ * error with a "disconnect" field that the SMTP server reads back through
+ * klua_call_reject_disconnect. Without the third argument the session is
+ * dropped after the reply (the page's second example). */
+static int l_kumo_disconnect(lua_State *L)
+{
+    lua_Integer code = luaL_checkinteger(L, 1);
+    const char *msg = luaL_checkstring(L, 2);
+    if (code < 200 || code > 599)
+        return luaL_error(L, "kumo.disconnect: code %d is not an SMTP reply code", (int)code);
+    static const char *const modes[] = {"ForceDisconnect", "FollowWith421", "If421", NULL};
+    static const int values[] = {KLUA_DISCONNECT_FORCE, KLUA_DISCONNECT_FOLLOW_421,
+                                 KLUA_DISCONNECT_IF_421};
+    int mode = KLUA_DISCONNECT_FORCE;
+    if (!lua_isnoneornil(L, 3))
+        mode = values[luaL_checkoption(L, 3, NULL, modes)];
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, code);
+    lua_setfield(L, -2, "code");
+    lua_pushstring(L, msg);
+    lua_setfield(L, -2, "message");
+    lua_pushinteger(L, mode);
+    lua_setfield(L, -2, "disconnect");
+    luaL_setmetatable(L, KLUA_REJECT_MT);
+    return lua_error(L);
 }
 
 bool klua_is_reject(lua_State *L, int idx, int *code, const char **msg)
@@ -453,6 +481,7 @@ static klua *klua_new_vm(const char *base_path, int reactor_idx, char *err, size
     static const luaL_Reg kumo_fns[] = {
         {"on", l_kumo_on},
         {"reject", l_kumo_reject},
+        {"disconnect", l_kumo_disconnect},
         {"available_parallelism", l_available_parallelism},
         {"set_diagnostic_log_filter", l_set_diag_filter},
         {"bump_config_epoch", l_bump_epoch},
@@ -712,6 +741,9 @@ static void klua_call_step(klua_call *c, int nargs)
         if (klua_is_reject(c->co, -1, &code, &msg)) {
             c->status = KLUA_REJECT;
             c->reject_code = code;
+            lua_getfield(c->co, -1, "disconnect");
+            c->reject_disconnect = (int)lua_tointeger(c->co, -1);
+            lua_pop(c->co, 1);
             c->errmsg = strdup(msg ? msg : "");
         } else {
             c->status = KLUA_ERROR;
@@ -770,6 +802,11 @@ int klua_call_nresults(klua_call *c)
 const char *klua_call_error(klua_call *c)
 {
     return c->errmsg ? c->errmsg : "";
+}
+
+int klua_call_reject_disconnect(klua_call *c)
+{
+    return c->reject_disconnect;
 }
 
 int klua_call_reject_code(klua_call *c)

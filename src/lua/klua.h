@@ -77,6 +77,15 @@ int klua_call_nresults(klua_call *c);
  * rejection text; klua_call_reject_code() gives its code. */
 const char *klua_call_error(klua_call *c);
 int klua_call_reject_code(klua_call *c);
+/* For a KLUA_REJECT raised by kumo.disconnect: what to do with the session
+ * after the reply (KLUA_DISCONNECT_NONE for kumo.reject). */
+enum klua_disconnect {
+    KLUA_DISCONNECT_NONE = 0,
+    KLUA_DISCONNECT_FORCE,      /* drop the session after the reply */
+    KLUA_DISCONNECT_FOLLOW_421, /* a non-421 reply is followed by a 421, then drop */
+    KLUA_DISCONNECT_IF_421,     /* drop only when the code is 421 (else as kumo.reject) */
+};
+int klua_call_reject_disconnect(klua_call *c);
 const char *klua_call_event(klua_call *c);
 
 /* Waiting from C functions called by a handler. The C function calls

@@ -802,7 +802,19 @@ static void sess_tech_difficulties(sess *s, klua_call *c)
 static bool sess_call_failed(sess *s, klua_call *c, int status, const char *command)
 {
     if (status == KLUA_REJECT) {
-        sess_reply(s, klua_call_reject_code(c), klua_call_error(c), command);
+        int code = klua_call_reject_code(c);
+        sess_reply(s, code, klua_call_error(c), command);
+        int how = klua_call_reject_disconnect(c);
+        if (how == KLUA_DISCONNECT_FOLLOW_421 && code != 421)
+            sess_replyf(s, 421, NULL, "%s disconnecting due to previous error",
+                        s->ln->hostname);
+        if (how == KLUA_DISCONNECT_FORCE || how == KLUA_DISCONNECT_FOLLOW_421 ||
+            (how == KLUA_DISCONNECT_IF_421 && code == 421)) {
+            /* kumo.disconnect: whatever the code, the session ends here */
+            s->close_after_write = true;
+            sess_set_state(s, SS_CLOSING);
+            sess_reading(s, false);
+        }
         return true;
     }
     if (status == KLUA_ERROR) {

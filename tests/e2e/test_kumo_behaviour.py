@@ -80,3 +80,58 @@ def test_suspended_ready_queue_logs_transient_failure(kumod_factory, peer):
     assert tf["egress_pool"] == "unspecified", tf
     assert tf["site"] == "", tf
     assert not [r for r in k.records() if r["id"] == second and r["type"] == "Delayed"]
+
+
+# ---- kumo.disconnect (docs/reference/kumo/disconnect.md) --------------------------
+
+DISCONNECT = """
+kumo.on('smtp_server_mail_from', function(sender)
+  local u = sender.user
+  if u == 'go421' then kumo.disconnect(421, 'mta.example.com go away!') end
+  if u == 'force451' then kumo.disconnect(451, 'no thank you') end
+  if u == 'follow' then kumo.disconnect(451, 'no thank you', 'FollowWith421') end
+  if u == 'if421' then kumo.disconnect(451, '4.7.1 not now', 'If421') end
+  if u == 'if421b' then kumo.disconnect(421, '4.7.1 bye', 'If421') end
+  if u == 'bad' then kumo.disconnect(451, 'x', 'Sometimes') end
+end)
+"""
+
+
+@pytest.fixture(scope="module")
+def kd(module_kumod_factory):
+    return module_kumod_factory(handlers=DISCONNECT, name="disconnect")
+
+
+def mail_from(k, user):
+    s = k.raw()
+    assert s.cmd("EHLO disconnect.e2e.test")[0] == 250
+    return s, s.cmd(f"MAIL FROM:<{user}@src.example>")
+
+
+@pytest.mark.parametrize("user,reply,closes", [
+    ("go421", (421, "mta.example.com go away!"), True),
+    ("force451", (451, "no thank you"), True),
+    ("if421", (451, "4.7.1 not now"), False),
+    ("if421b", (421, "4.7.1 bye"), True),
+])
+def test_disconnect_reply_and_session(kd, user, reply, closes):
+    s, got = mail_from(kd, user)
+    assert got == reply
+    if closes:
+        assert s.at_eof()
+    else:
+        assert s.cmd("MAIL FROM:<fine@src.example>")[0] == 250
+    s.close()
+
+
+def test_disconnect_follow_with_421(kd):
+    s, got = mail_from(kd, "follow")
+    assert got == (451, "no thank you")
+    assert s.reply() == (421, f"{kh.HOSTNAME} disconnecting due to previous error")
+    assert s.at_eof()
+
+
+def test_disconnect_bad_mode_is_a_policy_error(kd):
+    s, got = mail_from(kd, "bad")
+    assert got[0] == 421 and "technical difficulties" in got[1], got
+    kd.wait_diag(r"bad argument #3 to 'disconnect' \(invalid option 'Sometimes'\)")
