@@ -349,7 +349,11 @@ static void rebind_on_reactor(void *arg)
         r->from = (char *)(void *)q->prev;
         q->prev = NULL;
         atomic_fetch_add(&b->remaining, 1);
-        qmsg_load(q, false, rebind_after_load, r, NULL);
+        /* the rebind_message event may read and edit the body too
+         * (msg:append_header...), as in KumoMTA: load it for the event */
+        bool event = json_is_true(json_object_get(b->req, "trigger_rebind_event")) &&
+                     klua_has_handler(klua_current(), "rebind_message");
+        qmsg_load(q, event, rebind_after_load, r, NULL);
     }
     bcast_part_done(b);
 }

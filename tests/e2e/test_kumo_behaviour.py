@@ -135,3 +135,39 @@ def test_disconnect_bad_mode_is_a_policy_error(kd):
     s, got = mail_from(kd, "bad")
     assert got[0] == 421 and "technical difficulties" in got[1], got
     kd.wait_diag(r"bad argument #3 to 'disconnect' \(invalid option 'Sometimes'\)")
+
+
+# ---- rebind_message can read and change the message's data ------------------------
+
+def test_rebind_message_event_edits_the_body(kumod_factory, peer):
+    # hold.example goes to an address where nothing listens (a transient
+    # failure, then a 1h retry); the rebind moves it to the peer
+    handlers = f"""
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  local host = '{PEER_HOST}'
+  if domain == 'hold.example' then host = '127.0.0.71' end
+  return kumo.make_queue_config {{
+    protocol = {{ smtp = {{ mx_list = {{ '[' .. host .. ']' }} }} }},
+    retry_interval = '1h',
+  }}
+end)
+kumo.on('get_egress_path_config', function(domain, source, site)
+  return kumo.make_egress_path {{ smtp_port = {peer.port}, enable_tls = 'Disabled',
+                                 prohibited_hosts = {{}} }}
+end)
+kumo.on('rebind_message', function(msg, data)
+  assert(msg:get_first_named_header_value('Subject') == 'rebind me')
+  msg:append_header('X-Rebound', data.why)
+  msg:set_meta('queue', 'moved.example')
+end)
+"""
+    k = kumod_factory(handlers=handlers, init=INIT)
+    id = inject(k, "u@hold.example", "rebind me")
+    k.wait_records(lambda r: r["id"] == id and r["type"] == "TransientFailure", timeout=20)
+    api(k, "POST", "/api/admin/rebind/v1",
+        {"reason": "moving", "domain": "hold.example", "trigger_rebind_event": True,
+         "data": {"why": "testing rebind"}})
+    [d] = k.wait_records(lambda r: r["id"] == id and r["type"] == "Delivery", timeout=20)
+    assert d["queue"] == "moved.example", d
+    got = [m["data"] for m in peer.messages if b"rebind me" in m["data"]]
+    assert len(got) == 1 and b"X-Rebound: testing rebind\r\n" in got[0], got
