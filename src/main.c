@@ -30,6 +30,7 @@
 #include "delivery/deferred.h"
 #include "delivery/smtp_deliver.h"
 #include "lua/dns_lua.h"
+#include "lua/make_message_lua.h"
 #include "net/dns.h"
 
 #define MAIN_MOD "kumod"
@@ -377,6 +378,7 @@ int main(int argc, char **argv)
     deferred_register();
     smtp_deliver_register();
     dns_lua_register();
+    message_lua_register();
     klua_set_reload_hook(reload_all);
     services_set_validate_only(validate);
 
