@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "core/duration.h"
+#include "lua/address_lua.h"
 #include "lua/klua.h"
 #include "msg/headers.h"
 #include "msg/queue_name.h"
@@ -66,10 +67,21 @@ static int l_addr_index(lua_State *L)
     const char *k = luaL_checkstring(L, 2);
     const char *at = strrchr(a, '@');
     if (strcmp(k, "user") == 0 || strcmp(k, "local_part") == 0) {
-        if (at)
-            lua_pushlstring(L, a, (size_t)(at - a));
-        else
-            lua_pushstring(L, a);
+        size_t n = at ? (size_t)(at - a) : strlen(a);
+        if (n >= 2 && a[0] == '"' && a[n - 1] == '"') {
+            /* the normalized local part: quotes and quoted-pair
+             * backslashes removed ("f\oo"@x -> foo, "info@"@x -> info@) */
+            luaL_Buffer b;
+            luaL_buffinit(L, &b);
+            for (size_t i = 1; i + 1 < n; i++) {
+                if (a[i] == '\\' && i + 2 < n)
+                    i++;
+                luaL_addchar(&b, a[i]);
+            }
+            luaL_pushresult(&b);
+        } else {
+            lua_pushlstring(L, a, n);
+        }
     } else if (strcmp(k, "domain") == 0) {
         lua_pushstring(L, at ? at + 1 : "");
     } else if (strcmp(k, "email") == 0) {
@@ -222,7 +234,7 @@ static int l_msg_set_meta(lua_State *L)
 
 /* ---- data and headers ----------------------------------------------------- */
 
-static message *need_data(lua_State *L, int idx, const char *method)
+message *klua_msg_need_data(lua_State *L, int idx, const char *method)
 {
     message *m = klua_check_message(L, idx);
     if (!m->data)
@@ -232,7 +244,7 @@ static message *need_data(lua_State *L, int idx, const char *method)
 
 static int l_msg_get_data(lua_State *L)
 {
-    message *m = need_data(L, 1, "get_data");
+    message *m = klua_msg_need_data(L, 1, "get_data");
     lua_pushlstring(L, m->data, m->data_len);
     return 1;
 }
@@ -256,7 +268,7 @@ static void replace_data(lua_State *L, message *m, char *buf, size_t len, const 
 
 /* The message's header index (parsed once per data version, shared by
  * every header method: each method is then linear in the header block). */
-static const hdr_index *need_headers(lua_State *L, message *m, const char *method)
+const hdr_index *klua_msg_need_headers(lua_State *L, message *m, const char *method)
 {
     const hdr_index *ix = message_headers(m);
     if (!ix)
@@ -266,7 +278,7 @@ static const hdr_index *need_headers(lua_State *L, message *m, const char *metho
 
 /* Pushes a field's value decoded to UTF-8 (RFC 2047 words decoded, bytes
  * that are not UTF-8 replaced). */
-static void push_decoded_value(lua_State *L, const hdr_field *f)
+void klua_push_header_value(lua_State *L, const hdr_field *f)
 {
     char *v = hdr_value(f);
     size_t dl = 0;
@@ -280,7 +292,7 @@ static void push_decoded_value(lua_State *L, const hdr_field *f)
 
 static int insert_header(lua_State *L, bool at_end, const char *method)
 {
-    message *m = need_data(L, 1, method);
+    message *m = klua_msg_need_data(L, 1, method);
     const char *name = luaL_checkstring(L, 2);
     size_t vl;
     const char *value = luaL_checklstring(L, 3, &vl);
@@ -320,26 +332,26 @@ static int l_msg_append_header(lua_State *L)
 
 static int l_msg_get_first_named_header_value(lua_State *L)
 {
-    message *m = need_data(L, 1, "get_first_named_header_value");
+    message *m = klua_msg_need_data(L, 1, "get_first_named_header_value");
     const char *name = luaL_checkstring(L, 2);
-    const hdr_index *ix = need_headers(L, m, "get_first_named_header_value");
+    const hdr_index *ix = klua_msg_need_headers(L, m, "get_first_named_header_value");
     long k = hdr_index_find(ix, name, 0);
     if (k < 0)
         lua_pushnil(L);
     else
-        push_decoded_value(L, &ix->fields[k]);
+        klua_push_header_value(L, &ix->fields[k]);
     return 1;
 }
 
 static int l_msg_get_all_named_header_values(lua_State *L)
 {
-    message *m = need_data(L, 1, "get_all_named_header_values");
+    message *m = klua_msg_need_data(L, 1, "get_all_named_header_values");
     const char *name = luaL_checkstring(L, 2);
-    const hdr_index *ix = need_headers(L, m, "get_all_named_header_values");
+    const hdr_index *ix = klua_msg_need_headers(L, m, "get_all_named_header_values");
     lua_newtable(L);
     lua_Integer i = 1;
     for (long k = hdr_index_find(ix, name, 0); k >= 0; k = hdr_index_find(ix, name, (size_t)k + 1)) {
-        push_decoded_value(L, &ix->fields[k]);
+        klua_push_header_value(L, &ix->fields[k]);
         lua_rawseti(L, -2, i++);
     }
     return 1;
@@ -347,8 +359,8 @@ static int l_msg_get_all_named_header_values(lua_State *L)
 
 static int l_msg_get_all_headers(lua_State *L)
 {
-    message *m = need_data(L, 1, "get_all_headers");
-    const hdr_index *ix = need_headers(L, m, "get_all_headers");
+    message *m = klua_msg_need_data(L, 1, "get_all_headers");
+    const hdr_index *ix = klua_msg_need_headers(L, m, "get_all_headers");
     lua_createtable(L, (int)(ix->n < 1000000 ? ix->n : 0), 0);
     lua_Integer i = 1;
     for (size_t k = 0; k < ix->n; k++) {
@@ -358,7 +370,7 @@ static int l_msg_get_all_headers(lua_State *L)
         lua_createtable(L, 2, 0);
         lua_pushlstring(L, f->name, f->name_len);
         lua_rawseti(L, -2, 1);
-        push_decoded_value(L, f);
+        klua_push_header_value(L, f);
         lua_rawseti(L, -2, 2);
         lua_rawseti(L, -2, i++);
     }
@@ -385,9 +397,9 @@ static bool *new_flags(lua_State *L, const hdr_index *ix, const char *method)
 
 static int l_msg_remove_all_named_headers(lua_State *L)
 {
-    message *m = need_data(L, 1, "remove_all_named_headers");
+    message *m = klua_msg_need_data(L, 1, "remove_all_named_headers");
     const char *name = luaL_checkstring(L, 2);
-    const hdr_index *ix = need_headers(L, m, "remove_all_named_headers");
+    const hdr_index *ix = klua_msg_need_headers(L, m, "remove_all_named_headers");
     if (hdr_index_find(ix, name, 0) < 0)
         return 0;
     bool *drop = new_flags(L, ix, "remove_all_named_headers");
@@ -428,7 +440,7 @@ static bool is_x_header(const hdr_field *f)
 /* Sets meta[key] to the decoded value of f. */
 static void set_meta_from_field(lua_State *L, message *m, const char *key, const hdr_field *f)
 {
-    push_decoded_value(L, f);
+    klua_push_header_value(L, f);
     size_t vl;
     const char *v = lua_tolstring(L, -1, &vl);
     json_object_set_new(m->meta, key, json_stringn(v, vl));
@@ -438,9 +450,9 @@ static void set_meta_from_field(lua_State *L, message *m, const char *key, const
 
 static int l_msg_import_x_headers(lua_State *L)
 {
-    message *m = need_data(L, 1, "import_x_headers");
+    message *m = klua_msg_need_data(L, 1, "import_x_headers");
     bool have_list = lua_type(L, 2) == LUA_TTABLE;
-    const hdr_index *ix = need_headers(L, m, "import_x_headers");
+    const hdr_index *ix = klua_msg_need_headers(L, m, "import_x_headers");
     for (size_t k = 0; k < ix->n; k++) {
         const hdr_field *f = &ix->fields[k];
         if (f->name_len == 0)
@@ -457,9 +469,9 @@ static int l_msg_import_x_headers(lua_State *L)
 
 static int l_msg_remove_x_headers(lua_State *L)
 {
-    message *m = need_data(L, 1, "remove_x_headers");
+    message *m = klua_msg_need_data(L, 1, "remove_x_headers");
     bool have_list = lua_type(L, 2) == LUA_TTABLE;
-    const hdr_index *ix = need_headers(L, m, "remove_x_headers");
+    const hdr_index *ix = klua_msg_need_headers(L, m, "remove_x_headers");
     bool *drop = new_flags(L, ix, "remove_x_headers");
     bool any = false;
     for (size_t k = 0; k < ix->n; k++) {
@@ -478,6 +490,38 @@ static int l_msg_remove_x_headers(lua_State *L)
 
 /* ---- scheduling ------------------------------------------------------------ */
 
+int klua_msg_apply_scheduling(lua_State *L, message *m, json_t *s, const char *method)
+{
+    static const char *const keys[] = {"first_attempt", "expires", "dow", "tz", "start", "end",
+                                       NULL};
+    if (!json_is_object(s)) {
+        json_decref(s);
+        return luaL_error(L, "%s: the scheduling parameters must be an object", method);
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(s, k, v) {
+        bool ok = false;
+        for (int i = 0; keys[i]; i++)
+            ok |= strcmp(keys[i], k) == 0;
+        if (!ok) {
+            json_decref(s);
+            return luaL_error(L, "%s: unknown field '%s'", method, k);
+        }
+    }
+    int window = !!json_object_get(s, "dow") + !!json_object_get(s, "tz") +
+                 !!json_object_get(s, "start") + !!json_object_get(s, "end");
+    if (window != 0 && window != 4) {
+        json_decref(s);
+        return luaL_error(L, "%s: dow, tz, start and end must be given together", method);
+    }
+    json_decref(m->scheduling);
+    m->scheduling = s;
+    m->meta_dirty = true;
+    klua_push_json(L, s);
+    return 1;
+}
+
 static int l_msg_set_scheduling(lua_State *L)
 {
     message *m = klua_check_message(L, 1);
@@ -493,30 +537,7 @@ static int l_msg_set_scheduling(lua_State *L)
     json_t *s = klua_to_json(L, 2, err, sizeof(err));
     if (!s)
         return luaL_error(L, "set_scheduling: %s", err);
-    static const char *const keys[] = {"first_attempt", "expires", "dow", "tz", "start", "end",
-                                       NULL};
-    const char *k;
-    json_t *v;
-    json_object_foreach(s, k, v) {
-        bool ok = false;
-        for (int i = 0; keys[i]; i++)
-            ok |= strcmp(keys[i], k) == 0;
-        if (!ok) {
-            json_decref(s);
-            return luaL_error(L, "set_scheduling: unknown field '%s'", k);
-        }
-    }
-    int window = !!json_object_get(s, "dow") + !!json_object_get(s, "tz") +
-                 !!json_object_get(s, "start") + !!json_object_get(s, "end");
-    if (window != 0 && window != 4) {
-        json_decref(s);
-        return luaL_error(L, "set_scheduling: dow, tz, start and end must be given together");
-    }
-    json_decref(m->scheduling);
-    m->scheduling = s;
-    m->meta_dirty = true;
-    klua_push_json(L, s);
-    return 1;
+    return klua_msg_apply_scheduling(L, m, s, "set_scheduling");
 }
 
 static int l_msg_get_scheduling(lua_State *L)
@@ -565,6 +586,7 @@ void message_lua_open(lua_State *L)
     };
     luaL_newmetatable(L, MSG_MT);
     luaL_newlib(L, methods);
+    message_more_lua_methods(L);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, l_msg_gc);
     lua_setfield(L, -2, "__gc");
@@ -572,6 +594,7 @@ void message_lua_open(lua_State *L)
     lua_setfield(L, -2, "__tostring");
     lua_pop(L, 1);
 
+    address_lua_open(L);
     luaL_newmetatable(L, ADDR_MT);
     lua_pushcfunction(L, l_addr_index);
     lua_setfield(L, -2, "__index");
