@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "lua/message_lua.h"
+#include "lua/mimepart_lua.h"
 #include "msg/rfc2047.h"
 
 /* An envelope address: a string or EnvelopeAddress, valid UTF-8 without
@@ -49,4 +50,5 @@ static void make_message_open(lua_State *L)
 void message_lua_register(void)
 {
     klua_register_opener(make_message_open);
+    klua_register_opener(mimepart_lua_open);
 }

@@ -12,16 +12,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "core/kerr.h"
 #include "core/reactor.h"
 #include "lua/address_lua.h"
 #include "lua/klua.h"
 #include "lua/message_lua.h"
+#include "lua/mimepart_lua.h"
 #include "lua/services.h"
 #include "msg/address.h"
 #include "msg/datetime.h"
 #include "msg/headers.h"
+#include "msg/mime.h"
+#include "msg/rfc2047.h"
 
 /* ---- address headers ------------------------------------------------------------ */
 
@@ -459,6 +463,369 @@ static int l_msg_shrink_data(lua_State *L)
     return shrink(L, "shrink_data");
 }
 
+/* ---- MIME ------------------------------------------------------------------------- */
+
+/* Parses the message data; the tree is anchored on the Lua stack (as a
+ * MimePart handle) so that an error raised later frees it. */
+static mpart *parse_data(lua_State *L, message *m, const char *method)
+{
+    mpart *p;
+    if (mpart_parse(m->data, m->data_len, &p) != 0)
+        luaL_error(L, "%s: out of memory", method);
+    klua_push_mimepart(L, p);
+    mpart_unref(p);
+    return p;
+}
+
+static void assign_tree(lua_State *L, message *m, const mpart *root, const char *method)
+{
+    size_t len;
+    char *s = mpart_serialize(root, &len);
+    if (!s)
+        luaL_error(L, "%s: out of memory", method);
+    message_set_data_take(m, s, len);
+}
+
+static int l_msg_parse_mime(lua_State *L)
+{
+    message *m = klua_msg_need_data(L, 1, "parse_mime");
+    parse_data(L, m, "parse_mime");
+    return 1;
+}
+
+static int l_msg_check_fix_conformance(lua_State *L)
+{
+    message *m = klua_msg_need_data(L, 1, "check_fix_conformance");
+    const char *checks_s = luaL_optstring(L, 2, "");
+    const char *fixes_s = luaL_optstring(L, 3, "");
+    unsigned checks, fixes;
+    char err[512];
+    if (mconf_parse(checks_s, &checks, err, sizeof(err)) != 0 ||
+        mconf_parse(fixes_s, &fixes, err, sizeof(err)) != 0)
+        return luaL_error(L, "check_fix_conformance: %s", err);
+    const char *from_charset = NULL;
+    if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TTABLE);
+        lua_pushnil(L);
+        while (lua_next(L, 4)) {
+            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+            if (strcmp(k, "detect_encoding") && strcmp(k, "include_encodings") &&
+                strcmp(k, "exclude_encodings") && strcmp(k, "message_id"))
+                return luaL_error(L, "check_fix_conformance: unknown setting '%s'", k);
+            lua_pop(L, 1);
+        }
+        lua_getfield(L, 4, "detect_encoding");
+        bool detect = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (detect) {
+            /* kumod has no statistical detector: the first allowed encoding
+             * that is not excluded is assumed (windows-1252 by default) */
+            from_charset = "windows-1252";
+            lua_getfield(L, 4, "include_encodings");
+            lua_getfield(L, 4, "exclude_encodings");
+            int inc = lua_gettop(L) - 1, exc = lua_gettop(L);
+            size_t ni = lua_istable(L, inc) ? lua_rawlen(L, inc) : 0;
+            for (size_t i = 1; i <= ni; i++) {
+                lua_rawgeti(L, inc, (lua_Integer)i);
+                const char *cs = lua_tostring(L, -1);
+                bool excluded = false;
+                size_t ne = lua_istable(L, exc) ? lua_rawlen(L, exc) : 0;
+                for (size_t e = 1; cs && e <= ne; e++) {
+                    lua_rawgeti(L, exc, (lua_Integer)e);
+                    const char *x = lua_tostring(L, -1);
+                    excluded |= x && strcasecmp(x, cs) == 0;
+                    lua_pop(L, 1);
+                }
+                lua_pop(L, 1);
+                if (cs && !excluded) {
+                    from_charset = cs; /* anchored by the settings table */
+                    break;
+                }
+            }
+            lua_pop(L, 2);
+        }
+    }
+    mpart *root = parse_data(L, m, "check_fix_conformance");
+    unsigned found = mpart_conformance(root);
+    unsigned check = checks & ~fixes; /* what will be fixed raises no error */
+    if (check & found) {
+        char *names = mconf_format(check & found);
+        if (!names)
+            return luaL_error(L, "check_fix_conformance: out of memory");
+        lua_pushfstring(L, "Message has conformance issues: %s", names);
+        free(names);
+        return 1;
+    }
+    unsigned to_fix = fixes & found;
+    if (!to_fix) {
+        lua_pushnil(L);
+        return 1;
+    }
+    if (to_fix & ~(unsigned)MCONF_MISSING_HEADERS) {
+        root = mpart_rebuild(root, from_charset);
+        if (!root)
+            return luaL_error(L, "check_fix_conformance: out of memory");
+        klua_push_mimepart(L, root);
+        mpart_unref(root);
+    }
+    int rc = 0;
+    if (to_fix & MCONF_MISSING_DATE_HEADER) {
+        char date[64];
+        rfc5322_date_format((int64_t)time(NULL), date, sizeof(date));
+        rc |= mpart_hdr_set(root, "Date", date);
+    }
+    if (to_fix & MCONF_MISSING_MIME_VERSION)
+        rc |= mpart_hdr_set(root, "Mime-Version", "1.0");
+    if (to_fix & MCONF_MISSING_MESSAGE_ID_HEADER) {
+        const char *given = NULL;
+        if (lua_istable(L, 4)) {
+            lua_getfield(L, 4, "message_id");
+            given = lua_tostring(L, -1);
+            lua_pop(L, 1); /* anchored by the settings table */
+        }
+        char hex[SPOOLID_HEX_LEN + 1];
+        spoolid_to_hex(&m->id, hex);
+        const char *dom = address_domain(m->sender);
+        /* KumoMTA's form: the spool id at the sender's domain */
+        const char *id = given ? lua_pushfstring(L, "<%s>", given)
+                               : lua_pushfstring(L, "<%s@%s>", hex, dom);
+        rc |= mpart_hdr_set(root, "Message-ID", id);
+    }
+    if (rc)
+        return luaL_error(L, "check_fix_conformance: out of memory");
+    assign_tree(L, m, root, "check_fix_conformance");
+    lua_pushnil(L);
+    return 1;
+}
+
+static int append_text(lua_State *L, const char *ctype, const char *method)
+{
+    message *m = klua_msg_need_data(L, 1, method);
+    size_t cl;
+    const char *content = luaL_checklstring(L, 2, &cl);
+    mpart *root = parse_data(L, m, method);
+    mpart *part = mpart_find_text(root, ctype);
+    if (!part) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    size_t len;
+    bool text;
+    char *body = mpart_body_decoded(part, &len, &text);
+    if (!body)
+        return luaL_error(L, "%s: out of memory", method);
+    size_t at = len;
+    if (strcmp(ctype, "text/html") == 0) {
+        /* ahead of the closing body tag when there is one */
+        for (size_t i = 0; i + 7 <= len; i++)
+            if (strncasecmp(body + i, "</body>", 7) == 0) {
+                at = i;
+                break;
+            }
+    }
+    char *nb = malloc(len + cl + 1);
+    if (!nb) {
+        free(body);
+        return luaL_error(L, "%s: out of memory", method);
+    }
+    memcpy(nb, body, at);
+    memcpy(nb + at, content, cl);
+    memcpy(nb + at + cl, body + at, len - at);
+    free(body);
+    int rc = mpart_set_body(part, nb, len + cl, true, NULL);
+    free(nb);
+    if (rc)
+        return luaL_error(L, "%s: out of memory", method);
+    assign_tree(L, m, root, method);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_msg_append_text_plain(lua_State *L)
+{
+    return append_text(L, "text/plain", "append_text_plain");
+}
+
+static int l_msg_append_text_html(lua_State *L)
+{
+    return append_text(L, "text/html", "append_text_html");
+}
+
+/* ---- RFC 3464 ------------------------------------------------------------------------- */
+
+static mpart *find_type(mpart *p, const char *ctype, int depth)
+{
+    char ct[128];
+    mpart_content_type(p, ct, sizeof(ct));
+    if (strcmp(ct, ctype) == 0)
+        return p;
+    for (size_t i = 0; i < p->nkids && depth < 64; i++) {
+        mpart *f = find_type(p->kids[i], ctype, depth + 1);
+        if (f)
+            return f;
+    }
+    return NULL;
+}
+
+/* "type; value" -> {type_key=type, value_key=value}; a Lua error when there
+ * is no ';'. */
+static void push_typed_pair(lua_State *L, const char *v, const char *tk, const char *vk,
+                            const char *field)
+{
+    const char *semi = strchr(v, ';');
+    if (!semi)
+        luaL_error(L, "parse_rfc3464: %s: expected 'type; value', got '%s'", field, v);
+    const char *t0 = v, *t1 = semi;
+    while (t0 < t1 && (*t0 == ' ' || *t0 == '\t'))
+        t0++;
+    while (t1 > t0 && (t1[-1] == ' ' || t1[-1] == '\t'))
+        t1--;
+    const char *v0 = semi + 1;
+    while (*v0 == ' ' || *v0 == '\t')
+        v0++;
+    size_t vl = strlen(v0);
+    while (vl && (v0[vl - 1] == ' ' || v0[vl - 1] == '\t'))
+        vl--;
+    lua_createtable(L, 0, 2);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (const char *p = t0; p < t1; p++)
+        luaL_addchar(&b, (char)tolower((unsigned char)*p));
+    luaL_pushresult(&b);
+    lua_setfield(L, -2, tk);
+    lua_pushlstring(L, v0, vl);
+    lua_setfield(L, -2, vk);
+}
+
+static void push_date(lua_State *L, const char *v, const char *field)
+{
+    int64_t secs;
+    if (rfc5322_date_parse(v, strlen(v), &secs) != 0)
+        luaL_error(L, "parse_rfc3464: %s: invalid date '%s'", field, v);
+    char iso[40];
+    iso8601_format(secs, iso, sizeof(iso));
+    lua_pushstring(L, iso);
+}
+
+/* One group of DSN fields (RFC 3464 §2.2 / §2.3) into the table at -1. */
+static void dsn_group(lua_State *L, const char *s, size_t n, bool per_recipient)
+{
+    size_t pos = 0;
+    hdr_field f;
+    while (hdr_next(s, n, &pos, &f)) {
+        if (!f.name_len)
+            luaL_error(L, "parse_rfc3464: malformed field '%.*s'", (int)(f.raw_len > 80 ? 80 : f.raw_len), f.raw);
+        char *v = hdr_value(&f);
+        if (!v)
+            luaL_error(L, "parse_rfc3464: out of memory");
+        lua_pushstring(L, v); /* anchored: v is freed at once */
+        free(v);
+        const char *val = lua_tostring(L, -1);
+        char key[64];
+        size_t kl = 0;
+        for (size_t i = 0; i < f.name_len && kl + 1 < sizeof(key); i++)
+            key[kl++] = f.name[i] == '-' ? '_' : (char)tolower((unsigned char)f.name[i]);
+        key[kl] = 0;
+        if (!strcmp(key, "reporting_mta") || !strcmp(key, "remote_mta") ||
+            !strcmp(key, "received_from_mta") || !strcmp(key, "dsn_gateway")) {
+            push_typed_pair(L, val, "mta_type", "name", key);
+        } else if (!strcmp(key, "original_recipient") || !strcmp(key, "final_recipient")) {
+            push_typed_pair(L, val, "recipient_type", "recipient", key);
+        } else if (!strcmp(key, "diagnostic_code")) {
+            push_typed_pair(L, val, "diagnostic_type", "diagnostic", key);
+        } else if (!strcmp(key, "status")) {
+            int c, sub, det;
+            char tail;
+            if (sscanf(val, "%d.%d.%d%c", &c, &sub, &det, &tail) < 3 || c < 2 || c > 5 ||
+                sub < 0 || sub > 999 || det < 0 || det > 999)
+                luaL_error(L, "parse_rfc3464: invalid status '%s'", val);
+            lua_createtable(L, 0, 3);
+            lua_pushinteger(L, c);
+            lua_setfield(L, -2, "class");
+            lua_pushinteger(L, sub);
+            lua_setfield(L, -2, "subject");
+            lua_pushinteger(L, det);
+            lua_setfield(L, -2, "detail");
+        } else if (!strcmp(key, "action")) {
+            luaL_Buffer b;
+            luaL_buffinit(L, &b);
+            for (const char *p = val; *p && *p != ' ' && *p != '('; p++)
+                luaL_addchar(&b, (char)tolower((unsigned char)*p));
+            luaL_pushresult(&b);
+        } else if (!strcmp(key, "arrival_date") || !strcmp(key, "last_attempt_date") ||
+                   !strcmp(key, "will_retry_until")) {
+            push_date(L, val, key);
+        } else {
+            lua_pushvalue(L, -1); /* other fields (extensions) as text */
+        }
+        lua_setfield(L, -3, key);
+        lua_pop(L, 1);
+    }
+    if (per_recipient) {
+        lua_getfield(L, -1, "final_recipient");
+        bool ok = !lua_isnil(L, -1);
+        lua_getfield(L, -2, "action");
+        ok = ok && !lua_isnil(L, -1);
+        lua_getfield(L, -3, "status");
+        ok = ok && !lua_isnil(L, -1);
+        lua_pop(L, 3);
+        if (!ok)
+            luaL_error(L, "parse_rfc3464: a per-recipient group needs Final-Recipient, "
+                          "Action and Status");
+    }
+}
+
+static int l_msg_parse_rfc3464(lua_State *L)
+{
+    message *m = klua_msg_need_data(L, 1, "parse_rfc3464");
+    mpart *root = parse_data(L, m, "parse_rfc3464");
+    char ct[128];
+    mpart_content_type(root, ct, sizeof(ct));
+    mpart *ds = strcmp(ct, "multipart/report") == 0
+                    ? find_type(root, "message/delivery-status", 0)
+                    : NULL;
+    if (!ds) {
+        lua_pushnil(L);
+        return 1;
+    }
+    size_t len;
+    bool text;
+    char *body = mpart_body_decoded(ds, &len, &text);
+    if (!body)
+        return luaL_error(L, "parse_rfc3464: out of memory");
+    lua_pushlstring(L, body, len); /* anchored copy */
+    free(body);
+    const char *s = lua_tolstring(L, -1, &len);
+    lua_createtable(L, 0, 2);
+    int report = lua_gettop(L);
+    lua_newtable(L);
+    int recips = lua_gettop(L);
+    size_t off = 0;
+    int group = 0;
+    while (off < len) {
+        /* groups are separated by blank lines; skip extra ones */
+        if (s[off] == '\n' || (s[off] == '\r' && off + 1 < len && s[off + 1] == '\n')) {
+            off += s[off] == '\n' ? 1 : 2;
+            continue;
+        }
+        size_t gl = hdr_block_len(s + off, len - off);
+        lua_newtable(L);
+        dsn_group(L, s + off, gl, group > 0);
+        if (group == 0)
+            lua_setfield(L, report, "per_message");
+        else
+            lua_rawseti(L, recips, group);
+        group++;
+        off += gl;
+    }
+    if (group < 2)
+        return luaL_error(L, "parse_rfc3464: the report has no per-recipient fields");
+    lua_pushvalue(L, recips);
+    lua_setfield(L, report, "per_recipient");
+    lua_pushvalue(L, report);
+    return 1;
+}
+
 void message_more_lua_methods(lua_State *L)
 {
     static const luaL_Reg methods[] = {
@@ -471,6 +838,11 @@ void message_more_lua_methods(lua_State *L)
         {"save", l_msg_save},
         {"shrink", l_msg_shrink},
         {"shrink_data", l_msg_shrink_data},
+        {"parse_mime", l_msg_parse_mime},
+        {"check_fix_conformance", l_msg_check_fix_conformance},
+        {"append_text_plain", l_msg_append_text_plain},
+        {"append_text_html", l_msg_append_text_html},
+        {"parse_rfc3464", l_msg_parse_rfc3464},
         {NULL, NULL},
     };
     luaL_setfuncs(L, methods, 0);
