@@ -505,8 +505,12 @@ int klua_msg_apply_scheduling(lua_State *L, message *m, json_t *s, const char *m
         for (int i = 0; keys[i]; i++)
             ok |= strcmp(keys[i], k) == 0;
         if (!ok) {
+            /* k lives in s: format the message before s goes */
+            luaL_where(L, 1);
+            lua_pushfstring(L, "%s: unknown field '%s'", method, k);
+            lua_concat(L, 2);
             json_decref(s);
-            return luaL_error(L, "%s: unknown field '%s'", method, k);
+            return lua_error(L);
         }
     }
     int window = !!json_object_get(s, "dow") + !!json_object_get(s, "tz") +
