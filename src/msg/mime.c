@@ -441,21 +441,21 @@ static int param_put(mparams *mp, const char *name, const char *value, size_t vl
     return 0;
 }
 
-/* RFC 2231 §4: charset'language'percent-encoded -> UTF-8 */
-static char *decode_2231(const char *v, size_t n, bool with_charset, size_t *outl)
+/* RFC 2231 §4: [charset'language']percent-encoded -> raw bytes; the
+ * charset (when this section names one) is copied into cs. */
+static char *decode_2231(const char *v, size_t n, bool with_charset, char *cs, size_t cslen,
+                         size_t *outl)
 {
     sbuf raw = {0};
-    const char *charset = "us-ascii";
-    char cs[64] = {0};
     size_t i = 0;
     if (with_charset) {
         const char *q1 = memchr(v, '\'', n);
         const char *q2 = q1 ? memchr(q1 + 1, '\'', n - (size_t)(q1 + 1 - v)) : NULL;
         if (q2) {
             size_t cl = (size_t)(q1 - v);
-            if (cl && cl < sizeof(cs)) {
+            if (cl && cl < cslen) {
                 memcpy(cs, v, cl);
-                charset = cs;
+                cs[cl] = 0;
             }
             i = (size_t)(q2 + 1 - v);
         }
@@ -470,15 +470,7 @@ static char *decode_2231(const char *v, size_t n, bool with_charset, size_t *out
             sbuf_putc(&raw, v[i]);
         }
     }
-    size_t rl;
-    char *r = sbuf_finish(&raw, &rl);
-    if (!r)
-        return NULL;
-    char *u = charset_to_utf8(charset, r, rl, outl);
-    if (!u)
-        u = utf8_lossy(r, rl, outl);
-    free(r);
-    return u;
+    return sbuf_finish(&raw, outl);
 }
 
 int mparams_parse(const char *s, size_t n, mparams *out)
@@ -495,6 +487,8 @@ int mparams_parse(const char *s, size_t n, mparams *out)
     for (char *p = out->value; *p; p++)
         *p = (char)tolower((unsigned char)*p);
     int rc = 0;
+    char ext_names[8][256], ext_cs[8][64];
+    size_t n_ext = 0;
     while (i < n && rc == 0) {
         skip_ws_comments(s, n, &i);
         if (i >= n)
@@ -549,14 +543,24 @@ int mparams_parse(const char *s, size_t n, mparams *out)
             *star = 0;
         }
         if (ext) {
+            /* sections are joined as bytes and converted from the charset of
+             * the first section once all are in (a character may span two) */
             size_t dl;
-            char *d = decode_2231(v, vl, first_section, &dl);
+            char cs[64] = {0};
+            char *d = decode_2231(v, vl, first_section, cs, sizeof(cs), &dl);
             free(v);
             if (!d)
                 return KERR_NOMEM;
             v = d;
             vl = dl;
-        } else if (!utf8_valid(v, vl)) {
+            if (cs[0] && n_ext < 8) {
+                snprintf(ext_names[n_ext], sizeof(ext_names[0]), "%s", name);
+                for (char *q = ext_names[n_ext]; *q; q++)
+                    *q = (char)tolower((unsigned char)*q);
+                snprintf(ext_cs[n_ext], sizeof(ext_cs[0]), "%s", cs);
+                n_ext++;
+            }
+        } else if (!utf8_valid(v, vl) && !star) {
             size_t dl;
             char *d = utf8_lossy(v, vl, &dl);
             free(v);
@@ -578,6 +582,27 @@ int mparams_parse(const char *s, size_t n, mparams *out)
             *p = (char)tolower((unsigned char)*p);
         rc = param_put(out, name, v, vl);
         free(v);
+    }
+    /* every value ends as UTF-8: extended ones from their charset, the rest
+     * repaired */
+    for (size_t k = 0; rc == 0 && k < out->n; k++) {
+        const char *cs = NULL;
+        for (size_t e = 0; e < n_ext; e++)
+            if (strcmp(ext_names[e], out->names[k]) == 0)
+                cs = ext_cs[e];
+        char *v = out->values[k];
+        size_t vl = strlen(v), dl;
+        if (!cs && utf8_valid(v, vl))
+            continue;
+        char *d = cs ? charset_to_utf8(cs, v, vl, &dl) : NULL;
+        if (!d)
+            d = utf8_lossy(v, vl, &dl);
+        if (!d) {
+            rc = KERR_NOMEM;
+            break;
+        }
+        free(v);
+        out->values[k] = d;
     }
     if (rc)
         mparams_fini(out);
@@ -1227,6 +1252,9 @@ static int rebuild_header(mpart *q, const mpart *p, size_t i, const char *from_c
         nl--;
     if (!nl)
         return 0;
+    for (size_t k = 0; k < nl; k++)
+        if ((unsigned char)h->raw[k] < 33 || (unsigned char)h->raw[k] > 126)
+            return 0; /* not a field name (RFC 5322 §3.6.8 ftext): nothing to keep */
     char *name = dupn(h->raw, nl);
     char *v = mpart_hdr_value(p, i);
     if (!name || !v) {
