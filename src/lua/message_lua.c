@@ -350,7 +350,8 @@ static int l_msg_get_all_named_header_values(lua_State *L)
     const hdr_index *ix = klua_msg_need_headers(L, m, "get_all_named_header_values");
     lua_newtable(L);
     lua_Integer i = 1;
-    for (long k = hdr_index_find(ix, name, 0); k >= 0; k = hdr_index_find(ix, name, (size_t)k + 1)) {
+    for (long k = hdr_index_find(ix, name, 0); k >= 0;
+         k = hdr_index_find(ix, name, (size_t)k + 1)) {
         klua_push_header_value(L, &ix->fields[k]);
         lua_rawseti(L, -2, i++);
     }
@@ -476,8 +477,8 @@ static int l_msg_remove_x_headers(lua_State *L)
     bool any = false;
     for (size_t k = 0; k < ix->n; k++) {
         const hdr_field *f = &ix->fields[k];
-        drop[k] = f->name_len &&
-                  (have_list ? name_in_list(L, 2, f->name, f->name_len) : is_x_header(f));
+        drop[k] =
+            f->name_len && (have_list ? name_in_list(L, 2, f->name, f->name_len) : is_x_header(f));
         any |= drop[k];
     }
     if (!any) {
@@ -492,15 +493,16 @@ static int l_msg_remove_x_headers(lua_State *L)
 
 int klua_msg_apply_scheduling(lua_State *L, message *m, json_t *s, const char *method)
 {
-    static const char *const keys[] = {"first_attempt", "expires", "dow", "tz", "start", "end",
-                                       NULL};
+    static const char *const keys[] = {"first_attempt", "expires", "dow", "tz",
+                                       "start",         "end",     NULL};
     if (!json_is_object(s)) {
         json_decref(s);
         return luaL_error(L, "%s: the scheduling parameters must be an object", method);
     }
     const char *k;
     json_t *v;
-    json_object_foreach(s, k, v) {
+    json_object_foreach(s, k, v)
+    {
         bool ok = false;
         for (int i = 0; keys[i]; i++)
             ok |= strcmp(keys[i], k) == 0;

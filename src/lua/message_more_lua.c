@@ -587,8 +587,8 @@ static int l_msg_check_fix_conformance(lua_State *L)
         spoolid_to_hex(&m->id, hex);
         const char *dom = address_domain(m->sender);
         /* KumoMTA's form: the spool id at the sender's domain */
-        const char *id = given ? lua_pushfstring(L, "<%s>", given)
-                               : lua_pushfstring(L, "<%s@%s>", hex, dom);
+        const char *id =
+            given ? lua_pushfstring(L, "<%s>", given) : lua_pushfstring(L, "<%s@%s>", hex, dom);
         rc |= mpart_hdr_set(root, "Message-ID", id);
     }
     if (rc)
@@ -714,7 +714,8 @@ static void dsn_group(lua_State *L, const char *s, size_t n, bool per_recipient)
     hdr_field f;
     while (hdr_next(s, n, &pos, &f)) {
         if (!f.name_len)
-            luaL_error(L, "parse_rfc3464: malformed field '%.*s'", (int)(f.raw_len > 80 ? 80 : f.raw_len), f.raw);
+            luaL_error(L, "parse_rfc3464: malformed field '%.*s'",
+                       (int)(f.raw_len > 80 ? 80 : f.raw_len), f.raw);
         char *v = hdr_value(&f);
         if (!v)
             luaL_error(L, "parse_rfc3464: out of memory");
@@ -736,8 +737,8 @@ static void dsn_group(lua_State *L, const char *s, size_t n, bool per_recipient)
         } else if (!strcmp(key, "status")) {
             int c, sub, det;
             char tail;
-            if (sscanf(val, "%d.%d.%d%c", &c, &sub, &det, &tail) < 3 || c < 2 || c > 5 ||
-                sub < 0 || sub > 999 || det < 0 || det > 999)
+            if (sscanf(val, "%d.%d.%d%c", &c, &sub, &det, &tail) < 3 || c < 2 || c > 5 || sub < 0 ||
+                sub > 999 || det < 0 || det > 999)
                 luaL_error(L, "parse_rfc3464: invalid status '%s'", val);
             lua_createtable(L, 0, 3);
             lua_pushinteger(L, c);
@@ -781,9 +782,8 @@ static int l_msg_parse_rfc3464(lua_State *L)
     mpart *root = parse_data(L, m, "parse_rfc3464");
     char ct[128];
     mpart_content_type(root, ct, sizeof(ct));
-    mpart *ds = strcmp(ct, "multipart/report") == 0
-                    ? find_type(root, "message/delivery-status", 0)
-                    : NULL;
+    mpart *ds =
+        strcmp(ct, "multipart/report") == 0 ? find_type(root, "message/delivery-status", 0) : NULL;
     if (!ds) {
         lua_pushnil(L);
         return 1;

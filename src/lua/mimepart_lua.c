@@ -23,8 +23,16 @@
 #define HDR_MT "kumod.Header"
 #define BUILDER_MT "kumod.MimeBuilder"
 
-enum kind { K_UNSTRUCTURED, K_ADDRESS_LIST, K_MAILBOX_LIST, K_MAILBOX, K_MESSAGE_ID,
-            K_MESSAGE_ID_LIST, K_MIME_PARAMS, K_AUTH_RESULTS };
+enum kind {
+    K_UNSTRUCTURED,
+    K_ADDRESS_LIST,
+    K_MAILBOX_LIST,
+    K_MAILBOX,
+    K_MESSAGE_ID,
+    K_MESSAGE_ID_LIST,
+    K_MIME_PARAMS,
+    K_AUTH_RESULTS
+};
 
 static const struct typed {
     const char *method; /* HeaderMap getter; the setter is "set_" .. method */
@@ -761,8 +769,7 @@ static int l_new_html(lua_State *L)
     return push_new(L, mpart_new_text("text/html", s, len), "kumo.mimepart.new_html");
 }
 
-static mpart *new_binary_from(lua_State *L, int ct_idx, int data_idx, int opt_idx,
-                              const char *what)
+static mpart *new_binary_from(lua_State *L, int ct_idx, int data_idx, int opt_idx, const char *what)
 {
     const char *ct = luaL_checkstring(L, ct_idx);
     size_t len;
@@ -955,8 +962,7 @@ static int l_b_build(lua_State *L)
         snprintf(date, sizeof(date), "Tue, 1 Jul 2003 10:52:37 +0200");
     else
         rfc5322_date_format((int64_t)time(NULL), date, sizeof(date));
-    if (mpart_hdr_set(root, "Mime-Version", "1.0") != 0 ||
-        mpart_hdr_set(root, "Date", date) != 0)
+    if (mpart_hdr_set(root, "Mime-Version", "1.0") != 0 || mpart_hdr_set(root, "Date", date) != 0)
         return luaL_error(L, "builder:build: out of memory");
     /* consumed: the builder cannot be used again */
     lua_pushnil(L);

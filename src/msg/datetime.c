@@ -41,8 +41,8 @@ static void civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
 static bool valid_ymdhms(int64_t y, int mo, int d, int h, int mi, int s)
 {
     static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    return y >= 1 && y <= 9999 && mo >= 1 && mo <= 12 && d >= 1 && d <= mdays[mo - 1] &&
-           h >= 0 && h <= 23 && mi >= 0 && mi <= 59 && s >= 0 && s <= 60;
+    return y >= 1 && y <= 9999 && mo >= 1 && mo <= 12 && d >= 1 && d <= mdays[mo - 1] && h >= 0 &&
+           h <= 23 && mi >= 0 && mi <= 59 && s >= 0 && s <= 60;
 }
 
 static int digits(const char **p, int n, int *out)
@@ -62,8 +62,7 @@ int rfc3339_parse(const char *s, int64_t *ns)
 {
     const char *p = s;
     int y, mo, d, h, mi, sec;
-    if (digits(&p, 4, &y) || *p++ != '-' || digits(&p, 2, &mo) || *p++ != '-' ||
-        digits(&p, 2, &d))
+    if (digits(&p, 4, &y) || *p++ != '-' || digits(&p, 2, &mo) || *p++ != '-' || digits(&p, 2, &d))
         return KERR_PARSE;
     if (*p != 'T' && *p != 't' && *p != ' ')
         return KERR_PARSE;
@@ -105,8 +104,8 @@ int rfc3339_parse(const char *s, int64_t *ns)
     }
     if (*p || !valid_ymdhms(y, mo, d, h, mi, sec))
         return KERR_PARSE;
-    int64_t secs = days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 +
-                   sec - off;
+    int64_t secs =
+        days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + sec - off;
     *ns = secs * 1000000000LL + frac;
     return 0;
 }
@@ -226,9 +225,8 @@ int rfc5322_date_parse(const char *s, size_t n, int64_t *secs)
         static const struct {
             const char *name;
             int hours;
-        } zones[] = {{"UT", 0},   {"GMT", 0},  {"Z", 0},    {"EST", -5}, {"EDT", -4},
-                     {"CST", -6}, {"CDT", -5}, {"MST", -7}, {"MDT", -6}, {"PST", -8},
-                     {"PDT", -7}, {"UTC", 0}};
+        } zones[] = {{"UT", 0},   {"GMT", 0},  {"Z", 0},    {"EST", -5}, {"EDT", -4}, {"CST", -6},
+                     {"CDT", -5}, {"MST", -7}, {"MDT", -6}, {"PST", -8}, {"PDT", -7}, {"UTC", 0}};
         bool found = false;
         for (size_t i = 0; i < sizeof(zones) / sizeof(zones[0]); i++)
             if (strcasecmp(w, zones[i].name) == 0) {
@@ -243,8 +241,7 @@ int rfc5322_date_parse(const char *s, size_t n, int64_t *secs)
     skip(&c);
     if (c.i != c.n || !valid_ymdhms(y, mo, d, h, mi, sec))
         return KERR_PARSE;
-    *secs = days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + sec -
-            off;
+    *secs = days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + sec - off;
     return 0;
 }
 

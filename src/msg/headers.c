@@ -204,8 +204,7 @@ char *hdr_prepend(const char *data, size_t len, const char *name, const char *va
     return out;
 }
 
-char *hdr_append(const char *data, size_t len, const char *name, const char *value,
-                 size_t *out_len)
+char *hdr_append(const char *data, size_t len, const char *name, const char *value, size_t *out_len)
 {
     size_t fl;
     char *field = hdr_format_field(name, value, &fl);

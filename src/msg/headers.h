@@ -31,8 +31,8 @@ bool hdr_next(const char *data, size_t len, size_t *pos, hdr_field *out);
 typedef struct hdr_index {
     hdr_field *fields;
     size_t n;
-    size_t block_len; /* hdr_block_len of the data */
-    size_t append_at; /* end of the last field (where append inserts) */
+    size_t block_len;  /* hdr_block_len of the data */
+    size_t append_at;  /* end of the last field (where append inserts) */
     bool last_has_eol; /* the last field ends with a line ending */
 } hdr_index;
 

@@ -27,8 +27,8 @@ typedef struct message {
     bool force_sync;
     bool data_dirty;
     bool meta_dirty;
-    bool in_spool; /* saved (or loaded from the spool) at least once */
-    int64_t due_ns; /* wall clock; 0 = now */
+    bool in_spool;   /* saved (or loaded from the spool) at least once */
+    int64_t due_ns;  /* wall clock; 0 = now */
     hdr_index *hidx; /* the parsed header block of data, built on first use; NULL when stale */
 } message;
 

@@ -45,7 +45,7 @@ int mconf_parse(const char *s, unsigned *out, char *err, size_t errlen);
 char *mconf_format(unsigned flags);
 
 typedef struct mpart_hdr {
-    char *raw;       /* the whole field without its final line ending; folds kept */
+    char *raw; /* the whole field without its final line ending; folds kept */
     size_t raw_len;
     size_t name_len; /* 0 when the line has no colon */
 } mpart_hdr;
@@ -64,8 +64,8 @@ struct mpart {
     mpart **kids;
     size_t nkids, capk;
     bool multipart;
-    char *boundary;      /* multipart only */
-    char id[64];         /* position at parse time: "0", "0.1", ... */
+    char *boundary;       /* multipart only */
+    char id[64];          /* position at parse time: "0", "0.1", ... */
     unsigned conformance; /* issues found in this part (and below, for the root) */
 };
 

@@ -215,8 +215,8 @@ static bool decode_word_text(char enc, const char *t, size_t n, sbuf *out)
 
 /* Recognises an encoded word at s[i..n): returns its length (0 if none) and
  * its parts. Encoded words hold no white space (RFC 2047 §2). */
-static size_t match_word(const char *s, size_t n, size_t i, const char **cs, size_t *csl,
-                         char *enc, const char **txt, size_t *txtl)
+static size_t match_word(const char *s, size_t n, size_t i, const char **cs, size_t *csl, char *enc,
+                         const char **txt, size_t *txtl)
 {
     if (i + 1 >= n || s[i] != '=' || s[i + 1] != '?')
         return 0;

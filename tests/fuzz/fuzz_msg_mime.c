@@ -3,7 +3,7 @@
  * rebuild into a message whose re-parse has no 8-bit or line-ending issue.
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc \
- *     tests/fuzz/fuzz_msg_mime.c src/msg/mime.c src/msg/rfc2047.c \
+ *     tests/fuzz/fuzz_msg_mime.c src/msg/mime*.c src/msg/rfc2047.c \
  *     src/msg/datetime.c src/core/kerr.c -luuid -o fuzz_msg_mime */
 #include <stdint.h>
 #include <stdlib.h>

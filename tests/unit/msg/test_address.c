@@ -57,16 +57,16 @@ static const struct row ok_rows[] = {
 };
 
 static const char *const bad_rows[] = {
-    "John Smith",                 /* a name without an address */
-    "a@",                         /* no domain */
-    "@example.com",               /* no local part */
-    "<a@b.c",                     /* unterminated angle address */
-    "\"unterminated@x.y",         /* unterminated quoted string */
+    "John Smith",                  /* a name without an address */
+    "a@",                          /* no domain */
+    "@example.com",                /* no local part */
+    "<a@b.c",                      /* unterminated angle address */
+    "\"unterminated@x.y",          /* unterminated quoted string */
     "(unterminated comment a@b.c", /* unterminated comment */
-    "Group: a@b.c",               /* group without ';' */
-    "a@b.c d@e.f",                /* missing comma */
-    "a@[1.2.3.4",                 /* unterminated literal */
-    "Group: Inner: x@y.z;;",      /* nested group */
+    "Group: a@b.c",                /* group without ';' */
+    "a@b.c d@e.f",                 /* missing comma */
+    "a@[1.2.3.4",                  /* unterminated literal */
+    "Group: Inner: x@y.z;;",       /* nested group */
     "a@b.c>",
     ":;",
 };

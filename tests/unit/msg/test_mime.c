@@ -21,7 +21,8 @@ static const char multi[] =
     "pre\r\n--b1\r\nContent-Type: multipart/alternative; boundary=b2\r\n\r\n"
     "--b2\r\nContent-Type: text/plain\r\n\r\nplain\r\n--b2\r\nContent-Type: text/html\r\n\r\n"
     "<p>html</p>\r\n--b2--\r\n"
-    "\r\n--b1\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    "\r\n--b1\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: "
+    "base64\r\n\r\n"
     "AAEC\r\n--b1--\r\nepi\r\n";
 
 static char *body_of(const mpart *p, size_t *len)
@@ -59,11 +60,8 @@ static void test_transfer_codings(void **state)
 {
     (void)state;
     static const char *const rows[][2] = {
-        {"", ""},
-        {"hello world", "hello world"},
-        {"caf\xc3\xa9", NULL},
-        {"a=b", NULL},
-        {"trailing space \r\nnext", NULL},
+        {"", ""},      {"hello world", "hello world"},    {"caf\xc3\xa9", NULL},
+        {"a=b", NULL}, {"trailing space \r\nnext", NULL},
     };
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
         const char *in = rows[i][0];
@@ -103,9 +101,8 @@ static void test_transfer_codings(void **state)
 static void test_params(void **state)
 {
     (void)state;
-    static const char *const in =
-        "Text/Plain; charset=\"utf-8\"; format=flowed (comment); "
-        "title*0*=utf-8''%E2%82; title*1*=%AC%20x; name=\"a \\\"q\\\"\"";
+    static const char *const in = "Text/Plain; charset=\"utf-8\"; format=flowed (comment); "
+                                  "title*0*=utf-8''%E2%82; title*1*=%AC%20x; name=\"a \\\"q\\\"\"";
     mparams mp;
     assert_int_equal(mparams_parse(in, strlen(in), &mp), 0);
     assert_string_equal(mp.value, "text/plain");
@@ -130,7 +127,8 @@ static void test_conformance(void **state)
         const char *msg;
         unsigned want;
     } rows[] = {
-        {"Date: Tue, 1 Jul 2003 10:52:37 +0200\r\nMessage-ID: <a@b>\r\nMIME-Version: 1.0\r\n\r\nok\r\n",
+        {"Date: Tue, 1 Jul 2003 10:52:37 +0200\r\nMessage-ID: <a@b>\r\nMIME-Version: "
+         "1.0\r\n\r\nok\r\n",
          0},
         {"Subject: x\r\n\r\nok\r\n", MCONF_MISSING_HEADERS},
         {"Subject\r\n\r\n", MCONF_MISSING_HEADERS | MCONF_MISSING_COLON_VALUE},
