@@ -42,7 +42,12 @@ SOURCE_EXT = (".c", ".h", ".cc", ".cpp")
 
 
 def node_of(path):
-    return os.path.splitext(path)[0]
+    """foo.c and foo.h are one node; foo_int.h, the internal header that the
+    files of module foo share, belongs to it too."""
+    base = os.path.splitext(path)[0]
+    if path.endswith("_int.h"):
+        base = base[: -len("_int")]
+    return base
 
 
 def layer_of(node):

@@ -55,6 +55,7 @@
 #include "lua/lib/time.h"
 #include "lua/lib/uuid.h"
 #include "lua/lib/lualib.h"
+#include "lua/make_message_lua.h"
 #include "net/dns.h"
 
 #define MAIN_MOD "kumod"
@@ -527,6 +528,7 @@ int main(int argc, char **argv)
     misc_lua_register();
     misc_set_spawn_enabled(!validate || script_path);
     lualib_register();
+    message_lua_register();
     klua_set_reload_hook(reload_all);
     services_set_validate_only(validate);
 

@@ -23,7 +23,6 @@
 #include "core/diag.h"
 #include "core/reactor.h"
 #include "lua/luajson.h"
-#include "lua/message_lua.h"
 #include "metrics/metrics.h"
 
 #define KLUA_MOD "kumod::lua"
@@ -472,7 +471,6 @@ static klua *klua_new_vm(const char *base_path, int reactor_idx, char *err, size
     static pthread_once_t json_once = PTHREAD_ONCE_INIT;
     pthread_once(&json_once, add_json_converters);
 
-    message_lua_open(L);
 
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, "kumod.handlers");

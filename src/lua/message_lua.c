@@ -12,9 +12,12 @@
 
 #include "core/duration.h"
 #include "core/utf8.h"
+#include "lua/address_lua.h"
+#include "lua/klua.h"
 #include "lua/luajson.h"
 #include "msg/headers.h"
 #include "msg/queue_name.h"
+#include "msg/rfc2047.h"
 
 #define MSG_MT "kumod.Message"
 #define ADDR_MT "kumod.EnvelopeAddress"
@@ -72,10 +75,21 @@ static int l_addr_index(lua_State *L)
     const char *k = luaL_checkstring(L, 2);
     const char *at = strrchr(a, '@');
     if (strcmp(k, "user") == 0 || strcmp(k, "local_part") == 0) {
-        if (at)
-            lua_pushlstring(L, a, (size_t)(at - a));
-        else
-            lua_pushstring(L, a);
+        size_t n = at ? (size_t)(at - a) : strlen(a);
+        if (n >= 2 && a[0] == '"' && a[n - 1] == '"') {
+            /* the normalized local part: quotes and quoted-pair
+             * backslashes removed ("f\oo"@x -> foo, "info@"@x -> info@) */
+            luaL_Buffer b;
+            luaL_buffinit(L, &b);
+            for (size_t i = 1; i + 1 < n; i++) {
+                if (a[i] == '\\' && i + 2 < n)
+                    i++;
+                luaL_addchar(&b, a[i]);
+            }
+            luaL_pushresult(&b);
+        } else {
+            lua_pushlstring(L, a, n);
+        }
     } else if (strcmp(k, "domain") == 0) {
         lua_pushstring(L, at ? at + 1 : "");
     } else if (strcmp(k, "email") == 0) {
@@ -228,7 +242,7 @@ static int l_msg_set_meta(lua_State *L)
 
 /* ---- data and headers ----------------------------------------------------- */
 
-static message *need_data(lua_State *L, int idx, const char *method)
+message *klua_msg_need_data(lua_State *L, int idx, const char *method)
 {
     message *m = klua_check_message(L, idx);
     if (!m->data)
@@ -238,7 +252,7 @@ static message *need_data(lua_State *L, int idx, const char *method)
 
 static int l_msg_get_data(lua_State *L)
 {
-    message *m = need_data(L, 1, "get_data");
+    message *m = klua_msg_need_data(L, 1, "get_data");
     lua_pushlstring(L, m->data, m->data_len);
     return 1;
 }
@@ -260,54 +274,93 @@ static void replace_data(lua_State *L, message *m, char *buf, size_t len, const 
     message_set_data_take(m, buf, len);
 }
 
+/* The message's header index (parsed once per data version, shared by
+ * every header method: each method is then linear in the header block). */
+const hdr_index *klua_msg_need_headers(lua_State *L, message *m, const char *method)
+{
+    const hdr_index *ix = message_headers(m);
+    if (!ix)
+        luaL_error(L, "%s: out of memory", method);
+    return ix;
+}
+
+/* Pushes a field's value decoded to UTF-8 (RFC 2047 words decoded, bytes
+ * that are not UTF-8 replaced). */
+void klua_push_header_value(lua_State *L, const hdr_field *f)
+{
+    char *v = hdr_value(f);
+    size_t dl = 0;
+    char *d = v ? rfc2047_decode(v, strlen(v), &dl) : NULL;
+    free(v);
+    if (!d)
+        luaL_error(L, "out of memory");
+    lua_pushlstring(L, d, dl);
+    free(d);
+}
+
+static int insert_header(lua_State *L, bool at_end, const char *method)
+{
+    message *m = klua_msg_need_data(L, 1, method);
+    const char *name = luaL_checkstring(L, 2);
+    size_t vl;
+    const char *value = luaL_checklstring(L, 3, &vl);
+    bool encode = lua_toboolean(L, 4);
+    if (!*name || strpbrk(name, ": \t\r\n"))
+        return luaL_error(L, "%s: invalid header name '%s'", method, name);
+    char *enc = NULL;
+    if (encode) {
+        /* RFC 2047 for non-ASCII values; ASCII values are folded below */
+        enc = rfc2047_encode(value, vl);
+        if (!enc)
+            return luaL_error(L, "%s: out of memory", method);
+        value = enc;
+    }
+    size_t fl;
+    char *field = hdr_format_field(name, value, &fl);
+    free(enc);
+    if (!field)
+        return luaL_error(L, "%s: out of memory", method);
+    const hdr_index *ix = message_headers(m);
+    size_t len = 0;
+    char *buf = ix ? hdr_index_insert(ix, m->data, m->data_len, at_end, field, fl, &len) : NULL;
+    free(field);
+    replace_data(L, m, buf, len, method);
+    return 0;
+}
+
 static int l_msg_prepend_header(lua_State *L)
 {
-    message *m = need_data(L, 1, "prepend_header");
-    const char *name = luaL_checkstring(L, 2);
-    const char *value = luaL_checkstring(L, 3);
-    size_t len;
-    char *buf = hdr_prepend(m->data, m->data_len, name, value, &len);
-    replace_data(L, m, buf, len, "prepend_header");
-    return 0;
+    return insert_header(L, false, "prepend_header");
 }
 
 static int l_msg_append_header(lua_State *L)
 {
-    message *m = need_data(L, 1, "append_header");
-    const char *name = luaL_checkstring(L, 2);
-    const char *value = luaL_checkstring(L, 3);
-    size_t len;
-    char *buf = hdr_append(m->data, m->data_len, name, value, &len);
-    replace_data(L, m, buf, len, "append_header");
-    return 0;
+    return insert_header(L, true, "append_header");
 }
 
 static int l_msg_get_first_named_header_value(lua_State *L)
 {
-    message *m = need_data(L, 1, "get_first_named_header_value");
-    char *v = hdr_get_first(m->data, m->data_len, luaL_checkstring(L, 2));
-    if (v)
-        lua_pushstring(L, v);
-    else
+    message *m = klua_msg_need_data(L, 1, "get_first_named_header_value");
+    const char *name = luaL_checkstring(L, 2);
+    const hdr_index *ix = klua_msg_need_headers(L, m, "get_first_named_header_value");
+    long k = hdr_index_find(ix, name, 0);
+    if (k < 0)
         lua_pushnil(L);
-    free(v);
+    else
+        klua_push_header_value(L, &ix->fields[k]);
     return 1;
 }
 
 static int l_msg_get_all_named_header_values(lua_State *L)
 {
-    message *m = need_data(L, 1, "get_all_named_header_values");
+    message *m = klua_msg_need_data(L, 1, "get_all_named_header_values");
     const char *name = luaL_checkstring(L, 2);
+    const hdr_index *ix = klua_msg_need_headers(L, m, "get_all_named_header_values");
     lua_newtable(L);
-    size_t pos = 0;
-    hdr_field f;
     lua_Integer i = 1;
-    while (hdr_next(m->data, m->data_len, &pos, &f)) {
-        if (!hdr_name_eq(&f, name))
-            continue;
-        char *v = hdr_value(&f);
-        lua_pushstring(L, v ? v : "");
-        free(v);
+    for (long k = hdr_index_find(ix, name, 0); k >= 0;
+         k = hdr_index_find(ix, name, (size_t)k + 1)) {
+        klua_push_header_value(L, &ix->fields[k]);
         lua_rawseti(L, -2, i++);
     }
     return 1;
@@ -315,32 +368,53 @@ static int l_msg_get_all_named_header_values(lua_State *L)
 
 static int l_msg_get_all_headers(lua_State *L)
 {
-    message *m = need_data(L, 1, "get_all_headers");
-    lua_newtable(L);
-    size_t pos = 0;
-    hdr_field f;
+    message *m = klua_msg_need_data(L, 1, "get_all_headers");
+    const hdr_index *ix = klua_msg_need_headers(L, m, "get_all_headers");
+    lua_createtable(L, (int)(ix->n < 1000000 ? ix->n : 0), 0);
     lua_Integer i = 1;
-    while (hdr_next(m->data, m->data_len, &pos, &f)) {
-        if (f.name_len == 0)
+    for (size_t k = 0; k < ix->n; k++) {
+        const hdr_field *f = &ix->fields[k];
+        if (f->name_len == 0)
             continue;
         lua_createtable(L, 2, 0);
-        lua_pushlstring(L, f.name, f.name_len);
+        lua_pushlstring(L, f->name, f->name_len);
         lua_rawseti(L, -2, 1);
-        char *v = hdr_value(&f);
-        lua_pushstring(L, v ? v : "");
-        free(v);
+        klua_push_header_value(L, f);
         lua_rawseti(L, -2, 2);
         lua_rawseti(L, -2, i++);
     }
     return 1;
 }
 
+/* Removes the fields flagged in drop (ix->n entries) in one pass. */
+static void remove_flagged(lua_State *L, message *m, const hdr_index *ix, bool *drop,
+                           const char *method)
+{
+    size_t len = 0;
+    char *buf = hdr_index_remove(ix, m->data, m->data_len, drop, &len);
+    free(drop);
+    replace_data(L, m, buf, len, method);
+}
+
+static bool *new_flags(lua_State *L, const hdr_index *ix, const char *method)
+{
+    bool *f = calloc(ix->n ? ix->n : 1, sizeof(bool));
+    if (!f)
+        luaL_error(L, "%s: out of memory", method);
+    return f;
+}
+
 static int l_msg_remove_all_named_headers(lua_State *L)
 {
-    message *m = need_data(L, 1, "remove_all_named_headers");
-    size_t len;
-    char *buf = hdr_remove(m->data, m->data_len, luaL_checkstring(L, 2), false, &len);
-    replace_data(L, m, buf, len, "remove_all_named_headers");
+    message *m = klua_msg_need_data(L, 1, "remove_all_named_headers");
+    const char *name = luaL_checkstring(L, 2);
+    const hdr_index *ix = klua_msg_need_headers(L, m, "remove_all_named_headers");
+    if (hdr_index_find(ix, name, 0) < 0)
+        return 0;
+    bool *drop = new_flags(L, ix, "remove_all_named_headers");
+    for (size_t k = 0; k < ix->n; k++)
+        drop[k] = hdr_name_eq(&ix->fields[k], name);
+    remove_flagged(L, m, ix, drop, "remove_all_named_headers");
     return 0;
 }
 
@@ -367,50 +441,100 @@ static bool name_in_list(lua_State *L, int list, const char *name, size_t n)
     return false;
 }
 
+static bool is_x_header(const hdr_field *f)
+{
+    return f->name_len >= 2 && strncasecmp(f->name, "X-", 2) == 0;
+}
+
+/* Sets meta[key] to the decoded value of f. */
+static void set_meta_from_field(lua_State *L, message *m, const char *key, const hdr_field *f)
+{
+    klua_push_header_value(L, f);
+    size_t vl;
+    const char *v = lua_tolstring(L, -1, &vl);
+    json_object_set_new(m->meta, key, json_stringn(v, vl));
+    lua_pop(L, 1);
+    m->meta_dirty = true;
+}
+
 static int l_msg_import_x_headers(lua_State *L)
 {
-    message *m = need_data(L, 1, "import_x_headers");
+    message *m = klua_msg_need_data(L, 1, "import_x_headers");
     bool have_list = lua_type(L, 2) == LUA_TTABLE;
-    size_t pos = 0;
-    hdr_field f;
-    while (hdr_next(m->data, m->data_len, &pos, &f)) {
-        if (f.name_len == 0)
+    const hdr_index *ix = klua_msg_need_headers(L, m, "import_x_headers");
+    for (size_t k = 0; k < ix->n; k++) {
+        const hdr_field *f = &ix->fields[k];
+        if (f->name_len == 0)
             continue;
-        bool want = have_list ? name_in_list(L, 2, f.name, f.name_len)
-                              : (f.name_len > 2 && strncasecmp(f.name, "X-", 2) == 0);
+        bool want = have_list ? name_in_list(L, 2, f->name, f->name_len) : is_x_header(f);
         if (!want)
             continue;
         char key[256];
-        meta_key_of_header(f.name, f.name_len, key, sizeof(key));
-        char *v = hdr_value(&f);
-        json_object_set_new(m->meta, key, json_string(v ? v : ""));
-        free(v);
-        m->meta_dirty = true;
+        meta_key_of_header(f->name, f->name_len, key, sizeof(key));
+        set_meta_from_field(L, m, key, f);
     }
     return 0;
 }
 
 static int l_msg_remove_x_headers(lua_State *L)
 {
-    message *m = need_data(L, 1, "remove_x_headers");
-    size_t len;
-    if (lua_type(L, 2) == LUA_TTABLE) {
-        size_t count = lua_rawlen(L, 2);
-        for (size_t i = 1; i <= count; i++) {
-            lua_rawgeti(L, 2, (lua_Integer)i);
-            const char *name = luaL_checkstring(L, -1);
-            char *buf = hdr_remove(m->data, m->data_len, name, false, &len);
-            lua_pop(L, 1);
-            replace_data(L, m, buf, len, "remove_x_headers");
-        }
+    message *m = klua_msg_need_data(L, 1, "remove_x_headers");
+    bool have_list = lua_type(L, 2) == LUA_TTABLE;
+    const hdr_index *ix = klua_msg_need_headers(L, m, "remove_x_headers");
+    bool *drop = new_flags(L, ix, "remove_x_headers");
+    bool any = false;
+    for (size_t k = 0; k < ix->n; k++) {
+        const hdr_field *f = &ix->fields[k];
+        drop[k] =
+            f->name_len && (have_list ? name_in_list(L, 2, f->name, f->name_len) : is_x_header(f));
+        any |= drop[k];
+    }
+    if (!any) {
+        free(drop);
         return 0;
     }
-    char *buf = hdr_remove(m->data, m->data_len, "X-", true, &len);
-    replace_data(L, m, buf, len, "remove_x_headers");
+    remove_flagged(L, m, ix, drop, "remove_x_headers");
     return 0;
 }
 
 /* ---- scheduling ------------------------------------------------------------ */
+
+int klua_msg_apply_scheduling(lua_State *L, message *m, json_t *s, const char *method)
+{
+    static const char *const keys[] = {"first_attempt", "expires", "dow", "tz",
+                                       "start",         "end",     NULL};
+    if (!json_is_object(s)) {
+        json_decref(s);
+        return luaL_error(L, "%s: the scheduling parameters must be an object", method);
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(s, k, v)
+    {
+        bool ok = false;
+        for (int i = 0; keys[i]; i++)
+            ok |= strcmp(keys[i], k) == 0;
+        if (!ok) {
+            /* k lives in s: format the message before s goes */
+            luaL_where(L, 1);
+            lua_pushfstring(L, "%s: unknown field '%s'", method, k);
+            lua_concat(L, 2);
+            json_decref(s);
+            return lua_error(L);
+        }
+    }
+    int window = !!json_object_get(s, "dow") + !!json_object_get(s, "tz") +
+                 !!json_object_get(s, "start") + !!json_object_get(s, "end");
+    if (window != 0 && window != 4) {
+        json_decref(s);
+        return luaL_error(L, "%s: dow, tz, start and end must be given together", method);
+    }
+    json_decref(m->scheduling);
+    m->scheduling = s;
+    m->meta_dirty = true;
+    klua_push_json(L, s);
+    return 1;
+}
 
 static int l_msg_set_scheduling(lua_State *L)
 {
@@ -427,30 +551,7 @@ static int l_msg_set_scheduling(lua_State *L)
     json_t *s = klua_to_json(L, 2, err, sizeof(err));
     if (!s)
         return luaL_error(L, "set_scheduling: %s", err);
-    static const char *const keys[] = {"first_attempt", "expires", "dow", "tz", "start", "end",
-                                       NULL};
-    const char *k;
-    json_t *v;
-    json_object_foreach(s, k, v) {
-        bool ok = false;
-        for (int i = 0; keys[i]; i++)
-            ok |= strcmp(keys[i], k) == 0;
-        if (!ok) {
-            json_decref(s);
-            return luaL_error(L, "set_scheduling: unknown field '%s'", k);
-        }
-    }
-    int window = !!json_object_get(s, "dow") + !!json_object_get(s, "tz") +
-                 !!json_object_get(s, "start") + !!json_object_get(s, "end");
-    if (window != 0 && window != 4) {
-        json_decref(s);
-        return luaL_error(L, "set_scheduling: dow, tz, start and end must be given together");
-    }
-    json_decref(m->scheduling);
-    m->scheduling = s;
-    m->meta_dirty = true;
-    klua_push_json(L, s);
-    return 1;
+    return klua_msg_apply_scheduling(L, m, s, "set_scheduling");
 }
 
 static int l_msg_get_scheduling(lua_State *L)
@@ -499,6 +600,7 @@ void message_lua_open(lua_State *L)
     };
     luaL_newmetatable(L, MSG_MT);
     luaL_newlib(L, methods);
+    message_more_lua_methods(L);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, l_msg_gc);
     lua_setfield(L, -2, "__gc");
@@ -506,6 +608,7 @@ void message_lua_open(lua_State *L)
     lua_setfield(L, -2, "__tostring");
     lua_pop(L, 1);
 
+    address_lua_open(L);
     luaL_newmetatable(L, ADDR_MT);
     lua_pushcfunction(L, l_addr_index);
     lua_setfield(L, -2, "__index");

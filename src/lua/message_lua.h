@@ -12,6 +12,17 @@ message *klua_check_message(lua_State *L, int idx);
 void klua_push_address(lua_State *L, const char *addr);
 /* Accepts an address userdata or a string. */
 const char *klua_check_address(lua_State *L, int idx);
+/* For the other files of Message methods: the message at idx with its
+ * data loaded (else a Lua error naming method); its header index; a header
+ * field's value decoded to UTF-8, pushed; set_scheduling's validation and
+ * assignment (takes s; pushes the Lua form, returns 1). */
+message *klua_msg_need_data(lua_State *L, int idx, const char *method);
+const hdr_index *klua_msg_need_headers(lua_State *L, message *m, const char *method);
+void klua_push_header_value(lua_State *L, const hdr_field *f);
+int klua_msg_apply_scheduling(lua_State *L, message *m, json_t *s, const char *method);
+/* Adds the methods of message_more_lua.c to the table at -1. */
+void message_more_lua_methods(lua_State *L);
+
 /* Registers the metatables (called for every VM by klua). */
 void message_lua_open(lua_State *L);
 

@@ -79,6 +79,8 @@ void message_unref(message *m)
     free_rcpts(m);
     json_decref(m->meta);
     json_decref(m->scheduling);
+    hdr_index_fini(m->hidx);
+    free(m->hidx);
     free(m->data);
     free(m);
     atomic_fetch_sub(&live_messages, 1);
@@ -95,8 +97,37 @@ int message_set_data(message *m, const char *buf, size_t len)
     return 0;
 }
 
+static atomic_ulong index_builds;
+
+unsigned long message_header_index_builds(void)
+{
+    return atomic_load(&index_builds);
+}
+
+const hdr_index *message_headers(message *m)
+{
+    if (m->hidx)
+        return m->hidx;
+    if (!m->data)
+        return NULL;
+    hdr_index *ix = malloc(sizeof(*ix));
+    if (!ix)
+        return NULL;
+    if (hdr_index_build(m->data, m->data_len, ix) != 0) {
+        free(ix);
+        return NULL;
+    }
+    atomic_fetch_add(&index_builds, 1);
+    m->hidx = ix;
+    return ix;
+}
+
 void message_set_data_take(message *m, char *buf_take, size_t len)
 {
+    /* the index points into the old buffer */
+    hdr_index_fini(m->hidx);
+    free(m->hidx);
+    m->hidx = NULL;
     free(m->data);
     m->data = buf_take;
     m->data_len = len;

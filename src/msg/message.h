@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "core/spoolid.h"
+#include "msg/headers.h"
 
 typedef struct message {
     int refs;
@@ -26,14 +27,23 @@ typedef struct message {
     bool force_sync;
     bool data_dirty;
     bool meta_dirty;
-    bool in_spool; /* saved (or loaded from the spool) at least once */
-    int64_t due_ns; /* wall clock; 0 = now */
+    bool in_spool;   /* saved (or loaded from the spool) at least once */
+    int64_t due_ns;  /* wall clock; 0 = now */
+    hdr_index *hidx; /* the parsed header block of data, built on first use; NULL when stale */
 } message;
 
 /* New message with a fresh id; copies sender, takes nothing. */
 message *message_new(const spoolid *id, const char *sender, const char *const *rcpts, size_t n);
 void message_ref(message *m);
 void message_unref(message *m);
+
+/* The header index of the data, built on first use and kept until the data
+ * changes (every change goes through message_set_data_take, which drops
+ * it). NULL when the data is not loaded or memory ran out. Owned by m. */
+const hdr_index *message_headers(message *m);
+/* Header indexes built in this process (complexity tests: a policy's header
+ * reads on one message share one build). */
+unsigned long message_header_index_builds(void);
 
 /* Replaces the data with a copy of buf (or takes buf_take). */
 int message_set_data(message *m, const char *buf, size_t len);

@@ -27,6 +27,10 @@ kumo.on('smtp_server_message_received', function(msg, conn_meta)
   if tenant then
     msg:set_meta('tenant', tenant)
   end
+  -- a value that is not UTF-8, made by the policy itself
+  if msg:get_first_named_header_value('X-Raw') then
+    msg:set_meta('raw', 't\xa4')
+  end
 end)
 kumo.on('get_listener_domain', function(domain, listener, conn_meta)
   if domain == 'local.test' then
@@ -71,10 +75,16 @@ def send_message(s, body):
 # ---- 1: a header value that is not UTF-8, copied into meta ------------------------
 
 def test_non_utf8_header_into_meta_is_refused_not_a_crash(k):
+    # header values reach the policy as UTF-8 (invalid bytes repaired to
+    # U+FFFD), so the example's copy into meta is stored
     s = session(k)
     code, text = send_message(s, b"Subject: t\r\nX-Tenant: t\xa4\r\n\r\nbody")
-    # the policy's set_meta raises a Lua error: the usual 421 for a policy
-    # error, the cause in the diagnostic log; kumod stays up
+    assert code == 250, (code, text)
+    s.cmd("QUIT")
+    # a string the policy makes that is not UTF-8: set_meta raises a Lua
+    # error, the usual 421 for a policy error, the cause in the log
+    s = session(k)
+    code, text = send_message(s, b"Subject: t\r\nX-Raw: yes\r\n\r\nbody")
     assert code == 421 and "4.3.0" in text, (code, text)
     k.wait_diag(r"set_meta.*not valid UTF-8|not valid UTF-8.*set_meta")
     assert k.alive()

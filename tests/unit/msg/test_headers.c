@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "msg/headers.h"
+#include "msg/message.h"
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -391,6 +392,137 @@ static void test_edit_round_trip(void **state)
     }
 }
 
+/* ---- the index ----------------------------------------------------------------------- */
+
+static void test_index_matches_iteration(void **state)
+{
+    (void)state;
+    static const char *const msgs[] = {
+        "A: 1\r\nB: x\r\n y\r\n\r\nbody\r\n",
+        "A: 1\nB: 2\n\nbody\n",
+        "A: 1\r\nB: 2",
+        " stray\r\nA: 1\r\n\r\nbody",
+        "NoColon\r\nA: 1\r\n\r\n",
+        "\r\nbody",
+        "",
+    };
+    for (size_t i = 0; i < ARRAY_LEN(msgs); i++) {
+        const char *d = msgs[i];
+        size_t len = strlen(d);
+        hdr_index ix;
+        assert_int_equal(hdr_index_build(d, len, &ix), 0);
+        assert_int_equal(ix.block_len, hdr_block_len(d, len));
+        size_t pos = 0, k = 0, last_end = 0;
+        hdr_field f;
+        while (hdr_next(d, len, &pos, &f)) {
+            assert_true(k < ix.n);
+            assert_int_equal(ix.fields[k].start, f.start);
+            assert_int_equal(ix.fields[k].end, f.end);
+            assert_int_equal(ix.fields[k].name_len, f.name_len);
+            last_end = f.end;
+            k++;
+        }
+        assert_int_equal(k, ix.n);
+        assert_int_equal(ix.append_at, last_end);
+        hdr_index_fini(&ix);
+    }
+}
+
+static void test_index_edits(void **state)
+{
+    (void)state;
+    const char *d = "A: 1\r\nB: 2\r\na: 3\r\n\r\nbody";
+    size_t len = strlen(d), ol;
+    hdr_index ix;
+    assert_int_equal(hdr_index_build(d, len, &ix), 0);
+    assert_int_equal(hdr_index_find(&ix, "a", 0), 0);
+    assert_int_equal(hdr_index_find(&ix, "a", 1), 2);
+    assert_int_equal(hdr_index_find(&ix, "c", 0), -1);
+    bool drop[3] = {true, false, true};
+    char *out = hdr_index_remove(&ix, d, len, drop, &ol);
+    assert_string_equal(out, "B: 2\r\n\r\nbody");
+    free(out);
+    out = hdr_index_insert(&ix, d, len, true, "Z: 9\r\n", 6, &ol);
+    assert_string_equal(out, "A: 1\r\nB: 2\r\na: 3\r\nZ: 9\r\n\r\nbody");
+    free(out);
+    out = hdr_index_insert(&ix, d, len, false, "Z: 9\r\n", 6, &ol);
+    assert_string_equal(out, "Z: 9\r\nA: 1\r\nB: 2\r\na: 3\r\n\r\nbody");
+    free(out);
+    hdr_index_fini(&ix);
+    /* a body-less message whose last field has no line ending */
+    d = "A: 1";
+    assert_int_equal(hdr_index_build(d, 4, &ix), 0);
+    out = hdr_index_insert(&ix, d, 4, true, "Z: 9\r\n", 6, &ol);
+    assert_string_equal(out, "A: 1\r\nZ: 9\r\n");
+    free(out);
+    hdr_index_fini(&ix);
+}
+
+/* Issue 25, defect 3: a 64,000-field block. The bytes examined by a full
+ * iteration and by an index build are counted, not timed: both must stay
+ * within a small multiple of the block's size (the quadratic scan examined
+ * about fields x block / 2 bytes, 10^10 here). */
+static void test_scans_are_linear(void **state)
+{
+    (void)state;
+    const size_t n = 64000;
+    char *d = malloc(n * 32 + 64);
+    assert_non_null(d);
+    size_t len = 0;
+    for (size_t i = 0; i < n; i++)
+        len += (size_t)sprintf(d + len, "X-H%zu: value %zu\r\n", i % 97, i);
+    len += (size_t)sprintf(d + len, "Subject: last\r\n\r\nbody\r\n");
+
+    unsigned long long before = hdr_bytes_scanned();
+    size_t pos = 0, k = 0;
+    hdr_field f;
+    while (hdr_next(d, len, &pos, &f))
+        k++;
+    assert_int_equal(k, n + 1);
+    unsigned long long iter = hdr_bytes_scanned() - before;
+    assert_true(iter <= 2 * (unsigned long long)len);
+
+    before = hdr_bytes_scanned();
+    hdr_index ix;
+    assert_int_equal(hdr_index_build(d, len, &ix), 0);
+    assert_int_equal(ix.n, n + 1);
+    assert_true(hdr_bytes_scanned() - before <= 2 * (unsigned long long)len);
+    assert_int_equal(hdr_index_find(&ix, "subject", 0), (long)n);
+    hdr_index_fini(&ix);
+
+    /* the old edits (hdr_remove, hdr_get_first) ride on hdr_next: linear too */
+    before = hdr_bytes_scanned();
+    size_t ol;
+    char *out = hdr_remove(d, len, "X-H1", false, &ol);
+    free(out);
+    char *v = hdr_get_first(d, len, "Subject");
+    assert_string_equal(v, "last");
+    free(v);
+    assert_true(hdr_bytes_scanned() - before <= 4 * (unsigned long long)len);
+    free(d);
+}
+
+/* A message's header reads share one index until its data changes. */
+static void test_message_index_is_shared(void **state)
+{
+    (void)state;
+    const char *rcpt = "r@example.com";
+    message *m = message_new(NULL, "s@example.com", &rcpt, 1);
+    assert_int_equal(message_set_data(m, "A: 1\r\n\r\nbody", 13), 0);
+    unsigned long b0 = message_header_index_builds();
+    const hdr_index *ix = message_headers(m);
+    assert_non_null(ix);
+    assert_int_equal(ix->n, 1);
+    for (int i = 0; i < 100; i++)
+        assert_ptr_equal(message_headers(m), ix);
+    assert_int_equal(message_header_index_builds() - b0, 1);
+    assert_int_equal(message_set_data(m, "A: 1\r\nB: 2\r\n\r\n", 14), 0);
+    ix = message_headers(m);
+    assert_int_equal(ix->n, 2);
+    assert_int_equal(message_header_index_builds() - b0, 2);
+    message_unref(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -403,6 +535,10 @@ int main(void)
         cmocka_unit_test(test_long_values_fold),
         cmocka_unit_test(test_remove_table),
         cmocka_unit_test(test_edit_round_trip),
+        cmocka_unit_test(test_index_matches_iteration),
+        cmocka_unit_test(test_index_edits),
+        cmocka_unit_test(test_scans_are_linear),
+        cmocka_unit_test(test_message_index_is_shared),
     };
     return cmocka_run_group_tests_name("msg/headers", tests, NULL, NULL);
 }
