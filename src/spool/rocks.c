@@ -134,6 +134,12 @@ static const rparam rparams[] = {
     {"limit_concurrent_stores", RP_INT, 1, INT_MAX, NULL},
     {"limit_concurrent_loads", RP_INT, 1, INT_MAX, NULL},
     {"limit_concurrent_removes", RP_INT, 1, INT_MAX, NULL},
+    /* documented among the rocks_params, applied by the spool facade (they
+     * are also define_spool keys of their own; see spool_params_from_json) */
+    {"store_deadline", RP_DURATION, 0, INT64_MAX, NULL},
+    {"error_latch_duration", RP_DURATION, 0, INT64_MAX, NULL},
+    {"error_unlatch_duration", RP_DURATION, 0, INT64_MAX, NULL},
+    {"allow_error_unlatch", RP_BOOL, 0, 1, NULL},
 };
 
 typedef struct rname {

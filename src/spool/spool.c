@@ -298,6 +298,17 @@ int spool_params_from_json(const json_t *params, spool_params *p, char *err, siz
         /* Checked for every kind (a typo is a typo); used by RocksDB only,
          * as in KumoMTA. */
         rc = spool__rocks_check_params(v, err, errlen);
+        /* KumoMTA documents the health and deadline settings among the
+         * rocks_params: there, they win over the define_spool keys */
+        if (rc == 0 && json_is_object(v) &&
+            ((rc = param_bool(v, "allow_error_unlatch", &p->allow_error_unlatch, err, errlen)) <
+                 0 ||
+             (rc = param_duration(v, "store_deadline", &p->store_deadline_ns, err, errlen)) < 0 ||
+             (rc = param_duration(v, "error_latch_duration", &p->error_latch_ns, err, errlen)) <
+                 0 ||
+             (rc = param_duration(v, "error_unlatch_duration", &p->error_unlatch_ns, err,
+                                  errlen)) < 0))
+            goto fail;
         if (rc < 0)
             goto fail;
         p->rocks_params = json_deep_copy(v);

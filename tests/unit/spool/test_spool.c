@@ -489,6 +489,23 @@ static void test_params_values(void **state)
     spool_params_fini(&p);
     json_decref(j);
 
+    /* issue 21: KumoMTA documents these among the rocks_params */
+    j = json_pack("{s:s, s:s, s:{s:s, s:s, s:s, s:b}}", "name", "data", "path", "/d",
+                  "rocks_params", "error_latch_duration", "5s", "error_unlatch_duration", "2m",
+                  "store_deadline", "45s", "allow_error_unlatch", 0);
+    assert_int_equal(spool_params_from_json(j, &p, err, sizeof(err)), 0);
+    assert_int_equal(p.error_latch_ns, 5000000000LL);
+    assert_int_equal(p.error_unlatch_ns, 120000000000LL);
+    assert_int_equal(p.store_deadline_ns, 45000000000LL);
+    assert_false(p.allow_error_unlatch);
+    spool_params_fini(&p);
+    json_decref(j);
+    j = json_pack("{s:s, s:s, s:{s:s}}", "name", "data", "path", "/d", "rocks_params",
+                  "error_latch_duration", "soon");
+    assert_int_equal(spool_params_from_json(j, &p, err, sizeof(err)), KERR_INVAL);
+    assert_non_null(strstr(err, "error_latch_duration"));
+    json_decref(j);
+
     j = json_pack("{s:s, s:s, s:s, s:i}", "name", "data", "path", "/d", "commit_delay", "250us",
                   "commit_siblings", 2);
     assert_int_equal(spool_params_from_json(j, &p, err, sizeof(err)), 0);
