@@ -18,7 +18,8 @@
     X(CORRUPT, "corruption")                                                                       \
     X(SHUTDOWN, "shutting down")                                                                   \
     X(LUA, "lua error")                                                                            \
-    X(REJECTED, "rejected by policy")
+    X(REJECTED, "rejected by policy")                                                              \
+    X(NOSPACE, "no space left on device")
 
 enum kerr {
     KERR_OK = 0,
@@ -45,6 +46,7 @@ enum kerr {
 #define KERR_SHUTDOWN KERR_CODE_(SHUTDOWN)
 #define KERR_LUA KERR_CODE_(LUA)
 #define KERR_REJECTED KERR_CODE_(REJECTED)
+#define KERR_NOSPACE KERR_CODE_(NOSPACE)
 
 /* Returns a static string for err (0 gives "ok"; unknown codes "unknown error"). */
 const char *kerr_str(int err);

@@ -135,7 +135,7 @@ uint32_t spool__crc32c(uint32_t crc, const void *buf, size_t len)
 /* errno is left as the failing call set it, for the caller's log line. */
 static int kerr_from_errno(int e)
 {
-    return e == ENOMEM ? KERR_NOMEM : KERR_IO;
+    return e == ENOMEM ? KERR_NOMEM : e == ENOSPC || e == EDQUOT ? KERR_NOSPACE : KERR_IO;
 }
 
 static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)

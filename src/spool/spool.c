@@ -1350,10 +1350,23 @@ static int journal_start(spool *sp)
     if ((size_t)snprintf(path, sizeof(path), "%s/%s", sp->data->path, SPOOL_JOURNAL_NAME) >=
         sizeof(path))
         return KERR_INVAL;
-    if (!want && access(path, F_OK) != 0)
+    bool existed = access(path, F_OK) == 0;
+    if (!want && !existed)
         return 0;
     rc = spool__journal_open(path, want ? size : SPOOL_JOURNAL_SIZE_DEFAULT, &sp->journal, err,
                              sizeof(err));
+    if (rc < 0 && !existed) {
+        /* Nothing to replay, only a new ring to make: a small or nearly full
+         * spool volume must still start and drain by delivery, so kumod
+         * goes on without the journal (group commits sync the stores' WALs,
+         * as with journal_size = 0) and says why, once. */
+        DWARN("kumod::spool",
+              "spool journal %s (%llu KiB) not created: %s; running without the journal "
+              "(each group commit syncs the spools' write-ahead logs)",
+              path, (unsigned long long)(size >> 10), err);
+        sp->journal = NULL;
+        return 0;
+    }
     if (rc < 0) {
         DERROR("kumod::spool", "spool journal: %s", err);
         return rc;

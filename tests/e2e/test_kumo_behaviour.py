@@ -171,3 +171,34 @@ end)
     assert d["queue"] == "moved.example", d
     got = [m["data"] for m in peer.messages if b"rebind me" in m["data"]]
     assert len(got) == 1 and b"X-Rebound: testing rebind\r\n" in got[0], got
+
+
+# ---- a spool volume smaller than the journal ------------------------------------------
+
+@pytest.mark.skipif(__import__("os").getuid() != 0, reason="mounting a tmpfs needs root")
+def test_small_spool_volume_starts_without_the_journal_and_delivers(kumod_factory, peer, tmp_path):
+    """An 8 MiB spool volume cannot hold the 16 MiB journal ring: kumod
+    starts without it, says so in one line naming the real cause (no space),
+    takes mail and delivers it."""
+    import health_faults as hf
+    m = hf.mount_tmpfs(str(tmp_path / "small"), size="8m")
+    try:
+        k = kumod_factory(handlers=policy_for(peer), init=INIT, data_kind="RocksDB",
+                          meta_kind="RocksDB", start=False)
+        k.spool = str(tmp_path / "small" / "spool")
+        policy = open(k.policy_path).read().replace(str(tmp_path / "kumod0" / "spool"), k.spool)
+        with open(k.policy_path, "w") as f:
+            f.write(policy)
+        assert k.spool in policy
+        k.start()
+        line = k.wait_diag(r"spool journal (\S+) \(16384 KiB\) not created: (.*); running "
+                           r"without the journal")
+        assert "no space left on device" in line.group(2).lower(), line.group(0)
+        assert not (tmp_path / "small" / "spool" / "data" / "kumod-journal.new").exists()
+        before = len(peer.messages)
+        id = inject(k, "a@small.example", "small volume")
+        k.wait_records(lambda r: r["id"] == id and r["type"] == "Delivery", timeout=20)
+        assert len(peer.messages) == before + 1
+        k.stop()
+    finally:
+        m.umount()
