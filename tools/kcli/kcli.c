@@ -23,6 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "logs.h"
+
 #define DEFAULT_ENDPOINT "http://127.0.0.1:8000"
 #define TIMEOUT_S 60L
 
@@ -714,6 +716,11 @@ static int run_bounce_list(const cmd *c, int argc, char **argv)
     table_print(&t);
     json_decref(res);
     return 0;
+}
+
+static int run_logs(const cmd *c, int argc, char **argv)
+{
+    return kcli_logs(c->name, argc, argv);
 }
 
 static int run_quarantine_list(const cmd *c, int argc, char **argv)
@@ -1512,6 +1519,10 @@ static const cmd commands[] = {
      "[--json] READY_QUEUE_NAME", run_inspect_ready_q},
     {"queue-summary", "Summarise the ready and scheduled queues (from /metrics.json)",
      "[--limit N] [--by-volume] [--domain D] [--json]", run_queue_summary},
+    {"logs", "Print, follow and filter the local delivery logs (reads the segments itself)",
+     "[--dir LOG_DIR] [-f|--follow] [--type TYPE]... [--queue NAME]\n"
+     "                 [--since DURATION|TIME] [--json]",
+     run_logs},
     {"quarantine-list", "List the spooled messages start-up could not read (kept, not delivered)",
      "[--json]", run_quarantine_list},
     {"set-log-filter", "Change the diagnostic log filter of the running kumod", "FILTER",
