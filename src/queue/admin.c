@@ -202,7 +202,9 @@ static void admin_add(admin_entry *e)
     atomic_fetch_add(&admin_generation, 1);
 }
 
-static int admin_cancel(admin_kind kind, const char *id)
+/* Removes the entry; with taken != NULL hands it to the caller instead of
+ * freeing it. */
+static int admin_cancel_take(admin_kind kind, const char *id, admin_entry **taken)
 {
     int rc = KERR_NOTFOUND;
     pthread_mutex_lock(&admin_lock);
@@ -210,7 +212,12 @@ static int admin_cancel(admin_kind kind, const char *id)
         if ((*pp)->kind == kind && strcmp((*pp)->id, id) == 0) {
             admin_entry *dead = *pp;
             *pp = dead->next;
-            admin_entry_free(dead);
+            if (taken) {
+                dead->next = NULL;
+                *taken = dead;
+            } else {
+                admin_entry_free(dead);
+            }
             rc = 0;
             break;
         }
@@ -219,6 +226,11 @@ static int admin_cancel(admin_kind kind, const char *id)
     pthread_mutex_unlock(&admin_lock);
     atomic_fetch_add(&admin_generation, 1);
     return rc;
+}
+
+static int admin_cancel(admin_kind kind, const char *id)
+{
+    return admin_cancel_take(kind, id, NULL);
 }
 
 static json_t *admin_list(admin_kind kind)
@@ -448,9 +460,59 @@ json_t *queue_admin_suspend_list(void)
     return admin_list(ADM_SUSPEND);
 }
 
+/* suspend-cancel: the messages the suspension held (each got a
+ * TransientFailure and a retry time) are due at once, rather than waiting
+ * out their retry interval: the operator who lifts a suspension wants the
+ * mail to move. (kumod's own; KumoMTA leaves them to their retry.) */
+struct release_job {
+    admin_entry *entry;
+    atomic_int remaining;
+};
+
+static void release_on_reactor(void *arg)
+{
+    struct release_job *j = arg;
+    qtables *t = tables();
+    FOREACH_SCHEDQ(t, sq)
+    {
+        if (!admin_matches(j->entry, sq->name, &sq->parts))
+            continue;
+        qlist held;
+        qlist_init(&held);
+        for (qmsg *q = sq->waiting.head.next, *next; q != &sq->waiting.head; q = next) {
+            next = q->next;
+            if (!qmsg_has_reason(q, R_ADMIN_SUSPENDED))
+                continue;
+            reactor_timer_cancel(reactor_current(), &q->timer);
+            qlist_del(&sq->waiting, q);
+            qlist_push(&held, q);
+        }
+        /* collected first: making one ready may put others on the list */
+        qmsg *q;
+        while ((q = qlist_pop(&held)))
+            sched_release(sq, q);
+        sched_arm_reap(sq);
+    }
+    if (atomic_fetch_sub(&j->remaining, 1) == 1) {
+        admin_entry_free(j->entry);
+        free(j);
+    }
+}
+
 int queue_admin_suspend_cancel(const char *id)
 {
-    return admin_cancel(ADM_SUSPEND, id);
+    admin_entry *e = NULL;
+    int rc = admin_cancel_take(ADM_SUSPEND, id, &e);
+    if (rc != 0 || !e)
+        return rc;
+    struct release_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        abort();
+    j->entry = e;
+    atomic_store(&j->remaining, reactor_count());
+    for (int i = 0; i < reactor_count(); i++)
+        reactor_post(reactor_get(i), release_on_reactor, j);
+    return 0;
 }
 
 int queue_admin_suspend_readyq(const json_t *req, json_t **result, char *err, size_t errlen)
@@ -497,6 +559,7 @@ static void susp_after_load(qmsg *q, int err, void *ud)
         disp_response r = {451, 4, 4, 4, content, NULL};
         qmsg_log(LOGREC_TRANSIENT_FAILURE, q->m, q->num_attempts, &x, &r);
         atomic_fetch_add(&st_transfail, 1);
+        qmsg_add_reason(q, R_ADMIN_SUSPENDED); /* suspend-cancel releases it */
         qmsg_add_reason(q, R_LOGGED_TRANSIENT_FAILURE);
         requeue_post(q, s->queue, true, false, -1);
     }

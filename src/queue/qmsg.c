@@ -54,6 +54,7 @@ const char *const reason_names[R__COUNT] = {
     "ProtocolChanged",
     "SpoolUnhealthy",
     "SourceIsUnhealthyAndSuspended",
+    "AdminSuspended",
 };
 
 int reason_parse(const char *s)

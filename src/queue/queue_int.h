@@ -84,6 +84,7 @@ enum reason {
     R_PROTOCOL_CHANGED,
     R_SPOOL_UNHEALTHY,
     R_SOURCE_SUSPENDED,
+    R_ADMIN_SUSPENDED, /* kumod's own: held by a scheduled-queue suspension */
     R__COUNT
 };
 
@@ -309,6 +310,9 @@ void sched_arm_reap(schedq *sq);
 backoff_params sched_backoff(const schedq *sq);
 /* Puts q (q->sq == sq) on the timer wheel, or makes it ready when due. */
 void sched_place(schedq *sq, qmsg *q);
+/* Makes ready now a message taken off sq's waiting list (its timer
+ * cancelled and st_scheduled not yet decremented). */
+void sched_release(schedq *sq, qmsg *q);
 /* Logs an Expiration record (when q->m is resident) and drops q. */
 void expire_message(qmsg *q, const char *queue, const char *content, const char *pool,
                     const char *provider);

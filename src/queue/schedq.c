@@ -278,6 +278,13 @@ static void sched_load_config(schedq *sq)
 
 /* ---- placing a message in its scheduled queue ---------------------------------------------------- */
 
+void sched_release(schedq *sq, qmsg *q)
+{
+    atomic_fetch_sub(&st_scheduled, 1);
+    qmsg_add_reason(q, R_DUE_TIME_REACHED);
+    sched_make_ready(sq, q);
+}
+
 static void sched_timer_fired(wheel_entry *e)
 {
     qmsg *q = container_of(e, qmsg, timer);

@@ -44,7 +44,11 @@ def api(k, method, path, body=None):
                                  data=json.dumps(body).encode() if body is not None else None,
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read() or b"null")
+        body = r.read()
+    try:
+        return json.loads(body or b"null")
+    except ValueError:
+        return body.decode()
 
 
 def inject(k, rcpt, subject):
@@ -202,3 +206,19 @@ def test_small_spool_volume_starts_without_the_journal_and_delivers(kumod_factor
         k.stop()
     finally:
         m.umount()
+
+
+# ---- suspend-cancel releases what the suspension held (issue 15) ----------------------
+
+def test_suspend_cancel_makes_the_held_messages_due_now(kumod_factory, peer):
+    k = kumod_factory(handlers=policy_for(peer), init=INIT)
+    entry = api(k, "POST", "/api/admin/suspend/v1",
+                {"domain": "held.example", "reason": "maintenance", "duration": "1h"})
+    held = inject(k, "u@held.example", "held")
+    [tf] = k.wait_records(lambda r: r["id"] == held and r["type"] == "TransientFailure",
+                          timeout=20)
+    assert tf["response"]["content"] == ("KumoMTA internal: scheduled queue is suspended: "
+                                         "maintenance"), tf
+    # the retry interval is an hour: only the cancel can bring it out now
+    api(k, "DELETE", "/api/admin/suspend/v1", {"id": entry["id"]})
+    k.wait_records(lambda r: r["id"] == held and r["type"] == "Delivery", timeout=20)
