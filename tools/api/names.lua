@@ -1,0 +1,63 @@
+-- Prints every name kumod's Lua API offers, one per line, for
+-- tools/api/status.py: "fn kumo.a.b" for functions (and callable tables or
+-- object constructors), "msg name" for Message methods.
+-- Run: kumod --script tools/api/names.lua
+local seen = {}
+
+local function callable(v)
+  if type(v) == 'function' then
+    return true
+  end
+  local mt = getmetatable(v)
+  return type(mt) == 'table' and mt.__call ~= nil
+end
+
+local function walk(prefix, t, depth)
+  if seen[t] or depth > 4 then
+    return
+  end
+  seen[t] = true
+  local keys = {}
+  for k in pairs(t) do
+    if type(k) == 'string' then
+      keys[#keys + 1] = k
+    end
+  end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    local v = t[k]
+    local name = prefix .. '.' .. k
+    if callable(v) then
+      print('fn ' .. name)
+    end
+    if type(v) == 'table' then
+      walk(name, v, depth + 1)
+    end
+  end
+end
+
+walk('kumo', kumo, 1)
+
+for _, mod in ipairs { 'redis', 'sqlite' } do
+  local ok, m = pcall(require, mod)
+  if ok and type(m) == 'table' then
+    for k, v in pairs(m) do
+      if callable(v) then
+        print(string.format("fn require('%s').%s", mod, k))
+      end
+    end
+  end
+end
+
+if kumo.make_message then
+  local msg = kumo.make_message('a@example.com', 'b@example.com', 'Subject: x\r\n\r\nx\r\n')
+  local mt = getmetatable(msg)
+  local index = type(mt) == 'table' and mt.__index
+  if type(index) == 'table' then
+    for k, v in pairs(index) do
+      if type(v) == 'function' then
+        print('msg ' .. k)
+      end
+    end
+  end
+end
