@@ -30,8 +30,8 @@ static const char text_plain[] = "text/plain; charset=utf-8";
 static void reply_unprocessable(http_req *hr, const char *why)
 {
     char msg[600];
-    int n = snprintf(msg, sizeof(msg), "Failed to deserialize the JSON body into the target type: %s",
-                     why);
+    int n = snprintf(msg, sizeof(msg),
+                     "Failed to deserialize the JSON body into the target type: %s", why);
     http_utf8_sanitize(msg);
     http_reply_text(hr, 422, text_plain, msg, n < (int)sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
 }

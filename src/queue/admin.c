@@ -217,8 +217,7 @@ int admin_check_fields(const json_t *req, const adm_field *fields, bool deny_unk
             char list[400] = "";
             size_t o = 0;
             for (const adm_field *x = fields; x->name && o < sizeof(list); x++)
-                o += (size_t)snprintf(list + o, sizeof(list) - o, "%s`%s`", o ? ", " : "",
-                                      x->name);
+                o += (size_t)snprintf(list + o, sizeof(list) - o, "%s`%s`", o ? ", " : "", x->name);
             snprintf(err, errlen, "unknown field `%s`, expected one of %s", k, list);
             return KERR_PARSE;
         }
@@ -270,8 +269,7 @@ int admin_check_fields(const json_t *req, const adm_field *fields, bool deny_unk
             if (json_is_null(v))
                 break;
             if (!json_is_string(v))
-                return type_err(k, v, "an RFC 3339 formatted date and time string", err,
-                                errlen);
+                return type_err(k, v, "an RFC 3339 formatted date and time string", err, errlen);
             if (admin_parse_rfc3339(json_string_value(v), &ns) != 0) {
                 snprintf(err, errlen, "%s: input contains invalid characters", k);
                 return KERR_PARSE;
@@ -306,14 +304,15 @@ int admin_check_fields(const json_t *req, const adm_field *fields, bool deny_unk
  * SuspendReadyQueueV1Request. Only the bounce request refuses unknown
  * fields, as KumoMTA's structs do. */
 static const adm_field bounce_fields[] = {
-    {"campaign", AF_STRING},     {"tenant", AF_STRING},        {"domain", AF_STRING},
-    {"routing_domain", AF_STRING}, {"reason", AF_STRING_REQ},  {"duration", AF_DURATION},
-    {"suppress_logging", AF_BOOL}, {"expires", AF_TIME},       {"queue_names", AF_STRINGS},
-    {NULL, 0}};
-static const adm_field suspend_fields[] = {
-    {"campaign", AF_STRING}, {"tenant", AF_STRING},     {"domain", AF_STRING},
-    {"reason", AF_STRING_REQ}, {"duration", AF_DURATION}, {"expires", AF_TIME},
-    {"queue_names", AF_STRINGS}, {NULL, 0}};
+    {"campaign", AF_STRING},       {"tenant", AF_STRING},
+    {"domain", AF_STRING},         {"routing_domain", AF_STRING},
+    {"reason", AF_STRING_REQ},     {"duration", AF_DURATION},
+    {"suppress_logging", AF_BOOL}, {"expires", AF_TIME},
+    {"queue_names", AF_STRINGS},   {NULL, 0}};
+static const adm_field suspend_fields[] = {{"campaign", AF_STRING},     {"tenant", AF_STRING},
+                                           {"domain", AF_STRING},       {"reason", AF_STRING_REQ},
+                                           {"duration", AF_DURATION},   {"expires", AF_TIME},
+                                           {"queue_names", AF_STRINGS}, {NULL, 0}};
 static const adm_field suspend_rq_fields[] = {{"name", AF_STRING_REQ},
                                               {"reason", AF_STRING_REQ},
                                               {"duration", AF_DURATION},
@@ -427,9 +426,9 @@ static json_t *admin_list(admin_kind kind)
         if (kind == ADM_SUSPEND_READYQ) {
             json_object_set_new(o, "name", json_string(e->name));
             char when[64];
-            json_object_set_new(o, "expires",
-                                json_string(admin_format_time(e->expires_wall_ns, when,
-                                                              sizeof(when))));
+            json_object_set_new(
+                o, "expires",
+                json_string(admin_format_time(e->expires_wall_ns, when, sizeof(when))));
         } else {
             json_object_set_new(o, "domain", opt_str(e->domain));
             json_object_set_new(o, "campaign", opt_str(e->campaign));
@@ -437,9 +436,9 @@ static json_t *admin_list(admin_kind kind)
         }
         if (kind == ADM_BOUNCE) {
             json_object_set_new(o, "routing_domain", opt_str(e->routing_domain));
-            json_object_set_new(o, "bounced", e->bounced_by_queue
-                                                  ? json_deep_copy(e->bounced_by_queue)
-                                                  : json_object());
+            json_object_set_new(o, "bounced",
+                                e->bounced_by_queue ? json_deep_copy(e->bounced_by_queue)
+                                                    : json_object());
             json_object_set_new(o, "total_bounced",
                                 json_integer((json_int_t)atomic_load(&e->bounced)));
         }
@@ -731,8 +730,9 @@ json_t *readyq_suspension(const char *name)
     json_t *all = admin_list(ADM_SUSPEND_READYQ);
     size_t i;
     json_t *v;
-    json_array_foreach(all, i, v) if (!found && strcmp(json_string_value(json_object_get(v, "name")),
-                                                       name) == 0) found = json_incref(v);
+    json_array_foreach(
+        all, i, v) if (!found && strcmp(json_string_value(json_object_get(v, "name")), name) == 0)
+        found = json_incref(v);
     json_decref(all);
     if (found) {
         /* since: when the entry was made */
@@ -742,9 +742,8 @@ json_t *readyq_suspension(const char *name)
                 strcmp(e->id, json_string_value(json_object_get(found, "id"))) == 0) {
                 char when[64];
                 json_object_set_new(found, "since",
-                                    json_string(admin_format_time(e->expires_wall_ns -
-                                                                      e->duration_ns,
-                                                                  when, sizeof(when))));
+                                    json_string(admin_format_time(
+                                        e->expires_wall_ns - e->duration_ns, when, sizeof(when))));
             }
         pthread_mutex_unlock(&admin_lock);
     }

@@ -850,9 +850,8 @@ json_t *dispatch_describe(const readyq *rq)
         char buf[96];
         json_object_set_new(o, "session_id", json_string(d->session_id));
         json_object_set_new(o, "started_at",
-                            json_string(admin_format_time(d->started_wall_ns ? d->started_wall_ns
-                                                                             : wall,
-                                                          buf, sizeof(buf))));
+                            json_string(admin_format_time(
+                                d->started_wall_ns ? d->started_wall_ns : wall, buf, sizeof(buf))));
         duration_format(now - d->started_ns, buf, sizeof(buf));
         json_object_set_new(o, "age", json_string(buf));
         json_t *phase;
@@ -870,8 +869,7 @@ json_t *dispatch_describe(const readyq *rq)
         duration_format(now - d->phase_ns, buf, sizeof(buf));
         json_object_set_new(o, "time_in_current_phase", json_string(buf));
         json_object_set_new(o, "messages_delivered", json_integer((json_int_t)d->n_delivered));
-        json_object_set_new(o, "messages_transfailed",
-                            json_integer((json_int_t)d->n_transfailed));
+        json_object_set_new(o, "messages_transfailed", json_integer((json_int_t)d->n_transfailed));
         json_object_set_new(o, "messages_failed", json_integer((json_int_t)d->n_failed));
         json_object_set_new(o, "delivered_this_connection",
                             json_integer(d->delivered >= INT32_MAX / 4 ? 0 : d->delivered));

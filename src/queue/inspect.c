@@ -33,8 +33,11 @@ static json_t *lossy_string(const char *p, size_t len)
     size_t o = 0;
     const unsigned char *u = (const unsigned char *)p;
     for (size_t i = 0; i < len;) {
-        int n = u[i] < 0x80 ? 0 : (u[i] & 0xE0) == 0xC0 ? 1 : (u[i] & 0xF0) == 0xE0 ? 2
-                          : (u[i] & 0xF8) == 0xF0 ? 3 : -1;
+        int n = u[i] < 0x80             ? 0
+                : (u[i] & 0xE0) == 0xC0 ? 1
+                : (u[i] & 0xF0) == 0xE0 ? 2
+                : (u[i] & 0xF8) == 0xF0 ? 3
+                                        : -1;
         bool ok = n >= 0 && i + (size_t)n < len && !(n == 1 && u[i] < 0xC2) && u[i] != 0;
         for (int k = 1; ok && k <= n; k++)
             ok = (u[i + k] & 0xC0) == 0x80;
@@ -108,9 +111,9 @@ static void inspect_after_load(qmsg *q, int err, void *ud)
         json_object_set(msg, "meta", m->meta);
         if (m->scheduling)
             json_object_set(msg, "scheduling", m->scheduling);
-        json_object_set_new(msg, "data", b->want_body && m->data
-                                             ? lossy_string(m->data, m->data_len)
-                                             : json_null());
+        json_object_set_new(msg, "data",
+                            b->want_body && m->data ? lossy_string(m->data, m->data_len)
+                                                    : json_null());
         /* a waiting message goes back to its lean form */
         if (q->sq && wheel_entry_armed(&q->timer))
             qmsg_shrink(q);
@@ -301,9 +304,8 @@ static void inspect_sq_on_owner(void *arg)
     set_duration(cfg, "refresh_interval", sq->cfg.refresh_interval_ns);
     json_object_set_new(cfg, "refresh_strategy",
                         json_string(sq->cfg.refresh_epoch ? "Epoch" : "Ttl"));
-    json_object_set_new(cfg, "provider_name", sq->cfg.provider_name
-                                                  ? json_string(sq->cfg.provider_name)
-                                                  : json_null());
+    json_object_set_new(cfg, "provider_name",
+                        sq->cfg.provider_name ? json_string(sq->cfg.provider_name) : json_null());
     json_object_set_new(res, "queue_config", cfg);
     json_object_set_new(res, "num_scheduled", json_integer(sq->waiting.count + sq->pending.count));
     json_object_set_new(res, "delayed_metric", json_integer(sq->waiting.count));
@@ -380,11 +382,11 @@ static json_t *rate_ceiling(const throttle_spec *t)
     char period[48];
     duration_format(t->period_ns, period, sizeof(period));
     snprintf(disp, sizeof(disp), "%llu/%s", (unsigned long long)t->limit,
-             strcmp(period, "1s") == 0   ? "s"
-             : strcmp(period, "1m") == 0 ? "m"
-             : strcmp(period, "1h") == 0 ? "h"
+             strcmp(period, "1s") == 0     ? "s"
+             : strcmp(period, "1m") == 0   ? "m"
+             : strcmp(period, "1h") == 0   ? "h"
              : strcmp(period, "1day") == 0 ? "d"
-                                          : period);
+                                           : period);
     return ceiling(per_s, disp);
 }
 
@@ -438,12 +440,12 @@ static json_t *readyq_inspect(readyq *rq, bool want_sched)
     json_object_set_new(pc, "smtp_port", json_integer(c->smtp_port));
     json_object_set_new(pc, "enable_pipelining", json_boolean(c->enable_pipelining));
     json_object_set_new(pc, "enable_rset", json_boolean(c->enable_rset));
-    json_object_set_new(pc, "ehlo_domain", c->ehlo_domain ? json_string(c->ehlo_domain)
-                                                          : json_null());
+    json_object_set_new(pc, "ehlo_domain",
+                        c->ehlo_domain ? json_string(c->ehlo_domain) : json_null());
     set_duration(pc, "connect_timeout", c->connect_timeout_ns);
     set_duration(pc, "idle_timeout", c->idle_timeout_ns);
-    json_object_set_new(pc, "provider_name", c->provider_name ? json_string(c->provider_name)
-                                                              : json_null());
+    json_object_set_new(pc, "provider_name",
+                        c->provider_name ? json_string(c->provider_name) : json_null());
     json_object_set_new(o, "path_config", pc);
     json_t *cons = json_object();
     snprintf(buf, sizeof(buf), "%ld", c->connection_limit);
@@ -458,8 +460,8 @@ static json_t *readyq_inspect(readyq *rq, bool want_sched)
         /* kumod's ready queue remembers the scheduled queue that made it */
         json_t *names = json_array();
         if (rq->queue_domain) {
-            char *qn = queue_name_build(rq->campaign, rq->tenant, rq->queue_domain,
-                                        rq->routing_domain);
+            char *qn =
+                queue_name_build(rq->campaign, rq->tenant, rq->queue_domain, rq->routing_domain);
             if (qn)
                 json_array_append_new(names, json_string(qn));
             free(qn);
@@ -489,8 +491,8 @@ static void inspect_rq_finish(bcast *b)
     b->cb(b->ud, 200, b->acc, NULL);
 }
 
-void queue_admin_inspect_ready_q(const char *queue_name, bool include_scheduled_queues,
-                                 admin_cb cb, void *ud)
+void queue_admin_inspect_ready_q(const char *queue_name, bool include_scheduled_queues, admin_cb cb,
+                                 void *ud)
 {
     if (!queue_name || !*queue_name) {
         cb(ud, 400, NULL, "queue_name is required");
@@ -557,8 +559,8 @@ static void states_finish(bcast *b)
             continue;
         /* KumoMTA lists a queue only with a state; each is a QueueState
          * {context, since}. kumod's one: an admin suspension. */
-        json_t *susp = json_is_true(json_object_get(v, "suspended")) ? readyq_suspension(name)
-                                                                    : NULL;
+        json_t *susp =
+            json_is_true(json_object_get(v, "suspended")) ? readyq_suspension(name) : NULL;
         if (!susp)
             continue;
         json_t *st = json_object();

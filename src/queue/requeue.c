@@ -364,13 +364,17 @@ void queue_admin_rebind(const json_t *req, admin_cb cb, void *ud)
 {
     /* KumoMTA's RebindV1Request (unknown fields are ignored); kumod also
      * takes queue_names as the bounce and suspend requests do */
-    static const adm_field fields[] = {
-        {"campaign", AF_STRING},       {"tenant", AF_STRING},
-        {"domain", AF_STRING},         {"routing_domain", AF_STRING},
-        {"reason", AF_STRING_REQ},     {"suppress_logging", AF_BOOL},
-        {"data", AF_STRMAP},           {"trigger_rebind_event", AF_BOOL},
-        {"always_flush", AF_BOOL},     {"queue_names", AF_STRINGS},
-        {NULL, 0}};
+    static const adm_field fields[] = {{"campaign", AF_STRING},
+                                       {"tenant", AF_STRING},
+                                       {"domain", AF_STRING},
+                                       {"routing_domain", AF_STRING},
+                                       {"reason", AF_STRING_REQ},
+                                       {"suppress_logging", AF_BOOL},
+                                       {"data", AF_STRMAP},
+                                       {"trigger_rebind_event", AF_BOOL},
+                                       {"always_flush", AF_BOOL},
+                                       {"queue_names", AF_STRINGS},
+                                       {NULL, 0}};
     char err[400];
     if (admin_check_fields(req, fields, false, err, sizeof(err)) != 0) {
         cb(ud, 422, NULL, err);

@@ -987,8 +987,7 @@ static int run_inspect_ready_q(const cmd *c, int argc, char **argv)
     fmt_count(json_integer_value(json_object_get(st, "ready_count")), ready, sizeof(ready));
     fmt_count(json_integer_value(json_object_get(st, "connection_count")), conns, sizeof(conns));
     fmt_count(json_integer_value(json_object_get(pc, "connection_limit")), limit, sizeof(limit));
-    fmt_count(json_integer_value(json_object_get(pc, "max_ready")), max_ready,
-              sizeof(max_ready));
+    fmt_count(json_integer_value(json_object_get(pc, "max_ready")), max_ready, sizeof(max_ready));
     printf("queue: %s\n", jstr(res, "queue_name") ? jstr(res, "queue_name") : name);
     printf("source: %s  pool: %s  protocol: %s\n\n",
            jstr(res, "egress_source") ? jstr(res, "egress_source") : "",
@@ -1005,8 +1004,8 @@ static int run_inspect_ready_q(const cmd *c, int argc, char **argv)
     const json_t *ds = json_object_get(res, "dispatchers");
     if (json_array_size(ds)) {
         printf("\n");
-        static const char *names[] = {"SESSION", "PHASE", "AGE", "DELIVERED", "TRANSFAIL",
-                                      "FAILED"};
+        static const char *names[] = {"SESSION",   "PHASE",     "AGE",
+                                      "DELIVERED", "TRANSFAIL", "FAILED"};
         static const bool right[] = {false, false, false, true, true, true};
         table t = {.ncols = 6, .names = names, .right = right};
         size_t i;
@@ -1014,8 +1013,7 @@ static int run_inspect_ready_q(const cmd *c, int argc, char **argv)
         json_array_foreach(ds, i, e)
         {
             char dv[32], tf[32], fl[32];
-            fmt_count(json_integer_value(json_object_get(e, "messages_delivered")), dv,
-                      sizeof(dv));
+            fmt_count(json_integer_value(json_object_get(e, "messages_delivered")), dv, sizeof(dv));
             fmt_count(json_integer_value(json_object_get(e, "messages_transfailed")), tf,
                       sizeof(tf));
             fmt_count(json_integer_value(json_object_get(e, "messages_failed")), fl, sizeof(fl));
