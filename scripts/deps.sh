@@ -9,7 +9,7 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommen
   libevent-dev liblua5.4-dev librocksdb-dev libjansson-dev libzstd-dev zstd \
   libc-ares-dev libssl-dev openssl uuid-dev libcmocka-dev libcurl4-openssl-dev libjemalloc-dev \
   python3 python3-pytest python3-aiosmtpd python3-zstandard python3-prometheus-client \
-  libpcre2-dev libyaml-dev libtomlplusplus-dev publicsuffix libsqlite3-dev libsystemd-dev \
+  libpcre2-dev libyaml-dev zlib1g-dev libtomlplusplus-dev publicsuffix libsqlite3-dev libsystemd-dev \
   clang libclang-rt-14-dev \
   swaks libnet-ssleay-perl libio-socket-ssl-perl postfix dnsmasq-base procps curl
 # Debian's postfix package starts a system mail daemon; we never use it.

@@ -5,8 +5,9 @@
  *
  * Runs on the reactor that accepted the request; asynchronous admin
  * actions (bounce, rebind, inspection) answer through admin_done on that
- * same reactor. Owns nothing beyond the request. Bad input is a 400 naming
- * the field; an unknown id is a 404. */
+ * same reactor. Owns nothing beyond the request. A body that does not fit
+ * KumoMTA's request struct is a 422 naming the field, as axum's Json
+ * extractor answers; an unknown id is a 404 (plain text, as KumoMTA). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +20,21 @@
 #include "queue/admin.h"
 #include "queue/recovery.h"
 
+#include <uuid/uuid.h>
+
 #define ADMOD "kumod::http_admin"
+
+static const char text_plain[] = "text/plain; charset=utf-8";
+
+/* 422 as axum's Json extractor answers a body that does not deserialize */
+static void reply_unprocessable(http_req *hr, const char *why)
+{
+    char msg[600];
+    int n = snprintf(msg, sizeof(msg),
+                     "Failed to deserialize the JSON body into the target type: %s", why);
+    http_utf8_sanitize(msg);
+    http_reply_text(hr, 422, text_plain, msg, n < (int)sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
+}
 
 /* Completion of an asynchronous admin request: answers hr. */
 static void admin_done(void *ud, int status, json_t *result_take, const char *error)
@@ -30,49 +45,53 @@ static void admin_done(void *ud, int status, json_t *result_take, const char *er
         return;
     }
     json_decref(result_take);
+    if (status == 422) {
+        reply_unprocessable(hr, error ? error : "invalid request");
+        return;
+    }
     http_reply_error(hr, status ? status : 500, "%s", error ? error : "request failed");
 }
 
-/* DELETE {id}: the id string, or NULL after answering 400. */
+/* DELETE {"id": uuid} (BounceV1CancelRequest, SuspendV1CancelRequest;
+ * other fields are ignored): the id in its canonical lower-case form, or
+ * NULL after answering. */
 static char *delete_id(http_req *hr)
 {
     json_t *body = http_req_json_object(hr, false);
     if (!body)
         return NULL;
     json_t *id = json_object_get(body, "id");
-    const char *k;
-    json_t *v;
-    json_object_foreach(body, k, v)
-    {
-        if (strcmp(k, "id") != 0) {
-            /* k belongs to body: answer before letting it go */
-            http_reply_error(hr, 400, "unknown field `%s`", k);
-            json_decref(body);
+    uuid_t u;
+    if (!id) {
+        reply_unprocessable(hr, "missing field `id`");
+    } else if (!json_is_string(id)) {
+        reply_unprocessable(hr, "id: invalid type: expected a UUID string");
+    } else if (uuid_parse(json_string_value(id), u) != 0) {
+        char why[200];
+        snprintf(why, sizeof(why), "id: UUID parsing failed: %.100s", json_string_value(id));
+        reply_unprocessable(hr, why);
+    } else {
+        json_decref(body);
+        char *s = malloc(37);
+        if (!s) {
+            http_reply_error(hr, 500, "out of memory");
             return NULL;
         }
+        uuid_unparse_lower(u, s);
+        return s;
     }
-    if (!json_is_string(id)) {
-        json_decref(body);
-        http_reply_error(hr, 400, id ? "invalid type for field `id`: expected a string"
-                                     : "missing field `id`");
-        return NULL;
-    }
-    char *s = strdup(json_string_value(id));
     json_decref(body);
-    if (!s)
-        http_reply_error(hr, 500, "out of memory");
-    return s;
+    return NULL;
 }
 
+/* KumoMTA answers a cancel in plain text: "removed <id>", or 404
+ * "<what> entry <id> not found". */
 static void reply_removed(http_req *hr, int rc, const char *what, char *id)
 {
-    if (rc == 0) {
-        char msg[200];
-        int n = snprintf(msg, sizeof(msg), "removed %s", id);
-        http_reply_text(hr, 200, "text/plain; charset=utf-8", msg, (size_t)n);
-    } else {
-        http_reply_error(hr, 404, "%s entry %s not found", what, id);
-    }
+    char msg[200];
+    int n = rc == 0 ? snprintf(msg, sizeof(msg), "removed %s", id)
+                    : snprintf(msg, sizeof(msg), "%s entry %s not found", what, id);
+    http_reply_text(hr, rc == 0 ? 200 : 404, text_plain, msg, (size_t)n);
     free(id);
 }
 
@@ -121,7 +140,11 @@ static void suspend_common(http_req *hr, suspend_fn add, json_t *(*list)(void),
     json_decref(body);
     if (rc != 0) {
         json_decref(result);
-        http_reply_error(hr, rc == KERR_NOTFOUND ? 404 : 400, "%s", err[0] ? err : kerr_str(rc));
+        if (rc == KERR_PARSE)
+            reply_unprocessable(hr, err[0] ? err : kerr_str(rc));
+        else
+            http_reply_error(hr, rc == KERR_NOTFOUND ? 404 : 400, "%s",
+                             err[0] ? err : kerr_str(rc));
         return;
     }
     http_reply_json(hr, 200, result ? result : json_object());
@@ -186,7 +209,8 @@ void http_admin_inspect_ready_q(http_req *hr)
         http_reply_error(hr, 400, "missing query parameter `queue_name`");
         return;
     }
-    queue_admin_inspect_ready_q(q, admin_done, hr);
+    queue_admin_inspect_ready_q(q, http_req_query_bool(hr, "include_scheduled_queues", false),
+                                admin_done, hr);
 }
 
 /* kumod's own: the messages start-up recovery could not read (kept in the
@@ -218,8 +242,8 @@ void http_admin_set_log_filter(http_req *hr)
     json_t *f = json_object_get(body, "filter");
     if (!json_is_string(f)) {
         json_decref(body);
-        http_reply_error(hr, 400, f ? "invalid type for field `filter`: expected a string"
-                                    : "missing field `filter`");
+        reply_unprocessable(hr, f ? "filter: invalid type: expected a string"
+                                  : "missing field `filter`");
         return;
     }
     int rc = diag_set_filter(json_string_value(f));

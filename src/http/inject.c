@@ -16,9 +16,11 @@
  * spool completions are posted back to it. A recipient that fails (bad
  * address, a policy error or rejection, a failed save or insert) is counted
  * in fail_count with its reason; when every recipient failed because the
- * spool refuses writes the answer is 503. deferred_generation is accepted
- * and the messages are generated at once (kumod's generation is cheap
- * enough that queueing the request itself buys nothing). */
+ * spool refuses writes the answer is 503. deferred_generation: the
+ * messages are generated at once (kumod's generation is cheap enough that
+ * queueing the request itself buys nothing), and the answer is KumoMTA's
+ * documented one for a queued request: every count 0, no errors (template
+ * errors are still 422, as KumoMTA compiles before queueing). */
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -88,6 +90,7 @@ typedef struct inject_job {
     const json_t *subst;
     /* options */
     bool deferred_spool;
+    bool deferred_generation; /* answer as KumoMTA's queued generation does */
     bool received_header, supplemental_header;
     const char *trace_header_name;
     const json_t *include_meta_names;
@@ -442,9 +445,8 @@ static int parse_request(inject_job *j, verr *e)
                    type_name(content));
     if (opt_object(b, "substitutions", "", &j->subst, e))
         return -1;
-    bool deferred_generation = false;
     if (opt_bool(b, "deferred_spool", "", &j->deferred_spool, e) ||
-        opt_bool(b, "deferred_generation", "", &deferred_generation, e))
+        opt_bool(b, "deferred_generation", "", &j->deferred_generation, e))
         return -1;
     const char *dialect;
     if (opt_string(b, "template_dialect", "", &dialect, e))
@@ -1055,9 +1057,18 @@ static void job_complete(inject_job *j)
         http_reply_error(hr, 503, "%s", kerr_str(KERR_UNHEALTHY));
         return;
     }
+    if (j->deferred_generation) {
+        /* KumoMTA queues the request itself and answers at once with every
+         * count 0 (documented); the outcome of each recipient shows in
+         * the logs, as it does there */
+        json_array_clear(failed);
+        json_array_clear(errors);
+    }
     json_t *res = json_object();
-    json_object_set_new(res, "success_count", json_integer((json_int_t)ok));
-    json_object_set_new(res, "fail_count", json_integer((json_int_t)(j->n - ok)));
+    json_object_set_new(res, "success_count",
+                        json_integer(j->deferred_generation ? 0 : (json_int_t)ok));
+    json_object_set_new(res, "fail_count",
+                        json_integer(j->deferred_generation ? 0 : (json_int_t)(j->n - ok)));
     json_object_set_new(res, "failed_recipients", failed);
     json_object_set_new(res, "errors", errors);
     DDEBUG(IMOD, "peer=%s injected %zu of %zu", hr->peer_ip, ok, j->n);

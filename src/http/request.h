@@ -30,6 +30,8 @@ typedef struct http_req {
     char **resources;           /* ACL resource chain */
     size_t n_resources;
     void *handler_state;        /* free for the handler's own use */
+    char *body;                 /* the decoded body of a Content-Encoding request; owned */
+    size_t body_len;
 } http_req;
 
 /* The value of query parameter name, or NULL. */
@@ -51,7 +53,7 @@ const char *http_listener_hostname(const http_listener *ln);
 
 /* Answers and frees hr. body_take (may be NULL: empty body) is released. */
 void http_reply_json(http_req *hr, int status, json_t *body_take);
-/* Answers {"error": msg} with the given status. */
+/* Answers as KumoMTA's AppError does: text/plain "Error: msg". */
 void http_reply_error(http_req *hr, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void http_reply_text(http_req *hr, int status, const char *content_type, const char *body,

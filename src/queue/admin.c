@@ -38,6 +38,7 @@ void admin_entry_free(admin_entry *e)
     free(e->routing_domain);
     free(e->name);
     json_decref(e->queue_names);
+    json_decref(e->bounced_by_queue);
     free(e);
 }
 
@@ -74,6 +75,17 @@ static void admin_expire_locked(void)
     atomic_store_explicit(&admin_any, admin_entries != NULL, memory_order_release);
 }
 
+/* Counts n messages of queue qname bounced by e (admin_lock held). */
+static void bounced_add_locked(admin_entry *e, const char *qname, long long n)
+{
+    atomic_fetch_add(&e->bounced, (unsigned long long)n);
+    if (!e->bounced_by_queue)
+        e->bounced_by_queue = json_object();
+    json_t *c = json_object_get(e->bounced_by_queue, qname);
+    json_object_set_new(e->bounced_by_queue, qname,
+                        json_integer((c ? json_integer_value(c) : 0) + n));
+}
+
 /* Finds the active entry of kind that matches; copies the reason and id.
  * Returns false when none. */
 static bool admin_find(admin_kind kind, const char *qname, const queue_name_parts *p,
@@ -96,7 +108,7 @@ static bool admin_find(admin_kind kind, const char *qname, const queue_name_part
             if (suppress)
                 *suppress = e->suppress_logging;
             if (kind == ADM_BOUNCE)
-                atomic_fetch_add(&e->bounced, 1);
+                bounced_add_locked(e, qname, 1);
             found = true;
             break;
         }
@@ -111,47 +123,211 @@ char *jstrdup(const json_t *req, const char *k)
     return s ? strdup(s) : NULL;
 }
 
-static int admin_parse(const json_t *req, admin_kind kind, admin_entry **out, char *err,
+/* serde's description of an unexpected JSON value */
+static void describe_value(const json_t *v, char *out, size_t len)
+{
+    switch (json_typeof(v)) {
+    case JSON_NULL:
+        snprintf(out, len, "null");
+        break;
+    case JSON_TRUE:
+    case JSON_FALSE:
+        snprintf(out, len, "boolean `%s`", json_is_true(v) ? "true" : "false");
+        break;
+    case JSON_INTEGER:
+        snprintf(out, len, "integer `%" JSON_INTEGER_FORMAT "`", json_integer_value(v));
+        break;
+    case JSON_REAL:
+        snprintf(out, len, "floating point `%g`", json_real_value(v));
+        break;
+    case JSON_STRING:
+        snprintf(out, len, "string \"%.100s\"", json_string_value(v));
+        break;
+    case JSON_ARRAY:
+        snprintf(out, len, "sequence");
+        break;
+    default:
+        snprintf(out, len, "map");
+        break;
+    }
+}
+
+static int type_err(const char *path, const json_t *v, const char *expected, char *err,
+                    size_t errlen)
+{
+    char d[160];
+    describe_value(v, d, sizeof(d));
+    snprintf(err, errlen, "%s: invalid type: %s, expected %s", path, d, expected);
+    return KERR_PARSE;
+}
+
+int admin_parse_rfc3339(const char *s, int64_t *out_ns)
+{
+    struct tm tm = {0};
+    const char *p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (!p)
+        p = strptime(s, "%Y-%m-%d %H:%M:%S", &tm);
+    if (!p)
+        return KERR_PARSE;
+    int64_t frac_ns = 0;
+    if (*p == '.') {
+        int64_t scale = 100000000;
+        p++;
+        if (*p < '0' || *p > '9')
+            return KERR_PARSE;
+        for (; *p >= '0' && *p <= '9'; p++, scale /= 10)
+            frac_ns += (*p - '0') * scale;
+    }
+    long off_s = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if ((*p == '+' || *p == '-') && p[1] >= '0' && p[1] <= '9' && p[2] >= '0' &&
+               p[2] <= '9' && p[3] == ':' && p[4] >= '0' && p[4] <= '9' && p[5] >= '0' &&
+               p[5] <= '9') {
+        off_s = ((p[1] - '0') * 10 + (p[2] - '0')) * 3600 + ((p[4] - '0') * 10 + (p[5] - '0')) * 60;
+        if (*p == '-')
+            off_s = -off_s;
+        p += 6;
+    } else {
+        return KERR_PARSE;
+    }
+    if (*p)
+        return KERR_PARSE;
+    *out_ns = ((int64_t)timegm(&tm) - off_s) * NS_PER_SEC + frac_ns;
+    return 0;
+}
+
+int admin_check_fields(const json_t *req, const adm_field *fields, bool deny_unknown, char *err,
                        size_t errlen)
 {
     if (!json_is_object(req)) {
-        snprintf(err, errlen, "expected a JSON object");
+        snprintf(err, errlen, "invalid type: expected a JSON object");
         return KERR_PARSE;
     }
-    static const char *const allowed_bounce[] = {
-        "reason", "domain", "campaign", "tenant", "routing_domain", "queue_names", "duration",
-        "expires", "suppress_logging", NULL};
-    static const char *const allowed_suspend[] = {"reason", "domain", "campaign", "tenant",
-                                                  "queue_names", "duration", "expires", NULL};
-    static const char *const allowed_rq[] = {"name", "reason", "duration", "expires", NULL};
-    const char *const *allowed = kind == ADM_BOUNCE    ? allowed_bounce
-                                 : kind == ADM_SUSPEND ? allowed_suspend
-                                                       : allowed_rq;
     const char *k;
     json_t *v;
     json_object_foreach((json_t *)req, k, v) {
-        bool ok = false;
-        for (int i = 0; allowed[i]; i++)
-            ok |= strcmp(allowed[i], k) == 0;
-        if (!ok) {
-            snprintf(err, errlen, "unknown field `%s`", k);
+        const adm_field *f = NULL;
+        for (const adm_field *x = fields; x->name; x++)
+            if (strcmp(x->name, k) == 0)
+                f = x;
+        if (!f) {
+            if (!deny_unknown)
+                continue;
+            char list[400] = "";
+            size_t o = 0;
+            for (const adm_field *x = fields; x->name && o < sizeof(list); x++)
+                o += (size_t)snprintf(list + o, sizeof(list) - o, "%s`%s`", o ? ", " : "", x->name);
+            snprintf(err, errlen, "unknown field `%s`, expected one of %s", k, list);
             return KERR_PARSE;
         }
-        if (strcmp(k, "queue_names") == 0 ? !json_is_array(v)
-            : strcmp(k, "suppress_logging") == 0 ? !json_is_boolean(v)
-                                                 : !json_is_string(v)) {
-            snprintf(err, errlen, "invalid type for field `%s`", k);
+        switch (f->type) {
+        case AF_STRING:
+            if (!json_is_null(v) && !json_is_string(v))
+                return type_err(k, v, "a string", err, errlen);
+            break;
+        case AF_STRING_REQ:
+            if (!json_is_string(v))
+                return type_err(k, v, "a string", err, errlen);
+            break;
+        case AF_BOOL:
+            if (!json_is_boolean(v))
+                return type_err(k, v, "a boolean", err, errlen);
+            break;
+        case AF_STRINGS: {
+            if (!json_is_array(v))
+                return type_err(k, v, "a sequence", err, errlen);
+            size_t i;
+            json_t *x;
+            json_array_foreach(v, i, x) if (!json_is_string(x))
+            {
+                char path[200];
+                snprintf(path, sizeof(path), "%s[%zu]", k, i);
+                return type_err(path, x, "a string", err, errlen);
+            }
+            break;
+        }
+        case AF_DURATION: {
+            int64_t ns;
+            if (json_is_null(v))
+                break;
+            if (json_is_integer(v) && json_integer_value(v) >= 0)
+                break;
+            if (json_is_real(v) && json_real_value(v) >= 0)
+                break;
+            if (json_is_string(v) && duration_parse(json_string_value(v), &ns) == 0)
+                break;
+            if (json_is_string(v)) {
+                snprintf(err, errlen, "%s: invalid value: string \"%.100s\", expected a duration",
+                         k, json_string_value(v));
+                return KERR_PARSE;
+            }
+            return type_err(k, v, "a duration", err, errlen);
+        }
+        case AF_TIME: {
+            int64_t ns;
+            if (json_is_null(v))
+                break;
+            if (!json_is_string(v))
+                return type_err(k, v, "an RFC 3339 formatted date and time string", err, errlen);
+            if (admin_parse_rfc3339(json_string_value(v), &ns) != 0) {
+                snprintf(err, errlen, "%s: input contains invalid characters", k);
+                return KERR_PARSE;
+            }
+            break;
+        }
+        case AF_STRMAP: {
+            if (!json_is_object(v))
+                return type_err(k, v, "a map", err, errlen);
+            const char *mk;
+            json_t *mv;
+            json_object_foreach(v, mk, mv) if (!json_is_string(mv))
+            {
+                char path[200];
+                snprintf(path, sizeof(path), "%s.%.100s", k, mk);
+                return type_err(path, mv, "a string", err, errlen);
+            }
+            break;
+        }
+        }
+    }
+    for (const adm_field *x = fields; x->name; x++) {
+        if ((x->type == AF_STRING_REQ || x->type == AF_STRMAP) && !json_object_get(req, x->name)) {
+            snprintf(err, errlen, "missing field `%s`", x->name);
             return KERR_PARSE;
         }
     }
-    if (!json_is_string(json_object_get(req, "reason"))) {
-        snprintf(err, errlen, "missing field `reason`");
-        return KERR_PARSE;
-    }
-    if (kind == ADM_SUSPEND_READYQ && !json_is_string(json_object_get(req, "name"))) {
-        snprintf(err, errlen, "missing field `name`");
-        return KERR_PARSE;
-    }
+    return 0;
+}
+
+/* The fields of BounceV1Request, SuspendV1Request and
+ * SuspendReadyQueueV1Request. Only the bounce request refuses unknown
+ * fields, as KumoMTA's structs do. */
+static const adm_field bounce_fields[] = {
+    {"campaign", AF_STRING},       {"tenant", AF_STRING},
+    {"domain", AF_STRING},         {"routing_domain", AF_STRING},
+    {"reason", AF_STRING_REQ},     {"duration", AF_DURATION},
+    {"suppress_logging", AF_BOOL}, {"expires", AF_TIME},
+    {"queue_names", AF_STRINGS},   {NULL, 0}};
+static const adm_field suspend_fields[] = {{"campaign", AF_STRING},     {"tenant", AF_STRING},
+                                           {"domain", AF_STRING},       {"reason", AF_STRING_REQ},
+                                           {"duration", AF_DURATION},   {"expires", AF_TIME},
+                                           {"queue_names", AF_STRINGS}, {NULL, 0}};
+static const adm_field suspend_rq_fields[] = {{"name", AF_STRING_REQ},
+                                              {"reason", AF_STRING_REQ},
+                                              {"duration", AF_DURATION},
+                                              {"expires", AF_TIME},
+                                              {NULL, 0}};
+
+static int admin_parse(const json_t *req, admin_kind kind, admin_entry **out, char *err,
+                       size_t errlen)
+{
+    const adm_field *fields = kind == ADM_BOUNCE    ? bounce_fields
+                              : kind == ADM_SUSPEND ? suspend_fields
+                                                    : suspend_rq_fields;
+    int rc = admin_check_fields(req, fields, kind == ADM_BOUNCE, err, errlen);
+    if (rc)
+        return rc;
     admin_entry *e = calloc(1, sizeof(*e));
     if (!e)
         abort();
@@ -160,34 +336,38 @@ static int admin_parse(const json_t *req, admin_kind kind, admin_entry **out, ch
     uuid_generate_random(u);
     uuid_unparse_lower(u, e->id);
     e->reason = jstrdup(req, "reason");
-    e->domain = jstrdup(req, "domain");
-    e->campaign = jstrdup(req, "campaign");
-    e->tenant = jstrdup(req, "tenant");
-    e->routing_domain = jstrdup(req, "routing_domain");
-    e->name = jstrdup(req, "name");
-    json_t *qn = json_object_get(req, "queue_names");
-    e->queue_names = qn ? json_incref(qn) : NULL;
-    e->suppress_logging = json_is_true(json_object_get(req, "suppress_logging"));
-    /* default duration: 5 minutes, as KumoMTA */
-    int64_t dur = 300 * NS_PER_SEC;
-    const char *ds = json_string_value(json_object_get(req, "duration"));
-    if (ds && duration_parse(ds, &dur) != 0) {
-        snprintf(err, errlen, "invalid duration `%s`", ds);
-        admin_entry_free(e);
-        return KERR_PARSE;
+    if (kind != ADM_SUSPEND_READYQ) {
+        e->domain = jstrdup(req, "domain");
+        e->campaign = jstrdup(req, "campaign");
+        e->tenant = jstrdup(req, "tenant");
+        if (kind == ADM_BOUNCE)
+            e->routing_domain = jstrdup(req, "routing_domain");
+        json_t *qn = json_object_get(req, "queue_names");
+        e->queue_names = json_array_size(qn) ? json_incref(qn) : NULL;
+    } else {
+        e->name = jstrdup(req, "name");
     }
-    e->duration_ns = dur;
-    e->expires_wall_ns = clock_wall_ns() + dur;
+    e->suppress_logging =
+        kind == ADM_BOUNCE && json_is_true(json_object_get(req, "suppress_logging"));
+    /* default duration: 5 minutes, as KumoMTA; expires wins over duration */
+    int64_t dur = 300 * NS_PER_SEC;
+    json_t *d = json_object_get(req, "duration");
+    if (json_is_string(d))
+        duration_parse(json_string_value(d), &dur);
+    else if (json_is_integer(d))
+        dur = json_integer_value(d) * NS_PER_SEC;
+    else if (json_is_real(d))
+        dur = (int64_t)(json_real_value(d) * (double)NS_PER_SEC);
+    int64_t now = clock_wall_ns();
+    e->expires_wall_ns = now + dur;
     const char *ex = json_string_value(json_object_get(req, "expires"));
     if (ex) {
-        struct tm tm = {0};
-        if (!strptime(ex, "%Y-%m-%dT%H:%M:%S", &tm)) {
-            snprintf(err, errlen, "invalid expires `%s` (RFC 3339 expected)", ex);
-            admin_entry_free(e);
-            return KERR_PARSE;
-        }
-        e->expires_wall_ns = (int64_t)timegm(&tm) * NS_PER_SEC;
+        admin_parse_rfc3339(ex, &e->expires_wall_ns);
+        if (e->expires_wall_ns < now)
+            e->expires_wall_ns = now;
+        dur = e->expires_wall_ns - now;
     }
+    e->duration_ns = dur;
     *out = e;
     return 0;
 }
@@ -233,6 +413,13 @@ static int admin_cancel(admin_kind kind, const char *id)
     return admin_cancel_take(kind, id, NULL);
 }
 
+static json_t *opt_str(const char *s)
+{
+    return s ? json_string(s) : json_null();
+}
+
+/* The list entries of KumoMTA's BounceV1ListEntry, SuspendV1ListEntry and
+ * SuspendReadyQueueV1ListEntry: duration is the time left. */
 static json_t *admin_list(admin_kind kind)
 {
     json_t *a = json_array();
@@ -245,27 +432,25 @@ static json_t *admin_list(admin_kind kind)
         json_t *o = json_object();
         json_object_set_new(o, "id", json_string(e->id));
         json_object_set_new(o, "reason", json_string(e->reason));
-        if (kind == ADM_SUSPEND_READYQ) {
-            json_object_set_new(o, "name", json_string(e->name));
-        } else {
-            json_object_set_new(o, "domain", e->domain ? json_string(e->domain) : json_null());
-            json_object_set_new(o, "campaign",
-                                e->campaign ? json_string(e->campaign) : json_null());
-            json_object_set_new(o, "tenant", e->tenant ? json_string(e->tenant) : json_null());
-            if (kind == ADM_BOUNCE)
-                json_object_set_new(o, "routing_domain", e->routing_domain
-                                                             ? json_string(e->routing_domain)
-                                                             : json_null());
-            json_object_set_new(o, "queue_names",
-                                e->queue_names ? json_incref(e->queue_names) : json_array());
-        }
         char dur[64];
         duration_format(e->expires_wall_ns - now, dur, sizeof(dur));
         json_object_set_new(o, "duration", json_string(dur));
+        if (kind == ADM_SUSPEND_READYQ) {
+            json_object_set_new(o, "name", json_string(e->name));
+            char when[64];
+            json_object_set_new(
+                o, "expires",
+                json_string(admin_format_time(e->expires_wall_ns, when, sizeof(when))));
+        } else {
+            json_object_set_new(o, "domain", opt_str(e->domain));
+            json_object_set_new(o, "campaign", opt_str(e->campaign));
+            json_object_set_new(o, "tenant", opt_str(e->tenant));
+        }
         if (kind == ADM_BOUNCE) {
-            json_t *b = json_object();
-            json_object_set_new(b, "total", json_integer((json_int_t)atomic_load(&e->bounced)));
-            json_object_set_new(o, "bounced", b);
+            json_object_set_new(o, "routing_domain", opt_str(e->routing_domain));
+            json_object_set_new(o, "bounced",
+                                e->bounced_by_queue ? json_deep_copy(e->bounced_by_queue)
+                                                    : json_object());
             json_object_set_new(o, "total_bounced",
                                 json_integer((json_int_t)atomic_load(&e->bounced)));
         }
@@ -273,6 +458,17 @@ static json_t *admin_list(admin_kind kind)
     }
     pthread_mutex_unlock(&admin_lock);
     return a;
+}
+
+const char *admin_format_time(int64_t wall_ns, char *buf, size_t len)
+{
+    time_t t = (time_t)(wall_ns / NS_PER_SEC);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    char base[40];
+    strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf, len, "%s.%06lldZ", base, (long long)((wall_ns % NS_PER_SEC) / 1000));
+    return buf;
 }
 
 /* ---- AdminBounce on a message --------------------------------------------------- */
@@ -379,6 +575,7 @@ static void bounce_on_reactor(void *arg)
     {
         if (!admin_matches(b->entry, sq->name, &sq->parts))
             continue;
+        long long nq = 0;
         qlist *lists[2] = {&sq->waiting, &sq->pending};
         for (int li = 0; li < 2; li++) {
             while (lists[li]->count) {
@@ -387,11 +584,21 @@ static void bounce_on_reactor(void *arg)
                     reactor_timer_cancel(reactor_current(), &q->timer);
                     atomic_fetch_sub(&st_scheduled, 1);
                 }
-                atomic_fetch_add(&b->entry->bounced, 1);
                 admin_bounce_msg(sq->name, q, b->entry->reason, b->entry->suppress_logging);
-                n++;
+                nq++;
             }
         }
+        if (nq) {
+            pthread_mutex_lock(&admin_lock);
+            bounced_add_locked(b->entry, sq->name, nq);
+            pthread_mutex_unlock(&admin_lock);
+            pthread_mutex_lock(&b->lock);
+            if (!b->acc)
+                b->acc = json_object();
+            json_object_set_new(b->acc, sq->name, json_integer(nq));
+            pthread_mutex_unlock(&b->lock);
+        }
+        n += nq;
         sched_arm_reap(sq);
     }
     pthread_mutex_lock(&b->lock);
@@ -404,8 +611,8 @@ static void bounce_finish(bcast *b)
 {
     json_t *res = json_object();
     json_object_set_new(res, "id", json_string(b->entry->id));
-    json_t *by = json_object();
-    json_object_set_new(res, "bounced", by);
+    json_object_set_new(res, "bounced", b->acc ? b->acc : json_object());
+    b->acc = NULL;
     json_object_set_new(res, "total_bounced", json_integer(b->count));
     b->cb(b->ud, 200, res, NULL);
 }
@@ -415,7 +622,7 @@ void queue_admin_bounce(const json_t *req, admin_cb cb, void *ud)
     char err[300];
     admin_entry *e;
     if (admin_parse(req, ADM_BOUNCE, &e, err, sizeof(err)) != 0) {
-        cb(ud, 400, NULL, err);
+        cb(ud, 422, NULL, err);
         return;
     }
     admin_add(e);
@@ -578,6 +785,32 @@ bool admin_suspended(schedq *sq, qmsg *q)
     s->reason = strdup(reason);
     qmsg_load(q, false, susp_after_load, s, susp_job_free);
     return true;
+}
+
+json_t *readyq_suspension(const char *name)
+{
+    json_t *found = NULL;
+    json_t *all = admin_list(ADM_SUSPEND_READYQ);
+    size_t i;
+    json_t *v;
+    json_array_foreach(
+        all, i, v) if (!found && strcmp(json_string_value(json_object_get(v, "name")), name) == 0)
+        found = json_incref(v);
+    json_decref(all);
+    if (found) {
+        /* since: when the entry was made */
+        pthread_mutex_lock(&admin_lock);
+        for (admin_entry *e = admin_entries; e; e = e->next)
+            if (e->kind == ADM_SUSPEND_READYQ &&
+                strcmp(e->id, json_string_value(json_object_get(found, "id"))) == 0) {
+                char when[64];
+                json_object_set_new(found, "since",
+                                    json_string(admin_format_time(
+                                        e->expires_wall_ns - e->duration_ns, when, sizeof(when))));
+            }
+        pthread_mutex_unlock(&admin_lock);
+    }
+    return found;
 }
 
 bool readyq_suspended(const readyq *rq)

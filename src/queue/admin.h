@@ -51,7 +51,8 @@ void queue_admin_inspect_message(const char *id, bool want_body, admin_cb cb, vo
 void queue_admin_inspect_sched_q(const char *queue_name, bool want_body, long limit, admin_cb cb,
                                  void *ud);
 /* GET /api/admin/inspect-ready-q/v1?queue_name= */
-void queue_admin_inspect_ready_q(const char *queue_name, admin_cb cb, void *ud);
+void queue_admin_inspect_ready_q(const char *queue_name, bool include_scheduled_queues, admin_cb cb,
+                                 void *ud);
 /* GET /api/admin/ready-q-states/v1?queues= -> {states_by_ready_queue:{...}} */
 void queue_admin_ready_q_states(const json_t *queues, admin_cb cb, void *ud);
 /* A summary for kcli queue-summary: {scheduled:[{name, count}], ready:[{name,

@@ -40,6 +40,9 @@ struct dispatcher {
     struct event *kick_ev; /* the next step from a fresh stack frame, or the close */
     bool aborted; /* the watchdog fired while loading */
     int delivered;
+    /* outcomes over the dispatcher's life, for inspect-ready-q */
+    uint64_t n_delivered, n_transfailed, n_failed;
+    int64_t started_wall_ns;
     disp_phase phase;
     char detail[128];
     char session_id[37];
@@ -385,6 +388,12 @@ void disp_delivered(dispatcher *d, int outcome, const disp_response *r)
             finish_per_recipient(d, q);
         else
             finish_message(d, q, outcome < 0 ? OUTCOME_TRANSIENT : outcome, r);
+        if (outcome == OUTCOME_DELIVERED)
+            d->n_delivered++;
+        else if (outcome == OUTCOME_PERMANENT)
+            d->n_failed++;
+        else
+            d->n_transfailed++;
         d->delivered++;
     }
     if (d->closing)
@@ -681,7 +690,7 @@ void disp_opened(dispatcher *d, bool ok, const disp_response *fail)
 
 /* ---- the dispatcher progress watchdog (seed 000) ------------------------------------ */
 
-static int64_t watchdog_threshold_ns(const readyq *rq)
+int64_t watchdog_threshold_ns(const readyq *rq)
 {
     if (rq->cfg.watchdog_timeout_ns > 0)
         return rq->cfg.watchdog_timeout_ns;
@@ -820,6 +829,7 @@ void readyq_maintain(readyq *rq)
         if (!d->kick_ev)
             abort();
         d->started_ns = d->phase_ns = d->progress_ns = clock_mono_ns();
+        d->started_wall_ns = clock_wall_ns();
         d->phase = PHASE_STARTING;
         d->next = rq->dispatchers;
         rq->dispatchers = d;
@@ -827,6 +837,49 @@ void readyq_maintain(readyq *rq)
         disp_next(d);
     }
     readyq_arm_watchdog(rq);
+}
+
+/* KumoMTA's DispatcherSummary for each dispatcher of rq (its owner
+ * reactor): DispatcherPhase is an externally tagged enum, so a phase with
+ * data is an object; kumod keeps the label or batch sizes in detail. */
+json_t *dispatch_describe(const readyq *rq)
+{
+    json_t *a = json_array();
+    int64_t now = clock_mono_ns(), wall = clock_wall_ns();
+    for (const dispatcher *d = rq->dispatchers; d; d = d->next) {
+        json_t *o = json_object();
+        char buf[96];
+        json_object_set_new(o, "session_id", json_string(d->session_id));
+        json_object_set_new(o, "started_at",
+                            json_string(admin_format_time(
+                                d->started_wall_ns ? d->started_wall_ns : wall, buf, sizeof(buf))));
+        duration_format(now - d->started_ns, buf, sizeof(buf));
+        json_object_set_new(o, "age", json_string(buf));
+        json_t *phase;
+        if (d->phase == PHASE_ACQUIRING_LEASE)
+            phase = json_pack("{s:{s:s}}", "AcquiringLease", "label", d->detail);
+        else if (d->phase == PHASE_ACCUMULATING_BATCH) {
+            unsigned have = 0, want = 0;
+            sscanf(d->detail, "%u/%u", &have, &want);
+            phase = json_pack("{s:{s:I,s:I}}", "AccumulatingBatch", "have", (json_int_t)have,
+                              "want", (json_int_t)want);
+        } else
+            phase = json_string(phase_names[d->phase]);
+        json_object_set_new(o, "phase", phase);
+        json_object_set_new(o, "detail", d->detail[0] ? json_string(d->detail) : json_null());
+        duration_format(now - d->phase_ns, buf, sizeof(buf));
+        json_object_set_new(o, "time_in_current_phase", json_string(buf));
+        json_object_set_new(o, "messages_delivered", json_integer((json_int_t)d->n_delivered));
+        json_object_set_new(o, "messages_transfailed", json_integer((json_int_t)d->n_transfailed));
+        json_object_set_new(o, "messages_failed", json_integer((json_int_t)d->n_failed));
+        json_object_set_new(o, "delivered_this_connection",
+                            json_integer(d->delivered >= INT32_MAX / 4 ? 0 : d->delivered));
+        double age_s = (double)(now - d->started_ns) / (double)NS_PER_SEC;
+        json_object_set_new(o, "overall_rate_per_sec",
+                            json_real(age_s > 0 ? (double)d->n_delivered / age_s : 0.0));
+        json_array_append_new(a, o);
+    }
+    return a;
 }
 
 const char *dispatcher_phase_name(int p);

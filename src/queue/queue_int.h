@@ -336,6 +336,10 @@ void readyq_insert_remote(const char *rq_name, schedq *sq, qmsg *q);
 void readyq_maintain(readyq *rq);
 /* Frees every dispatcher of rq at shutdown (the driver aborts). */
 void disp_free_all(readyq *rq);
+/* KumoMTA's DispatcherSummary array for rq (owner reactor). */
+json_t *dispatch_describe(const readyq *rq);
+/* The progress watchdog's threshold for rq (egress path or protocol). */
+int64_t watchdog_threshold_ns(const readyq *rq);
 /* The driver registered for protocol proto, or NULL. */
 const struct disp_driver *dispatch_driver(int proto);
 
@@ -369,12 +373,42 @@ typedef struct admin_entry {
     int64_t duration_ns;
     bool suppress_logging;
     atomic_ullong bounced;
+    json_t *bounced_by_queue; /* queue name -> count; under admin_lock */
 } admin_entry;
 
 void admin_entry_free(admin_entry *e);
 bool admin_matches(const admin_entry *e, const char *qname, const queue_name_parts *p);
-/* A copy of the string member k of req, or NULL. */
+/* A copy of the string member k of req, or NULL (absent or null). */
 char *jstrdup(const json_t *req, const char *k);
+
+/* The fields of an admin request body, as KumoMTA's request structs
+ * declare them: a null optional field is the same as an absent one. */
+typedef enum adm_ftype {
+    AF_STRING,     /* Option<String> */
+    AF_STRING_REQ, /* String */
+    AF_BOOL,       /* bool with serde(default): absent = false, null refused */
+    AF_STRINGS,    /* Vec<String> with serde(default) */
+    AF_DURATION,   /* Option<Duration>: humantime string or seconds */
+    AF_TIME,       /* Option<DateTime<Utc>>: RFC 3339 */
+    AF_STRMAP,     /* HashMap<String, String>, required */
+} adm_ftype;
+typedef struct adm_field {
+    const char *name;
+    adm_ftype type;
+} adm_field;
+/* Checks req against fields (NULL-terminated). deny_unknown refuses
+ * fields not listed (serde deny_unknown_fields); otherwise they are
+ * ignored. Writes a serde-like "field: invalid type: ..." to err and
+ * returns KERR_PARSE on the first problem. */
+int admin_check_fields(const json_t *req, const adm_field *fields, bool deny_unknown, char *err,
+                       size_t errlen);
+/* The active suspension of ready queue name as a
+ * SuspendReadyQueueV1ListEntry plus "since" (when it was made), or NULL. */
+json_t *readyq_suspension(const char *name);
+/* Formats Unix nanoseconds as RFC 3339 UTC with microseconds. */
+const char *admin_format_time(int64_t wall_ns, char *buf, size_t len);
+/* Parses an RFC 3339 timestamp into Unix nanoseconds. */
+int admin_parse_rfc3339(const char *s, int64_t *out_ns);
 
 /* Checked when a message is placed and when it is made ready: returns true
  * when an admin bounce consumed it. */

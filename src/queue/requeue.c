@@ -366,9 +366,22 @@ static void rebind_finish(bcast *b)
 
 void queue_admin_rebind(const json_t *req, admin_cb cb, void *ud)
 {
-    if (!json_is_object(req) || !json_is_string(json_object_get(req, "reason")) ||
-        !json_is_object(json_object_get(req, "data"))) {
-        cb(ud, 400, NULL, "rebind needs `reason` (string) and `data` (object)");
+    /* KumoMTA's RebindV1Request (unknown fields are ignored); kumod also
+     * takes queue_names as the bounce and suspend requests do */
+    static const adm_field fields[] = {{"campaign", AF_STRING},
+                                       {"tenant", AF_STRING},
+                                       {"domain", AF_STRING},
+                                       {"routing_domain", AF_STRING},
+                                       {"reason", AF_STRING_REQ},
+                                       {"suppress_logging", AF_BOOL},
+                                       {"data", AF_STRMAP},
+                                       {"trigger_rebind_event", AF_BOOL},
+                                       {"always_flush", AF_BOOL},
+                                       {"queue_names", AF_STRINGS},
+                                       {NULL, 0}};
+    char err[400];
+    if (admin_check_fields(req, fields, false, err, sizeof(err)) != 0) {
+        cb(ud, 422, NULL, err);
         return;
     }
     admin_entry *e = calloc(1, sizeof(*e));

@@ -656,10 +656,11 @@ def test_waiting_message_is_in_the_deferred_scheduled_queue(dq):
     status, body = dq.inspect_sched
     assert status == 200, body
     assert body["queue_name"] == DEFERRED
-    assert body["queue_config"]["retry_interval"] == 60
+    # QueueConfig as KumoMTA serializes it: humantime durations
+    assert body["queue_config"]["retry_interval"] == "1m"
     # the product's defaults otherwise: no cap on the backoff, one week
     assert body["queue_config"]["max_retry_interval"] is None
-    assert body["queue_config"]["max_age"] == 7 * 86400
+    assert body["queue_config"]["max_age"] == "7days"
     ids = [m["id"] for m in body["messages"]]
     assert sorted(ids) == sorted([dq.error.id, dq.tempfail.id])
 
@@ -931,11 +932,12 @@ def test_shaping_example_is_called_for_the_deferred_routing_domain(dq):
 def test_shaping_example_applies_to_the_deferred_ready_queue(dq):
     status, body = dq.during["rq"]
     assert status == 200, body
-    assert body["name"] == DEFERRED_SITE
-    assert body["connection_limit"] == (int(os.environ.get("KUMO_AVAILABLE_PARALLELISM", 0))
-                                        or os.cpu_count())
-    assert body["max_ready"] == 80000
-    assert body["connection_count"] >= 1
+    # InspectReadyQV1Response
+    assert body["queue_name"] == DEFERRED_SITE
+    assert body["path_config"]["connection_limit"] == (
+        int(os.environ.get("KUMO_AVAILABLE_PARALLELISM", 0)) or os.cpu_count())
+    assert body["path_config"]["max_ready"] == 80000
+    assert body["state"]["connection_count"] >= 1
 
 
 def test_fake_domain_is_never_resolved(dq):

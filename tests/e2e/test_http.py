@@ -11,8 +11,7 @@ still serving afterwards.
 
 Expectations follow KumoMTA (crates/kumod/src/http_server/*.rs,
 crates/kumo-server-common/src/http_server/auth.rs, crates/kcli/src/*.rs) except
-where kumod deliberately differs: error bodies are JSON ({"error": ...}), and
-the built-in ACL also lets authenticated users reach admin and metrics (the
+where kumod deliberately differs: the built-in ACL also lets authenticated users reach admin and metrics (the
 issue asks for it; a policy narrows it with get_acl_definition, as tested
 here)."""
 import base64
@@ -191,7 +190,10 @@ def request(k, method, path, body=None, port=None, auth=None, raw=None, headers=
 
 
 def inject(k, body, **kw):
+    """(status, parsed JSON answer or, for an error, its text)"""
     status, headers, data = request(k, "POST", "/api/inject/v1", body, **kw)
+    if status != 200:
+        return status, {"error": error_of(data)}
     return status, json.loads(data) if data else None
 
 
@@ -200,9 +202,11 @@ def basic(user, password):
 
 
 def error_of(data):
-    doc = json.loads(data)
-    assert set(doc) == {"error"}, doc
-    return doc["error"]
+    """The message of an error answer: KumoMTA's AppError is text/plain
+    "Error: <message>"; axum's own rejections (JSON syntax, 413, 422) have
+    no prefix."""
+    text = data.decode()
+    return text[len("Error: "):] if text.startswith("Error: ") else text
 
 
 def receptions(k, recipients, count=None):
@@ -629,9 +633,9 @@ def test_trusted_peer_needs_no_credentials(k):
 
 
 BAD_BODIES = [
-    (b"{not json", 400, r"failed to parse the request body as JSON: .* at line 1 column \d+"),
+    (b"{not json", 400, r"Failed to parse the request body as JSON: .* at line 1 column \d+"),
     (b"[1, 2]", 400, r"the request body must be a JSON object"),
-    (b"", 400, r"failed to parse the request body as JSON: .*"),
+    (b"", 400, r"Failed to parse the request body as JSON: .*"),
     (json.dumps({"recipients": [], "content": "x"}).encode(), 400,
      r"missing field 'envelope_sender'"),
     (json.dumps({"envelope_sender": SENDER, "content": "x"}).encode(), 400,
@@ -721,9 +725,11 @@ def test_huge_body_is_413_and_the_daemon_keeps_serving(k):
 
 def test_admin_bad_input(k):
     status, _, data = request(k, "POST", "/api/admin/bounce/v1", {"domain": "x.example"})
-    assert status == 400 and error_of(data) == "missing field `reason`"
+    assert (status, data.decode()) == (422, "Failed to deserialize the JSON body into the "
+                                            "target type: missing field `reason`")
     status, _, data = request(k, "DELETE", "/api/admin/bounce/v1", {})
-    assert status == 400 and error_of(data) == "missing field `id`"
+    assert (status, data.decode()) == (422, "Failed to deserialize the JSON body into the "
+                                            "target type: missing field `id`")
     status, _, data = request(k, "DELETE", "/api/admin/suspend/v1",
                               {"id": "00000000-0000-0000-0000-000000000000"})
     assert status == 404
@@ -876,8 +882,7 @@ def test_kcli_http_error_is_reported(k):
     p = kcli(k, "bounce-cancel", "--id", "00000000-0000-0000-0000-000000000000", check=False)
     assert p.returncode == 1
     assert p.stderr.strip() == ("kcli: request status 404: Not Found. Response body: "
-                                '{"error":"bounce entry 00000000-0000-0000-0000-000000000000 '
-                                'not found"}')
+                                "bounce entry 00000000-0000-0000-0000-000000000000 not found")
 
 
 def test_kcli_bounce_500_queued_messages(k):

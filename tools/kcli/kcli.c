@@ -987,30 +987,50 @@ static int run_inspect_ready_q(const cmd *c, int argc, char **argv)
         json_decref(res);
         return 0;
     }
+    /* InspectReadyQV1Response */
+    const json_t *st = json_object_get(res, "state");
+    const json_t *pc = json_object_get(res, "path_config");
     char ready[32], conns[32], limit[32], max_ready[32];
-    fmt_count(json_integer_value(json_object_get(res, "ready_count")), ready, sizeof(ready));
-    fmt_count(json_integer_value(json_object_get(res, "connection_count")), conns, sizeof(conns));
-    fmt_count(json_integer_value(json_object_get(res, "connection_limit")), limit, sizeof(limit));
-    fmt_count(json_integer_value(json_object_get(res, "max_ready")), max_ready,
-              sizeof(max_ready));
-    printf("queue: %s\n\n", jstr(res, "name") ? jstr(res, "name") : name);
+    fmt_count(json_integer_value(json_object_get(st, "ready_count")), ready, sizeof(ready));
+    fmt_count(json_integer_value(json_object_get(st, "connection_count")), conns, sizeof(conns));
+    fmt_count(json_integer_value(json_object_get(pc, "connection_limit")), limit, sizeof(limit));
+    fmt_count(json_integer_value(json_object_get(pc, "max_ready")), max_ready, sizeof(max_ready));
+    printf("queue: %s\n", jstr(res, "queue_name") ? jstr(res, "queue_name") : name);
+    printf("source: %s  pool: %s  protocol: %s\n\n",
+           jstr(res, "egress_source") ? jstr(res, "egress_source") : "",
+           jstr(res, "egress_pool") ? jstr(res, "egress_pool") : "",
+           jstr(res, "protocol") ? jstr(res, "protocol") : "");
     printf("ready: %s (max %s)\n", ready, max_ready);
     printf("connections: %s (limit %s)\n", conns, limit);
-    if (json_is_true(json_object_get(res, "suspended")))
-        printf("suspended: yes\n");
-    const json_t *msgs = json_object_get(res, "messages");
-    if (json_array_size(msgs)) {
+    const json_t *susp = json_object_get(st, "suspended");
+    if (json_is_object(susp))
+        printf("suspended: %s (%s left)\n", jstr(susp, "reason") ? jstr(susp, "reason") : "",
+               jstr(susp, "duration") ? jstr(susp, "duration") : "");
+    if (jstr(st, "watchdog_threshold"))
+        printf("watchdog: %s\n", jstr(st, "watchdog_threshold"));
+    const json_t *ds = json_object_get(res, "dispatchers");
+    if (json_array_size(ds)) {
         printf("\n");
-        static const char *names[] = {"ID", "DUE", "ATTEMPTS"};
-        static const bool right[] = {false, false, true};
-        table t = {.ncols = 3, .names = names, .right = right};
+        static const char *names[] = {"SESSION",   "PHASE",     "AGE",
+                                      "DELIVERED", "TRANSFAIL", "FAILED"};
+        static const bool right[] = {false, false, false, true, true, true};
+        table t = {.ncols = 6, .names = names, .right = right};
         size_t i;
         json_t *e;
-        json_array_foreach(msgs, i, e)
+        json_array_foreach(ds, i, e)
         {
-            char att[32];
-            fmt_count(json_integer_value(json_object_get(e, "num_attempts")), att, sizeof(att));
-            table_add(&t, jstr(e, "id"), jstr(e, "due") ? jstr(e, "due") : "now", att);
+            char dv[32], tf[32], fl[32];
+            fmt_count(json_integer_value(json_object_get(e, "messages_delivered")), dv, sizeof(dv));
+            fmt_count(json_integer_value(json_object_get(e, "messages_transfailed")), tf,
+                      sizeof(tf));
+            fmt_count(json_integer_value(json_object_get(e, "messages_failed")), fl, sizeof(fl));
+            const json_t *ph = json_object_get(e, "phase");
+            const char *phase = json_string_value(ph);
+            if (!phase && json_is_object(ph)) {
+                void *it = json_object_iter((json_t *)ph);
+                phase = it ? json_object_iter_key(it) : "";
+            }
+            table_add(&t, jstr(e, "session_id"), phase ? phase : "", jstr(e, "age"), dv, tf, fl);
         }
         table_print(&t);
     }
