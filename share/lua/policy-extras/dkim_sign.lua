@@ -48,7 +48,8 @@ local function positive_number(v)
   end
 end
 
-local canon = D.one_of('relaxed', 'simple')
+local canon = D.one_of('relaxed', 'simple', 'Relaxed', 'Simple')
+local CANON = { relaxed = 'Relaxed', simple = 'Simple', Relaxed = 'Relaxed', Simple = 'Simple' }
 
 local COMMON = {
   selector = D.string,
@@ -132,6 +133,14 @@ local function load_data(files)
   end
   for _, kind in ipairs { 'domain', 'signature' } do
     for _, name in ipairs(D.sorted_keys(data[kind])) do
+      if not data[kind][name].headers and not data.base.headers then
+        D.fail(
+          data.where[kind .. ':' .. name],
+          { kind, name },
+          'headers',
+          'missing, and [base] has no headers either'
+        )
+      end
       if not data[kind][name].selector and not data.base.selector then
         D.fail(
           data.where[kind .. ':' .. name],
@@ -157,8 +166,8 @@ local function signer_params(base, block, signing_domain)
     selector = block.selector or base.selector,
     headers = block.headers or base.headers,
     expiration = block.expiration or base.expiration,
-    header_canonicalization = block.header_canonicalization or base.header_canonicalization,
-    body_canonicalization = block.body_canonicalization or base.body_canonicalization,
+    header_canonicalization = CANON[block.header_canonicalization or base.header_canonicalization or ''],
+    body_canonicalization = CANON[block.body_canonicalization or base.body_canonicalization or ''],
   }
   local over_sign = block.over_sign
   if over_sign == nil then
