@@ -38,6 +38,9 @@ import zstandard
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 HOSTNAME = "mx.e2e.test"
+# kumod's policy-extras helpers from the source tree (share/lua), ahead of
+# any installed copy.
+LUA_PATH = f"{REPO}/share/lua/?.lua;{REPO}/share/lua/?/init.lua"
 
 # Every live instance, so that a failing test can show their diagnostics.
 LIVE = []
@@ -243,6 +246,7 @@ class Kumod:
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=0")
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+        env.setdefault("KUMOD_LUA_PATH", LUA_PATH)
         env.update(self.env)
         self.stderr_path = os.path.join(self.dir, f"stderr.{self.runs}.log")
         self.runs += 1

@@ -256,7 +256,7 @@ class _Handler:
                 "mail_from": envelope.mail_from, "rcpt_tos": list(envelope.rcpt_tos),
                 "data": envelope.original_content or envelope.content,
                 "ehlo": session.host_name, "peer": session.peer, "tls": cipher,
-                "conn": getattr(server, "_cid", None)})
+                "conn": getattr(server, "_cid", None), "at": time.monotonic()})
             n = len(peer.messages)
         return f"250 2.0.0 OK queued as m{n}"
 
