@@ -647,6 +647,7 @@ out_reactors:
         dns_reactor_free(r);
     }
     dns_shutdown();
+    smtpsrv_free();
     recovery_free();
     services_shutdown();
     logs_shutdown();

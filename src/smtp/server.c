@@ -2770,6 +2770,14 @@ void smtpsrv_shutdown(void)
     }
     free(evlisteners);
     evlisteners = NULL;
+    /* The listeners' configurations stay: a session whose spool save is
+     * still in flight finishes its reception (relay checks, replies) when
+     * the save completes, while the spool drains. smtpsrv_free, once the
+     * reactors have stopped, frees them. */
+}
+
+void smtpsrv_free(void)
+{
     for (int i = 0; i < n_listeners; i++) {
         listener_cfg_free(listeners[i]);
         listeners[i] = NULL;

@@ -17,6 +17,8 @@ int smtpsrv_start_listeners(char *err, size_t errlen);
 /* Stops accepting and asks sessions to end; returns when they are gone or
  * after a grace period. Call from the main thread. */
 void smtpsrv_shutdown(void);
+/* Frees the listeners' configurations; after the reactors have stopped. */
+void smtpsrv_free(void);
 
 /* The queue layer's entry point: takes a reference to msg (already saved
  * unless deferred_spool); reason is "Received". Runs on the calling
