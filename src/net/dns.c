@@ -855,6 +855,7 @@ struct addr_job {
     char *name;
     char *fq;
     char *error;            /* set for an invalid name */
+    uint16_t port;          /* a literal's port */
     struct fam_obj *fam[2]; /* [0] A, [1] AAAA */
     int outstanding;
 };
@@ -1954,6 +1955,7 @@ static void job_finish(struct resolver *res, struct addr_job *job)
     dns_addrs out;
     memset(&out, 0, sizeof(out));
     out.name = job->name;
+    out.port = job->port;
     size_t n = 0;
     for (int i = 0; i < 2; i++)
         if (job->fam[i] && job->fam[i]->status == DNS_OK)
@@ -2022,7 +2024,7 @@ int dns_lookup_addrs(const char *host, int strategy, dns_addr_cb cb, void *ud)
     char err[256];
     int family = 0;
     unsigned char raw[16];
-    uint16_t port;
+    uint16_t port = 0;
     int lit = parse_literal(host, &family, raw, &port, err, sizeof(err));
     if (lit == 0 && inet_pton(AF_INET, host, raw) == 1)
         lit = 1, family = AF_INET;
@@ -2035,6 +2037,7 @@ int dns_lookup_addrs(const char *host, int strategy, dns_addr_cb cb, void *ud)
             struct fam_obj *fo = fam_obj_new(family, DNS_OK, NULL);
             fam_obj_add(fo, family, raw);
             job->fam[family == AF_INET ? 0 : 1] = fo;
+            job->port = port;
         }
         struct waiter *w = waiter_new(W_JOB);
         w->job = job;

@@ -102,6 +102,7 @@ typedef struct dns_addrs {
     size_t n_addrs;
     uint32_t ttl;       /* smallest TTL of the answers used */
     int64_t expires_ms; /* clock_mono_ms() of the earliest expiry; 0: a literal */
+    uint16_t port;      /* a literal's port ("[10.0.0.1]:25", "[10.0.0.1:25]"); else 0 */
 } dns_addrs;
 
 typedef void (*dns_addr_cb)(const dns_addrs *res, void *ud);

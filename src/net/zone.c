@@ -225,6 +225,7 @@ static int lex_fail(lexer *lx, int line, const char *fmt, ...)
 static int lex_word(lexer *lx, entry *e)
 {
     bool quoted = *lx->p == '"';
+    int start_line = lx->line;
     if (quoted)
         lx->p++;
     size_t cap = 32, n = 0;
@@ -233,7 +234,7 @@ static int lex_word(lexer *lx, entry *e)
         if (lx->p == lx->end) {
             if (quoted) {
                 free(buf);
-                return lex_fail(lx, lx->line, "unterminated quoted string");
+                return lex_fail(lx, start_line, "unterminated quoted string");
             }
             break;
         }
