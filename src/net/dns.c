@@ -2181,9 +2181,9 @@ int dns_configure_ex(const dns_config *c, char *err, size_t errlen)
     DINFO(DNS_MOD, "DNS resolver configured: servers=%s timeout_ms=%d attempts=%d",
           cfg.servers_csv ? cfg.servers_csv : "(system)", cfg.timeout_ms, cfg.attempts);
     pthread_mutex_unlock(&cfg.lock);
-    /* a real resolver replaces the test one, as in KumoMTA */
+    /* a real resolver replaces the test one, as in KumoMTA (whose MX cache
+     * survives a reconfiguration; so does this one) */
     testres_replace(NULL);
-    dns_cache_clear();
     return 0;
 }
 
