@@ -15,6 +15,12 @@
  * resolver notices it before its next query, opens a new channel and retires
  * the old one once its queries have finished.
  *
+ * Some answers need no query (fam_static, and the MX equivalents in
+ * dns_lookup_mx): the test resolver's zones (src/net/zone) when set, which
+ * then answer everything; else the hosts file (src/net/hosts, a cached
+ * table: no I/O here) for A/AAAA, then RFC 6761's localhost and invalid.
+ * They are delivered like any answer (never inside the call) and not cached.
+ *
  * Failures: every c-ares status ends in a result (DNS_FAIL with the reason),
  * never in a lost callback. MX failures are cached for the negative TTL
  * (5 minutes by default) exactly as KumoMTA does; address failures are not
@@ -1390,8 +1396,8 @@ static uint32_t negative_ttl(const unsigned char *abuf, int alen)
     return DNS_DEFAULT_NEG_TTL_S;
 }
 
-static struct cobj *mx_fail_as(const char *display, const char *qname, int64_t start_ns,
-                               int status, const char *why)
+static struct cobj *mx_fail_as(const char *display, const char *qname, int64_t start_ns, int status,
+                               const char *why)
 {
     char el[48];
     fmt_elapsed(clock_mono_ns() - start_ns, el, sizeof(el));
@@ -1447,8 +1453,8 @@ static struct cobj *mx_implicit(struct flight *f, uint32_t ttl)
 static bool under(const char *qname, const char *tld)
 {
     size_t n = strlen(qname), t = strlen(tld);
-    return strcmp(qname, tld) == 0 || (n > t && qname[n - t - 1] == '.' &&
-                                       strcmp(qname + n - t, tld) == 0);
+    return strcmp(qname, tld) == 0 ||
+           (n > t && qname[n - t - 1] == '.' && strcmp(qname + n - t, tld) == 0);
 }
 
 /* The MX answer of the test resolver's zones. */
@@ -1515,8 +1521,7 @@ static struct fam_obj *fam_static(const char *fq, const char *display, int idx)
             fo = fam_obj_new(family, DNS_FAIL,
                              xasprintf("failed to query DNS for %s (%s): %s", display,
                                        idx == 0 ? "A" : "AAAA",
-                                       a.rcode == ZONE_SERVFAIL ? "SERVFAIL"
-                                                                : "invalid name"));
+                                       a.rcode == ZONE_SERVFAIL ? "SERVFAIL" : "invalid name"));
         }
         testres_put(t);
         return fo;
