@@ -57,6 +57,7 @@
 #include "lua/lib/lualib.h"
 #include "lua/make_message_lua.h"
 #include "net/dns.h"
+#include "net/hosts.h"
 
 #define MAIN_MOD "kumod"
 
@@ -513,6 +514,9 @@ int main(int argc, char **argv)
     deferred_register();
     smtp_deliver_register();
     maildir_register();
+    /* the hosts file is read here, before any reactor resolves a name, and
+     * then watched by its own thread (dns_shutdown stops it) */
+    hosts_start();
     dns_lua_register();
     /* the kumo.* library modules (src/lua/lib) */
     secrets_lua_register();

@@ -1,6 +1,11 @@
 /* SMTP delivery. open() builds the connection plan: the smart hosts of
  * mx_list in order, or the MX hosts of the routing domain by preference,
- * each resolved to addresses per ip_lookup_strategy; prohibited_hosts stops
+ * each resolved to addresses per ip_lookup_strategy. An address may carry a
+ * port (mx_list 'host:port', {addr='ip:port'}, a routing domain
+ * 'domain:port' or '[ip]:port'); the port connected to is, as in KumoMTA,
+ * the egress source's remote_port, else the address's port, else the
+ * egress path's smtp_port, and the record's peer_address shows the
+ * address with its own port. prohibited_hosts stops
  * the whole ready queue (550 5.4.4), skip_hosts removes entries. It then
  * connects to each address in turn until one greets and completes EHLO (and
  * STARTTLS per enable_tls). send() runs one transaction and maps each
@@ -22,6 +27,7 @@
 #include "core/reactor.h"
 #include "net/cidr.h"
 #include "net/dns.h"
+#include "net/sockaddr.h"
 #include "queue/dispatch.h"
 #include "smtp/client.h"
 
@@ -30,7 +36,7 @@
 typedef struct target {
     char *name; /* MX host name (for SNI and peer_address.name) */
     dns_addr addr;
-    uint16_t port;
+    uint16_t port; /* carried by the address (mx_list, routing domain); 0: none */
 } target;
 
 typedef struct sconn {
@@ -133,7 +139,8 @@ static void plan_ready(sconn *c)
             }
             if (cidr_list_match_str(&pc->skip_hosts, a->text))
                 continue;
-            add_target(c, c->names[h] ? c->names[h] : c->hosts[h], a, c->host_ports[h]);
+            add_target(c, c->names[h] ? c->names[h] : c->hosts[h], a,
+                       c->host_ports[h] ? c->host_ports[h] : res->port);
         }
     }
     if (c->n_targets == 0) {
@@ -163,6 +170,7 @@ static dns_addrs *copy_addrs(const dns_addrs *res)
     cp->status = res->status;
     cp->addrs = arr;
     cp->n_addrs = res->n_addrs;
+    cp->port = res->port;
     return cp;
 }
 
@@ -262,8 +270,24 @@ static void on_mx(const dns_mx *mx, void *ud)
         bulk(c, OUTCOME_TRANSIENT, 451, 4, 4, 4, content, "FailedToInsertIntoReadyQueue");
         return;
     }
-    for (size_t i = 0; i < mx->n_hosts; i++)
-        add_host(c, mx->hosts[i].name, mx->port);
+    for (size_t i = 0; i < mx->n_hosts; i++) {
+        /* "mx.example.com.:2525", "10.0.0.1:2525", "[::1]:2525": the name
+         * connected to and shown is the host without its port */
+        const char *h = mx->hosts[i].name;
+        size_t hl = strlen(h);
+        uint16_t port = 0;
+        char host[300];
+        const char *close = h[0] == '[' ? strstr(h, "]:") : NULL;
+        if (close && dns_split_port(close + 1, &hl, &port)) {
+            snprintf(host, sizeof(host), "%.*s", (int)(close - h - 1), h + 1);
+        } else if (dns_split_port(h, &hl, &port)) {
+            snprintf(host, sizeof(host), "%.*s", (int)hl, h);
+        } else {
+            snprintf(host, sizeof(host), "%s", h);
+            port = 0;
+        }
+        add_host(c, host, port);
+    }
     resolve_hosts(c);
 }
 
@@ -282,7 +306,16 @@ static void on_ready(smtpcli *cli, int err, const smtpcli_response *resp, void *
         return;
     }
     target *t = &c->targets[c->next_target - 1];
-    disp_set_peer(c->d, t->name, t->addr.text);
+    /* KumoMTA logs the resolved address as planned: with the port it
+     * carried, without the one smtp_port or remote_port supplied */
+    char shown[INET6_ADDRSTRLEN + 16];
+    if (!t->port)
+        snprintf(shown, sizeof(shown), "%s", t->addr.text);
+    else if (t->addr.family == AF_INET6)
+        snprintf(shown, sizeof(shown), "[%s]:%u", t->addr.text, (unsigned)t->port);
+    else
+        snprintf(shown, sizeof(shown), "%s:%u", t->addr.text, (unsigned)t->port);
+    disp_set_peer(c->d, t->name, shown);
     const smtpcli_tls_info *tls = smtpcli_tls(cli);
     if (tls && tls->cipher) {
         disp_set_tls(c->d, tls->cipher, tls->protocol_version);
@@ -370,9 +403,11 @@ static void try_next_target(sconn *c)
             p.source_address_len = sizeof(*s6);
         }
     }
-    uint16_t port = t->port ? t->port
-                            : (uint16_t)(src && src->remote_port ? src->remote_port
-                                                                 : pc->smtp_port);
+    /* remote_port overrides the address's port, which overrides smtp_port
+     * (make_egress_source remote_port, make_queue_config protocol) */
+    uint16_t port = src && src->remote_port ? (uint16_t)src->remote_port
+                    : t->port               ? t->port
+                                            : (uint16_t)pc->smtp_port;
     struct sockaddr_storage ss = {0};
     socklen_t len;
     if (t->addr.family == AF_INET) {
@@ -424,22 +459,36 @@ static void sd_open(dispatcher *d)
         json_t *e;
         json_array_foreach(qc->mx_list, i, e) {
             if (json_is_string(e)) {
-                add_host(c, json_string_value(e), 0);
+                /* 'host:port' (KumoMTA's has_colon_port): resolve host,
+                 * which is also the peer name; '[ip]:port' likewise */
+                const char *s = json_string_value(e);
+                size_t hl;
+                uint16_t port;
+                if (dns_split_port(s, &hl, &port)) {
+                    char host[300];
+                    snprintf(host, sizeof(host), "%.*s", (int)hl, s);
+                    add_host(c, host, port);
+                } else {
+                    add_host(c, s, 0);
+                }
             } else {
-                /* {name=, addr=}: connect to addr, name it name */
+                /* {name=, addr=}: connect to addr ("ip", "ip:port",
+                 * "[ip6]:port"; config.c checked it), name it name */
                 const char *name = json_string_value(json_object_get(e, "name"));
                 const char *addr = json_string_value(json_object_get(e, "addr"));
-                add_host(c, addr, 0);
+                struct sockaddr_storage ss;
+                socklen_t sl;
+                if (net_parse_hostport(addr, &ss, &sl) == 0) {
+                    char ip[INET6_ADDRSTRLEN];
+                    net_format_addr((const struct sockaddr *)&ss, ip, sizeof(ip), NULL, 0);
+                    add_host(c, ip, (uint16_t)net_sockaddr_port(&ss));
+                } else {
+                    add_host(c, addr, 0);
+                }
                 c->names[c->n_hosts - 1] = strdup(name);
             }
         }
         resolve_hosts(c);
-        /* keep the given names for the peer name of {name, addr} entries */
-        json_array_foreach(qc->mx_list, i, e) {
-            if (json_is_object(e) && i < c->n_targets) {
-                /* targets are built in plan_ready; names fixed up there */
-            }
-        }
         return;
     }
     const char *dom = disp_routing_domain(d) ? disp_routing_domain(d) : disp_domain(d);

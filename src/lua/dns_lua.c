@@ -3,7 +3,10 @@
  * {socket_addr=, protocol=, trust_negative_responses=, bind_addr=} tables,
  * domain, search, options) and rejects unknown fields by name, as KumoMTA
  * does; options kumod cannot honour either map onto c-ares or are accepted
- * and ignored, except DNSSEC validation, which is refused. lookup_mx and
+ * and ignored, except DNSSEC validation, which is refused; use_hosts_file
+ * 'Never' turns the hosts file off. configure_test_resolver (and
+ * configure_resolver{Test=...}) installs zones parsed by src/net/zone as the
+ * only source of answers, as KumoMTA's test resolver does. lookup_mx and
  * lookup_addr wait without blocking the reactor: they yield the event's
  * coroutine and the DNS callback resumes it with the answer (or an error
  * raised in the coroutine).
@@ -23,6 +26,7 @@
 #include "core/reactor.h"
 #include "lua/klua.h"
 #include "net/dns.h"
+#include "net/zone.h"
 
 static const char *const resolver_keys[] = {"name_servers", "domain", "search", "options", NULL};
 static const char *const server_keys[] = {"socket_addr", "protocol", "trust_negative_responses",
@@ -157,9 +161,18 @@ static void parse_options(lua_State *L, int tbl, dns_config *cfg, const char *fn
                    "%s: options.ip_strategy '%s' is not one of Ipv4Only, Ipv6Only, "
                    "Ipv4AndIpv6, Ipv6AndIpv4, Ipv6thenIpv4, Ipv4thenIpv6",
                    fn, s);
+    /* KumoMTA took a boolean before 2025.05.06 */
+    lua_getfield(L, tbl, "use_hosts_file");
+    if (lua_type(L, -1) == LUA_TBOOLEAN) {
+        cfg->no_hosts_file = !lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        return;
+    }
+    lua_pop(L, 1);
     s = string_field(L, tbl, "use_hosts_file", fn);
     if (s && strcmp(s, "Always") != 0 && strcmp(s, "Auto") != 0 && strcmp(s, "Never") != 0)
         luaL_error(L, "%s: options.use_hosts_file '%s' is not one of Always, Auto, Never", fn, s);
+    cfg->no_hosts_file = s && strcmp(s, "Never") == 0;
 }
 
 static int configure_from_table(lua_State *L, int tbl)
@@ -235,6 +248,99 @@ static int configure_from_table(lua_State *L, int tbl)
     return 0;
 }
 
+/* ---- the test resolver ------------------------------------------------------ */
+
+/* KumoMTA's TestResolverConfig at idx: a list of zones, each a master-file
+ * text or {zone = TEXT, secure = BOOL}, or {zones = LIST, servfail =
+ * {NAME...}}. Types are checked before anything is built, so that a Lua
+ * error never leaves a half-built zone set behind. */
+static int configure_test_from(lua_State *L, int idx, const char *fn)
+{
+    static const char *const detailed_keys[] = {"zones", "servfail", NULL};
+    static const char *const zone_keys[] = {"zone", "secure", NULL};
+    idx = lua_absindex(L, idx);
+    if (!lua_istable(L, idx))
+        return luaL_error(L, "%s: expected a list of zones or {zones=, servfail=}", fn);
+    int zones = idx, servfail = 0;
+    lua_getfield(L, idx, "zones");
+    if (!lua_isnil(L, -1)) {
+        check_keys(L, idx, detailed_keys, fn, NULL);
+        if (!lua_istable(L, -1))
+            return luaL_error(L, "%s: zones must be a list", fn);
+        zones = lua_absindex(L, -1);
+        lua_getfield(L, idx, "servfail");
+        if (!lua_isnil(L, -1)) {
+            if (!lua_istable(L, -1))
+                return luaL_error(L, "%s: servfail must be a list of names", fn);
+            servfail = lua_absindex(L, -1);
+        }
+    }
+    size_t nz = lua_rawlen(L, zones);
+    for (size_t i = 1; i <= nz; i++) {
+        lua_rawgeti(L, zones, (lua_Integer)i);
+        if (lua_istable(L, -1)) {
+            check_keys(L, -1, zone_keys, fn, "a zone");
+            if (!string_field(L, lua_absindex(L, -1), "zone", fn))
+                return luaL_error(L, "%s: zone %d has no `zone` text", fn, (int)i);
+            (void)bool_field(L, lua_absindex(L, -1), "secure", fn);
+        } else if (lua_type(L, -1) != LUA_TSTRING) {
+            return luaL_error(L, "%s: zone %d must be a string or {zone=, secure=}", fn, (int)i);
+        }
+        lua_pop(L, 1);
+    }
+    size_t ns = servfail ? lua_rawlen(L, servfail) : 0;
+    for (size_t i = 1; i <= ns; i++) {
+        lua_rawgeti(L, servfail, (lua_Integer)i);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            return luaL_error(L, "%s: servfail[%d] must be a name", fn, (int)i);
+        lua_pop(L, 1);
+    }
+
+    zone_set *zs = zone_set_new();
+    char err[300] = "";
+    int bad = 0;
+    for (size_t i = 1; i <= nz && !bad; i++) {
+        lua_rawgeti(L, zones, (lua_Integer)i);
+        const char *text;
+        size_t len;
+        bool secure = false;
+        if (lua_istable(L, -1)) {
+            lua_getfield(L, -1, "zone");
+            text = lua_tolstring(L, -1, &len);
+            lua_pop(L, 1); /* anchored by the zone table */
+            secure = bool_field(L, lua_absindex(L, -1), "secure", fn) == 1;
+        } else {
+            text = lua_tolstring(L, -1, &len);
+        }
+        if (zone_set_add(zs, text, len, secure, err, sizeof(err)) != 0)
+            bad = (int)i;
+        lua_pop(L, 1);
+    }
+    for (size_t i = 1; i <= ns && !bad; i++) {
+        lua_rawgeti(L, servfail, (lua_Integer)i);
+        if (zone_set_add_servfail(zs, lua_tostring(L, -1)) != 0) {
+            snprintf(err, sizeof(err), "servfail[%d]: invalid name `%s`", (int)i,
+                     lua_tostring(L, -1));
+            bad = -1;
+        }
+        lua_pop(L, 1);
+    }
+    if (bad) {
+        zone_set_free(zs);
+        if (bad > 0)
+            return luaL_error(L, "%s: zone %d: %s", fn, bad, err);
+        return luaL_error(L, "%s: %s", fn, err);
+    }
+    dns_configure_test(zs);
+    return 0;
+}
+
+static int l_configure_test_resolver(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    return configure_test_from(L, 1, "kumo.dns.configure_test_resolver");
+}
+
 static int l_configure_resolver(lua_State *L)
 {
     static const char fn[] = "kumo.dns.configure_resolver";
@@ -267,7 +373,18 @@ static int l_configure_resolver(lua_State *L)
         }
         lua_pop(L, 1);
     }
-    static const char *const unsupported[] = {"Test", "Aggregate", NULL};
+    lua_getfield(L, 1, "Test");
+    if (!lua_isnil(L, -1)) {
+        lua_pushnil(L);
+        if (lua_next(L, 1)) {
+            lua_pop(L, 1);
+            if (lua_next(L, 1)) /* a second key */
+                return luaL_error(L, "%s: Test must be the only field", fn);
+        }
+        return configure_test_from(L, -1, fn);
+    }
+    lua_pop(L, 1);
+    static const char *const unsupported[] = {"Aggregate", NULL};
     for (int i = 0; unsupported[i]; i++) {
         lua_getfield(L, 1, unsupported[i]);
         bool present = !lua_isnil(L, -1);
@@ -435,6 +552,7 @@ static void dns_lua_open(lua_State *L)
 {
     static const luaL_Reg fns[] = {
         {"configure_resolver", l_configure_resolver},
+        {"configure_test_resolver", l_configure_test_resolver},
         {"lookup_mx", l_lookup_mx},
         {"lookup_addr", l_lookup_addr},
         {"set_mx_timeout", l_set_mx_timeout},

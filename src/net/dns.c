@@ -15,6 +15,12 @@
  * resolver notices it before its next query, opens a new channel and retires
  * the old one once its queries have finished.
  *
+ * Some answers need no query (fam_static, and the MX equivalents in
+ * dns_lookup_mx): the test resolver's zones (src/net/zone) when set, which
+ * then answer everything; else the hosts file (src/net/hosts, a cached
+ * table: no I/O here) for A/AAAA, then RFC 6761's localhost and invalid.
+ * They are delivered like any answer (never inside the call) and not cached.
+ *
  * Failures: every c-ares status ends in a result (DNS_FAIL with the reason),
  * never in a lost callback. MX failures are cached for the negative TTL
  * (5 minutes by default) exactly as KumoMTA does; address failures are not
@@ -36,6 +42,8 @@
 
 #include "core/diag.h"
 #include "core/kerr.h"
+#include "net/hosts.h"
+#include "net/zone.h"
 
 #define DNS_MOD "kumod::dns"
 
@@ -520,6 +528,55 @@ static struct {
 } cfg = {PTHREAD_MUTEX_INITIALIZER, NULL, 2000, 2, 0, 0, {0}};
 static atomic_uint cfg_gen = 1;
 
+/* use_hosts_file: false only after configure_resolver{options={use_hosts_file='Never'}} */
+static atomic_bool use_hosts = true;
+
+/* kumo.dns.configure_test_resolver: while set, every lookup is answered
+ * from these zones and nothing else (no hosts file, no DNS), as KumoMTA's
+ * test resolver replaces its resolver. Shared by reference: a lookup holds
+ * the set while it reads it. */
+struct testres {
+    atomic_int refs;
+    zone_set *zs;
+};
+static struct {
+    pthread_mutex_t lock;
+    struct testres *cur;
+} testres = {PTHREAD_MUTEX_INITIALIZER, NULL};
+
+static struct testres *testres_get(void)
+{
+    pthread_mutex_lock(&testres.lock);
+    struct testres *t = testres.cur;
+    if (t)
+        atomic_fetch_add(&t->refs, 1);
+    pthread_mutex_unlock(&testres.lock);
+    return t;
+}
+
+static void testres_put(struct testres *t)
+{
+    if (t && atomic_fetch_sub(&t->refs, 1) == 1) {
+        zone_set_free(t->zs);
+        free(t);
+    }
+}
+
+static void testres_replace(zone_set *zs)
+{
+    struct testres *t = NULL;
+    if (zs) {
+        t = xcalloc(1, sizeof(*t));
+        atomic_init(&t->refs, 1);
+        t->zs = zs;
+    }
+    pthread_mutex_lock(&testres.lock);
+    struct testres *old = testres.cur;
+    testres.cur = t;
+    pthread_mutex_unlock(&testres.lock);
+    testres_put(old);
+}
+
 static atomic_llong mx_timeout_ms = 5000;
 static atomic_llong mx_neg_ttl_ms = 300000;
 static atomic_size_t mx_limit = 128;
@@ -804,6 +861,7 @@ struct addr_job {
     char *name;
     char *fq;
     char *error;            /* set for an invalid name */
+    uint16_t port;          /* a literal's port */
     struct fam_obj *fam[2]; /* [0] A, [1] AAAA */
     int outstanding;
 };
@@ -1338,13 +1396,19 @@ static uint32_t negative_ttl(const unsigned char *abuf, int alen)
     return DNS_DEFAULT_NEG_TTL_S;
 }
 
-static struct cobj *mx_fail(struct flight *f, int status, const char *why)
+static struct cobj *mx_fail_as(const char *display, const char *qname, int64_t start_ns, int status,
+                               const char *why)
 {
     char el[48];
-    fmt_elapsed(clock_mono_ns() - f->start_ns, el, sizeof(el));
-    char *msg = xasprintf("MX lookup for %s failed after %s: %s", f->display, el, why);
-    char *dn = xasprintf("%s.", f->qname);
+    fmt_elapsed(clock_mono_ns() - start_ns, el, sizeof(el));
+    char *msg = xasprintf("MX lookup for %s failed after %s: %s", display, el, why);
+    char *dn = xasprintf("%s.", qname);
     return &mx_obj_new(status, msg, dn)->hdr;
+}
+
+static struct cobj *mx_fail(struct flight *f, int status, const char *why)
+{
+    return mx_fail_as(f->display, f->qname, f->start_ns, status, why);
 }
 
 static struct cobj *fail_obj(struct flight *f, const char *why)
@@ -1365,14 +1429,126 @@ static void mx_deadline_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* No MX records: the domain is its own mail exchanger (RFC 5321 §5.1). */
-static struct cobj *mx_implicit(struct flight *f, uint32_t ttl)
+static struct cobj *mx_implicit_as(const char *qname, uint16_t port, uint32_t ttl)
 {
-    struct mx_obj *m = mx_obj_new(DNS_OK, NULL, xasprintf("%s.", f->qname));
-    struct host_pref hp = {xasprintf("%s.", f->qname), 1};
-    mx_obj_set_hosts(m, &hp, 1, f->port);
+    struct mx_obj *m = mx_obj_new(DNS_OK, NULL, xasprintf("%s.", qname));
+    struct host_pref hp = {xasprintf("%s.", qname), 1};
+    mx_obj_set_hosts(m, &hp, 1, port);
     m->pub.is_mx = false;
     m->pub.ttl = ttl;
     return &m->hdr;
+}
+
+static struct cobj *mx_implicit(struct flight *f, uint32_t ttl)
+{
+    return mx_implicit_as(f->qname, f->port, ttl);
+}
+
+/* ---- answers without a name server ------------------------------------------------ */
+
+/* RFC 6761 §6.3 and §6.4: "localhost" and its subdomains are the loopback
+ * addresses and have no other records; "invalid" and its subdomains do not
+ * exist. Answered without DNS, as hickory (KumoMTA's resolver) does. qname
+ * is lower case without the root dot. */
+static bool under(const char *qname, const char *tld)
+{
+    size_t n = strlen(qname), t = strlen(tld);
+    return strcmp(qname, tld) == 0 ||
+           (n > t && qname[n - t - 1] == '.' && strcmp(qname + n - t, tld) == 0);
+}
+
+/* The MX answer of the test resolver's zones. */
+static struct cobj *mx_from_zones(const zone_set *zs, const char *qname, const char *display,
+                                  uint16_t port, int64_t start_ns)
+{
+    zone_answer a;
+    switch (zone_set_lookup(zs, qname, ZONE_MX, &a)) {
+    case ZONE_NXDOMAIN:
+        return mx_fail_as(display, qname, start_ns, DNS_NXDOMAIN, "NXDOMAIN");
+    case ZONE_SERVFAIL:
+        return mx_fail_as(display, qname, start_ns, DNS_FAIL, "SERVFAIL");
+    case ZONE_BADNAME:
+        return mx_fail_as(display, qname, start_ns, DNS_FAIL, "invalid domain name");
+    }
+    uint32_t ttl = UINT32_MAX;
+    for (size_t i = 0; i < a.n; i++)
+        if (a.rrs[i]->ttl < ttl)
+            ttl = a.rrs[i]->ttl;
+    if (a.n == 0) {
+        struct cobj *o = mx_implicit_as(qname, port, 60);
+        ((struct mx_obj *)o)->pub.is_secure = a.secure;
+        return o;
+    }
+    struct host_pref *hp = xcalloc(a.n, sizeof(*hp));
+    for (size_t i = 0; i < a.n; i++) {
+        hp[i].name = xstrdup(a.rrs[i]->target);
+        hp[i].pref = a.rrs[i]->pref;
+    }
+    struct mx_obj *m = mx_obj_new(DNS_OK, NULL, xasprintf("%s.", qname));
+    mx_obj_set_hosts(m, hp, a.n, port);
+    free(hp);
+    m->pub.is_mx = true;
+    m->pub.is_secure = a.secure;
+    m->pub.ttl = ttl;
+    return &m->hdr;
+}
+
+/* An A (idx 0) or AAAA (idx 1) answer that needs no query: from the test
+ * resolver's zones when they are set (and then always), else from the hosts
+ * file, else for RFC 6761 names; NULL: ask DNS. fq: lower case, no root
+ * dot; display: the name as the caller gave it. */
+static struct fam_obj *fam_static(const char *fq, const char *display, int idx)
+{
+    int family = idx == 0 ? AF_INET : AF_INET6;
+    struct testres *t = testres_get();
+    if (t) {
+        zone_answer a;
+        struct fam_obj *fo;
+        switch (zone_set_lookup(t->zs, fq, idx == 0 ? ZONE_A : ZONE_AAAA, &a)) {
+        case ZONE_NXDOMAIN:
+            fo = fam_obj_new(family, DNS_NXDOMAIN, NULL);
+            break;
+        case ZONE_NOERROR:
+            fo = fam_obj_new(family, a.n ? DNS_OK : DNS_NO_RECORDS, NULL);
+            fo->ttl = a.n ? UINT32_MAX : 60;
+            for (size_t i = 0; i < a.n; i++) {
+                fam_obj_add(fo, family, a.rrs[i]->addr);
+                if (a.rrs[i]->ttl < fo->ttl)
+                    fo->ttl = a.rrs[i]->ttl;
+            }
+            break;
+        default:
+            fo = fam_obj_new(family, DNS_FAIL,
+                             xasprintf("failed to query DNS for %s (%s): %s", display,
+                                       idx == 0 ? "A" : "AAAA",
+                                       a.rcode == ZONE_SERVFAIL ? "SERVFAIL" : "invalid name"));
+        }
+        testres_put(t);
+        return fo;
+    }
+    bool localhost = under(fq, "localhost");
+    if (atomic_load(&use_hosts)) {
+        hosts_addr ha[DNS_MAX_ADDRS];
+        int n = hosts_lookup(fq, family, ha, DNS_MAX_ADDRS);
+        /* a name the file lists is answered by the file alone (a family it
+         * lacks has no records) except that localhost keeps its loopback */
+        if (n > 0 || (n == 0 && !localhost)) {
+            struct fam_obj *fo = fam_obj_new(family, n > 0 ? DNS_OK : DNS_NO_RECORDS, NULL);
+            for (int i = 0; i < n && i < DNS_MAX_ADDRS; i++)
+                fam_obj_add(fo, family, ha[i].raw);
+            return fo;
+        }
+    }
+    if (localhost) {
+        static const unsigned char v4[4] = {127, 0, 0, 1};
+        static const unsigned char v6[16] = {[15] = 1};
+        struct fam_obj *fo = fam_obj_new(family, DNS_OK, NULL);
+        fam_obj_add(fo, family, idx == 0 ? v4 : v6);
+        return fo;
+    }
+    if (under(fq, "invalid"))
+        return fam_obj_new(family, DNS_NXDOMAIN, NULL);
+    return NULL;
 }
 
 static struct cobj *mx_from_answer(struct flight *f, int status, const unsigned char *abuf,
@@ -1650,6 +1826,20 @@ int dns_lookup_mx(const char *domain, dns_mx_cb cb, void *ud)
         post_ready(res, w, &m->hdr);
         return 0;
     }
+    struct testres *t = testres_get();
+    if (t) {
+        post_ready(res, w, mx_from_zones(t->zs, qname, domain, port, clock_mono_ns()));
+        testres_put(t);
+        return 0;
+    }
+    if (under(qname, "localhost")) {
+        post_ready(res, w, mx_implicit_as(qname, port, 0));
+        return 0;
+    }
+    if (under(qname, "invalid")) {
+        post_ready(res, w, mx_fail_as(domain, qname, clock_mono_ns(), DNS_NXDOMAIN, "NXDOMAIN"));
+        return 0;
+    }
     char key[DNS_MAX_NAME + 16];
     if (port)
         snprintf(key, sizeof(key), "MX %s:%u", qname, (unsigned)port);
@@ -1729,6 +1919,11 @@ static void job_request(struct resolver *res, struct addr_job *job, int idx)
     job->outstanding++;
     struct waiter *w = waiter_new(W_FAM);
     w->job = job;
+    struct fam_obj *st = fam_static(job->fq, job->name, idx);
+    if (st) {
+        post_ready(res, w, &st->hdr);
+        return;
+    }
     char key[DNS_MAX_NAME + 16];
     snprintf(key, sizeof(key), "%s %s", idx == 0 ? "A" : "AAAA", job->fq);
     struct cobj *hit = cache_get(key);
@@ -1765,6 +1960,7 @@ static void job_finish(struct resolver *res, struct addr_job *job)
     dns_addrs out;
     memset(&out, 0, sizeof(out));
     out.name = job->name;
+    out.port = job->port;
     size_t n = 0;
     for (int i = 0; i < 2; i++)
         if (job->fam[i] && job->fam[i]->status == DNS_OK)
@@ -1833,7 +2029,7 @@ int dns_lookup_addrs(const char *host, int strategy, dns_addr_cb cb, void *ud)
     char err[256];
     int family = 0;
     unsigned char raw[16];
-    uint16_t port;
+    uint16_t port = 0;
     int lit = parse_literal(host, &family, raw, &port, err, sizeof(err));
     if (lit == 0 && inet_pton(AF_INET, host, raw) == 1)
         lit = 1, family = AF_INET;
@@ -1846,6 +2042,7 @@ int dns_lookup_addrs(const char *host, int strategy, dns_addr_cb cb, void *ud)
             struct fam_obj *fo = fam_obj_new(family, DNS_OK, NULL);
             fam_obj_add(fo, family, raw);
             job->fam[family == AF_INET ? 0 : 1] = fo;
+            job->port = port;
         }
         struct waiter *w = waiter_new(W_JOB);
         w->job = job;
@@ -1984,11 +2181,23 @@ int dns_configure_ex(const dns_config *c, char *err, size_t errlen)
                 (c->no_recursion ? ARES_FLAG_NORECURSE : 0);
     cfg.bind_family = bind_family;
     memcpy(cfg.bind_addr, bind_raw, sizeof(cfg.bind_addr));
+    atomic_store(&use_hosts, !c->no_hosts_file);
     atomic_fetch_add(&cfg_gen, 1);
     DINFO(DNS_MOD, "DNS resolver configured: servers=%s timeout_ms=%d attempts=%d",
           cfg.servers_csv ? cfg.servers_csv : "(system)", cfg.timeout_ms, cfg.attempts);
     pthread_mutex_unlock(&cfg.lock);
+    /* a real resolver replaces the test one, as in KumoMTA (whose MX cache
+     * survives a reconfiguration; so does this one) */
+    testres_replace(NULL);
     return 0;
+}
+
+void dns_configure_test(struct zone_set *zs)
+{
+    testres_replace(zs);
+    /* answers cached from DNS must not shadow the zones */
+    dns_cache_clear();
+    DINFO(DNS_MOD, "DNS test resolver %s", zs ? "configured" : "removed");
 }
 
 int dns_configure(const char *const *name_servers, size_t n)
@@ -2053,6 +2262,8 @@ void dns_reactor_free(reactor *r)
 
 void dns_shutdown(void)
 {
+    testres_replace(NULL);
+    hosts_stop();
     dns_cache_clear();
     pthread_mutex_lock(&cache.lock);
     free(cache.t.b);

@@ -102,6 +102,7 @@ typedef struct dns_addrs {
     size_t n_addrs;
     uint32_t ttl;       /* smallest TTL of the answers used */
     int64_t expires_ms; /* clock_mono_ms() of the earliest expiry; 0: a literal */
+    uint16_t port;      /* a literal's port ("[10.0.0.1]:25", "[10.0.0.1:25]"); else 0 */
 } dns_addrs;
 
 typedef void (*dns_addr_cb)(const dns_addrs *res, void *ud);
@@ -127,12 +128,25 @@ typedef struct dns_config {
     bool no_recursion;
     const char *bind_addr; /* local address for queries ("ip" or "ip:port"; the port is
                               ignored), or NULL */
+    bool no_hosts_file;    /* use_hosts_file = 'Never': do not consult the hosts file */
 } dns_config;
 
 /* Replaces the resolver configuration. Resolvers created afterwards use it;
  * existing ones switch before their next query (queries in flight finish on
  * the old servers). Returns 0 or KERR_INVAL with err naming the bad entry. */
 int dns_configure_ex(const dns_config *cfg, char *err, size_t errlen);
+/* kumo.dns.configure_test_resolver: takes zs (built by src/net/zone) and
+ * answers every MX, A and AAAA lookup from it alone (no hosts file, no DNS;
+ * literals still need no resolver) until the next dns_configure_ex() or
+ * dns_configure_test(NULL). Forgets cached answers. Any thread. */
+struct zone_set;
+void dns_configure_test(struct zone_set *zs);
+/* The answers that need no name server, in this order: the test zones
+ * when set; the hosts file (src/net/hosts: /etc/hosts, CARES_HOSTS) for A
+ * and AAAA, where a name the file lists has only the file's addresses;
+ * RFC 6761: localhost names are 127.0.0.1 / ::1 with no MX (so they are
+ * their own mail exchanger), names under "invalid" do not exist. */
+
 /* dns_configure_ex with default options. */
 int dns_configure(const char *const *name_servers, size_t n);
 

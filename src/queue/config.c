@@ -4,6 +4,7 @@
  * functions plus the Lua glue; any thread. */
 #include "queue/config.h"
 
+#include <arpa/inet.h>
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include "core/duration.h"
 #include "core/kerr.h"
 #include "lua/klua.h"
+#include "net/sockaddr.h"
 
 typedef enum ctype {
     CT_DURATION,
@@ -236,6 +238,24 @@ static int parse_mode(const json_t *v, int *out)
     return KERR_PARSE;
 }
 
+/* An mx_list {addr=}: "ip", "[ip]", "ip:port" or "[ip6]:port". */
+static bool mx_addr_ok(const char *s)
+{
+    unsigned char raw[16];
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (inet_pton(AF_INET, s, raw) == 1 || inet_pton(AF_INET6, s, raw) == 1 ||
+        net_parse_hostport(s, &ss, &len) == 0)
+        return true;
+    size_t n = strlen(s);
+    char inner[INET6_ADDRSTRLEN + 1];
+    if (n < 3 || s[0] != '[' || s[n - 1] != ']' || n - 2 >= sizeof(inner))
+        return false;
+    memcpy(inner, s + 1, n - 2);
+    inner[n - 2] = '\0';
+    return inet_pton(AF_INET, inner, raw) == 1 || inet_pton(AF_INET6, inner, raw) == 1;
+}
+
 static int parse_protocol(const json_t *p, queue_config *c, char *err, size_t errlen)
 {
     if (!json_is_object(p)) {
@@ -271,6 +291,17 @@ static int parse_protocol(const json_t *p, queue_config *c, char *err, size_t er
                                  "make_queue_config: protocol.smtp.mx_list[%zu]: expected a host "
                                  "name, \"[ip]\" or {name=, addr=}",
                                  i + 1);
+                        return KERR_PARSE;
+                    }
+                    /* KumoMTA's ResolvedAddress: addr is an address, not a name:
+                     * "10.0.0.1", "10.0.0.1:2025", "::1", "[::1]", "[::1]:2025" */
+                    const char *addr =
+                        json_is_object(e) ? json_string_value(json_object_get(e, "addr")) : NULL;
+                    if (addr && !mx_addr_ok(addr)) {
+                        snprintf(err, errlen,
+                                 "make_queue_config: protocol.smtp.mx_list[%zu]: addr '%.200s' is "
+                                 "not an IP address with an optional port",
+                                 i + 1, addr);
                         return KERR_PARSE;
                     }
                 }
