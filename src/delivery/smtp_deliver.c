@@ -179,6 +179,19 @@ struct addr_job {
     size_t idx;
 };
 
+/* A lookup dropped unanswered at shutdown: only the reference goes. */
+static void drop_addr_job(void *ud)
+{
+    struct addr_job *j = ud;
+    ref_drop(j->ref);
+    free(j);
+}
+
+static void drop_mx_ref(void *ud)
+{
+    ref_drop(ud);
+}
+
 static void on_addrs(const dns_addrs *res, void *ud)
 {
     struct addr_job *j = ud;
@@ -226,7 +239,7 @@ static void resolve_hosts(sconn *c)
         j->ref = c->ref;
         j->ref->refs++;
         j->idx = i;
-        if (dns_lookup_addrs(c->hosts[i], strategy, on_addrs, j) != 0) {
+        if (dns_lookup_addrs_owned(c->hosts[i], strategy, on_addrs, j, drop_addr_job) != 0) {
             /* counted as a host without addresses */
             ref_drop(j->ref);
             free(j);
@@ -494,7 +507,7 @@ static void sd_open(dispatcher *d)
     const char *dom = disp_routing_domain(d) ? disp_routing_domain(d) : disp_domain(d);
     c->ref->refs++;
     disp_set_phase(d, PHASE_ATTEMPTING_CONNECTION, "resolving MX");
-    if (dns_lookup_mx(dom, on_mx, c->ref) != 0) {
+    if (dns_lookup_mx_owned(dom, on_mx, c->ref, drop_mx_ref) != 0) {
         ref_drop(c->ref);
         bulk(c, OUTCOME_TRANSIENT, 451, 4, 4, 4, "KumoMTA internal: failed to resolve MX",
              "FailedToInsertIntoReadyQueue");

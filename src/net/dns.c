@@ -830,6 +830,7 @@ struct waiter {
     int kind;
     dns_mx_cb mx_cb;
     void *ud;
+    void (*drop)(void *ud); /* for ud when the lookup is dropped unanswered */
     struct addr_job *job;
 };
 
@@ -857,6 +858,7 @@ struct addr_job {
     struct addr_job *prev, *next; /* res->jobs */
     dns_addr_cb cb;
     void *ud;
+    void (*drop)(void *ud); /* for ud when the lookup is dropped unanswered */
     int strategy;
     char *name;
     char *fq;
@@ -1083,8 +1085,11 @@ static struct resolver *resolver_get(reactor *r)
 static void flight_free(struct flight *f)
 {
     while (f->waiters) {
+        /* still here: never answered (dns_reactor_free at shutdown) */
         struct waiter *w = f->waiters;
         f->waiters = w->next;
+        if (w->drop)
+            w->drop(w->ud);
         free(w);
     }
     if (f->deadline)
@@ -1771,6 +1776,11 @@ static int parse_literal(const char *s, int *family, unsigned char raw[16], uint
 
 int dns_lookup_mx(const char *domain, dns_mx_cb cb, void *ud)
 {
+    return dns_lookup_mx_owned(domain, cb, ud, NULL);
+}
+
+int dns_lookup_mx_owned(const char *domain, dns_mx_cb cb, void *ud, void (*drop)(void *ud))
+{
     reactor *r = reactor_current();
     if (!r || !cb || !domain)
         return KERR_INVAL;
@@ -1780,6 +1790,7 @@ int dns_lookup_mx(const char *domain, dns_mx_cb cb, void *ud)
     struct waiter *w = waiter_new(W_MX);
     w->mx_cb = cb;
     w->ud = ud;
+    w->drop = drop;
 
     char err[256];
     int family;
@@ -2009,6 +2020,12 @@ static void job_finish(struct resolver *res, struct addr_job *job)
 
 int dns_lookup_addrs(const char *host, int strategy, dns_addr_cb cb, void *ud)
 {
+    return dns_lookup_addrs_owned(host, strategy, cb, ud, NULL);
+}
+
+int dns_lookup_addrs_owned(const char *host, int strategy, dns_addr_cb cb, void *ud,
+                           void (*drop)(void *ud))
+{
     reactor *r = reactor_current();
     if (!r || !cb || !host || strategy < DNS_IPV4_AND_IPV6 || strategy > DNS_IPV4_THEN_IPV6)
         return KERR_INVAL;
@@ -2018,6 +2035,7 @@ int dns_lookup_addrs(const char *host, int strategy, dns_addr_cb cb, void *ud)
     struct addr_job *job = xcalloc(1, sizeof(*job));
     job->cb = cb;
     job->ud = ud;
+    job->drop = drop;
     job->strategy = strategy;
     job->name = xstrdup(host);
     job->next = res->jobs;
@@ -2254,6 +2272,8 @@ void dns_reactor_free(reactor *r)
     while (res->jobs) {
         struct addr_job *job = res->jobs;
         res->jobs = job->next;
+        if (job->drop) /* never answered */
+            job->drop(job->ud);
         job_free(job);
     }
     event_free(res->deliver_ev);

@@ -63,6 +63,10 @@ typedef void (*dns_mx_cb)(const dns_mx *mx, void *ud);
  * KERR_INVAL when not called on a reactor thread / KERR_NOMEM (cb will not
  * run). domain is copied. */
 int dns_lookup_mx(const char *domain, dns_mx_cb cb, void *ud);
+/* The same, for a ud that the callback owns: drop(ud) is called instead of
+ * cb when the lookup is dropped unanswered (the reactor's resolver freed at
+ * shutdown), so that it is not leaked. */
+int dns_lookup_mx_owned(const char *domain, dns_mx_cb cb, void *ud, void (*drop)(void *ud));
 
 /* Keeps an MX result beyond its callback; any thread. */
 const dns_mx *dns_mx_ref(const dns_mx *mx);
@@ -113,6 +117,10 @@ typedef void (*dns_addr_cb)(const dns_addrs *res, void *ud);
  * dns_lookup_mx(). An unknown name is DNS_NXDOMAIN with no addresses, not an
  * error. host is copied. */
 int dns_lookup_addrs(const char *host, int strategy, dns_addr_cb cb, void *ud);
+/* The same with drop(ud) called when the lookup is dropped unanswered (see
+ * dns_lookup_mx_owned). */
+int dns_lookup_addrs_owned(const char *host, int strategy, dns_addr_cb cb, void *ud,
+                           void (*drop)(void *ud));
 
 /* ---- configuration (any thread, process-wide) ----------------------------- */
 
