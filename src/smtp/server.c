@@ -191,31 +191,31 @@ typedef void (*sess_cont)(sess *s, klua_call *c, int status);
 struct sess {
     sess *next_live, *prev_live; /* this reactor's sessions */
     listener_cfg *ln;
-    lcfg_params p;    /* effective parameters: listener, peer, via, dynamic */
-    lcfg_block *dyn;  /* what smtp_server_get_dynamic_parameters returned */
-    SSL_CTX *tls_ctx; /* p's context, looked up at STARTTLS */
+    lcfg_params p;      /* effective parameters: listener, peer, via, dynamic */
+    lcfg_block *dyn;    /* what smtp_server_get_dynamic_parameters returned */
+    SSL_CTX *tls_ctx;   /* p's context, looked up at STARTTLS */
     bool after_xclient; /* the dynamic parameters run for XCLIENT: then 220 */
     reactor *r;
     struct bufferevent *bev;
     sess_state state;
-    bool busy;       /* an event or a save is in flight: input waits */
-    bool in_loop;    /* inside sess_process */
-    bool dead;       /* socket gone; reap when refs drop */
+    bool busy;    /* an event or a save is in flight: input waits */
+    bool in_loop; /* inside sess_process */
+    bool dead;    /* socket gone; reap when refs drop */
     bool reap_armed;
     bool close_after_write;
     bool starttls_pending;
-    bool expecting; /* counted in spool_expect_save */
-    bool filtered; /* s->bev is the TLS filter: libevent writes, not sess_flush */
+    bool expecting;        /* counted in spool_expect_save */
+    bool filtered;         /* s->bev is the TLS filter: libevent writes, not sess_flush */
     struct evbuffer *outq; /* replies not yet written (plain sessions) */
     struct evbuffer *inq;  /* what the client sent, not yet processed (plain sessions) */
     struct event *rev;     /* plain sessions read for themselves: EV_READ, idle timeout */
-    bool discarding_line; /* over-long command being skipped */
+    bool discarding_line;  /* over-long command being skipped */
     /* Deadlines that trickled bytes do not extend (the idle timeout does
      * restart on every byte): when the partial command line in the input
      * began to arrive (0: none), and when DATA's 354 went out. */
     int64_t line_since_ns, data_since_ns;
     int drain_polls;
-    int refs;             /* pending spool saves and similar */
+    int refs; /* pending spool saves and similar */
     char session_id[37];
     struct sockaddr_storage peer, local; /* as XCLIENT may have changed them */
     char peer_ip[INET6_ADDRSTRLEN];
@@ -398,8 +398,8 @@ static void log_rejection(sess *s, int code, const char *msg, const char *comman
     r.queue = "";
     r.site = "";
     r.response.code = code;
-    r.response.content = split_enhanced(msg, &r.response.enh_class, &r.response.enh_subject,
-                                        &r.response.enh_detail);
+    r.response.content =
+        split_enhanced(msg, &r.response.enh_class, &r.response.enh_subject, &r.response.enh_detail);
     r.response.command = command;
     r.peer_name = s->ehlo_domain ? s->ehlo_domain : "";
     r.peer_addr = s->peer_ip;
@@ -623,7 +623,7 @@ static void after_dynamic_parameters(sess *s, klua_call *c, int status)
     s->dyn = dyn;
     if (s->after_xclient) {
         s->after_xclient = false;
-        sess_set_state(s, SS_HELO);
+        sess_set_state(s, s->ehlo_domain ? SS_READY : SS_HELO);
         sess_replyf(s, 220, s->line, "%s %s", s->p.hostname, s->p.banner);
         return;
     }
@@ -641,7 +641,7 @@ static void sess_dynamic_parameters(sess *s)
         s->dyn = NULL;
         if (s->after_xclient) {
             s->after_xclient = false;
-            sess_set_state(s, SS_HELO);
+            sess_set_state(s, s->ehlo_domain ? SS_READY : SS_HELO);
             sess_replyf(s, 220, s->line, "%s %s", s->p.hostname, s->p.banner);
             return;
         }
@@ -666,17 +666,17 @@ static void sess_dynamic_parameters(sess *s)
 static void cmd_xclient(sess *s, const char *arg)
 {
     if (!s->p.allow_xclient) {
-        sess_reply(s, 550, "insufficient authorization", s->line);
+        sess_reply(s, 550, "insufficient authorization", NULL);
         return;
     }
     if (s->state == SS_MAIL || s->state == SS_RCPT) {
-        sess_reply(s, 503, "mail transaction in progress", s->line);
+        sess_reply(s, 503, "mail transaction in progress", NULL);
         return;
     }
     xclient_req x;
     char why[300];
     if (xclient_parse(arg, &x, why, sizeof(why)) != 0) {
-        sess_reply(s, 501, why, s->line);
+        sess_reply(s, 501, why, NULL);
         return;
     }
     if (x.has_addr || x.has_port) {
@@ -702,15 +702,16 @@ static void cmd_xclient(sess *s, const char *arg)
         json_object_set_new(s->meta, "received_via", json_string(s->local_str));
     }
     DINFO(SMOD, "session=%s XCLIENT: peer %s via %s", s->session_id, s->peer_str, s->local_str);
-    /* Postfix: back to the initial greeting stage, except for what XCLIENT
-     * itself set (HELO) and TLS */
+    /* No transaction is open; the EHLO name stays (as in KumoMTA) unless
+     * HELO names another or [UNAVAILABLE] */
     tx_reset(s);
-    free(s->ehlo_domain);
-    s->ehlo_domain = NULL;
-    json_object_del(s->meta, "ehlo_domain");
-    if (x.has_helo && x.helo[0]) {
-        s->ehlo_domain = strdup(x.helo);
-        json_object_set_new(s->meta, "ehlo_domain", json_string(x.helo));
+    if (x.has_helo) {
+        free(s->ehlo_domain);
+        s->ehlo_domain = x.helo[0] ? strdup(x.helo) : NULL;
+        if (x.helo[0])
+            json_object_set_new(s->meta, "ehlo_domain", json_string(x.helo));
+        else
+            json_object_del(s->meta, "ehlo_domain");
     }
     if (x.has_login) {
         free(s->authn_id);
@@ -749,7 +750,8 @@ static void finish_ehlo(sess *s, const char *domain, bool ehlo, json_t *exts)
     if (exts) {
         size_t i;
         json_t *v;
-        json_array_foreach(exts, i, v) {
+        json_array_foreach(exts, i, v)
+        {
             if (json_is_string(v))
                 n += snprintf(buf + n, sizeof(buf) - (size_t)n, "\n%s", json_string_value(v));
         }
@@ -793,8 +795,7 @@ static void after_ehlo(sess *s, klua_call *c, int status)
         return;
     }
     json_t *exts = NULL;
-    if (ehlo && klua_call_nresults(c) >= 1 &&
-        lua_type(klua_call_thread(c), 1) == LUA_TTABLE) {
+    if (ehlo && klua_call_nresults(c) >= 1 && lua_type(klua_call_thread(c), 1) == LUA_TTABLE) {
         char err[128];
         exts = klua_to_json(klua_call_thread(c), 1, err, sizeof(err));
         if (exts && !json_is_array(exts)) {
@@ -1027,8 +1028,8 @@ static void rcpt_continue(sess *s);
 
 static void after_listener_domain(sess *s, klua_call *c, int status)
 {
-    const char *dom = s->ldom_step == 0 ? address_domain(s->sender)
-                                        : address_domain(s->pending_rcpt);
+    const char *dom =
+        s->ldom_step == 0 ? address_domain(s->sender) : address_domain(s->pending_rcpt);
     if (status == KLUA_ERROR) {
         sess_tech_difficulties(s, c);
         free(s->pending_rcpt);
@@ -1379,7 +1380,8 @@ static char *make_received(sess *s, const spoolid *id, const char *rcpt)
     strftime(rest, sizeof(rest), "%b %Y %H:%M:%S +0000", &tm);
     static const char *const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
     snprintf(date, sizeof(date), "%s, %d %s", days[tm.tm_wday], tm.tm_mday, rest);
-    const char *proto = s->authn_id ? (s->tls ? "ESMTPSA" : "ESMTP") : (s->tls ? "ESMTPS" : "ESMTP");
+    const char *proto =
+        s->authn_id ? (s->tls ? "ESMTPSA" : "ESMTP") : (s->tls ? "ESMTPS" : "ESMTP");
     char tlsinfo[160] = "";
     if (s->tls)
         snprintf(tlsinfo, sizeof(tlsinfo), " (%s:%s) ", s->tls_version ? s->tls_version : "",
@@ -1430,7 +1432,8 @@ static int apply_supplemental(sess *s, message *m)
     }
     size_t i;
     json_t *v;
-    json_array_foreach(s->p.include_meta_names, i, v) {
+    json_array_foreach(s->p.include_meta_names, i, v)
+    {
         const char *name = json_string_value(v);
         json_t *mv = name ? json_object_get(m->meta, name) : NULL;
         if (mv)
@@ -1593,8 +1596,8 @@ static void after_split(sess *s, klua_call *c, int status)
         }
         return;
     }
-    bool from_split = c && klua_call_nresults(c) >= 1 &&
-                      lua_type(klua_call_thread(c), 1) == LUA_TTABLE;
+    bool from_split =
+        c && klua_call_nresults(c) >= 1 && lua_type(klua_call_thread(c), 1) == LUA_TTABLE;
     build_batches(s, c ? klua_call_thread(c) : NULL, from_split);
     s->batch_idx = 0;
     process_batch_next(s);
@@ -1924,9 +1927,9 @@ static void after_auth(sess *s, klua_call *c, int status)
         sess_reply(s, klua_call_reject_code(c), klua_call_error(c), s->line);
         return;
     }
-    bool ok = status == KLUA_OK && klua_call_nresults(c) >= 1 &&
-              (lua_toboolean(klua_call_thread(c), 1) ||
-               lua_type(klua_call_thread(c), 1) == LUA_TTABLE);
+    bool ok =
+        status == KLUA_OK && klua_call_nresults(c) >= 1 &&
+        (lua_toboolean(klua_call_thread(c), 1) || lua_type(klua_call_thread(c), 1) == LUA_TTABLE);
     if (status == KLUA_ERROR)
         DERROR(SMOD, "session=%s error in smtp_server_auth_plain: %s", s->session_id,
                klua_call_error(c));
@@ -1960,8 +1963,7 @@ static void auth_plain_response(sess *s, const char *b64)
     const char *authz = (char *)buf, *authc = (char *)z1 + 1, *pass = (char *)z2 + 1;
     /* RFC 4616: the identities are UTF-8; they go into the connection meta */
     if (!utf8_valid(authz, strlen(authz)) || !utf8_valid(authc, strlen(authc))) {
-        sess_reply(s, 501, "5.5.2 Invalid UTF8 in decoded PLAIN response",
-                   s->line);
+        sess_reply(s, 501, "5.5.2 Invalid UTF8 in decoded PLAIN response", s->line);
         return;
     }
     if (!*authz)
@@ -2231,17 +2233,16 @@ static bool sess_too_slow(sess *s)
             allowed += (int64_t)((double)s->data_len / (double)s->p.min_data_rate * 1e9);
         if (s->p.min_data_rate > 0 && now - s->data_since_ns > allowed) {
             DINFO(SMOD, "session=%s peer=%s DATA too slow: %zu bytes in %.1fs (floor %ld B/s)",
-                  s->session_id, s->peer_str, s->data_len,
-                  (double)(now - s->data_since_ns) / 1e9, s->p.min_data_rate);
+                  s->session_id, s->peer_str, s->data_len, (double)(now - s->data_since_ns) / 1e9,
+                  s->p.min_data_rate);
             sess_replyf(s, 421, NULL, "4.4.2 %s data transfer too slow", s->p.hostname);
             return true;
         }
         return false;
     }
     if (s->line_since_ns && now - s->line_since_ns > s->p.client_timeout_ns) {
-        DINFO(SMOD, "session=%s peer=%s command line took over %.0fs in state %s",
-              s->session_id, s->peer_str, (double)s->p.client_timeout_ns / 1e9,
-              state_names[s->state]);
+        DINFO(SMOD, "session=%s peer=%s command line took over %.0fs in state %s", s->session_id,
+              s->peer_str, (double)s->p.client_timeout_ns / 1e9, state_names[s->state]);
         sess_replyf(s, 421, NULL, "4.4.2 %s command timed out", s->p.hostname);
         return true;
     }
@@ -2402,8 +2403,7 @@ static void sess_event_cb(struct bufferevent *bev, short what, void *arg)
             if (e) {
                 char buf[256];
                 ERR_error_string_n(e, buf, sizeof(buf));
-                DDEBUG(SMOD, "session=%s peer=%s TLS error: %s", s->session_id, s->peer_str,
-                       buf);
+                DDEBUG(SMOD, "session=%s peer=%s TLS error: %s", s->session_id, s->peer_str, buf);
             }
         }
         sess_reap_soon(s);
@@ -2458,9 +2458,8 @@ static void on_accept(listener_cfg *ln, int fd, struct sockaddr *sa, socklen_t s
     json_object_set_new(s->meta, "received_from", json_string(s->peer_str));
     bufferevent_setcb(s->bev, sess_read_cb, sess_write_cb, sess_event_cb, s);
     sess_eval_params(s, NULL); /* the listener's, with its peer and via blocks */
-    sess_reading(s, true); /* the bufferevent writes only; EV_WRITE: see sess_flush */
-    DDEBUG(SMOD, "session=%s accepted peer=%s via=%s", s->session_id, s->peer_str,
-           s->local_str);
+    sess_reading(s, true);     /* the bufferevent writes only; EV_WRITE: see sess_flush */
+    DDEBUG(SMOD, "session=%s accepted peer=%s via=%s", s->session_id, s->peer_str, s->local_str);
 
     /* pre-banner refusals */
     if (atomic_load(&shutting_down)) {
@@ -2488,7 +2487,8 @@ static void on_accept(listener_cfg *ln, int fd, struct sockaddr *sa, socklen_t s
         sess_process(s);
 }
 
-/* ---- start and stop ---------------------------------------------------------------------------- */
+/* ---- start and stop ----------------------------------------------------------------------------
+ */
 
 struct open_job {
     char err[512];
@@ -2610,8 +2610,9 @@ int smtpsrv_start_listeners(char *err, size_t errlen)
         lcfg_defaults(&p);
         lcfg_apply(&p, ln->base, NULL, NULL, NULL);
         if (p.deferred_queue && !loopback && !p.relay_hosts_set)
-            DWARN(SMOD, "esmtp listener %s has deferred_queue=true on a non-loopback address: "
-                        "it must only face trusted injectors (check relay_hosts)",
+            DWARN(SMOD,
+                  "esmtp listener %s has deferred_queue=true on a non-loopback address: "
+                  "it must only face trusted injectors (check relay_hosts)",
                   ln->listen);
     }
     for (int r = 0; r < reactor_count(); r++) {
@@ -2630,7 +2631,8 @@ int smtpsrv_start_listeners(char *err, size_t errlen)
     return 0;
 }
 
-/* ---- shutdown ----------------------------------------------------------------------------------- */
+/* ---- shutdown -----------------------------------------------------------------------------------
+ */
 
 /* Shutdown, after the grace period: sessions still open are dropped. */
 static void close_sessions_on_reactor(void *arg)
