@@ -886,10 +886,7 @@ static void after_mail_from(sess *s, klua_call *c, int status)
 
 static void cmd_mail(sess *s, const char *arg)
 {
-    if (s->state == SS_HELO) {
-        sess_reply(s, 503, "5.5.1 EHLO or HELO first", s->line);
-        return;
-    }
+    /* KumoMTA does not insist on EHLO first */
     if (s->state == SS_MAIL || s->state == SS_RCPT) {
         sess_reply(s, 503, "5.5.0 MAIL FROM already issued; you must RSET first", s->line);
         return;
@@ -1949,7 +1946,7 @@ static void auth_plain_response(sess *s, const char *b64)
     unsigned char buf[1024];
     int n = b64_decode(b64, buf, sizeof(buf) - 1);
     if (n < 0) {
-        sess_reply(s, 501, "5.5.2 Invalid base64 in authentication exchange", s->line);
+        sess_reply(s, 501, "5.5.2 Invalid base64 response", s->line);
         return;
     }
     buf[n] = 0;
@@ -2091,7 +2088,7 @@ static void dispatch_line(sess *s, char *line)
     if (s->state == SS_AUTH) {
         sess_set_state(s, s->ehlo_domain ? SS_READY : SS_HELO);
         if (strcmp(line, "*") == 0) {
-            sess_reply(s, 501, "5.0.0 AUTH cancelled", NULL);
+            sess_reply(s, 501, "5.5.0 AUTH cancelled by client", s->line);
             return;
         }
         auth_plain_response(s, line);
@@ -2103,7 +2100,7 @@ static void dispatch_line(sess *s, char *line)
     const char *arg = line + vl;
     while (*arg == ' ')
         arg++;
-    if (strcasecmp(verb, "EHLO") == 0 || strcasecmp(verb, "LHLO") == 0)
+    if (strcasecmp(verb, "EHLO") == 0)
         cmd_ehlo(s, arg, true);
     else if (strcasecmp(verb, "HELO") == 0)
         cmd_ehlo(s, arg, false);
@@ -2131,11 +2128,7 @@ static void dispatch_line(sess *s, char *line)
         cmd_auth(s, arg);
     else if (strcasecmp(verb, "XCLIENT") == 0)
         cmd_xclient(s, arg);
-    else if (strcasecmp(verb, "VRFY") == 0 || strcasecmp(verb, "EXPN") == 0)
-        sess_reply(s, 252, "2.5.2 cannot verify the user, but will accept the message", s->line);
-    else if (strcasecmp(verb, "HELP") == 0)
-        sess_reply(s, 214, "2.0.0 see https://www.rfc-editor.org/rfc/rfc5321", NULL);
-    else
+    else /* VRFY, EXPN, HELP and LHLO too, as KumoMTA */
         sess_reply(s, 502, "5.5.1 Command unimplemented", s->line);
 }
 

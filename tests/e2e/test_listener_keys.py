@@ -417,3 +417,30 @@ def test_deferred_spool_per_peer(k):
     k.wait_records(lambda r: r["id"] == id, type="TransientFailure")
     wait_until(lambda: id in k.local_disk_ids("data") and id in k.local_disk_ids("meta"),
                what="the deferred_spool message saved after its transient failure")
+
+
+# ---- replies compared with KumoMTA's -------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", ["VRFY postmaster", "EXPN list", "HELP", "LHLO client.test"])
+def test_unimplemented_verbs(k, line):
+    p = Peer(k)
+    assert p.cmd(line) == (502, "5.5.1 Command unimplemented")
+
+
+def test_mail_without_ehlo_is_accepted(k):
+    """KumoMTA does not insist on EHLO before MAIL."""
+    p = Peer(k)
+    id = send(p, ehlo=False)
+    assert reception(k, id)["peer_address"] == {"name": "", "addr": "127.0.0.5"}
+
+
+def test_starttls_twice(k):
+    s = smtplib.SMTP(timeout=30 * kh.SLOW)
+    s.connect("127.0.0.1", k.port("tls"))
+    s._host = "127.0.0.1"
+    s.ehlo("tls.client.test")
+    s.starttls(context=kh.unverified_tls())
+    s.ehlo("tls.client.test")
+    assert s.docmd("STARTTLS") == (501, b"Cannot STARTTLS as TLS is already active")
+    s.close()
