@@ -149,14 +149,14 @@ int xclient_parse(const char *args, xclient_req *out, char *reply, size_t replyl
                 snprintf(reply, replylen, "HELO %.200s is invalid", value);
                 return KERR_PARSE;
             }
-            snprintf(out->helo, sizeof(out->helo), "%s", is_unavailable(value) ? "" : value);
+            snprintf(out->helo, sizeof(out->helo), "%.255s", is_unavailable(value) ? "" : value);
             out->has_helo = true;
         } else if (strcasecmp(name, "LOGIN") == 0) {
             if (strlen(value) > 255) {
                 snprintf(reply, replylen, "LOGIN %.200s is invalid", value);
                 return KERR_PARSE;
             }
-            snprintf(out->login, sizeof(out->login), "%s", is_unavailable(value) ? "" : value);
+            snprintf(out->login, sizeof(out->login), "%.255s", is_unavailable(value) ? "" : value);
             out->has_login = true;
         } else {
             snprintf(reply, replylen, "parameter %s is not supported", name);
