@@ -2619,7 +2619,10 @@ int smtpsrv_start_listeners(char *err, size_t errlen)
     for (int i = 0; i < n_listeners; i++) {
         char bound[INET6_ADDRSTRLEN + 8];
         net_format_addr((struct sockaddr *)&listeners[i]->addr, NULL, 0, bound, sizeof(bound));
-        DINFO(SMOD, "esmtp listener on %s", bound);
+        lcfg_params p;
+        lcfg_defaults(&p);
+        lcfg_apply(&p, listeners[i]->base, NULL, NULL, NULL);
+        DINFO(SMOD, "esmtp listener on %s (hostname %s)", bound, p.hostname);
     }
     return 0;
 }
