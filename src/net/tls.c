@@ -1,5 +1,5 @@
 /* OpenSSL context construction. Errors are reported with OpenSSL's own
- * error queue text. Main thread at start-up. */
+ * error queue text. Any thread (a context is built once, then shared). */
 #include "net/tls.h"
 
 #include <openssl/err.h>
@@ -93,6 +93,37 @@ SSL_CTX *tls_server_ctx_new(const char *cert_path, const char *key_path, const c
         return NULL;
     }
     return ctx;
+}
+
+/* The verdict is left in SSL_get_verify_result; the handshake goes on. */
+static int accept_any_client_cert(int preverify_ok, X509_STORE_CTX *x)
+{
+    (void)preverify_ok;
+    (void)x;
+    return 1;
+}
+
+int tls_server_ctx_request_client_cert(SSL_CTX *ctx, const char *ca_path, char *err,
+                                       size_t errlen)
+{
+    if (SSL_CTX_load_verify_locations(ctx, ca_path, NULL) != 1) {
+        tls_err(err, errlen, ca_path);
+        return -1;
+    }
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca_path);
+    if (!names) {
+        tls_err(err, errlen, ca_path);
+        return -1;
+    }
+    SSL_CTX_set_client_CA_list(ctx, names); /* takes names */
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, accept_any_client_cert);
+    /* OpenSSL refuses to resume a session of a verifying context without one */
+    static const unsigned char sid_ctx[] = "kumod-esmtp";
+    if (SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1) != 1) {
+        tls_err(err, errlen, "setting the session id context");
+        return -1;
+    }
+    return 0;
 }
 
 SSL_CTX *tls_client_ctx_new(int verify, char *err, size_t errlen)

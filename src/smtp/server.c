@@ -52,6 +52,8 @@
 #include "net/sockaddr.h"
 #include "net/tls.h"
 #include "net/wthrough.h"
+#include "smtp/listener_cfg.h"
+#include "smtp/xclient.h"
 #include "spool/spool.h"
 #include "metrics/metrics.h"
 
@@ -62,39 +64,6 @@
 #define SESS_READ_MAX (16384 - 128)
 
 /* ---- listener configuration ---------------------------------------------- */
-
-enum line_endings { LE_DENY, LE_ALLOW, LE_FIX };
-enum batch_handling { BATCH_BIFURCATE, BATCH_BY_DOMAIN };
-
-typedef struct listener_cfg {
-    char *listen;
-    char *hostname;
-    char *banner;
-    cidr_list relay_hosts;
-    long max_connections;
-    int64_t client_timeout_ns;
-    int64_t data_processing_timeout_ns;
-    long min_data_rate; /* bytes/s a DATA transfer must average (0: no floor) */
-    long max_messages_per_connection;
-    long max_recipients_per_message;
-    uint64_t max_message_size;
-    uint64_t data_buffer_size;
-    enum line_endings invalid_line_endings;
-    long line_length_hard_limit;
-    bool received_header, supplemental_header;
-    char *trace_header_name;
-    json_t *include_meta_names; /* array */
-    char *tls_certificate, *tls_private_key;
-    json_t *meta; /* object */
-    bool deferred_spool, deferred_queue;
-    bool relay_hosts_set;
-    enum batch_handling batch_handling;
-    SSL_CTX *tls;
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
-    bool wildcard; /* any address or port 0: ask each socket for its local end */
-    atomic_long active;
-} listener_cfg;
 
 static listener_cfg *listeners[MAX_LISTENERS];
 static int n_listeners;
@@ -127,273 +96,6 @@ void smtpsrv_get_stats(smtpsrv_stats *out)
     out->rejections = atomic_load(&st_rejections);
 }
 
-static void listener_cfg_free(listener_cfg *c)
-{
-    if (!c)
-        return;
-    free(c->listen);
-    free(c->hostname);
-    free(c->banner);
-    cidr_list_fini(&c->relay_hosts);
-    free(c->trace_header_name);
-    json_decref(c->include_meta_names);
-    free(c->tls_certificate);
-    free(c->tls_private_key);
-    json_decref(c->meta);
-    if (c->tls)
-        SSL_CTX_free(c->tls);
-    free(c);
-}
-
-static int cfg_duration(json_t *v, const char *key, int64_t *out, char *err, size_t errlen)
-{
-    if (json_is_integer(v) || json_is_real(v)) {
-        *out = (int64_t)(json_number_value(v) * 1e9);
-        return 0;
-    }
-    if (!json_is_string(v) || duration_parse(json_string_value(v), out) != 0) {
-        snprintf(err, errlen, "%s: invalid duration", key);
-        return KERR_PARSE;
-    }
-    return 0;
-}
-
-static int cfg_size(json_t *v, const char *key, uint64_t *out, char *err, size_t errlen)
-{
-    if (json_is_integer(v) && json_integer_value(v) >= 0) {
-        *out = (uint64_t)json_integer_value(v);
-        return 0;
-    }
-    if (!json_is_string(v) || size_parse(json_string_value(v), out) != 0) {
-        snprintf(err, errlen, "%s: invalid size", key);
-        return KERR_PARSE;
-    }
-    return 0;
-}
-
-static int cfg_long(json_t *v, const char *key, long *out, char *err, size_t errlen)
-{
-    if (!json_is_integer(v) || json_integer_value(v) < 0) {
-        snprintf(err, errlen, "%s: expected a non-negative integer", key);
-        return KERR_PARSE;
-    }
-    *out = (long)json_integer_value(v);
-    return 0;
-}
-
-static int cfg_bool(json_t *v, const char *key, bool *out, char *err, size_t errlen)
-{
-    if (!json_is_boolean(v)) {
-        snprintf(err, errlen, "%s: expected true or false", key);
-        return KERR_PARSE;
-    }
-    *out = json_is_true(v);
-    return 0;
-}
-
-static int cfg_str(json_t *v, const char *key, char **out, char *err, size_t errlen)
-{
-    if (!json_is_string(v)) {
-        snprintf(err, errlen, "%s: expected a string", key);
-        return KERR_PARSE;
-    }
-    free(*out);
-    *out = strdup(json_string_value(v));
-    return 0;
-}
-
-/* KeySource: a path string, or {key_data=...}/{path=...} tables. */
-static int cfg_keysource(json_t *v, const char *key, char **out, char *err, size_t errlen)
-{
-    if (json_is_object(v)) {
-        json_t *p = json_object_get(v, "path");
-        if (p)
-            return cfg_str(p, key, out, err, errlen);
-        snprintf(err, errlen, "%s: only file paths are supported as key sources", key);
-        return KERR_PARSE;
-    }
-    return cfg_str(v, key, out, err, errlen);
-}
-
-static int parse_trace_headers(json_t *v, listener_cfg *c, char *err, size_t errlen)
-{
-    if (!json_is_object(v)) {
-        snprintf(err, errlen, "trace_headers: expected a table");
-        return KERR_PARSE;
-    }
-    const char *k;
-    json_t *x;
-    json_object_foreach(v, k, x) {
-        int rc = 0;
-        if (strcmp(k, "received_header") == 0)
-            rc = cfg_bool(x, "trace_headers.received_header", &c->received_header, err, errlen);
-        else if (strcmp(k, "supplemental_header") == 0)
-            rc = cfg_bool(x, "trace_headers.supplemental_header", &c->supplemental_header, err,
-                          errlen);
-        else if (strcmp(k, "header_name") == 0)
-            rc = cfg_str(x, "trace_headers.header_name", &c->trace_header_name, err, errlen);
-        else if (strcmp(k, "include_meta_names") == 0) {
-            if (json_is_object(x) && json_object_size(x) == 0)
-                continue;
-            if (!json_is_array(x)) {
-                snprintf(err, errlen, "trace_headers.include_meta_names: expected a list");
-                return KERR_PARSE;
-            }
-            json_decref(c->include_meta_names);
-            c->include_meta_names = json_incref(x);
-        } else {
-            snprintf(err, errlen, "trace_headers: unknown field '%s'", k);
-            return KERR_PARSE;
-        }
-        if (rc)
-            return rc;
-    }
-    return 0;
-}
-
-static listener_cfg *listener_cfg_from_json(json_t *j, char *err, size_t errlen)
-{
-    listener_cfg *c = calloc(1, sizeof(*c));
-    if (!c)
-        return NULL;
-    char host[256] = "localhost";
-    gethostname(host, sizeof(host) - 1);
-    c->listen = strdup("127.0.0.1:2025");
-    c->hostname = strdup(host);
-    c->banner = strdup("KumoMTA");
-    cidr_list_add(&c->relay_hosts, "127.0.0.1");
-    cidr_list_add(&c->relay_hosts, "::1");
-    c->max_connections = 32768;
-    c->client_timeout_ns = 60 * NS_PER_SEC;
-    c->data_processing_timeout_ns = 300 * NS_PER_SEC;
-    c->min_data_rate = 500; /* as Postfix's smtpd_min_data_rate */
-    c->max_messages_per_connection = 10000;
-    c->max_recipients_per_message = 1024;
-    c->max_message_size = 20 * 1024 * 1024;
-    c->data_buffer_size = 128 * 1024;
-    c->invalid_line_endings = LE_DENY;
-    c->line_length_hard_limit = 998;
-    c->received_header = true;
-    c->supplemental_header = true;
-    c->trace_header_name = strdup("X-KumoRef");
-    c->include_meta_names = json_array();
-    c->meta = json_object();
-    c->batch_handling = BATCH_BIFURCATE;
-
-    const char *k;
-    json_t *v;
-    int rc = 0;
-    json_object_foreach(j, k, v) {
-        if (strcmp(k, "listen") == 0)
-            rc = cfg_str(v, k, &c->listen, err, errlen);
-        else if (strcmp(k, "hostname") == 0)
-            rc = cfg_str(v, k, &c->hostname, err, errlen);
-        else if (strcmp(k, "banner") == 0)
-            rc = cfg_str(v, k, &c->banner, err, errlen);
-        else if (strcmp(k, "relay_hosts") == 0) {
-            c->relay_hosts_set = true;
-            cidr_list_fini(&c->relay_hosts);
-            char e2[200];
-            if (cidr_list_from_json(v, &c->relay_hosts, e2, sizeof(e2)) != 0) {
-                snprintf(err, errlen, "relay_hosts: %s", e2);
-                rc = KERR_PARSE;
-            }
-        } else if (strcmp(k, "max_connections") == 0)
-            rc = cfg_long(v, k, &c->max_connections, err, errlen);
-        else if (strcmp(k, "client_timeout") == 0)
-            rc = cfg_duration(v, k, &c->client_timeout_ns, err, errlen);
-        else if (strcmp(k, "data_processing_timeout") == 0)
-            rc = cfg_duration(v, k, &c->data_processing_timeout_ns, err, errlen);
-        else if (strcmp(k, "min_data_rate") == 0)
-            rc = cfg_long(v, k, &c->min_data_rate, err, errlen);
-        else if (strcmp(k, "max_messages_per_connection") == 0)
-            rc = cfg_long(v, k, &c->max_messages_per_connection, err, errlen);
-        else if (strcmp(k, "max_recipients_per_message") == 0)
-            rc = cfg_long(v, k, &c->max_recipients_per_message, err, errlen);
-        else if (strcmp(k, "max_message_size") == 0)
-            rc = cfg_size(v, k, &c->max_message_size, err, errlen);
-        else if (strcmp(k, "data_buffer_size") == 0)
-            rc = cfg_size(v, k, &c->data_buffer_size, err, errlen);
-        else if (strcmp(k, "line_length_hard_limit") == 0)
-            rc = cfg_long(v, k, &c->line_length_hard_limit, err, errlen);
-        else if (strcmp(k, "invalid_line_endings") == 0) {
-            const char *s = json_string_value(v);
-            if (s && strcmp(s, "Deny") == 0)
-                c->invalid_line_endings = LE_DENY;
-            else if (s && strcmp(s, "Allow") == 0)
-                c->invalid_line_endings = LE_ALLOW;
-            else if (s && strcmp(s, "Fix") == 0)
-                c->invalid_line_endings = LE_FIX;
-            else {
-                snprintf(err, errlen, "invalid_line_endings: expected \"Deny\", \"Allow\" or "
-                                      "\"Fix\"");
-                rc = KERR_PARSE;
-            }
-        } else if (strcmp(k, "batch_handling") == 0) {
-            const char *s = json_string_value(v);
-            if (s && strcmp(s, "BifurcateAlways") == 0)
-                c->batch_handling = BATCH_BIFURCATE;
-            else if (s && strcmp(s, "BatchByDomain") == 0)
-                c->batch_handling = BATCH_BY_DOMAIN;
-            else {
-                snprintf(err, errlen,
-                         "batch_handling: expected \"BifurcateAlways\" or \"BatchByDomain\"");
-                rc = KERR_PARSE;
-            }
-        } else if (strcmp(k, "trace_headers") == 0)
-            rc = parse_trace_headers(v, c, err, errlen);
-        else if (strcmp(k, "tls_certificate") == 0)
-            rc = cfg_keysource(v, k, &c->tls_certificate, err, errlen);
-        else if (strcmp(k, "tls_private_key") == 0)
-            rc = cfg_keysource(v, k, &c->tls_private_key, err, errlen);
-        else if (strcmp(k, "meta") == 0) {
-            if (!json_is_object(v)) {
-                snprintf(err, errlen, "meta: expected a table");
-                rc = KERR_PARSE;
-            } else {
-                json_decref(c->meta);
-                c->meta = json_incref(v);
-            }
-        } else if (strcmp(k, "deferred_spool") == 0)
-            rc = cfg_bool(v, k, &c->deferred_spool, err, errlen);
-        else if (strcmp(k, "deferred_queue") == 0)
-            rc = cfg_bool(v, k, &c->deferred_queue, err, errlen);
-        else if (strcmp(k, "allow_xclient") == 0 || strcmp(k, "require_proxy_protocol") == 0) {
-            bool on = false;
-            rc = cfg_bool(v, k, &on, err, errlen);
-            if (!rc && on) {
-                snprintf(err, errlen, "%s: not supported by kumod yet", k);
-                rc = KERR_PARSE;
-            }
-        } else {
-            snprintf(err, errlen, "unknown field '%s'", k);
-            rc = KERR_PARSE;
-        }
-        if (rc) {
-            listener_cfg_free(c);
-            return NULL;
-        }
-    }
-    if ((c->tls_certificate == NULL) != (c->tls_private_key == NULL)) {
-        snprintf(err, errlen, "tls_certificate and tls_private_key must be given together");
-        listener_cfg_free(c);
-        return NULL;
-    }
-    if (net_parse_hostport(c->listen, &c->addr, &c->addrlen) != 0) {
-        snprintf(err, errlen, "listen: '%s' is not an IP:port address", c->listen);
-        listener_cfg_free(c);
-        return NULL;
-    }
-    if (c->addr.ss_family == AF_INET) {
-        const struct sockaddr_in *a4 = (const struct sockaddr_in *)&c->addr;
-        c->wildcard = a4->sin_addr.s_addr == htonl(INADDR_ANY) || a4->sin_port == 0;
-    } else {
-        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)&c->addr;
-        c->wildcard = IN6_IS_ADDR_UNSPECIFIED(&a6->sin6_addr) || a6->sin6_port == 0;
-    }
-    return c;
-}
-
 static int l_start_esmtp_listener(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -401,18 +103,18 @@ static int l_start_esmtp_listener(lua_State *L)
     json_t *j = klua_to_json(L, 1, err, sizeof(err));
     if (!j)
         return luaL_error(L, "kumo.start_esmtp_listener: %s", err);
-    listener_cfg *c = listener_cfg_from_json(j, err, sizeof(err));
+    listener_cfg *c = lcfg_listener_from_json(j, err, sizeof(err));
     json_decref(j);
     if (!c)
         return luaL_error(L, "kumo.start_esmtp_listener: %s", err);
     if (services_validate_only()) {
-        listener_cfg_free(c);
+        lcfg_listener_free(c);
         return 0;
     }
     pthread_mutex_lock(&listeners_lock);
     if (n_listeners >= MAX_LISTENERS) {
         pthread_mutex_unlock(&listeners_lock);
-        listener_cfg_free(c);
+        lcfg_listener_free(c);
         return luaL_error(L, "kumo.start_esmtp_listener: at most %d listeners", MAX_LISTENERS);
     }
     listeners[n_listeners++] = c;
@@ -489,29 +191,33 @@ typedef void (*sess_cont)(sess *s, klua_call *c, int status);
 struct sess {
     sess *next_live, *prev_live; /* this reactor's sessions */
     listener_cfg *ln;
+    lcfg_params p;      /* effective parameters: listener, peer, via, dynamic */
+    lcfg_block *dyn;    /* what smtp_server_get_dynamic_parameters returned */
+    SSL_CTX *tls_ctx;   /* p's context, looked up at STARTTLS */
+    bool after_xclient; /* the dynamic parameters run for XCLIENT: then 220 */
     reactor *r;
     struct bufferevent *bev;
     sess_state state;
-    bool busy;       /* an event or a save is in flight: input waits */
-    bool in_loop;    /* inside sess_process */
-    bool dead;       /* socket gone; reap when refs drop */
+    bool busy;    /* an event or a save is in flight: input waits */
+    bool in_loop; /* inside sess_process */
+    bool dead;    /* socket gone; reap when refs drop */
     bool reap_armed;
     bool close_after_write;
     bool starttls_pending;
-    bool expecting; /* counted in spool_expect_save */
-    bool filtered; /* s->bev is the TLS filter: libevent writes, not sess_flush */
+    bool expecting;        /* counted in spool_expect_save */
+    bool filtered;         /* s->bev is the TLS filter: libevent writes, not sess_flush */
     struct evbuffer *outq; /* replies not yet written (plain sessions) */
     struct evbuffer *inq;  /* what the client sent, not yet processed (plain sessions) */
     struct event *rev;     /* plain sessions read for themselves: EV_READ, idle timeout */
-    bool discarding_line; /* over-long command being skipped */
+    bool discarding_line;  /* over-long command being skipped */
     /* Deadlines that trickled bytes do not extend (the idle timeout does
      * restart on every byte): when the partial command line in the input
      * began to arrive (0: none), and when DATA's 354 went out. */
     int64_t line_since_ns, data_since_ns;
     int drain_polls;
-    int refs;             /* pending spool saves and similar */
+    int refs; /* pending spool saves and similar */
     char session_id[37];
-    struct sockaddr_storage peer;
+    struct sockaddr_storage peer, local; /* as XCLIENT may have changed them */
     char peer_ip[INET6_ADDRSTRLEN];
     char peer_str[INET6_ADDRSTRLEN + 8];
     char local_str[INET6_ADDRSTRLEN + 8];
@@ -520,6 +226,7 @@ struct sess {
     char *ehlo_domain;
     bool tls;
     char *tls_cipher, *tls_version;
+    char *tls_subject; /* verified client certificate's subject, an entry a line */
     char *authn_id;
     /* transaction */
     char *sender;
@@ -621,8 +328,10 @@ static void sess_free(sess *s)
     free(s->ehlo_domain);
     free(s->tls_cipher);
     free(s->tls_version);
+    free(s->tls_subject);
     free(s->authn_id);
     free(s->line);
+    lcfg_block_free(s->dyn);
     for (int i = 0; i < s->n_ldoms; i++) {
         free(s->ldoms[i].domain);
         cidr_list_fini(&s->ldoms[i].relay_from);
@@ -689,8 +398,8 @@ static void log_rejection(sess *s, int code, const char *msg, const char *comman
     r.queue = "";
     r.site = "";
     r.response.code = code;
-    r.response.content = split_enhanced(msg, &r.response.enh_class, &r.response.enh_subject,
-                                        &r.response.enh_detail);
+    r.response.content =
+        split_enhanced(msg, &r.response.enh_class, &r.response.enh_subject, &r.response.enh_detail);
     r.response.command = command;
     r.peer_name = s->ehlo_domain ? s->ehlo_domain : "";
     r.peer_addr = s->peer_ip;
@@ -727,8 +436,8 @@ static void sess_reading(sess *s, bool on)
         else
             bufferevent_disable(s->bev, EV_READ);
     } else if (on) {
-        struct timeval tv = {s->ln->client_timeout_ns / NS_PER_SEC,
-                             (s->ln->client_timeout_ns % NS_PER_SEC) / 1000};
+        struct timeval tv = {s->p.client_timeout_ns / NS_PER_SEC,
+                             (s->p.client_timeout_ns % NS_PER_SEC) / 1000};
         event_add(s->rev, &tv);
     } else {
         event_del(s->rev);
@@ -795,7 +504,7 @@ static void sess_tech_difficulties(sess *s, klua_call *c)
 {
     DERROR(SMOD, "session=%s peer=%s error in %s: %s", s->session_id, s->peer_str,
            klua_call_event(c), klua_call_error(c));
-    sess_replyf(s, 421, s->line, "4.3.0 %s technical difficulties", s->ln->hostname);
+    sess_replyf(s, 421, s->line, "4.3.0 %s technical difficulties", s->p.hostname);
 }
 
 /* Handles a rejection or error from a call; returns true when it did. */
@@ -861,7 +570,7 @@ static bool has_handler(const char *event)
 static void sess_greet(sess *s)
 {
     sess_set_state(s, SS_HELO);
-    sess_replyf(s, 220, NULL, "%s %s", s->ln->hostname, s->ln->banner);
+    sess_replyf(s, 220, NULL, "%s %s", s->p.hostname, s->p.banner);
 }
 
 static void after_connection_accepted(sess *s, klua_call *c, int status)
@@ -869,6 +578,170 @@ static void after_connection_accepted(sess *s, klua_call *c, int status)
     if (sess_call_failed(s, c, status, NULL))
         return;
     sess_greet(s);
+}
+
+/* ---- per-connection parameters ------------------------------------------------------ */
+
+/* The effective parameters from the defaults, the listener's (with the peer
+ * and via blocks that match the session's addresses) and dyn; dyn's
+ * strings stay referenced, so the caller frees the old one after. */
+static void sess_eval_params(sess *s, const lcfg_block *dyn)
+{
+    lcfg_defaults(&s->p);
+    const struct sockaddr *local = (const struct sockaddr *)&s->local;
+    const struct sockaddr *peer = (const struct sockaddr *)&s->peer;
+    lcfg_apply(&s->p, s->ln->base, local, peer, s->meta);
+    lcfg_apply(&s->p, dyn, local, peer, s->meta);
+    json_object_set_new(s->meta, "hostname", json_string(s->p.hostname));
+    if (s->bev && !s->filtered) {
+        struct timeval tv = {s->p.client_timeout_ns / NS_PER_SEC,
+                             (s->p.client_timeout_ns % NS_PER_SEC) / 1000};
+        bufferevent_set_timeouts(s->bev, &tv, &tv); /* the write timeout */
+    }
+}
+
+static void sess_connection_accepted(sess *s)
+{
+    if (!has_handler("smtp_server_connection_accepted")) {
+        sess_greet(s);
+        return;
+    }
+    klua_call *c;
+    lua_State *co = sess_begin(s, "smtp_server_connection_accepted", &c);
+    klua_push_connmeta(co, s->meta);
+    sess_run(s, c, 1, after_connection_accepted);
+}
+
+static void after_dynamic_parameters(sess *s, klua_call *c, int status)
+{
+    if (sess_call_failed(s, c, status, s->after_xclient ? s->line : NULL))
+        return;
+    lua_State *L = klua_call_thread(c);
+    lcfg_block *dyn = NULL;
+    if (klua_call_nresults(c) >= 1 && !lua_isnil(L, 1)) {
+        char err[512] = "expected a table of listener parameters";
+        json_t *j = lua_type(L, 1) == LUA_TTABLE ? klua_to_json(L, 1, err, sizeof(err)) : NULL;
+        dyn = j ? lcfg_block_from_json(j, err, sizeof(err)) : NULL;
+        json_decref(j);
+        if (!dyn) {
+            DERROR(SMOD, "session=%s peer=%s error in smtp_server_get_dynamic_parameters: %s",
+                   s->session_id, s->peer_str, err);
+            sess_replyf(s, 421, s->line, "4.3.0 %s technical difficulties", s->p.hostname);
+            return;
+        }
+    }
+    sess_eval_params(s, dyn);
+    lcfg_block_free(s->dyn);
+    s->dyn = dyn;
+    if (s->after_xclient) {
+        s->after_xclient = false;
+        sess_set_state(s, s->ehlo_domain ? SS_READY : SS_HELO);
+        sess_replyf(s, 220, s->line, "%s %s", s->p.hostname, s->p.banner);
+        return;
+    }
+    sess_connection_accepted(s);
+}
+
+/* smtp_server_get_dynamic_parameters(listener, conn_meta): overrides for
+ * this connection, applied over the listener's parameters. Then the
+ * connection_accepted event and the banner, or XCLIENT's 220. */
+static void sess_dynamic_parameters(sess *s)
+{
+    if (!has_handler("smtp_server_get_dynamic_parameters")) {
+        sess_eval_params(s, NULL);
+        lcfg_block_free(s->dyn);
+        s->dyn = NULL;
+        if (s->after_xclient) {
+            s->after_xclient = false;
+            sess_set_state(s, s->ehlo_domain ? SS_READY : SS_HELO);
+            sess_replyf(s, 220, s->line, "%s %s", s->p.hostname, s->p.banner);
+            return;
+        }
+        sess_connection_accepted(s);
+        return;
+    }
+    klua_call *c;
+    lua_State *co = sess_begin(s, "smtp_server_get_dynamic_parameters", &c);
+    lua_pushstring(co, s->ln->listen);
+    klua_push_connmeta(co, s->meta);
+    sess_run(s, c, 2, after_dynamic_parameters);
+}
+
+/* ---- XCLIENT ---------------------------------------------------------------------------- */
+
+/* Postfix's XCLIENT, for peers whose parameters have allow_xclient: the
+ * session takes the given peer (ADDR, PORT) and local (DESTADDR, DESTPORT)
+ * addresses, HELO name and login, forgets any transaction, re-evaluates its
+ * parameters (peer, via, dynamic) for the new addresses and answers with
+ * the banner. Reply codes as Postfix's XCLIENT_README: 220, 501 syntax,
+ * 503 inside a transaction, 550 not authorized; texts as KumoMTA's. */
+static void cmd_xclient(sess *s, const char *arg)
+{
+    if (!s->p.allow_xclient) {
+        sess_reply(s, 550, "insufficient authorization", NULL);
+        return;
+    }
+    if (s->state == SS_MAIL || s->state == SS_RCPT) {
+        sess_reply(s, 503, "mail transaction in progress", NULL);
+        return;
+    }
+    xclient_req x;
+    char why[300];
+    if (xclient_parse(arg, &x, why, sizeof(why)) != 0) {
+        sess_reply(s, 501, why, NULL);
+        return;
+    }
+    if (x.has_addr || x.has_port) {
+        if (!json_object_get(s->meta, "orig_received_from"))
+            json_object_set_new(s->meta, "orig_received_from", json_string(s->peer_str));
+        int port = x.has_port ? x.port : net_sockaddr_port(&s->peer);
+        if (x.has_addr)
+            s->peer = x.addr;
+        net_sockaddr_set_port(&s->peer, port);
+        net_format_addr((struct sockaddr *)&s->peer, s->peer_ip, sizeof(s->peer_ip), s->peer_str,
+                        sizeof(s->peer_str));
+        json_object_set_new(s->meta, "received_from", json_string(s->peer_str));
+    }
+    if (x.has_destaddr || x.has_destport) {
+        if (!json_object_get(s->meta, "orig_received_via"))
+            json_object_set_new(s->meta, "orig_received_via", json_string(s->local_str));
+        int port = x.has_destport ? x.destport : net_sockaddr_port(&s->local);
+        if (x.has_destaddr)
+            s->local = x.destaddr;
+        net_sockaddr_set_port(&s->local, port);
+        net_format_addr((struct sockaddr *)&s->local, s->local_ip, sizeof(s->local_ip),
+                        s->local_str, sizeof(s->local_str));
+        json_object_set_new(s->meta, "received_via", json_string(s->local_str));
+    }
+    DINFO(SMOD, "session=%s XCLIENT: peer %s via %s", s->session_id, s->peer_str, s->local_str);
+    /* No transaction is open; the EHLO name stays (as in KumoMTA) unless
+     * HELO names another or [UNAVAILABLE] */
+    tx_reset(s);
+    if (x.has_helo) {
+        free(s->ehlo_domain);
+        s->ehlo_domain = x.helo[0] ? strdup(x.helo) : NULL;
+        if (x.helo[0])
+            json_object_set_new(s->meta, "ehlo_domain", json_string(x.helo));
+        else
+            json_object_del(s->meta, "ehlo_domain");
+    }
+    if (x.has_login) {
+        free(s->authn_id);
+        s->authn_id = x.login[0] ? strdup(x.login) : NULL;
+        if (x.login[0])
+            json_object_set_new(s->meta, "authn_id", json_string(x.login));
+        else
+            json_object_del(s->meta, "authn_id");
+        json_object_del(s->meta, "authz_id");
+    }
+    for (int i = 0; i < s->n_ldoms; i++) {
+        free(s->ldoms[i].domain);
+        cidr_list_fini(&s->ldoms[i].relay_from);
+        memset(&s->ldoms[i], 0, sizeof(s->ldoms[i]));
+    }
+    s->n_ldoms = 0;
+    s->after_xclient = true;
+    sess_dynamic_parameters(s);
 }
 
 /* ---- EHLO ---------------------------------------------------------------------- */
@@ -885,21 +758,24 @@ static void finish_ehlo(sess *s, const char *domain, bool ehlo, json_t *exts)
         return;
     }
     char buf[2048];
-    int n = snprintf(buf, sizeof(buf), "%s Aloha %s", s->ln->hostname, domain);
+    int n = snprintf(buf, sizeof(buf), "%s Aloha %s", s->p.hostname, domain);
     if (exts) {
         size_t i;
         json_t *v;
-        json_array_foreach(exts, i, v) {
+        json_array_foreach(exts, i, v)
+        {
             if (json_is_string(v))
                 n += snprintf(buf + n, sizeof(buf) - (size_t)n, "\n%s", json_string_value(v));
         }
     } else {
         n += snprintf(buf + n, sizeof(buf) - (size_t)n,
                       "\nPIPELINING\nENHANCEDSTATUSCODES\n8BITMIME\nSMTPUTF8");
-        if (!s->tls && s->ln->tls)
+        if (!s->tls)
             n += snprintf(buf + n, sizeof(buf) - (size_t)n, "\nSTARTTLS");
         if (s->tls && has_handler("smtp_server_auth_plain"))
             n += snprintf(buf + n, sizeof(buf) - (size_t)n, "\nAUTH PLAIN");
+        if (s->p.allow_xclient)
+            n += snprintf(buf + n, sizeof(buf) - (size_t)n, "\n%s", XCLIENT_EHLO);
     }
     sess_reply(s, 250, buf, NULL);
 }
@@ -911,10 +787,12 @@ static json_t *default_exts(sess *s)
     json_array_append_new(a, json_string("ENHANCEDSTATUSCODES"));
     json_array_append_new(a, json_string("8BITMIME"));
     json_array_append_new(a, json_string("SMTPUTF8"));
-    if (!s->tls && s->ln->tls)
+    if (!s->tls)
         json_array_append_new(a, json_string("STARTTLS"));
     if (s->tls && has_handler("smtp_server_auth_plain"))
         json_array_append_new(a, json_string("AUTH PLAIN"));
+    if (s->p.allow_xclient)
+        json_array_append_new(a, json_string(XCLIENT_EHLO));
     return a;
 }
 
@@ -929,8 +807,7 @@ static void after_ehlo(sess *s, klua_call *c, int status)
         return;
     }
     json_t *exts = NULL;
-    if (ehlo && klua_call_nresults(c) >= 1 &&
-        lua_type(klua_call_thread(c), 1) == LUA_TTABLE) {
+    if (ehlo && klua_call_nresults(c) >= 1 && lua_type(klua_call_thread(c), 1) == LUA_TTABLE) {
         char err[128];
         exts = klua_to_json(klua_call_thread(c), 1, err, sizeof(err));
         if (exts && !json_is_array(exts)) {
@@ -947,12 +824,6 @@ static void cmd_ehlo(sess *s, const char *arg, bool ehlo)
 {
     if (!*arg) {
         sess_reply(s, 501, "Syntax error in command or arguments: expected a domain", s->line);
-        return;
-    }
-    /* it goes into the connection meta and every log record as JSON text */
-    if (!utf8_valid(arg, strlen(arg))) {
-        sess_reply(s, 501, "5.5.2 Syntax error in command or arguments: the domain is not UTF-8",
-                   s->line);
         return;
     }
     if (!has_handler("smtp_server_ehlo")) {
@@ -1027,10 +898,7 @@ static void after_mail_from(sess *s, klua_call *c, int status)
 
 static void cmd_mail(sess *s, const char *arg)
 {
-    if (s->state == SS_HELO) {
-        sess_reply(s, 503, "5.5.1 EHLO or HELO first", s->line);
-        return;
-    }
+    /* KumoMTA does not insist on EHLO first */
     if (s->state == SS_MAIL || s->state == SS_RCPT) {
         sess_reply(s, 503, "5.5.0 MAIL FROM already issued; you must RSET first", s->line);
         return;
@@ -1039,13 +907,6 @@ static void cmd_mail(sess *s, const char *arg)
     char *addr = parse_path(arg, "FROM:", &params);
     if (!addr) {
         sess_reply(s, 501, "5.1.7 Bad sender's mailbox address syntax", s->line);
-        return;
-    }
-    if (!utf8_valid(addr, strlen(addr))) {
-        /* Stored as JSON text, it could not be read back (issue 25): refused
-         * here rather than acknowledged and lost. RFC 6531 3.7.1's code. */
-        sess_reply(s, 553, "5.6.7 sender address is not valid UTF-8", s->line);
-        free(addr);
         return;
     }
     if (*addr && !valid_mailbox(addr)) {
@@ -1065,7 +926,7 @@ static void cmd_mail(sess *s, const char *arg)
                 free(addr);
                 return;
             }
-            if (sz > s->ln->max_message_size) {
+            if (sz > s->p.max_message_size) {
                 sess_reply(s, 552, "5.3.4 message too big", s->line);
                 free(addr);
                 return;
@@ -1161,7 +1022,7 @@ static void fill_ldom(ldom *d, klua_call *c, int status)
 
 static bool relay_allowed(sess *s, const char *sender, const char *rcpt)
 {
-    if (cidr_list_match(&s->ln->relay_hosts, (struct sockaddr *)&s->peer))
+    if (cidr_list_match(s->p.relay_hosts, (struct sockaddr *)&s->peer))
         return true;
     ldom *sd = ldom_find(s, address_domain(sender));
     if (sd && sd->found && cidr_list_match(&sd->relay_from, (struct sockaddr *)&s->peer))
@@ -1176,8 +1037,8 @@ static void rcpt_continue(sess *s);
 
 static void after_listener_domain(sess *s, klua_call *c, int status)
 {
-    const char *dom = s->ldom_step == 0 ? address_domain(s->sender)
-                                        : address_domain(s->pending_rcpt);
+    const char *dom =
+        s->ldom_step == 0 ? address_domain(s->sender) : address_domain(s->pending_rcpt);
     if (status == KLUA_ERROR) {
         sess_tech_difficulties(s, c);
         free(s->pending_rcpt);
@@ -1235,18 +1096,18 @@ static void rcpt_continue(sess *s)
         s->pending_rcpt = NULL;
         return;
     }
-    if ((long)s->n_rcpts == s->ln->max_recipients_per_message) {
+    if ((long)s->n_rcpts == s->p.max_recipients_per_message) {
         sess_reply(s, 452, "4.5.3 too many recipients", s->line);
         free(s->pending_rcpt);
         s->pending_rcpt = NULL;
         return;
     }
-    if (s->rcpt_count == s->ln->max_messages_per_connection) {
+    if (s->rcpt_count == s->p.max_messages_per_connection) {
         free(s->pending_rcpt);
         s->pending_rcpt = NULL;
         if (s->n_rcpts == 0)
             sess_replyf(s, 421, s->line, "4.5.3 %s too many recipients on this connection",
-                        s->ln->hostname);
+                        s->p.hostname);
         else
             sess_reply(s, 452, "4.5.3 too many recipients on this connection", s->line);
         return;
@@ -1271,11 +1132,6 @@ static void cmd_rcpt(sess *s, const char *arg)
     }
     const char *params;
     char *addr = parse_path(arg, "TO:", &params);
-    if (addr && !utf8_valid(addr, strlen(addr))) {
-        sess_reply(s, 553, "5.6.7 recipient address is not valid UTF-8", s->line);
-        free(addr);
-        return;
-    }
     if (addr && *params) {
         /* No RCPT parameter is advertised (no DSN): RFC 5321 4.1.1.11 */
         char tok[128];
@@ -1433,9 +1289,12 @@ static bool data_consume(sess *s, struct evbuffer *in)
             if (extra)
                 evbuffer_prepend(in, hit + 5, extra);
             s->data_len = end;
+            /* the whole body may arrive in one read (data_buffer_size) */
+            if (s->data_len - 2 > s->p.max_message_size)
+                s->too_big = true;
             return true;
         }
-        if (!s->too_big && s->data_len - 2 > s->ln->max_message_size)
+        if (!s->too_big && s->data_len - 2 > s->p.max_message_size)
             s->too_big = true;
     }
 }
@@ -1465,7 +1324,7 @@ static void data_finish_reading(sess *s)
     }
     s->data_len = o;
     d[o] = 0;
-    if (!lines_within(d, o, s->ln->line_length_hard_limit)) {
+    if (!lines_within(d, o, s->p.line_length_hard_limit)) {
         sess_reply(s, 500, "5.2.3 line too long", "DATA");
         tx_reset(s);
         sess_set_state(s, SS_READY);
@@ -1530,7 +1389,8 @@ static char *make_received(sess *s, const spoolid *id, const char *rcpt)
     strftime(rest, sizeof(rest), "%b %Y %H:%M:%S +0000", &tm);
     static const char *const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
     snprintf(date, sizeof(date), "%s, %d %s", days[tm.tm_wday], tm.tm_mday, rest);
-    const char *proto = s->authn_id ? (s->tls ? "ESMTPSA" : "ESMTP") : (s->tls ? "ESMTPS" : "ESMTP");
+    const char *proto =
+        s->authn_id ? (s->tls ? "ESMTPSA" : "ESMTP") : (s->tls ? "ESMTPS" : "ESMTP");
     char tlsinfo[160] = "";
     if (s->tls)
         snprintf(tlsinfo, sizeof(tlsinfo), " (%s:%s) ", s->tls_version ? s->tls_version : "",
@@ -1539,7 +1399,7 @@ static char *make_received(sess *s, const spoolid *id, const char *rcpt)
     if (asprintf(&out,
                  "Received: from %s (%s)\r\n  by %s (KumoMTA %s) \r\n  with %s%s id %s for "
                  "<%s>;\r\n  %s\r\n",
-                 s->ehlo_domain ? s->ehlo_domain : "unspecified", s->peer_ip, s->ln->hostname,
+                 s->ehlo_domain ? s->ehlo_domain : "unspecified", s->peer_ip, s->p.hostname,
                  s->local_ip, proto, tlsinfo, hex, rcpt, date) < 0)
         return NULL;
     return out;
@@ -1567,7 +1427,7 @@ static int b64_encode(const unsigned char *in, size_t n, char *out)
 /* The supplemental trace header: base64 of {"_@_":"\_/","recipient":...,meta...}. */
 static int apply_supplemental(sess *s, message *m)
 {
-    if (!s->ln->supplemental_header)
+    if (!s->p.supplemental_header)
         return 0;
     json_t *o = json_object();
     json_object_set_new(o, "_@_", json_string("\\_/"));
@@ -1581,7 +1441,8 @@ static int apply_supplemental(sess *s, message *m)
     }
     size_t i;
     json_t *v;
-    json_array_foreach(s->ln->include_meta_names, i, v) {
+    json_array_foreach(s->p.include_meta_names, i, v)
+    {
         const char *name = json_string_value(v);
         json_t *mv = name ? json_object_get(m->meta, name) : NULL;
         if (mv)
@@ -1607,7 +1468,7 @@ static int apply_supplemental(sess *s, message *m)
         free(b64);
         return KERR_NOMEM;
     }
-    size_t hn = strlen(s->ln->trace_header_name) + 2, fo = 0, col = hn;
+    size_t hn = strlen(s->p.trace_header_name) + 2, fo = 0, col = hn;
     for (size_t k = 0; k < bl; k++) {
         if (col >= 75) {
             memcpy(folded + fo, "\r\n\t", 3);
@@ -1626,7 +1487,7 @@ static int apply_supplemental(sess *s, message *m)
         free(folded);
         return KERR_NOMEM;
     }
-    int w = sprintf(buf, "%s: %s\r\n", s->ln->trace_header_name, folded);
+    int w = sprintf(buf, "%s: %s\r\n", s->p.trace_header_name, folded);
     memcpy(buf + w, m->data, m->data_len);
     buf[(size_t)w + m->data_len] = 0;
     message_set_data_take(m, buf, (size_t)w + m->data_len);
@@ -1638,7 +1499,7 @@ static void process_batch_next(sess *s)
 {
     while (s->batch_idx < s->n_batch) {
         message *m = s->batch[s->batch_idx];
-        if (s->ln->deferred_queue) {
+        if (s->p.deferred_queue) {
             json_object_set_new(m->meta, "queue",
                                 json_string("deferred_smtp_inject.kumomta.internal"));
             s->batch_idx++;
@@ -1693,7 +1554,7 @@ static void build_batches(sess *s, lua_State *L, bool from_split)
         sizes = calloc(b->n_rcpts, sizeof(size_t));
         for (size_t i = 0; i < b->n_rcpts; i++) {
             size_t g = n_groups;
-            if (s->ln->batch_handling == BATCH_BY_DOMAIN) {
+            if (s->p.batch_handling == BATCH_BY_DOMAIN) {
                 for (size_t k = 0; k < n_groups; k++)
                     if (strcasecmp(address_domain(groups[k][0]), address_domain(b->rcpts[i])) == 0)
                         g = k;
@@ -1715,7 +1576,7 @@ static void build_batches(sess *s, lua_State *L, bool from_split)
         m->meta = json_deep_copy(b->meta);
         if (b->scheduling)
             m->scheduling = json_deep_copy(b->scheduling);
-        char *rcv = s->ln->received_header ? make_received(s, &id, groups[g][0]) : NULL;
+        char *rcv = s->p.received_header ? make_received(s, &id, groups[g][0]) : NULL;
         size_t rl = rcv ? strlen(rcv) : 0;
         char *buf = malloc(rl + b->data_len + 1);
         if (!buf)
@@ -1744,8 +1605,8 @@ static void after_split(sess *s, klua_call *c, int status)
         }
         return;
     }
-    bool from_split = c && klua_call_nresults(c) >= 1 &&
-                      lua_type(klua_call_thread(c), 1) == LUA_TTABLE;
+    bool from_split =
+        c && klua_call_nresults(c) >= 1 && lua_type(klua_call_thread(c), 1) == LUA_TTABLE;
     build_batches(s, c ? klua_call_thread(c) : NULL, from_split);
     s->batch_idx = 0;
     process_batch_next(s);
@@ -1775,11 +1636,11 @@ static void data_received(sess *s)
 {
     atomic_fetch_add(&st_received, 1);
     if (has_lone_cr_or_lf(s->data, s->data_len)) {
-        if (s->ln->invalid_line_endings == LE_DENY) {
+        if (s->p.invalid_line_endings == LE_DENY) {
             post_data_fail(s, 552, "5.6.0 message data must use CRLF for line endings");
             return;
         }
-        if (s->ln->invalid_line_endings == LE_FIX) {
+        if (s->p.invalid_line_endings == LE_FIX) {
             size_t nl;
             char *fixed = normalize_crlf(s->data, s->data_len, &nl);
             if (!fixed) {
@@ -1800,8 +1661,8 @@ static void data_received(sess *s)
     /* the processing deadline covers everything from here to the reply */
     if (!s->deadline_ev)
         s->deadline_ev = evtimer_new(reactor_base(s->r), deadline_fired, s);
-    struct timeval tv = {s->ln->data_processing_timeout_ns / NS_PER_SEC,
-                         (s->ln->data_processing_timeout_ns % NS_PER_SEC) / 1000};
+    struct timeval tv = {s->p.data_processing_timeout_ns / NS_PER_SEC,
+                         (s->p.data_processing_timeout_ns % NS_PER_SEC) / 1000};
     evtimer_add(s->deadline_ev, &tv);
     if (has_handler("smtp_server_data")) {
         klua_call *c;
@@ -1897,6 +1758,7 @@ static void log_reception(sess *s, message *m, const char *queue)
     r.session_id = s->session_id;
     r.tls_cipher = s->tls ? s->tls_cipher : NULL;
     r.tls_protocol_version = s->tls ? s->tls_version : NULL;
+    r.tls_peer_subject_name = s->tls ? s->tls_subject : NULL;
     int64_t t0 = clock_mono_ns();
     logs_record(&r);
     metrics_histogram *h = log_latency();
@@ -1948,7 +1810,7 @@ static void finish_reception(sess *s)
             }
             char *q = queue_name_of_message(m);
             bool relay = relay_allowed(s, m->sender, m->rcpts[0]);
-            bool save = relay && strcmp(q, "null") != 0 && !s->ln->deferred_spool;
+            bool save = relay && strcmp(q, "null") != 0 && !s->p.deferred_spool;
             free(q);
             if (!save)
                 continue;
@@ -2022,7 +1884,7 @@ static void finish_reception(sess *s)
     if (!black_holed && !relayed_any) {
         sess_reply(s, 550, "5.7.1 relaying not permitted", "DATA");
     } else if (failed && (size_t)failed == n) {
-        sess_replyf(s, 421, "DATA", "4.3.0 %s technical difficulties", s->ln->hostname);
+        sess_replyf(s, 421, "DATA", "4.3.0 %s technical difficulties", s->p.hostname);
     } else {
         char *reply = NULL;
         if (asprintf(&reply, "%s ids=%s", failed ? "PARTIAL" : "OK", ids) < 0)
@@ -2074,9 +1936,9 @@ static void after_auth(sess *s, klua_call *c, int status)
         sess_reply(s, klua_call_reject_code(c), klua_call_error(c), s->line);
         return;
     }
-    bool ok = status == KLUA_OK && klua_call_nresults(c) >= 1 &&
-              (lua_toboolean(klua_call_thread(c), 1) ||
-               lua_type(klua_call_thread(c), 1) == LUA_TTABLE);
+    bool ok =
+        status == KLUA_OK && klua_call_nresults(c) >= 1 &&
+        (lua_toboolean(klua_call_thread(c), 1) || lua_type(klua_call_thread(c), 1) == LUA_TTABLE);
     if (status == KLUA_ERROR)
         DERROR(SMOD, "session=%s error in smtp_server_auth_plain: %s", s->session_id,
                klua_call_error(c));
@@ -2096,7 +1958,7 @@ static void auth_plain_response(sess *s, const char *b64)
     unsigned char buf[1024];
     int n = b64_decode(b64, buf, sizeof(buf) - 1);
     if (n < 0) {
-        sess_reply(s, 501, "5.5.2 Invalid base64 in authentication exchange", s->line);
+        sess_reply(s, 501, "5.5.2 Invalid base64 response", s->line);
         return;
     }
     buf[n] = 0;
@@ -2110,8 +1972,7 @@ static void auth_plain_response(sess *s, const char *b64)
     const char *authz = (char *)buf, *authc = (char *)z1 + 1, *pass = (char *)z2 + 1;
     /* RFC 4616: the identities are UTF-8; they go into the connection meta */
     if (!utf8_valid(authz, strlen(authz)) || !utf8_valid(authc, strlen(authc))) {
-        sess_reply(s, 501, "5.5.2 Invalid decoded PLAIN response: identity is not UTF-8",
-                   s->line);
+        sess_reply(s, 501, "5.5.2 Invalid UTF8 in decoded PLAIN response", s->line);
         return;
     }
     if (!*authz)
@@ -2168,7 +2029,7 @@ static void sess_event_cb(struct bufferevent *bev, short what, void *arg);
 static void start_tls_now(sess *s)
 {
     s->starttls_pending = false;
-    SSL *ssl = SSL_new(s->ln->tls);
+    SSL *ssl = SSL_new(s->tls_ctx);
     if (!ssl) {
         sess_reap_soon(s);
         return;
@@ -2183,19 +2044,25 @@ static void start_tls_now(sess *s)
     s->bev = tb;
     s->filtered = true;
     bufferevent_setcb(tb, sess_read_cb, sess_write_cb, sess_event_cb, s);
-    struct timeval tv = {s->ln->client_timeout_ns / NS_PER_SEC, 0};
+    struct timeval tv = {s->p.client_timeout_ns / NS_PER_SEC, 0};
     bufferevent_set_timeouts(tb, &tv, &tv);
+    /* data_buffer_size: how much one read may take (DATA's bytes per syscall) */
+    bufferevent_set_max_single_read(tb, (size_t)s->p.data_buffer_size);
     bufferevent_enable(tb, EV_READ | EV_WRITE);
 }
 
 static void cmd_starttls(sess *s)
 {
     if (s->tls) {
-        sess_reply(s, 503, "5.5.1 Cannot STARTTLS as TLS is already active", s->line);
+        sess_reply(s, 501, "Cannot STARTTLS as TLS is already active", s->line);
         return;
     }
-    if (!s->ln->tls) {
-        sess_reply(s, 502, "5.5.1 Command unimplemented", s->line);
+    /* peer, via or dynamic parameters may name other certificates */
+    char err[512];
+    s->tls_ctx = lcfg_tls_ctx(&s->p, err, sizeof(err));
+    if (!s->tls_ctx) {
+        DERROR(SMOD, "session=%s peer=%s STARTTLS: %s", s->session_id, s->peer_str, err);
+        sess_reply(s, 454, "4.7.0 TLS not available due to temporary reason", s->line);
         return;
     }
     sess_reply(s, 220, "Ready to Start TLS", s->line);
@@ -2212,6 +2079,10 @@ static void cmd_starttls(sess *s)
 
 /* ---- command dispatch -------------------------------------------------------------------- */
 
+/* A command line is UTF-8 text without NUL or other control characters
+ * (TAB aside); KumoMTA answers anything else 501 5.5.2. This also keeps
+ * every address and EHLO name valid JSON text for the spool and the logs
+ * (issue 25). */
 static bool valid_command_line(const char *l, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -2219,7 +2090,7 @@ static bool valid_command_line(const char *l, size_t n)
         if (ch == 0 || (ch < 0x20 && ch != '\t'))
             return false;
     }
-    return true;
+    return utf8_valid(l, n);
 }
 
 static void dispatch_line(sess *s, char *line)
@@ -2229,7 +2100,7 @@ static void dispatch_line(sess *s, char *line)
     if (s->state == SS_AUTH) {
         sess_set_state(s, s->ehlo_domain ? SS_READY : SS_HELO);
         if (strcmp(line, "*") == 0) {
-            sess_reply(s, 501, "5.0.0 AUTH cancelled", NULL);
+            sess_reply(s, 501, "5.5.0 AUTH cancelled by client", s->line);
             return;
         }
         auth_plain_response(s, line);
@@ -2241,7 +2112,7 @@ static void dispatch_line(sess *s, char *line)
     const char *arg = line + vl;
     while (*arg == ' ')
         arg++;
-    if (strcasecmp(verb, "EHLO") == 0 || strcasecmp(verb, "LHLO") == 0)
+    if (strcasecmp(verb, "EHLO") == 0)
         cmd_ehlo(s, arg, true);
     else if (strcasecmp(verb, "HELO") == 0)
         cmd_ehlo(s, arg, false);
@@ -2267,11 +2138,9 @@ static void dispatch_line(sess *s, char *line)
         cmd_starttls(s);
     else if (strcasecmp(verb, "AUTH") == 0)
         cmd_auth(s, arg);
-    else if (strcasecmp(verb, "VRFY") == 0 || strcasecmp(verb, "EXPN") == 0)
-        sess_reply(s, 252, "2.5.2 cannot verify the user, but will accept the message", s->line);
-    else if (strcasecmp(verb, "HELP") == 0)
-        sess_reply(s, 214, "2.0.0 see https://www.rfc-editor.org/rfc/rfc5321", NULL);
-    else
+    else if (strcasecmp(verb, "XCLIENT") == 0)
+        cmd_xclient(s, arg);
+    else /* VRFY, EXPN, HELP and LHLO too, as KumoMTA */
         sess_reply(s, 502, "5.5.1 Command unimplemented", s->line);
 }
 
@@ -2296,7 +2165,7 @@ static void sess_process(sess *s)
             size_t pending = evbuffer_get_length(in);
             if (pending && !s->line_since_ns)
                 s->line_since_ns = clock_mono_ns();
-            if ((long)pending > s->ln->line_length_hard_limit) {
+            if ((long)pending > s->p.line_length_hard_limit) {
                 /* keep reading until the line ends, then answer once */
                 evbuffer_drain(in, pending);
                 s->discarding_line = true;
@@ -2305,7 +2174,7 @@ static void sess_process(sess *s)
         }
         size_t n = (size_t)eol.pos;
         s->line_since_ns = 0;
-        if (s->discarding_line || (long)n > s->ln->line_length_hard_limit) {
+        if (s->discarding_line || (long)n > s->p.line_length_hard_limit) {
             evbuffer_drain(in, n + eol_len);
             s->discarding_line = false;
             sess_reply(s, 500, "5.2.3 line too long", NULL);
@@ -2349,7 +2218,7 @@ static void sess_idle_timeout(sess *s)
 {
     DDEBUG(SMOD, "session=%s peer=%s idle too long in state %s", s->session_id, s->peer_str,
            state_names[s->state]);
-    sess_replyf(s, 421, NULL, "4.3.2 %s idle too long", s->ln->hostname);
+    sess_replyf(s, 421, NULL, "4.3.2 %s idle too long", s->p.hostname);
 }
 
 /* Whether the client has taken too long over the command line or the DATA
@@ -2364,23 +2233,22 @@ static bool sess_too_slow(sess *s)
         return false;
     int64_t now = clock_mono_ns();
     if (s->state == SS_DATA && s->data_since_ns) {
-        int64_t allowed = s->ln->client_timeout_ns;
-        if (s->ln->min_data_rate > 0)
-            allowed += (int64_t)((double)s->data_len / (double)s->ln->min_data_rate * 1e9);
-        if (s->ln->min_data_rate > 0 && now - s->data_since_ns > allowed) {
+        int64_t allowed = s->p.client_timeout_ns;
+        if (s->p.min_data_rate > 0)
+            allowed += (int64_t)((double)s->data_len / (double)s->p.min_data_rate * 1e9);
+        if (s->p.min_data_rate > 0 && now - s->data_since_ns > allowed) {
             DINFO(SMOD, "session=%s peer=%s DATA too slow: %zu bytes in %.1fs (floor %ld B/s)",
-                  s->session_id, s->peer_str, s->data_len,
-                  (double)(now - s->data_since_ns) / 1e9, s->ln->min_data_rate);
-            sess_replyf(s, 421, NULL, "4.4.2 %s data transfer too slow", s->ln->hostname);
+                  s->session_id, s->peer_str, s->data_len, (double)(now - s->data_since_ns) / 1e9,
+                  s->p.min_data_rate);
+            sess_replyf(s, 421, NULL, "4.4.2 %s data transfer too slow", s->p.hostname);
             return true;
         }
         return false;
     }
-    if (s->line_since_ns && now - s->line_since_ns > s->ln->client_timeout_ns) {
-        DINFO(SMOD, "session=%s peer=%s command line took over %.0fs in state %s",
-              s->session_id, s->peer_str, (double)s->ln->client_timeout_ns / 1e9,
-              state_names[s->state]);
-        sess_replyf(s, 421, NULL, "4.4.2 %s command timed out", s->ln->hostname);
+    if (s->line_since_ns && now - s->line_since_ns > s->p.client_timeout_ns) {
+        DINFO(SMOD, "session=%s peer=%s command line took over %.0fs in state %s", s->session_id,
+              s->peer_str, (double)s->p.client_timeout_ns / 1e9, state_names[s->state]);
+        sess_replyf(s, 421, NULL, "4.4.2 %s command timed out", s->p.hostname);
         return true;
     }
     return false;
@@ -2397,7 +2265,9 @@ static void sess_rev_cb(evutil_socket_t fd, short what, void *arg)
             sess_idle_timeout(s);
         return;
     }
-    ssize_t n = net_read_some(s->inq, fd, SESS_READ_MAX);
+    /* data_buffer_size: the bytes one read may take while DATA streams in */
+    size_t max = s->state == SS_DATA ? (size_t)s->p.data_buffer_size : SESS_READ_MAX;
+    ssize_t n = net_read_some(s->inq, fd, max);
     if (n > 0) {
         if (!sess_too_slow(s))
             sess_process(s);
@@ -2444,6 +2314,58 @@ static void sess_write_cb(struct bufferevent *bev, void *arg)
     }
 }
 
+/* tls_required_client_ca: a client certificate that verified against it
+ * gives the connection its tls_peer_subject_name ("C=US", "CN=..."); one
+ * that is missing or does not verify leaves it unset. */
+static void sess_client_cert(sess *s, SSL *ssl)
+{
+    X509 *cert = SSL_get1_peer_certificate(ssl);
+    if (!cert)
+        return;
+    long vr = SSL_get_verify_result(ssl);
+    if (vr != X509_V_OK) {
+        DDEBUG(SMOD, "session=%s peer=%s client certificate not verified: %s", s->session_id,
+               s->peer_str, X509_verify_cert_error_string(vr));
+        X509_free(cert);
+        return;
+    }
+    X509_NAME *nm = X509_get_subject_name(cert);
+    int n = nm ? X509_NAME_entry_count(nm) : 0;
+    json_t *arr = json_array();
+    struct evbuffer *lines = evbuffer_new();
+    for (int i = 0; i < n && arr && lines; i++) {
+        X509_NAME_ENTRY *e = X509_NAME_get_entry(nm, i);
+        int nid = e ? OBJ_obj2nid(X509_NAME_ENTRY_get_object(e)) : NID_undef;
+        const char *sn = nid != NID_undef ? OBJ_nid2sn(nid) : NULL;
+        unsigned char *u = NULL;
+        int ul = sn ? ASN1_STRING_to_UTF8(&u, X509_NAME_ENTRY_get_data(e)) : -1;
+        /* one entry per line in the log record: a newline inside would split it */
+        if (ul >= 0 && !memchr(u, '\n', (size_t)ul) && utf8_valid((char *)u, (size_t)ul)) {
+            char *one = NULL;
+            if (asprintf(&one, "%s=%.*s", sn, ul, (const char *)u) >= 0) {
+                json_array_append_new(arr, json_string(one));
+                evbuffer_add_printf(lines, "%s%s", i ? "\n" : "", one);
+                free(one);
+            }
+        }
+        OPENSSL_free(u);
+    }
+    X509_free(cert);
+    if (arr && json_array_size(arr) > 0 && lines) {
+        size_t ll = evbuffer_get_length(lines);
+        free(s->tls_subject);
+        s->tls_subject = malloc(ll + 1);
+        if (s->tls_subject) {
+            evbuffer_remove(lines, s->tls_subject, ll);
+            s->tls_subject[ll] = 0;
+        }
+        json_object_set(s->meta, "tls_peer_subject_name", arr);
+    }
+    json_decref(arr);
+    if (lines)
+        evbuffer_free(lines);
+}
+
 static void sess_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     sess *s = arg;
@@ -2458,6 +2380,8 @@ static void sess_event_cb(struct bufferevent *bev, short what, void *arg)
         s->tls_version = strdup(SSL_get_version(ssl));
         json_object_set_new(s->meta, "tls_cipher", json_string(s->tls_cipher));
         json_object_set_new(s->meta, "tls_protocol_version", json_string(s->tls_version));
+        if (s->p.tls_required_client_ca)
+            sess_client_cert(s, ssl);
         /* RFC 3207 §4.2: the client must say EHLO again */
         free(s->ehlo_domain);
         s->ehlo_domain = NULL;
@@ -2484,8 +2408,7 @@ static void sess_event_cb(struct bufferevent *bev, short what, void *arg)
             if (e) {
                 char buf[256];
                 ERR_error_string_n(e, buf, sizeof(buf));
-                DDEBUG(SMOD, "session=%s peer=%s TLS error: %s", s->session_id, s->peer_str,
-                       buf);
+                DDEBUG(SMOD, "session=%s peer=%s TLS error: %s", s->session_id, s->peer_str, buf);
             }
         }
         sess_reap_soon(s);
@@ -2512,16 +2435,13 @@ static void on_accept(listener_cfg *ln, int fd, struct sockaddr *sa, socklen_t s
     memcpy(&s->peer, sa, (size_t)salen < sizeof(s->peer) ? (size_t)salen : sizeof(s->peer));
     net_format_addr(sa, s->peer_ip, sizeof(s->peer_ip), s->peer_str, sizeof(s->peer_str));
     if (ln->wildcard) {
-        struct sockaddr_storage local;
-        socklen_t ll = sizeof(local);
-        getsockname(fd, (struct sockaddr *)&local, &ll);
-        net_format_addr((struct sockaddr *)&local, s->local_ip, sizeof(s->local_ip),
-                        s->local_str, sizeof(s->local_str));
+        socklen_t ll = sizeof(s->local);
+        getsockname(fd, (struct sockaddr *)&s->local, &ll);
     } else {
-        /* bound to one address and port: that is the local end */
-        net_format_addr((struct sockaddr *)&ln->addr, s->local_ip, sizeof(s->local_ip),
-                        s->local_str, sizeof(s->local_str));
+        s->local = ln->addr; /* bound to one address and port: that is the local end */
     }
+    net_format_addr((struct sockaddr *)&s->local, s->local_ip, sizeof(s->local_ip), s->local_str,
+                    sizeof(s->local_str));
     spoolid u; /* a v1 UUID without libuuid: no uuidd round trip */
     spoolid_new(&u);
     spoolid_to_uuid_str(&u, s->session_id);
@@ -2537,53 +2457,43 @@ static void on_accept(listener_cfg *ln, int fd, struct sockaddr *sa, socklen_t s
         sess_free(s);
         return;
     }
-    s->meta = json_deep_copy(ln->meta);
+    s->meta = json_object();
     json_object_set_new(s->meta, "reception_protocol", json_string("ESMTP"));
     json_object_set_new(s->meta, "received_via", json_string(s->local_str));
     json_object_set_new(s->meta, "received_from", json_string(s->peer_str));
-    json_object_set_new(s->meta, "hostname", json_string(ln->hostname));
     bufferevent_setcb(s->bev, sess_read_cb, sess_write_cb, sess_event_cb, s);
-    struct timeval tv = {ln->client_timeout_ns / NS_PER_SEC,
-                         (ln->client_timeout_ns % NS_PER_SEC) / 1000};
-    bufferevent_set_timeouts(s->bev, &tv, &tv); /* the write timeout */
-    sess_reading(s, true); /* the bufferevent writes only; EV_WRITE: see sess_flush */
-    DDEBUG(SMOD, "session=%s accepted peer=%s via=%s", s->session_id, s->peer_str,
-           s->local_str);
+    sess_eval_params(s, NULL); /* the listener's, with its peer and via blocks */
+    sess_reading(s, true);     /* the bufferevent writes only; EV_WRITE: see sess_flush */
+    DDEBUG(SMOD, "session=%s accepted peer=%s via=%s", s->session_id, s->peer_str, s->local_str);
 
     /* pre-banner refusals */
     if (atomic_load(&shutting_down)) {
-        sess_replyf(s, 421, NULL, "4.3.2 %s shutting down", ln->hostname);
+        sess_replyf(s, 421, NULL, "4.3.2 %s shutting down", s->p.hostname);
         return;
     }
     if (atomic_load(&ln->active) > ln->max_connections) {
         atomic_fetch_add(&st_denied, 1);
-        sess_replyf(s, 421, NULL, "4.3.2 %s too many concurrent sessions", ln->hostname);
+        sess_replyf(s, 421, NULL, "4.3.2 %s too many concurrent sessions", s->p.hostname);
         return;
     }
     if (!services_spool_ready()) {
         sess_replyf(s, 421, NULL, "4.3.2 %s waiting for spool startup. Try again soon!",
-                    ln->hostname);
+                    s->p.hostname);
         return;
     }
     char why[256];
     if (!services_spool_healthy(why, sizeof(why))) {
-        sess_replyf(s, 421, NULL, "4.3.2 %s %s. Try later", ln->hostname, why);
+        sess_replyf(s, 421, NULL, "4.3.2 %s %s. Try later", s->p.hostname, why);
         return;
     }
-    if (has_handler("smtp_server_connection_accepted")) {
-        s->state = SS_CONNECT;
-        klua_call *c;
-        lua_State *co = sess_begin(s, "smtp_server_connection_accepted", &c);
-        klua_push_connmeta(co, s->meta);
-        sess_run(s, c, 1, after_connection_accepted);
-        if (!s->busy && !s->dead)
-            sess_process(s);
-        return;
-    }
-    sess_greet(s);
+    s->state = SS_CONNECT;
+    sess_dynamic_parameters(s);
+    if (!s->busy && !s->dead)
+        sess_process(s);
 }
 
-/* ---- start and stop ---------------------------------------------------------------------------- */
+/* ---- start and stop ----------------------------------------------------------------------------
+ */
 
 struct open_job {
     char err[512];
@@ -2693,9 +2603,7 @@ int smtpsrv_start_listeners(char *err, size_t errlen)
     for (int i = 0; i < n_listeners; i++) {
         listener_cfg *ln = listeners[i];
         char e2[512];
-        ln->tls = tls_server_ctx_new(ln->tls_certificate, ln->tls_private_key, ln->hostname, e2,
-                                     sizeof(e2));
-        if (!ln->tls) {
+        if (lcfg_listener_prepare_tls(ln, e2, sizeof(e2)) != 0) {
             snprintf(err, errlen, "esmtp listener %s: TLS: %s", ln->listen, e2);
             return -1;
         }
@@ -2703,9 +2611,13 @@ int smtpsrv_start_listeners(char *err, size_t errlen)
         bool loopback = ln->addr.ss_family == AF_INET
                             ? (ntohl(in->sin_addr.s_addr) >> 24) == 127
                             : IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ln->addr)->sin6_addr);
-        if (ln->deferred_queue && !loopback && !ln->relay_hosts_set)
-            DWARN(SMOD, "esmtp listener %s has deferred_queue=true on a non-loopback address: "
-                        "it must only face trusted injectors (check relay_hosts)",
+        lcfg_params p;
+        lcfg_defaults(&p);
+        lcfg_apply(&p, ln->base, NULL, NULL, NULL);
+        if (p.deferred_queue && !loopback && !p.relay_hosts_set)
+            DWARN(SMOD,
+                  "esmtp listener %s has deferred_queue=true on a non-loopback address: "
+                  "it must only face trusted injectors (check relay_hosts)",
                   ln->listen);
     }
     for (int r = 0; r < reactor_count(); r++) {
@@ -2719,12 +2631,16 @@ int smtpsrv_start_listeners(char *err, size_t errlen)
     for (int i = 0; i < n_listeners; i++) {
         char bound[INET6_ADDRSTRLEN + 8];
         net_format_addr((struct sockaddr *)&listeners[i]->addr, NULL, 0, bound, sizeof(bound));
-        DINFO(SMOD, "esmtp listener on %s (hostname %s)", bound, listeners[i]->hostname);
+        lcfg_params p;
+        lcfg_defaults(&p);
+        lcfg_apply(&p, listeners[i]->base, NULL, NULL, NULL);
+        DINFO(SMOD, "esmtp listener on %s (hostname %s)", bound, p.hostname);
     }
     return 0;
 }
 
-/* ---- shutdown ----------------------------------------------------------------------------------- */
+/* ---- shutdown -----------------------------------------------------------------------------------
+ */
 
 /* Shutdown, after the grace period: sessions still open are dropped. */
 static void close_sessions_on_reactor(void *arg)
@@ -2779,8 +2695,9 @@ void smtpsrv_shutdown(void)
 void smtpsrv_free(void)
 {
     for (int i = 0; i < n_listeners; i++) {
-        listener_cfg_free(listeners[i]);
+        lcfg_listener_free(listeners[i]);
         listeners[i] = NULL;
     }
     n_listeners = 0;
+    lcfg_tls_cache_clear();
 }

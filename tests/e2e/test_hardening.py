@@ -124,11 +124,13 @@ def test_example_policy_keeps_mail_with_a_non_utf8_tenant(tmp_path):
 
 # ---- 2: envelope addresses that are not UTF-8 -----------------------------------
 
-def test_non_utf8_envelope_refused_with_553(k):
+def test_non_utf8_envelope_refused_with_501(k):
+    """A command line that is not UTF-8 is refused whole, as KumoMTA does
+    (issue 21): the address never reaches the spool's JSON."""
     s = session(k)
-    assert s.cmd(b"MAIL FROM:<s\xa4@example.com>") == (553, "5.6.7 sender address is not valid UTF-8")
+    assert s.cmd(b"MAIL FROM:<s\xa4@example.com>") == (501, "5.5.2 Invalid UTF-8 in command")
     assert s.cmd("MAIL FROM:<sender@example.com>")[0] == 250
-    assert s.cmd(b"RCPT TO:<u\xa4@local.test>") == (553, "5.6.7 recipient address is not valid UTF-8")
+    assert s.cmd(b"RCPT TO:<u\xa4@local.test>") == (501, "5.5.2 Invalid UTF-8 in command")
     # valid UTF-8 is fine (SMTPUTF8 addresses are carried unchanged)
     assert s.cmd("RCPT TO:<u@local.test>")[0] == 250
     s.cmd("QUIT")

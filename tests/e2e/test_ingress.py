@@ -243,7 +243,8 @@ def test_starttls_smtplib(k):
     t1 = time.time()
     assert code == 250
     [id] = parse_ids(text.decode())
-    assert s.docmd("STARTTLS") == (503, b"5.5.1 Cannot STARTTLS as TLS is already active")
+    # KumoMTA: 501 without an enhanced code
+    assert s.docmd("STARTTLS") == (501, b"Cannot STARTTLS as TLS is already active")
     s.close()
     expect_reception(k, id=id, sender="tls@a.example", recipient="rcpt@d.example", ehlo=ehlo,
                      client_port=port, original=original, subject="tls test", tag="tls",
