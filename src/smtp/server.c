@@ -516,7 +516,7 @@ static bool sess_call_failed(sess *s, klua_call *c, int status, const char *comm
         int how = klua_call_reject_disconnect(c);
         if (how == KLUA_DISCONNECT_FOLLOW_421 && code != 421)
             sess_replyf(s, 421, NULL, "%s disconnecting due to previous error",
-                        s->ln->hostname);
+                        s->p.hostname);
         if (how == KLUA_DISCONNECT_FORCE || how == KLUA_DISCONNECT_FOLLOW_421 ||
             (how == KLUA_DISCONNECT_IF_421 && code == 421)) {
             /* kumo.disconnect: whatever the code, the session ends here */
