@@ -45,6 +45,7 @@
 #include "lua/dns_lua.h"
 #include "lua/lib/crypto.h"
 #include "lua/lib/digest.h"
+#include "lua/lib/dkim.h"
 #include "lua/lib/counter_series.h"
 #include "lua/lib/encode.h"
 #include "lua/lib/file_type.h"
@@ -515,6 +516,7 @@ int main(int argc, char **argv)
     dns_lua_register();
     /* the kumo.* library modules (src/lua/lib) */
     secrets_lua_register();
+    dkim_lua_register();
     digest_lua_register();
     encode_lua_register();
     uuid_lua_register();
@@ -634,6 +636,8 @@ out_listeners:
      * to the reactors: finish them while the reactors run. */
     services_spool_stop();
 out_reactors:
+    /* signatures under way finish and post back while the reactors run */
+    dkim_lua_stop_pool();
     reactor_pool_stop();
     /* VMs hold references to their reactors' bases: free them before the pool. */
     for (int i = 0; i < reactor_count(); i++) {
@@ -645,6 +649,7 @@ out_reactors:
         dns_reactor_free(r);
     }
     dns_shutdown();
+    dkim_lua_shutdown();
     recovery_free();
     services_shutdown();
     logs_shutdown();

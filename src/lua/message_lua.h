@@ -12,6 +12,10 @@ message *klua_check_message(lua_State *L, int idx);
 void klua_push_address(lua_State *L, const char *addr);
 /* Accepts an address userdata or a string. */
 const char *klua_check_address(lua_State *L, int idx);
+/* Adds a method to the Message userdata of L's VM (for modules of higher
+ * or sibling layers, such as kumo.dkim's msg:dkim_sign). Call from a klua
+ * opener: message_lua_open has run by then. */
+void message_lua_add_method(lua_State *L, const char *name, lua_CFunction fn);
 /* Registers the metatables (called for every VM by klua). */
 void message_lua_open(lua_State *L);
 
