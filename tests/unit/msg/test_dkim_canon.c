@@ -34,8 +34,7 @@ static void sink(void *ctx, const char *p, size_t n)
     o->buf[o->len] = 0;
 }
 
-static void body_whole(enum dkim_canon c, const char *in, uint64_t limit, out *o,
-                       uint64_t *total)
+static void body_whole(enum dkim_canon c, const char *in, uint64_t limit, out *o, uint64_t *total)
 {
     memset(o, 0, sizeof(*o));
     dkim_bodyc b;
@@ -159,8 +158,8 @@ static void test_headers(void **state)
                           &o);
         assert_string_equal(o.buf, hdr_rows[i].simple);
         memset(&o, 0, sizeof(o));
-        dkim_canon_header(DKIM_CANON_RELAXED, hdr_rows[i].raw, strlen(hdr_rows[i].raw), true,
-                          sink, &o);
+        dkim_canon_header(DKIM_CANON_RELAXED, hdr_rows[i].raw, strlen(hdr_rows[i].raw), true, sink,
+                          &o);
         assert_string_equal(o.buf, hdr_rows[i].relaxed);
     }
     out o = {0};
@@ -184,11 +183,10 @@ static void test_tags(void **state)
     assert_non_null(b);
     assert_memory_equal(b->value, "ab c\r\n d", b->value_len);
     assert_int_equal(dkim_tag_find(t, n, "x_1")->value_len, 0);
-    static const char *const bad[] = {"v=1; v=1", "=1", "1v=2", "v", "v=\x01", "v=a\r\nb",
-                                      "v=\xc3\xa9", ";;"};
+    static const char *const bad[] = {"v=1; v=1", "=1",       "1v=2",       "v",
+                                      "v=\x01",   "v=a\r\nb", "v=\xc3\xa9", ";;"};
     for (size_t i = 0; i < ARRAY_LEN(bad); i++)
-        assert_int_equal(dkim_tags_parse(bad[i], strlen(bad[i]), t, DKIM_MAX_TAGS, &n),
-                         KERR_PARSE);
+        assert_int_equal(dkim_tags_parse(bad[i], strlen(bad[i]), t, DKIM_MAX_TAGS, &n), KERR_PARSE);
     assert_int_equal(dkim_tags_parse("", 0, t, DKIM_MAX_TAGS, &n), 0);
     assert_int_equal(n, 0);
     assert_int_equal(dkim_tags_parse("a=1;b=2", 7, t, 1, &n), KERR_TOOBIG);
@@ -223,12 +221,10 @@ static void test_sig_parse(void **state)
         {"v=1; a=rsa-sha256; d=e.com; s=s; h=from; bh=x; b=y; t=5; x=4", "x= is before t="},
         {"v=1; a=rsa-sha256; d=e.com; s=s; h=from; bh=x; b=y; c=fancy/simple",
          "unsupported header canonicalization"},
-        {"v=1; a=rsa-sha256; d=e.com; s=s; h=from; bh=x; b=y; q=http",
-         "unsupported query method"},
+        {"v=1; a=rsa-sha256; d=e.com; s=s; h=from; bh=x; b=y; q=http", "unsupported query method"},
     };
     for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
-        assert_int_not_equal(dkim_sig_parse(bad[i].v, strlen(bad[i].v), &sig, err, sizeof(err)),
-                             0);
+        assert_int_not_equal(dkim_sig_parse(bad[i].v, strlen(bad[i].v), &sig, err, sizeof(err)), 0);
         assert_non_null(strstr(err, bad[i].err));
     }
 }
