@@ -8,7 +8,7 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommen
   build-essential cmake pkg-config ca-certificates \
   libevent-dev liblua5.4-dev librocksdb-dev libjansson-dev libzstd-dev zstd \
   libc-ares-dev libssl-dev openssl uuid-dev libcmocka-dev libcurl4-openssl-dev libjemalloc-dev \
-  python3 python3-pytest python3-aiosmtpd python3-zstandard python3-prometheus-client \
+  python3 python3-pytest python3-aiosmtpd python3-zstandard python3-prometheus-client python3-dkim \
   libpcre2-dev libyaml-dev zlib1g-dev libtomlplusplus-dev publicsuffix libsqlite3-dev libsystemd-dev \
   clang libclang-rt-14-dev \
   swaks libnet-ssleay-perl libio-socket-ssl-perl postfix dnsmasq-base procps curl

@@ -45,6 +45,7 @@
 #include "lua/dns_lua.h"
 #include "lua/lib/crypto.h"
 #include "lua/lib/digest.h"
+#include "lua/lib/dkim.h"
 #include "lua/lib/counter_series.h"
 #include "lua/lib/encode.h"
 #include "lua/lib/file_type.h"
@@ -503,6 +504,9 @@ int main(int argc, char **argv)
     umask(0077);
     raise_nofile();
 
+    /* the Message metatables first: later openers add methods to them
+     * (kumo.dkim's msg:dkim_sign) */
+    message_lua_register();
     services_lua_register();
     smtpsrv_lua_register();
     http_lua_register();
@@ -520,6 +524,7 @@ int main(int argc, char **argv)
     dns_lua_register();
     /* the kumo.* library modules (src/lua/lib) */
     secrets_lua_register();
+    dkim_lua_register();
     digest_lua_register();
     encode_lua_register();
     uuid_lua_register();
@@ -532,7 +537,6 @@ int main(int argc, char **argv)
     misc_lua_register();
     misc_set_spawn_enabled(!validate || script_path);
     lualib_register();
-    message_lua_register();
     klua_set_reload_hook(reload_all);
     services_set_validate_only(validate);
 
@@ -640,6 +644,8 @@ out_listeners:
      * to the reactors: finish them while the reactors run. */
     services_spool_stop();
 out_reactors:
+    /* signatures under way finish and post back while the reactors run */
+    dkim_lua_stop_pool();
     reactor_pool_stop();
     /* VMs hold references to their reactors' bases: free them before the pool. */
     for (int i = 0; i < reactor_count(); i++) {
@@ -652,6 +658,7 @@ out_reactors:
     }
     dns_shutdown();
     smtpsrv_free();
+    dkim_lua_shutdown();
     recovery_free();
     services_shutdown();
     logs_shutdown();

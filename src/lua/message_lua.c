@@ -620,3 +620,12 @@ void message_lua_open(lua_State *L)
     lua_setfield(L, -2, "__tojson");
     lua_pop(L, 1);
 }
+
+void message_lua_add_method(lua_State *L, const char *name, lua_CFunction fn)
+{
+    luaL_getmetatable(L, MSG_MT);
+    lua_getfield(L, -1, "__index");
+    lua_pushcfunction(L, fn);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 2);
+}

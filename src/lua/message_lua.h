@@ -23,6 +23,10 @@ int klua_msg_apply_scheduling(lua_State *L, message *m, json_t *s, const char *m
 /* Adds the methods of message_more_lua.c to the table at -1. */
 void message_more_lua_methods(lua_State *L);
 
+/* Adds a method to the Message userdata of L's VM (for modules of higher
+ * or sibling layers, such as kumo.dkim's msg:dkim_sign). Call from a klua
+ * opener: message_lua_open has run by then. */
+void message_lua_add_method(lua_State *L, const char *name, lua_CFunction fn);
 /* Registers the metatables (called for every VM by klua). */
 void message_lua_open(lua_State *L);
 

@@ -232,6 +232,11 @@ void secrets_wrap(lua_State *L, const char *fname, int keyarg, enum secrets_wrap
     lua_call(L, 5, 1);
 }
 
+void secrets_push_loader(lua_State *L)
+{
+    push_helper(L, 1);
+}
+
 /* kumo.secrets.load(SOURCE): the loader with fixed names. */
 static const char load_src[] = "local load = ...\n"
                                "return function(ks)\n"

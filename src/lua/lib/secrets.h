@@ -27,6 +27,12 @@ enum secrets_wrap_mode {
 void secrets_wrap(lua_State *L, const char *fname, int keyarg, enum secrets_wrap_mode mode,
                   const char *const *fields);
 
+/* Pushes the KeySource loader load(KS, FNAME, WHAT, LEVEL) -> bytes: a
+ * Lua function (it may call an event handler that waits) that raises its
+ * errors at LEVEL naming FNAME and WHAT. For modules that only load a key
+ * on a cache miss (kumo.dkim). */
+void secrets_push_loader(lua_State *L);
+
 void secrets_lua_register(void);
 
 #endif

@@ -1,0 +1,792 @@
+/* DKIM signing and the DKIM-Signature tag parser (see dkim.h). The header
+ * block is walked once with hdr_next into a local array of fields; the body
+ * is fed to the streaming canonicalizer straight from the message buffer
+ * and digested as it goes. Keys are EVP_PKEYs parsed once; every OpenSSL
+ * status is checked and turned into a KERR_* code with its text. Pure
+ * functions; dkim_sign_digest runs on any thread. */
+#include "msg/dkim.h"
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/kerr.h"
+#include "msg/headers.h"
+
+struct dkim_key {
+    atomic_int refs;
+    enum dkim_alg alg;
+    EVP_PKEY *pkey;
+};
+
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+/* The first OpenSSL error of the thread, for messages. */
+static const char *ossl_reason(void)
+{
+    unsigned long e = ERR_get_error();
+    ERR_clear_error();
+    const char *r = e ? ERR_reason_error_string(e) : NULL;
+    return r ? r : "unknown reason";
+}
+
+/* ---- keys ---- */
+
+int dkim_key_parse(enum dkim_alg alg, const void *data, size_t len, dkim_key **out, char *err,
+                   size_t errlen)
+{
+    *out = NULL;
+    if (len == 0 || len > INT32_MAX)
+        return fail(err, errlen, KERR_INVAL, "key data is empty or too large");
+    EVP_PKEY *pkey = NULL;
+    if (memmem(data, len, "-----BEGIN", 10)) {
+        BIO *bio = BIO_new_mem_buf(data, (int)len);
+        if (!bio)
+            return fail(err, errlen, KERR_NOMEM, "out of memory");
+        pkey = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+        BIO_free(bio);
+    } else {
+        const unsigned char *p = data;
+        pkey = d2i_AutoPrivateKey(NULL, &p, (long)len);
+    }
+    if (!pkey)
+        return fail(err, errlen, KERR_PARSE, "cannot parse the private key: %s", ossl_reason());
+    int want = alg == DKIM_ALG_RSA_SHA256 ? EVP_PKEY_RSA : EVP_PKEY_ED25519;
+    if (EVP_PKEY_get_base_id(pkey) != want) {
+        EVP_PKEY_free(pkey);
+        return fail(err, errlen, KERR_INVAL, "the key is not an %s key",
+                    alg == DKIM_ALG_RSA_SHA256 ? "RSA" : "Ed25519");
+    }
+    if (alg == DKIM_ALG_RSA_SHA256 && EVP_PKEY_get_bits(pkey) < 1024) {
+        EVP_PKEY_free(pkey);
+        return fail(err, errlen, KERR_INVAL, "RSA keys must have at least 1024 bits");
+    }
+    if ((size_t)EVP_PKEY_get_size(pkey) > DKIM_MAX_SIG) {
+        EVP_PKEY_free(pkey);
+        return fail(err, errlen, KERR_INVAL, "the key is larger than %d bits", DKIM_MAX_SIG * 8);
+    }
+    dkim_key *k = calloc(1, sizeof(*k));
+    if (!k) {
+        EVP_PKEY_free(pkey);
+        return fail(err, errlen, KERR_NOMEM, "out of memory");
+    }
+    atomic_init(&k->refs, 1);
+    k->alg = alg;
+    k->pkey = pkey;
+    *out = k;
+    return 0;
+}
+
+void dkim_key_ref(dkim_key *k)
+{
+    atomic_fetch_add_explicit(&k->refs, 1, memory_order_relaxed);
+}
+
+void dkim_key_unref(dkim_key *k)
+{
+    if (!k || atomic_fetch_sub_explicit(&k->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    EVP_PKEY_free(k->pkey);
+    free(k);
+}
+
+enum dkim_alg dkim_key_alg(const dkim_key *k)
+{
+    return k->alg;
+}
+
+size_t dkim_key_sig_size(const dkim_key *k)
+{
+    return (size_t)EVP_PKEY_get_size(k->pkey);
+}
+
+int dkim_sign_digest(dkim_key *k, const unsigned char digest[32], unsigned char *sig,
+                     size_t *siglen, char *err, size_t errlen)
+{
+    size_t n = DKIM_MAX_SIG;
+    int ok = 0;
+    if (k->alg == DKIM_ALG_RSA_SHA256) {
+        /* RSASSA-PKCS1-v1_5 over the SHA-256 digest (RFC 6376 §3.3.1) */
+        EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(k->pkey, NULL);
+        ok = ctx && EVP_PKEY_sign_init(ctx) == 1 &&
+             EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) == 1 &&
+             EVP_PKEY_CTX_set_signature_md(ctx, EVP_sha256()) == 1 &&
+             EVP_PKEY_sign(ctx, sig, &n, digest, 32) == 1;
+        EVP_PKEY_CTX_free(ctx);
+    } else {
+        /* RFC 8463: PureEdDSA over the SHA-256 hash of the header data */
+        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+        ok = ctx && EVP_DigestSignInit(ctx, NULL, NULL, NULL, k->pkey) == 1 &&
+             EVP_DigestSign(ctx, sig, &n, digest, 32) == 1;
+        EVP_MD_CTX_free(ctx);
+    }
+    if (!ok)
+        return fail(err, errlen, KERR_IO, "signing failed: %s", ossl_reason());
+    *siglen = n;
+    return 0;
+}
+
+/* ---- building the header ---- */
+
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} sbuf;
+
+static void sb_add(sbuf *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = 0;
+}
+
+static void sb_str(sbuf *b, const char *s)
+{
+    sb_add(b, s, strlen(s));
+}
+
+#define FOLD_AT 78
+
+/* Appends "; name=value" (or "name=value" first), folding before the tag
+ * when it would pass FOLD_AT. */
+static void add_tag(sbuf *b, size_t *col, const char *name, const char *value, size_t vlen)
+{
+    size_t need = strlen(name) + 1 + vlen + 1;
+    bool first = b->len > 0 && b->p[b->len - 1] == ' ' && *col == 16;
+    if (!first) {
+        sb_add(b, ";", 1);
+        (*col)++;
+        if (*col + 1 + need > FOLD_AT) {
+            sb_add(b, "\r\n\t", 3);
+            *col = 8;
+        } else {
+            sb_add(b, " ", 1);
+            (*col)++;
+        }
+    }
+    sb_str(b, name);
+    sb_add(b, "=", 1);
+    sb_add(b, value, vlen);
+    *col += strlen(name) + 1 + vlen;
+}
+
+/* h=: names joined with ':', folded after a colon when the line is full. */
+static void add_h_tag(sbuf *b, size_t *col, const char *const *names, size_t n)
+{
+    sb_add(b, ";", 1);
+    (*col)++;
+    if (*col + 4 + (n ? strlen(names[0]) : 0) > FOLD_AT) {
+        sb_add(b, "\r\n\t", 3);
+        *col = 8;
+    } else {
+        sb_add(b, " ", 1);
+        (*col)++;
+    }
+    sb_add(b, "h=", 2);
+    *col += 2;
+    for (size_t i = 0; i < n; i++) {
+        size_t l = strlen(names[i]);
+        if (i > 0) {
+            sb_add(b, ":", 1);
+            (*col)++;
+            if (*col + l + 1 > FOLD_AT) {
+                sb_add(b, "\r\n\t", 3);
+                *col = 8;
+            }
+        }
+        char low[256];
+        size_t k = l < sizeof(low) ? l : sizeof(low);
+        for (size_t j = 0; j < k; j++)
+            low[j] =
+                (char)((names[i][j] >= 'A' && names[i][j] <= 'Z') ? names[i][j] + 32 : names[i][j]);
+        sb_add(b, low, k);
+        *col += k;
+    }
+}
+
+/* dkim-quoted-printable (RFC 6376 §2.11) for i=. */
+static void qp_encode(sbuf *b, const char *s)
+{
+    static const char hexd[] = "0123456789ABCDEF";
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c > 0x20 && c < 0x7f && c != ';' && c != '=') {
+            sb_add(b, (const char *)&c, 1);
+        } else {
+            char e[3] = {'=', hexd[c >> 4], hexd[c & 15]};
+            sb_add(b, e, 3);
+        }
+    }
+}
+
+static bool tag_value_ok(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c <= 0x20 || c >= 0x7f || c == ';')
+            return false;
+    }
+    return true;
+}
+
+static bool field_name_ok(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c <= 0x20 || c >= 0x7f || c == ':')
+            return false;
+    }
+    return true;
+}
+
+int dkim_sign_params_check(const dkim_sign_params *p, char *err, size_t errlen)
+{
+    if (!p->domain || !tag_value_ok(p->domain))
+        return fail(err, errlen, KERR_INVAL, "domain must be a non-empty domain name");
+    if (!p->selector || !tag_value_ok(p->selector))
+        return fail(err, errlen, KERR_INVAL, "selector must be a non-empty selector name");
+    bool from = false;
+    for (size_t i = 0; i < p->n_headers; i++) {
+        if (!field_name_ok(p->headers[i]) || strlen(p->headers[i]) > 255)
+            return fail(err, errlen, KERR_INVAL, "'%s' is not a header field name", p->headers[i]);
+        from |= strcasecmp(p->headers[i], "from") == 0;
+    }
+    if (!from)
+        return fail(err, errlen, KERR_INVAL, "missing From in signed headers");
+    if (p->atps && !tag_value_ok(p->atps))
+        return fail(err, errlen, KERR_INVAL, "atps must be a domain name");
+    if (p->atpsh && !p->atps)
+        return fail(err, errlen, KERR_INVAL, "atpsh needs atps");
+    if (p->atpsh && strcmp(p->atpsh, "sha1") != 0 && strcmp(p->atpsh, "sha256") != 0 &&
+        strcmp(p->atpsh, "none") != 0)
+        return fail(err, errlen, KERR_INVAL, "atpsh must be sha1, sha256 or none");
+    if (p->auid) {
+        /* RFC 6376 §3.5: the AUID's domain is d= or a subdomain of it */
+        const char *at = strrchr(p->auid, '@');
+        const char *dom = at ? at + 1 : NULL;
+        size_t dl = dom ? strlen(dom) : 0, ml = strlen(p->domain);
+        bool ok =
+            dom && (strcasecmp(dom, p->domain) == 0 || (dl > ml && dom[dl - ml - 1] == '.' &&
+                                                        strcasecmp(dom + dl - ml, p->domain) == 0));
+        if (!ok)
+            return fail(err, errlen, KERR_INVAL,
+                        "agent_user_identifier must be an address at the signing domain or "
+                        "one of its subdomains");
+    }
+    if (p->expiration < 0)
+        return fail(err, errlen, KERR_INVAL, "expiration must not be negative");
+    return 0;
+}
+
+/* ---- hashing ---- */
+
+static void md_sink(void *ctx, const char *p, size_t n)
+{
+    EVP_DigestUpdate(ctx, p, n);
+}
+
+typedef struct field {
+    const char *name, *raw;
+    size_t name_len, raw_len;
+    bool used;
+} field;
+
+static bool name_is(const field *f, const char *name)
+{
+    size_t l = strlen(name);
+    return f->name_len == l && strncasecmp(f->name, name, l) == 0;
+}
+
+static void b64(sbuf *b, const unsigned char *in, size_t n)
+{
+    size_t need = 4 * ((n + 2) / 3);
+    char *tmp = malloc(need + 1);
+    if (!tmp) {
+        b->oom = true;
+        return;
+    }
+    EVP_EncodeBlock((unsigned char *)tmp, in, (int)n);
+    sb_add(b, tmp, need);
+    free(tmp);
+}
+
+int dkim_sign_prepare(const dkim_sign_params *p, const char *data, size_t len, int64_t now,
+                      dkim_sign_job *job, char *err, size_t errlen)
+{
+    memset(job, 0, sizeof(*job));
+    int rc = dkim_sign_params_check(p, err, errlen);
+    if (rc)
+        return rc;
+
+    /* the header fields, once, in order */
+    size_t nf = 0, capf = 32, pos = 0;
+    field *fs = malloc(capf * sizeof(*fs));
+    hdr_field hf;
+    while (fs && hdr_next(data, len, &pos, &hf)) {
+        if (nf == capf) {
+            field *n2 = realloc(fs, 2 * capf * sizeof(*fs));
+            if (!n2) {
+                free(fs);
+                fs = NULL;
+                break;
+            }
+            fs = n2;
+            capf *= 2;
+        }
+        fs[nf++] = (field){hf.name, hf.raw, hf.name_len, hf.raw_len, false};
+    }
+    if (!fs)
+        return fail(err, errlen, KERR_NOMEM, "out of memory");
+    size_t body = hdr_block_len(data, len);
+
+    /* the effective list: over-signing lists each name once more than the
+     * message has it, so that an added field breaks the signature */
+    size_t nh = 0;
+    const char **hl = NULL;
+    if (p->over_sign) {
+        size_t total = 0;
+        for (size_t i = 0; i < p->n_headers; i++) {
+            total++;
+            for (size_t j = 0; j < nf; j++)
+                total += name_is(&fs[j], p->headers[i]);
+        }
+        hl = malloc((total ? total : 1) * sizeof(*hl));
+        for (size_t i = 0; hl && i < p->n_headers; i++) {
+            hl[nh++] = p->headers[i];
+            for (size_t j = 0; j < nf; j++)
+                if (name_is(&fs[j], p->headers[i]))
+                    hl[nh++] = p->headers[i];
+        }
+    } else {
+        hl = malloc((p->n_headers ? p->n_headers : 1) * sizeof(*hl));
+        for (size_t i = 0; hl && i < p->n_headers; i++)
+            hl[nh++] = p->headers[i];
+    }
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    sbuf sb = {0};
+    if (!hl || !md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+        rc = fail(err, errlen, KERR_NOMEM, "out of memory");
+        goto out;
+    }
+
+    /* body hash */
+    dkim_bodyc bc;
+    dkim_bodyc_init(&bc, p->body_canon, UINT64_MAX, md_sink, md);
+    dkim_bodyc_update(&bc, data + body, len - body);
+    dkim_bodyc_final(&bc);
+    unsigned char bh[32];
+    unsigned int bhl = 0;
+    if (EVP_DigestFinal_ex(md, bh, &bhl) != 1) {
+        rc = fail(err, errlen, KERR_IO, "digest failed: %s", ossl_reason());
+        goto out;
+    }
+
+    /* the header, without the signature */
+    size_t col = 16;
+    char num[32];
+    sb_str(&sb, "DKIM-Signature: ");
+    add_tag(&sb, &col, "v", "1", 1);
+    const char *a = p->alg == DKIM_ALG_RSA_SHA256 ? "rsa-sha256" : "ed25519-sha256";
+    add_tag(&sb, &col, "a", a, strlen(a));
+    add_tag(&sb, &col, "d", p->domain, strlen(p->domain));
+    add_tag(&sb, &col, "s", p->selector, strlen(p->selector));
+    snprintf(num, sizeof(num), "%s/%s", p->header_canon ? "relaxed" : "simple",
+             p->body_canon ? "relaxed" : "simple");
+    add_tag(&sb, &col, "c", num, strlen(num));
+    if (p->auid) {
+        sbuf q = {0};
+        qp_encode(&q, p->auid);
+        if (q.oom || !q.p) {
+            free(q.p);
+            rc = fail(err, errlen, KERR_NOMEM, "out of memory");
+            goto out;
+        }
+        add_tag(&sb, &col, "i", q.p, q.len);
+        free(q.p);
+    }
+    if (p->body_length) {
+        snprintf(num, sizeof(num), "%llu", (unsigned long long)bc.total);
+        add_tag(&sb, &col, "l", num, strlen(num));
+    }
+    if (p->reporting)
+        add_tag(&sb, &col, "r", "y", 1);
+    if (p->atps) {
+        add_tag(&sb, &col, "atps", p->atps, strlen(p->atps));
+        const char *h = p->atpsh ? p->atpsh : "sha256";
+        add_tag(&sb, &col, "atpsh", h, strlen(h));
+    }
+    snprintf(num, sizeof(num), "%lld", (long long)now);
+    add_tag(&sb, &col, "t", num, strlen(num));
+    if (p->expiration > 0) {
+        snprintf(num, sizeof(num), "%lld", (long long)(now + p->expiration));
+        add_tag(&sb, &col, "x", num, strlen(num));
+    }
+    {
+        sbuf bhs = {0};
+        b64(&bhs, bh, bhl);
+        if (bhs.oom || !bhs.p) {
+            free(bhs.p);
+            rc = fail(err, errlen, KERR_NOMEM, "out of memory");
+            goto out;
+        }
+        add_tag(&sb, &col, "bh", bhs.p, bhs.len);
+        free(bhs.p);
+    }
+    add_h_tag(&sb, &col, hl, nh);
+    add_tag(&sb, &col, "b", "", 0);
+    if (sb.oom) {
+        rc = fail(err, errlen, KERR_NOMEM, "out of memory");
+        goto out;
+    }
+
+    /* header hash (§3.7): the selected fields, each instance from the
+     * bottom up; a name listed more often than present adds nothing */
+    if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+        rc = fail(err, errlen, KERR_IO, "digest failed: %s", ossl_reason());
+        goto out;
+    }
+    for (size_t i = 0; i < nh; i++) {
+        for (size_t j = nf; j-- > 0;) {
+            if (!fs[j].used && name_is(&fs[j], hl[i])) {
+                fs[j].used = true;
+                dkim_canon_header(p->header_canon, fs[j].raw, fs[j].raw_len, true, md_sink, md);
+                break;
+            }
+        }
+    }
+    dkim_canon_header(p->header_canon, sb.p, sb.len, false, md_sink, md);
+    unsigned int dl = 0;
+    if (EVP_DigestFinal_ex(md, job->digest, &dl) != 1) {
+        rc = fail(err, errlen, KERR_IO, "digest failed: %s", ossl_reason());
+        goto out;
+    }
+    job->hdr = sb.p;
+    job->hdr_len = sb.len;
+    job->col = col;
+    sb.p = NULL;
+    rc = 0;
+out:
+    free(sb.p);
+    EVP_MD_CTX_free(md);
+    free(hl);
+    free(fs);
+    return rc;
+}
+
+char *dkim_sign_finish(const dkim_sign_job *job, const unsigned char *sig, size_t siglen,
+                       size_t *out_len)
+{
+    sbuf s64 = {0};
+    b64(&s64, sig, siglen);
+    if (s64.oom || !s64.p) {
+        free(s64.p);
+        return NULL;
+    }
+    sbuf out = {0};
+    sb_add(&out, job->hdr, job->hdr_len);
+    /* FWS may appear anywhere in b= (§3.5): fill lines to FOLD_AT */
+    size_t col = job->col, i = 0;
+    while (i < s64.len) {
+        size_t room = col < FOLD_AT ? FOLD_AT - col : 0;
+        if (room < 8) {
+            sb_add(&out, "\r\n\t", 3);
+            col = 8;
+            continue;
+        }
+        size_t k = s64.len - i < room ? s64.len - i : room;
+        sb_add(&out, s64.p + i, k);
+        i += k;
+        col += k;
+    }
+    sb_add(&out, "\r\n", 2);
+    free(s64.p);
+    if (out.oom) {
+        free(out.p);
+        return NULL;
+    }
+    *out_len = out.len;
+    return out.p;
+}
+
+void dkim_sign_job_fini(dkim_sign_job *job)
+{
+    free(job->hdr);
+    job->hdr = NULL;
+}
+
+char *dkim_sign(const dkim_sign_params *p, dkim_key *k, const char *data, size_t len, int64_t now,
+                size_t *out_len, char *err, size_t errlen)
+{
+    if (p->alg != k->alg) {
+        fail(err, errlen, KERR_INVAL, "the key does not match the signing algorithm");
+        return NULL;
+    }
+    dkim_sign_job job;
+    if (dkim_sign_prepare(p, data, len, now, &job, err, errlen) != 0)
+        return NULL;
+    unsigned char sig[DKIM_MAX_SIG];
+    size_t siglen = 0;
+    char *h = NULL;
+    if (dkim_sign_digest(k, job.digest, sig, &siglen, err, errlen) == 0) {
+        h = dkim_sign_finish(&job, sig, siglen, out_len);
+        if (!h)
+            fail(err, errlen, KERR_NOMEM, "out of memory");
+    }
+    dkim_sign_job_fini(&job);
+    return h;
+}
+
+/* ---- tag lists ---- */
+
+static bool is_wsp(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* Skips FWS (WSP, and CRLF or LF followed by WSP). */
+static size_t skip_fws(const char *s, size_t n, size_t i)
+{
+    for (;;) {
+        if (i < n && is_wsp(s[i])) {
+            i++;
+        } else if (i + 2 < n && s[i] == '\r' && s[i + 1] == '\n' && is_wsp(s[i + 2])) {
+            i += 3;
+        } else if (i + 1 < n && s[i] == '\n' && is_wsp(s[i + 1])) {
+            i += 2;
+        } else {
+            return i;
+        }
+    }
+}
+
+static bool is_alpha(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+int dkim_tags_parse(const char *s, size_t n, dkim_tag *tags, size_t max, size_t *count)
+{
+    size_t i = 0, nt = 0;
+    *count = 0;
+    for (;;) {
+        i = skip_fws(s, n, i);
+        if (i == n)
+            break; /* empty list, or a trailing ';' */
+        if (!is_alpha(s[i]))
+            return KERR_PARSE;
+        size_t ns = i;
+        while (i < n && (is_alpha(s[i]) || is_digit(s[i]) || s[i] == '_'))
+            i++;
+        size_t nl = i - ns;
+        i = skip_fws(s, n, i);
+        if (i == n || s[i] != '=')
+            return KERR_PARSE;
+        i = skip_fws(s, n, i + 1);
+        size_t vs = i, ve = i;
+        /* tval *( 1*(WSP / FWS) tval ): value bytes are %x21-3A / %x3C-7E */
+        while (i < n && s[i] != ';') {
+            unsigned char c = (unsigned char)s[i];
+            if (c > 0x20 && c < 0x7f) {
+                i++;
+                ve = i;
+                continue;
+            }
+            size_t j = skip_fws(s, n, i);
+            if (j == i)
+                return KERR_PARSE; /* a control byte, 8-bit byte or bare CR/LF */
+            i = j;
+        }
+        for (size_t k = 0; k < nt; k++)
+            if (tags[k].name_len == nl && memcmp(tags[k].name, s + ns, nl) == 0)
+                return KERR_PARSE; /* §3.2: duplicate tags are an error */
+        if (nt == max)
+            return KERR_TOOBIG;
+        tags[nt++] = (dkim_tag){s + ns, s + vs, nl, ve - vs};
+        if (i == n)
+            break;
+        i++; /* ';' */
+    }
+    *count = nt;
+    return 0;
+}
+
+const dkim_tag *dkim_tag_find(const dkim_tag *tags, size_t count, const char *name)
+{
+    size_t l = strlen(name);
+    for (size_t i = 0; i < count; i++)
+        if (tags[i].name_len == l && memcmp(tags[i].name, name, l) == 0)
+            return &tags[i];
+    return NULL;
+}
+
+static bool tag_is(const dkim_tag *t, const char *v)
+{
+    size_t l = strlen(v);
+    return t->value_len == l && strncasecmp(t->value, v, l) == 0;
+}
+
+/* A decimal of at most max_digits digits (RFC 6376 caps l=, t=, x= at 76
+ * digits; anything past 2^63 is refused here rather than wrapped). */
+static int parse_num(const dkim_tag *t, uint64_t *out)
+{
+    if (t->value_len == 0 || t->value_len > 18)
+        return KERR_RANGE;
+    uint64_t v = 0;
+    for (size_t i = 0; i < t->value_len; i++) {
+        if (!is_digit(t->value[i]))
+            return KERR_PARSE;
+        v = v * 10 + (uint64_t)(t->value[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+int dkim_sig_parse(const char *value, size_t len, dkim_sig *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof(*out));
+    out->t = out->x = -1;
+    int rc = dkim_tags_parse(value, len, out->tags, DKIM_MAX_TAGS, &out->n_tags);
+    if (rc)
+        return fail(err, errlen, KERR_PARSE, "signature tag list is malformed");
+    const dkim_tag *T = out->tags;
+    size_t N = out->n_tags;
+    static const char *const required[] = {"v", "a", "b", "bh", "d", "h", "s"};
+    for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++)
+        if (!dkim_tag_find(T, N, required[i]))
+            return fail(err, errlen, KERR_PARSE, "signature missing required tag %s=", required[i]);
+    if (!tag_is(dkim_tag_find(T, N, "v"), "1"))
+        return fail(err, errlen, KERR_INVAL, "incompatible signature version");
+    const dkim_tag *a = dkim_tag_find(T, N, "a");
+    if (tag_is(a, "rsa-sha256"))
+        out->alg = DKIM_ALG_RSA_SHA256;
+    else if (tag_is(a, "ed25519-sha256"))
+        out->alg = DKIM_ALG_ED25519_SHA256;
+    else
+        return fail(err, errlen, KERR_INVAL, "unsupported signature algorithm %.*s",
+                    (int)(a->value_len > 40 ? 40 : a->value_len), a->value);
+    const dkim_tag *c = dkim_tag_find(T, N, "c");
+    out->header_canon = out->body_canon = DKIM_CANON_SIMPLE;
+    if (c) {
+        const char *slash = memchr(c->value, '/', c->value_len);
+        dkim_tag hc = *c, bc = {0};
+        if (slash) {
+            hc.value_len = (size_t)(slash - c->value);
+            bc.value = slash + 1;
+            bc.value_len = c->value_len - hc.value_len - 1;
+        }
+        if (tag_is(&hc, "relaxed"))
+            out->header_canon = DKIM_CANON_RELAXED;
+        else if (!tag_is(&hc, "simple"))
+            return fail(err, errlen, KERR_INVAL, "unsupported header canonicalization");
+        if (slash) {
+            if (tag_is(&bc, "relaxed"))
+                out->body_canon = DKIM_CANON_RELAXED;
+            else if (!tag_is(&bc, "simple"))
+                return fail(err, errlen, KERR_INVAL, "unsupported body canonicalization");
+        }
+    }
+    const dkim_tag *q = dkim_tag_find(T, N, "q");
+    if (q && !tag_is(q, "dns/txt"))
+        return fail(err, errlen, KERR_INVAL, "unsupported query method");
+    out->d = dkim_tag_find(T, N, "d");
+    out->s = dkim_tag_find(T, N, "s");
+    out->h = dkim_tag_find(T, N, "h");
+    out->b = dkim_tag_find(T, N, "b");
+    out->bh = dkim_tag_find(T, N, "bh");
+    out->i = dkim_tag_find(T, N, "i");
+    if (!out->d->value_len || !out->s->value_len)
+        return fail(err, errlen, KERR_PARSE, "empty d= or s= tag");
+    /* h= must sign From (§5.4) */
+    bool from = false;
+    for (size_t i = 0, st = 0; i <= out->h->value_len; i++) {
+        if (i == out->h->value_len || out->h->value[i] == ':') {
+            size_t a0 = st, a1 = i;
+            while (a0 < a1 && !(out->h->value[a0] > 0x20))
+                a0++;
+            while (a1 > a0 && !(out->h->value[a1 - 1] > 0x20))
+                a1--;
+            from |= a1 - a0 == 4 && strncasecmp(out->h->value + a0, "from", 4) == 0;
+            st = i + 1;
+        }
+    }
+    if (!from)
+        return fail(err, errlen, KERR_INVAL, "From field not signed");
+    if (out->i) {
+        /* the AUID's domain must be d= or a subdomain of it (§6.1.1) */
+        const char *at = memchr(out->i->value, '@', out->i->value_len);
+        if (!at)
+            return fail(err, errlen, KERR_INVAL, "i= is not an identity");
+        size_t dl = out->i->value_len - (size_t)(at + 1 - out->i->value);
+        const char *dom = at + 1;
+        size_t ml = out->d->value_len;
+        bool ok = (dl == ml && strncasecmp(dom, out->d->value, ml) == 0) ||
+                  (dl > ml && dom[dl - ml - 1] == '.' &&
+                   strncasecmp(dom + dl - ml, out->d->value, ml) == 0);
+        if (!ok)
+            return fail(err, errlen, KERR_INVAL, "domain mismatch between i= and d=");
+    }
+    const dkim_tag *l = dkim_tag_find(T, N, "l");
+    if (l) {
+        if (parse_num(l, &out->l) != 0)
+            return fail(err, errlen, KERR_INVAL, "l= is not a usable body length");
+        out->has_l = true;
+    }
+    const dkim_tag *t = dkim_tag_find(T, N, "t"), *x = dkim_tag_find(T, N, "x");
+    uint64_t v;
+    if (t) {
+        if (parse_num(t, &v) != 0)
+            return fail(err, errlen, KERR_INVAL, "t= is not a timestamp");
+        out->t = (int64_t)v;
+    }
+    if (x) {
+        if (parse_num(x, &v) != 0)
+            return fail(err, errlen, KERR_INVAL, "x= is not a timestamp");
+        out->x = (int64_t)v;
+        if (out->t >= 0 && out->x < out->t)
+            return fail(err, errlen, KERR_INVAL, "x= is before t=");
+    }
+    return 0;
+}
