@@ -51,6 +51,7 @@
 #include "lua/lib/fs.h"
 #include "lua/lib/misc.h"
 #include "lua/lib/mpsc.h"
+#include "lua/lib/http_client.h"
 #include "lua/lib/secrets.h"
 #include "lua/lib/time.h"
 #include "lua/lib/uuid.h"
@@ -525,6 +526,7 @@ int main(int argc, char **argv)
     file_type_lua_register();
     counter_series_lua_register();
     mpsc_lua_register();
+    http_client_lua_register();
     misc_lua_register();
     misc_set_spawn_enabled(!validate || script_path);
     lualib_register();
