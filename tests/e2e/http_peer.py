@@ -15,6 +15,7 @@ class Peer:
         self.records = []  # parsed JSON bodies posted to /log
         self.requests = []  # (method, path, headers, body, client port) of every request
         self.fail_status = None
+        self.delay = 0  # seconds /log waits before answering
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         peer = self
@@ -66,6 +67,8 @@ class Peer:
                     self.wfile.write(b"\x00\xffthis is not HTTP\r\n\r\n")
                     self.close_connection = True
                 elif p == "/log":
+                    if peer.delay:
+                        time.sleep(peer.delay)
                     status = peer.fail_status
                     if status:
                         self._send(status, b"try later")
