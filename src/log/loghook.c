@@ -123,7 +123,7 @@ static int parse_per_record(struct hook *h, const json_t *v, char *err, size_t e
 
 static void hook_record(const logrec *r);
 
-int loghook_add_from_json(const json_t *params, char *err, size_t errlen)
+int loghook_add_from_json(const json_t *params, bool check_only, char *err, size_t errlen)
 {
     if (err && errlen)
         err[0] = '\0';
@@ -180,6 +180,11 @@ int loghook_add_from_json(const json_t *params, char *err, size_t errlen)
                         "");
             goto fail;
         }
+    }
+    if (check_only) {
+        pthread_rwlock_unlock(&hooks_lock);
+        hook_free(h);
+        return 0;
     }
     struct hook **nh = realloc(hooks, sizeof(*nh) * (n_hooks + 1));
     if (nh) {

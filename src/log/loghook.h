@@ -30,8 +30,9 @@ void loghook_set_sink(loghook_sink_fn fn);
  * kumo.configure_log_hook{}: name (required, unique), back_pressure
  * (128000), meta ([]), headers ([]), per_record ({<Type|Any> = {enable,
  * suffix, log_dir, segment_header}}; template is refused), deferred_spool
- * (false). Unknown keys are an error naming the key. Thread-safe. */
-int loghook_add_from_json(const json_t *params, char *err, size_t errlen);
+ * (false). Unknown keys are an error naming the key. With check_only the
+ * parameters are checked and nothing is added (--validate). Thread-safe. */
+int loghook_add_from_json(const json_t *params, bool check_only, char *err, size_t errlen);
 
 /* Hooks configured (tests). */
 size_t loghook_count(void);

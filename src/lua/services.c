@@ -165,9 +165,8 @@ static int l_configure_log_hook(lua_State *L)
     json_t *j = klua_to_json(L, 1, err, sizeof(err));
     if (!j)
         return luaL_error(L, "kumo.configure_log_hook: %s", err);
-    int rc = 0;
-    if (!validate_only)
-        rc = loghook_add_from_json(j, err, sizeof(err));
+    /* --validate checks the parameters without starting anything */
+    int rc = loghook_add_from_json(j, validate_only, err, sizeof(err));
     json_decref(j);
     if (rc != 0)
         return luaL_error(L, "kumo.configure_log_hook: %s", err);
