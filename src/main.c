@@ -52,6 +52,9 @@
 #include "lua/lib/fs.h"
 #include "lua/lib/misc.h"
 #include "lua/lib/mpsc.h"
+#include "lua/lib/http_client.h"
+#include "log/loghook.h"
+#include "queue/hookq.h"
 #include "lua/lib/secrets.h"
 #include "lua/lib/time.h"
 #include "lua/lib/uuid.h"
@@ -514,6 +517,8 @@ int main(int argc, char **argv)
     queue_init();
     /* reception hands messages to the queues (smtp sits above queue) */
     smtpsrv_set_insert_hook(queue_insert);
+    /* log hook records become queued messages (queue sits above log) */
+    loghook_set_sink(hookq_sink);
     lua_deliver_register();
     deferred_register();
     smtp_deliver_register();
@@ -534,6 +539,7 @@ int main(int argc, char **argv)
     file_type_lua_register();
     counter_series_lua_register();
     mpsc_lua_register();
+    http_client_lua_register();
     misc_lua_register();
     misc_set_spawn_enabled(!validate || script_path);
     lualib_register();
@@ -662,6 +668,7 @@ out_reactors:
     recovery_free();
     services_shutdown();
     logs_shutdown();
+    loghook_shutdown();
     reactor_pool_free();
     if (started)
         DINFO(MAIN_MOD, "kumod stopped");

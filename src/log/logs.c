@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,7 @@
 #include "core/kerr.h"
 #include "log/logger.h"
 #include "log/logs.h"
+#include "log/logs_int.h"
 
 #define LOG_MOD "kumod::logging"
 
@@ -117,6 +119,10 @@ static void dest_free(struct logs_dest *d)
 
 static int cfg_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+int logs__cfg_err(char *err, size_t errlen, const char *msg)
+{
+    return cfg_err(err, errlen, "%s", msg);
+}
 static int cfg_err(char *err, size_t errlen, const char *fmt, ...)
 {
     /* The Lua binding prefixes "kumo.configure_local_logs: ". */
@@ -138,7 +144,7 @@ static int cfg_string(const json_t *v, const char *what, char **out, char *err, 
 }
 
 /* A non-negative whole number; Lua may hand us 1e9 as a float. */
-static int cfg_uint(const json_t *v, const char *what, uint64_t max, uint64_t *out, char *err,
+int logs__cfg_uint(const json_t *v, const char *what, uint64_t max, uint64_t *out, char *err,
                     size_t errlen)
 {
     if (json_is_integer(v) && json_integer_value(v) >= 0 &&
@@ -200,7 +206,7 @@ static int cfg_min_free(const json_t *v, const char *what, json_t **out, char *e
 }
 
 /* meta = {"a", "b*"}; an empty Lua table may arrive as {} rather than []. */
-static int cfg_string_list(const json_t *v, const char *what, char ***out, size_t *n_out, char *err,
+int logs__cfg_string_list(const json_t *v, const char *what, char ***out, size_t *n_out, char *err,
                            size_t errlen)
 {
     if (json_is_object(v) && json_object_size(v) == 0)
@@ -337,9 +343,9 @@ int logs_add_local_from_json(const json_t *params, char *err, size_t errlen)
             if (rc == 0 && !*d->log_dir)
                 rc = cfg_err(err, errlen, "`log_dir` must not be empty");
         } else if (strcmp(key, "max_file_size") == 0) {
-            rc = cfg_uint(v, key, UINT64_MAX, &max_file_size, err, errlen);
+            rc = logs__cfg_uint(v, key, UINT64_MAX, &max_file_size, err, errlen);
         } else if (strcmp(key, "back_pressure") == 0) {
-            rc = cfg_uint(v, key, SIZE_MAX / 2, &back_pressure, err, errlen);
+            rc = logs__cfg_uint(v, key, SIZE_MAX / 2, &back_pressure, err, errlen);
         } else if (strcmp(key, "compression_level") == 0) {
             /* 0 is zstd's default; negative levels are zstd's fast modes. */
             if (json_is_integer(v))
@@ -351,9 +357,9 @@ int logs_add_local_from_json(const json_t *params, char *err, size_t errlen)
         } else if (strcmp(key, "max_segment_duration") == 0) {
             rc = cfg_duration(v, key, &max_segment_ns, err, errlen);
         } else if (strcmp(key, "meta") == 0) {
-            rc = cfg_string_list(v, key, &d->meta, &d->n_meta, err, errlen);
+            rc = logs__cfg_string_list(v, key, &d->meta, &d->n_meta, err, errlen);
         } else if (strcmp(key, "headers") == 0) {
-            rc = cfg_string_list(v, key, &d->headers, &d->n_headers, err, errlen);
+            rc = logs__cfg_string_list(v, key, &d->headers, &d->n_headers, err, errlen);
         } else if (strcmp(key, "per_record") == 0) {
             rc = cfg_per_record(d, v, err, errlen);
         } else if (strcmp(key, "filter_event") == 0) {
@@ -422,6 +428,14 @@ fail:
 
 /* ---- records ---- */
 
+/* The log hooks (loghook.c) see every record after the local logs. */
+static _Atomic(void (*)(const logrec *)) record_hook;
+
+void logs__set_record_hook(void (*fn)(const logrec *r))
+{
+    atomic_store(&record_hook, fn);
+}
+
 void logs_record(const logrec *r)
 {
     if (!r)
@@ -430,8 +444,10 @@ void logs_record(const logrec *r)
         DERROR(LOG_MOD, "logs_record: invalid record type %d", (int)r->type);
         return;
     }
+    void (*hook)(const logrec *) = atomic_load(&record_hook);
+    bool hooks = hook != NULL;
     lock_read();
-    if (logs_n == 0) {
+    if (logs_n == 0 && !hooks) {
         pthread_rwlock_unlock(&logs_lock);
         return;
     }
@@ -466,6 +482,9 @@ void logs_record(const logrec *r)
                    rec.id ? rec.id : "", d->log_dir, logrec_type_name(rec.type), kerr_str(rc));
     }
     pthread_rwlock_unlock(&logs_lock);
+    /* after the local logs: a hook may queue a message, which logs again */
+    if (hooks)
+        hook(&rec);
 }
 
 int logs_foreach_dir(int (*fn)(const char *dir, void *ud), void *ud)

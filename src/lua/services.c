@@ -12,6 +12,7 @@
 
 #include "core/diag.h"
 #include "core/kerr.h"
+#include "log/loghook.h"
 #include "log/logs.h"
 #include "lua/klua.h"
 
@@ -157,8 +158,25 @@ static int l_configure_local_logs(lua_State *L)
     return 0;
 }
 
+static int l_configure_log_hook(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    char err[512];
+    json_t *j = klua_to_json(L, 1, err, sizeof(err));
+    if (!j)
+        return luaL_error(L, "kumo.configure_log_hook: %s", err);
+    /* --validate checks the parameters without starting anything */
+    int rc = loghook_add_from_json(j, validate_only, err, sizeof(err));
+    json_decref(j);
+    if (rc != 0)
+        return luaL_error(L, "kumo.configure_log_hook: %s", err);
+    return 0;
+}
+
 static void services_open(lua_State *L)
 {
+    lua_pushcfunction(L, l_configure_log_hook);
+    lua_setfield(L, -2, "configure_log_hook");
     lua_pushcfunction(L, l_define_spool);
     lua_setfield(L, -2, "define_spool");
     lua_pushcfunction(L, l_configure_local_logs);

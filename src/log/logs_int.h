@@ -1,0 +1,26 @@
+/* Configuration helpers that logs.c shares with loghook.c (the other half
+ * of the log module). Errors are written into err (which the Lua binding
+ * prefixes with the function name). */
+#ifndef KUMOD_LOG_LOGS_INT_H
+#define KUMOD_LOG_LOGS_INT_H
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "log/logs.h"
+
+/* Called by logs_record for every record (after the local destinations,
+ * with timestamps filled in), on the caller's thread. */
+void logs__set_record_hook(void (*fn)(const logrec *r));
+
+/* Writes msg into err; returns KERR_INVAL. */
+int logs__cfg_err(char *err, size_t errlen, const char *msg);
+/* A non-negative whole number up to max. */
+int logs__cfg_uint(const json_t *v, const char *what, uint64_t max, uint64_t *out, char *err,
+                   size_t errlen);
+/* A list of strings (an empty table may be {}); *out is calloc'd, each
+ * entry strdup'd; on error the caller frees what was filled (*n_out). */
+int logs__cfg_string_list(const json_t *v, const char *what, char ***out, size_t *n_out,
+                          char *err, size_t errlen);
+
+#endif
