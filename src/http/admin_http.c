@@ -306,7 +306,7 @@ void http_admin_set_log_filter(http_req *hr)
 
 void http_admin_bump_config_epoch(http_req *hr)
 {
-    http_audit(hr, "bump-config-epoch", 200, NULL);
+    http_audit(hr, "bump-config-epoch", 200, "config epoch bump requested");
     klua_bump_epoch();
     http_reply_text(hr, 200, NULL, NULL, 0);
 }

@@ -877,7 +877,7 @@ static int run_inspect_message(const cmd *c, int argc, char **argv)
     print_scalar("sender:", json_object_get(m, "sender"));
     print_scalar("recipient:", json_object_get(m, "recipient"));
     const json_t *due = json_object_get(m, "due");
-    printf("%-13s %s\n", "next due:", json_is_string(due) ? json_string_value(due) : "now");
+    printf("%-13s %s\n", "due:", json_is_string(due) ? json_string_value(due) : "now");
     print_scalar("num_attempts:", json_object_get(m, "num_attempts"));
     const json_t *lr = json_object_get(m, "last_response");
     printf("%-13s %s\n", "last failure:", json_is_string(lr) ? json_string_value(lr) : "none");
