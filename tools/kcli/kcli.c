@@ -2,7 +2,8 @@
  * KumoMTA's kcli for the subcommands kumod serves (bounce, bounce-list,
  * bounce-cancel, suspend, suspend-list, suspend-cancel, suspend-ready-q,
  * suspend-ready-q-list, suspend-ready-q-cancel, rebind, inspect-message,
- * inspect-sched-q, inspect-ready-q, queue-summary, set-log-filter, top).
+ * inspect-sched-q, inspect-ready-q, queue-summary, provider-summary,
+ * abort-ready-q-conn, spool-compact, set-log-filter, top).
  *
  * It talks to the HTTP listener (--endpoint, KUMO_KCLI_ENDPOINT, default
  * http://127.0.0.1:8000) with libcurl's easy interface, one blocking
