@@ -7,7 +7,9 @@
  * actions (bounce, rebind, inspection) answer through admin_done on that
  * same reactor. Owns nothing beyond the request. A body that does not fit
  * KumoMTA's request struct is a 422 naming the field, as axum's Json
- * extractor answers; an unknown id is a 404 (plain text, as KumoMTA). */
+ * extractor answers; an unknown id is a 404 (plain text, as KumoMTA).
+ * Every action is audited (http_audit, admin_more.c): one kumod::audit
+ * line with who asked and what it matched. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +24,6 @@
 
 #include <uuid/uuid.h>
 
-#define ADMOD "kumod::http_admin"
 
 static const char text_plain[] = "text/plain; charset=utf-8";
 
@@ -50,6 +51,46 @@ static void admin_done(void *ud, int status, json_t *result_take, const char *er
         return;
     }
     http_reply_error(hr, status ? status : 500, "%s", error ? error : "request failed");
+}
+
+/* An asynchronous admin action being audited: logged when it completes,
+ * with the counts its result reports. */
+typedef struct audited {
+    http_req *hr;
+    const char *action;
+    char *req;
+} audited;
+
+static void audited_done(void *ud, int status, json_t *result_take, const char *error)
+{
+    audited *a = ud;
+    char counts[64] = "";
+    json_t *tb = json_object_get(result_take, "total_bounced");
+    json_t *rb = json_object_get(result_take, "kumod_rebound");
+    if (json_is_integer(tb))
+        snprintf(counts, sizeof(counts), " bounced=%lld", (long long)json_integer_value(tb));
+    if (json_is_integer(rb)) {
+        snprintf(counts, sizeof(counts), " rebound=%lld", (long long)json_integer_value(rb));
+        json_object_del(result_take, "kumod_rebound"); /* KumoMTA's response is {} */
+    }
+    const char *id = json_string_value(json_object_get(result_take, "id"));
+    http_audit(a->hr, a->action, status, "request=%s%s%s%s%s%s", a->req, id ? " id=" : "",
+               id ? id : "", counts, error ? " error=" : "", error ? error : "");
+    free(a->req);
+    http_req *hr = a->hr;
+    free(a);
+    admin_done(hr, status, result_take, error);
+}
+
+static audited *audited_new(http_req *hr, const char *action, const json_t *body)
+{
+    audited *a = calloc(1, sizeof(*a));
+    if (!a)
+        abort();
+    a->hr = hr;
+    a->action = action;
+    a->req = http_audit_request(body);
+    return a;
 }
 
 /* DELETE {"id": uuid} (BounceV1CancelRequest, SuspendV1CancelRequest;
@@ -88,6 +129,9 @@ static char *delete_id(http_req *hr)
  * "<what> entry <id> not found". */
 static void reply_removed(http_req *hr, int rc, const char *what, char *id)
 {
+    char action[64];
+    snprintf(action, sizeof(action), "%s-cancel", what);
+    http_audit(hr, action, rc == 0 ? 200 : 404, "id=%s%s", id, rc == 0 ? "" : " (no such entry)");
     char msg[200];
     int n = rc == 0 ? snprintf(msg, sizeof(msg), "removed %s", id)
                     : snprintf(msg, sizeof(msg), "%s entry %s not found", what, id);
@@ -110,9 +154,7 @@ void http_admin_bounce(http_req *hr)
     json_t *body = http_req_json_object(hr, false);
     if (!body)
         return;
-    DINFO(ADMOD, "peer=%s admin bounce: %s", hr->peer_ip,
-          json_string_value(json_object_get(body, "reason")) ?: "(no reason)");
-    queue_admin_bounce(body, admin_done, hr);
+    queue_admin_bounce(body, audited_done, audited_new(hr, "bounce", body));
     json_decref(body);
 }
 
@@ -137,6 +179,11 @@ static void suspend_common(http_req *hr, suspend_fn add, json_t *(*list)(void),
     json_t *result = NULL;
     char err[400] = "";
     int rc = add(body, &result, err, sizeof(err));
+    char *req = http_audit_request(body);
+    const char *id = json_string_value(json_object_get(result, "id"));
+    http_audit(hr, what, rc == 0 ? 200 : rc == KERR_PARSE ? 422 : 400, "request=%s%s%s%s%s", req,
+               id ? " id=" : "", id ? id : "", rc ? " error=" : "", rc ? err : "");
+    free(req);
     json_decref(body);
     if (rc != 0) {
         json_decref(result);
@@ -167,7 +214,7 @@ void http_admin_rebind(http_req *hr)
     json_t *body = http_req_json_object(hr, false);
     if (!body)
         return;
-    queue_admin_rebind(body, admin_done, hr);
+    queue_admin_rebind(body, audited_done, audited_new(hr, "rebind", body));
     json_decref(body);
 }
 
@@ -247,19 +294,19 @@ void http_admin_set_log_filter(http_req *hr)
         return;
     }
     int rc = diag_set_filter(json_string_value(f));
+    http_audit(hr, "set-log-filter", rc == 0 ? 200 : 400, "filter=\"%s\"", json_string_value(f));
     if (rc != 0) {
         http_reply_error(hr, 400, "invalid diagnostic log filter '%s'", json_string_value(f));
         json_decref(body);
         return;
     }
-    DINFO(ADMOD, "peer=%s diagnostic log filter set to '%s'", hr->peer_ip, json_string_value(f));
     json_decref(body);
     http_reply_text(hr, 200, NULL, NULL, 0);
 }
 
 void http_admin_bump_config_epoch(http_req *hr)
 {
-    DINFO(ADMOD, "peer=%s config epoch bump requested", hr->peer_ip);
+    http_audit(hr, "bump-config-epoch", 200, "config epoch bump requested");
     klua_bump_epoch();
     http_reply_text(hr, 200, NULL, NULL, 0);
 }

@@ -577,6 +577,8 @@ static const http_route routes[] = {
     {"/api/admin/quarantine/v1", M_GET, http_admin_quarantine},
     {"/api/admin/set_diagnostic_log_filter/v1", M_POST, http_admin_set_log_filter},
     {"/api/admin/bump-config-epoch", M_POST, http_admin_bump_config_epoch},
+    {"/api/admin/abort-ready-q-conn/v1", M_POST, http_admin_abort_ready_q_conn},
+    {"/api/admin/spool-compact/v1", M_POST, http_admin_spool_compact},
 };
 
 /* Endpoint modules that register themselves (metrics_http.c): written by

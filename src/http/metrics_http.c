@@ -8,8 +8,11 @@
  * from a snapshot of every reactor's queues that the scrape requests first
  * through queue_admin_summary (a mailbox round trip, so the scraping
  * reactor never reads another reactor's queues). Only values that exist
- * are reported: the queue layer counts deliveries process-wide, not per
- * ready queue, so those totals carry service="all". The spool's monitor
+ * are reported: the delivery totals carry service="all" and one series
+ * per ready queue (counted since the queue was made, as KumoMTA's), and
+ * the *_by_provider{provider} and *_by_provider_and_pool/_and_source
+ * {provider, pool} families sum the queues of the snapshot by provider
+ * (the provider_name, else the site). The spool's monitor
  * feeds disk_free_*{name="data spool"|"meta spool"} and, for RocksDB
  * stores, rocks_spool_*{path}. A family that another layer registered
  * first is left to it.
@@ -71,6 +74,8 @@ static void c_conn_denied(metrics_emitter *em, void *arg)
     metrics_emit(em, (double)s.connections_denied, "esmtp_listener", NULL);
 }
 
+static void readyq_service(const char *name, char *out, size_t len);
+
 enum qfield { Q_DELIVERED, Q_TRANSFAIL, Q_FAILED, Q_SCHEDULED, Q_SCHED_QUEUES };
 
 static void c_queue_total(metrics_emitter *em, void *arg)
@@ -95,10 +100,121 @@ static void c_queue_total(metrics_emitter *em, void *arg)
         v = (double)s.scheduled_queues;
         break;
     }
-    if ((enum qfield)(intptr_t)arg >= Q_SCHEDULED)
+    if ((enum qfield)(intptr_t)arg >= Q_SCHEDULED) {
         metrics_emit(em, v, NULL);
-    else
-        metrics_emit(em, v, "all", NULL);
+        return;
+    }
+    metrics_emit(em, v, "all", NULL);
+    /* and one series per ready queue (service "<proto>:<ready queue>"),
+     * counted since the queue was made: kcli queue-summary's D and T */
+    static const char *const field[] = {"delivered", "transfail", "failed"};
+    pthread_mutex_lock(&snap_lock);
+    size_t i;
+    json_t *q;
+    json_array_foreach(json_object_get(snapshot, "ready"), i, q)
+    {
+        const char *name = json_string_value(json_object_get(q, "name"));
+        json_t *n = json_object_get(q, field[(intptr_t)arg]);
+        if (!name || !json_is_integer(n))
+            continue;
+        char service[1024];
+        readyq_service(name, service, sizeof(service));
+        metrics_emit(em, (double)json_integer_value(n), service, NULL);
+    }
+    pthread_mutex_unlock(&snap_lock);
+}
+
+/* ---- by provider (kcli provider-summary) ---------------------------------------------- */
+
+/* The provider a queue is accounted to: its provider_name, or its site. */
+static const char *provider_of(const json_t *q)
+{
+    const char *p = json_string_value(json_object_get(q, "provider"));
+    if (p && *p)
+        return p;
+    p = json_string_value(json_object_get(q, "site"));
+    return p && *p ? p : NULL;
+}
+
+enum pfield { P_DELIVERED, P_TRANSFAIL, P_FAILED, P_CONNECTIONS, P_QUEUED };
+
+/* *_by_provider{provider} (arg low bit clear) and *_by_provider_and_pool /
+ * _and_source {provider, pool} (low bit set): sums over the ready queues
+ * (and, for queued, the scheduled queues) of the last snapshot. */
+static void c_by_provider(metrics_emitter *em, void *arg)
+{
+    intptr_t a = (intptr_t)arg;
+    bool by_pool = a & 1;
+    enum pfield f = (enum pfield)(a >> 1);
+    static const char *const rfield[] = {"delivered", "transfail", "failed", "connection_count",
+                                         "ready_count"};
+    json_t *acc = json_object(); /* key "provider\tpool" -> number */
+    pthread_mutex_lock(&snap_lock);
+    const char *kinds[2] = {"ready", "scheduled"};
+    for (int k = 0; k < (f == P_QUEUED ? 2 : 1); k++) {
+        size_t i;
+        json_t *q;
+        json_array_foreach(json_object_get(snapshot, kinds[k]), i, q)
+        {
+            const char *prov = provider_of(q);
+            const char *pool = json_string_value(json_object_get(q, "pool"));
+            double v = json_number_value(json_object_get(q, k ? "count" : rfield[f]));
+            if (!prov)
+                continue;
+            char key[1024];
+            snprintf(key, sizeof(key), "%s\t%s", prov, by_pool ? (pool ? pool : "unspecified") : "");
+            json_t *cur = json_object_get(acc, key);
+            json_object_set_new(acc, key, json_real(json_number_value(cur) + v));
+        }
+    }
+    pthread_mutex_unlock(&snap_lock);
+    const char *key;
+    json_t *v;
+    json_object_foreach(acc, key, v)
+    {
+        char prov[1024];
+        snprintf(prov, sizeof(prov), "%s", key);
+        char *tab = strchr(prov, '\t');
+        if (tab)
+            *tab = 0;
+        if (by_pool)
+            metrics_emit(em, json_number_value(v), prov, tab ? tab + 1 : "", NULL);
+        else
+            metrics_emit(em, json_number_value(v), prov, NULL);
+    }
+    json_decref(acc);
+}
+
+static void reg_by_provider(void)
+{
+    static const struct {
+        const char *name, *pool_name, *help;
+        enum metrics_type type;
+    } fam[] = {
+        {"total_messages_delivered_by_provider", "total_messages_delivered_by_provider_and_source",
+         "total number of messages ever delivered", METRICS_COUNTER},
+        {"total_messages_transfail_by_provider", "total_messages_transfail_by_provider_and_source",
+         "total number of message delivery attempts that transiently failed", METRICS_COUNTER},
+        {"total_messages_fail_by_provider", "total_messages_fail_by_provider_and_source",
+         "total number of message delivery attempts that permanently failed", METRICS_COUNTER},
+        {"connection_count_by_provider", "connection_count_by_provider_and_pool",
+         "number of active connections", METRICS_GAUGE},
+        {"queued_count_by_provider", "queued_count_by_provider_and_pool",
+         "number of messages in the ready and scheduled queues", METRICS_GAUGE},
+    };
+    static const char *const one[] = {"provider"};
+    static const char *const two[] = {"provider", "pool"};
+    for (size_t i = 0; i < sizeof(fam) / sizeof(fam[0]); i++) {
+        for (int by_pool = 0; by_pool < 2; by_pool++) {
+            metrics_family *f;
+            const char *name = by_pool ? fam[i].pool_name : fam[i].name;
+            int rc = metrics_callback_family(&f, fam[i].type, name, fam[i].help,
+                                             by_pool ? two : one, by_pool ? 2 : 1, c_by_provider,
+                                             (void *)(((intptr_t)i << 1) | by_pool));
+            if (rc && rc != KERR_EXISTS)
+                DERROR(MMOD, "cannot register metric family %s: %s", name, kerr_str(rc));
+        }
+    }
 }
 
 /* "smtp_client", "maildir", "lua" ... from a ready queue name
@@ -275,6 +391,7 @@ static void register_once(void)
         (void *)"ready_count");
     reg(METRICS_GAUGE, "connection_count", "number of active connections", "service", c_ready,
         (void *)"connection_count");
+    reg_by_provider();
     static const struct {
         const char *name, *help;
         const health_field *f;

@@ -100,6 +100,19 @@ void http_admin_ready_q_states(http_req *hr);
 void http_admin_quarantine(http_req *hr);
 void http_admin_set_log_filter(http_req *hr);
 void http_admin_bump_config_epoch(http_req *hr);
+/* admin_more.c */
+void http_admin_abort_ready_q_conn(http_req *hr);
+void http_admin_spool_compact(http_req *hr);
+
+/* One INFO line under kumod::audit for an admin action: the action, the
+ * peer address and authenticated user of hr, the status answered and what
+ * it matched (printf-style fmt, may be NULL). Before the reply (hr is
+ * freed by it). */
+void http_audit(const http_req *hr, const char *action, int status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* The request body as compact JSON for the audit line (malloc'd, cut at
+ * 400 bytes). */
+char *http_audit_request(const json_t *body);
 
 /* metrics_http.c: counts one message received over HTTP
  * (total_messages_received). */

@@ -53,6 +53,12 @@ void queue_admin_inspect_sched_q(const char *queue_name, bool want_body, long li
 /* GET /api/admin/inspect-ready-q/v1?queue_name= */
 void queue_admin_inspect_ready_q(const char *queue_name, bool include_scheduled_queues, admin_cb cb,
                                  void *ud);
+/* POST /api/admin/abort-ready-q-conn/v1 {queue_name, session_id}: aborts
+ * that dispatcher of the ready queue (its message goes back to its
+ * scheduled queue without an attempt); answers 200 with no result, or 404
+ * for an unknown queue or session. */
+void queue_admin_abort_ready_q_conn(const char *queue_name, const char *session_id, admin_cb cb,
+                                    void *ud);
 /* GET /api/admin/ready-q-states/v1?queues= -> {states_by_ready_queue:{...}} */
 void queue_admin_ready_q_states(const json_t *queues, admin_cb cb, void *ud);
 /* A summary for kcli queue-summary: {scheduled:[{name, count}], ready:[{name,

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/diag.h"
 #include "core/duration.h"
@@ -698,15 +699,17 @@ int64_t watchdog_threshold_ns(const readyq *rq)
     return drv && drv->watchdog_ns ? drv->watchdog_ns(&rq->cfg) : 600 * NS_PER_SEC;
 }
 
-static void watchdog_requeue(dispatcher *d, qmsg *q)
+/* Requeues the in-flight message of an aborted dispatcher without an
+ * attempt, with a Delayed record saying who aborted it (what: "dispatcher
+ * watchdog" or "administrator"). */
+static void abort_requeue(dispatcher *d, qmsg *q, const char *what)
 {
     int64_t now = clock_mono_ns();
     char age[96], tip[96], content[700];
     duration_format(now - d->started_ns, age, sizeof(age));
     duration_format(now - d->phase_ns, tip, sizeof(tip));
     snprintf(content, sizeof(content),
-             "dispatcher watchdog aborted task; phase=%s detail=\"%s\" session=%s age=%s "
-             "time_in_phase=%s",
+             "%s aborted task; phase=%s detail=\"%s\" session=%s age=%s time_in_phase=%s", what,
              phase_names[d->phase], d->detail, d->session_id, age, tip);
     char *qname = queue_name_of_message(q->m);
     rec_ctx x = disp_rec(d, q->m, qname);
@@ -718,6 +721,49 @@ static void watchdog_requeue(dispatcher *d, qmsg *q)
     qmsg_add_reason(q, R_DISPATCHER_DROP);
     requeue(q, qname, false, -1, &r, R_LOGGED_TRANSIENT_FAILURE);
     free(qname);
+}
+
+static void watchdog_requeue(dispatcher *d, qmsg *q)
+{
+    abort_requeue(d, q, "dispatcher watchdog");
+}
+
+/* Aborts d: the driver drops its connection, the message in flight goes
+ * back to its scheduled queue without an attempt, d is freed (or, while a
+ * spool load is under way, disp_after_load finishes the job). Never called
+ * from d's own callbacks (the watchdog timer, an admin request). */
+static void disp_abort(dispatcher *d, const char *what)
+{
+    if (d->drv->abort && (d->open || d->opening))
+        d->drv->abort(d);
+    d->open = d->opening = false;
+    qmsg *q = d->cur;
+    if (d->loading) {
+        d->aborted = true;
+        return;
+    }
+    d->cur = NULL;
+    if (q && q->m)
+        abort_requeue(d, q, what);
+    else if (q)
+        back_to_sched(q, R_DISPATCHER_DROP, -1);
+    disp_destroy(d);
+}
+
+int dispatch_abort_session(readyq *rq, const char *session_id)
+{
+    for (dispatcher *d = rq->dispatchers; d; d = d->next) {
+        if (strcasecmp(d->session_id, session_id) != 0)
+            continue;
+        if (d->closing || d->aborted)
+            return 0; /* already on its way out */
+        DINFO(QMOD, "ready_queue=%s session=%s dispatcher aborted by administrator; phase=%s",
+              rq->name, d->session_id, phase_names[d->phase]);
+        disp_abort(d, "administrator");
+        readyq_maintain(rq);
+        return 0;
+    }
+    return KERR_NOTFOUND;
 }
 
 static void watchdog_fired(evutil_socket_t fd, short what, void *arg);
@@ -760,20 +806,7 @@ static void watchdog_fired(evutil_socket_t fd, short what, void *arg)
         DWARN(QMOD, "ready_queue=%s session=%s dispatcher watchdog aborted task; phase=%s "
                     "detail=\"%s\"",
               rq->name, d->session_id, phase_names[d->phase], d->detail);
-        if (d->drv->abort && (d->open || d->opening))
-            d->drv->abort(d);
-        d->open = d->opening = false;
-        qmsg *q = d->cur;
-        if (d->loading) {
-            d->aborted = true; /* disp_after_load finishes the job */
-            continue;
-        }
-        d->cur = NULL;
-        if (q && q->m)
-            watchdog_requeue(d, q);
-        else if (q)
-            back_to_sched(q, R_DISPATCHER_DROP, -1);
-        disp_destroy(d);
+        disp_abort(d, "dispatcher watchdog");
     }
     if (aborted_any)
         readyq_maintain(rq);

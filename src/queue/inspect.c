@@ -84,6 +84,10 @@ static json_t *qmsg_summary(const qmsg *q)
         strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
         json_object_set_new(o, "due", json_string(when));
     }
+    /* kumod's own: the response of the last failed attempt */
+    json_object_set_new(o, "last_response",
+                        q->last_response ? lossy_string(q->last_response, strlen(q->last_response))
+                                         : json_null());
     return o;
 }
 
@@ -367,6 +371,16 @@ static json_t *readyq_state(readyq *rq)
     json_object_set_new(o, "max_ready", json_integer(rq->cfg.max_ready));
     json_object_set_new(o, "suspended", json_boolean(readyq_suspended(rq)));
     json_object_set_new(o, "watchdog_aborted", json_integer((json_int_t)rq->watchdog_aborted));
+    json_object_set_new(o, "delivered", json_integer((json_int_t)rq->n_delivered));
+    json_object_set_new(o, "transfail", json_integer((json_int_t)rq->n_transfail));
+    json_object_set_new(o, "failed", json_integer((json_int_t)rq->n_failed));
+    const char *prov = rq->cfg.provider_name ? rq->cfg.provider_name : rq->qcfg.provider_name;
+    json_object_set_new(o, "provider", prov ? json_string(prov) : json_null());
+    json_object_set_new(o, "site", json_string(rq->site ? rq->site : ""));
+    json_object_set_new(o, "pool",
+                        json_string(rq->qcfg.egress_pool ? rq->qcfg.egress_pool : "unspecified"));
+    json_object_set_new(o, "source",
+                        json_string(rq->source_name ? rq->source_name : "unspecified"));
     return o;
 }
 
@@ -505,6 +519,38 @@ void queue_admin_inspect_ready_q(const char *queue_name, bool include_scheduled_
     reactor_post(owner_of(queue_name), inspect_rq_on_owner, b);
 }
 
+/* ---- abort-ready-q-conn ------------------------------------------------------------------ */
+
+static void abort_on_owner(void *arg)
+{
+    bcast *b = arg;
+    atomic_store(&b->remaining, 1);
+    readyq *rq = readyq_find(b->id);
+    const char *session = json_string_value(json_object_get(b->req, "session_id"));
+    b->count = !rq ? -1 : dispatch_abort_session(rq, session) == 0 ? 1 : 0;
+    bcast_part_done(b);
+}
+
+static void abort_finish(bcast *b)
+{
+    if (b->count < 0)
+        b->cb(b->ud, 404, NULL, "no such ready queue");
+    else if (b->count == 0)
+        b->cb(b->ud, 404, NULL, "no such session in that ready queue");
+    else
+        b->cb(b->ud, 200, NULL, NULL);
+}
+
+void queue_admin_abort_ready_q_conn(const char *queue_name, const char *session_id, admin_cb cb,
+                                    void *ud)
+{
+    json_t *req = json_pack("{s:s}", "session_id", session_id);
+    bcast *b = bcast_new(cb, ud, req, abort_finish);
+    json_decref(req);
+    b->id = strdup(queue_name);
+    reactor_post(owner_of(queue_name), abort_on_owner, b);
+}
+
 static void summary_on_reactor(void *arg)
 {
     bcast *b = arg;
@@ -512,8 +558,19 @@ static void summary_on_reactor(void *arg)
     json_t *sched = json_array(), *ready = json_array();
     FOREACH_SCHEDQ(t, sq)
     {
-        json_array_append_new(sched, json_pack("{s:s,s:I}", "name", sq->name, "count",
-                                               (json_int_t)(sq->waiting.count + sq->pending.count)));
+        json_t *o = json_pack("{s:s,s:I}", "name", sq->name, "count",
+                              (json_int_t)(sq->waiting.count + sq->pending.count));
+        /* what the by-provider metric families account it to */
+        char sbuf[4200];
+        json_object_set_new(o, "site", json_string(sq->state == CFG_READY
+                                                       ? sched_site(sq, sbuf, sizeof(sbuf))
+                                                       : ""));
+        json_object_set_new(o, "provider", sq->cfg.provider_name
+                                               ? json_string(sq->cfg.provider_name)
+                                               : json_null());
+        json_object_set_new(o, "pool", json_string(sq->cfg.egress_pool ? sq->cfg.egress_pool
+                                                                        : "unspecified"));
+        json_array_append_new(sched, o);
     }
     for (int i = 0; i < TABLE_BUCKETS; i++)
         for (readyq *rq = t->ready[i]; rq; rq = rq->hnext)

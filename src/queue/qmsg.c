@@ -109,8 +109,23 @@ qmsg *qmsg_new(message *m)
 
 void qmsg_free(qmsg *q)
 {
+    free(q->last_response);
     message_unref(q->m);
     slab_release(qmsg_slab, q);
+}
+
+void qmsg_set_last_response(qmsg *q, const disp_response *r)
+{
+    if (!r)
+        return;
+    char line[1024];
+    if (r->enh_class)
+        snprintf(line, sizeof(line), "%d %d.%d.%d %s", r->code, r->enh_class, r->enh_subject,
+                 r->enh_detail, r->content ? r->content : "");
+    else
+        snprintf(line, sizeof(line), "%d %s", r->code, r->content ? r->content : "");
+    free(q->last_response);
+    q->last_response = strdup(line);
 }
 
 double qrand01(void)
@@ -162,6 +177,16 @@ void qmsg_log(logrec_type t, message *m, uint32_t attempts, const rec_ctx *x,
     rec.msg_data = m->data;
     rec.msg_data_len = m->data ? m->data_len : 0;
     logs_record(&rec);
+    /* the ready queue's own outcome counts: records of a dispatch carry its
+     * name as the site and are made on its owner reactor */
+    if (!queues_down && x->site && strstr(x->site, "->") &&
+        (t == LOGREC_DELIVERY || t == LOGREC_BOUNCE || t == LOGREC_TRANSIENT_FAILURE)) {
+        readyq *rq = readyq_find(x->site);
+        if (rq)
+            (*(t == LOGREC_DELIVERY ? &rq->n_delivered
+               : t == LOGREC_BOUNCE ? &rq->n_failed
+                                    : &rq->n_transfail))++;
+    }
 }
 
 void qmsg_forget(qmsg *q)

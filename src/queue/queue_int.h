@@ -108,6 +108,11 @@ typedef struct qmsg {
     uint8_t n_reasons;
     bool enumerated_pending; /* attempts and due still to be inferred */
     int64_t due_wall_s;      /* when it is due (0 = now) */
+    /* the response of the last failed attempt ("451 4.3.0 ..."), for
+     * inspect-message; NULL before the first failure and after a restart
+     * (owned; 8 bytes on every queued message, the text only on those that
+     * failed) */
+    char *last_response;
 } qmsg;
 
 /* Set on a reactor once queue_reactor_shutdown() has freed its queues:
@@ -164,6 +169,8 @@ qmsg *qmsg_alloc(void);
 /* A qmsg for m (reference taken). */
 qmsg *qmsg_new(message *m);
 void qmsg_free(qmsg *q);
+/* Remembers r as q's last failure response (inspect-message). */
+void qmsg_set_last_response(qmsg *q, const struct disp_response *r);
 
 static inline uint64_t name_hash(const char *s)
 {
@@ -263,6 +270,10 @@ struct readyq {
     /* dispatchers its progress watchdog aborted (the per-service series of
      * dispatcher_watchdog_aborted_total; pruned with the queue) */
     unsigned long long watchdog_aborted;
+    /* outcomes of the messages it dispatched, for the per-service series of
+     * total_messages_delivered / _transfail / _fail (kcli queue-summary's
+     * D and T columns); reset when the queue is reaped, as KumoMTA's */
+    unsigned long long n_delivered, n_transfail, n_failed;
     char *source_name;
     char *site;
     char *queue_domain, *tenant, *campaign, *routing_domain; /* of the first scheduled queue */
@@ -308,6 +319,9 @@ void sched_free(schedq *sq);
 /* Arms the reap timer of an empty queue. */
 void sched_arm_reap(schedq *sq);
 backoff_params sched_backoff(const schedq *sq);
+/* The site part of the ready queue names sq's messages go to (sbuf holds
+ * it when it has to be built). */
+const char *sched_site(const schedq *sq, char *sbuf, size_t len);
 /* Puts q (q->sq == sq) on the timer wheel, or makes it ready when due. */
 void sched_place(schedq *sq, qmsg *q);
 /* Makes ready now a message taken off sq's waiting list (its timer
@@ -338,6 +352,9 @@ void readyq_maintain(readyq *rq);
 void disp_free_all(readyq *rq);
 /* KumoMTA's DispatcherSummary array for rq (owner reactor). */
 json_t *dispatch_describe(const readyq *rq);
+/* Aborts the dispatcher of rq whose session id is session_id (admin
+ * abort-ready-q-conn): 0, or KERR_NOTFOUND. Owner reactor. */
+int dispatch_abort_session(readyq *rq, const char *session_id);
 /* The progress watchdog's threshold for rq (egress path or protocol). */
 int64_t watchdog_threshold_ns(const readyq *rq);
 /* The driver registered for protocol proto, or NULL. */

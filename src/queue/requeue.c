@@ -198,6 +198,7 @@ void requeue(qmsg *q, const char *qname, bool increment, int64_t delay_s,
              const disp_response *resp, int reason)
 {
     qmsg_add_reason(q, reason);
+    qmsg_set_last_response(q, resp);
     klua *vm = klua_current();
     if (!q->m || !vm || !klua_has_handler(vm, "requeue_message")) {
         requeue_post(q, qname, increment, false, delay_s);
@@ -319,6 +320,7 @@ static void rebind_on_reactor(void *arg)
     qtables *t = tables();
     /* collect first: rebinding may re-insert into queues of this reactor */
     qmsg *list = NULL;
+    long long n_taken = 0;
     FOREACH_SCHEDQ(t, sq)
     {
         if (!admin_matches(e, sq->name, &sq->parts))
@@ -334,10 +336,14 @@ static void rebind_on_reactor(void *arg)
                 q->prev = (qmsg *)(void *)strdup(sq->name);
                 q->next = list;
                 list = q;
+                n_taken++;
             }
         }
         sched_arm_reap(sq);
     }
+    pthread_mutex_lock(&b->lock);
+    b->count += n_taken;
+    pthread_mutex_unlock(&b->lock);
     while (list) {
         qmsg *q = list;
         list = q->next;
@@ -361,7 +367,9 @@ static void rebind_on_reactor(void *arg)
 static void rebind_finish(bcast *b)
 {
     admin_entry_free(b->entry);
-    b->cb(b->ud, 200, json_object(), NULL);
+    /* KumoMTA answers {}; the count is for the audit line (the HTTP layer
+     * takes it out) */
+    b->cb(b->ud, 200, json_pack("{s:I}", "kumod_rebound", (json_int_t)b->count), NULL);
 }
 
 void queue_admin_rebind(const json_t *req, admin_cb cb, void *ud)

@@ -278,6 +278,28 @@ static void sched_load_config(schedq *sq)
 
 /* ---- placing a message in its scheduled queue ---------------------------------------------------- */
 
+const char *sched_site(const schedq *sq, char *sbuf, size_t len)
+{
+    const char *site = sq->parts.routing_domain ? sq->parts.routing_domain : sq->parts.domain;
+    if (sq->cfg.proto == QPROTO_SMTP && sq->site)
+        site = sq->site;
+    if (sq->cfg.proto == QPROTO_SMTP && sq->cfg.mx_list && !sq->site) {
+        size_t o = (size_t)snprintf(sbuf, len, "mx_list:");
+        size_t i;
+        json_t *e;
+        json_array_foreach(sq->cfg.mx_list, i, e) {
+            const char *h = json_is_string(e) ? json_string_value(e)
+                                              : json_string_value(json_object_get(e, "addr"));
+            if (o < len)
+                o += (size_t)snprintf(sbuf + o, len - o, "%s%s", i ? "," : "", h);
+        }
+        site = sbuf;
+    }
+    if (sq->cfg.proto == QPROTO_DEFERRED_INJECT)
+        site = DEFERRED_QUEUE;
+    return site;
+}
+
 void sched_release(schedq *sq, qmsg *q)
 {
     atomic_fetch_sub(&st_scheduled, 1);
@@ -651,22 +673,7 @@ static void sched_make_ready(schedq *sq, qmsg *q)
         source = sq->pool.entries[i].name;
     }
     char sbuf[4200];
-    const char *site = sq->parts.routing_domain ? sq->parts.routing_domain : sq->parts.domain;
-    if (sq->cfg.proto == QPROTO_SMTP && sq->site)
-        site = sq->site;
-    if (sq->cfg.proto == QPROTO_SMTP && sq->cfg.mx_list && !sq->site) {
-        size_t o = (size_t)snprintf(sbuf, sizeof(sbuf), "mx_list:");
-        size_t i;
-        json_t *e;
-        json_array_foreach(sq->cfg.mx_list, i, e) {
-            const char *h = json_is_string(e) ? json_string_value(e)
-                                              : json_string_value(json_object_get(e, "addr"));
-            o += (size_t)snprintf(sbuf + o, sizeof(sbuf) - o, "%s%s", i ? "," : "", h);
-        }
-        site = sbuf;
-    }
-    if (sq->cfg.proto == QPROTO_DEFERRED_INJECT)
-        site = DEFERRED_QUEUE;
+    const char *site = sched_site(sq, sbuf, sizeof(sbuf));
     char pbuf[4200];
     const char *suffix = proto_suffix(&sq->cfg, pbuf, sizeof(pbuf));
     char *rq = NULL;

@@ -55,6 +55,11 @@ typedef struct spool__backend {
      * synced). Writer thread, or before the writer starts. NULL: the
      * backend has no WAL to skip. */
     int (*persist)(spool_store *st);
+    /* Flushes the memtables and compacts the whole key range (admin
+     * spool-compact). Blocks for as long as that takes; any thread but the
+     * writer's (the facade runs it on a thread of its own). NULL: nothing to
+     * compact (LocalDisk). */
+    int (*compact)(spool_store *st);
 } spool__backend;
 
 /* The part every backend store starts with. */

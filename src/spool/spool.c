@@ -39,6 +39,7 @@
 
 #include "core/duration.h"
 #include "core/kerr.h"
+#include "core/reactor.h"
 #include "core/diag.h"
 #include "spool/backend.h"
 #include "spool/health.h"
@@ -416,6 +417,14 @@ static spool_req *rl_pop(req_list *l)
 struct spool {
     spool_store *data;
     spool_store *meta;
+    /* one admin compaction at a time, on a thread of its own (joined by
+     * spool_stop_threads); under mu */
+    pthread_t compactor;
+    bool compactor_joinable;
+    bool compacting;
+    spool_store *compact_store;
+    spool_done_fn compact_cb;
+    void *compact_ud;
 
     pthread_mutex_t mu;
     pthread_cond_t wcond; /* writer: work queued or stopping */
@@ -1270,14 +1279,27 @@ static void *reader_main(void *arg)
 
 /* ---- lifecycle -------------------------------------------------------- */
 
+static void compactor_join(spool *sp)
+{
+    pthread_mutex_lock(&sp->mu);
+    bool j = sp->compactor_joinable;
+    sp->compactor_joinable = false;
+    pthread_mutex_unlock(&sp->mu);
+    if (j)
+        pthread_join(sp->compactor, NULL);
+}
+
 static void spool_stop_threads(spool *sp)
 {
+
     /* Readers first: an enumeration callback may still queue removes (for
      * entries it cannot parse), which the writer must then complete. */
     pthread_mutex_lock(&sp->mu);
     sp->rstop = true;
     pthread_cond_broadcast(&sp->rcond);
     pthread_mutex_unlock(&sp->mu);
+    /* a compaction under way finishes first: the stores close after it */
+    compactor_join(sp);
     for (int i = 0; i < sp->nreaders; i++)
         pthread_join(sp->readers[i], NULL);
     sp->nreaders = 0;
@@ -1557,6 +1579,61 @@ void spool_free(spool *sp)
                    spool__journal_path(sp->journal), kerr_str(rc));
     }
     spool_release(sp);
+}
+
+/* ---- admin compaction ------------------------------------------------- */
+
+static void *compactor_main(void *arg)
+{
+    spool *sp = arg;
+    (void)pthread_setname_np(pthread_self(), "spool-compact"); /* cosmetic */
+    int64_t t0 = clock_mono_ns();
+    int rc = sp->compact_store->be->compact(sp->compact_store);
+    DINFO("kumod::spool", "spool %s compacted in %.3fs: %s", sp->compact_store->name,
+          (double)(clock_mono_ns() - t0) / 1e9, rc ? kerr_str(rc) : "ok");
+    spool_done_fn cb = sp->compact_cb;
+    void *ud = sp->compact_ud;
+    pthread_mutex_lock(&sp->mu);
+    sp->compacting = false;
+    pthread_mutex_unlock(&sp->mu);
+    cb(ud, rc);
+    return NULL;
+}
+
+int spool_compact(spool *sp, const char *name, spool_done_fn cb, void *ud)
+{
+    spool_store *st = NULL;
+    if (sp->data->name && strcmp(sp->data->name, name) == 0)
+        st = sp->data;
+    else if (sp->meta->name && strcmp(sp->meta->name, name) == 0)
+        st = sp->meta;
+    if (!st)
+        return KERR_NOTFOUND;
+    if (!st->be->compact) {
+        cb(ud, 0); /* LocalDisk: nothing to compact */
+        return 0;
+    }
+    pthread_mutex_lock(&sp->mu);
+    if (sp->compacting || sp->rstop) {
+        pthread_mutex_unlock(&sp->mu);
+        return sp->rstop ? KERR_SHUTDOWN : KERR_AGAIN;
+    }
+    bool j = sp->compactor_joinable;
+    sp->compactor_joinable = false;
+    pthread_mutex_unlock(&sp->mu);
+    if (j)
+        pthread_join(sp->compactor, NULL); /* the previous one, already done */
+    pthread_mutex_lock(&sp->mu);
+    sp->compacting = true;
+    sp->compact_store = st;
+    sp->compact_cb = cb;
+    sp->compact_ud = ud;
+    int rc = pthread_create(&sp->compactor, NULL, compactor_main, sp) == 0 ? 0 : KERR_NOMEM;
+    sp->compactor_joinable = rc == 0;
+    if (rc)
+        sp->compacting = false;
+    pthread_mutex_unlock(&sp->mu);
+    return rc;
 }
 
 /* ---- the operations --------------------------------------------------- */

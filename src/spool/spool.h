@@ -90,6 +90,12 @@ typedef struct spool_stats {
                               to the stores */
 } spool_stats;
 void spool_get_stats(spool *sp, spool_stats *out);
+/* Flushes and compacts the whole key range of the store named name (a
+ * kumo.define_spool name) on a thread of its own; cb gets 0 or the error
+ * on that thread (at once, with 0, for a store with nothing to compact).
+ * Returns 0 when cb will be called, KERR_NOTFOUND for an unknown name,
+ * KERR_AGAIN while another compaction runs, KERR_SHUTDOWN when stopping. */
+int spool_compact(spool *sp, const char *name, spool_done_fn cb, void *ud);
 
 /* True when the spool accepts writes; otherwise reason names the condition
  * ("the spool is not accepting writes"). Any thread, cheap. While

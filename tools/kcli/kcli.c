@@ -2,7 +2,8 @@
  * KumoMTA's kcli for the subcommands kumod serves (bounce, bounce-list,
  * bounce-cancel, suspend, suspend-list, suspend-cancel, suspend-ready-q,
  * suspend-ready-q-list, suspend-ready-q-cancel, rebind, inspect-message,
- * inspect-sched-q, inspect-ready-q, queue-summary, set-log-filter, top).
+ * inspect-sched-q, inspect-ready-q, queue-summary, provider-summary,
+ * abort-ready-q-conn, spool-compact, set-log-filter, top).
  *
  * It talks to the HTTP listener (--endpoint, KUMO_KCLI_ENDPOINT, default
  * http://127.0.0.1:8000) with libcurl's easy interface, one blocking
@@ -384,7 +385,7 @@ static void selection_to_json(const selection *s, json_t *req, bool with_routing
 enum {
     O_DOMAIN = 1000, O_ROUTING, O_CAMPAIGN, O_TENANT, O_QUEUE, O_REASON, O_EVERYTHING,
     O_SUPPRESS, O_DURATION, O_JSON, O_ID, O_NAME, O_ALWAYS_FLUSH, O_TRIGGER, O_DATA, O_SET,
-    O_WANT_BODY, O_LIMIT, O_NO_LIMIT, O_BY_VOLUME, O_SCHED_Q
+    O_WANT_BODY, O_LIMIT, O_NO_LIMIT, O_BY_VOLUME, O_SCHED_Q, O_BY_POOL, O_SHOW_DOMAINS
 };
 
 /* ---- commands ------------------------------------------------------------------------- */
@@ -876,8 +877,11 @@ static int run_inspect_message(const cmd *c, int argc, char **argv)
     print_scalar("id:", json_object_get(res, "id"));
     print_scalar("sender:", json_object_get(m, "sender"));
     print_scalar("recipient:", json_object_get(m, "recipient"));
-    print_scalar("due:", json_object_get(m, "due"));
+    const json_t *due = json_object_get(m, "due");
+    printf("%-13s %s\n", "due:", json_is_string(due) ? json_string_value(due) : "now");
     print_scalar("num_attempts:", json_object_get(m, "num_attempts"));
+    const json_t *lr = json_object_get(m, "last_response");
+    printf("%-13s %s\n", "last failure:", json_is_string(lr) ? json_string_value(lr) : "none");
     print_scalar("scheduling:", json_object_get(m, "scheduling"));
     const json_t *meta = json_object_get(m, "meta");
     if (meta) {
@@ -1354,6 +1358,284 @@ static int run_queue_summary(const cmd *c, int argc, char **argv)
     return 0;
 }
 
+/* ---- abort-ready-q-conn, spool-compact -------------------------------------------------- */
+
+static int run_abort_ready_q_conn(const cmd *c, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"json", no_argument, NULL, O_JSON},
+        {NULL, 0, NULL, 0},
+    };
+    bool json = false;
+    optind = 0;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+        if (ch == O_JSON)
+            json = true;
+        else
+            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+    }
+    if (optind + 2 != argc)
+        usage_error(c->name, "a ready queue name and a session id are required");
+    json_t *req = json_pack("{s:s,s:s}", "queue_name", argv[optind], "session_id", argv[optind + 1]);
+    response r = request("POST", "/api/admin/abort-ready-q-conn/v1", NULL, req);
+    json_decref(req);
+    if (json) {
+        json_t *out = json_pack("{s:s,s:s,s:b}", "queue_name", argv[optind], "session_id",
+                                argv[optind + 1], "aborted", 1);
+        print_json(out);
+        json_decref(out);
+    } else {
+        printf("aborted session %s of %s\n", argv[optind + 1], argv[optind]);
+    }
+    free(r.body.p);
+    return 0;
+}
+
+static int run_spool_compact(const cmd *c, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"name", required_argument, NULL, O_NAME},
+        {"json", no_argument, NULL, O_JSON},
+        {NULL, 0, NULL, 0},
+    };
+    bool json = false;
+    const char *name = NULL;
+    optind = 0;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+        if (ch == O_JSON)
+            json = true;
+        else if (ch == O_NAME)
+            name = optarg;
+        else if (ch == ':')
+            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
+        else
+            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+    }
+    if (optind < argc)
+        usage_error(c->name, "unexpected argument %s", argv[optind]);
+    if (!name)
+        usage_error(c->name, "--name is required");
+    json_t *req = json_pack("{s:s}", "name", name);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    response r = request("POST", "/api/admin/spool-compact/v1", NULL, req);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    json_decref(req);
+    double took = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+    if (json) {
+        json_t *out = json_pack("{s:s,s:b,s:f}", "name", name, "compacted", 1, "seconds", took);
+        print_json(out);
+        json_decref(out);
+    } else {
+        printf("spool %s compacted in %.3fs\n", name, took);
+    }
+    free(r.body.p);
+    return 0;
+}
+
+/* ---- provider-summary ------------------------------------------------------------------- */
+
+typedef struct prov_row {
+    char *provider, *pool;
+    double d, t, f, c, q;
+    char domains[512];
+} prov_row;
+
+static double prov_volume(const prov_row *r)
+{
+    return r->d + r->t + r->f + r->q;
+}
+
+static int cmp_prov(const void *a, const void *b)
+{
+    const prov_row *x = a, *y = b;
+    double vx = prov_volume(x), vy = prov_volume(y);
+    if (vx != vy)
+        return vx > vy ? -1 : 1;
+    int c = strcmp(x->provider, y->provider);
+    return c ? c : strcmp(x->pool, y->pool);
+}
+
+/* The row of (prov, pool), added when new. */
+static prov_row *prov_find(prov_row **rows, size_t *n, const char *prov, const char *pool)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp((*rows)[i].provider, prov) == 0 && strcmp((*rows)[i].pool, pool) == 0)
+            return &(*rows)[i];
+    prov_row *nr = realloc(*rows, (*n + 1) * sizeof(**rows));
+    if (!nr)
+        die("out of memory");
+    *rows = nr;
+    prov_row *r = &nr[(*n)++];
+    memset(r, 0, sizeof(*r));
+    r->provider = strdup(prov);
+    r->pool = strdup(pool);
+    return r;
+}
+
+static int run_provider_summary(const cmd *c, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"by-pool", no_argument, NULL, O_BY_POOL},
+        {"show-domains", no_argument, NULL, O_SHOW_DOMAINS},
+        {"limit", required_argument, NULL, O_LIMIT},
+        {"json", no_argument, NULL, O_JSON},
+        {NULL, 0, NULL, 0},
+    };
+    bool by_pool = false, show_domains = false, json = false;
+    long limit = -1;
+    optind = 0;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+        if (ch == O_BY_POOL) {
+            by_pool = true;
+        } else if (ch == O_SHOW_DOMAINS) {
+            show_domains = true;
+        } else if (ch == O_JSON) {
+            json = true;
+        } else if (ch == O_LIMIT) {
+            char *end;
+            limit = strtol(optarg, &end, 10);
+            if (*end || limit < 0)
+                usage_error(c->name, "--limit: expected a number, got %s", optarg);
+        } else if (ch == ':') {
+            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
+        } else {
+            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        usage_error(c->name, "unexpected argument %s", argv[optind]);
+    json_t *m = request_json("GET", "/metrics.json", NULL, NULL);
+    static const char *const one[] = {
+        "total_messages_delivered_by_provider", "total_messages_transfail_by_provider",
+        "total_messages_fail_by_provider", "connection_count_by_provider",
+        "queued_count_by_provider"};
+    static const char *const two[] = {"total_messages_delivered_by_provider_and_source",
+                                      "total_messages_transfail_by_provider_and_source",
+                                      "total_messages_fail_by_provider_and_source",
+                                      "connection_count_by_provider_and_pool",
+                                      "queued_count_by_provider_and_pool"};
+    prov_row *rows = NULL;
+    size_t n = 0;
+    /* /metrics.json renders a one-label family as {"value": {label: {v: n}}}
+     * and a two-label one as {"value": [{"provider": p, "pool": q, "@": n}]} */
+    for (int k = 0; k < 5; k++) {
+        const json_t *v = json_object_get(json_object_get(m, by_pool ? two[k] : one[k]), "value");
+        if (by_pool) {
+            size_t i;
+            json_t *s;
+            json_array_foreach(v, i, s)
+            {
+                const char *p = jstr(s, "provider"), *pool = jstr(s, "pool");
+                if (!p)
+                    continue;
+                prov_row *r = prov_find(&rows, &n, p, pool ? pool : "");
+                double *f[] = {&r->d, &r->t, &r->f, &r->c, &r->q};
+                *f[k] += json_number_value(json_object_get(s, "@"));
+            }
+        } else {
+            const char *p;
+            json_t *x;
+            json_object_foreach(json_object_get(v, "provider"), p, x)
+            {
+                prov_row *r = prov_find(&rows, &n, p, "");
+                double *f[] = {&r->d, &r->t, &r->f, &r->c, &r->q};
+                *f[k] += json_number_value(x);
+            }
+        }
+    }
+    if (show_domains) {
+        /* the metrics do not say which site a scheduled queue's domain
+         * routes to: every row lists the domains with delayed messages
+         * (as KumoMTA, only domains with scheduled messages are known) */
+        const json_t *sched = family_series(m, "scheduled_count", "queue");
+        for (size_t i = 0; i < n; i++) {
+            size_t l = 0;
+            const char *q;
+            json_t *x;
+            json_object_foreach((json_t *)sched, q, x)
+            {
+                if (json_number_value(x) <= 0)
+                    continue;
+                const char *at = strchr(q, '@');
+                const char *dom = at ? at + 1 : q;
+                if (l < sizeof(rows[i].domains))
+                    l += (size_t)snprintf(rows[i].domains + l, sizeof(rows[i].domains) - l,
+                                          "%s%.*s", l ? ", " : "", (int)strcspn(dom, "!"), dom);
+            }
+        }
+    }
+    qsort(rows, n, sizeof(*rows), cmp_prov);
+    if (limit >= 0 && (size_t)limit < n)
+        n = (size_t)limit;
+    if (json) {
+        json_t *out = json_array();
+        for (size_t i = 0; i < n; i++) {
+            json_t *o = json_pack("{s:s,s:I,s:I,s:I,s:I,s:I}", "provider", rows[i].provider,
+                                  "delivered", (json_int_t)rows[i].d, "transfail",
+                                  (json_int_t)rows[i].t, "failed", (json_int_t)rows[i].f,
+                                  "connections", (json_int_t)rows[i].c, "queued",
+                                  (json_int_t)rows[i].q);
+            if (by_pool)
+                json_object_set_new(o, "pool", json_string(rows[i].pool));
+            if (show_domains)
+                json_object_set_new(o, "domains", json_string(rows[i].domains));
+            json_array_append_new(out, o);
+        }
+        print_json(out);
+        json_decref(out);
+    } else {
+        const char *names[8];
+        bool right[8];
+        int nc = 0;
+        names[nc] = "PROVIDER";
+        right[nc++] = false;
+        if (by_pool) {
+            names[nc] = "POOL";
+            right[nc++] = false;
+        }
+        static const char *const num[] = {"D", "T", "F", "C", "Q"};
+        for (int k = 0; k < 5; k++) {
+            names[nc] = num[k];
+            right[nc++] = true;
+        }
+        if (show_domains) {
+            names[nc] = "DOMAINS";
+            right[nc++] = false;
+        }
+        table t = {.ncols = nc, .names = names, .right = right};
+        for (size_t i = 0; i < n; i++) {
+            char v[5][32];
+            double *f[] = {&rows[i].d, &rows[i].t, &rows[i].f, &rows[i].c, &rows[i].q};
+            for (int k = 0; k < 5; k++)
+                fmt_count((long long)*f[k], v[k], sizeof(v[k]));
+            if (by_pool && show_domains)
+                table_add(&t, rows[i].provider, rows[i].pool, v[0], v[1], v[2], v[3], v[4],
+                          rows[i].domains);
+            else if (by_pool)
+                table_add(&t, rows[i].provider, rows[i].pool, v[0], v[1], v[2], v[3], v[4]);
+            else if (show_domains)
+                table_add(&t, rows[i].provider, v[0], v[1], v[2], v[3], v[4], rows[i].domains);
+            else
+                table_add(&t, rows[i].provider, v[0], v[1], v[2], v[3], v[4]);
+        }
+        table_print(&t);
+    }
+    for (size_t i = 0; i < n; i++) {
+        free(rows[i].provider);
+        free(rows[i].pool);
+    }
+    free(rows);
+    json_decref(m);
+    return 0;
+}
+
 /* ---- top --------------------------------------------------------------------------------- */
 
 /* The sum of a family's series in /metrics.json (a number, a one-label
@@ -1545,6 +1827,12 @@ static const cmd commands[] = {
      run_logs},
     {"quarantine-list", "List the spooled messages start-up could not read (kept, not delivered)",
      "[--json]", run_quarantine_list},
+    {"provider-summary", "Summarise the queues by provider (or site), busiest first",
+     "[--by-pool] [--show-domains] [--limit N] [--json]", run_provider_summary},
+    {"abort-ready-q-conn", "Abort a ready queue's dispatcher (connection) by its session id",
+     "[--json] READY_QUEUE_NAME SESSION_ID", run_abort_ready_q_conn},
+    {"spool-compact", "Flush and compact a spool's whole key range (RocksDB; no-op otherwise)",
+     "--name SPOOL_NAME [--json]", run_spool_compact},
     {"set-log-filter", "Change the diagnostic log filter of the running kumod", "FILTER",
      run_set_log_filter},
     {"top", "A live view of message rates and the largest queues (from /metrics.json)",
