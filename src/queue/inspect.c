@@ -84,10 +84,6 @@ static json_t *qmsg_summary(const qmsg *q)
         strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
         json_object_set_new(o, "due", json_string(when));
     }
-    /* kumod's own: the response of the last failed attempt */
-    json_object_set_new(o, "last_response",
-                        q->last_response ? lossy_string(q->last_response, strlen(q->last_response))
-                                         : json_null());
     return o;
 }
 
@@ -113,6 +109,9 @@ static void inspect_after_load(qmsg *q, int err, void *ud)
             json_object_set_new(msg, "recipient", a);
         }
         json_object_set(msg, "meta", m->meta);
+        /* kumod's own: the response of the last failed attempt (in meta) */
+        json_t *last = json_object_get(m->meta, QMSG_LAST_RESPONSE_KEY);
+        json_object_set(msg, "last_response", last ? last : json_null());
         if (m->scheduling)
             json_object_set(msg, "scheduling", m->scheduling);
         json_object_set_new(msg, "data",

@@ -19,6 +19,7 @@
 
 #include "core/kerr.h"
 #include "core/slab.h"
+#include "core/utf8.h"
 #include "lua/services.h"
 #include "queue/dispatch.h"
 #include "queue/queue_int.h"
@@ -109,14 +110,17 @@ qmsg *qmsg_new(message *m)
 
 void qmsg_free(qmsg *q)
 {
-    free(q->last_response);
     message_unref(q->m);
     slab_release(qmsg_slab, q);
 }
 
+/* The last failure's response goes into the message's meta (saved with it
+ * when the message goes back to wait, read by inspect-message), not into
+ * the qmsg: a queued message stays 96 bytes, and the text survives a
+ * restart. */
 void qmsg_set_last_response(qmsg *q, const disp_response *r)
 {
-    if (!r)
+    if (!r || !q->m)
         return;
     char line[1024];
     if (r->enh_class)
@@ -124,8 +128,13 @@ void qmsg_set_last_response(qmsg *q, const disp_response *r)
                  r->enh_detail, r->content ? r->content : "");
     else
         snprintf(line, sizeof(line), "%d %s", r->code, r->content ? r->content : "");
-    free(q->last_response);
-    q->last_response = strdup(line);
+    size_t n = strlen(line);
+    if (!utf8_valid(line, n)) /* the peer's words: keep what is text */
+        for (size_t i = 0; i < n; i++)
+            if ((unsigned char)line[i] >= 0x80)
+                line[i] = '?';
+    json_object_set_new(q->m->meta, QMSG_LAST_RESPONSE_KEY, json_stringn(line, n));
+    q->m->meta_dirty = true;
 }
 
 double qrand01(void)

@@ -108,11 +108,6 @@ typedef struct qmsg {
     uint8_t n_reasons;
     bool enumerated_pending; /* attempts and due still to be inferred */
     int64_t due_wall_s;      /* when it is due (0 = now) */
-    /* the response of the last failed attempt ("451 4.3.0 ..."), for
-     * inspect-message; NULL before the first failure and after a restart
-     * (owned; 8 bytes on every queued message, the text only on those that
-     * failed) */
-    char *last_response;
 } qmsg;
 
 /* Set on a reactor once queue_reactor_shutdown() has freed its queues:
@@ -170,6 +165,8 @@ qmsg *qmsg_alloc(void);
 qmsg *qmsg_new(message *m);
 void qmsg_free(qmsg *q);
 /* Remembers r as q's last failure response (inspect-message). */
+/* meta key of the last failure's response (kumod's own) */
+#define QMSG_LAST_RESPONSE_KEY "kumod_last_response"
 void qmsg_set_last_response(qmsg *q, const struct disp_response *r);
 
 static inline uint64_t name_hash(const char *s)
