@@ -17,6 +17,7 @@
  * request_body_limit are refused by libevent itself with 413 before the
  * body is buffered. */
 #include "http/http.h"
+#include "http/template_lua.h"
 #include "net/sockaddr.h"
 
 #include <arpa/inet.h>
@@ -247,6 +248,7 @@ static void http_open(lua_State *L)
     lua_pushcfunction(L, l_start_http_listener);
     lua_setfield(L, -2, "start_http_listener");
     acl_lua_open(L);
+    template_lua_open(L);
 }
 
 void http_lua_register(void)

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "core/kerr.h"
+#include "lua/lib/smtpnorm.h"
 
 #define TMPL_MAX_OUTPUT (64u * 1024 * 1024)
 #define TMPL_MAX_DEPTH 64
@@ -25,7 +26,7 @@
 
 enum expr_kind { E_PATH, E_LIT, E_NOT, E_AND, E_OR, E_EQ, E_NE };
 enum filter_kind { F_SAFE, F_ESCAPE, F_UPPER, F_LOWER, F_TITLE, F_CAPITALIZE, F_TRIM, F_LENGTH,
-                   F_DEFAULT, F_JOIN };
+                   F_DEFAULT, F_JOIN, F_ITEMS, F_SELECT, F_REJECT, F_NORMALIZE };
 
 typedef struct filter {
     enum filter_kind kind;
@@ -57,6 +58,7 @@ struct node {
     expr *e;         /* N_OUT, N_IF condition, N_FOR iterable */
     bool raw;        /* N_OUT: never escape ({{{ }}} in Handlebars) */
     char *var;       /* N_FOR loop variable */
+    char *var2;      /* N_FOR second variable (for k, v in ...): unpacks pairs */
     nodelist body, alt;
 };
 
@@ -65,6 +67,7 @@ struct tmpl {
     size_t len;
     char *name;
     bool html;
+    bool json; /* output expressions are written as JSON (.json, .yaml names) */
     nodelist root;
 };
 
@@ -93,6 +96,7 @@ static void node_free(node *n)
         return;
     expr_free(n->e);
     free(n->var);
+    free(n->var2);
     nodelist_fini(&n->body);
     nodelist_fini(&n->alt);
     free(n);
@@ -119,6 +123,27 @@ static int nodelist_push(nodelist *l, node *n)
     }
     l->v[l->n++] = n;
     return 0;
+}
+
+tmpl_escape tmpl_escape_for_name(const char *name, tmpl_dialect dialect)
+{
+    const char *dot = name ? strrchr(name, '.') : NULL;
+    if (!dot)
+        return TMPL_ESC_NONE;
+    dot++;
+    if (strcmp(dot, "html") == 0 || strcmp(dot, "htm") == 0 || strcmp(dot, "xml") == 0)
+        return TMPL_ESC_HTML;
+    if (dialect == TMPL_JINJA && (strcmp(dot, "json") == 0 || strcmp(dot, "json5") == 0 ||
+                                  strcmp(dot, "js") == 0 || strcmp(dot, "yaml") == 0 ||
+                                  strcmp(dot, "yml") == 0))
+        return TMPL_ESC_JSON;
+    return TMPL_ESC_NONE;
+}
+
+void tmpl_set_escape(tmpl *t, tmpl_escape e)
+{
+    t->html = e == TMPL_ESC_HTML;
+    t->json = e == TMPL_ESC_JSON;
 }
 
 void tmpl_free(tmpl *t)
@@ -380,8 +405,15 @@ static const struct {
     {"upper", F_UPPER, 0, 0},       {"lower", F_LOWER, 0, 0},   {"title", F_TITLE, 0, 0},
     {"capitalize", F_CAPITALIZE, 0, 0}, {"trim", F_TRIM, 0, 0}, {"length", F_LENGTH, 0, 0},
     {"count", F_LENGTH, 0, 0},      {"default", F_DEFAULT, 0, 2}, {"d", F_DEFAULT, 0, 2},
-    {"join", F_JOIN, 0, 1},
+    {"join", F_JOIN, 0, 1},         {"items", F_ITEMS, 0, 0},   {"select", F_SELECT, 0, 1},
+    {"reject", F_REJECT, 0, 1},     {"normalize_smtp_response", F_NORMALIZE, 0, 0},
 };
+
+/* The tests select and reject take by name. */
+static const char *const test_names[] = {"none",    "defined", "undefined", "string",
+                                         "number",  "mapping", "sequence",  "true",
+                                         "false",   "boolean", "odd",       "even",
+                                         "integer", "float",   NULL};
 
 static int parse_filters(lexer *lx, expr *e)
 {
@@ -420,6 +452,14 @@ static int parse_filters(lexer *lx, expr *e)
                     return lex_error(lx, "',' or ')'");
             }
             lex_next(lx);
+        }
+        if ((f->kind == F_SELECT || f->kind == F_REJECT) && f->nargs) {
+            bool known = false;
+            for (int t = 0; test_names[t] && json_is_string(f->args[0]); t++)
+                known |= strcmp(test_names[t], json_string_value(f->args[0])) == 0;
+            if (!known)
+                return syntax_error(lx->p, lx->base + lx->i, "unknown test for filter '%s'",
+                                    filter_table[found].name);
         }
         if (f->nargs < filter_table[found].min_args)
             return syntax_error(lx->p, lx->base + lx->i, "missing argument for filter '%s'",
@@ -854,7 +894,17 @@ static int parse_stmt_body(parser *p, const stmt *st, nodelist *out)
         lx.text = NULL;
         lex_next(&lx);
         int rc = 0;
-        if (!lex_is_word(&lx, "in"))
+        if (lx.kind == T_COMMA) {
+            lex_next(&lx);
+            if (lx.kind != T_IDENT) {
+                rc = lex_error(&lx, "a loop variable");
+            } else {
+                nd->var2 = lx.text;
+                lx.text = NULL;
+                lex_next(&lx);
+            }
+        }
+        if (rc == 0 && !lex_is_word(&lx, "in"))
             rc = lex_error(&lx, "'in'");
         size_t iter_off = st->rest + lx.i;
         free(lx.text);
@@ -1227,6 +1277,66 @@ static char *utf8_title(const char *s, bool all_words)
     return r;
 }
 
+/* The named test of select/reject (names checked at compile time). */
+static bool run_test(const char *name, const json_t *v)
+{
+    if (strcmp(name, "none") == 0)
+        return json_is_null(v);
+    if (strcmp(name, "defined") == 0)
+        return v != NULL;
+    if (strcmp(name, "undefined") == 0)
+        return v == NULL;
+    if (strcmp(name, "string") == 0)
+        return json_is_string(v);
+    if (strcmp(name, "number") == 0)
+        return json_is_number(v);
+    if (strcmp(name, "integer") == 0)
+        return json_is_integer(v);
+    if (strcmp(name, "float") == 0)
+        return json_is_real(v);
+    if (strcmp(name, "mapping") == 0)
+        return json_is_object(v);
+    if (strcmp(name, "sequence") == 0)
+        return json_is_array(v);
+    if (strcmp(name, "true") == 0)
+        return json_is_true(v);
+    if (strcmp(name, "false") == 0)
+        return json_is_false(v);
+    if (strcmp(name, "boolean") == 0)
+        return json_is_boolean(v);
+    if (strcmp(name, "odd") == 0 || strcmp(name, "even") == 0)
+        return json_is_integer(v) && (json_integer_value(v) % 2 != 0) == (name[0] == 'o');
+    return false;
+}
+
+static int cmp_keys(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* [[key, value], ...] of an object, sorted by key (a Lua table has no
+ * order of its own; sorting makes the output reproducible). */
+static json_t *object_items(json_t *obj)
+{
+    size_t n = json_object_size(obj);
+    const char **keys = calloc(n ? n : 1, sizeof(*keys));
+    json_t *arr = json_array();
+    if (!keys || !arr) {
+        free(keys);
+        json_decref(arr);
+        return NULL;
+    }
+    size_t i = 0;
+    const char *k;
+    json_t *member;
+    json_object_foreach(obj, k, member) keys[i++] = k;
+    qsort(keys, n, sizeof(*keys), cmp_keys);
+    for (i = 0; i < n; i++)
+        json_array_append_new(arr, json_pack("[sO]", keys[i], json_object_get(obj, keys[i])));
+    free(keys);
+    return arr;
+}
+
 static val apply_filter(const filter *f, val in)
 {
     val outv = {NULL, in.safe};
@@ -1321,6 +1431,35 @@ static val apply_filter(const filter *f, val in)
         free(o.p);
         break;
     }
+    case F_ITEMS:
+        if (!json_is_object(v))
+            return in;
+        outv.v = object_items(v);
+        break;
+    case F_SELECT:
+    case F_REJECT: {
+        if (!json_is_array(v))
+            return in;
+        outv.v = json_array();
+        size_t i;
+        json_t *item;
+        json_array_foreach(v, i, item)
+        {
+            bool t = f->nargs ? run_test(json_string_value(f->args[0]), item) : truthy(item);
+            if (t == (f->kind == F_SELECT))
+                json_array_append(outv.v, item);
+        }
+        break;
+    }
+    case F_NORMALIZE: {
+        char *txt = value_text(v);
+        size_t n = 0;
+        char *norm = txt ? smtpnorm_normalize(txt, strlen(txt), &n) : NULL;
+        outv.v = norm ? json_stringn(norm, n) : NULL;
+        free(norm);
+        free(txt);
+        break;
+    }
     }
     json_decref(in.v);
     return outv;
@@ -1380,8 +1519,13 @@ static void render_node(rctx *c, const scope *sc, const node *n)
         return;
     case N_OUT: {
         val v = eval(c, sc, n->e);
-        char *txt = value_text(v.v);
-        if (txt) {
+        char *txt = c->t->json && !n->raw && !v.safe
+                        ? (v.v ? json_dumps(v.v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_SORT_KEYS)
+                               : strdup(""))
+                        : value_text(v.v);
+        if (txt && c->t->json) {
+            out_str(&c->out, txt);
+        } else if (txt) {
             if (c->t->html && !n->raw && !v.safe)
                 out_escaped(&c->out, txt, strlen(txt));
             else
@@ -1420,8 +1564,15 @@ static void render_node(rctx *c, const scope *sc, const node *n)
             json_t *loop = json_pack("{s:I,s:I,s:b,s:b,s:I}", "index", (json_int_t)(i + 1),
                                      "index0", (json_int_t)i, "first", i == 0, "last",
                                      i + 1 == len, "length", (json_int_t)len);
-            scope inner = {.name = n->var, .value = json_array_get(seq, i), .loop = loop, .up = sc};
-            render_list(c, &inner, &n->body);
+            json_t *item = json_array_get(seq, i);
+            scope inner = {.name = n->var, .value = item, .loop = loop, .up = sc};
+            scope second = {.name = n->var2, .up = &inner};
+            if (n->var2) {
+                /* for k, v in pairs: unpack each item */
+                inner.value = json_array_get(item, 0);
+                second.value = json_array_get(item, 1);
+            }
+            render_list(c, n->var2 ? &second : &inner, &n->body);
             json_decref(loop);
         }
         json_decref(keys);

@@ -1,9 +1,12 @@
 /* The template language of the injection API: a subset of Jinja (what
  * KumoMTA's default dialect, MiniJinja, understands) that covers what mail
  * templates use: {{ name }} with dotted paths and indexes, filters (safe,
- * escape/e, upper, lower, title, capitalize, trim, length, default/d),
+ * escape/e, upper, lower, title, capitalize, trim, length, default/d,
+ * items, select/reject with a test (none, defined, string, number, mapping,
+ * ...), normalize_smtp_response),
  * {% if %}/{% elif %}/{% else %}/{% endif %} with not/and/or and ==/!=
- * comparisons against literals, {% for x in list %}...{% endfor %} with
+ * comparisons against literals, {% for x in list %} and
+ * {% for k, v in pairs %}...{% endfor %} with
  * loop.index/index0/first/last, {% raw %}, comments and the -}} / {{-
  * whitespace control. Undefined variables render as nothing, as MiniJinja
  * does. The Handlebars dialect supports {{name}}, {{{name}}} and {{! }};
@@ -32,6 +35,15 @@ int tmpl_compile(const char *src, size_t len, tmpl_dialect dialect, const char *
  * malloc'd NUL-terminated text and its length in *len, or NULL with the
  * reason in err. */
 char *tmpl_render(const tmpl *t, const json_t *vars, size_t *len, char *err, size_t errlen);
+
+/* The output escaping MiniJinja picks from a template's name: HTML for
+ * .html/.htm/.xml, JSON (each {{ }} written as a JSON value) for
+ * .json/.json5/.js/.yaml/.yml in the Jinja dialect, none otherwise. */
+typedef enum tmpl_escape { TMPL_ESC_NONE, TMPL_ESC_HTML, TMPL_ESC_JSON } tmpl_escape;
+tmpl_escape tmpl_escape_for_name(const char *name, tmpl_dialect dialect);
+
+/* Replaces the escaping chosen at compile time (html flag). */
+void tmpl_set_escape(tmpl *t, tmpl_escape e);
 
 void tmpl_free(tmpl *t);
 

@@ -61,3 +61,36 @@ if kumo.make_message then
     end
   end
 end
+
+-- Object types that no table holds: made for real, and listed when the
+-- object has the documented methods.
+local function has_methods(obj, names)
+  for _, m in ipairs(names) do
+    if type(obj[m]) ~= 'function' then
+      return false
+    end
+  end
+  return true
+end
+
+-- kumo.jsonl.LogBatch: a batch read back from a one-record segment
+if kumo.jsonl and kumo.jsonl.new_writer then
+  pcall(function()
+    local dir = (os.getenv 'TMPDIR' or '/tmp') .. '/kumod-names-' .. kumo.uuid.new_v4().simple
+    local w = kumo.jsonl.new_writer { log_dir = dir }
+    w:write_record { x = 1 }
+    w:close()
+    local t = kumo.jsonl.new_tailer { directory = dir, max_batch_latency = '1ms' }
+    for batch in t:batches() do
+      if has_methods(batch, { 'records', 'iter_records', 'consumer_name', 'commit' }) then
+        print 'fn kumo.jsonl.LogBatch'
+      end
+      t:close()
+    end
+    for _, f in ipairs(kumo.fs.uncached_glob(dir .. '/*')) do
+      os.execute('chmod u+w ' .. f)
+      os.remove(f)
+    end
+    os.remove(dir)
+  end)
+end

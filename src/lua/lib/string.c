@@ -1,15 +1,18 @@
 /* kumo.string (and require 'kumo.string'): thin bindings over kstring.h.
  * Every function takes Lua strings as bytes; where the reference relies on
  * characters (empty split patterns, White_Space) they are read as UTF-8 and
- * invalid bytes count as single characters. eval_template and
- * normalize_smtp_response are not here (see README). Runs on the VM's
- * thread; no state. */
+ * invalid bytes count as single characters. normalize_smtp_response's
+ * core is smtpnorm.c; eval_template is added to this table by the HTTP
+ * layer, which owns the template engine (http/template_lua.c). Runs on the
+ * VM's thread; no state. */
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "lua/lib/args.h"
 #include "lua/lib/kstring.h"
 #include "lua/lib/lualib.h"
+#include "lua/lib/smtpnorm.h"
 
 #define S(name) "kumo.string." name
 
@@ -299,7 +302,22 @@ static int l_wrap(lua_State *L)
     return 1;
 }
 
+static int l_normalize_smtp_response(lua_State *L)
+{
+    size_t n;
+    lib_checkstring(L, 1, S("normalize_smtp_response"), "argument #1 (TEXT)");
+    const char *s = lua_tolstring(L, 1, &n);
+    size_t outlen;
+    char *r = smtpnorm_normalize(s, n, &outlen);
+    if (!r)
+        return lualib_error(L, S("normalize_smtp_response"), "out of memory");
+    lua_pushlstring(L, r, outlen);
+    free(r);
+    return 1;
+}
+
 static const luaL_Reg fns[] = {
+    {"normalize_smtp_response", l_normalize_smtp_response},
     {"split", l_split},
     {"rsplit", l_rsplit},
     {"splitn", l_splitn},
