@@ -361,23 +361,47 @@ static bool token_char(unsigned char c)
     return c > 0x20 && c < 0x7f && !strchr("()<>,;:\\\"/[]?=", c);
 }
 
-static void add_value(luaL_Buffer *b, const char *v, size_t n)
+/* The header is built as a list of pieces in a Lua table (pb->t) and joined
+ * at the end: a luaL_Buffer cannot stay open while the results are read,
+ * which pushes values onto the stack. */
+typedef struct pbuf {
+    lua_State *L;
+    int t;
+    lua_Integer n;
+} pbuf;
+
+static void piece(pbuf *pb, const char *s, size_t n)
+{
+    lua_pushlstring(pb->L, s, n);
+    lua_rawseti(pb->L, pb->t, ++pb->n);
+}
+
+static void pstr(pbuf *pb, const char *s)
+{
+    piece(pb, s, strlen(s));
+}
+
+static void add_value(pbuf *pb, const char *v, size_t n)
 {
     bool plain = n > 0;
     for (size_t i = 0; i < n && plain; i++)
         plain = token_char((unsigned char)v[i]);
     if (plain) {
-        luaL_addlstring(b, v, n);
+        piece(pb, v, n);
         return;
     }
-    luaL_addchar(b, '"');
+    luaL_Buffer b;
+    luaL_buffinit(pb->L, &b);
+    luaL_addchar(&b, '"');
     for (size_t i = 0; i < n; i++) {
         if (v[i] == '"' || v[i] == '\\')
-            luaL_addchar(b, '\\');
+            luaL_addchar(&b, '\\');
         /* a line break inside would end the header field */
-        luaL_addchar(b, v[i] == '\r' || v[i] == '\n' ? ' ' : v[i]);
+        luaL_addchar(&b, v[i] == '\r' || v[i] == '\n' ? ' ' : v[i]);
     }
-    luaL_addchar(b, '"');
+    luaL_addchar(&b, '"');
+    luaL_pushresult(&b);
+    lua_rawseti(pb->L, pb->t, ++pb->n);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -418,13 +442,13 @@ static int l_msg_add_authentication_results(lua_State *L)
                             luaL_typename(L, 3));
     if (!m->data)
         return lualib_error(L, fname, "message data is not loaded");
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    luaL_addstring(&b, "Authentication-Results: ");
-    add_value(&b, serv, sl);
+    lua_newtable(L);
+    pbuf pb = {L, lua_gettop(L), 0}, *b = &pb;
+    pstr(b, "Authentication-Results: ");
+    add_value(b, serv, sl);
     size_t n = (size_t)lua_rawlen(L, 3);
     if (n == 0)
-        luaL_addstring(&b, "; none");
+        pstr(b, "; none");
     for (size_t i = 1; i <= n; i++) {
         lua_rawgeti(L, 3, (lua_Integer)i);
         int t = lua_gettop(L);
@@ -446,18 +470,18 @@ static int l_msg_add_authentication_results(lua_State *L)
             ver = lua_tointeger(L, -1);
         }
         lua_pop(L, 1);
-        luaL_addstring(&b, ";\r\n\t");
-        add_value(&b, method, ml);
+        pstr(b, ";\r\n\t");
+        add_value(b, method, ml);
         if (has_ver) {
             char v[32];
             snprintf(v, sizeof(v), "/%lld", (long long)ver);
-            luaL_addstring(&b, v);
+            pstr(b, v);
         }
-        luaL_addchar(&b, '=');
-        add_value(&b, result, rl);
+        pstr(b, "=");
+        add_value(b, result, rl);
         if (reason) {
-            luaL_addstring(&b, " reason=");
-            add_value(&b, reason, rsl);
+            pstr(b, " reason=");
+            add_value(b, reason, rsl);
         }
         lua_getfield(L, t, "props");
         int pt = lua_gettop(L);
@@ -487,25 +511,37 @@ static int l_msg_add_authentication_results(lua_State *L)
                 keys[np++] = lua_tostring(L, -2);
                 lua_pop(L, 1);
             }
-            qsort(keys, np, sizeof(*keys), cmp_str);
+            if (np > 1)
+                qsort(keys, np, sizeof(*keys), cmp_str);
             for (size_t k = 0; k < np; k++) {
                 lua_getfield(L, pt, keys[k]);
                 size_t vl;
                 const char *v = lua_tolstring(L, -1, &vl);
-                luaL_addstring(&b, "\r\n\t");
-                /* the key goes out as it is: ptype "." property */
-                for (const char *p = keys[k]; *p; p++)
-                    luaL_addchar(&b, token_char((unsigned char)*p) ? *p : '_');
-                luaL_addchar(&b, '=');
-                add_value(&b, v, vl);
+                pstr(b, "\r\n\t");
+                /* the key as it is (ptype "." property), non-token bytes as '_' */
+                char key[128];
+                size_t kl = 0;
+                for (const char *p = keys[k]; *p && kl < sizeof(key) - 1; p++)
+                    key[kl++] = token_char((unsigned char)*p) ? *p : '_';
+                key[kl] = 0;
+                pstr(b, key);
+                pstr(b, "=");
+                /* v stays referenced by the props table */
                 lua_pop(L, 1);
+                add_value(b, v, vl);
             }
             free(keys);
         }
         lua_settop(L, t - 1);
     }
-    luaL_addstring(&b, "\r\n");
-    luaL_pushresult(&b);
+    pstr(b, "\r\n");
+    luaL_Buffer out;
+    luaL_buffinit(L, &out);
+    for (lua_Integer i = 1; i <= pb.n; i++) {
+        lua_rawgeti(L, pb.t, i);
+        luaL_addvalue(&out);
+    }
+    luaL_pushresult(&out);
     size_t hl;
     const char *h = lua_tolstring(L, -1, &hl);
     char *buf = malloc(hl + m->data_len + 1);
