@@ -51,6 +51,7 @@
 #define T_SOA 6
 #define T_MX 15
 #define T_AAAA 28
+#define T_TXT 16
 #define C_IN 1
 
 /* hickory's negative TTL when a denial carries no SOA */
@@ -515,6 +516,69 @@ static void fam_obj_add(struct fam_obj *f, int family, const void *raw)
         snprintf(a->text, sizeof(a->text), "?");
 }
 
+/* The TXT answer of one name. */
+struct txt_obj {
+    struct cobj hdr;
+    dns_txt pub;
+    char **recs;
+    size_t *lens;
+    char *error, *name;
+    int64_t expires_ms;
+};
+
+static void txt_obj_free(struct cobj *o)
+{
+    struct txt_obj *t = (struct txt_obj *)o;
+    for (size_t i = 0; i < t->pub.n; i++)
+        free(t->recs[i]);
+    free(t->recs);
+    free(t->lens);
+    free(t->error);
+    free(t->name);
+    free(t);
+}
+
+/* Takes error. */
+static struct txt_obj *txt_obj_new(int status, char *error, const char *name)
+{
+    struct txt_obj *t = xcalloc(1, sizeof(*t));
+    atomic_init(&t->hdr.refs, 1);
+    t->hdr.free_fn = txt_obj_free;
+    t->error = error;
+    t->name = xstrdup(name);
+    t->pub.status = status;
+    t->pub.error = error;
+    t->pub.name = t->name;
+    return t;
+}
+
+/* Appends n bytes to record idx (== t->pub.n starts a new record). */
+static void txt_obj_add(struct txt_obj *t, size_t idx, const void *p, size_t n)
+{
+    if (idx == t->pub.n) {
+        char **nr = realloc(t->recs, (idx + 1) * sizeof(*nr));
+        if (!nr)
+            oom();
+        t->recs = nr;
+        size_t *nl = realloc(t->lens, (idx + 1) * sizeof(*nl));
+        if (!nl)
+            oom();
+        t->lens = nl;
+        t->recs[idx] = xcalloc(1, 1);
+        t->lens[idx] = 0;
+        t->pub.n++;
+    }
+    char *r = realloc(t->recs[idx], t->lens[idx] + n + 1);
+    if (!r)
+        oom();
+    memcpy(r + t->lens[idx], p, n);
+    t->lens[idx] += n;
+    r[t->lens[idx]] = 0;
+    t->recs[idx] = r;
+    t->pub.records = (const char *const *)t->recs;
+    t->pub.lens = t->lens;
+}
+
 /* ---- process-wide state ----------------------------------------------------- */
 
 static struct {
@@ -824,11 +888,12 @@ struct qctx {
 
 struct addr_job;
 
-enum { W_MX, W_FAM, W_JOB };
+enum { W_MX, W_FAM, W_JOB, W_TXT };
 struct waiter {
     struct waiter *next;
     int kind;
     dns_mx_cb mx_cb;
+    dns_txt_cb txt_cb;
     void *ud;
     void (*drop)(void *ud); /* for ud when the lookup is dropped unanswered */
     struct addr_job *job;
@@ -1191,7 +1256,12 @@ static void flight_complete(struct flight *f, struct cobj *obj)
     }
 
     int64_t now = clock_mono_ms();
-    if (f->qtype == T_MX) {
+    if (f->qtype == T_TXT) {
+        struct txt_obj *t = (struct txt_obj *)obj;
+        t->expires_ms = now + (int64_t)t->pub.ttl * 1000;
+        if (t->pub.status != DNS_FAIL && t->pub.ttl > 0)
+            cache_put(f->key, obj, t->expires_ms);
+    } else if (f->qtype == T_MX) {
         struct mx_obj *m = (struct mx_obj *)obj;
         int64_t until;
         if (m->pub.status == DNS_OK || m->pub.status == DNS_NULL_MX) {
@@ -1274,6 +1344,8 @@ static struct cobj *mx_from_answer(struct flight *f, int status, const unsigned 
                                    int alen);
 static struct cobj *fam_from_answer(struct flight *f, int status, const unsigned char *abuf,
                                     int alen);
+static struct cobj *txt_from_answer(struct flight *f, int status, const unsigned char *abuf,
+                                    int alen);
 static struct cobj *fail_obj(struct flight *f, const char *why);
 
 static void on_answer(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
@@ -1290,8 +1362,9 @@ static void on_answer(void *arg, int status, int timeouts, unsigned char *abuf, 
     f->q = NULL;
     if (status == ARES_EDESTRUCTION) /* the resolver is being freed with the flight */
         return;
-    struct cobj *obj = f->qtype == T_MX ? mx_from_answer(f, status, abuf, alen)
-                                        : fam_from_answer(f, status, abuf, alen);
+    struct cobj *obj = f->qtype == T_MX    ? mx_from_answer(f, status, abuf, alen)
+                       : f->qtype == T_TXT ? txt_from_answer(f, status, abuf, alen)
+                                           : fam_from_answer(f, status, abuf, alen);
     flight_complete(f, obj);
 }
 
@@ -1420,6 +1493,11 @@ static struct cobj *fail_obj(struct flight *f, const char *why)
 {
     if (f->qtype == T_MX)
         return mx_fail(f, DNS_FAIL, why);
+    if (f->qtype == T_TXT)
+        return &txt_obj_new(DNS_FAIL,
+                            xasprintf("failed to query DNS for %s (TXT): %s", f->display, why),
+                            f->display)
+                    ->hdr;
     int family = f->qtype == T_A ? AF_INET : AF_INET6;
     char *msg = xasprintf("failed to query DNS for %s (%s): %s", f->display,
                           f->qtype == T_A ? "A" : "AAAA", why);
@@ -1667,6 +1745,81 @@ static struct cobj *fam_from_answer(struct flight *f, int status, const unsigned
     return &fo->hdr;
 }
 
+static struct cobj *txt_from_answer(struct flight *f, int status, const unsigned char *abuf,
+                                    int alen)
+{
+    switch (status) {
+    case ARES_SUCCESS:
+        break;
+    case ARES_ENODATA:
+    case ARES_ENOTFOUND: {
+        struct txt_obj *t = txt_obj_new(status == ARES_ENODATA ? DNS_NO_RECORDS : DNS_NXDOMAIN,
+                                        NULL, f->display);
+        t->pub.ttl = negative_ttl(abuf, alen);
+        return &t->hdr;
+    }
+    default:
+        return fail_obj(f, ares_strerror(status));
+    }
+    struct ares_txt_ext *txt = NULL;
+    int rc = ares_parse_txt_reply_ext(abuf, alen, &txt);
+    struct txt_obj *t = txt_obj_new(DNS_OK, NULL, f->display);
+    if (rc == ARES_SUCCESS) {
+        for (struct ares_txt_ext *r = txt; r; r = r->next) {
+            if (r->record_start || t->pub.n == 0)
+                txt_obj_add(t, t->pub.n, r->txt, r->length);
+            else
+                txt_obj_add(t, t->pub.n - 1, r->txt, r->length);
+        }
+        ares_free_data(txt);
+    }
+    if (rc == ARES_ENODATA || (rc == ARES_SUCCESS && t->pub.n == 0)) {
+        t->pub.status = DNS_NO_RECORDS;
+        t->pub.ttl = negative_ttl(abuf, alen);
+        return &t->hdr;
+    }
+    if (rc != ARES_SUCCESS) {
+        cobj_unref(&t->hdr);
+        char why[128];
+        snprintf(why, sizeof(why), "malformed answer: %s", ares_strerror(rc));
+        return fail_obj(f, why);
+    }
+    uint32_t ttl = 0, neg = 0;
+    bool have_ttl = false, have_neg = false;
+    if (scan_ttls(abuf, alen, T_TXT, &ttl, &have_ttl, &neg, &have_neg) != 0 || !have_ttl)
+        ttl = 0;
+    t->pub.ttl = ttl;
+    return &t->hdr;
+}
+
+/* The TXT answer of the test resolver's zones (TXT and SPF records). */
+static struct cobj *txt_from_zones(const zone_set *zs, const char *qname, const char *display)
+{
+    zone_answer a;
+    switch (zone_set_lookup(zs, qname, ZONE_TXT, &a)) {
+    case ZONE_NXDOMAIN:
+        return &txt_obj_new(DNS_NXDOMAIN, NULL, display)->hdr;
+    case ZONE_SERVFAIL:
+    case ZONE_BADNAME:
+        return &txt_obj_new(DNS_FAIL,
+                            xasprintf("failed to query DNS for %s (TXT): %s", display,
+                                      a.rcode == ZONE_SERVFAIL ? "SERVFAIL" : "invalid name"),
+                            display)
+                    ->hdr;
+    }
+    struct txt_obj *t = txt_obj_new(a.n ? DNS_OK : DNS_NO_RECORDS, NULL, display);
+    t->pub.ttl = a.n ? UINT32_MAX : 60;
+    for (size_t i = 0; i < a.n; i++) {
+        size_t idx = t->pub.n;
+        txt_obj_add(t, idx, "", 0);
+        for (size_t k = 0; k < a.rrs[i]->n_txt; k++)
+            txt_obj_add(t, idx, a.rrs[i]->txt[k], strlen(a.rrs[i]->txt[k]));
+        if (a.rrs[i]->ttl < t->pub.ttl)
+            t->pub.ttl = a.rrs[i]->ttl;
+    }
+    return &t->hdr;
+}
+
 /* ---- delivery -------------------------------------------------------------------- */
 
 static void job_got(struct resolver *res, struct addr_job *job, struct fam_obj *fo);
@@ -1685,6 +1838,9 @@ static void run_waiter(struct resolver *res, struct waiter *w, struct cobj *obj)
         break;
     case W_JOB:
         job_finish(res, w->job);
+        break;
+    case W_TXT:
+        w->txt_cb(&((struct txt_obj *)obj)->pub, w->ud);
         break;
     }
 }
@@ -1862,6 +2018,54 @@ int dns_lookup_mx_owned(const char *domain, dns_mx_cb cb, void *ud, void (*drop)
         return 0;
     }
     flight_join(res, key, T_MX, qname, domain, port, w);
+    return 0;
+}
+
+/* ---- TXT lookups ------------------------------------------------------------------ */
+
+int dns_lookup_txt(const char *name, dns_txt_cb cb, void *ud, void (*drop)(void *ud))
+{
+    reactor *r = reactor_current();
+    if (!r || !cb || !name)
+        return KERR_INVAL;
+    struct resolver *res = resolver_get(r);
+    if (!res)
+        return KERR_NOMEM;
+    struct waiter *w = waiter_new(W_TXT);
+    w->txt_cb = cb;
+    w->ud = ud;
+    w->drop = drop;
+    size_t len = strlen(name);
+    char qname[DNS_MAX_NAME + 2];
+    if (len > DNS_MAX_NAME || name_normalize(name, len, qname) < 0) {
+        post_ready(res, w,
+                   &txt_obj_new(DNS_FAIL,
+                                xasprintf("failed to query DNS for %s (TXT): invalid domain name",
+                                          name),
+                                name)
+                        ->hdr);
+        return 0;
+    }
+    struct testres *t = testres_get();
+    if (t) {
+        post_ready(res, w, txt_from_zones(t->zs, qname, name));
+        testres_put(t);
+        return 0;
+    }
+    if (under(qname, "localhost") || under(qname, "invalid")) {
+        post_ready(res, w,
+                   &txt_obj_new(under(qname, "invalid") ? DNS_NXDOMAIN : DNS_NO_RECORDS, NULL, name)
+                        ->hdr);
+        return 0;
+    }
+    char key[DNS_MAX_NAME + 16];
+    snprintf(key, sizeof(key), "TXT %s", qname);
+    struct cobj *hit = cache_get(key);
+    if (hit) {
+        post_ready(res, w, hit);
+        return 0;
+    }
+    flight_join(res, key, T_TXT, qname, name, 0, w);
     return 0;
 }
 

@@ -122,6 +122,30 @@ int dns_lookup_addrs(const char *host, int strategy, dns_addr_cb cb, void *ud);
 int dns_lookup_addrs_owned(const char *host, int strategy, dns_addr_cb cb, void *ud,
                            void (*drop)(void *ud));
 
+/* ---- TXT ---------------------------------------------------------------- */
+
+/* The TXT records of a name (DKIM keys, SPF policies). Each record is its
+ * character-strings joined without separator (RFC 6376 §3.6.2.2, RFC 7208
+ * §3.3); records may hold any bytes, NUL included. Immutable and shared
+ * with the cache. */
+typedef struct dns_txt {
+    int status;         /* DNS_OK (n > 0), DNS_NXDOMAIN, DNS_NO_RECORDS, DNS_FAIL */
+    const char *error;  /* DNS_FAIL: why; else NULL */
+    const char *name;   /* the name as given */
+    const char *const *records;
+    const size_t *lens; /* byte length of each record */
+    size_t n;
+    uint32_t ttl;
+} dns_txt;
+
+typedef void (*dns_txt_cb)(const dns_txt *res, void *ud);
+
+/* Resolves the TXT records of name, cached for their TTL (answers without
+ * records for the negative TTL; failures are not cached). Same contract as
+ * dns_lookup_mx_owned (drop may be NULL); answered from the test zones when
+ * kumo.dns.configure_test_resolver set them. name is copied. */
+int dns_lookup_txt(const char *name, dns_txt_cb cb, void *ud, void (*drop)(void *ud));
+
 /* ---- configuration (any thread, process-wide) ----------------------------- */
 
 typedef struct dns_config {
@@ -144,7 +168,7 @@ typedef struct dns_config {
  * the old servers). Returns 0 or KERR_INVAL with err naming the bad entry. */
 int dns_configure_ex(const dns_config *cfg, char *err, size_t errlen);
 /* kumo.dns.configure_test_resolver: takes zs (built by src/net/zone) and
- * answers every MX, A and AAAA lookup from it alone (no hosts file, no DNS;
+ * answers every MX, A, AAAA and TXT lookup from it alone (no hosts file, no DNS;
  * literals still need no resolver) until the next dns_configure_ex() or
  * dns_configure_test(NULL). Forgets cached answers. Any thread. */
 struct zone_set;
