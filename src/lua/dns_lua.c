@@ -447,9 +447,58 @@ static void push_mx(lua_State *L, const dns_mx *mx)
     lua_setfield(L, -2, "mta_sts");
 }
 
+/* A lookup's wait, parked so that a shutdown can abandon it: the resolver
+ * may drop the lookup unanswered (drop) and the VM may drop the parked call
+ * (cancel), in either order; whichever comes second frees it. */
+struct dns_wait {
+    klua_wait w;
+    bool dns_gone, call_gone;
+};
+
+static struct dns_wait *dns_wait_new(klua_call *c);
+
+static void dns_wait_release(struct dns_wait *j)
+{
+    if (j->dns_gone && j->call_gone)
+        free(j);
+}
+
+static void dns_wait_cancel(klua_wait *w)
+{
+    struct dns_wait *j = (struct dns_wait *)w;
+    j->call_gone = true;
+    dns_wait_release(j);
+}
+
+static void dns_wait_drop(void *ud)
+{
+    struct dns_wait *j = ud;
+    j->dns_gone = true; /* the call stays parked until the VM drops it */
+    dns_wait_release(j);
+}
+
+static struct dns_wait *dns_wait_new(klua_call *c)
+{
+    struct dns_wait *j = calloc(1, sizeof(*j));
+    if (!j)
+        abort();
+    klua_wait_park(&j->w, c, dns_wait_cancel);
+    return j;
+}
+
+/* The answer came: the call leaves the park and is resumed. */
+static klua_call *dns_wait_answered(void *ud)
+{
+    struct dns_wait *j = ud;
+    klua_call *c = j->w.call;
+    klua_wait_unpark(&j->w);
+    free(j);
+    return c;
+}
+
 static void on_mx(const dns_mx *mx, void *ud)
 {
-    klua_call *c = ud;
+    klua_call *c = dns_wait_answered(ud);
     lua_State *co = klua_call_thread(c);
     lua_checkstack(co, 8); /* a yielded C function keeps LUA_MINSTACK free anyway */
     if (mx->status == DNS_OK || mx->status == DNS_NULL_MX) {
@@ -473,15 +522,19 @@ static int l_lookup_mx(lua_State *L)
     klua_call *c = klua_wait_begin(L);
     if (!c)
         return luaL_error(L, "kumo.dns.lookup_mx: may only be called from an event handler");
-    int rc = dns_lookup_mx(domain, on_mx, c);
-    if (rc != 0)
+    struct dns_wait *j = dns_wait_new(c);
+    int rc = dns_lookup_mx_owned(domain, on_mx, j, dns_wait_drop);
+    if (rc != 0) {
+        klua_wait_unpark(&j->w);
+        free(j);
         return luaL_error(L, "kumo.dns.lookup_mx: %s", kerr_str(rc));
+    }
     return lua_yieldk(L, 0, 0, lookup_k);
 }
 
 static void on_addrs(const dns_addrs *res, void *ud)
 {
-    klua_call *c = ud;
+    klua_call *c = dns_wait_answered(ud);
     lua_State *co = klua_call_thread(c);
     lua_checkstack(co, 8);
     if (res->status == DNS_FAIL) {
@@ -517,9 +570,13 @@ static int l_lookup_addr(lua_State *L)
     klua_call *c = klua_wait_begin(L);
     if (!c)
         return luaL_error(L, "kumo.dns.lookup_addr: may only be called from an event handler");
-    int rc = dns_lookup_addrs(name, strategy, on_addrs, c);
-    if (rc != 0)
+    struct dns_wait *j = dns_wait_new(c);
+    int rc = dns_lookup_addrs_owned(name, strategy, on_addrs, j, dns_wait_drop);
+    if (rc != 0) {
+        klua_wait_unpark(&j->w);
+        free(j);
         return luaL_error(L, "kumo.dns.lookup_addr: %s", kerr_str(rc));
+    }
     return lua_yieldk(L, 0, 0, lookup_k);
 }
 
