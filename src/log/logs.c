@@ -436,6 +436,31 @@ void logs__set_record_hook(void (*fn)(const logrec *r))
     atomic_store(&record_hook, fn);
 }
 
+static _Atomic(logs_classify_fn) logs_classifier;
+
+void logs_set_classifier(logs_classify_fn fn)
+{
+    atomic_store_explicit(&logs_classifier, fn, memory_order_release);
+}
+
+bool logrec_type_classifiable(logrec_type t)
+{
+    /* KumoMTA's RecordType::is_bounce_classifiable: the response came from
+     * the destination (or stands for one: expiry, admin bounce, reports) */
+    switch (t) {
+    case LOGREC_BOUNCE:
+    case LOGREC_TRANSIENT_FAILURE:
+    case LOGREC_EXPIRATION:
+    case LOGREC_ADMIN_BOUNCE:
+    case LOGREC_OOB:
+    case LOGREC_FEEDBACK:
+    case LOGREC_REJECTION:
+        return true;
+    default:
+        return false;
+    }
+}
+
 void logs_record(const logrec *r)
 {
     if (!r)
@@ -461,6 +486,13 @@ void logs_record(const logrec *r)
             rec.timestamp_ns = now;
         if (!rec.created_ns)
             rec.created_ns = now;
+    }
+    /* once for every destination, on this thread: the classifier is a
+     * shared immutable matcher, so this takes no lock */
+    if (!rec.bounce_classification && logrec_type_classifiable(rec.type)) {
+        logs_classify_fn fn = atomic_load_explicit(&logs_classifier, memory_order_acquire);
+        if (fn)
+            rec.bounce_classification = fn(&rec.response);
     }
     for (size_t i = 0; i < logs_n; i++) {
         struct logs_dest *d = logs_dests[i];

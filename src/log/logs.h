@@ -90,7 +90,19 @@ void logrec_reception(logrec *r, char hex[33], const struct message *m, const ch
  * key. Thread-safe; usually called from init. */
 int logs_add_local_from_json(const json_t *params, char *err, size_t errlen);
 
-/* Builds the record once per destination and submits it. Blocks while a
+/* The bounce classifier, set by the Lua layer when a policy configures one
+ * (kumo.configure_bounce_classifier): returns the category of a response,
+ * a string that stays valid for the life of the process, or NULL for
+ * "Uncategorized". It is called by logs_record() on the logging thread
+ * (any reactor), so it must be thread-safe and must not block. */
+typedef const char *(*logs_classify_fn)(const logrec_response *resp);
+void logs_set_classifier(logs_classify_fn fn);
+/* Whether records of type t carry a bounce classification: Bounce,
+ * TransientFailure, Expiration, AdminBounce, OOB, Feedback, Rejection. */
+bool logrec_type_classifiable(logrec_type t);
+
+/* Builds the record once per destination and submits it. A classifiable
+ * record without a bounce_classification gets one from the classifier. Blocks while a
  * destination's queue holds back_pressure records. Any thread. */
 void logs_record(const logrec *r);
 

@@ -325,27 +325,26 @@ char *rx_translate(const char *p, size_t n, enum rx_mode mode, size_t *outlen, c
     return o.p;
 }
 
-pcre2_code *rx_compile(const char *pat, size_t len, enum rx_mode mode, char *err, size_t errlen)
+pcre2_code *rx_compile_pcre2(const char *t, size_t tl, uint32_t extra, int *ecp, char *err,
+                             size_t errlen)
 {
-    size_t tl;
-    char *t = rx_translate(pat, len, mode, &tl, err, errlen);
-    if (!t)
-        return NULL;
+    int ec = PCRE2_ERROR_NOMEMORY;
     pcre2_compile_context *cc = pcre2_compile_context_create(NULL);
     if (!cc) {
-        free(t);
+        if (ecp)
+            *ecp = ec;
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
     pcre2_set_newline(cc, PCRE2_NEWLINE_LF);
-    int ec;
-    PCRE2_SIZE eo;
+    PCRE2_SIZE eo = 0;
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)t, tl,
                                    PCRE2_UTF | PCRE2_UCP | PCRE2_DOLLAR_ENDONLY |
-                                       PCRE2_MATCH_INVALID_UTF | PCRE2_NEVER_BACKSLASH_C,
+                                       PCRE2_MATCH_INVALID_UTF | PCRE2_NEVER_BACKSLASH_C | extra,
                                    &ec, &eo, cc);
     pcre2_compile_context_free(cc);
-    free(t);
+    if (ecp)
+        *ecp = re ? 0 : ec;
     if (!re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(ec, msg, sizeof(msg));
@@ -353,6 +352,17 @@ pcre2_code *rx_compile(const char *pat, size_t len, enum rx_mode mode, char *err
         return NULL;
     }
     (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* the interpreter is the fallback */
+    return re;
+}
+
+pcre2_code *rx_compile(const char *pat, size_t len, enum rx_mode mode, char *err, size_t errlen)
+{
+    size_t tl;
+    char *t = rx_translate(pat, len, mode, &tl, err, errlen);
+    if (!t)
+        return NULL;
+    pcre2_code *re = rx_compile_pcre2(t, tl, 0, NULL, err, errlen);
+    free(t);
     return re;
 }
 

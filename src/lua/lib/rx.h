@@ -45,6 +45,13 @@ char *rx_translate(const char *pat, size_t len, enum rx_mode mode, size_t *outle
  * ("... at offset N"). */
 pcre2_code *rx_compile(const char *pat, size_t len, enum rx_mode mode, char *err, size_t errlen);
 
+/* Compiles a pattern already in PCRE2 syntax (rx_translate's output, or
+ * alternatives joined from several) with rx's options plus extra (e.g.
+ * PCRE2_ANCHORED | PCRE2_DUPNAMES), JIT when available. NULL with the
+ * reason in err and the PCRE2 error code in *ec (ec may be NULL). */
+pcre2_code *rx_compile_pcre2(const char *t, size_t len, uint32_t extra, int *ec, char *err,
+                             size_t errlen);
+
 #define RX_ELIMIT (-1000)
 /* pcre2_match with kumod's limits. Returns > 0 on a match (ovector pairs),
  * PCRE2_ERROR_NOMATCH, RX_ELIMIT, or another negative PCRE2 error. */

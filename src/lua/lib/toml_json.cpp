@@ -12,6 +12,9 @@
 #include <string>
 #include <string_view>
 #include <toml++/toml.h>
+#include <algorithm>
+#include <utility>
+#include <vector>
 
 namespace
 {
@@ -29,16 +32,29 @@ template <typename T> std::string stream_str(const T &v)
     return os.str();
 }
 
-json_t *node_to_json(const toml::node &n, const std::string &path, std::string &why);
+json_t *node_to_json(const toml::node &n, const std::string &path, std::string &why, bool ordered);
 
-json_t *table_to_json(const toml::table &t, const std::string &path, std::string &why)
+// ordered: keys in the order the document wrote them (toml++ iterates its
+// tables sorted by key), for formats where the order means something.
+json_t *table_to_json(const toml::table &t, const std::string &path, std::string &why,
+                      bool ordered)
 {
     json_t *o = json_object();
     if (!o)
         throw std::bad_alloc();
-    for (auto &&[k, v] : t) {
+    std::vector<std::pair<const toml::key *, const toml::node *>> entries;
+    for (auto &&[k, v] : t)
+        entries.emplace_back(&k, &v);
+    if (ordered)
+        std::stable_sort(entries.begin(), entries.end(), [](const auto &a, const auto &b) {
+            const auto &x = a.first->source().begin, &y = b.first->source().begin;
+            return x.line != y.line ? x.line < y.line : x.column < y.column;
+        });
+    for (auto &&[kp, vp] : entries) {
+        const toml::key &k = *kp;
+        const toml::node &v = *vp;
         std::string key(k.str());
-        json_t *jv = node_to_json(v, path.empty() ? key : path + "." + key, why);
+        json_t *jv = node_to_json(v, path.empty() ? key : path + "." + key, why, ordered);
         if (!jv || json_object_setn_new_nocheck(o, key.data(), key.size(), jv) != 0) {
             json_decref(o);
             return nullptr;
@@ -47,18 +63,18 @@ json_t *table_to_json(const toml::table &t, const std::string &path, std::string
     return o;
 }
 
-json_t *node_to_json(const toml::node &n, const std::string &path, std::string &why)
+json_t *node_to_json(const toml::node &n, const std::string &path, std::string &why, bool ordered)
 {
     switch (n.type()) {
     case toml::node_type::table:
-        return table_to_json(*n.as_table(), path, why);
+        return table_to_json(*n.as_table(), path, why, ordered);
     case toml::node_type::array: {
         json_t *a = json_array();
         if (!a)
             throw std::bad_alloc();
         size_t i = 0;
         for (auto &&e : *n.as_array()) {
-            json_t *jv = node_to_json(e, path + "[" + std::to_string(i++) + "]", why);
+            json_t *jv = node_to_json(e, path + "[" + std::to_string(i++) + "]", why, ordered);
             if (!jv || json_array_append_new(a, jv) != 0) {
                 json_decref(a);
                 return nullptr;
@@ -196,14 +212,14 @@ void inline_empty_tables(toml::table &t)
 
 } // namespace
 
-extern "C" json_t *toml_json_parse(const char *text, size_t len, const char *source, char *err,
-                                   size_t errlen)
+static json_t *parse(const char *text, size_t len, const char *source, char *err, size_t errlen,
+                     bool ordered)
 {
     try {
         toml::table t = toml::parse(std::string_view(text, len),
                                     source ? std::string_view(source) : std::string_view());
         std::string why;
-        json_t *j = table_to_json(t, "", why);
+        json_t *j = table_to_json(t, "", why, ordered);
         if (!j)
             set_err(err, errlen, why);
         return j;
@@ -216,6 +232,18 @@ extern "C" json_t *toml_json_parse(const char *text, size_t len, const char *sou
         set_err(err, errlen, e.what());
     }
     return nullptr;
+}
+
+extern "C" json_t *toml_json_parse(const char *text, size_t len, const char *source, char *err,
+                                   size_t errlen)
+{
+    return parse(text, len, source, err, errlen, false);
+}
+
+extern "C" json_t *toml_json_parse_ordered(const char *text, size_t len, const char *source,
+                                           char *err, size_t errlen)
+{
+    return parse(text, len, source, err, errlen, true);
 }
 
 extern "C" char *toml_json_encode(const json_t *v, enum toml_json_style style, char *err,

@@ -21,6 +21,12 @@ extern "C" {
  * parse error). Returns a new object, or NULL with "line L, column C: why"
  * in err. source names the text in messages (a file name) or is NULL. */
 json_t *toml_json_parse(const char *text, size_t len, const char *source, char *err, size_t errlen);
+/* The same, but every object keeps the keys in the order the document
+ * wrote them (toml_json_parse's follow toml++'s sorted order): for formats
+ * where the order of a table's keys means something (bounce rules: the
+ * first category listed wins). */
+json_t *toml_json_parse_ordered(const char *text, size_t len, const char *source, char *err,
+                                size_t errlen);
 
 enum toml_json_style {
     TOML_JSON_PLAIN = 0,   /* basic strings, arrays on one line */
