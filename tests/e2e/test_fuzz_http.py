@@ -80,6 +80,8 @@ ROUTES = [
     ("POST", "/api/admin/set_diagnostic_log_filter/v1"),
     ("POST", "/api/admin/bump-config-epoch"),
 ]
+QUERY_VALUES = ["", "%00", "%zz", "%", "true", "x%C3%A9", "a" * 500,
+                "00000000000000000000000000000000"]
 QUERY_KEYS = ["id", "queue_name", "name", "want_body", "domain", "x", "", "%", "a[]"]
 STRINGS = ["example.com", "", "a@example.com", "t\u00e9", "\u0000", "x" * 3000, "*", "..",
            "campaign:tenant@example.com!r.example", "unspecified->example.com@smtp_client",
@@ -168,13 +170,14 @@ def rnd_request(r):
     query = ""
     if r.random() < 0.4:
         query = "?" + "&".join(
-            f"{r.choice(QUERY_KEYS)}={r.choice(['', '%00', '%zz', '%', 'true', 'x%C3%A9', 'a' * 500, '00000000000000000000000000000000'])}"
+            f"{r.choice(QUERY_KEYS)}={r.choice(QUERY_VALUES)}"
             for _ in range(r.randrange(1, 4)))
     target = path + query
     if r.random() < 0.05:
         target = r.choice(["*", "", "//", "/api/../api/admin/bounce/v1", "http://x/metrics",
                            "/" + "a" * 9000, "/%2e%2e/", "/api/admin/bounce/v1#frag"])
-    version = r.choice(["HTTP/1.1"] * 8 + ["HTTP/1.0", "HTTP/2.0", "HTTP/1.99", "HTTP", "", "HTTP/1.1 x"])
+    version = r.choice(["HTTP/1.1"] * 8 +
+                       ["HTTP/1.0", "HTTP/2.0", "HTTP/1.99", "HTTP", "", "HTTP/1.1 x"])
     headers = [b"Host: fuzz"]
     framing = r.random()
     if framing < 0.7:

@@ -158,8 +158,8 @@ def rnd_line(r, tx):
     if k < 0.53:
         return b"NOOP" + r.choice([b"", b" anything"])
     if k < 0.57:
-        return r.choice([b"VRFY ", b"EXPN ", b"HELP ", b"TURN", b"ETRN x", b"XCLIENT ADDR=1.2.3.4"]) \
-            + rnd_address(r)
+        verb = r.choice([b"VRFY ", b"EXPN ", b"HELP ", b"TURN", b"ETRN x", b"XCLIENT ADDR=1.2.3.4"])
+        return verb + rnd_address(r)
     if k < 0.62:
         tok = base64.b64encode(bytes(r.randrange(256) for _ in range(r.randrange(0, 40))))
         return r.choice([b"AUTH PLAIN " + tok, b"AUTH PLAIN", b"AUTH LOGIN", b"AUTH CRAM-MD5",
@@ -170,7 +170,8 @@ def rnd_line(r, tx):
         v = r.choice(VERBS)
         junk = bytes(r.randrange(256) for _ in range(r.randrange(0, 30)))
         return v + r.choice([b" ", b"", b"\t"]) + junk
-    return r.choice([b"", b" ", b"\x00", b"QUIT extra", b"A" * r.choice([511, 512, 1000, 4096, 20000])])
+    long_line = b"A" * r.choice([511, 512, 1000, 4096, 20000])
+    return r.choice([b"", b" ", b"\x00", b"QUIT extra", long_line])
 
 
 def mutate(r, data):
@@ -381,7 +382,8 @@ def run_fuzz(k, sessions, label):
         t.join()
     elapsed = time.monotonic() - t0
     print(f"{label}: {sessions} sessions in {elapsed:.1f}s, {stats.bytes_sent} bytes sent, "
-          f"{stats.tls} with TLS, {stats.accepted} messages accepted; outcomes {dict(stats.outcomes)}; "
+          f"{stats.tls} with TLS, {stats.accepted} messages accepted; "
+          f"outcomes {dict(stats.outcomes)}; "
           f"reply codes {dict(stats.codes.most_common())}")
     return stats, failures
 

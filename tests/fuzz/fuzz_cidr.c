@@ -41,8 +41,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(inet_ntop(c.family, c.addr, text, sizeof(text)) != NULL, "ntop");
         cidr_list l = {0};
         FUZZ_CHECK(cidr_list_add(&l, f[0]) == 0, "list_add of '%s' failed", f[0]);
-        FUZZ_CHECK(cidr_list_match_str(&l, text), "'%s' does not match its own address %s",
-                   f[0], text);
+        FUZZ_CHECK(cidr_list_match_str(&l, text), "'%s' does not match its own address %s", f[0],
+                   text);
         cidr_list_match_str(&l, f[1]);
         cidr_list_fini(&l);
     }

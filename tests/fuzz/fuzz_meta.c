@@ -51,8 +51,8 @@ static void compare_readers(const char *doc, size_t len)
         FUZZ_CHECK(rc == 0, "scan accepted a document the full parser refuses: %.*s", (int)len,
                    doc);
         char *full = queue_name_of_message(m);
-        FUZZ_CHECK(strcmp(full, q) == 0, "queue: scan '%s', full '%s' for %.*s", q, full,
-                   (int)len, doc);
+        FUZZ_CHECK(strcmp(full, q) == 0, "queue: scan '%s', full '%s' for %.*s", q, full, (int)len,
+                   doc);
         FUZZ_CHECK(sched == (m->scheduling != NULL), "schedule: scan %d, full %d", sched,
                    m->scheduling != NULL);
         free(full);
@@ -62,8 +62,7 @@ static void compare_readers(const char *doc, size_t len)
         size_t l2;
         char *again = message_meta_to_json(m, &l2);
         message *m2 = NULL;
-        FUZZ_CHECK(message_from_meta_json(&fixed_id, again, l2, &m2) == 0, "re-read of %s",
-                   again);
+        FUZZ_CHECK(message_from_meta_json(&fixed_id, again, l2, &m2) == 0, "re-read of %s", again);
         FUZZ_CHECK(json_equal(m->meta, m2->meta), "meta changed: %s", again);
         message_unref(m2);
         free(again);
@@ -102,8 +101,8 @@ static void round_trip(char *s, size_t len)
     message *back = NULL;
     int rc = message_from_meta_json(&fixed_id, doc, jl, &back);
     FUZZ_CHECK(rc == 0, "own document refused (rc %d): %s", rc, doc);
-    FUZZ_CHECK(strcmp(back->sender, m->sender) == 0, "sender '%s' came back as '%s'",
-               m->sender, back->sender);
+    FUZZ_CHECK(strcmp(back->sender, m->sender) == 0, "sender '%s' came back as '%s'", m->sender,
+               back->sender);
     FUZZ_CHECK(back->n_rcpts == m->n_rcpts, "%zu recipients came back as %zu", m->n_rcpts,
                back->n_rcpts);
     for (size_t i = 0; i < m->n_rcpts; i++)

@@ -21,8 +21,9 @@ static void test_parse_valid(void **state)
         const char *s;
         int family, prefix;
     } cases[] = {
-        {"127.0.0.1", AF_INET, 32},    {"10.0.0.0/8", AF_INET, 8},   {"0.0.0.0/0", AF_INET, 0},
-        {"::1", AF_INET6, 128},        {"fe80::/10", AF_INET6, 10},  {"[::1]", AF_INET6, 128},
+        {"127.0.0.1", AF_INET, 32},        {"10.0.0.0/8", AF_INET, 8},
+        {"0.0.0.0/0", AF_INET, 0},         {"::1", AF_INET6, 128},
+        {"fe80::/10", AF_INET6, 10},       {"[::1]", AF_INET6, 128},
         {"[2001:db8::]/32", AF_INET6, 32}, {"10.0.0.0/008", AF_INET, 8},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -36,9 +37,19 @@ static void test_parse_valid(void **state)
 static void test_parse_invalid(void **state)
 {
     static const char *const bad[] = {
-        "",           "10.0.0.0/",  "10.0.0.0/33", "::/129",     "10.0.0.0/-1", "10.0.0.0/8x",
-        "10.0.0.256", "example.com", "[::1",       "10.0.0.0/4294967297",
-        "10.0.0.0/4294967304",       "::/999999999999999999994", "::/9223372036854775807",
+        "",
+        "10.0.0.0/",
+        "10.0.0.0/33",
+        "::/129",
+        "10.0.0.0/-1",
+        "10.0.0.0/8x",
+        "10.0.0.256",
+        "example.com",
+        "[::1",
+        "10.0.0.0/4294967297",
+        "10.0.0.0/4294967304",
+        "::/999999999999999999994",
+        "::/9223372036854775807",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         cidr c;
