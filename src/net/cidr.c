@@ -31,7 +31,8 @@ int cidr_parse(const char *s, cidr *out)
         *slash = 0;
         char *end;
         long p = strtol(slash + 1, &end, 10);
-        if (*end || slash[1] == 0 || p < 0)
+        /* range-checked before the narrowing: "/4294967297" is not "/1" */
+        if (*end || slash[1] == 0 || p < 0 || p > 128)
             return KERR_PARSE;
         prefix = (int)p;
     }

@@ -2281,6 +2281,22 @@ static void sess_rev_cb(evutil_socket_t fd, short what, void *arg)
     sess_reap_soon(s); /* end of stream or a socket error */
 }
 
+/* A pending drain poll holds a reference: the session can be reaped while
+ * it waits (the client resets the connection, or a second poll chain,
+ * started by sess_write_cb, finished first), and the poll must not then
+ * run on freed memory (ASan, found by the network fuzzer). */
+static void tls_drain_poll(evutil_socket_t fd, short what, void *arg)
+{
+    sess *s = arg;
+    s->refs--;
+    if (s->dead) {
+        if (s->refs == 0 && !s->reap_armed)
+            sess_free(s);
+        return;
+    }
+    tls_drain_check(fd, what, s);
+}
+
 /* A TLS session's final reply sits in the filter's underlying buffer after
  * the filter drained: wait (briefly) until the socket took it. */
 static void tls_drain_check(evutil_socket_t fd, short what, void *arg)
@@ -2290,7 +2306,8 @@ static void tls_drain_check(evutil_socket_t fd, short what, void *arg)
     if (!s->dead && under && evbuffer_get_length(bufferevent_get_output(under)) > 0 &&
         s->drain_polls++ < 100) {
         struct timeval tv = {0, 10000};
-        event_base_once(reactor_base(s->r), -1, EV_TIMEOUT, tls_drain_check, s, &tv);
+        s->refs++;
+        event_base_once(reactor_base(s->r), -1, EV_TIMEOUT, tls_drain_poll, s, &tv);
         return;
     }
     sess_reap_soon(s);
