@@ -98,8 +98,9 @@ static char *unescape_ndup(const char *s, size_t n)
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         int hi, lo;
+        /* %00 stays as written: a NUL would cut the component short */
         if (s[i] == '%' && i + 2 < n && (hi = hexval(s[i + 1])) >= 0 &&
-            (lo = hexval(s[i + 2])) >= 0) {
+            (lo = hexval(s[i + 2])) >= 0 && (hi | lo) != 0) {
             out[o++] = (char)(hi << 4 | lo);
             i += 2;
         } else {

@@ -2410,6 +2410,15 @@ static void sess_event_cb(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_TIMEOUT) {
         /* libevent turned off what timed out: reading (TLS sessions) or
          * writing (the client does not read its replies) */
+        if (s->filtered && !s->tls) {
+            /* the TLS handshake after STARTTLS did not finish within
+             * client_timeout: no reply can be sent in either form, so the
+             * session ends (else one silent client held it for ever) */
+            DDEBUG(SMOD, "session=%s peer=%s TLS handshake timed out", s->session_id,
+                   s->peer_str);
+            sess_reap_soon(s);
+            return;
+        }
         if (s->busy) {
             /* waiting on policy/spool: the processing deadline governs */
             bufferevent_enable(bev, (what & BEV_EVENT_READING) ? EV_READ : EV_WRITE);

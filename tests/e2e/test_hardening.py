@@ -274,3 +274,14 @@ def test_unreadable_meta_is_quarantined_never_removed(module_kumod_factory):
         k.stop()
         # still in the spool, untouched, after each start
         assert os.path.exists(meta) and os.path.exists(k.local_disk_path(spool_id, "data"))
+
+
+def test_starttls_without_a_handshake_ends_the_session(k):
+    """A client that says STARTTLS and then never completes the handshake
+    (found by fuzz_smtp_data: the session waited for ever) is dropped after
+    client_timeout."""
+    s = session(k, port=k.port("slow"))
+    assert s.cmd("STARTTLS")[0] == 220
+    t0 = time.monotonic()
+    assert s.at_eof(timeout=10), "the session outlived client_timeout without a handshake"
+    assert time.monotonic() - t0 < 8

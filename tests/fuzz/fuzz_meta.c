@@ -11,12 +11,12 @@
  *    same sender, recipients and meta; the scan of that encoding, when it
  *    accepts it, agrees with queue_name_of_message.
  *
- * KNOWN DEFECTS (issue 25, being fixed elsewhere): a sender or recipient
- * that is not UTF-8 is written without it (defect 2), and a meta value that
- * is not UTF-8 aborts kumod when the policy sets it (defect 1: the string
- * never becomes a JSON value here, so this harness cannot build one).
- * Until the meta encoding round-trips arbitrary bytes, the round trip is
- * only checked for UTF-8 envelopes; FUZZ_META_STRICT=1 checks every one. */
+ * Envelopes that are not UTF-8 (issue 25, defects 1 and 2): every way in
+ * (SMTP, HTTP, the Lua binding) refuses them, and message_meta_to_json,
+ * the last resort, writes their invalid bytes as U+FFFD rather than
+ * dropping the field; so the round trip is exact only for UTF-8 envelopes
+ * and is checked for them (FUZZ_META_STRICT=1 checks every one, which
+ * fails by design on that repair). */
 #include <stdint.h>
 
 #include "core/kerr.h"

@@ -28,8 +28,10 @@ static void check_mbox(const addr_mailbox *m)
         return;
     addr_list back;
     char err[128];
-    /* a domain literal or a local part with NUL bytes may not survive */
-    if (strlen(m->local) && m->domain[0] != '[' &&
+    /* a domain literal, or a local part with NUL bytes or CR/LF (folding
+     * white space inside a quoted string, which parsing removes), may not
+     * survive */
+    if (strlen(m->local) && m->domain[0] != '[' && !strpbrk(m->local, "\r\n") &&
         addr_list_parse(spec, strlen(spec), &back, err, sizeof(err)) == 0) {
         if (back.n != 1 || back.v[0].is_group || strcmp(back.v[0].mbox.local, m->local) != 0 ||
             strcmp(back.v[0].mbox.domain, m->domain) != 0)

@@ -968,7 +968,7 @@ static int l_resp_status_reason(lua_State *L)
 #define STATUS_RANGE(fn, lo, hi)                                                                   \
     static int fn(lua_State *L)                                                                    \
     {                                                                                              \
-        long s = check_response(L, #fn + 7)->status;                                               \
+        long s = check_response(L, &(#fn)[7])->status; /* the name without "l_resp_" */   \
         lua_pushboolean(L, s >= (lo) && s <= (hi));                                                \
         return 1;                                                                                  \
     }

@@ -24,12 +24,16 @@
 #include "core/reactor.h"
 #include "delivery/deferred.h"
 #include "delivery/lua_deliver.h"
+#include "delivery/maildir.h"
 #include "delivery/smtp_deliver.h"
 #include "http/http.h"
+#include "http/metrics_http.h"
 #include "lua/dns_lua.h"
 #include "lua/klua.h"
+#include "lua/make_message_lua.h"
 #include "lua/services.h"
 #include "queue/queue.h"
+#include "queue/recovery.h"
 #include "smtp/server.h"
 
 static char dir[256];
@@ -175,13 +179,18 @@ void inproc_start(const char *policy_template, inproc_ports *out)
     }
     free(policy);
 
+    /* as src/main.c registers them (the parts a fuzzed session reaches) */
+    message_lua_register();
     services_lua_register();
     smtpsrv_lua_register();
     http_lua_register();
+    http_metrics_add_endpoints();
     queue_init();
+    smtpsrv_set_insert_hook(queue_insert);
     lua_deliver_register();
     deferred_register();
     smtp_deliver_register();
+    maildir_register();
     dns_lua_register();
     services_set_validate_only(false);
     if (reactor_pool_init(1) != 0 || reactor_pool_start() != 0) {
@@ -204,7 +213,7 @@ void inproc_start(const char *policy_template, inproc_ports *out)
     }
     if (smtpsrv_start_listeners(err, sizeof(err)) != 0 ||
         http_start_listeners(err, sizeof(err)) != 0 || services_open_spool(err, sizeof(err)) != 0 ||
-        smtpsrv_start_enumeration() != 0) {
+        recovery_start() != 0) {
         fprintf(stderr, "inproc: start-up: %s\n", err);
         exit(1);
     }

@@ -328,6 +328,7 @@ static void test_components_cannot_inject(void **state)
         {"camp", "50%off", "local.test", "r@x!y"},
         {"@", "!", "local.test", "@"},
         {NULL, "%41", "local.test", NULL},
+        {NULL, "a%00b", "local.test", NULL}, /* found by fuzz_queue_name */
     };
     for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
         char *name = queue_name_build(rows[i].campaign, rows[i].tenant, rows[i].domain,
