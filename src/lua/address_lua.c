@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "msg/rfc2047.h"
-#include "msg/sbuf.h"
+#include "core/sbuf.h"
 
 #define AH_MT "kumod.AddressHeader"
 #define HA_MT "kumod.HeaderAddress"

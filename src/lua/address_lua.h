@@ -8,7 +8,7 @@
 #include <lua.h>
 
 #include "msg/address.h"
-#include "msg/sbuf.h"
+#include "core/sbuf.h"
 
 /* Pushes an AddressHeader userdata; takes the contents of *l (which is left
  * empty). */

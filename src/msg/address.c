@@ -13,7 +13,7 @@
 
 #include "core/kerr.h"
 #include "msg/rfc2047.h"
-#include "msg/sbuf.h"
+#include "core/sbuf.h"
 
 typedef struct cur {
     const char *s;

@@ -19,7 +19,7 @@
 #include "core/kerr.h"
 #include "msg/datetime.h"
 #include "msg/rfc2047.h"
-#include "msg/sbuf.h"
+#include "core/sbuf.h"
 
 /* ---- parts ------------------------------------------------------------------------ */
 

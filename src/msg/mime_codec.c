@@ -12,7 +12,7 @@
 #include "msg/mime.h"
 #include "msg/mime_int.h"
 #include "msg/rfc2047.h"
-#include "msg/sbuf.h"
+#include "core/sbuf.h"
 
 /* ---- conformance names ------------------------------------------------------------- */
 

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "msg/sbuf.h"
+#include "core/sbuf.h"
 
 /* Length of the valid UTF-8 sequence at s (at most n bytes), or 0. */
 static size_t utf8_seq(const unsigned char *s, size_t n)

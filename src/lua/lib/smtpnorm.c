@@ -32,37 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct sbuf {
-    char *p;
-    size_t n, cap;
-    bool oom;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->n + n + 1)
-            cap *= 2;
-        char *np = realloc(b->p, cap);
-        if (!np) {
-            b->oom = true;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-
-static void sb_str(sbuf *b, const char *s)
-{
-    sb_put(b, s, strlen(s));
-}
+#include "core/sbuf.h"
 
 static bool is_alpha(char c)
 {
@@ -435,17 +405,17 @@ static bool normalize_word(sbuf *out, const char *w, size_t n)
     else if (email(w, n))
         tok = "{email}";
     if (tok) {
-        sb_str(out, tok);
+        sbuf_puts(out, tok);
         return true;
     }
     const char *eq = memchr(w, '=', n);
     if (!eq)
         return false;
-    size_t mark = out->n;
-    sb_put(out, w, (size_t)(eq - w) + 1);
+    size_t mark = out->len;
+    sbuf_put(out, w, (size_t)(eq - w) + 1);
     if (normalize_word(out, eq + 1, n - (size_t)(eq - w) - 1))
         return true;
-    out->n = mark;
+    out->len = mark;
     if (out->p)
         out->p[mark] = 0;
     return false;
@@ -483,7 +453,7 @@ static void pass_durations(sbuf *out, const char *s, size_t n)
         if (is_digit(s[i]) && (i == 0 || !is_wordch(s[i - 1])))
             len = duration_item(s, n, i);
         if (!len) {
-            sb_put(out, s + i, 1);
+            sbuf_put(out, s + i, 1);
             i++;
             continue;
         }
@@ -497,7 +467,7 @@ static void pass_durations(sbuf *out, const char *s, size_t n)
                 break;
             end = j + l2;
         }
-        sb_str(out, "__DURATION__");
+        sbuf_puts(out, "__DURATION__");
         i = end;
     }
 }
@@ -509,18 +479,18 @@ static void pass_brackets(sbuf *out, const char *s, size_t n)
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         bool next_open = i + 1 < n && (s[i + 1] == '[' || s[i + 1] == '(' || s[i + 1] == '{');
-        if ((is_space(c) || out->n == 0) && next_open) {
+        if ((is_space(c) || out->len == 0) && next_open) {
             i++;
-            sb_put(out, " ", 1);
+            sbuf_put(out, " ", 1);
             continue;
         }
         if ((c == ']' || c == ')' || c == '}') &&
             (i + 1 == n || is_space(s[i + 1]) || is_punct(s[i + 1]))) {
             i++;
-            sb_put(out, " ", 1);
+            sbuf_put(out, " ", 1);
             continue;
         }
-        sb_put(out, &c, 1);
+        sbuf_put(out, &c, 1);
     }
 }
 
@@ -529,13 +499,13 @@ char *smtpnorm_normalize(const char *s, size_t n, size_t *outlen)
     sbuf a = {0}, b = {0}, out = {0};
     pass_durations(&a, s, n);
     const char *t = a.p ? a.p : "";
-    size_t tn = a.n;
+    size_t tn = a.len;
     if (memchr(t, '[', tn) || memchr(t, '(', tn) || memchr(t, '{', tn)) {
         pass_brackets(&b, t, tn);
         t = b.p ? b.p : "";
-        tn = b.n;
+        tn = b.len;
     }
-    sb_put(&out, "", 0);
+    sbuf_put(&out, "", 0);
     size_t i = 0;
     while (i < tn) {
         while (i < tn && is_space(t[i]))
@@ -545,10 +515,10 @@ char *smtpnorm_normalize(const char *s, size_t n, size_t *outlen)
         size_t st = i;
         while (i < tn && !is_space(t[i]))
             i++;
-        if (out.n)
-            sb_put(&out, " ", 1);
+        if (out.len)
+            sbuf_put(&out, " ", 1);
         if (!normalize_word(&out, t + st, i - st))
-            sb_put(&out, t + st, i - st);
+            sbuf_put(&out, t + st, i - st);
     }
     bool oom = a.oom || b.oom || out.oom;
     free(a.p);
@@ -557,6 +527,6 @@ char *smtpnorm_normalize(const char *s, size_t n, size_t *outlen)
         free(out.p);
         return NULL;
     }
-    *outlen = out.n;
+    *outlen = out.len;
     return out.p;
 }

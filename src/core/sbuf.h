@@ -1,9 +1,9 @@
-/* A growable byte buffer for the msg parsers and builders. Sized by message
+/* A growable byte buffer for parsers and builders. Sized by their
  * input, so allocation is fallible: a failed growth sets oom, later appends
  * do nothing, and sbuf_finish returns NULL. The bytes are always
  * NUL-terminated once anything was appended. Header-only (static inline). */
-#ifndef KUMOD_MSG_SBUF_H
-#define KUMOD_MSG_SBUF_H
+#ifndef KUMOD_CORE_SBUF_H
+#define KUMOD_CORE_SBUF_H
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdlib.h>
