@@ -765,7 +765,6 @@ static void susp_after_load(qmsg *q, int err, void *ud)
         rec_ctx x = {.queue = s->queue, .site = s->queue};
         disp_response r = {451, 4, 4, 4, content, NULL};
         qmsg_log(LOGREC_TRANSIENT_FAILURE, q->m, q->num_attempts, &x, &r);
-        qmsg_set_last_response(q, &r);
         atomic_fetch_add(&st_transfail, 1);
         qmsg_add_reason(q, R_ADMIN_SUSPENDED); /* suspend-cancel releases it */
         qmsg_add_reason(q, R_LOGGED_TRANSIENT_FAILURE);

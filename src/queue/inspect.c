@@ -109,9 +109,6 @@ static void inspect_after_load(qmsg *q, int err, void *ud)
             json_object_set_new(msg, "recipient", a);
         }
         json_object_set(msg, "meta", m->meta);
-        /* kumod's own: the response of the last failed attempt (in meta) */
-        json_t *last = json_object_get(m->meta, QMSG_LAST_RESPONSE_KEY);
-        json_object_set(msg, "last_response", last ? last : json_null());
         if (m->scheduling)
             json_object_set(msg, "scheduling", m->scheduling);
         json_object_set_new(msg, "data",

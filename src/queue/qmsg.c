@@ -114,29 +114,6 @@ void qmsg_free(qmsg *q)
     slab_release(qmsg_slab, q);
 }
 
-/* The last failure's response goes into the message's meta (saved with it
- * when the message goes back to wait, read by inspect-message), not into
- * the qmsg: a queued message stays 96 bytes, and the text survives a
- * restart. */
-void qmsg_set_last_response(qmsg *q, const disp_response *r)
-{
-    if (!r || !q->m)
-        return;
-    char line[1024];
-    if (r->enh_class)
-        snprintf(line, sizeof(line), "%d %d.%d.%d %s", r->code, r->enh_class, r->enh_subject,
-                 r->enh_detail, r->content ? r->content : "");
-    else
-        snprintf(line, sizeof(line), "%d %s", r->code, r->content ? r->content : "");
-    size_t n = strlen(line);
-    if (!utf8_valid(line, n)) /* the peer's words: keep what is text */
-        for (size_t i = 0; i < n; i++)
-            if ((unsigned char)line[i] >= 0x80)
-                line[i] = '?';
-    json_object_set_new(q->m->meta, QMSG_LAST_RESPONSE_KEY, json_stringn(line, n));
-    q->m->meta_dirty = true;
-}
-
 double qrand01(void)
 {
     static __thread uint64_t s;

@@ -164,10 +164,6 @@ qmsg *qmsg_alloc(void);
 /* A qmsg for m (reference taken). */
 qmsg *qmsg_new(message *m);
 void qmsg_free(qmsg *q);
-/* Remembers r as q's last failure response (inspect-message). */
-/* meta key of the last failure's response (kumod's own) */
-#define QMSG_LAST_RESPONSE_KEY "kumod_last_response"
-void qmsg_set_last_response(qmsg *q, const struct disp_response *r);
 
 static inline uint64_t name_hash(const char *s)
 {

@@ -198,7 +198,6 @@ void requeue(qmsg *q, const char *qname, bool increment, int64_t delay_s,
              const disp_response *resp, int reason)
 {
     qmsg_add_reason(q, reason);
-    qmsg_set_last_response(q, resp);
     klua *vm = klua_current();
     if (!q->m || !vm || !klua_has_handler(vm, "requeue_message")) {
         requeue_post(q, qname, increment, false, delay_s);

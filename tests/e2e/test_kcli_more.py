@@ -115,15 +115,13 @@ def test_queue_summary_and_provider_summary_count_outcomes(k):
     assert TF_DOMAIN in r["domains"], js
 
 
-def test_inspect_message_shows_last_failure_and_next_due(k):
+def test_inspect_message_shows_the_next_due_time(k):
     id = inject(k, f"w@{TF_DOMAIN}")
     k.wait_records(lambda r: r["id"] == id, type="TransientFailure", timeout=20)
     p = kcli(k, "inspect-message", id)
     fields = dict(l.split(":", 1) for l in p.stdout.splitlines() if ":" in l and l[0] != " ")
-    assert fields["last failure"].strip() == "451 4.3.0 try again later (e2e)", p.stdout
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", fields["due"].strip()), p.stdout
     js = json.loads(kcli(k, "inspect-message", "--json", id).stdout)
-    assert js["message"]["last_response"] == "451 4.3.0 try again later (e2e)", js
     assert js["message"]["num_attempts"] == 1, js
 
 

@@ -880,8 +880,6 @@ static int run_inspect_message(const cmd *c, int argc, char **argv)
     const json_t *due = json_object_get(m, "due");
     printf("%-13s %s\n", "due:", json_is_string(due) ? json_string_value(due) : "now");
     print_scalar("num_attempts:", json_object_get(m, "num_attempts"));
-    const json_t *lr = json_object_get(m, "last_response");
-    printf("%-13s %s\n", "last failure:", json_is_string(lr) ? json_string_value(lr) : "none");
     print_scalar("scheduling:", json_object_get(m, "scheduling"));
     const json_t *meta = json_object_get(m, "meta");
     if (meta) {
