@@ -327,5 +327,8 @@ def test_admin_delete_with_an_unknown_field_is_refused_cleanly(kumod_factory):
             k.expect_exit = True
             k.own_sanitizer_check = True
             pytest.fail(f"use-after-free / crash in delete_id ({path}):\n" + k.diag()[-3000:])
+    # refused with KumoMTA's answers: bounce refuses unknown fields, the
+    # suspensions ignore them and miss `id` (422)
     for codes, _, got in answers:
-        assert codes == [400] and b"unknown field `x`" in got, got
+        assert (codes == [400] and b"unknown field `x`" in got) or \
+            (codes == [422] and b"missing field `id`" in got), got
