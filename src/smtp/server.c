@@ -203,6 +203,7 @@ struct sess {
     bool dead;    /* socket gone; reap when refs drop */
     bool reap_armed;
     bool close_after_write;
+    bool peer_eof; /* the client shut its sending side: answer what it sent, then close */
     bool starttls_pending;
     bool expecting;        /* counted in spool_expect_save */
     bool filtered;         /* s->bev is the TLS filter: libevent writes, not sess_flush */
@@ -257,6 +258,7 @@ struct sess {
 static void sess_process(sess *s);
 static bool sess_too_slow(sess *s);
 static void sess_reap_soon(sess *s);
+static void sess_peer_eof(sess *s);
 static void tls_drain_check(evutil_socket_t fd, short what, void *arg);
 
 static void sess_set_state(sess *s, sess_state st)
@@ -430,6 +432,8 @@ static struct evbuffer *sess_in(sess *s)
 /* Turns reading (and with it the idle timeout) on or off. */
 static void sess_reading(sess *s, bool on)
 {
+    if (s->peer_eof)
+        on = false; /* nothing more will come */
     if (s->filtered) {
         if (on)
             bufferevent_enable(s->bev, EV_READ);
@@ -2195,6 +2199,8 @@ static void sess_process(sess *s)
         free(line);
     }
     s->in_loop = false;
+    if (s->peer_eof && !s->busy && !s->dead)
+        s->close_after_write = true; /* all it sent is answered; a partial line never will be */
     sess_flush(s);
     if (s->bev && !s->dead && s->close_after_write && sess_out_empty(s)) {
         if (s->tls)
@@ -2275,10 +2281,32 @@ static void sess_rev_cb(evutil_socket_t fd, short what, void *arg)
     }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
-    if (n < 0)
-        DDEBUG(SMOD, "session=%s peer=%s read failed: %s", s->session_id, s->peer_str,
-               strerror(errno));
-    sess_reap_soon(s); /* end of stream or a socket error */
+    if (n == 0) {
+        sess_peer_eof(s);
+        return;
+    }
+    DDEBUG(SMOD, "session=%s peer=%s read failed: %s", s->session_id, s->peer_str,
+           strerror(errno));
+    sess_reap_soon(s);
+}
+
+/* End of stream from the client. A client may pipeline its last commands
+ * and QUIT, then shut its sending side (shutdown(SHUT_WR)) while it waits
+ * for the replies: what it sent before the EOF is still answered, including
+ * a transaction whose spool save is in flight; then the session ends
+ * (sess_process sets close_after_write once nothing is pending). */
+static void sess_peer_eof(sess *s)
+{
+    if (!s->peer_eof)
+        DDEBUG(SMOD, "session=%s peer=%s closed its sending side in state %s", s->session_id,
+               s->peer_str, state_names[s->state]);
+    if (s->filtered && !s->tls) {
+        sess_reap_soon(s); /* mid-handshake: there is nothing to answer */
+        return;
+    }
+    s->peer_eof = true;
+    sess_reading(s, false);
+    sess_process(s);
 }
 
 /* A pending drain poll holds a reference: the session can be reaped while
@@ -2426,6 +2454,10 @@ static void sess_event_cb(struct bufferevent *bev, short what, void *arg)
         }
         bufferevent_enable(bev, s->filtered ? EV_READ | EV_WRITE : EV_WRITE);
         sess_idle_timeout(s);
+        return;
+    }
+    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
+        sess_peer_eof(s);
         return;
     }
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {

@@ -221,6 +221,43 @@ def test_raw_pipelining(k):
         check_stored(k.stored_data(id), id=id, ehlo=ehlo, recipient=rcpt, original=original)
 
 
+def test_half_close_after_pipelined_transaction_is_answered(k):
+    # The client sends its last transaction and QUIT, then shuts its sending
+    # side (shutdown(SHUT_WR)) and waits: the spool save is still in flight
+    # when the EOF arrives, yet the message is acknowledged, QUIT answered,
+    # and only then the connection closed.
+    import socket
+    ehlo = "halfclose.e2e.test"
+    s = k.raw()
+    assert s.cmd(f"EHLO {ehlo}")[0] == 250
+    s.send("MAIL FROM:<h@a.example>\r\nRCPT TO:<h1@d.example>\r\nDATA\r\n")
+    assert [c for c, _ in s.replies(3)] == [250, 250, 354]
+    original = msg("half closed")
+    s.send(original + b".\r\nQUIT\r\n")
+    s.sock.shutdown(socket.SHUT_WR)
+    code, text = s.reply()
+    assert code == 250
+    ids = parse_ids(text)
+    assert len(ids) == 1
+    assert s.reply() == (221, "So long, and thanks for all the fish!")
+    assert s.at_eof()
+    check_stored(k.stored_data(ids[0]), id=ids[0], ehlo=ehlo, recipient="h1@d.example",
+                 original=original)
+
+
+def test_half_close_mid_data_acknowledges_nothing(k):
+    # EOF inside DATA: the partial message is neither stored nor answered 250
+    import socket
+    s = k.raw()
+    assert s.cmd("EHLO halfdata.e2e.test")[0] == 250
+    s.send("MAIL FROM:<h@a.example>\r\nRCPT TO:<h2@d.example>\r\nDATA\r\n")
+    assert [c for c, _ in s.replies(3)] == [250, 250, 354]
+    s.send(msg("cut short") + b"no final dot")
+    s.sock.shutdown(socket.SHUT_WR)
+    assert s.at_eof()
+    assert s.buf == b""  # no reply at all: nothing was acknowledged
+
+
 # ---- STARTTLS and AUTH -------------------------------------------------------------------------
 
 
