@@ -1841,10 +1841,15 @@ static void finish_reception(sess *s)
             s->saves_pending++;
             any_saving = true;
             m->meta_dirty = m->data_dirty = false;
+            /* durable before the 250 unless the operator opted out; a
+             * policy that called msg:save() already stored it once, and
+             * spool_save_new's "nothing stored yet" would then be untrue */
+            bool sync = services_spool_sync() || m->force_sync;
+            if (m->in_spool)
+                spool_save(sp, &m->id, meta, ml, data, m->data_len, sync, save_done, x);
+            else
+                spool_save_new(sp, &m->id, meta, ml, data, m->data_len, sync, save_done, x);
             m->in_spool = true;
-            /* durable before the 250 unless the operator opted out */
-            spool_save_new(sp, &m->id, meta, ml, data, m->data_len,
-                           services_spool_sync() || m->force_sync, save_done, x);
         }
         if (any_saving) {
             s->busy = true;
