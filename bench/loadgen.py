@@ -18,8 +18,8 @@ import threading
 import time
 
 
-def make_body(size, i):
-    head = (f"From: <bench@loadgen.bench.test>\r\nTo: <rcpt@example.com>\r\n"
+def make_body(size, i, sender="bench@loadgen.bench.test"):
+    head = (f"From: <{sender}>\r\nTo: <rcpt@example.com>\r\n"
             f"Subject: latency probe {i}\r\nMessage-ID: <{i}.{time.time_ns()}@loadgen.bench.test>\r\n"
             f"\r\n")
     line = ("x" * 76 + "\r\n")
@@ -40,7 +40,7 @@ def run(port, rate, duration, threads=8, size=5120, host="127.0.0.1",
     per_thread = max(1, int(round(duration / interval)))
     lat, errors, late = [], [], [0]
     lock = threading.Lock()
-    body = make_body(size, 0)
+    body = make_body(size, 0, sender)
     t0 = time.monotonic() + 0.2
 
     def worker(idx):
