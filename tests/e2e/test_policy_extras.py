@@ -7,7 +7,10 @@ where an aiosmtpd peer listens. Two tenants (X-Tenant header) have pools
 whose sources bind 127.0.0.1 and 127.0.0.2, and the peer sees those
 addresses; the shaping file's provider block (matched by MX suffix) sets
 connection_limit 1 and max_message_rate 2/s, which the peer observes; the
-listener accepts relaying only as listener_domains.toml allows. Then
+listener accepts relaying only as listener_domains.toml allows; the same
+kumod signs with dkim_sign (dkim_data.toml; dkimpy verifies at the peer)
+and posts its log records to a JSON webhook (log_hooks:new_json), so the
+issue's whole acceptance scenario runs in one daemon. Then
 `kumod --validate` on bad data of each kind, and the shipped example
 policy (policy/example.lua) delivering into its maildir.
 """
@@ -18,6 +21,7 @@ import time
 
 import pytest
 
+import http_peer
 import kumod_harness as kh
 from kumod_harness import wait_until
 from smtpdeliv_peers import Dns, SmtpPeer, free_port_on
@@ -93,14 +97,32 @@ relay_to = true
 relay_to = false
 """
 
+DKIM_DATA = """
+[base]
+selector = "s1"
+headers = ["From", "To", "Subject", "Date", "Message-ID"]
+
+[domain."src.e2e.test"]
+filename = "{key}"
+"""
+
 POLICY = """
 local kumo = require 'kumo'
 local sources = require 'policy-extras.sources'
 local queue_module = require 'policy-extras.queue'
 local shaping = require 'policy-extras.shaping'
 local listener_domains = require 'policy-extras.listener_domains'
+local dkim_sign = require 'policy-extras.dkim_sign'
+local log_hooks = require 'policy-extras.log_hooks'
 
+-- first: the hook answers get_queue_config for its own queue
+log_hooks:new_json {
+  name = 'webhook',
+  url = 'HOOK_URL/log',
+  log_parameters = { headers = { 'Subject' }, meta = { 'tenant' } },
+}
 sources:setup { '{dir}/sources.toml' }
+local signer = dkim_sign:setup { '{dir}/dkim_data.toml' }
 local queue_helper = queue_module:setup { '{dir}/queues.toml' }
 kumo.on('get_egress_path_config', shaping:setup { '{dir}/shaping.toml' })
 kumo.on('get_listener_domain', listener_domains:setup { '{dir}/listener_domains.toml' })
@@ -120,14 +142,26 @@ end)
 
 kumo.on('smtp_server_message_received', function(msg)
   queue_helper:apply(msg)
+  signer(msg)
 end)
 """
 
 
-def write_files(k, peer_port, **override):
+def dkim_key(d):
+    """An RSA-2048 key file and its DKIM key record."""
+    import base64
+    key = os.path.join(str(d), "s1.key")
+    subprocess.run(["openssl", "genrsa", "-out", key, "2048"], check=True, capture_output=True)
+    pub = subprocess.run(["openssl", "rsa", "-in", key, "-pubout", "-outform", "DER"],
+                         check=True, capture_output=True).stdout
+    return key, b"v=DKIM1; k=rsa; p=" + base64.b64encode(pub)
+
+
+def write_files(k, peer_port, key="/nonexistent.key", **override):
     files = {"sources.toml": SOURCES, "queues.toml": QUEUES,
              "shaping.toml": SHAPING.format(peer_port=peer_port),
-             "listener_domains.toml": LISTENER_DOMAINS}
+             "listener_domains.toml": LISTENER_DOMAINS,
+             "dkim_data.toml": DKIM_DATA.format(key=key)}
     files.update(override)
     for name, text in files.items():
         with open(k.path(name), "w") as f:
@@ -140,11 +174,16 @@ def env(tmp_path_factory, module_kumod_factory):
     dns = Dns(base / "dns", mx=MX, a=A).start()
     port = free_port_on(PEER_IP)
     peer = SmtpPeer(PEER_IP, port).start()
-    k = module_kumod_factory(policy=POLICY.replace("DNS_PORT", str(dns.port)), start=False)
-    write_files(k, port)
+    hook = http_peer.Peer()
+    key, record = dkim_key(base)
+    k = module_kumod_factory(policy=POLICY.replace("DNS_PORT", str(dns.port))
+                             .replace("HOOK_URL", hook.url), start=False)
+    write_files(k, port, key=key)
     k.start()
+    k.hook, k.dkim_record = hook, record
     yield k, peer
     peer.stop()
+    hook.close()
     dns.stop()
 
 
@@ -176,7 +215,9 @@ def test_tenants_go_out_through_their_pools_sources(env):
         assert b"X-Tenant" not in m["data"] and b"X-Campaign" not in m["data"]
     # the delivery records name the pools, sources and the tenant meta
     def deliveries():
-        recs = kh.read_log_records(k.logs, "Delivery")
+        # (the webhook's own deliveries are records too: not these)
+        recs = [r for r in kh.read_log_records(k.logs, "Delivery")
+                if r.get("reception_protocol") != "LogRecord"]
         return recs if len(recs) >= 3 else None
     recs = wait_until(deliveries, timeout=20, what="delivery records")
     by_rcpt = {r["recipient"]: r for r in recs}
@@ -326,59 +367,33 @@ def test_example_policy_delivers_to_the_sink_maildir(tmp_path):
         k.close()
 
 
-# ---- DKIM signing through dkim_sign.lua -------------------------------------------------------
+# ---- the whole scenario: pools, DKIM and the webhook in one daemon ------------------------------
 
-def kumod_has_dkim(tmp_path):
-    script = tmp_path / "has_dkim.lua"
-    script.write_text("print(type(kumo.dkim) == 'table' and 'yes' or 'no')\n")
-    r = subprocess.run([kh.kumod_bin(), "--script", str(script)], capture_output=True, text=True,
-                       timeout=60 * kh.SLOW)
-    return r.stdout.strip() == "yes"
-
-
-def test_dkim_sign_helper_signatures_verify(tmp_path, kumod_factory):
-    if not kumod_has_dkim(tmp_path):
-        pytest.skip("kumo.dkim is not in this kumod yet (issue: DKIM, branch dkim)")
+def test_signed_through_the_pool_and_every_record_reaches_the_webhook(env):
     import dkim
-    key = tmp_path / "s1.key"
-    subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True,
-                   capture_output=True)
-    pub = subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"],
-                         check=True, capture_output=True).stdout
-    import base64
-    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(pub)
-    port = free_port_on(PEER_IP)
-    peer = SmtpPeer(PEER_IP, port).start()
-    policy = f"""
-local kumo = require 'kumo'
-local dkim_sign = require 'policy-extras.dkim_sign'
-local signer = dkim_sign:setup {{ '{{dir}}/dkim_data.toml' }}
-kumo.on('init', function()
-  kumo.define_spool {{ name = 'data', path = '{{spool}}/data', kind = 'LocalDisk' }}
-  kumo.define_spool {{ name = 'meta', path = '{{spool}}/meta', kind = 'RocksDB' }}
-  kumo.start_esmtp_listener {{ listen = '127.0.0.1:{{smtp_port}}', hostname = 'mx.e2e.test' }}
-end)
-kumo.on('get_queue_config', function()
-  return kumo.make_queue_config {{ protocol = {{ smtp = {{ mx_list = {{ '[{PEER_IP}]' }} }} }} }}
-end)
-kumo.on('get_egress_path_config', function()
-  return kumo.make_egress_path {{ smtp_port = {port}, prohibited_hosts = {{}} }}
-end)
-kumo.on('smtp_server_message_received', function(msg) signer(msg) end)
-"""
-    k = kumod_factory(policy=policy, start=False)
-    with open(k.path("dkim_data.toml"), "w") as f:
-        f.write(f'[base]\nselector = "s1"\nheaders = ["From", "To", "Subject"]\n'
-                f'[domain."signed.e2e.test"]\nfilename = "{key}"\n')
-    k.start()
-    try:
-        send(k, "u@dest.e2e.test", sender="a@signed.e2e.test", subject="signed")
-        msgs = peer.wait_messages(1)
-        data = msgs[0]["data"]
-        assert b"DKIM-Signature:" in data
+    k, peer = env
+    send(k, "sig1@big.test", "X-Tenant: tb\r\nX-Campaign: autumn\r\n", subject="signed-tb")
+    m = wait_until(lambda: next((m for m in peer.received()
+                                 if b"Subject: signed-tb\r\n" in m["data"]), None),
+                   timeout=30, what="the signed message at the peer")
+    # tenant tb's pool: source s2 on 127.0.0.2
+    assert m["peer"][0] == "127.0.0.2" and m["ehlo"] == "s2.e2e.test"
+    data = m["data"]
+    assert data.startswith(b"DKIM-Signature:") or b"\r\nDKIM-Signature:" in data
 
-        def dnsfunc(name, timeout=5):
-            return record if name == b"s1._domainkey.signed.e2e.test." else None
-        assert dkim.verify(data, dnsfunc=dnsfunc)
-    finally:
-        peer.stop()
+    def dnsfunc(name, timeout=5):
+        return k.dkim_record if name == b"s1._domainkey.src.e2e.test." else None
+    assert dkim.verify(data, dnsfunc=dnsfunc)
+    # the tenant header went before signing: the signature covers what was sent
+    assert b"X-Tenant" not in data
+    # the webhook got the message's Reception and Delivery records, with
+    # the hook's header and meta selection
+    recs = k.hook.wait_records(
+        lambda rs: {"Reception", "Delivery"} <= {r["type"] for r in rs
+                                                 if r.get("recipient") == "sig1@big.test"},
+        timeout=30, what="Reception and Delivery of sig1@big.test")
+    mine = [r for r in recs if r.get("recipient") == "sig1@big.test"]
+    delivery = next(r for r in mine if r["type"] == "Delivery")
+    assert delivery["egress_pool"] == "pool-b" and delivery["egress_source"] == "s2"
+    assert delivery["headers"]["Subject"] == "signed-tb"
+    assert delivery["meta"]["tenant"] == "tb"
