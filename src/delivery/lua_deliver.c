@@ -1,7 +1,9 @@
 /* custom_lua delivery. open() runs the constructor event named by the queue
  * config with (domain, tenant, campaign) and keeps the returned object in the
  * VM's registry; send() calls object:send(message) in a coroutine, so a
- * handler may wait without blocking the reactor. The return string is the
+ * handler may wait without blocking the reactor. With batch_size > 1 the
+ * dispatcher hands over batches instead and send_batch() calls
+ * object:send_batch(messages); its result applies to every message. The return string is the
  * delivery response (code 200); kumo.reject(4xx) is a transient failure
  * (421 also closes), kumo.reject(5xx) a bounce; any other error is a
  * transient failure and closes the connection. Runs on the ready queue's
@@ -9,6 +11,7 @@
 #include "delivery/lua_deliver.h"
 
 #include <lauxlib.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,6 +161,37 @@ static void ldeliver_send(dispatcher *d, message *m)
     klua_call_run(c, 2, after_send, d);
 }
 
+/* batch_size > 1: object:send_batch(messages), messages an array of the
+ * batch's Message objects; the one result applies to every message. */
+static void ldeliver_send_batch(dispatcher *d, message **msgs, size_t n)
+{
+    lua_conn *lc = disp_driver_state(d);
+    disp_set_phase(d, PHASE_DELIVERING_MESSAGE, "lua: send_batch");
+    klua_call *c;
+    lua_State *co = klua_call_begin_fn(lc->vm, "send_batch", &c);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, lc->obj_ref);
+    lua_getfield(co, -1, "send_batch");
+    if (lua_type(co, -1) != LUA_TFUNCTION || n > INT_MAX) {
+        lua_pop(co, 2);
+        lua_pushnil(co);
+        klua_call_run(c, 0, NULL, NULL);
+        disp_response r = {400, 0, 0, 0,
+                           "KumoMTA internal: error in deliver_message: sender:send_batch method "
+                           "not found",
+                           NULL};
+        disp_delivered(d, OUTCOME_TRANSIENT, &r);
+        return;
+    }
+    lua_insert(co, -2); /* send_batch, obj */
+    lua_createtable(co, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        klua_push_message(co, msgs[i]);
+        lua_rawseti(co, -2, (lua_Integer)i + 1);
+    }
+    lc->call = c;
+    klua_call_run(c, 2, after_send, d);
+}
+
 static void ldeliver_close(dispatcher *d)
 {
     lua_conn *lc = disp_driver_state(d);
@@ -188,6 +222,7 @@ static const disp_driver lua_driver = {
     .delivery_protocol = "Lua",
     .open = ldeliver_open,
     .send = ldeliver_send,
+    .send_batch = ldeliver_send_batch,
     .close = ldeliver_close,
     .abort = ldeliver_close,
 };

@@ -7,16 +7,18 @@
  * Two kinds of protocol:
  * - connection protocols (open/send/close): a dispatcher is one
  *   "connection" of a ready queue; it opens, delivers messages one at a
- *   time, and closes. The driver reports back through the disp_*
+ *   time (or, for a batching protocol, in batches: send_batch), and closes. The driver reports back through the disp_*
  *   functions, always on the ready queue's reactor. The dispatcher records
  *   its phase, a detail string and the time of its last progress for the
  *   watchdog.
  * - direct protocols (deliver_direct): the scheduled queue delivers a due
- *   message itself, on its own reactor, without a ready queue (maildir
- *   today). */
+ *   message itself, on its own reactor, without a ready queue or egress
+ *   source: maildir, as KumoMTA does (its scheduled queue writes the
+ *   maildir; records have no site, pool or source). */
 #ifndef KUMOD_QUEUE_DISPATCH_H
 #define KUMOD_QUEUE_DISPATCH_H
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "log/logs.h"
@@ -66,6 +68,12 @@ typedef struct disp_driver {
     void (*open)(dispatcher *d);
     /* Delivers one resident message; reports with disp_delivered(). */
     void (*send)(dispatcher *d, message *m);
+    /* Batching protocols (custom_lua with batch_size or min_batch_size
+     * above 1; NULL: never batched): delivers n resident messages of the
+     * ready queue at once (1 <= n <= batch_size; the array is the caller's
+     * and only valid during the call). Reports once with disp_delivered(),
+     * whose outcome and response apply to every message of the batch. */
+    void (*send_batch)(dispatcher *d, message **msgs, size_t n);
     /* Releases the driver state (may send QUIT); never reports. */
     void (*close)(dispatcher *d);
     /* Drops everything at once (watchdog); never reports afterwards. */
@@ -109,7 +117,8 @@ void disp_set_source_address(dispatcher *d, const char *addr);
  * attempt fails; the response is logged as a TransientFailure for the next
  * message and the dispatcher closes. */
 void disp_opened(dispatcher *d, bool ok, const disp_response *fail);
-/* The outcome for the message handed to send(). For a message with several
+/* The outcome for the message handed to send(), or for every message of
+ * the batch handed to send_batch(). For a message with several
  * recipients a driver may report per recipient by calling
  * disp_recipient_outcome() for each and then disp_delivered(d, -1, NULL). */
 void disp_delivered(dispatcher *d, int outcome, const disp_response *r);
