@@ -5,8 +5,9 @@
  * dispatcher hands over batches instead and send_batch() calls
  * object:send_batch(messages); its result applies to every message. The return string is the
  * delivery response (code 200); kumo.reject(4xx) is a transient failure
- * (421 also closes), kumo.reject(5xx) a bounce; any other error is a
- * transient failure and closes the connection. Runs on the ready queue's
+ * (421 also closes), kumo.reject(5xx) a bounce; any other error (a missing
+ * method too) is a transient failure without a peer in its record and
+ * closes the connection. Runs on the ready queue's
  * reactor. */
 #include "delivery/lua_deliver.h"
 
@@ -71,11 +72,9 @@ static void after_constructor(klua_call *c, int status, void *ud)
     lua_State *main = klua_state(lc->vm);
     lua_xmove(L, main, 1);
     lc->obj_ref = luaL_ref(main, LUA_REGISTRYINDEX);
-    lua_rawgeti(main, LUA_REGISTRYINDEX, lc->obj_ref);
-    lua_getfield(main, -1, "send");
-    if (lua_type(main, -1) == LUA_TFUNCTION)
-        disp_set_peer(d, lc->peer_name, "0.0.0.0");
-    lua_pop(main, 2);
+    /* the records of this connection name it (KumoMTA's ResolvedAddress
+     * "Lua via <constructor>", 0.0.0.0) */
+    disp_set_peer(d, lc->peer_name, "0.0.0.0");
     disp_opened(d, true, NULL);
 }
 
@@ -108,6 +107,17 @@ static void ldeliver_open(dispatcher *d)
     klua_call_run(c, 3, after_constructor, d);
 }
 
+/* Any failure other than kumo.reject: a transient failure of the message
+ * (or batch) whose record has no peer, and the connection closes (as
+ * KumoMTA's dispatcher does when deliver_message fails). */
+static void send_failed(dispatcher *d, const char *content)
+{
+    disp_response r = {400, 0, 0, 0, content, NULL};
+    disp_set_peer(d, NULL, NULL);
+    disp_close_after_this(d);
+    disp_delivered(d, OUTCOME_TRANSIENT, &r);
+}
+
 static void after_send(klua_call *c, int status, void *ud)
 {
     dispatcher *d = ud;
@@ -123,6 +133,8 @@ static void after_send(klua_call *c, int status, void *ud)
     if (status == KLUA_REJECT) {
         int code = klua_call_reject_code(c);
         disp_response r = {code, 0, 0, 0, klua_call_error(c), NULL};
+        if (code == 421)
+            disp_close_after_this(d); /* the policy's signal to close */
         disp_delivered(d, code >= 400 && code < 500 ? OUTCOME_TRANSIENT : OUTCOME_PERMANENT, &r);
         return;
     }
@@ -131,8 +143,7 @@ static void after_send(klua_call *c, int status, void *ud)
     char content[1024];
     snprintf(content, sizeof(content), "KumoMTA internal: error in deliver_message: %s",
              klua_call_error(c));
-    disp_response r = {400, 0, 0, 0, content, NULL};
-    disp_delivered(d, OUTCOME_TRANSIENT, &r);
+    send_failed(d, content);
 }
 
 static void ldeliver_send(dispatcher *d, message *m)
@@ -148,11 +159,8 @@ static void ldeliver_send(dispatcher *d, message *m)
         /* finish the (empty) call so it is freed */
         lua_pushnil(co);
         klua_call_run(c, 0, NULL, NULL);
-        disp_response r = {400, 0, 0, 0,
-                           "KumoMTA internal: error in deliver_message: sender:send method not "
-                           "found",
-                           NULL};
-        disp_delivered(d, OUTCOME_TRANSIENT, &r);
+        send_failed(d, "KumoMTA internal: error in deliver_message: sender:send method not "
+                       "found");
         return;
     }
     lua_insert(co, -2); /* send, obj */
@@ -175,11 +183,8 @@ static void ldeliver_send_batch(dispatcher *d, message **msgs, size_t n)
         lua_pop(co, 2);
         lua_pushnil(co);
         klua_call_run(c, 0, NULL, NULL);
-        disp_response r = {400, 0, 0, 0,
-                           "KumoMTA internal: error in deliver_message: sender:send_batch method "
-                           "not found",
-                           NULL};
-        disp_delivered(d, OUTCOME_TRANSIENT, &r);
+        send_failed(d, "KumoMTA internal: error in deliver_message: sender:send_batch method "
+                       "not found");
         return;
     }
     lua_insert(co, -2); /* send_batch, obj */

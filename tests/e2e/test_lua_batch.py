@@ -295,7 +295,12 @@ def test_an_error_in_send_batch_is_a_transient_failure_for_every_message(k):
         assert c.startswith("KumoMTA internal: error in deliver_message: "), r
         assert "batch endpoint exploded" in c, r
         assert r["egress_pool"] == "pool1" and r["egress_source"] == "src1"
-    k.wait_records(lambda r: r["id"] in ids, type="Delivery", count=4, timeout=20 * kh.SLOW)
+        # as KumoMTA's dispatcher logs a failed deliver_message: no peer
+        assert r["peer_address"] is None, r
+    ds = k.wait_records(lambda r: r["id"] in ids, type="Delivery", count=4,
+                        timeout=20 * kh.SLOW)
+    # the failure closed the connection: the retry is another session
+    assert {r["session_id"] for r in ds}.isdisjoint({r["session_id"] for r in tfs})
 
 
 def test_a_connection_without_send_batch(k):
@@ -309,6 +314,7 @@ def test_a_connection_without_send_batch(k):
                          ctor="make.nomethod",
                          content="KumoMTA internal: error in deliver_message: "
                                  "sender:send_batch method not found")
+        assert r["peer_address"] is None, r
 
 
 # ---- a log hook with send_batch -------------------------------------------------------------------
