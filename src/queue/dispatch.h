@@ -56,9 +56,18 @@ typedef struct disp_response {
 typedef struct disp_direct {
     const char *queue;       /* the scheduled queue's name */
     const queue_config *cfg; /* its configuration (maildir_path, modes...) */
-    message *m;              /* resident with its data; may be NULL when failure is set */
-    const char *failure;     /* why the message could not be loaded, or NULL */
+    message *m;              /* resident with its data, never NULL */
+    const char *failure;     /* why the message's data could not be loaded, or NULL */
 } disp_direct;
+
+/* What a direct protocol did with each recipient of the message. */
+typedef struct disp_direct_result {
+    size_t n_delivered, n_failed;
+    disp_response delivered; /* for the Delivery record, when n_delivered */
+    disp_response failed;    /* for the TransientFailure record, when n_failed */
+    bool *rcpt_failed;       /* the caller's, one per recipient: set for each that failed */
+    char delivered_buf[4096], failed_buf[4096]; /* the responses' contents */
+} disp_direct_result;
 
 typedef struct disp_driver {
     const char *delivery_protocol; /* "Lua", "ESMTP", ... for log records */
@@ -84,12 +93,12 @@ typedef struct disp_driver {
      * aborts it, unless the path sets watchdog_timeout (NULL: 600 s). */
     int64_t (*watchdog_ns)(const egress_path_config *cfg);
     /* Direct protocols only (open, send and close unused): delivers j->m
-     * now, or reports j->failure, on the scheduled queue's reactor. Fills r,
-     * its content written into buf (buflen bytes), and returns
-     * OUTCOME_DELIVERED or OUTCOME_TRANSIENT (the message is retried about
-     * a minute later). */
-    disp_outcome (*deliver_direct)(const disp_direct *j, disp_response *r, char *buf,
-                                   size_t buflen);
+     * to each of its recipients now, or reports j->failure for all, on the
+     * scheduled queue's reactor, and fills res (zeroed but for
+     * rcpt_failed). Those delivered get one Delivery record, those that
+     * failed one TransientFailure record, and the message is retried about
+     * a minute later for the failed recipients only. */
+    void (*deliver_direct)(const disp_direct *j, disp_direct_result *res);
 } disp_driver;
 
 /* Accessors for drivers. */
