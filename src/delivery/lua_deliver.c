@@ -1,14 +1,18 @@
 /* custom_lua delivery. open() runs the constructor event named by the queue
  * config with (domain, tenant, campaign) and keeps the returned object in the
  * VM's registry; send() calls object:send(message) in a coroutine, so a
- * handler may wait without blocking the reactor. The return string is the
+ * handler may wait without blocking the reactor. With batch_size > 1 the
+ * dispatcher hands over batches instead and send_batch() calls
+ * object:send_batch(messages); its result applies to every message. The return string is the
  * delivery response (code 200); kumo.reject(4xx) is a transient failure
- * (421 also closes), kumo.reject(5xx) a bounce; any other error is a
- * transient failure and closes the connection. Runs on the ready queue's
+ * (421 also closes), kumo.reject(5xx) a bounce; any other error (a missing
+ * method too) is a transient failure without a peer in its record and
+ * closes the connection. Runs on the ready queue's
  * reactor. */
 #include "delivery/lua_deliver.h"
 
 #include <lauxlib.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,11 +72,9 @@ static void after_constructor(klua_call *c, int status, void *ud)
     lua_State *main = klua_state(lc->vm);
     lua_xmove(L, main, 1);
     lc->obj_ref = luaL_ref(main, LUA_REGISTRYINDEX);
-    lua_rawgeti(main, LUA_REGISTRYINDEX, lc->obj_ref);
-    lua_getfield(main, -1, "send");
-    if (lua_type(main, -1) == LUA_TFUNCTION)
-        disp_set_peer(d, lc->peer_name, "0.0.0.0");
-    lua_pop(main, 2);
+    /* the records of this connection name it (KumoMTA's ResolvedAddress
+     * "Lua via <constructor>", 0.0.0.0) */
+    disp_set_peer(d, lc->peer_name, "0.0.0.0");
     disp_opened(d, true, NULL);
 }
 
@@ -105,6 +107,17 @@ static void ldeliver_open(dispatcher *d)
     klua_call_run(c, 3, after_constructor, d);
 }
 
+/* Any failure other than kumo.reject: a transient failure of the message
+ * (or batch) whose record has no peer, and the connection closes (as
+ * KumoMTA's dispatcher does when deliver_message fails). */
+static void send_failed(dispatcher *d, const char *content)
+{
+    disp_response r = {400, 0, 0, 0, content, NULL};
+    disp_set_peer(d, NULL, NULL);
+    disp_close_after_this(d);
+    disp_delivered(d, OUTCOME_TRANSIENT, &r);
+}
+
 static void after_send(klua_call *c, int status, void *ud)
 {
     dispatcher *d = ud;
@@ -120,6 +133,8 @@ static void after_send(klua_call *c, int status, void *ud)
     if (status == KLUA_REJECT) {
         int code = klua_call_reject_code(c);
         disp_response r = {code, 0, 0, 0, klua_call_error(c), NULL};
+        if (code == 421)
+            disp_close_after_this(d); /* the policy's signal to close */
         disp_delivered(d, code >= 400 && code < 500 ? OUTCOME_TRANSIENT : OUTCOME_PERMANENT, &r);
         return;
     }
@@ -128,8 +143,7 @@ static void after_send(klua_call *c, int status, void *ud)
     char content[1024];
     snprintf(content, sizeof(content), "KumoMTA internal: error in deliver_message: %s",
              klua_call_error(c));
-    disp_response r = {400, 0, 0, 0, content, NULL};
-    disp_delivered(d, OUTCOME_TRANSIENT, &r);
+    send_failed(d, content);
 }
 
 static void ldeliver_send(dispatcher *d, message *m)
@@ -145,15 +159,40 @@ static void ldeliver_send(dispatcher *d, message *m)
         /* finish the (empty) call so it is freed */
         lua_pushnil(co);
         klua_call_run(c, 0, NULL, NULL);
-        disp_response r = {400, 0, 0, 0,
-                           "KumoMTA internal: error in deliver_message: sender:send method not "
-                           "found",
-                           NULL};
-        disp_delivered(d, OUTCOME_TRANSIENT, &r);
+        send_failed(d, "KumoMTA internal: error in deliver_message: sender:send method not "
+                       "found");
         return;
     }
     lua_insert(co, -2); /* send, obj */
     klua_push_message(co, m);
+    lc->call = c;
+    klua_call_run(c, 2, after_send, d);
+}
+
+/* batch_size > 1: object:send_batch(messages), messages an array of the
+ * batch's Message objects; the one result applies to every message. */
+static void ldeliver_send_batch(dispatcher *d, message **msgs, size_t n)
+{
+    lua_conn *lc = disp_driver_state(d);
+    disp_set_phase(d, PHASE_DELIVERING_MESSAGE, "lua: send_batch");
+    klua_call *c;
+    lua_State *co = klua_call_begin_fn(lc->vm, "send_batch", &c);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, lc->obj_ref);
+    lua_getfield(co, -1, "send_batch");
+    if (lua_type(co, -1) != LUA_TFUNCTION || n > INT_MAX) {
+        lua_pop(co, 2);
+        lua_pushnil(co);
+        klua_call_run(c, 0, NULL, NULL);
+        send_failed(d, "KumoMTA internal: error in deliver_message: sender:send_batch method "
+                       "not found");
+        return;
+    }
+    lua_insert(co, -2); /* send_batch, obj */
+    lua_createtable(co, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        klua_push_message(co, msgs[i]);
+        lua_rawseti(co, -2, (lua_Integer)i + 1);
+    }
     lc->call = c;
     klua_call_run(c, 2, after_send, d);
 }
@@ -188,6 +227,7 @@ static const disp_driver lua_driver = {
     .delivery_protocol = "Lua",
     .open = ldeliver_open,
     .send = ldeliver_send,
+    .send_batch = ldeliver_send_batch,
     .close = ldeliver_close,
     .abort = ldeliver_close,
 };

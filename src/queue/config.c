@@ -217,6 +217,7 @@ void queue_config_defaults(queue_config *c)
     c->dir_mode = 0750;
     c->file_mode = 0640;
     c->batch_size = 1;
+    c->min_batch_size = 1;
     c->reap_interval_ns = 600 * NS_PER_SEC;
     c->refresh_interval_ns = 60 * NS_PER_SEC;
 }
@@ -338,7 +339,18 @@ static int parse_protocol(const json_t *p, queue_config *c, char *err, size_t er
             c->proto = QPROTO_LUA;
             free(c->constructor);
             c->constructor = strdup(ctor);
-            c->batch_size = (int)long_or(v, "batch_size", 1);
+            long bs = long_or(v, "batch_size", 1), mbs = long_or(v, "min_batch_size", 1);
+            if (bs < 0 || bs > 100000 || mbs < 0 || mbs > 100000) {
+                snprintf(err, errlen,
+                         "make_queue_config: protocol.custom_lua: %s must be between 0 and 100000",
+                         bs < 0 || bs > 100000 ? "batch_size" : "min_batch_size");
+                return KERR_PARSE;
+            }
+            /* 0 means the same as 1 here (KumoMTA's usize would take it and
+             * then hand over empty batches) */
+            c->batch_size = bs < 1 ? 1 : (int)bs;
+            c->min_batch_size = mbs < 1 ? 1 : (int)mbs;
+            c->max_batch_latency_ns = dur_ns(v, "max_batch_latency", 0);
         } else {
             snprintf(err, errlen, "make_queue_config: protocol: unknown field '%s'", k);
             return KERR_PARSE;

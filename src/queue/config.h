@@ -34,7 +34,10 @@ typedef struct queue_config {
     char *maildir_path;
     int dir_mode, file_mode;
     char *constructor;
-    int batch_size;
+    /* custom_lua batching: at most batch_size messages per send_batch; a
+     * dispatcher waits up to max_batch_latency_ns for min_batch_size */
+    int batch_size, min_batch_size;
+    int64_t max_batch_latency_ns;
     int64_t reap_interval_ns;
     int64_t refresh_interval_ns;
     bool refresh_epoch;

@@ -50,10 +50,26 @@ struct dispatcher {
     int64_t started_ns, phase_ns, progress_ns;
     char *peer_name, *peer_addr, *tls_cipher, *tls_version, *source_address, *tls_subject;
     char *requeue_to;
+    /* custom_lua batching (batch.c's half is below): the messages taken
+     * for the next send_batch, accumulating until min_batch_size or the
+     * batch latency, then loading, then with the driver. Each slot is the
+     * ud of its spool load, so the array never moves while loads run. */
+    struct batch_slot *batch;
+    size_t n_batch;
+    size_t loads_pending;
+    int64_t batch_started_ns; /* monotonic; 0 = no partial batch */
+    bool accumulating;        /* waiting (idle_ev) for more messages */
+    bool batch_ready;         /* complete: goes out once the rate allows */
     /* per-recipient outcomes of the current message */
     int *rcpt_outcome;
     disp_response *rcpt_resp;
     char **rcpt_content;
+};
+
+struct batch_slot {
+    dispatcher *d;
+    qmsg *q;       /* NULL once the slot's message left the batch */
+    bool in_load;  /* its spool load owns it */
 };
 
 static const disp_driver *drivers[8];
@@ -165,6 +181,7 @@ void disp_set_source_address(dispatcher *d, const char *addr)
 static void disp_next(dispatcher *d);
 
 static void disp_close(dispatcher *d);
+static void batch_return(dispatcher *d, int reason);
 
 /* One timer per dispatcher instead of event_base_once: a pending step dies
  * with its dispatcher, and repeated kicks fold into one. */
@@ -207,6 +224,10 @@ static void disp_destroy(dispatcher *d)
     if (d->rcpt_content) {
         free(d->rcpt_content);
     }
+    /* a batch still held goes back (a close while accumulating) */
+    if (d->n_batch)
+        batch_return(d, R_DISPATCHER_DROP);
+    free(d->batch);
     free(d);
     readyq_arm_reap(rq);
 }
@@ -280,12 +301,11 @@ static void finish_message(dispatcher *d, qmsg *q, int outcome, const disp_respo
         qmsg_log(LOGREC_TRANSIENT_FAILURE, m, q->num_attempts, &x, r);
         atomic_fetch_add(&st_transfail, 1);
         if (d->requeue_to) {
+            /* every message of a batch; disp_delivered clears it after */
             json_object_set_new(m->meta, "queue", json_string(d->requeue_to));
             m->meta_dirty = true;
             free(qname);
             qname = strdup(d->requeue_to);
-            free(d->requeue_to);
-            d->requeue_to = NULL;
         }
         requeue(q, qname, true, -1, r, R_LOGGED_TRANSIENT_FAILURE);
     }
@@ -379,6 +399,17 @@ static void finish_per_recipient(dispatcher *d, qmsg *q)
     d->rcpt_resp = NULL;
 }
 
+static void count_outcome(dispatcher *d, int outcome)
+{
+    if (outcome == OUTCOME_DELIVERED)
+        d->n_delivered++;
+    else if (outcome == OUTCOME_PERMANENT)
+        d->n_failed++;
+    else
+        d->n_transfailed++;
+    d->delivered++;
+}
+
 void disp_delivered(dispatcher *d, int outcome, const disp_response *r)
 {
     qmsg *q = d->cur;
@@ -389,14 +420,25 @@ void disp_delivered(dispatcher *d, int outcome, const disp_response *r)
             finish_per_recipient(d, q);
         else
             finish_message(d, q, outcome < 0 ? OUTCOME_TRANSIENT : outcome, r);
-        if (outcome == OUTCOME_DELIVERED)
-            d->n_delivered++;
-        else if (outcome == OUTCOME_PERMANENT)
-            d->n_failed++;
-        else
-            d->n_transfailed++;
-        d->delivered++;
+        count_outcome(d, outcome);
+    } else if (d->n_batch) {
+        /* a batch: the one outcome applies to every message in it; each
+         * transient failure gets its own jittered retry (requeue) */
+        size_t n = d->n_batch;
+        d->n_batch = 0;
+        d->batch_ready = false;
+        d->batch_started_ns = 0;
+        for (size_t i = 0; i < n; i++) {
+            qmsg *bq = d->batch[i].q;
+            d->batch[i].q = NULL;
+            if (!bq)
+                continue;
+            finish_message(d, bq, outcome < 0 ? OUTCOME_TRANSIENT : outcome, r);
+            count_outcome(d, outcome);
+        }
     }
+    free(d->requeue_to);
+    d->requeue_to = NULL;
     if (d->closing)
         return;
     if (d->delivered >= d->rq->cfg.max_deliveries_per_connection || !d->open) {
@@ -443,6 +485,36 @@ void disp_rebound(dispatcher *d)
     disp_kick(d, 0);
 }
 
+/* The spool could not give us q: no transaction starts; a TransientFailure
+ * and a retry, or, without even its meta, the message is reported lost. */
+static void load_failed(dispatcher *d, qmsg *q, int err)
+{
+    char content[300], hex[SPOOLID_HEX_LEN + 1];
+    spoolid_to_hex(&q->id, hex);
+    if (err == KERR_NOTFOUND)
+        snprintf(content, sizeof(content),
+                 "KumoMTA internal: error in deliver_message: IO error: No such file or "
+                 "directory: message %s is missing from the spool",
+                 hex);
+    else
+        snprintf(content, sizeof(content),
+                 "KumoMTA internal: error in deliver_message: %s loading message %s",
+                 kerr_str(err), hex);
+    disp_response r = {400, 0, 0, 0, content, NULL};
+    atomic_fetch_sub(&st_in_flight, 1);
+    if (q->m) {
+        char *qname = queue_name_of_message(q->m);
+        rec_ctx x = disp_rec(d, q->m, qname);
+        qmsg_log(LOGREC_TRANSIENT_FAILURE, q->m, q->num_attempts, &x, &r);
+        atomic_fetch_add(&st_transfail, 1);
+        requeue(q, qname, true, -1, &r, R_LOGGED_TRANSIENT_FAILURE);
+        free(qname);
+    } else {
+        DERROR(QMOD, "id=%s %s; the message is lost from the spool", hex, content);
+        qmsg_free(q);
+    }
+}
+
 static void disp_after_load(qmsg *q, int err, void *ud)
 {
     dispatcher *d = ud;
@@ -458,32 +530,8 @@ static void disp_after_load(qmsg *q, int err, void *ud)
         return;
     }
     if (err) {
-        /* the spool could not give us the message: no transaction starts */
-        char content[300], hex[SPOOLID_HEX_LEN + 1];
-        spoolid_to_hex(&q->id, hex);
-        if (err == KERR_NOTFOUND)
-            snprintf(content, sizeof(content),
-                     "KumoMTA internal: error in deliver_message: IO error: No such file or "
-                     "directory: message %s is missing from the spool",
-                     hex);
-        else
-            snprintf(content, sizeof(content),
-                     "KumoMTA internal: error in deliver_message: %s loading message %s",
-                     kerr_str(err), hex);
-        disp_response r = {400, 0, 0, 0, content, NULL};
         d->cur = NULL;
-        atomic_fetch_sub(&st_in_flight, 1);
-        if (q->m) {
-            char *qname = queue_name_of_message(q->m);
-            rec_ctx x = disp_rec(d, q->m, qname);
-            qmsg_log(LOGREC_TRANSIENT_FAILURE, q->m, q->num_attempts, &x, &r);
-            atomic_fetch_add(&st_transfail, 1);
-            requeue(q, qname, true, -1, &r, R_LOGGED_TRANSIENT_FAILURE);
-            free(qname);
-        } else {
-            DERROR(QMOD, "id=%s %s; the message is lost from the spool", hex, content);
-            qmsg_free(q);
-        }
+        load_failed(d, q, err);
         disp_next(d);
         return;
     }
@@ -503,12 +551,207 @@ static void disp_after_load(qmsg *q, int err, void *ud)
     d->drv->send(d, q->m);
 }
 
+/* ---- batches (custom_lua batch_size, min_batch_size, max_batch_latency) ---------------------------- */
+
+static void batch_go(dispatcher *d);
+static void disp_idle_expired(evutil_socket_t fd, short what, void *arg);
+
+/* Whether rq hands its driver batches (send_batch) rather than messages. */
+static bool batching(const readyq *rq, const disp_driver *drv)
+{
+    return drv->send_batch && (rq->qcfg.batch_size > 1 || rq->qcfg.min_batch_size > 1);
+}
+
+/* Gives the messages of d's batch that no load owns back to their
+ * scheduled queues without an attempt (suspension, shutdown of the path). */
+static void batch_return(dispatcher *d, int reason)
+{
+    for (size_t i = 0; i < d->n_batch; i++) {
+        qmsg *q = d->batch[i].q;
+        if (!q || d->batch[i].in_load)
+            continue;
+        d->batch[i].q = NULL;
+        back_to_sched(q, reason, -1);
+    }
+    d->n_batch = 0;
+    d->batch_ready = false;
+    d->batch_started_ns = 0;
+    d->accumulating = false;
+}
+
+/* Takes what the ready queue holds, up to batch_size, into d's batch; sends
+ * it once it has min_batch_size (or its latency is over), otherwise waits
+ * for more (readyq_maintain wakes it) until max_batch_latency after the
+ * first message, or idle_timeout, whichever comes first. */
+static void batch_fill(dispatcher *d)
+{
+    readyq *rq = d->rq;
+    size_t max = (size_t)rq->qcfg.batch_size, min = (size_t)rq->qcfg.min_batch_size;
+    if (!d->batch) {
+        d->batch = calloc(max, sizeof(*d->batch));
+        if (!d->batch)
+            abort();
+    }
+    if (!d->batch_ready) {
+        qmsg *q;
+        while (d->n_batch < max && (q = qlist_pop(&rq->fifo))) {
+            atomic_fetch_sub(&st_ready, 1);
+            d->batch[d->n_batch++] = (struct batch_slot){d, q, false};
+        }
+        int64_t now = clock_mono_ns();
+        if (d->n_batch > 0 && !d->batch_started_ns)
+            d->batch_started_ns = now;
+        bool late = d->n_batch > 0 &&
+                    now - d->batch_started_ns >= rq->qcfg.max_batch_latency_ns;
+        if (d->n_batch >= min || late)
+            d->batch_ready = true;
+    }
+    if (d->batch_ready) {
+        d->accumulating = false;
+        batch_go(d);
+        return;
+    }
+    /* idle (nothing yet) or accumulating (a partial batch) */
+    int64_t wait = rq->cfg.idle_timeout_ns;
+    if (d->n_batch == 0) {
+        if (wait <= 0) {
+            disp_close_soon(d);
+            return;
+        }
+        disp_set_phase(d, PHASE_IDLE, NULL);
+    } else {
+        int64_t left = d->batch_started_ns + rq->qcfg.max_batch_latency_ns - clock_mono_ns();
+        if (left < wait || wait <= 0)
+            wait = left > 0 ? left : 0;
+        char detail[64];
+        snprintf(detail, sizeof(detail), "%zu/%zu", d->n_batch, min);
+        disp_set_phase(d, PHASE_ACCUMULATING_BATCH, detail);
+        d->accumulating = true;
+    }
+    d->idle = true;
+    if (!d->idle_ev)
+        d->idle_ev = evtimer_new(reactor_base(reactor_current()), disp_idle_expired, d);
+    struct timeval tv = {wait / NS_PER_SEC, (wait % NS_PER_SEC) / 1000};
+    evtimer_add(d->idle_ev, &tv);
+}
+
+static void batch_loaded(dispatcher *d)
+{
+    d->loading = false;
+    if (d->aborted) {
+        /* the watchdog gave up on this dispatcher while the spool was busy */
+        for (size_t i = 0; i < d->n_batch; i++) {
+            qmsg *q = d->batch[i].q;
+            d->batch[i].q = NULL;
+            if (q && q->m)
+                watchdog_requeue(d, q);
+            else if (q)
+                back_to_sched(q, R_DISPATCHER_DROP, -1);
+        }
+        d->n_batch = 0;
+        disp_destroy(d);
+        return;
+    }
+    /* close the gaps of messages that left during the loads */
+    size_t n = 0;
+    for (size_t i = 0; i < d->n_batch; i++)
+        if (d->batch[i].q)
+            d->batch[n++] = d->batch[i];
+    d->n_batch = n;
+    if (n == 0) {
+        d->batch_ready = false;
+        d->batch_started_ns = 0;
+        disp_kick(d, 0);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        qmsg *q = d->batch[i].q;
+        q->m->num_attempts = q->num_attempts;
+        /* the insert context of a later requeue describes this attempt only */
+        q->n_reasons = 0;
+    }
+    disp_set_phase(d, PHASE_DELIVERING_MESSAGE, NULL);
+    if (d->rq->qcfg.batch_size == 1) {
+        /* min_batch_size > 1 with batch_size 1: one message, the send method */
+        d->cur = d->batch[0].q;
+        d->batch[0].q = NULL;
+        d->n_batch = 0;
+        d->batch_ready = false;
+        d->batch_started_ns = 0;
+        d->drv->send(d, d->cur->m);
+        return;
+    }
+    message **msgs = malloc(n * sizeof(*msgs));
+    if (!msgs)
+        abort();
+    for (size_t i = 0; i < n; i++)
+        msgs[i] = d->batch[i].q->m;
+    d->drv->send_batch(d, msgs, n);
+    free(msgs);
+}
+
+static void batch_after_load(qmsg *q, int err, void *ud)
+{
+    struct batch_slot *slot = ud;
+    dispatcher *d = slot->d;
+    slot->in_load = false;
+    if (!d->aborted) {
+        if (err) {
+            slot->q = NULL;
+            load_failed(d, q, err);
+        } else if (services_was_delivered(&q->id)) {
+            /* delivered earlier by this process; only its removal had failed */
+            slot->q = NULL;
+            atomic_fetch_sub(&st_in_flight, 1);
+            qmsg_forget_delivered(q);
+            qmsg_free(q);
+        }
+    }
+    if (--d->loads_pending == 0)
+        batch_loaded(d);
+}
+
+/* The batch is complete: one message-rate token for all of it (as KumoMTA
+ * takes it per batch), then the spool loads. */
+static void batch_go(dispatcher *d)
+{
+    readyq *rq = d->rq;
+    if (rq->cfg.has_max_message_rate) {
+        int64_t wait = throttle_take(&rq->msg_rate, &rq->cfg.max_message_rate, clock_wall_ns());
+        if (wait > 0) {
+            disp_set_phase(d, PHASE_MESSAGE_RATE_THROTTLED, NULL);
+            disp_kick(d, wait);
+            return;
+        }
+    }
+    disp_set_phase(d, PHASE_DELIVERING_MESSAGE, NULL);
+    d->loading = true;
+    /* one extra count until every load is issued: a resident message
+     * finishes its load at once */
+    d->loads_pending = d->n_batch + 1;
+    for (size_t i = 0; i < d->n_batch; i++) {
+        d->batch[i].in_load = true;
+        qmsg_load(d->batch[i].q, true, batch_after_load, &d->batch[i], NULL);
+    }
+    if (--d->loads_pending == 0)
+        batch_loaded(d);
+}
+
 static void disp_idle_expired(evutil_socket_t fd, short what, void *arg)
 {
     dispatcher *d = arg;
     if (!d->idle)
         return;
     d->idle = false;
+    if (d->accumulating) {
+        /* max_batch_latency (or idle_timeout) is over: whatever we have goes */
+        d->accumulating = false;
+        if (d->n_batch) {
+            d->batch_ready = true;
+            batch_fill(d);
+            return;
+        }
+    }
     disp_close_soon(d);
 }
 
@@ -526,7 +769,8 @@ static void disp_next(dispatcher *d)
             return;
         }
     }
-    if (d->open && rq->fifo.count && rq->cfg.has_max_message_rate) {
+    bool batched = batching(rq, d->drv);
+    if (d->open && !batched && rq->fifo.count && rq->cfg.has_max_message_rate) {
         int64_t wait = throttle_take(&rq->msg_rate, &rq->cfg.max_message_rate, now_ns);
         if (wait > 0) {
             disp_set_phase(d, PHASE_MESSAGE_RATE_THROTTLED, NULL);
@@ -545,6 +789,10 @@ static void disp_next(dispatcher *d)
     if (d->drv->usable && !d->drv->usable(d)) {
         disp_close_soon(d);
         readyq_maintain(rq);
+        return;
+    }
+    if (batched) {
+        batch_fill(d);
         return;
     }
     qmsg *q = qlist_pop(&rq->fifo);
@@ -747,6 +995,16 @@ static void disp_abort(dispatcher *d, const char *what)
         abort_requeue(d, q, what);
     else if (q)
         back_to_sched(q, R_DISPATCHER_DROP, -1);
+    /* a batch with the driver or still accumulating */
+    for (size_t i = 0; i < d->n_batch; i++) {
+        qmsg *bq = d->batch[i].q;
+        d->batch[i].q = NULL;
+        if (bq && bq->m)
+            abort_requeue(d, bq, what);
+        else if (bq)
+            back_to_sched(bq, R_DISPATCHER_DROP, -1);
+    }
+    d->n_batch = 0;
     disp_destroy(d);
 }
 
@@ -798,7 +1056,8 @@ static void watchdog_fired(evutil_socket_t fd, short what, void *arg)
     bool aborted_any = false;
     for (dispatcher *d = rq->dispatchers, *next; d; d = next) {
         next = d->next;
-        if (d->closing || d->aborted || d->idle || now - d->progress_ns < thr)
+        if (d->closing || d->aborted || (d->idle && !d->accumulating) ||
+            now - d->progress_ns < thr)
             continue;
         atomic_fetch_add(&st_watchdog, 1);
         rq->watchdog_aborted++;
@@ -827,6 +1086,9 @@ void readyq_maintain(readyq *rq)
             atomic_fetch_sub(&st_ready, 1);
             back_to_sched(qlist_pop(&rq->fifo), R_READYQ_SUSPENDED, -1);
         }
+        for (dispatcher *d = rq->dispatchers; d; d = d->next)
+            if (d->accumulating)
+                batch_return(d, R_READYQ_SUSPENDED);
         return;
     }
     const disp_driver *drv = dispatch_driver(rq->proto);
@@ -931,6 +1193,11 @@ void disp_free_all(readyq *rq)
             d->drv->abort(d);
         if (d->cur && !d->loading)
             qmsg_free(d->cur);
+        /* batch messages whose spool load is under way are freed by it */
+        for (size_t i = 0; i < d->n_batch; i++)
+            if (d->batch[i].q && !d->batch[i].in_load)
+                qmsg_free(d->batch[i].q);
+        free(d->batch);
         rq->dispatchers = d->next;
         free(d->peer_name);
         free(d->peer_addr);

@@ -7,16 +7,18 @@
  * Two kinds of protocol:
  * - connection protocols (open/send/close): a dispatcher is one
  *   "connection" of a ready queue; it opens, delivers messages one at a
- *   time, and closes. The driver reports back through the disp_*
+ *   time (or, for a batching protocol, in batches: send_batch), and closes. The driver reports back through the disp_*
  *   functions, always on the ready queue's reactor. The dispatcher records
  *   its phase, a detail string and the time of its last progress for the
  *   watchdog.
  * - direct protocols (deliver_direct): the scheduled queue delivers a due
- *   message itself, on its own reactor, without a ready queue (maildir
- *   today). */
+ *   message itself, on its own reactor, without a ready queue or egress
+ *   source: maildir, as KumoMTA does (its scheduled queue writes the
+ *   maildir; records have no site, pool or source). */
 #ifndef KUMOD_QUEUE_DISPATCH_H
 #define KUMOD_QUEUE_DISPATCH_H
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "log/logs.h"
@@ -54,9 +56,18 @@ typedef struct disp_response {
 typedef struct disp_direct {
     const char *queue;       /* the scheduled queue's name */
     const queue_config *cfg; /* its configuration (maildir_path, modes...) */
-    message *m;              /* resident with its data; may be NULL when failure is set */
-    const char *failure;     /* why the message could not be loaded, or NULL */
+    message *m;              /* resident with its data, never NULL */
+    const char *failure;     /* why the message's data could not be loaded, or NULL */
 } disp_direct;
+
+/* What a direct protocol did with each recipient of the message. */
+typedef struct disp_direct_result {
+    size_t n_delivered, n_failed;
+    disp_response delivered; /* for the Delivery record, when n_delivered */
+    disp_response failed;    /* for the TransientFailure record, when n_failed */
+    bool *rcpt_failed;       /* the caller's, one per recipient: set for each that failed */
+    char delivered_buf[4096], failed_buf[4096]; /* the responses' contents */
+} disp_direct_result;
 
 typedef struct disp_driver {
     const char *delivery_protocol; /* "Lua", "ESMTP", ... for log records */
@@ -66,6 +77,12 @@ typedef struct disp_driver {
     void (*open)(dispatcher *d);
     /* Delivers one resident message; reports with disp_delivered(). */
     void (*send)(dispatcher *d, message *m);
+    /* Batching protocols (custom_lua with batch_size or min_batch_size
+     * above 1; NULL: never batched): delivers n resident messages of the
+     * ready queue at once (1 <= n <= batch_size; the array is the caller's
+     * and only valid during the call). Reports once with disp_delivered(),
+     * whose outcome and response apply to every message of the batch. */
+    void (*send_batch)(dispatcher *d, message **msgs, size_t n);
     /* Releases the driver state (may send QUIT); never reports. */
     void (*close)(dispatcher *d);
     /* Drops everything at once (watchdog); never reports afterwards. */
@@ -76,12 +93,12 @@ typedef struct disp_driver {
      * aborts it, unless the path sets watchdog_timeout (NULL: 600 s). */
     int64_t (*watchdog_ns)(const egress_path_config *cfg);
     /* Direct protocols only (open, send and close unused): delivers j->m
-     * now, or reports j->failure, on the scheduled queue's reactor. Fills r,
-     * its content written into buf (buflen bytes), and returns
-     * OUTCOME_DELIVERED or OUTCOME_TRANSIENT (the message is retried about
-     * a minute later). */
-    disp_outcome (*deliver_direct)(const disp_direct *j, disp_response *r, char *buf,
-                                   size_t buflen);
+     * to each of its recipients now, or reports j->failure for all, on the
+     * scheduled queue's reactor, and fills res (zeroed but for
+     * rcpt_failed). Those delivered get one Delivery record, those that
+     * failed one TransientFailure record, and the message is retried about
+     * a minute later for the failed recipients only. */
+    void (*deliver_direct)(const disp_direct *j, disp_direct_result *res);
 } disp_driver;
 
 /* Accessors for drivers. */
@@ -109,7 +126,8 @@ void disp_set_source_address(dispatcher *d, const char *addr);
  * attempt fails; the response is logged as a TransientFailure for the next
  * message and the dispatcher closes. */
 void disp_opened(dispatcher *d, bool ok, const disp_response *fail);
-/* The outcome for the message handed to send(). For a message with several
+/* The outcome for the message handed to send(), or for every message of
+ * the batch handed to send_batch(). For a message with several
  * recipients a driver may report per recipient by calling
  * disp_recipient_outcome() for each and then disp_delivered(d, -1, NULL). */
 void disp_delivered(dispatcher *d, int outcome, const disp_response *r);

@@ -316,6 +316,8 @@ void readyq_insert_remote(const char *rq_name, schedq *sq, qmsg *q)
     j->proto_cfg.proto = sq->cfg.proto;
     j->proto_cfg.constructor = dupn(sq->cfg.constructor);
     j->proto_cfg.batch_size = sq->cfg.batch_size;
+    j->proto_cfg.min_batch_size = sq->cfg.min_batch_size;
+    j->proto_cfg.max_batch_latency_ns = sq->cfg.max_batch_latency_ns;
     j->proto_cfg.mx_list = sq->cfg.mx_list ? json_deep_copy(sq->cfg.mx_list) : NULL;
     j->proto_cfg.egress_pool = dupn(sq->cfg.egress_pool);
     j->proto_cfg.provider_name = dupn(sq->cfg.provider_name);

@@ -543,8 +543,10 @@ static const char *proto_suffix(const queue_config *c, char *buf, size_t len)
     return "unknown";
 }
 
-/* A direct protocol (maildir) delivers from here, without a ready queue.
- * Its failures are retried about a minute later, without the backoff. */
+/* A direct protocol (maildir) delivers from here, without a ready queue or
+ * egress source, as KumoMTA's scheduled queue does: the records have no
+ * site, pool, source or peer. Failed recipients are retried about a minute
+ * later, without the backoff. */
 static void direct_after_load(qmsg *q, int err, void *ud)
 {
     schedq *sq = ud;
@@ -559,30 +561,56 @@ static void direct_after_load(qmsg *q, int err, void *ud)
                  .session_id = session,
                  .provider = sq->cfg.provider_name};
     sq->busy--; /* the load held a reference on the queue */
-    char why[512], content[900];
+    if (!q->m) {
+        /* not even the meta: nothing to log against; try again later */
+        atomic_fetch_add(&st_transfail, 1);
+        q->due_wall_s = now_s() + 60;
+        sched_place(sq, q);
+        return;
+    }
+    char why[512];
     if (err)
         snprintf(why, sizeof(why), "KumoMTA internal: error in deliver_message: %s",
                  kerr_str(err));
     disp_direct j = {.queue = sq->name, .cfg = &sq->cfg, .m = q->m, .failure = err ? why : NULL};
-    disp_response r;
-    if (drv->deliver_direct(&j, &r, content, sizeof(content)) == OUTCOME_DELIVERED) {
-        qmsg_log(LOGREC_DELIVERY, q->m, q->num_attempts, &x, &r);
+    message *m = q->m;
+    disp_direct_result *res = calloc(1, sizeof(*res));
+    bool *failed = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(bool));
+    if (!res || !failed)
+        abort();
+    res->rcpt_failed = failed;
+    drv->deliver_direct(&j, res);
+    if (res->n_delivered) {
+        qmsg_log(LOGREC_DELIVERY, m, q->num_attempts, &x, &res->delivered);
         atomic_fetch_add(&st_delivered, 1);
+    }
+    if (!res->n_failed) {
+        free(failed);
+        free(res);
         qmsg_forget_delivered(q);
         qmsg_free(q);
         sched_arm_reap(sq);
         return;
     }
+    qmsg_log(LOGREC_TRANSIENT_FAILURE, m, q->num_attempts, &x, &res->failed);
     atomic_fetch_add(&st_transfail, 1);
-    if (!q->m) {
-        q->due_wall_s = now_s() + 60;
-        sched_place(sq, q);
-        return;
+    if (res->n_delivered) {
+        /* only the recipients that failed are tried again */
+        const char **keep = calloc(res->n_failed, sizeof(char *));
+        if (!keep)
+            abort();
+        size_t nk = 0;
+        for (size_t i = 0; i < m->n_rcpts; i++)
+            if (failed[i] && nk < res->n_failed)
+                keep[nk++] = m->rcpts[i];
+        message_set_recipients(m, keep, nk);
+        free(keep);
     }
-    qmsg_log(LOGREC_TRANSIENT_FAILURE, q->m, q->num_attempts, &x, &r);
     q->num_attempts++;
     q->n_reasons = 0;
-    requeue(q, sq->name, false, 60, &r, R_LOGGED_TRANSIENT_FAILURE);
+    requeue(q, sq->name, false, 60, &res->failed, R_LOGGED_TRANSIENT_FAILURE);
+    free(failed);
+    free(res);
 }
 
 struct hold_job {

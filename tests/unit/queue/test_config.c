@@ -206,6 +206,9 @@ static void test_queue_config_protocols(void **state)
     assert_int_equal(c.proto, QPROTO_LUA);
     assert_string_equal(c.constructor, "make.webhook");
     assert_int_equal(c.batch_size, 1);
+    /* KumoMTA's defaults: min_batch_size 1, max_batch_latency 0 */
+    assert_int_equal(c.min_batch_size, 1);
+    assert_int_equal(c.max_batch_latency_ns, 0);
     queue_config_fini(&c);
     json_decref(j);
 
@@ -215,6 +218,8 @@ static void test_queue_config_protocols(void **state)
     assert_int_equal(c.proto, QPROTO_LUA);
     assert_string_equal(c.constructor, "make.batch");
     assert_int_equal(c.batch_size, 10);
+    assert_int_equal(c.min_batch_size, 2);
+    assert_int_equal(c.max_batch_latency_ns, 1 * S);
     queue_config_fini(&c);
     json_decref(j);
 
@@ -262,6 +267,20 @@ static const struct err_row qc_err_rows[] = {
     {"{\"protocol\": {\"custom_lua\": {\"constructor\": 5}}}", "constructor", NULL},
     {"{\"protocol\": {\"custom_lua\": {\"constructor\": \"c\", \"batch_size\": \"ten\"}}}",
      "batch_size", NULL},
+    {"{\"protocol\": {\"custom_lua\": {\"constructor\": \"c\", \"batch_size\": -1}}}",
+     "batch_size", NULL},
+    {"{\"protocol\": {\"custom_lua\": {\"constructor\": \"c\", \"min_batch_size\": "
+     "1000000000}}}",
+     "min_batch_size", NULL},
+    {"{\"protocol\": {\"custom_lua\": {\"constructor\": \"c\", \"max_batch_latency\": "
+     "\"x\"}}}",
+     "max_batch_latency", NULL},
+    {"{\"protocol\": {\"custom_lua\": {\"constructor\": \"c\", \"batch_size\": -1}}}",
+     "batch_size", NULL},
+    {"{\"protocol\": {\"custom_lua\": {\"constructor\": \"c\", \"min_batch_size\": 1e9}}}",
+     "min_batch_size", NULL},
+    {"{\"protocol\": {\"custom_lua\": {\"constructor\": \"c\", \"max_batch_latency\": \"x\"}}}",
+     "max_batch_latency", NULL},
     {"{\"protocol\": {\"maildir_path\": 5}}", "maildir_path", NULL},
     {"{\"protocol\": {\"maildir_path\": \"/x\", \"dir_mode\": \"rwx\"}}", "dir_mode", NULL},
     {"{\"protocol\": {\"smtp\": {\"mx_list\": []}}}", "mx_list", NULL},
