@@ -244,3 +244,62 @@ def test_dns_went_through_dnsmasq(run):
     assert any("query[PTR] 7.0.0.127.in-addr.arpa" in q for q in qs), qs[:20]
     assert any("query[MX] mx.test" in q for q in qs), qs[:20]
     assert any("query[TXT] _dmarc.relaxed.test" in q for q in qs), qs[:20]
+
+
+# The two reference pages' examples (docs/reference/kumo.spf/check_host.md
+# and check_msg.md), verbatim, in one policy.
+DOC_EXAMPLES = """
+kumo.on('smtp_server_ehlo', function(domain, conn_meta)
+  -- Check the SPF policy for the domain and return the results.
+  local result = kumo.spf.check_host(domain, conn_meta)
+  print('spf', kumo.json_encode_pretty(result))
+  if result.disposition ~= 'pass' then
+    kumo.reject(420, 'go away')
+  end
+end)
+
+kumo.on('smtp_server_message_received', function(msg, conn_meta)
+  -- Check the SPF policy for the domain and return the results.
+  local result = kumo.spf.check_msg(msg)
+  print('spf', kumo.json_encode_pretty(result))
+  if result.disposition ~= 'pass' then
+    kumo.reject(420, 'go away')
+  end
+end)
+"""
+
+
+@pytest.fixture(scope="module")
+def docs_kumod(module_kumod_factory, run):
+    init = (f"kumo.dns.configure_resolver {{ name_servers = {{ '127.0.0.1:{run['dns'].port}' }} }}")
+    return module_kumod_factory(default_policy(handlers=DOC_EXAMPLES, init=init,
+                                               listener="relay_hosts = { '127.0.0.0/8' },"),
+                                name="spfdocs")
+
+
+def test_reference_page_examples(docs_kumod):
+    k = docs_kumod
+    # check_host: helo.test allows only GOOD_IP
+    s = smtplib.SMTP(local_hostname="helo.test", timeout=30, source_address=(OTHER_IP, 0))
+    s.connect("127.0.0.1", k.smtp_port)
+    code, text = s.ehlo("helo.test")
+    assert (code, text) == (420, b"go away"), (code, text)
+    s.close()
+    # accepted at EHLO; check_msg then judges MAIL FROM's domain
+    for mail_from, want in (("a@pass.test", 250), ("a@neutral.test", 420)):
+        s = smtplib.SMTP(local_hostname="helo.test", timeout=30, source_address=(GOOD_IP, 0))
+        s.connect("127.0.0.1", k.smtp_port)
+        assert s.ehlo("helo.test")[0] == 250
+        assert s.mail(mail_from)[0] == 250
+        assert s.rcpt("bob@dest.example")[0] == 250
+        code, text = s.data(b"From: a@pass.test\r\nSubject: doc\r\n\r\nbody\r\n")
+        assert code == want, (mail_from, code, text)
+        s.quit()
+    # the printed object: disposition and an authenticationresult
+    def printed():
+        with open(k.stderr_path, "rb") as f:
+            t = f.read().decode(errors="replace")
+        return t if '"smtp.mailfrom": "a@neutral.test"' in t else None
+    out = wait_until(printed, what="the printed SPF result")
+    assert '"disposition": "neutral"' in out and '"method": "spf"' in out, out[-2000:]
+    assert "matched '?all' directive" in out, out[-2000:]
