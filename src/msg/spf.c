@@ -927,7 +927,7 @@ int spf_check_host(const spf_params *p, spf_lookup_fn fn, void *ud, spf_outcome 
     inet_ntop(c.family, c.ip, c.ip_text, sizeof(c.ip_text));
     const char *domain = p->domain ? p->domain : "";
     /* §4.3: no local part means "postmaster" */
-    if (p->sender && *p->sender) {
+    if (p->sender && *p->sender && strlen(p->sender) < sizeof(c.sender) - 12) {
         const char *at = strrchr(p->sender, '@');
         if (at && at != p->sender)
             snprintf(c.sender, sizeof(c.sender), "%s", p->sender);

@@ -313,6 +313,28 @@ static void test_macro_examples(void **state)
     }
 }
 
+/* hostile inputs end in a result, never a crash */
+static void test_hostile(void **state)
+{
+    (void)state;
+    char big[4000];
+    memset(big, 'a', sizeof(big) - 1);
+    big[sizeof(big) - 1] = 0;
+    big[10] = '@';
+    static fake f;
+    memset(&f, 0, sizeof(f));
+    spf_outcome o;
+    spf_params p = {.domain = "pass.test", .sender = big, .client_ip = "192.0.2.1"};
+    assert_int_equal(spf_check_host(&p, lookup, &f, &o), 0);
+    assert_int_equal(o.result, SPF_PASS);
+    p.domain = big;
+    assert_int_equal(spf_check_host(&p, lookup, &f, &o), 0);
+    assert_int_equal(o.result, SPF_NONE);
+    p.domain = "pass.test";
+    p.client_ip = "not an ip";
+    assert_int_equal(spf_check_host(&p, lookup, &f, &o), KERR_INVAL);
+}
+
 static void test_record_syntax(void **state)
 {
     (void)state;
@@ -483,7 +505,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_spf_table),    cmocka_unit_test(test_macro_examples),
         cmocka_unit_test(test_record_syntax), cmocka_unit_test(test_psl),
-        cmocka_unit_test(test_dmarc),
+        cmocka_unit_test(test_dmarc),       cmocka_unit_test(test_hostile),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
