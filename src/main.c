@@ -47,6 +47,7 @@
 #include "lua/lib/digest.h"
 #include "lua/lib/dkim.h"
 #include "lua/lib/mailauth.h"
+#include "lua/lib/spf_lua.h"
 #include "lua/lib/counter_series.h"
 #include "lua/lib/encode.h"
 #include "lua/lib/file_type.h"
@@ -532,6 +533,7 @@ int main(int argc, char **argv)
     secrets_lua_register();
     dkim_lua_register();
     mailauth_lua_register();
+    spf_lua_register();
     digest_lua_register();
     encode_lua_register();
     uuid_lua_register();

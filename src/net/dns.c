@@ -52,6 +52,7 @@
 #define T_MX 15
 #define T_AAAA 28
 #define T_TXT 16
+#define T_PTR 12
 #define C_IN 1
 
 /* hickory's negative TTL when a denial carries no SOA */
@@ -1256,7 +1257,7 @@ static void flight_complete(struct flight *f, struct cobj *obj)
     }
 
     int64_t now = clock_mono_ms();
-    if (f->qtype == T_TXT) {
+    if (f->qtype == T_TXT || f->qtype == T_PTR) {
         struct txt_obj *t = (struct txt_obj *)obj;
         t->expires_ms = now + (int64_t)t->pub.ttl * 1000;
         if (t->pub.status != DNS_FAIL && t->pub.ttl > 0)
@@ -1346,6 +1347,8 @@ static struct cobj *fam_from_answer(struct flight *f, int status, const unsigned
                                     int alen);
 static struct cobj *txt_from_answer(struct flight *f, int status, const unsigned char *abuf,
                                     int alen);
+static struct cobj *ptr_from_answer(struct flight *f, int status, const unsigned char *abuf,
+                                    int alen);
 static struct cobj *fail_obj(struct flight *f, const char *why);
 
 static void on_answer(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
@@ -1364,6 +1367,7 @@ static void on_answer(void *arg, int status, int timeouts, unsigned char *abuf, 
         return;
     struct cobj *obj = f->qtype == T_MX    ? mx_from_answer(f, status, abuf, alen)
                        : f->qtype == T_TXT ? txt_from_answer(f, status, abuf, alen)
+                       : f->qtype == T_PTR ? ptr_from_answer(f, status, abuf, alen)
                                            : fam_from_answer(f, status, abuf, alen);
     flight_complete(f, obj);
 }
@@ -1493,9 +1497,10 @@ static struct cobj *fail_obj(struct flight *f, const char *why)
 {
     if (f->qtype == T_MX)
         return mx_fail(f, DNS_FAIL, why);
-    if (f->qtype == T_TXT)
+    if (f->qtype == T_TXT || f->qtype == T_PTR)
         return &txt_obj_new(DNS_FAIL,
-                            xasprintf("failed to query DNS for %s (TXT): %s", f->display, why),
+                            xasprintf("failed to query DNS for %s (%s): %s", f->display,
+                                      f->qtype == T_TXT ? "TXT" : "PTR", why),
                             f->display)
                     ->hdr;
     int family = f->qtype == T_A ? AF_INET : AF_INET6;
@@ -1820,6 +1825,108 @@ static struct cobj *txt_from_zones(const zone_set *zs, const char *qname, const 
     return &t->hdr;
 }
 
+/* A PTR answer: the names, lower case without the trailing dot, kept in a
+ * txt_obj (one "record" per name). */
+static struct cobj *ptr_from_answer(struct flight *f, int status, const unsigned char *abuf,
+                                    int alen)
+{
+    switch (status) {
+    case ARES_SUCCESS:
+        break;
+    case ARES_ENODATA:
+    case ARES_ENOTFOUND: {
+        struct txt_obj *t = txt_obj_new(status == ARES_ENODATA ? DNS_NO_RECORDS : DNS_NXDOMAIN,
+                                        NULL, f->display);
+        t->pub.ttl = negative_ttl(abuf, alen);
+        return &t->hdr;
+    }
+    default:
+        return fail_obj(f, ares_strerror(status));
+    }
+    struct txt_obj *t = txt_obj_new(DNS_OK, NULL, f->display);
+    const unsigned char *end = abuf + alen, *p = abuf + 12;
+    bool bad = alen < 12;
+    unsigned qd = bad ? 0 : rd16(abuf + 4), an = bad ? 0 : rd16(abuf + 6);
+    for (unsigned i = 0; !bad && i < qd; i++) {
+        long n = skip_name(p, abuf, alen);
+        if (n < 0 || p + n + 4 > end)
+            bad = true;
+        else
+            p += n + 4;
+    }
+    for (unsigned i = 0; !bad && i < an; i++) {
+        long n = skip_name(p, abuf, alen);
+        if (n < 0 || p + n + 10 > end) {
+            bad = true;
+            break;
+        }
+        p += n;
+        int type = rd16(p);
+        uint16_t rdlen = rd16(p + 8);
+        p += 10;
+        if (p + rdlen > end) {
+            bad = true;
+            break;
+        }
+        if (type == T_PTR && t->pub.n < 64) {
+            char *s = NULL;
+            long el = 0;
+            if (ares_expand_name(p, abuf, alen, &s, &el) == ARES_SUCCESS) {
+                char norm[DNS_MAX_NAME + 2];
+                size_t sl = strlen(s);
+                if (sl <= DNS_MAX_NAME && name_normalize(s, sl, norm) > 0)
+                    txt_obj_add(t, t->pub.n, norm, strlen(norm));
+                ares_free_string(s);
+            }
+        }
+        p += rdlen;
+    }
+    if (bad) {
+        cobj_unref(&t->hdr);
+        return fail_obj(f, "malformed answer");
+    }
+    if (t->pub.n == 0) {
+        t->pub.status = DNS_NO_RECORDS;
+        t->pub.ttl = negative_ttl(abuf, alen);
+        return &t->hdr;
+    }
+    uint32_t ttl = 0, neg = 0;
+    bool have_ttl = false, have_neg = false;
+    if (scan_ttls(abuf, alen, T_PTR, &ttl, &have_ttl, &neg, &have_neg) != 0 || !have_ttl)
+        ttl = 0;
+    t->pub.ttl = ttl;
+    return &t->hdr;
+}
+
+/* The PTR answer of the test resolver's zones. */
+static struct cobj *ptr_from_zones(const zone_set *zs, const char *qname, const char *display)
+{
+    zone_answer a;
+    switch (zone_set_lookup(zs, qname, ZONE_PTR, &a)) {
+    case ZONE_NXDOMAIN:
+        return &txt_obj_new(DNS_NXDOMAIN, NULL, display)->hdr;
+    case ZONE_SERVFAIL:
+    case ZONE_BADNAME:
+        return &txt_obj_new(DNS_FAIL,
+                            xasprintf("failed to query DNS for %s (PTR): %s", display,
+                                      a.rcode == ZONE_SERVFAIL ? "SERVFAIL" : "invalid name"),
+                            display)
+                    ->hdr;
+    }
+    struct txt_obj *t = txt_obj_new(a.n ? DNS_OK : DNS_NO_RECORDS, NULL, display);
+    t->pub.ttl = a.n ? UINT32_MAX : 60;
+    for (size_t i = 0; i < a.n; i++) {
+        const char *tg = a.rrs[i]->target ? a.rrs[i]->target : "";
+        size_t tl = strlen(tg);
+        if (tl && tg[tl - 1] == '.')
+            tl--;
+        txt_obj_add(t, t->pub.n, tg, tl);
+        if (a.rrs[i]->ttl < t->pub.ttl)
+            t->pub.ttl = a.rrs[i]->ttl;
+    }
+    return &t->hdr;
+}
+
 /* ---- delivery -------------------------------------------------------------------- */
 
 static void job_got(struct resolver *res, struct addr_job *job, struct fam_obj *fo);
@@ -2066,6 +2173,60 @@ int dns_lookup_txt(const char *name, dns_txt_cb cb, void *ud, void (*drop)(void 
         return 0;
     }
     flight_join(res, key, T_TXT, qname, name, 0, w);
+    return 0;
+}
+
+int dns_lookup_ptr(const char *addr, dns_txt_cb cb, void *ud, void (*drop)(void *ud))
+{
+    reactor *r = reactor_current();
+    if (!r || !cb || !addr)
+        return KERR_INVAL;
+    struct resolver *res = resolver_get(r);
+    if (!res)
+        return KERR_NOMEM;
+    struct waiter *w = waiter_new(W_TXT);
+    w->txt_cb = cb;
+    w->ud = ud;
+    w->drop = drop;
+    /* the reverse name: d.c.b.a.in-addr.arpa, or 32 nibbles under ip6.arpa */
+    unsigned char raw[16];
+    char qname[80];
+    if (inet_pton(AF_INET, addr, raw) == 1) {
+        snprintf(qname, sizeof(qname), "%u.%u.%u.%u.in-addr.arpa", raw[3], raw[2], raw[1],
+                 raw[0]);
+    } else if (inet_pton(AF_INET6, addr, raw) == 1) {
+        static const char hx[] = "0123456789abcdef";
+        size_t k = 0;
+        for (int i = 15; i >= 0; i--) {
+            qname[k++] = hx[raw[i] & 15];
+            qname[k++] = '.';
+            qname[k++] = hx[raw[i] >> 4];
+            qname[k++] = '.';
+        }
+        memcpy(qname + k, "ip6.arpa", 9);
+    } else {
+        post_ready(res, w,
+                   &txt_obj_new(DNS_FAIL,
+                                xasprintf("failed to query DNS for %s (PTR): not an IP address",
+                                          addr),
+                                addr)
+                        ->hdr);
+        return 0;
+    }
+    struct testres *t = testres_get();
+    if (t) {
+        post_ready(res, w, ptr_from_zones(t->zs, qname, addr));
+        testres_put(t);
+        return 0;
+    }
+    char key[DNS_MAX_NAME + 16];
+    snprintf(key, sizeof(key), "PTR %s", qname);
+    struct cobj *hit = cache_get(key);
+    if (hit) {
+        post_ready(res, w, hit);
+        return 0;
+    }
+    flight_join(res, key, T_PTR, qname, addr, 0, w);
     return 0;
 }
 

@@ -146,6 +146,13 @@ typedef void (*dns_txt_cb)(const dns_txt *res, void *ud);
  * kumo.dns.configure_test_resolver set them. name is copied. */
 int dns_lookup_txt(const char *name, dns_txt_cb cb, void *ud, void (*drop)(void *ud));
 
+/* The host names of an address ("192.0.2.1", "2001:db8::1") from its PTR
+ * records (RFC 1035 §3.5 in-addr.arpa, RFC 3596 ip6.arpa), delivered as a
+ * dns_txt whose records are the names, lower case without the trailing
+ * dot (at most 64). Cached and answered from the test zones as
+ * dns_lookup_txt; an argument that is not an address is DNS_FAIL. */
+int dns_lookup_ptr(const char *addr, dns_txt_cb cb, void *ud, void (*drop)(void *ud));
+
 /* ---- configuration (any thread, process-wide) ----------------------------- */
 
 typedef struct dns_config {

@@ -91,9 +91,13 @@ def to_lua(v):
 class Dns:
     """dnsmasq answering only from its command line. `mx` is a list of
     (domain, host, preference), `a` a list of (name, ipv4), `null_mx` a list
-    of domains published with the RFC 7505 null MX (0 ".")."""
+    of domains published with the RFC 7505 null MX (0 "."), `txt` a list of
+    (name, text) (one record per entry; several entries for one name make
+    several records), `ptr` a list of (reverse name, host), `servers` a list
+    of (domain, "ip#port") forwarded to another server."""
 
-    def __init__(self, workdir, mx=(), a=(), null_mx=(), local=("test",)):
+    def __init__(self, workdir, mx=(), a=(), null_mx=(), local=("test",), txt=(), ptr=(),
+                 servers=()):
         self.dir = str(workdir)
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_udp_port()
@@ -111,6 +115,15 @@ class Dns:
         for domain in null_mx:
             # MX: preference 0, exchange "." (one zero byte)
             self.args.append(f"--dns-rr={domain},15,000000")
+        for name, text in txt:
+            # one character-string per 255 bytes (a comma would split it too)
+            hexed = "".join(f"{len(c):02x}" + c.encode().hex()
+                            for c in [text[i:i + 255] for i in range(0, len(text), 255)] or [""])
+            self.args.append(f"--dns-rr={name},16,{hexed}")
+        for name, host in ptr:
+            self.args.append(f"--ptr-record={name},{host}")
+        for domain, server in servers:
+            self.args.append(f"--server=/{domain}/{server}")
         self.proc = None
 
     def start(self):
