@@ -48,6 +48,7 @@
 #include "lua/lib/dkim.h"
 #include "lua/lib/mailauth.h"
 #include "lua/lib/counter_series.h"
+#include "lua/lib/sqlite.h"
 #include "lua/lib/encode.h"
 #include "lua/lib/file_type.h"
 #include "lua/lib/fs.h"
@@ -540,6 +541,7 @@ int main(int argc, char **argv)
     fs_lua_register();
     file_type_lua_register();
     counter_series_lua_register();
+    sqlite_lua_register();
     mpsc_lua_register();
     http_client_lua_register();
     misc_lua_register();
@@ -654,6 +656,7 @@ out_listeners:
 out_reactors:
     /* signatures under way finish and post back while the reactors run */
     dkim_lua_stop_pool();
+    sqlite_lua_stop_pool();
     reactor_pool_stop();
     /* VMs hold references to their reactors' bases: free them before the pool. */
     for (int i = 0; i < reactor_count(); i++) {
