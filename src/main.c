@@ -49,6 +49,7 @@
 #include "lua/lib/mailauth.h"
 #include "lua/lib/counter_series.h"
 #include "lua/lib/sqlite.h"
+#include "log/accounting.h"
 #include "lua/lib/encode.h"
 #include "lua/lib/file_type.h"
 #include "lua/lib/fs.h"
@@ -673,6 +674,7 @@ out_reactors:
     recovery_free();
     services_shutdown();
     logs_shutdown();
+    acct_shutdown();
     loghook_shutdown();
     reactor_pool_free();
     if (started)

@@ -81,3 +81,8 @@ utils.assert_eq(b:execute('SELECT v FROM kv WHERE k = ?', 'x'), { 1 })
 a:close()
 b:close()
 os.remove(path)
+
+-- kumo.configure_accounting_db_path (the counts themselves: tests/e2e/test_accounting.py)
+kumo.configure_accounting_db_path((os.getenv 'TMPDIR' or '/tmp') .. '/kumod-acct-unused.db')
+utils.assert_error({ 'kumo.configure_accounting_db_path', 'argument #1' }, kumo.configure_accounting_db_path, nil)
+utils.assert_error({ 'kumo.configure_accounting_db_path', 'non-empty' }, kumo.configure_accounting_db_path, '')

@@ -13,6 +13,8 @@
  * the rows back to Lua on the reactor. Called outside an event coroutine
  * (a policy's main chunk, where nothing is being served yet) it runs inline.
  *
+ * Also kumo.configure_accounting_db_path, the Lua side of src/log/accounting.
+ *
  * Failures: a bad argument, bad SQL, a bind error or a closed connection is
  * a Lua error naming the function and, for SQL errors, the statement. */
 #include "lua/lib/sqlite.h"
@@ -28,6 +30,7 @@
 
 #include "core/reactor.h"
 #include "core/workpool.h"
+#include "log/accounting.h"
 #include "lua/klua.h"
 #include "lua/lib/lualib.h"
 
@@ -574,8 +577,26 @@ static int l_gc(lua_State *L)
     return 0;
 }
 
+/* kumo.configure_accounting_db_path (src/log/accounting): lives here as
+ * the other SQLite-facing Lua function. */
+static int l_configure_accounting_db_path(lua_State *L)
+{
+    static const char fname[] = "kumo.configure_accounting_db_path";
+    size_t len;
+    if (lua_type(L, 1) != LUA_TSTRING)
+        return lualib_error(L, fname, "argument #1 (path) must be a string, not %s",
+                            luaL_typename(L, 1));
+    const char *path = lua_tolstring(L, 1, &len);
+    if (len == 0 || strlen(path) != len)
+        return lualib_error(L, fname, "argument #1 (path) must be a non-empty path without NUL");
+    acct_set_path(path);
+    return 0;
+}
+
 static void sqlite_open(lua_State *L)
 {
+    lua_pushcfunction(L, l_configure_accounting_db_path);
+    lua_setfield(L, -2, "configure_accounting_db_path");
     if (luaL_newmetatable(L, DB_MT)) {
         static const luaL_Reg methods[] = {{"execute", l_execute}, {"close", l_close}, {NULL, NULL}};
         luaL_newlib(L, methods);
