@@ -49,6 +49,8 @@
 #include "lua/lib/mailauth.h"
 #include "lua/lib/spf_lua.h"
 #include "lua/lib/counter_series.h"
+#include "lua/lib/sqlite.h"
+#include "log/accounting.h"
 #include "lua/lib/encode.h"
 #include "lua/lib/file_type.h"
 #include "lua/lib/fs.h"
@@ -542,6 +544,7 @@ int main(int argc, char **argv)
     fs_lua_register();
     file_type_lua_register();
     counter_series_lua_register();
+    sqlite_lua_register();
     mpsc_lua_register();
     http_client_lua_register();
     misc_lua_register();
@@ -656,6 +659,7 @@ out_listeners:
 out_reactors:
     /* signatures under way finish and post back while the reactors run */
     dkim_lua_stop_pool();
+    sqlite_lua_stop_pool();
     reactor_pool_stop();
     /* VMs hold references to their reactors' bases: free them before the pool. */
     for (int i = 0; i < reactor_count(); i++) {
@@ -672,6 +676,7 @@ out_reactors:
     recovery_free();
     services_shutdown();
     logs_shutdown();
+    acct_shutdown();
     loghook_shutdown();
     reactor_pool_free();
     if (started)

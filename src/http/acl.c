@@ -15,7 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
+#include "core/reactor.h"
 #include "core/diag.h"
 #include "core/kerr.h"
 #include "lua/klua.h"
@@ -196,6 +198,35 @@ static int criteria_match(const json_t *c, const json_t *auth, char *err, size_t
             }
             return 0;
         }
+        if (strcmp(ik, "Machine") == 0 || strcmp(ik, "MachineSet") == 0) {
+            /* KumoMTA's Identity.Machine (one address) and MachineSet (a list
+             * of addresses or CIDR blocks), against the peer address */
+            const char *peer = json_string_value(json_object_get(auth, "peer_address"));
+            bool set = ik[7] == 'S';
+            if (set ? !json_is_array(ipl) : !json_is_string(ipl)) {
+                snprintf(err, errlen, "Identity.%s must be %s", ik,
+                         set ? "a list of IP addresses or CIDR blocks" : "an IP address");
+                return KERR_INVAL;
+            }
+            size_t n = set ? json_array_size(ipl) : 1;
+            int hit = 0;
+            for (size_t i = 0; i < n; i++) {
+                const json_t *e = set ? json_array_get(ipl, i) : ipl;
+                cidr cd;
+                if (!json_is_string(e) || cidr_parse(json_string_value(e), &cd) != 0 ||
+                    (!set && ((cd.family == AF_INET && cd.prefix != 32) ||
+                              (cd.family == AF_INET6 && cd.prefix != 128)))) {
+                    snprintf(err, errlen, "Identity.%s: '%s' is not %s", ik,
+                             json_is_string(e) ? json_string_value(e) : "(not a string)",
+                             set ? "an IP address or CIDR block" : "an IP address");
+                    return KERR_INVAL;
+                }
+                cidr_list l = {.items = &cd, .n = 1};
+                if (peer && cidr_list_match_str(&l, peer))
+                    hit = 1;
+            }
+            return hit;
+        }
         if (strcmp(ik, "Authenticated") == 0)
             return json_array_size(ids) > 0;
         if (strcmp(ik, "Unauthenticated") == 0)
@@ -287,6 +318,14 @@ static int rule_check(const json_t *rule, int idx, const char **priv, bool *allo
 int acl_eval(const json_t *rules, const json_t *auth, const char *privilege, char *err,
              size_t errlen)
 {
+    return acl_eval_rule(rules, auth, privilege, NULL, err, errlen);
+}
+
+int acl_eval_rule(const json_t *rules, const json_t *auth, const char *privilege,
+                  const json_t **rule_out, char *err, size_t errlen)
+{
+    if (rule_out)
+        *rule_out = NULL;
     if (!json_is_array(rules)) {
         snprintf(err, errlen, "an ACL must be a list of rules");
         return ACL_ERROR;
@@ -307,8 +346,11 @@ int acl_eval(const json_t *rules, const json_t *auth, const char *privilege, cha
             snprintf(err, errlen, "rule %d: %s", (int)i + 1, e2);
             return ACL_ERROR;
         }
-        if (m)
+        if (m) {
+            if (rule_out)
+                *rule_out = rule;
             return allow ? ACL_ALLOW : ACL_DENY;
+        }
     }
     return ACL_DENY_DEFAULT;
 }
@@ -385,6 +427,78 @@ void acl_lua_open(lua_State *L)
     lua_pushcfunction(L, l_set_fall_back);
     lua_setfield(L, -2, "set_fall_back_to_acl_map");
     lua_pop(L, 1);
+    aaa_lua_open(L);
+}
+
+/* ---- caches ------------------------------------------------------------------------------------ */
+
+/* KumoMTA's two AAA caches, process-wide (every reactor's checks share
+ * them), each a JSON object used as a hash table under a mutex:
+ * - the ACL-definition cache: what get_acl_definition returned for a
+ *   resource ({"exp": ms, "acl": RULES | null}), so that a hit does not run
+ *   Lua again (kumo.aaa.set_acl_cache_ttl);
+ * - the check cache: the outcome of a whole check for (privilege, resource,
+ *   auth info) ({"exp", "v", "res", "rule"}) (kumo.aaa.set_check_cache_ttl).
+ * Errors are never cached. A full table is emptied rather than evicted
+ * entry by entry: both are small in practice (one entry per resource and
+ * per distinct session identity). */
+#define ACL_CACHE_MAX 8192
+
+static atomic_llong acl_ttl_ms = 300000, check_ttl_ms = 300000;
+static pthread_mutex_t cache_mu = PTHREAD_MUTEX_INITIALIZER;
+static json_t *acl_cache, *check_cache;
+
+void acl_set_acl_cache_ttl_ms(int64_t ms)
+{
+    atomic_store(&acl_ttl_ms, ms < 0 ? 0 : ms);
+}
+
+void acl_set_check_cache_ttl_ms(int64_t ms)
+{
+    atomic_store(&check_ttl_ms, ms < 0 ? 0 : ms);
+}
+
+void acl_caches_clear(void)
+{
+    pthread_mutex_lock(&cache_mu);
+    json_decref(acl_cache);
+    json_decref(check_cache);
+    acl_cache = check_cache = NULL;
+    pthread_mutex_unlock(&cache_mu);
+}
+
+/* A live entry of *cache for key (a new reference), or NULL. */
+static json_t *cache_get(json_t **cache, const char *key)
+{
+    pthread_mutex_lock(&cache_mu);
+    json_t *e = *cache ? json_object_get(*cache, key) : NULL;
+    if (e && json_integer_value(json_object_get(e, "exp")) <= clock_mono_ms()) {
+        json_object_del(*cache, key);
+        e = NULL;
+    }
+    json_incref(e);
+    pthread_mutex_unlock(&cache_mu);
+    return e;
+}
+
+/* Stores e (taken) for ttl_ms. */
+static void cache_put(json_t **cache, const char *key, json_t *e, int64_t ttl_ms)
+{
+    if (ttl_ms <= 0 || !e) {
+        json_decref(e);
+        return;
+    }
+    json_object_set_new(e, "exp", json_integer(clock_mono_ms() + ttl_ms));
+    pthread_mutex_lock(&cache_mu);
+    if (!*cache || json_object_size(*cache) >= ACL_CACHE_MAX) {
+        json_decref(*cache);
+        *cache = json_object();
+    }
+    if (*cache)
+        json_object_set_new(*cache, key, e);
+    else
+        json_decref(e);
+    pthread_mutex_unlock(&cache_mu);
 }
 
 /* ---- the walk --------------------------------------------------------------------------------- */
@@ -394,33 +508,53 @@ typedef struct acl_walk {
     size_t n, idx;
     json_t *auth;
     char *privilege;
+    char *check_key;  /* the check cache's key */
     acl_done_fn done;
+    acl_detail_fn detail;
     void *ud;
     bool in_loop;     /* acl_walk_run is on the stack */
     bool event_done;  /* the current event finished while in_loop */
     int ev_verdict;   /* result of that event: -1 = continue */
     char ev_err[300];
+    json_t *rule;     /* the rule that decided (a reference), or NULL */
 } acl_walk;
 
 static void walk_free(acl_walk *w)
 {
     acl_resources_free(w->res, w->n);
     json_decref(w->auth);
+    json_decref(w->rule);
     free(w->privilege);
+    free(w->check_key);
     free(w);
 }
 
 static void walk_finish(acl_walk *w, int verdict, const char *err)
 {
     acl_done_fn done = w->done;
+    acl_detail_fn detail = w->detail;
     void *ud = w->ud;
     char e[300];
     snprintf(e, sizeof(e), "%s", err ? err : "");
+    const char *resource = verdict == ACL_ALLOW || verdict == ACL_DENY ? w->res[w->idx] : NULL;
+    if (verdict != ACL_ERROR && w->check_key) {
+        json_t *ce = json_pack("{s:i,s:s?,s:O?}", "v", verdict, "res", resource, "rule", w->rule);
+        cache_put(&check_cache, w->check_key, ce, atomic_load(&check_ttl_ms));
+    }
+    if (detail) {
+        char *res_copy = resource ? strdup(resource) : NULL;
+        json_t *rule = json_incref(w->rule);
+        walk_free(w);
+        detail(ud, verdict, verdict == ACL_ERROR ? e : NULL, res_copy, rule);
+        free(res_copy);
+        json_decref(rule);
+        return;
+    }
     walk_free(w);
     done(ud, verdict, verdict == ACL_ERROR ? e : NULL);
 }
 
-/* Verdict for resource idx from rules (NULL: use the built-in map). */
+/* Verdict for resource idx from rules (use_default: the built-in map). */
 static int walk_eval(acl_walk *w, const json_t *rules, bool use_default, char *err,
                      size_t errlen)
 {
@@ -431,7 +565,28 @@ static int walk_eval(acl_walk *w, const json_t *rules, bool use_default, char *e
         if (!rules)
             return ACL_DENY_DEFAULT;
     }
-    return acl_eval(rules, w->auth, w->privilege, err, errlen);
+    const json_t *rule = NULL;
+    int v = acl_eval_rule(rules, w->auth, w->privilege, &rule, err, errlen);
+    if (rule) {
+        json_decref(w->rule);
+        w->rule = json_deep_copy(rule);
+    }
+    return v;
+}
+
+/* The verdict from what get_acl_definition returned (j; NULL: nothing). */
+static int walk_eval_returned(acl_walk *w, const json_t *j, char *err, size_t errlen)
+{
+    if (!j || json_is_null(j))
+        return walk_eval(w, NULL, true, err, errlen);
+    const json_t *rules = json_is_object(j) ? json_object_get(j, "rules") : j;
+    if (json_is_object(j) && !rules)
+        return ACL_DENY_DEFAULT;
+    char e2[256];
+    int verdict = walk_eval(w, rules, false, e2, sizeof(e2));
+    if (verdict == ACL_ERROR)
+        snprintf(err, errlen, "ACL of %s: %s", w->res[w->idx], e2);
+    return verdict;
 }
 
 static void walk_run(acl_walk *w);
@@ -448,27 +603,19 @@ static void after_acl_event(klua_call *c, int status, void *ud)
     } else {
         lua_State *co = klua_call_thread(c);
         int nres = klua_call_nresults(c);
-        if (nres < 1 || lua_isnil(co, 1)) {
-            verdict = walk_eval(w, NULL, true, err, sizeof(err));
+        json_t *j = NULL;
+        char e2[256];
+        if (nres >= 1 && !lua_isnil(co, 1) && !(j = klua_to_json(co, 1, e2, sizeof(e2)))) {
+            snprintf(err, sizeof(err), "get_acl_definition(%s) returned %s", w->res[w->idx], e2);
+            verdict = ACL_ERROR;
         } else {
-            char e2[256];
-            json_t *j = klua_to_json(co, 1, e2, sizeof(e2));
-            json_t *rules = j && json_is_object(j) ? json_object_get(j, "rules") : j;
-            if (j && json_is_object(j) && !rules && json_object_size(j) == 0)
-                rules = NULL;
-            if (!j) {
-                snprintf(err, sizeof(err), "get_acl_definition(%s) returned %s", w->res[w->idx],
-                         e2);
-                verdict = ACL_ERROR;
-            } else if (!rules) {
-                verdict = ACL_DENY_DEFAULT;
-            } else {
-                verdict = acl_eval(rules, w->auth, w->privilege, e2, sizeof(e2));
-                if (verdict == ACL_ERROR)
-                    snprintf(err, sizeof(err), "ACL of %s: %s", w->res[w->idx], e2);
+            verdict = walk_eval_returned(w, j, err, sizeof(err));
+            if (verdict != ACL_ERROR) {
+                json_t *ce = json_pack("{s:O?}", "acl", j);
+                cache_put(&acl_cache, w->res[w->idx], ce, atomic_load(&acl_ttl_ms));
             }
-            json_decref(j);
         }
+        json_decref(j);
     }
     if (w->in_loop) {
         w->event_done = true;
@@ -491,7 +638,11 @@ static void walk_run(acl_walk *w)
     while (w->idx < w->n) {
         int verdict;
         char err[300] = "";
-        if (has_event) {
+        json_t *hit = has_event ? cache_get(&acl_cache, w->res[w->idx]) : NULL;
+        if (hit) {
+            verdict = walk_eval_returned(w, json_object_get(hit, "acl"), err, sizeof(err));
+            json_decref(hit);
+        } else if (has_event) {
             klua_call *c;
             lua_State *co = klua_call_begin(vm, "get_acl_definition", &c);
             lua_pushstring(co, w->res[w->idx]);
@@ -512,24 +663,29 @@ static void walk_run(acl_walk *w)
         }
         w->idx++;
     }
+    w->idx = w->n ? w->n - 1 : 0;
     walk_finish(w, ACL_DENY_DEFAULT, NULL);
 }
 
-void acl_check(char *const *resources, size_t n, const json_t *auth, const char *privilege,
-               acl_done_fn done, void *ud)
+static void check_start(char *const *resources, size_t n, const json_t *auth,
+                        const char *privilege, acl_done_fn done, acl_detail_fn detail, void *ud)
 {
     acl_walk *w = calloc(1, sizeof(*w));
     if (!w) {
-        done(ud, ACL_ERROR, "out of memory");
+        if (detail)
+            detail(ud, ACL_ERROR, "out of memory", NULL, NULL);
+        else
+            done(ud, ACL_ERROR, "out of memory");
         return;
     }
+    w->done = done;
+    w->detail = detail;
+    w->ud = ud;
     w->res = calloc(n ? n : 1, sizeof(char *));
     w->privilege = strdup(privilege);
+    w->auth = json_incref((json_t *)auth);
     if (!w->res || !w->privilege) {
-        free(w->res);
-        free(w->privilege);
-        free(w);
-        done(ud, ACL_ERROR, "out of memory");
+        walk_finish(w, ACL_ERROR, "out of memory");
         return;
     }
     for (size_t i = 0; i < n; i++) {
@@ -541,9 +697,38 @@ void acl_check(char *const *resources, size_t n, const json_t *auth, const char 
         }
     }
     w->n = n;
-    w->auth = json_incref((json_t *)auth);
-    w->done = done;
-    w->ud = ud;
     DTRACE(AMOD, "acl check %s on %s", privilege, n ? resources[0] : "");
+    /* the check cache: the same question from the same session is answered
+     * without walking (nor calling get_acl_definition) again */
+    char *a = json_dumps(auth, JSON_COMPACT | JSON_SORT_KEYS);
+    if (a && n && asprintf(&w->check_key, "%s\n%s\n%s", privilege, resources[0], a) < 0)
+        w->check_key = NULL;
+    free(a);
+    json_t *hit = w->check_key ? cache_get(&check_cache, w->check_key) : NULL;
+    if (hit) {
+        int v = (int)json_integer_value(json_object_get(hit, "v"));
+        const char *res = json_string_value(json_object_get(hit, "res"));
+        json_decref(w->rule);
+        w->rule = json_incref(json_object_get(hit, "rule"));
+        for (w->idx = 0; res && w->idx + 1 < w->n && strcmp(w->res[w->idx], res) != 0; w->idx++)
+            ;
+        free(w->check_key); /* already cached */
+        w->check_key = NULL;
+        json_decref(hit);
+        walk_finish(w, v, NULL);
+        return;
+    }
     walk_run(w);
+}
+
+void acl_check(char *const *resources, size_t n, const json_t *auth, const char *privilege,
+               acl_done_fn done, void *ud)
+{
+    check_start(resources, n, auth, privilege, done, NULL, ud);
+}
+
+void acl_check_detail(char *const *resources, size_t n, const json_t *auth,
+                      const char *privilege, acl_detail_fn detail, void *ud)
+{
+    check_start(resources, n, auth, privilege, NULL, detail, ud);
 }

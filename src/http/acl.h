@@ -23,6 +23,7 @@
 #include <lua.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #define ACL_TRUSTED_GROUP "kumomta:http-listener-trusted-ip"
 
@@ -44,6 +45,9 @@ void acl_resources_free(char **res, size_t n);
  * is malformed. */
 int acl_eval(const json_t *rules, const json_t *auth, const char *privilege, char *err,
              size_t errlen);
+/* The same, and *rule_out (borrowed from rules) is the rule that matched. */
+int acl_eval_rule(const json_t *rules, const json_t *auth, const char *privilege,
+                  const json_t **rule_out, char *err, size_t errlen);
 
 /* The built-in rules of resource (borrowed), or NULL. */
 const json_t *acl_default_rules(const char *resource);
@@ -54,5 +58,24 @@ const json_t *acl_default_rules(const char *resource);
 typedef void (*acl_done_fn)(void *ud, int verdict, const char *error);
 void acl_check(char *const *resources, size_t n, const json_t *auth, const char *privilege,
                acl_done_fn done, void *ud);
+
+/* acl_check with the detail KumoMTA's query_resource_access reports:
+ * detail(ud, verdict, error, resource, rule): for ACL_ALLOW and ACL_DENY the
+ * resource whose rule decided and that rule (both borrowed for the call);
+ * NULL otherwise. */
+typedef void (*acl_detail_fn)(void *ud, int verdict, const char *error, const char *resource,
+                              const json_t *rule);
+void acl_check_detail(char *const *resources, size_t n, const json_t *auth,
+                      const char *privilege, acl_detail_fn detail, void *ud);
+
+/* kumo.aaa.set_acl_cache_ttl / set_check_cache_ttl (default 5 minutes; 0
+ * disables the cache). acl_caches_clear forgets both caches. Any thread. */
+void acl_set_acl_cache_ttl_ms(int64_t ms);
+void acl_set_check_cache_ttl_ms(int64_t ms);
+void acl_caches_clear(void);
+
+/* The kumo.aaa functions of src/http/aaa_lua.c (a klua opener, after
+ * acl_lua_open). */
+void aaa_lua_open(lua_State *L);
 
 #endif

@@ -21,6 +21,7 @@
 #include "core/diag.h"
 #include "core/duration.h"
 #include "core/kerr.h"
+#include "log/accounting.h"
 #include "log/logger.h"
 #include "log/logs.h"
 #include "log/logs_int.h"
@@ -469,6 +470,12 @@ void logs_record(const logrec *r)
         DERROR(LOG_MOD, "logs_record: invalid record type %d", (int)r->type);
         return;
     }
+    /* the accounting database counts every reception and delivery,
+     * whether or not any log is configured */
+    if (r->type == LOGREC_RECEPTION)
+        acct_reception(r->reception_protocol);
+    else if (r->type == LOGREC_DELIVERY)
+        acct_delivery(r->delivery_protocol);
     void (*hook)(const logrec *) = atomic_load(&record_hook);
     bool hooks = hook != NULL;
     lock_read();

@@ -16,9 +16,12 @@
  * the main thread). Errors are Lua errors naming the function. */
 #include "lua/dns_lua.h"
 
+#include <errno.h>
 #include <lauxlib.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/duration.h"
@@ -26,6 +29,7 @@
 #include "core/reactor.h"
 #include "lua/klua.h"
 #include "net/dns.h"
+#include "net/resolvconf.h"
 #include "net/zone.h"
 
 static const char *const resolver_keys[] = {"name_servers", "domain", "search", "options", NULL};
@@ -175,9 +179,50 @@ static void parse_options(lua_State *L, int tbl, dns_config *cfg, const char *fn
     cfg->no_hosts_file = s && strcmp(s, "Never") == 0;
 }
 
-static int configure_from_table(lua_State *L, int tbl)
+/* The options an Unbound configuration may set (configure_unbound_resolver's
+ * page): any other is an error naming it. */
+static void check_unbound_options(lua_State *L, int tbl, dns_config *cfg, const char *fn)
 {
-    static const char fn[] = "kumo.dns.configure_resolver";
+    static const char *const unbound_option_keys[] = {"validate", "trust_anchor_file",
+                                                      "use_hosts_file", NULL};
+    tbl = lua_absindex(L, tbl);
+    lua_pushnil(L);
+    while (lua_next(L, tbl)) {
+        lua_pop(L, 1);
+        const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
+        bool ok = false;
+        for (int i = 0; unbound_option_keys[i] && !ok; i++)
+            ok = strcmp(k, unbound_option_keys[i]) == 0;
+        if (!ok) {
+            bool known = false;
+            for (int i = 0; option_keys[i] && !known; i++)
+                known = strcmp(k, option_keys[i]) == 0;
+            luaL_error(L,
+                       "%s: options.%s %s for the unbound resolver (it takes only validate, "
+                       "trust_anchor_file, use_hosts_file); use kumo.dns.configure_resolver",
+                       fn, k, known ? "is not meaningful" : "is not a resolver option");
+        }
+    }
+    /* c-ares, which serves every resolver of kumod, does not validate DNSSEC:
+     * a policy that asks for it must not believe it has it */
+    if (bool_field(L, tbl, "validate", fn) == 1)
+        luaL_error(L,
+                   "%s: options.validate (DNSSEC) is not supported: kumod resolves with c-ares, "
+                   "which does not validate",
+                   fn);
+    if (string_field(L, tbl, "trust_anchor_file", fn))
+        luaL_error(L,
+                   "%s: options.trust_anchor_file is not supported: kumod resolves with c-ares, "
+                   "which does not validate DNSSEC",
+                   fn);
+    parse_options(L, tbl, cfg, fn); /* use_hosts_file */
+}
+
+/* Applies a DnsResolverConfig table: as the default resolver, or as the
+ * named resolver define_name. unbound: the Unbound form's rules. */
+static int configure_from_table(lua_State *L, int tbl, const char *fn, bool unbound,
+                                const char *define_name)
+{
     tbl = lua_absindex(L, tbl);
     check_keys(L, tbl, resolver_keys, fn, NULL);
     dns_config cfg;
@@ -204,7 +249,9 @@ static int configure_from_table(lua_State *L, int tbl)
                 if (!servers[i])
                     return luaL_error(L, "%s: name_servers[%d] has no socket_addr", fn, (int)i + 1);
                 const char *proto = string_field(L, e, "protocol", fn);
-                if (proto && strcmp(proto, "tcp") == 0)
+                if (unbound && proto)
+                    ; /* accepted; the Unbound form chooses UDP/TCP per query */
+                else if (proto && strcmp(proto, "tcp") == 0)
                     cfg.use_tcp = true; /* c-ares chooses TCP per channel, not per server */
                 else if (proto && strcmp(proto, "udp") != 0 && strcmp(proto, "udp_then_tcp") != 0)
                     return luaL_error(L,
@@ -236,14 +283,19 @@ static int configure_from_table(lua_State *L, int tbl)
     if (!lua_isnil(L, -1)) {
         if (!lua_istable(L, -1))
             return luaL_error(L, "%s: options must be a table", fn);
-        parse_options(L, -1, &cfg, fn);
+        if (unbound)
+            check_unbound_options(L, -1, &cfg, fn);
+        else
+            parse_options(L, -1, &cfg, fn);
     }
     lua_pop(L, 1);
 
     cfg.name_servers = servers;
     cfg.n_name_servers = n;
     char err[256];
-    if (dns_configure_ex(&cfg, err, sizeof(err)) != 0)
+    int rc = define_name ? dns_define_resolver(define_name, &cfg, NULL, err, sizeof(err))
+                         : dns_configure_ex(&cfg, err, sizeof(err));
+    if (rc != 0)
         return luaL_error(L, "%s: %s", fn, err);
     return 0;
 }
@@ -254,7 +306,7 @@ static int configure_from_table(lua_State *L, int tbl)
  * text or {zone = TEXT, secure = BOOL}, or {zones = LIST, servfail =
  * {NAME...}}. Types are checked before anything is built, so that a Lua
  * error never leaves a half-built zone set behind. */
-static int configure_test_from(lua_State *L, int idx, const char *fn)
+static int configure_test_from(lua_State *L, int idx, const char *fn, const char *define_name)
 {
     static const char *const detailed_keys[] = {"zones", "servfail", NULL};
     static const char *const zone_keys[] = {"zone", "secure", NULL};
@@ -331,69 +383,108 @@ static int configure_test_from(lua_State *L, int idx, const char *fn)
             return luaL_error(L, "%s: zone %d: %s", fn, bad, err);
         return luaL_error(L, "%s: %s", fn, err);
     }
-    dns_configure_test(zs);
+    if (define_name) {
+        if (dns_define_resolver(define_name, NULL, zs, err, sizeof(err)) != 0)
+            return luaL_error(L, "%s: %s", fn, err);
+    } else {
+        dns_configure_test(zs);
+    }
     return 0;
 }
 
 static int l_configure_test_resolver(lua_State *L)
 {
     luaL_checkany(L, 1);
-    return configure_test_from(L, 1, "kumo.dns.configure_test_resolver");
+    return configure_test_from(L, 1, "kumo.dns.configure_test_resolver", NULL);
 }
 
-static int l_configure_resolver(lua_State *L)
+/* KumoMTA's KumoResolverConfig at idx ('HickorySystemConfig', {Hickory=},
+ * {Unbound=}, {Test=}; Aggregate is refused), or, when bare_ok, a bare
+ * DnsResolverConfig (what configure_resolver also takes). Applied as the
+ * default resolver, or defined as define_name. */
+static int configure_any(lua_State *L, int idx, const char *fn, bool bare_ok,
+                         const char *define_name)
 {
-    static const char fn[] = "kumo.dns.configure_resolver";
-    if (lua_type(L, 1) == LUA_TSTRING) {
-        const char *s = lua_tostring(L, 1);
+    idx = lua_absindex(L, idx);
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        const char *s = lua_tostring(L, idx);
         if (strcmp(s, "HickorySystemConfig") != 0)
             return luaL_error(L, "%s: unknown resolver configuration '%s'", fn, s);
         char err[256];
         dns_config cfg;
         memset(&cfg, 0, sizeof(cfg));
-        if (dns_configure_ex(&cfg, err, sizeof(err)) != 0)
+        int rc = define_name ? dns_define_resolver(define_name, &cfg, NULL, err, sizeof(err))
+                             : dns_configure_ex(&cfg, err, sizeof(err));
+        if (rc != 0)
             return luaL_error(L, "%s: %s", fn, err);
         return 0;
     }
-    luaL_checktype(L, 1, LUA_TTABLE);
+    if (!lua_istable(L, idx))
+        return luaL_error(L, "%s: expected a resolver configuration table or "
+                          "'HickorySystemConfig', got %s", fn, luaL_typename(L, idx));
     /* KumoMTA's structured forms: { Hickory = {...} } and { Unbound = {...} } */
     static const char *const forms[] = {"Hickory", "Unbound", NULL};
     for (int i = 0; forms[i]; i++) {
-        lua_getfield(L, 1, forms[i]);
+        lua_getfield(L, idx, forms[i]);
         if (lua_istable(L, -1)) {
             int nkeys = 0;
             lua_pushnil(L);
-            while (lua_next(L, 1)) {
+            while (lua_next(L, idx)) {
                 lua_pop(L, 1);
                 nkeys++;
             }
             if (nkeys != 1)
                 return luaL_error(L, "%s: %s must be the only field", fn, forms[i]);
-            return configure_from_table(L, -1);
+            return configure_from_table(L, -1, fn, i == 1, define_name);
         }
         lua_pop(L, 1);
     }
-    lua_getfield(L, 1, "Test");
+    lua_getfield(L, idx, "Test");
     if (!lua_isnil(L, -1)) {
         lua_pushnil(L);
-        if (lua_next(L, 1)) {
+        if (lua_next(L, idx)) {
             lua_pop(L, 1);
-            if (lua_next(L, 1)) /* a second key */
+            if (lua_next(L, idx)) /* a second key */
                 return luaL_error(L, "%s: Test must be the only field", fn);
         }
-        return configure_test_from(L, -1, fn);
+        return configure_test_from(L, -1, fn, define_name);
     }
     lua_pop(L, 1);
-    static const char *const unsupported[] = {"Aggregate", NULL};
-    for (int i = 0; unsupported[i]; i++) {
-        lua_getfield(L, 1, unsupported[i]);
-        bool present = !lua_isnil(L, -1);
-        lua_pop(L, 1);
-        if (present)
-            return luaL_error(L, "%s: the %s resolver form is not supported by kumod", fn,
-                              unsupported[i]);
-    }
-    return configure_from_table(L, 1);
+    lua_getfield(L, idx, "Aggregate");
+    bool aggregate = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (aggregate)
+        return luaL_error(L, "%s: the Aggregate resolver form is not supported by kumod", fn);
+    if (!bare_ok)
+        return luaL_error(L,
+                          "%s: expected one of {Hickory=...}, {Unbound=...}, {Test=...} or "
+                          "'HickorySystemConfig'",
+                          fn);
+    return configure_from_table(L, idx, fn, false, define_name);
+}
+
+static int l_configure_resolver(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    return configure_any(L, 1, "kumo.dns.configure_resolver", true, NULL);
+}
+
+static int l_configure_unbound_resolver(lua_State *L)
+{
+    static const char fn[] = "kumo.dns.configure_unbound_resolver";
+    if (!lua_istable(L, 1))
+        return luaL_error(L, "%s: argument #1 must be a table, got %s", fn, luaL_typename(L, 1));
+    return configure_from_table(L, 1, fn, true, NULL);
+}
+
+static int l_define_resolver(lua_State *L)
+{
+    static const char fn[] = "kumo.dns.define_resolver";
+    if (lua_type(L, 1) != LUA_TSTRING)
+        return luaL_error(L, "%s: argument #1 (name) must be a string, got %s", fn,
+                          luaL_typename(L, 1));
+    luaL_checkany(L, 2);
+    return configure_any(L, 2, fn, false, lua_tostring(L, 1));
 }
 
 /* ---- waiting lookups ---------------------------------------------------------- */
@@ -511,23 +602,43 @@ static void on_mx(const dns_mx *mx, void *ud)
     klua_wait_resume(c, 2);
 }
 
+/* The optional resolver name at idx (NULL: the default resolver). */
+static const char *opt_resolver(lua_State *L, int idx, const char *fn)
+{
+    if (lua_isnoneornil(L, idx))
+        return NULL;
+    if (lua_type(L, idx) != LUA_TSTRING)
+        luaL_error(L, "%s: argument #%d (resolver name) must be a string, got %s", fn, idx,
+                   luaL_typename(L, idx));
+    const char *name = lua_tostring(L, idx);
+    if (!dns_resolver_defined(name))
+        luaL_error(L, "%s: resolver %s is not defined", fn, name);
+    return name;
+}
+
+/* Raises the error of a lookup that could not start. */
+static int start_failed(lua_State *L, const char *fn, int rc, const char *resolver)
+{
+    if (rc == KERR_NOTFOUND && resolver)
+        return luaL_error(L, "%s: resolver %s is not defined", fn, resolver);
+    return luaL_error(L, "%s: %s", fn, kerr_str(rc));
+}
+
 static int l_lookup_mx(lua_State *L)
 {
     const char *domain = luaL_checkstring(L, 1);
-    if (!lua_isnoneornil(L, 2))
-        return luaL_error(L, "kumo.dns.lookup_mx: resolver %s is not defined",
-                          luaL_tolstring(L, 2, NULL));
+    const char *resolver = opt_resolver(L, 2, "kumo.dns.lookup_mx");
     if (!reactor_current())
         return luaL_error(L, "kumo.dns.lookup_mx: may only be called from an event handler");
     klua_call *c = klua_wait_begin(L);
     if (!c)
         return luaL_error(L, "kumo.dns.lookup_mx: may only be called from an event handler");
     struct dns_wait *j = dns_wait_new(c);
-    int rc = dns_lookup_mx_owned(domain, on_mx, j, dns_wait_drop);
+    int rc = dns_lookup_mx_via(resolver, domain, on_mx, j, dns_wait_drop);
     if (rc != 0) {
         klua_wait_unpark(&j->w);
         free(j);
-        return luaL_error(L, "kumo.dns.lookup_mx: %s", kerr_str(rc));
+        return start_failed(L, "kumo.dns.lookup_mx", rc, resolver);
     }
     return lua_yieldk(L, 0, 0, lookup_k);
 }
@@ -555,9 +666,7 @@ static void on_addrs(const dns_addrs *res, void *ud)
 static int l_lookup_addr(lua_State *L)
 {
     const char *name = luaL_checkstring(L, 1);
-    if (!lua_isnoneornil(L, 2))
-        return luaL_error(L, "kumo.dns.lookup_addr: resolver %s is not defined",
-                          luaL_tolstring(L, 2, NULL));
+    const char *resolver = opt_resolver(L, 2, "kumo.dns.lookup_addr");
     int strategy = DNS_IPV4_AND_IPV6;
     if (!lua_isnoneornil(L, 3)) {
         const char *s = luaL_checkstring(L, 3);
@@ -571,13 +680,351 @@ static int l_lookup_addr(lua_State *L)
     if (!c)
         return luaL_error(L, "kumo.dns.lookup_addr: may only be called from an event handler");
     struct dns_wait *j = dns_wait_new(c);
-    int rc = dns_lookup_addrs_owned(name, strategy, on_addrs, j, dns_wait_drop);
+    int rc = dns_lookup_addrs_via(resolver, name, strategy, on_addrs, j, dns_wait_drop);
     if (rc != 0) {
         klua_wait_unpark(&j->w);
         free(j);
-        return luaL_error(L, "kumo.dns.lookup_addr: %s", kerr_str(rc));
+        return start_failed(L, "kumo.dns.lookup_addr", rc, resolver);
     }
     return lua_yieldk(L, 0, 0, lookup_k);
+}
+
+/* ---- TXT, PTR and DNSBL lookups ----------------------------------------------------- */
+
+/* Starts a TXT (ptr false) or PTR lookup for the calling coroutine, which
+ * resumes with (ok, dns_txt as pushed by push) and continues in k. */
+static void on_txt(const dns_txt *t, void *ud);
+static void on_ptr(const dns_txt *t, void *ud);
+
+static int start_records(lua_State *L, const char *fn, const char *resolver, const char *name,
+                         bool ptr, lua_KContext ctx, lua_KFunction k)
+{
+    if (!reactor_current())
+        return luaL_error(L, "%s: may only be called from an event handler", fn);
+    klua_call *c = klua_wait_begin(L);
+    if (!c)
+        return luaL_error(L, "%s: may only be called from an event handler", fn);
+    struct dns_wait *j = dns_wait_new(c);
+    int rc = ptr ? dns_lookup_ptr(resolver, name, on_ptr, j, dns_wait_drop)
+                 : dns_lookup_txt_via(resolver, name, on_txt, j, dns_wait_drop);
+    if (rc != 0) {
+        klua_wait_unpark(&j->w);
+        free(j);
+        return start_failed(L, fn, rc, resolver);
+    }
+    return lua_yieldk(L, 0, ctx, k);
+}
+
+/* Resumes with (true, records, status name) or (false, error). */
+static void resume_records(const dns_txt *t, void *ud, const char *kind)
+{
+    klua_call *c = dns_wait_answered(ud);
+    lua_State *co = klua_call_thread(c);
+    lua_checkstack(co, 8);
+    if (t->status == DNS_FAIL) {
+        lua_pushboolean(co, 0);
+        lua_pushfstring(co, "%s", t->error ? t->error : kind);
+        lua_pushnil(co);
+    } else {
+        lua_pushboolean(co, 1);
+        lua_createtable(co, (int)t->n, 0);
+        for (size_t i = 0; i < t->n; i++) {
+            lua_pushlstring(co, t->records[i], t->lens[i]);
+            lua_rawseti(co, -2, (lua_Integer)i + 1);
+        }
+        lua_pushstring(co, dns_status_name(t->status));
+    }
+    klua_wait_resume(c, 3);
+}
+
+static void on_txt(const dns_txt *t, void *ud)
+{
+    resume_records(t, ud, "TXT lookup failed");
+}
+
+static void on_ptr(const dns_txt *t, void *ud)
+{
+    resume_records(t, ud, "PTR lookup failed");
+}
+
+/* lookup_txt and lookup_ptr continue here: (ok, records|error, status) on top. */
+static int records_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    int top = lua_gettop(L);
+    const char *fn = ctx ? "kumo.dns.lookup_ptr" : "kumo.dns.lookup_txt";
+    if (!lua_toboolean(L, top - 2))
+        return luaL_error(L, "%s: %s", fn, lua_tostring(L, top - 1));
+    /* the page: lookup_txt raises an error when the domain does not exist */
+    if (!ctx && strcmp(lua_tostring(L, top), "NxDomain") == 0)
+        return luaL_error(L, "%s: %s: NXDOMAIN (the domain does not exist)", fn,
+                          lua_tostring(L, 1));
+    lua_pushvalue(L, top - 1);
+    return 1;
+}
+
+static int l_lookup_txt(lua_State *L)
+{
+    static const char fn[] = "kumo.dns.lookup_txt";
+    if (lua_type(L, 1) != LUA_TSTRING)
+        return luaL_error(L, "%s: argument #1 (domain) must be a string, got %s", fn,
+                          luaL_typename(L, 1));
+    const char *resolver = opt_resolver(L, 2, fn);
+    lua_settop(L, 2);
+    return start_records(L, fn, resolver, lua_tostring(L, 1), false, 0, records_k);
+}
+
+/* An IP address argument, checked as KumoMTA's IpAddr parse does. */
+static const char *check_ip(lua_State *L, int idx, const char *fn)
+{
+    if (lua_type(L, idx) != LUA_TSTRING)
+        luaL_error(L, "%s: argument #%d (IP) must be a string, got %s", fn, idx,
+                   luaL_typename(L, idx));
+    const char *ip = lua_tostring(L, idx);
+    char buf[80];
+    if (dns_reverse_ip(ip, buf, sizeof(buf)) != 0)
+        luaL_error(L, "%s: argument #%d: '%s' is not an IP address (invalid IP address syntax)",
+                   fn, idx, ip);
+    return ip;
+}
+
+static int l_lookup_ptr(lua_State *L)
+{
+    static const char fn[] = "kumo.dns.lookup_ptr";
+    const char *ip = check_ip(L, 1, fn);
+    const char *resolver = opt_resolver(L, 2, fn);
+    lua_settop(L, 2);
+    return start_records(L, fn, resolver, ip, true, 1, records_k);
+}
+
+static int l_reverse_ip(lua_State *L)
+{
+    const char *ip = check_ip(L, 1, "kumo.dns.reverse_ip");
+    char buf[80];
+    dns_reverse_ip(ip, buf, sizeof(buf));
+    lua_pushstring(L, buf);
+    return 1;
+}
+
+static int l_ptr_host(lua_State *L)
+{
+    const char *ip = check_ip(L, 1, "kumo.dns.ptr_host");
+    char buf[96];
+    dns_ptr_name(ip, buf, sizeof(buf));
+    lua_pushstring(L, buf);
+    return 1;
+}
+
+/* rbl_lookup's IP: an address, or a socket address with a port
+ * ("10.0.0.1:25", "[::1]:25"). Writes the bare address into out. */
+static bool rbl_ip(const char *s, char *out, size_t outlen)
+{
+    char buf[80];
+    if (dns_reverse_ip(s, buf, sizeof(buf)) == 0) {
+        snprintf(out, outlen, "%s", s);
+        return true;
+    }
+    const char *host = s, *close = NULL, *colon;
+    size_t n;
+    if (s[0] == '[') {
+        close = strchr(s, ']');
+        if (!close || close[1] != ':')
+            return false;
+        host = s + 1;
+        n = (size_t)(close - host);
+        colon = close + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon)
+            return false;
+        n = (size_t)(colon - s);
+    }
+    const char *port = colon + 1;
+    if (!*port || strlen(port) > 5)
+        return false;
+    long v = 0;
+    for (const char *d = port; *d; d++) {
+        if (*d < '0' || *d > '9')
+            return false;
+        v = v * 10 + (*d - '0');
+    }
+    if (v > 65535 || n == 0 || n >= outlen)
+        return false;
+    memcpy(out, host, n);
+    out[n] = '\0';
+    /* "::1:25" is not a socket address: a bare IPv6 needs brackets */
+    if (!close && strchr(out, ':'))
+        return false;
+    return dns_reverse_ip(out, buf, sizeof(buf)) == 0;
+}
+
+static void on_rbl_addrs(const dns_addrs *res, void *ud)
+{
+    klua_call *c = dns_wait_answered(ud);
+    lua_State *co = klua_call_thread(c);
+    lua_checkstack(co, 8);
+    if (res->status == DNS_FAIL) {
+        lua_pushboolean(co, 0);
+        lua_pushstring(co, res->error ? res->error : "address lookup failed");
+    } else {
+        lua_pushboolean(co, 1);
+        if (res->n_addrs)
+            lua_pushstring(co, res->addrs[0].text);
+        else
+            lua_pushnil(co);
+    }
+    klua_wait_resume(c, 2);
+}
+
+/* Stack during rbl_lookup: 1 ip, 2 base, 3 resolver, 4 query name. */
+static int rbl_txt_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    /* 5 answer ip, then (ok, records|error, status) */
+    int top = lua_gettop(L);
+    lua_pushvalue(L, 5);
+    if (lua_toboolean(L, top - 2)) {
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        int rec = top - 1;
+        lua_Integer n = (lua_Integer)lua_rawlen(L, rec);
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, rec, i);
+            luaL_addvalue(&b);
+        }
+        luaL_pushresult(&b);
+    } else {
+        lua_pushnil(L); /* as KumoMTA: a failed TXT lookup leaves the reason nil */
+    }
+    return 2;
+}
+
+static int rbl_addr_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    static const char fn[] = "kumo.dns.rbl_lookup";
+    int top = lua_gettop(L);
+    if (!lua_toboolean(L, top - 1))
+        return luaL_error(L, "%s: %s", fn, lua_tostring(L, top - 1 + 1));
+    if (lua_isnil(L, top)) {
+        lua_pushnil(L);
+        lua_pushnil(L);
+        return 2;
+    }
+    lua_replace(L, 5); /* the listed address */
+    lua_settop(L, 5);
+    return start_records(L, fn, lua_tostring(L, 3), lua_tostring(L, 4), false, 0, rbl_txt_k);
+}
+
+static int l_rbl_lookup(lua_State *L)
+{
+    static const char fn[] = "kumo.dns.rbl_lookup";
+    if (lua_type(L, 1) != LUA_TSTRING)
+        return luaL_error(L, "%s: argument #1 (IP) must be a string, got %s", fn,
+                          luaL_typename(L, 1));
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return luaL_error(L, "%s: argument #2 (base domain) must be a string, got %s", fn,
+                          luaL_typename(L, 2));
+    const char *resolver = opt_resolver(L, 3, fn);
+    char ip[64], rev[80];
+    if (!rbl_ip(lua_tostring(L, 1), ip, sizeof(ip)))
+        return luaL_error(L, "%s: argument #1: %s is not a valid IpAddr or SocketAddr", fn,
+                          lua_tostring(L, 1));
+    dns_reverse_ip(ip, rev, sizeof(rev));
+    const char *base = lua_tostring(L, 2);
+    size_t blen = strlen(base);
+    lua_settop(L, 3);
+    lua_pushfstring(L, "%s.%s%s", rev, base, blen && base[blen - 1] == '.' ? "" : ".");
+    lua_pushnil(L); /* 5: the listed address, once known */
+    if (!reactor_current())
+        return luaL_error(L, "%s: may only be called from an event handler", fn);
+    klua_call *c = klua_wait_begin(L);
+    if (!c)
+        return luaL_error(L, "%s: may only be called from an event handler", fn);
+    struct dns_wait *j = dns_wait_new(c);
+    int rc = dns_lookup_addrs_via(resolver, lua_tostring(L, 4), DNS_IPV4_AND_IPV6, on_rbl_addrs,
+                                  j, dns_wait_drop);
+    if (rc != 0) {
+        klua_wait_unpark(&j->w);
+        free(j);
+        return start_failed(L, fn, rc, resolver);
+    }
+    return lua_yieldk(L, 0, 0, rbl_addr_k);
+}
+
+/* ---- resolv.conf and MTA-STS --------------------------------------------------------- */
+
+static int l_load_resolv_conf(lua_State *L)
+{
+    static const char fn[] = "kumo.dns.load_resolv_conf";
+    const char *path = "/etc/resolv.conf";
+    if (!lua_isnoneornil(L, 1)) {
+        if (lua_type(L, 1) != LUA_TSTRING)
+            return luaL_error(L, "%s: argument #1 (path) must be a string, got %s", fn,
+                              luaL_typename(L, 1));
+        path = lua_tostring(L, 1);
+    }
+    /* a small local file, read once at configuration time (init) */
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return luaL_error(L, "%s: reading %s: %s", fn, path, strerror(errno));
+    char buf[65536];
+    size_t n = fread(buf, 1, sizeof(buf), f);
+    bool toobig = n == sizeof(buf) && fgetc(f) != EOF;
+    bool bad = ferror(f);
+    fclose(f);
+    if (bad)
+        return luaL_error(L, "%s: reading %s: I/O error", fn, path);
+    if (toobig)
+        return luaL_error(L, "%s: %s is larger than 64 KiB", fn, path);
+    resolvconf *rc = lua_newuserdatauv(L, sizeof(*rc), 0); /* freed by the GC */
+    char err[256];
+    if (resolvconf_parse(buf, n, rc, err, sizeof(err)) != 0)
+        return luaL_error(L, "%s: parsing %s: %s", fn, path, err);
+    lua_createtable(L, 0, 4);
+    lua_createtable(L, (int)rc->n_ns, 0);
+    for (size_t i = 0; i < rc->n_ns; i++) {
+        lua_pushstring(L, rc->ns[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_setfield(L, -2, "name_servers");
+    if (rc->domain[0]) {
+        lua_pushstring(L, rc->domain);
+        lua_setfield(L, -2, "domain");
+    }
+    lua_createtable(L, (int)rc->n_search, 0);
+    for (size_t i = 0; i < rc->n_search; i++) {
+        lua_pushstring(L, rc->search[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_setfield(L, -2, "search");
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, rc->ndots);
+    lua_setfield(L, -2, "ndots");
+    lua_pushfstring(L, "%ds", rc->timeout);
+    lua_setfield(L, -2, "timeout");
+    lua_pushinteger(L, rc->attempts);
+    lua_setfield(L, -2, "attempts");
+    lua_pushboolean(L, rc->edns0);
+    lua_setfield(L, -2, "edns0");
+    lua_setfield(L, -2, "options");
+    return 1;
+}
+
+/* kumod does not fetch MTA-STS policies (lookup_mx reports mta_sts =
+ * "None"), so the flag changes nothing; it is kept so that a policy that
+ * sets it loads, and checked so that a typo is an error. */
+static atomic_bool mta_sts_enabled = true;
+
+static int l_set_mta_sts_enabled(lua_State *L)
+{
+    if (lua_type(L, 1) != LUA_TBOOLEAN)
+        return luaL_error(L, "kumo.dns.set_mta_sts_enabled: argument #1 must be a boolean, got %s",
+                          luaL_typename(L, 1));
+    atomic_store(&mta_sts_enabled, lua_toboolean(L, 1));
+    return 0;
 }
 
 /* ---- tunables ------------------------------------------------------------------- */
@@ -610,8 +1057,17 @@ static void dns_lua_open(lua_State *L)
     static const luaL_Reg fns[] = {
         {"configure_resolver", l_configure_resolver},
         {"configure_test_resolver", l_configure_test_resolver},
+        {"configure_unbound_resolver", l_configure_unbound_resolver},
+        {"define_resolver", l_define_resolver},
         {"lookup_mx", l_lookup_mx},
         {"lookup_addr", l_lookup_addr},
+        {"lookup_txt", l_lookup_txt},
+        {"lookup_ptr", l_lookup_ptr},
+        {"rbl_lookup", l_rbl_lookup},
+        {"ptr_host", l_ptr_host},
+        {"reverse_ip", l_reverse_ip},
+        {"load_resolv_conf", l_load_resolv_conf},
+        {"set_mta_sts_enabled", l_set_mta_sts_enabled},
         {"set_mx_timeout", l_set_mx_timeout},
         {"set_mx_negative_cache_ttl", l_set_mx_negative_cache_ttl},
         {"set_mx_concurrency_limit", l_set_mx_concurrency_limit},

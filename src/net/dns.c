@@ -642,6 +642,72 @@ static void testres_replace(zone_set *zs)
     testres_put(old);
 }
 
+/* kumo.dns.define_resolver: named resolvers. Each definition is an
+ * immutable configuration shared by reference: a lookup holds it from its
+ * start to its answer, and redefining a name publishes a new one (with a
+ * new id, so that cache entries, flights and channels of the old one are
+ * never mixed with it). A Test definition answers from its zones alone. */
+struct rcfg {
+    atomic_int refs;
+    unsigned id;
+    char *name;
+    char *servers_csv; /* NULL: the system configuration */
+    int timeout_ms, attempts, flags, bind_family;
+    unsigned char bind_addr[16];
+    bool use_hosts;
+    zone_set *zs; /* a Test resolver's zones, or NULL */
+};
+static struct {
+    pthread_mutex_t lock;
+    struct rcfg **v;
+    size_t n;
+} named = {PTHREAD_MUTEX_INITIALIZER, NULL, 0};
+static atomic_uint rcfg_ids = 1;
+
+static void rcfg_put(struct rcfg *rc)
+{
+    if (rc && atomic_fetch_sub(&rc->refs, 1) == 1) {
+        free(rc->name);
+        free(rc->servers_csv);
+        zone_set_free(rc->zs);
+        free(rc);
+    }
+}
+
+/* The named resolver's current definition (a reference), or NULL. */
+static struct rcfg *rcfg_get(const char *name)
+{
+    struct rcfg *rc = NULL;
+    pthread_mutex_lock(&named.lock);
+    for (size_t i = 0; i < named.n && !rc; i++)
+        if (strcmp(named.v[i]->name, name) == 0) {
+            rc = named.v[i];
+            atomic_fetch_add(&rc->refs, 1);
+        }
+    pthread_mutex_unlock(&named.lock);
+    return rc;
+}
+
+/* The zones that alone answer lookups through rc (the default resolver:
+ * the test resolver's), or NULL; *hold is released with testres_put. */
+static const zone_set *zones_get(const struct rcfg *rc, struct testres **hold)
+{
+    *hold = NULL;
+    if (rc)
+        return rc->zs;
+    *hold = testres_get();
+    return *hold ? (*hold)->zs : NULL;
+}
+
+/* Cache and flight keys of a named resolver start with "@ID ". */
+static void key_prefix(const struct rcfg *rc, char *buf, size_t len)
+{
+    if (rc)
+        snprintf(buf, len, "@%u ", rc->id);
+    else
+        buf[0] = '\0';
+}
+
 static atomic_llong mx_timeout_ms = 5000;
 static atomic_llong mx_neg_ttl_ms = 300000;
 static atomic_size_t mx_limit = 128;
@@ -858,6 +924,14 @@ void dns_cache_clear(void)
 struct resolver;
 struct chan;
 
+/* A named resolver's channel on one reactor. */
+struct nchan {
+    struct nchan *next;
+    unsigned id;
+    char *name;
+    struct chan *ch;
+};
+
 /* One socket c-ares asked us to watch. */
 struct sockev {
     struct sockev *next;
@@ -916,6 +990,7 @@ struct flight {
     struct event *deadline;
     struct waiter *waiters, **wtail;
     struct cobj *result;
+    struct rcfg *rc; /* a named resolver (a reference), or NULL: the default */
     bool in_table, queued, counted;
 };
 
@@ -932,6 +1007,7 @@ struct addr_job {
     uint16_t port;          /* a literal's port */
     struct fam_obj *fam[2]; /* [0] A, [1] AAAA */
     int outstanding;
+    struct rcfg *rc; /* a named resolver (a reference), or NULL */
 };
 
 struct resolver {
@@ -945,6 +1021,7 @@ struct resolver {
     size_t mx_active;
     struct addr_job *jobs;
     struct event *deliver_ev;
+    struct nchan *named; /* channels of named resolvers */
 };
 
 static void deliver_cb(evutil_socket_t fd, short what, void *arg);
@@ -1031,7 +1108,8 @@ static void chan_free(struct chan *ch)
     free(ch);
 }
 
-static struct chan *chan_new(struct resolver *res, char *err, size_t errlen)
+static struct chan *chan_new(struct resolver *res, const struct rcfg *rc, char *err,
+                             size_t errlen)
 {
     struct chan *ch = xcalloc(1, sizeof(*ch));
     ch->res = res;
@@ -1042,32 +1120,44 @@ static struct chan *chan_new(struct resolver *res, char *err, size_t errlen)
         return NULL;
     }
 
-    pthread_mutex_lock(&cfg.lock);
-    ch->gen = atomic_load(&cfg_gen);
-    char *csv = cfg.servers_csv ? xstrdup(cfg.servers_csv) : NULL;
     struct ares_options o;
     memset(&o, 0, sizeof(o));
-    o.flags = cfg.flags;
-    o.timeout = cfg.timeout_ms;
-    o.tries = cfg.attempts;
-    int bind_family = cfg.bind_family;
+    char *csv;
+    int bind_family;
     unsigned char bind_addr[16];
-    memcpy(bind_addr, cfg.bind_addr, sizeof(bind_addr));
-    pthread_mutex_unlock(&cfg.lock);
+    if (rc) {
+        ch->gen = rc->id;
+        csv = rc->servers_csv ? xstrdup(rc->servers_csv) : NULL;
+        o.flags = rc->flags;
+        o.timeout = rc->timeout_ms;
+        o.tries = rc->attempts;
+        bind_family = rc->bind_family;
+        memcpy(bind_addr, rc->bind_addr, sizeof(bind_addr));
+    } else {
+        pthread_mutex_lock(&cfg.lock);
+        ch->gen = atomic_load(&cfg_gen);
+        csv = cfg.servers_csv ? xstrdup(cfg.servers_csv) : NULL;
+        o.flags = cfg.flags;
+        o.timeout = cfg.timeout_ms;
+        o.tries = cfg.attempts;
+        bind_family = cfg.bind_family;
+        memcpy(bind_addr, cfg.bind_addr, sizeof(bind_addr));
+        pthread_mutex_unlock(&cfg.lock);
+    }
 
     o.sock_state_cb = sock_state_cb;
     o.sock_state_cb_data = ch;
     int mask = ARES_OPT_FLAGS | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_SOCK_STATE_CB;
-    int rc = ares_init_options(&ch->ares, &o, mask);
-    if (rc != ARES_SUCCESS) {
-        snprintf(err, errlen, "cannot initialise the DNS resolver: %s", ares_strerror(rc));
+    int arc = ares_init_options(&ch->ares, &o, mask);
+    if (arc != ARES_SUCCESS) {
+        snprintf(err, errlen, "cannot initialise the DNS resolver: %s", ares_strerror(arc));
         ch->ares = NULL;
         goto fail;
     }
     if (csv) {
-        rc = ares_set_servers_ports_csv(ch->ares, csv);
-        if (rc != ARES_SUCCESS) {
-            snprintf(err, errlen, "cannot use DNS servers %s: %s", csv, ares_strerror(rc));
+        arc = ares_set_servers_ports_csv(ch->ares, csv);
+        if (arc != ARES_SUCCESS) {
+            snprintf(err, errlen, "cannot use DNS servers %s: %s", csv, ares_strerror(arc));
             goto fail;
         }
     }
@@ -1089,6 +1179,16 @@ fail:
     return NULL;
 }
 
+/* A channel no longer used for new queries: freed once its queries are
+ * done, never here (we may be inside one of its callbacks). */
+static void chan_retire(struct resolver *res, struct chan *ch)
+{
+    ch->retiring = true;
+    ch->next = res->retired;
+    res->retired = ch;
+    event_active(res->deliver_ev, EV_READ, 0);
+}
+
 /* The channel for the current configuration, opened on first use or after a
  * change; the old one is retired and freed once its queries are done. */
 static struct chan *res_channel(struct resolver *res, char *err, size_t errlen)
@@ -1097,15 +1197,44 @@ static struct chan *res_channel(struct resolver *res, char *err, size_t errlen)
     if (res->cur && res->cur->gen == gen)
         return res->cur;
     if (res->cur) {
-        res->cur->retiring = true;
-        res->cur->next = res->retired;
-        res->retired = res->cur;
+        chan_retire(res, res->cur);
         res->cur = NULL;
-        /* never destroyed here: we may be inside one of its callbacks */
-        event_active(res->deliver_ev, EV_READ, 0);
     }
-    res->cur = chan_new(res, err, errlen);
+    res->cur = chan_new(res, NULL, err, errlen);
     return res->cur;
+}
+
+/* The channel of named resolver rc on this reactor, opened on first use;
+ * channels of an earlier definition of the same name are retired. */
+static struct chan *named_channel(struct resolver *res, const struct rcfg *rc, char *err,
+                                  size_t errlen)
+{
+    struct chan *found = NULL;
+    for (struct nchan **pp = &res->named; *pp;) {
+        struct nchan *nc = *pp;
+        if (nc->id == rc->id) {
+            found = nc->ch;
+        } else if (strcmp(nc->name, rc->name) == 0) {
+            chan_retire(res, nc->ch);
+            *pp = nc->next;
+            free(nc->name);
+            free(nc);
+            continue;
+        }
+        pp = &nc->next;
+    }
+    if (found)
+        return found;
+    struct chan *ch = chan_new(res, rc, err, errlen);
+    if (!ch)
+        return NULL;
+    struct nchan *nc = xcalloc(1, sizeof(*nc));
+    nc->id = rc->id;
+    nc->name = xstrdup(rc->name);
+    nc->ch = ch;
+    nc->next = res->named;
+    res->named = nc;
+    return ch;
 }
 
 static void reap_channels(struct resolver *res)
@@ -1161,6 +1290,7 @@ static void flight_free(struct flight *f)
     if (f->deadline)
         event_free(f->deadline);
     cobj_unref(f->result);
+    rcfg_put(f->rc);
     free(f->key);
     free(f->qname);
     free(f->display);
@@ -1285,8 +1415,8 @@ static void flight_complete(struct flight *f, struct cobj *obj)
 }
 
 /* Joins the query for key, starting it when nobody has. Takes w. */
-static void flight_join(struct resolver *res, const char *key, int qtype, const char *qname,
-                        const char *display, uint16_t port, struct waiter *w)
+static void flight_join(struct resolver *res, struct rcfg *rc, const char *key, int qtype,
+                        const char *qname, const char *display, uint16_t port, struct waiter *w)
 {
     uint64_t h = hash_str(key);
     struct hnode **pp = htab_slot(&res->flights, key, h);
@@ -1303,6 +1433,10 @@ static void flight_join(struct resolver *res, const char *key, int qtype, const 
     f->display = xstrdup(display);
     f->port = port;
     f->start_ns = clock_mono_ns();
+    if (rc) {
+        atomic_fetch_add(&rc->refs, 1);
+        f->rc = rc;
+    }
     flight_add_waiter(f, w);
     htab_insert(&res->flights, &f->hn);
     f->in_table = true;
@@ -1376,7 +1510,8 @@ static void flight_send(struct flight *f)
 {
     struct resolver *res = f->res;
     char err[256];
-    struct chan *ch = res_channel(res, err, sizeof(err));
+    struct chan *ch =
+        f->rc ? named_channel(res, f->rc, err, sizeof(err)) : res_channel(res, err, sizeof(err));
     if (!ch) {
         flight_complete(f, fail_obj(f, err));
         return;
@@ -1585,14 +1720,16 @@ static struct cobj *mx_from_zones(const zone_set *zs, const char *qname, const c
  * resolver's zones when they are set (and then always), else from the hosts
  * file, else for RFC 6761 names; NULL: ask DNS. fq: lower case, no root
  * dot; display: the name as the caller gave it. */
-static struct fam_obj *fam_static(const char *fq, const char *display, int idx)
+static struct fam_obj *fam_static(const struct rcfg *rc, const char *fq, const char *display,
+                                  int idx)
 {
     int family = idx == 0 ? AF_INET : AF_INET6;
-    struct testres *t = testres_get();
-    if (t) {
+    struct testres *t;
+    const zone_set *zs = zones_get(rc, &t);
+    if (zs) {
         zone_answer a;
         struct fam_obj *fo;
-        switch (zone_set_lookup(t->zs, fq, idx == 0 ? ZONE_A : ZONE_AAAA, &a)) {
+        switch (zone_set_lookup(zs, fq, idx == 0 ? ZONE_A : ZONE_AAAA, &a)) {
         case ZONE_NXDOMAIN:
             fo = fam_obj_new(family, DNS_NXDOMAIN, NULL);
             break;
@@ -1615,7 +1752,7 @@ static struct fam_obj *fam_static(const char *fq, const char *display, int idx)
         return fo;
     }
     bool localhost = under(fq, "localhost");
-    if (atomic_load(&use_hosts)) {
+    if (rc ? rc->use_hosts : atomic_load(&use_hosts)) {
         hosts_addr ha[DNS_MAX_ADDRS];
         int n = hosts_lookup(fq, family, ha, DNS_MAX_ADDRS);
         /* a name the file lists is answered by the file alone (a family it
@@ -1825,8 +1962,8 @@ static struct cobj *txt_from_zones(const zone_set *zs, const char *qname, const 
     return &t->hdr;
 }
 
-/* A PTR answer: the names, lower case without the trailing dot, kept in a
- * txt_obj (one "record" per name). */
+/* The PTR records of an answer: the names they point to, fully qualified
+ * with the root dot, as hickory prints them. */
 static struct cobj *ptr_from_answer(struct flight *f, int status, const unsigned char *abuf,
                                     int alen)
 {
@@ -1843,18 +1980,21 @@ static struct cobj *ptr_from_answer(struct flight *f, int status, const unsigned
     default:
         return fail_obj(f, ares_strerror(status));
     }
+    if (!abuf || alen < 12)
+        return fail_obj(f, "malformed answer");
     struct txt_obj *t = txt_obj_new(DNS_OK, NULL, f->display);
     const unsigned char *end = abuf + alen, *p = abuf + 12;
-    bool bad = alen < 12;
-    unsigned qd = bad ? 0 : rd16(abuf + 4), an = bad ? 0 : rd16(abuf + 6);
-    for (unsigned i = 0; !bad && i < qd; i++) {
+    unsigned qd = rd16(abuf + 4), an = rd16(abuf + 6);
+    uint32_t min_ttl = UINT32_MAX;
+    bool bad = false;
+    for (unsigned i = 0; i < qd && !bad; i++) {
         long n = skip_name(p, abuf, alen);
         if (n < 0 || p + n + 4 > end)
             bad = true;
         else
             p += n + 4;
     }
-    for (unsigned i = 0; !bad && i < an; i++) {
+    for (unsigned i = 0; i < an && !bad; i++) {
         long n = skip_name(p, abuf, alen);
         if (n < 0 || p + n + 10 > end) {
             bad = true;
@@ -1862,22 +2002,28 @@ static struct cobj *ptr_from_answer(struct flight *f, int status, const unsigned
         }
         p += n;
         int type = rd16(p);
+        uint32_t ttl = rd32(p + 4);
         uint16_t rdlen = rd16(p + 8);
         p += 10;
         if (p + rdlen > end) {
             bad = true;
             break;
         }
-        if (type == T_PTR && t->pub.n < 64) {
-            char *s = NULL;
-            long el = 0;
-            if (ares_expand_name(p, abuf, alen, &s, &el) == ARES_SUCCESS) {
-                char norm[DNS_MAX_NAME + 2];
-                size_t sl = strlen(s);
-                if (sl <= DNS_MAX_NAME && name_normalize(s, sl, norm) > 0)
-                    txt_obj_add(t, t->pub.n, norm, strlen(norm));
-                ares_free_string(s);
+        if (type == T_PTR) {
+            char *target = NULL;
+            long enclen = 0;
+            if (ares_expand_name(p, abuf, alen, &target, &enclen) != ARES_SUCCESS) {
+                bad = true;
+                break;
             }
+            char *fq = xasprintf("%s.", target);
+            ares_free_string(target);
+            txt_obj_add(t, t->pub.n, fq, strlen(fq));
+            free(fq);
+            if (ttl > 0x7fffffffu)
+                ttl = 0;
+            if (ttl < min_ttl)
+                min_ttl = ttl;
         }
         p += rdlen;
     }
@@ -1888,17 +2034,12 @@ static struct cobj *ptr_from_answer(struct flight *f, int status, const unsigned
     if (t->pub.n == 0) {
         t->pub.status = DNS_NO_RECORDS;
         t->pub.ttl = negative_ttl(abuf, alen);
-        return &t->hdr;
+    } else {
+        t->pub.ttl = min_ttl;
     }
-    uint32_t ttl = 0, neg = 0;
-    bool have_ttl = false, have_neg = false;
-    if (scan_ttls(abuf, alen, T_PTR, &ttl, &have_ttl, &neg, &have_neg) != 0 || !have_ttl)
-        ttl = 0;
-    t->pub.ttl = ttl;
     return &t->hdr;
 }
 
-/* The PTR answer of the test resolver's zones. */
 static struct cobj *ptr_from_zones(const zone_set *zs, const char *qname, const char *display)
 {
     zone_answer a;
@@ -1916,11 +2057,8 @@ static struct cobj *ptr_from_zones(const zone_set *zs, const char *qname, const 
     struct txt_obj *t = txt_obj_new(a.n ? DNS_OK : DNS_NO_RECORDS, NULL, display);
     t->pub.ttl = a.n ? UINT32_MAX : 60;
     for (size_t i = 0; i < a.n; i++) {
-        const char *tg = a.rrs[i]->target ? a.rrs[i]->target : "";
-        size_t tl = strlen(tg);
-        if (tl && tg[tl - 1] == '.')
-            tl--;
-        txt_obj_add(t, t->pub.n, tg, tl);
+        const char *tg = a.rrs[i]->target;
+        txt_obj_add(t, t->pub.n, tg, strlen(tg));
         if (a.rrs[i]->ttl < t->pub.ttl)
             t->pub.ttl = a.rrs[i]->ttl;
     }
@@ -2037,6 +2175,9 @@ static int parse_literal(const char *s, int *family, unsigned char raw[16], uint
 
 /* ---- MX lookups -------------------------------------------------------------------- */
 
+static int mx_start(struct resolver *res, struct rcfg *rc, const char *domain, dns_mx_cb cb,
+                    void *ud, void (*drop)(void *ud));
+
 int dns_lookup_mx(const char *domain, dns_mx_cb cb, void *ud)
 {
     return dns_lookup_mx_owned(domain, cb, ud, NULL);
@@ -2044,12 +2185,42 @@ int dns_lookup_mx(const char *domain, dns_mx_cb cb, void *ud)
 
 int dns_lookup_mx_owned(const char *domain, dns_mx_cb cb, void *ud, void (*drop)(void *ud))
 {
+    return dns_lookup_mx_via(NULL, domain, cb, ud, drop);
+}
+
+/* Resolves the named resolver for a lookup: 0 with *rc NULL (the default)
+ * or a reference, KERR_NOTFOUND when the name is not defined. */
+static int via(const char *resolver, struct rcfg **rc)
+{
+    *rc = NULL;
+    if (!resolver)
+        return 0;
+    *rc = rcfg_get(resolver);
+    return *rc ? 0 : KERR_NOTFOUND;
+}
+
+int dns_lookup_mx_via(const char *resolver, const char *domain, dns_mx_cb cb, void *ud,
+                      void (*drop)(void *ud))
+{
     reactor *r = reactor_current();
     if (!r || !cb || !domain)
         return KERR_INVAL;
+    struct rcfg *rc;
+    if (via(resolver, &rc) != 0)
+        return KERR_NOTFOUND;
     struct resolver *res = resolver_get(r);
-    if (!res)
+    if (!res) {
+        rcfg_put(rc);
         return KERR_NOMEM;
+    }
+    int rv = mx_start(res, rc, domain, cb, ud, drop);
+    rcfg_put(rc);
+    return rv;
+}
+
+static int mx_start(struct resolver *res, struct rcfg *rc, const char *domain, dns_mx_cb cb,
+                    void *ud, void (*drop)(void *ud))
+{
     struct waiter *w = waiter_new(W_MX);
     w->mx_cb = cb;
     w->ud = ud;
@@ -2100,9 +2271,10 @@ int dns_lookup_mx_owned(const char *domain, dns_mx_cb cb, void *ud, void (*drop)
         post_ready(res, w, &m->hdr);
         return 0;
     }
-    struct testres *t = testres_get();
-    if (t) {
-        post_ready(res, w, mx_from_zones(t->zs, qname, domain, port, clock_mono_ns()));
+    struct testres *t;
+    const zone_set *zs = zones_get(rc, &t);
+    if (zs) {
+        post_ready(res, w, mx_from_zones(zs, qname, domain, port, clock_mono_ns()));
         testres_put(t);
         return 0;
     }
@@ -2114,17 +2286,18 @@ int dns_lookup_mx_owned(const char *domain, dns_mx_cb cb, void *ud, void (*drop)
         post_ready(res, w, mx_fail_as(domain, qname, clock_mono_ns(), DNS_NXDOMAIN, "NXDOMAIN"));
         return 0;
     }
-    char key[DNS_MAX_NAME + 16];
+    char key[DNS_MAX_NAME + 48], pfx[24];
+    key_prefix(rc, pfx, sizeof(pfx));
     if (port)
-        snprintf(key, sizeof(key), "MX %s:%u", qname, (unsigned)port);
+        snprintf(key, sizeof(key), "%sMX %s:%u", pfx, qname, (unsigned)port);
     else
-        snprintf(key, sizeof(key), "MX %s", qname);
+        snprintf(key, sizeof(key), "%sMX %s", pfx, qname);
     struct cobj *hit = cache_get(key);
     if (hit) {
         post_ready(res, w, hit);
         return 0;
     }
-    flight_join(res, key, T_MX, qname, domain, port, w);
+    flight_join(res, rc, key, T_MX, qname, domain, port, w);
     return 0;
 }
 
@@ -2132,12 +2305,34 @@ int dns_lookup_mx_owned(const char *domain, dns_mx_cb cb, void *ud, void (*drop)
 
 int dns_lookup_txt(const char *name, dns_txt_cb cb, void *ud, void (*drop)(void *ud))
 {
+    return dns_lookup_txt_via(NULL, name, cb, ud, drop);
+}
+
+static void txt_start(struct resolver *res, struct rcfg *rc, const char *name, dns_txt_cb cb,
+                      void *ud, void (*drop)(void *ud));
+
+int dns_lookup_txt_via(const char *resolver, const char *name, dns_txt_cb cb, void *ud,
+                       void (*drop)(void *ud))
+{
     reactor *r = reactor_current();
     if (!r || !cb || !name)
         return KERR_INVAL;
+    struct rcfg *rc;
+    if (via(resolver, &rc) != 0)
+        return KERR_NOTFOUND;
     struct resolver *res = resolver_get(r);
-    if (!res)
+    if (!res) {
+        rcfg_put(rc);
         return KERR_NOMEM;
+    }
+    txt_start(res, rc, name, cb, ud, drop);
+    rcfg_put(rc);
+    return 0;
+}
+
+static void txt_start(struct resolver *res, struct rcfg *rc, const char *name, dns_txt_cb cb,
+                      void *ud, void (*drop)(void *ud))
+{
     struct waiter *w = waiter_new(W_TXT);
     w->txt_cb = cb;
     w->ud = ud;
@@ -2151,82 +2346,72 @@ int dns_lookup_txt(const char *name, dns_txt_cb cb, void *ud, void (*drop)(void 
                                           name),
                                 name)
                         ->hdr);
-        return 0;
+        return;
     }
-    struct testres *t = testres_get();
-    if (t) {
-        post_ready(res, w, txt_from_zones(t->zs, qname, name));
+    struct testres *t;
+    const zone_set *zs = zones_get(rc, &t);
+    if (zs) {
+        post_ready(res, w, txt_from_zones(zs, qname, name));
         testres_put(t);
-        return 0;
+        return;
     }
     if (under(qname, "localhost") || under(qname, "invalid")) {
         post_ready(res, w,
                    &txt_obj_new(under(qname, "invalid") ? DNS_NXDOMAIN : DNS_NO_RECORDS, NULL, name)
                         ->hdr);
-        return 0;
+        return;
     }
-    char key[DNS_MAX_NAME + 16];
-    snprintf(key, sizeof(key), "TXT %s", qname);
+    char key[DNS_MAX_NAME + 48], pfx[24];
+    key_prefix(rc, pfx, sizeof(pfx));
+    snprintf(key, sizeof(key), "%sTXT %s", pfx, qname);
     struct cobj *hit = cache_get(key);
     if (hit) {
         post_ready(res, w, hit);
-        return 0;
+        return;
     }
-    flight_join(res, key, T_TXT, qname, name, 0, w);
-    return 0;
+    flight_join(res, rc, key, T_TXT, qname, name, 0, w);
 }
 
-int dns_lookup_ptr(const char *addr, dns_txt_cb cb, void *ud, void (*drop)(void *ud))
+/* ---- PTR lookups -------------------------------------------------------------------- */
+
+int dns_lookup_ptr(const char *resolver, const char *ip, dns_txt_cb cb, void *ud,
+                   void (*drop)(void *ud))
 {
     reactor *r = reactor_current();
-    if (!r || !cb || !addr)
+    if (!r || !cb || !ip)
         return KERR_INVAL;
+    char qname[DNS_MAX_NAME + 2];
+    if (dns_ptr_name(ip, qname, sizeof(qname)) != 0)
+        return KERR_INVAL;
+    struct rcfg *rc;
+    if (via(resolver, &rc) != 0)
+        return KERR_NOTFOUND;
     struct resolver *res = resolver_get(r);
-    if (!res)
+    if (!res) {
+        rcfg_put(rc);
         return KERR_NOMEM;
+    }
     struct waiter *w = waiter_new(W_TXT);
     w->txt_cb = cb;
     w->ud = ud;
     w->drop = drop;
-    /* the reverse name: d.c.b.a.in-addr.arpa, or 32 nibbles under ip6.arpa */
-    unsigned char raw[16];
-    char qname[80];
-    if (inet_pton(AF_INET, addr, raw) == 1) {
-        snprintf(qname, sizeof(qname), "%u.%u.%u.%u.in-addr.arpa", raw[3], raw[2], raw[1],
-                 raw[0]);
-    } else if (inet_pton(AF_INET6, addr, raw) == 1) {
-        static const char hx[] = "0123456789abcdef";
-        size_t k = 0;
-        for (int i = 15; i >= 0; i--) {
-            qname[k++] = hx[raw[i] & 15];
-            qname[k++] = '.';
-            qname[k++] = hx[raw[i] >> 4];
-            qname[k++] = '.';
-        }
-        memcpy(qname + k, "ip6.arpa", 9);
-    } else {
-        post_ready(res, w,
-                   &txt_obj_new(DNS_FAIL,
-                                xasprintf("failed to query DNS for %s (PTR): not an IP address",
-                                          addr),
-                                addr)
-                        ->hdr);
-        return 0;
-    }
-    struct testres *t = testres_get();
-    if (t) {
-        post_ready(res, w, ptr_from_zones(t->zs, qname, addr));
+    struct testres *t;
+    const zone_set *zs = zones_get(rc, &t);
+    if (zs) {
+        post_ready(res, w, ptr_from_zones(zs, qname, ip));
         testres_put(t);
+        rcfg_put(rc);
         return 0;
     }
-    char key[DNS_MAX_NAME + 16];
-    snprintf(key, sizeof(key), "PTR %s", qname);
+    char key[DNS_MAX_NAME + 48], pfx[24];
+    key_prefix(rc, pfx, sizeof(pfx));
+    snprintf(key, sizeof(key), "%sPTR %s", pfx, qname);
     struct cobj *hit = cache_get(key);
-    if (hit) {
+    if (hit)
         post_ready(res, w, hit);
-        return 0;
-    }
-    flight_join(res, key, T_PTR, qname, addr, 0, w);
+    else
+        flight_join(res, rc, key, T_PTR, qname, ip, 0, w);
+    rcfg_put(rc);
     return 0;
 }
 
@@ -2283,6 +2468,7 @@ static void job_free(struct addr_job *job)
     for (int i = 0; i < 2; i++)
         if (job->fam[i])
             cobj_unref(&job->fam[i]->hdr);
+    rcfg_put(job->rc);
     free(job->name);
     free(job->fq);
     free(job->error);
@@ -2295,19 +2481,20 @@ static void job_request(struct resolver *res, struct addr_job *job, int idx)
     job->outstanding++;
     struct waiter *w = waiter_new(W_FAM);
     w->job = job;
-    struct fam_obj *st = fam_static(job->fq, job->name, idx);
+    struct fam_obj *st = fam_static(job->rc, job->fq, job->name, idx);
     if (st) {
         post_ready(res, w, &st->hdr);
         return;
     }
-    char key[DNS_MAX_NAME + 16];
-    snprintf(key, sizeof(key), "%s %s", idx == 0 ? "A" : "AAAA", job->fq);
+    char key[DNS_MAX_NAME + 48], pfx[24];
+    key_prefix(job->rc, pfx, sizeof(pfx));
+    snprintf(key, sizeof(key), "%s%s %s", pfx, idx == 0 ? "A" : "AAAA", job->fq);
     struct cobj *hit = cache_get(key);
     if (hit) {
         post_ready(res, w, hit);
         return;
     }
-    flight_join(res, key, idx == 0 ? T_A : T_AAAA, job->fq, job->name, 0, w);
+    flight_join(res, job->rc, key, idx == 0 ? T_A : T_AAAA, job->fq, job->name, 0, w);
 }
 
 static bool fam_has_addrs(const struct fam_obj *fo)
@@ -2391,13 +2578,25 @@ int dns_lookup_addrs(const char *host, int strategy, dns_addr_cb cb, void *ud)
 int dns_lookup_addrs_owned(const char *host, int strategy, dns_addr_cb cb, void *ud,
                            void (*drop)(void *ud))
 {
+    return dns_lookup_addrs_via(NULL, host, strategy, cb, ud, drop);
+}
+
+int dns_lookup_addrs_via(const char *resolver, const char *host, int strategy, dns_addr_cb cb,
+                         void *ud, void (*drop)(void *ud))
+{
     reactor *r = reactor_current();
     if (!r || !cb || !host || strategy < DNS_IPV4_AND_IPV6 || strategy > DNS_IPV4_THEN_IPV6)
         return KERR_INVAL;
+    struct rcfg *rc;
+    if (via(resolver, &rc) != 0)
+        return KERR_NOTFOUND;
     struct resolver *res = resolver_get(r);
-    if (!res)
+    if (!res) {
+        rcfg_put(rc);
         return KERR_NOMEM;
+    }
     struct addr_job *job = xcalloc(1, sizeof(*job));
+    job->rc = rc; /* the job holds the reference */
     job->cb = cb;
     job->ud = ud;
     job->drop = drop;
@@ -2518,7 +2717,10 @@ static int parse_server(const char *s, int *family, unsigned char raw[16], uint1
     return 0;
 }
 
-int dns_configure_ex(const dns_config *c, char *err, size_t errlen)
+/* Checks c and fills the connection fields of out (servers_csv, timeout,
+ * attempts, flags, bind address, use_hosts). Returns 0 or KERR_INVAL with
+ * err naming the bad entry. */
+static int config_parse(const dns_config *c, struct rcfg *out, char *err, size_t errlen)
 {
     struct sbuf csv = {0};
     for (size_t i = 0; i < c->n_name_servers; i++) {
@@ -2555,16 +2757,32 @@ int dns_configure_ex(const dns_config *c, char *err, size_t errlen)
         free(csv.s);
         return KERR_INVAL;
     }
+    out->servers_csv = csv.s; /* NULL when no servers: the system configuration */
+    out->timeout_ms = c->timeout_ms ? (int)c->timeout_ms : 2000;
+    out->attempts = c->attempts ? c->attempts : 2;
+    out->flags = (c->use_tcp ? ARES_FLAG_USEVC : 0) | (c->edns0 ? ARES_FLAG_EDNS : 0) |
+                 (c->no_recursion ? ARES_FLAG_NORECURSE : 0);
+    out->bind_family = bind_family;
+    memcpy(out->bind_addr, bind_raw, sizeof(out->bind_addr));
+    out->use_hosts = !c->no_hosts_file;
+    return 0;
+}
+
+int dns_configure_ex(const dns_config *c, char *err, size_t errlen)
+{
+    struct rcfg p;
+    memset(&p, 0, sizeof(p));
+    if (config_parse(c, &p, err, errlen) != 0)
+        return KERR_INVAL;
     pthread_mutex_lock(&cfg.lock);
     free(cfg.servers_csv);
-    cfg.servers_csv = csv.s; /* NULL when no servers: the system configuration */
-    cfg.timeout_ms = c->timeout_ms ? (int)c->timeout_ms : 2000;
-    cfg.attempts = c->attempts ? c->attempts : 2;
-    cfg.flags = (c->use_tcp ? ARES_FLAG_USEVC : 0) | (c->edns0 ? ARES_FLAG_EDNS : 0) |
-                (c->no_recursion ? ARES_FLAG_NORECURSE : 0);
-    cfg.bind_family = bind_family;
-    memcpy(cfg.bind_addr, bind_raw, sizeof(cfg.bind_addr));
-    atomic_store(&use_hosts, !c->no_hosts_file);
+    cfg.servers_csv = p.servers_csv;
+    cfg.timeout_ms = p.timeout_ms;
+    cfg.attempts = p.attempts;
+    cfg.flags = p.flags;
+    cfg.bind_family = p.bind_family;
+    memcpy(cfg.bind_addr, p.bind_addr, sizeof(cfg.bind_addr));
+    atomic_store(&use_hosts, p.use_hosts);
     atomic_fetch_add(&cfg_gen, 1);
     DINFO(DNS_MOD, "DNS resolver configured: servers=%s timeout_ms=%d attempts=%d",
           cfg.servers_csv ? cfg.servers_csv : "(system)", cfg.timeout_ms, cfg.attempts);
@@ -2573,6 +2791,52 @@ int dns_configure_ex(const dns_config *c, char *err, size_t errlen)
      * survives a reconfiguration; so does this one) */
     testres_replace(NULL);
     return 0;
+}
+
+int dns_define_resolver(const char *name, const dns_config *c, struct zone_set *zs, char *err,
+                        size_t errlen)
+{
+    if (!name || (!c == !zs)) {
+        snprintf(err, errlen, "a resolver needs a name and one configuration");
+        zone_set_free(zs);
+        return KERR_INVAL;
+    }
+    struct rcfg *rc = xcalloc(1, sizeof(*rc));
+    if (c && config_parse(c, rc, err, errlen) != 0) {
+        free(rc);
+        return KERR_INVAL;
+    }
+    atomic_init(&rc->refs, 1);
+    rc->id = atomic_fetch_add(&rcfg_ids, 1);
+    rc->name = xstrdup(name);
+    rc->zs = zs;
+    struct rcfg *old = NULL;
+    pthread_mutex_lock(&named.lock);
+    size_t i = 0;
+    while (i < named.n && strcmp(named.v[i]->name, name) != 0)
+        i++;
+    if (i < named.n) {
+        old = named.v[i];
+    } else {
+        struct rcfg **nv = realloc(named.v, (named.n + 1) * sizeof(*nv));
+        if (!nv)
+            oom();
+        named.v = nv;
+        named.n++;
+    }
+    named.v[i] = rc;
+    pthread_mutex_unlock(&named.lock);
+    rcfg_put(old);
+    DINFO(DNS_MOD, "DNS resolver '%s' defined: %s", name,
+          zs ? "test zones" : rc->servers_csv ? rc->servers_csv : "(system)");
+    return 0;
+}
+
+bool dns_resolver_defined(const char *name)
+{
+    struct rcfg *rc = rcfg_get(name);
+    rcfg_put(rc);
+    return rc != NULL;
 }
 
 void dns_configure_test(struct zone_set *zs)
@@ -2615,6 +2879,13 @@ void dns_reactor_free(reactor *r)
             }
         }
     chan_free(res->cur);
+    while (res->named) {
+        struct nchan *nc = res->named;
+        res->named = nc->next;
+        chan_free(nc->ch);
+        free(nc->name);
+        free(nc);
+    }
     while (res->retired) {
         struct chan *ch = res->retired;
         res->retired = ch->next;
@@ -2648,6 +2919,13 @@ void dns_reactor_free(reactor *r)
 void dns_shutdown(void)
 {
     testres_replace(NULL);
+    pthread_mutex_lock(&named.lock);
+    for (size_t i = 0; i < named.n; i++)
+        rcfg_put(named.v[i]);
+    free(named.v);
+    named.v = NULL;
+    named.n = 0;
+    pthread_mutex_unlock(&named.lock);
     hosts_stop();
     dns_cache_clear();
     pthread_mutex_lock(&cache.lock);
@@ -2659,4 +2937,41 @@ void dns_shutdown(void)
     free(cfg.servers_csv);
     cfg.servers_csv = NULL;
     pthread_mutex_unlock(&cfg.lock);
+}
+
+/* ---- reverse names ---------------------------------------------------------------------- */
+
+int dns_reverse_ip(const char *ip, char *out, size_t outlen)
+{
+    unsigned char raw[16];
+    size_t used = 0;
+    if (inet_pton(AF_INET, ip, raw) == 1) {
+        int n = snprintf(out, outlen, "%u.%u.%u.%u", raw[3], raw[2], raw[1], raw[0]);
+        return n > 0 && (size_t)n < outlen ? 0 : KERR_RANGE;
+    }
+    if (inet_pton(AF_INET6, ip, raw) != 1)
+        return KERR_INVAL;
+    static const char hex[] = "0123456789abcdef";
+    if (outlen < 64)
+        return KERR_RANGE;
+    for (int i = 15; i >= 0; i--) {
+        out[used++] = hex[raw[i] & 15];
+        out[used++] = '.';
+        out[used++] = hex[raw[i] >> 4];
+        out[used++] = i ? '.' : '\0';
+    }
+    return 0;
+}
+
+int dns_ptr_name(const char *ip, char *out, size_t outlen)
+{
+    int rc = dns_reverse_ip(ip, out, outlen);
+    if (rc != 0)
+        return rc;
+    size_t n = strlen(out);
+    const char *tail = strchr(ip, ':') ? ".ip6.arpa" : ".in-addr.arpa";
+    if (n + strlen(tail) + 1 > outlen)
+        return KERR_RANGE;
+    strcpy(out + n, tail);
+    return 0;
 }

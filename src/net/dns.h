@@ -146,12 +146,26 @@ typedef void (*dns_txt_cb)(const dns_txt *res, void *ud);
  * kumo.dns.configure_test_resolver set them. name is copied. */
 int dns_lookup_txt(const char *name, dns_txt_cb cb, void *ud, void (*drop)(void *ud));
 
-/* The host names of an address ("192.0.2.1", "2001:db8::1") from its PTR
- * records (RFC 1035 §3.5 in-addr.arpa, RFC 3596 ip6.arpa), delivered as a
- * dns_txt whose records are the names, lower case without the trailing
- * dot (at most 64). Cached and answered from the test zones as
- * dns_lookup_txt; an argument that is not an address is DNS_FAIL. */
-int dns_lookup_ptr(const char *addr, dns_txt_cb cb, void *ud, void (*drop)(void *ud));
+/* ---- PTR -------------------------------------------------------------------- */
+
+/* Resolves the PTR records of ip ("10.0.0.1", "::1"): a dns_txt whose
+ * records are the host names, fully qualified with the root dot
+ * ("localhost."). Same contract as dns_lookup_txt; KERR_INVAL when ip is not
+ * an IP address. */
+int dns_lookup_ptr(const char *resolver, const char *ip, dns_txt_cb cb, void *ud,
+                   void (*drop)(void *ud));
+
+/* ---- named resolvers (kumo.dns.define_resolver) ----------------------------- */
+
+/* The lookups through a named resolver (NULL: the default one). They return
+ * KERR_NOTFOUND (cb will not run) when no resolver has that name; otherwise
+ * as dns_lookup_mx_owned, dns_lookup_txt and dns_lookup_addrs_owned. */
+int dns_lookup_mx_via(const char *resolver, const char *domain, dns_mx_cb cb, void *ud,
+                      void (*drop)(void *ud));
+int dns_lookup_txt_via(const char *resolver, const char *name, dns_txt_cb cb, void *ud,
+                       void (*drop)(void *ud));
+int dns_lookup_addrs_via(const char *resolver, const char *host, int strategy, dns_addr_cb cb,
+                         void *ud, void (*drop)(void *ud));
 
 /* ---- configuration (any thread, process-wide) ----------------------------- */
 
@@ -185,6 +199,16 @@ void dns_configure_test(struct zone_set *zs);
  * and AAAA, where a name the file lists has only the file's addresses;
  * RFC 6761: localhost names are 127.0.0.1 / ::1 with no MX (so they are
  * their own mail exchanger), names under "invalid" do not exist. */
+
+/* Defines (or redefines) the resolver called name: either name servers and
+ * options (cfg, as dns_configure_ex; no servers: the system's) or test
+ * zones (zs, taken: answers from them alone). Lookups already under way
+ * finish with the definition they started with. Returns 0 or KERR_INVAL
+ * with err set (zs is freed then too). Any thread. */
+struct zone_set;
+int dns_define_resolver(const char *name, const dns_config *cfg, struct zone_set *zs, char *err,
+                        size_t errlen);
+bool dns_resolver_defined(const char *name);
 
 /* dns_configure_ex with default options. */
 int dns_configure(const char *const *name_servers, size_t n);
@@ -221,5 +245,12 @@ char *dns_site_name(const char *const *hosts, size_t n);
  * precedes it has no ':', stores the length of that prefix and the port and
  * returns true. */
 bool dns_split_port(const char *s, size_t *host_len, uint16_t *port);
+
+/* KumoMTA's reverse_ip: "10.0.0.1" -> "1.0.0.10"; "::1" -> the 32 nibbles
+ * in reverse, dot-separated. dns_ptr_name adds ".in-addr.arpa" or
+ * ".ip6.arpa". Return 0, KERR_INVAL when ip is not an IP address,
+ * KERR_RANGE when out (>= 80 bytes suffices) is too small. */
+int dns_reverse_ip(const char *ip, char *out, size_t outlen);
+int dns_ptr_name(const char *ip, char *out, size_t outlen);
 
 #endif

@@ -94,3 +94,36 @@ if kumo.jsonl and kumo.jsonl.new_writer then
     os.remove(dir)
   end)
 end
+
+-- kumo.counter_series: the methods of a series (counter_series/*.md)
+if kumo.counter_series and kumo.counter_series.define then
+  pcall(function()
+    local s = kumo.counter_series.define { name = 'kumod-names', num_buckets = 1, bucket_size = 1 }
+    for _, m in ipairs { 'increment', 'delta', 'observe', 'sum', 'sum_over' } do
+      if type(s[m]) == 'function' then
+        print('fn kumo.counter_series.' .. m)
+      end
+    end
+  end)
+end
+
+-- kumo.time.Time and TimeDelta: objects with their documented fields,
+-- metamethods and method (Time.md, TimeDelta.md)
+if kumo.time and kumo.time.now and kumo.time.parse_duration then
+  pcall(function()
+    local t = kumo.time.now()
+    local d = kumo.time.parse_duration '10 seconds'
+    local ok_t = type(t.format) == 'function'
+      and type(t.unix_timestamp) == 'number'
+      and type(t.rfc3339) == 'string'
+      and tostring(t):find 'UTC'
+      and (t + d) - t == d
+      and getmetatable(t.elapsed) == getmetatable(d)
+    if ok_t then
+      print 'fn kumo.time.Time'
+    end
+    if (d + d).seconds == 20 and (d - d).nanoseconds == 0 and type(d.human) == 'string' then
+      print 'fn kumo.time.TimeDelta'
+    end
+  end)
+end

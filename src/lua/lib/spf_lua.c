@@ -210,6 +210,32 @@ static void on_txt(const dns_txt *t, void *ud)
     answered(j);
 }
 
+/* PTR names come fully qualified ("mail.example.com."); SPF compares them
+ * without the root dot and without regard to case. */
+static void on_ptr(const dns_txt *t, void *ud)
+{
+    ajob *j = ud;
+    mentry *e = current(j);
+    e->status = map_status(t->status);
+    if (t->error)
+        e->error = strdup(t->error);
+    for (size_t i = 0; t->status == DNS_OK && i < t->n && i < 64; i++) {
+        char name[256];
+        size_t n = t->lens[i];
+        if (n && t->records[i][n - 1] == '.')
+            n--;
+        if (n >= sizeof(name))
+            continue;
+        for (size_t k = 0; k < n; k++) {
+            char c = t->records[i][k];
+            name[k] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+        }
+        if (!entry_add(e, name, n))
+            fail_entry(e, "out of memory");
+    }
+    answered(j);
+}
+
 static void on_addrs(const dns_addrs *a, void *ud)
 {
     ajob *j = ud;
@@ -282,7 +308,7 @@ static int start_lookup(ajob *j, int qtype, const char *name)
         rc = dns_lookup_txt(name, on_txt, j, on_drop);
         break;
     case SPF_Q_PTR:
-        rc = dns_lookup_ptr(name, on_txt, j, on_drop);
+        rc = dns_lookup_ptr(NULL, name, on_ptr, j, on_drop);
         break;
     case SPF_Q_MX:
         rc = dns_lookup_mx_owned(name, on_mx, j, on_drop);
