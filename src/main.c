@@ -651,6 +651,10 @@ out_listeners:
     /* Loads and saves still in the spool's threads post their completions
      * to the reactors: finish them while the reactors run. */
     services_spool_stop();
+    /* shutdown_logging: the queues are idle and the loggers still open (a
+     * policy closes its mpsc queues here so their consumers can finish) */
+    if (run_event_sync("shutdown_logging", err, sizeof(err)) != 0)
+        DERROR(MAIN_MOD, "shutdown_logging: %s", err);
 out_reactors:
     /* signatures under way finish and post back while the reactors run */
     dkim_lua_stop_pool();
