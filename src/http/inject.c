@@ -109,6 +109,7 @@ typedef struct inject_job {
 
 typedef struct verr {
     int status;
+    bool deser; /* a shape error: answered as axum's Json extractor does (422) */
     char msg[600];
 } verr;
 
@@ -123,28 +124,70 @@ static int bad(verr *e, int status, const char *fmt, ...)
     return -1;
 }
 
-static const char *type_name(const json_t *v)
+/* A shape error as KumoMTA reports it: serde's message behind the path of
+ * the value (serde_path_to_error), answered 422 "Failed to deserialize the
+ * JSON body into the target type: PATH: MESSAGE". serde_json's " at line L
+ * column C" is not reproduced (jansson keeps no positions). */
+static int shape(verr *e, const char *path, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int shape(verr *e, const char *path, const char *fmt, ...)
+{
+    int n = *path ? snprintf(e->msg, sizeof(e->msg), "%s: ", path) : 0;
+    if (n < 0 || (size_t)n >= sizeof(e->msg))
+        n = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->msg + n, sizeof(e->msg) - (size_t)n, fmt, ap);
+    va_end(ap);
+    e->status = 422;
+    e->deser = true;
+    return -1;
+}
+
+/* serde's "invalid type: UNEXPECTED, expected WHAT" for value v. */
+static int shape_type(verr *e, const char *path, const json_t *v, const char *what)
 {
     switch (json_typeof(v)) {
     case JSON_OBJECT:
-        return "an object";
+        return shape(e, path, "invalid type: map, expected %s", what);
     case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        return "a string";
+        return shape(e, path, "invalid type: sequence, expected %s", what);
+    case JSON_STRING: {
+        char *q = json_dumps(v, JSON_ENCODE_ANY);
+        int rc = shape(e, path, "invalid type: string %.200s, expected %s", q ? q : "\"\"", what);
+        free(q);
+        return rc;
+    }
     case JSON_INTEGER:
+        return shape(e, path, "invalid type: integer `%lld`, expected %s",
+                     (long long)json_integer_value(v), what);
     case JSON_REAL:
-        return "a number";
+        return shape(e, path, "invalid type: floating point `%g`, expected %s", json_real_value(v),
+                     what);
     case JSON_TRUE:
     case JSON_FALSE:
-        return "a boolean";
+        return shape(e, path, "invalid type: boolean `%s`, expected %s",
+                     json_is_true(v) ? "true" : "false", what);
     default:
-        return "null";
+        return shape(e, path, "invalid type: null, expected %s", what);
     }
 }
 
-/* Checks that obj has only the allowed keys. */
-static int only_keys(const json_t *obj, const char *where, const char *const *allowed, verr *e)
+/* path + "." + key (or key alone at the top). */
+static const char *join_path(char *buf, size_t len, const char *path, const char *key)
+{
+    snprintf(buf, len, "%s%s%s", path, *path ? "." : "", key);
+    return buf;
+}
+
+/* Inside content's builder object every shape error is the untagged enum's. */
+static int content_shape(verr *e)
+{
+    return shape(e, "content", "data did not match any variant of untagged enum Content");
+}
+
+/* Checks that obj has only the allowed keys (serde's deny_unknown_fields:
+ * the allowed ones are listed in declaration order). */
+static int only_keys(const json_t *obj, const char *path, const char *const *allowed, verr *e)
 {
     const char *k;
     json_t *v;
@@ -154,8 +197,15 @@ static int only_keys(const json_t *obj, const char *where, const char *const *al
         for (int i = 0; allowed[i]; i++)
             if (strcmp(allowed[i], k) == 0)
                 ok = true;
-        if (!ok)
-            return bad(e, 400, "%s%sunknown field '%s'", where, *where ? ": " : "", k);
+        if (!ok) {
+            char list[400];
+            size_t o = 0;
+            list[0] = 0;
+            for (int i = 0; allowed[i] && o < sizeof(list); i++)
+                o += (size_t)snprintf(list + o, sizeof(list) - o, "%s`%s`", i ? ", " : "",
+                                      allowed[i]);
+            return shape(e, path, "unknown field `%.100s`, expected one of %s", k, list);
+        }
     }
     return 0;
 }
@@ -168,8 +218,9 @@ static int opt_string(const json_t *obj, const char *key, const char *where, con
     *out = NULL;
     if (!v || json_is_null(v))
         return 0;
+    char p[200];
     if (!json_is_string(v))
-        return bad(e, 400, "%s%s: expected a string, found %s", where, key, type_name(v));
+        return shape_type(e, join_path(p, sizeof(p), where, key), v, "a string");
     *out = json_string_value(v);
     return 0;
 }
@@ -179,8 +230,9 @@ static int opt_bool(const json_t *obj, const char *key, const char *where, bool 
     json_t *v = json_object_get(obj, key);
     if (!v)
         return 0;
+    char p[200];
     if (!json_is_boolean(v))
-        return bad(e, 400, "%s%s: expected a boolean, found %s", where, key, type_name(v));
+        return shape_type(e, join_path(p, sizeof(p), where, key), v, "a boolean");
     *out = json_is_true(v);
     return 0;
 }
@@ -192,8 +244,9 @@ static int opt_object(const json_t *obj, const char *key, const char *where, con
     *out = NULL;
     if (!v || json_is_null(v))
         return 0;
+    char p[200];
     if (!json_is_object(v))
-        return bad(e, 400, "%s%s: expected an object, found %s", where, key, type_name(v));
+        return shape_type(e, join_path(p, sizeof(p), where, key), v, "a map");
     *out = v;
     return 0;
 }
@@ -224,17 +277,15 @@ static int parse_mailbox_field(inject_job *j, const json_t *content, const char 
     char where[64];
     snprintf(where, sizeof(where), "content.%s", key);
     if (!json_is_object(v))
-        return bad(e, 400, "%s: expected an object with email and name, found %s", where,
-                   type_name(v));
+        return content_shape(e);
     static const char *const keys[] = {"email", "name", NULL};
     if (only_keys(v, where, keys, e))
         return -1;
     const char *email, *name;
-    snprintf(where, sizeof(where), "content.%s.", key);
     if (opt_string(v, "email", where, &email, e) || opt_string(v, "name", where, &name, e))
         return -1;
     if (!email)
-        return bad(e, 400, "content.%s: missing field 'email'", key);
+        return content_shape(e);
     if (!strstr(email, "{{") && !mime_addr_valid(email))
         return bad(e, 422, "failed parsing content.%s: invalid address '%s'", key, email);
     inj_hdr *h = &j->hdrs[j->n_hdrs++];
@@ -266,17 +317,17 @@ static int parse_builder(inject_job *j, const json_t *c, verr *e)
     if (only_keys(c, "content", keys, e))
         return -1;
     const char *text, *html, *amp, *subject;
-    if (opt_string(c, "text_body", "content.", &text, e) ||
-        opt_string(c, "html_body", "content.", &html, e) ||
-        opt_string(c, "amp_html_body", "content.", &amp, e) ||
-        opt_string(c, "subject", "content.", &subject, e))
+    if (opt_string(c, "text_body", "content", &text, e) ||
+        opt_string(c, "html_body", "content", &html, e) ||
+        opt_string(c, "amp_html_body", "content", &amp, e) ||
+        opt_string(c, "subject", "content", &subject, e))
         return -1;
     const json_t *headers;
-    if (opt_object(c, "headers", "content.", &headers, e))
+    if (opt_object(c, "headers", "content", &headers, e))
         return -1;
     json_t *atts = json_object_get(c, "attachments");
     if (atts && !json_is_null(atts) && !json_is_array(atts))
-        return bad(e, 400, "content.attachments: expected an array, found %s", type_name(atts));
+        return content_shape(e);
     /* KumoMTA checks the bodies after the types */
     if (!text && !html)
         return bad(e, 422, "at least one of text_body and/or html_body must be given");
@@ -305,8 +356,7 @@ static int parse_builder(inject_job *j, const json_t *c, verr *e)
     json_object_foreach((json_t *)headers, k, v)
     {
         if (!json_is_string(v))
-            return bad(e, 400, "content.headers.%s: expected a string, found %s", k,
-                       type_name(v));
+            return content_shape(e);
         if (!*k || strpbrk(k, ": \t\r\n"))
             return bad(e, 422, "content.headers: invalid header name '%s'", k);
         bool dup = false;
@@ -338,13 +388,12 @@ static int parse_builder(inject_job *j, const json_t *c, verr *e)
         char where[64];
         snprintf(where, sizeof(where), "content.attachments[%zu]", i);
         if (!json_is_object(a))
-            return bad(e, 400, "%s: expected an object, found %s", where, type_name(a));
+            return content_shape(e);
         static const char *const akeys[] = {"data",      "content_type", "content_id",
                                             "file_name", "base64",       NULL};
         if (only_keys(a, where, akeys, e))
             return -1;
-        char w2[80];
-        snprintf(w2, sizeof(w2), "%s.", where);
+        const char *w2 = where;
         const char *data, *ctype, *cid, *fname;
         bool b64 = false;
         if (opt_string(a, "data", w2, &data, e) || opt_string(a, "content_type", w2, &ctype, e) ||
@@ -352,9 +401,9 @@ static int parse_builder(inject_job *j, const json_t *c, verr *e)
             opt_bool(a, "base64", w2, &b64, e))
             return -1;
         if (!data)
-            return bad(e, 400, "%s: missing field 'data'", where);
+            return content_shape(e);
         if (!ctype)
-            return bad(e, 400, "%s: missing field 'content_type'", where);
+            return content_shape(e);
         if (!*ctype || strpbrk(ctype, "\r\n"))
             return bad(e, 422, "%s: invalid content_type", where);
         inj_attach *at = &j->att[j->n_att++];
@@ -384,15 +433,15 @@ static int parse_trace_headers(inject_job *j, const json_t *th, verr *e)
     if (!th || json_is_null(th))
         return 0;
     if (!json_is_object(th))
-        return bad(e, 400, "trace_headers: expected an object, found %s", type_name(th));
+        return shape_type(e, "trace_headers", th, "struct TraceHeaders");
     static const char *const keys[] = {"received_header", "supplemental_header", "header_name",
                                        "include_meta_names", NULL};
     if (only_keys(th, "trace_headers", keys, e))
         return -1;
     const char *name;
-    if (opt_bool(th, "received_header", "trace_headers.", &j->received_header, e) ||
-        opt_bool(th, "supplemental_header", "trace_headers.", &j->supplemental_header, e) ||
-        opt_string(th, "header_name", "trace_headers.", &name, e))
+    if (opt_bool(th, "received_header", "trace_headers", &j->received_header, e) ||
+        opt_bool(th, "supplemental_header", "trace_headers", &j->supplemental_header, e) ||
+        opt_string(th, "header_name", "trace_headers", &name, e))
         return -1;
     if (name) {
         if (!*name || strpbrk(name, ": \t\r\n"))
@@ -405,12 +454,16 @@ static int parse_trace_headers(inject_job *j, const json_t *th, verr *e)
         if (json_is_object(inc) && json_object_size(inc) == 0)
             inc = NULL;
         else if (!json_is_array(inc))
-            return bad(e, 400, "trace_headers.include_meta_names: expected an array, found %s",
-                       type_name(inc));
+            return shape_type(e, "trace_headers.include_meta_names", inc, "a sequence");
         size_t i;
         json_t *v;
-        json_array_foreach(inc, i, v) if (!json_is_string(v)) return bad(
-            e, 400, "trace_headers.include_meta_names[%zu]: expected a string", i);
+        json_array_foreach(inc, i, v)
+        {
+            char p[80];
+            snprintf(p, sizeof(p), "trace_headers.include_meta_names[%zu]", i);
+            if (!json_is_string(v))
+                return shape_type(e, p, v, "a string");
+        }
         j->include_meta_names = inc;
     }
     return 0;
@@ -426,23 +479,22 @@ static int parse_request(inject_job *j, verr *e)
         return -1;
     json_t *sender = json_object_get(b, "envelope_sender");
     if (!sender)
-        return bad(e, 400, "missing field 'envelope_sender'");
+        return shape(e, "", "missing field `envelope_sender`");
     if (!json_is_string(sender))
-        return bad(e, 400, "envelope_sender: expected a string, found %s", type_name(sender));
+        return shape_type(e, "envelope_sender", sender, "a string");
     j->sender = json_string_value(sender);
     if (*j->sender && !mime_addr_valid(j->sender))
         return bad(e, 400, "envelope_sender: invalid address '%s'", j->sender);
     json_t *rcpts = json_object_get(b, "recipients");
     if (!rcpts)
-        return bad(e, 400, "missing field 'recipients'");
+        return shape(e, "", "missing field `recipients`");
     if (!json_is_array(rcpts))
-        return bad(e, 400, "recipients: expected an array, found %s", type_name(rcpts));
+        return shape_type(e, "recipients", rcpts, "a sequence");
     json_t *content = json_object_get(b, "content");
     if (!content)
-        return bad(e, 400, "missing field 'content'");
+        return shape(e, "", "missing field `content`");
     if (!json_is_string(content) && !json_is_object(content))
-        return bad(e, 400, "content: expected a string or an object, found %s",
-                   type_name(content));
+        return content_shape(e);
     if (opt_object(b, "substitutions", "", &j->subst, e))
         return -1;
     if (opt_bool(b, "deferred_spool", "", &j->deferred_spool, e) ||
@@ -453,9 +505,9 @@ static int parse_request(inject_job *j, verr *e)
         return -1;
     j->dialect = TMPL_JINJA;
     if (dialect && tmpl_dialect_parse(dialect, &j->dialect) != 0)
-        return bad(e, 400, "template_dialect: expected one of Jinja, Static, Handlebars, found "
-                           "'%s'",
-                   dialect);
+        return shape(e, "template_dialect",
+                     "unknown variant `%.100s`, expected one of `Jinja`, `Static`, `Handlebars`",
+                     dialect);
     if (parse_trace_headers(j, json_object_get(b, "trace_headers"), e))
         return -1;
     j->n = json_array_size(rcpts);
@@ -469,25 +521,27 @@ static int parse_request(inject_job *j, verr *e)
         char where[48];
         snprintf(where, sizeof(where), "recipients[%zu]", i);
         if (!json_is_object(r))
-            return bad(e, 400, "%s: expected an object, found %s", where, type_name(r));
+            return shape_type(e, where, r, "struct Recipient");
         static const char *const rkeys[] = {"email", "name", "substitutions", "metadata", NULL};
         if (only_keys(r, where, rkeys, e))
             return -1;
-        char w2[64];
-        snprintf(w2, sizeof(w2), "%s.", where);
+        const char *w2 = where;
         inj_rcpt *rc = &j->rc[i];
         if (opt_string(r, "email", w2, &rc->email, e) || opt_string(r, "name", w2, &rc->name, e) ||
             opt_object(r, "substitutions", w2, &rc->subst, e) ||
             opt_object(r, "metadata", w2, &rc->metadata, e))
             return -1;
         if (!rc->email)
-            return bad(e, 400, "%s: missing field 'email'", where);
+            return shape(e, where, "missing field `email`");
     }
     /* content last: its errors are 422 once the shape is right */
     if (json_is_string(content))
         return compile_field(j, json_string_value(content), "'content'", "content", &j->content,
                              e);
-    return parse_builder(j, content, e);
+    int rc = parse_builder(j, content, e);
+    if (rc && e->deser)
+        content_shape(e);
+    return rc;
 }
 
 /* ---- generation --------------------------------------------------------------------------- */
@@ -1092,7 +1146,16 @@ void http_inject_v1(http_req *hr)
     verr e = {0};
     if (parse_request(j, &e) != 0) {
         job_free(j);
-        http_reply_error(hr, e.status, "%s", e.msg);
+        if (e.deser) {
+            char msg[700];
+            int n = snprintf(msg, sizeof(msg),
+                             "Failed to deserialize the JSON body into the target type: %s", e.msg);
+            http_utf8_sanitize(msg);
+            http_reply_text(hr, 422, "text/plain; charset=utf-8", msg,
+                            n < (int)sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
+        } else {
+            http_reply_error(hr, e.status, "%s", e.msg);
+        }
         return;
     }
     if (http_shutting_down()) {
