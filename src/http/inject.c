@@ -34,6 +34,7 @@
 #include "core/reactor.h"
 #include "core/spoolid.h"
 #include "http/mime.h"
+#include "http/inject.h"
 #include "http/request.h"
 #include "http/template.h"
 #include "log/logs.h"
@@ -43,6 +44,7 @@
 #include "msg/headers.h"
 #include "msg/message.h"
 #include "msg/queue_name.h"
+#include "msg/trace_header.h"
 #include "queue/queue.h"
 #include "spool/spool.h"
 
@@ -74,7 +76,12 @@ typedef struct inj_rcpt {
 } inj_rcpt;
 
 typedef struct inject_job {
-    http_req *hr;
+    /* where the request came from (copies) and who hears the outcome */
+    char *peer_ip, *local_ip, *hostname; /* local_ip, hostname: NULL from Lua */
+    json_t *auth;
+    reactor *r;
+    inject_done_fn done;
+    void *done_ud;
     json_t *body;
     const char *sender;
     tmpl_dialect dialect;
@@ -569,6 +576,10 @@ static void job_free(inject_job *j)
     free(j->rc);
     free(j->ev_error);
     json_decref(j->body);
+    free(j->peer_ip);
+    free(j->local_ip);
+    free(j->hostname);
+    json_decref(j->auth);
     free(j);
 }
 
@@ -651,6 +662,17 @@ static json_t *make_vars(const inject_job *j, const inj_rcpt *r)
     return vars;
 }
 
+/* The listener's hostname; from Lua (no listener) the machine's name. */
+static const char *job_hostname(const inject_job *j, char *buf, size_t len)
+{
+    if (j->hostname)
+        return j->hostname;
+    snprintf(buf, len, "localhost");
+    gethostname(buf, len - 1);
+    buf[len - 1] = 0;
+    return buf;
+}
+
 static char *generate_builder(inject_job *j, inj_rcpt *r, const json_t *vars, const char *idhex,
                               size_t *len, char *err, size_t errlen)
 {
@@ -721,8 +743,8 @@ static char *generate_builder(inject_job *j, inj_rcpt *r, const json_t *vars, co
         ma[i].file_name = j->att[i].file_name;
         ma[i].content_id = j->att[i].content_id;
     }
-    char msgid[160];
-    snprintf(msgid, sizeof(msgid), "<%s@%s>", idhex, http_listener_hostname(j->hr->ln));
+    char msgid[320], host[256];
+    snprintf(msgid, sizeof(msgid), "<%s@%s>", idhex, job_hostname(j, host, sizeof(host)));
     mime_spec spec = {.text = text,
                       .html = html,
                       .amp_html = amp,
@@ -862,7 +884,7 @@ static int make_message(inject_job *j, inj_rcpt *r)
         if (asprintf(&recv,
                      "Received: from %s (%s)\r\n  by %s (KumoMTA)\r\n  with HTTP id %s for "
                      "<%s>;\r\n  %s\r\n",
-                     at ? at + 1 : "", j->hr->peer_ip, host, hex, r->email, date) < 0 ||
+                     at ? at + 1 : "", j->peer_ip, host, hex, r->email, date) < 0 ||
             prepend_text(m, recv) != 0) {
             free(recv);
             message_unref(m);
@@ -872,60 +894,17 @@ static int make_message(inject_job *j, inj_rcpt *r)
         free(recv);
     }
     json_t *meta = m->meta;
-    json_object_set_new(meta, "http_auth", json_string(auth_summary(j->hr->auth)));
+    json_object_set_new(meta, "http_auth", json_string(auth_summary(j->auth)));
     json_object_set_new(meta, "reception_protocol", json_string("HTTP"));
-    json_object_set_new(meta, "received_from", json_string(j->hr->peer_ip));
-    json_object_set_new(meta, "received_via", json_string(j->hr->local_ip));
-    json_object_set_new(meta, "hostname", json_string(http_listener_hostname(j->hr->ln)));
+    json_object_set_new(meta, "received_from", json_string(j->peer_ip));
+    if (j->local_ip)
+        json_object_set_new(meta, "received_via", json_string(j->local_ip));
+    if (j->hostname)
+        json_object_set_new(meta, "hostname", json_string(j->hostname));
     if (r->metadata && json_object_size(r->metadata))
         json_object_set_new(meta, "extra", json_deep_copy(r->metadata));
     r->m = m;
     return 0;
-}
-
-/* The supplemental trace header: base64 of {"_@_":"\_/","recipient":...}
- * plus the meta values named by include_meta_names, folded. */
-static int apply_supplemental(inject_job *j, message *m)
-{
-    json_t *o = json_object();
-    json_object_set_new(o, "_@_", json_string("\\_/"));
-    json_object_set_new(o, "recipient", json_string(m->rcpts[0]));
-    size_t i;
-    json_t *v;
-    json_array_foreach(j->include_meta_names, i, v)
-    {
-        const char *name = json_string_value(v);
-        json_t *mv = name ? json_object_get(m->meta, name) : NULL;
-        if (mv)
-            json_object_set(o, name, mv);
-    }
-    char *js = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    char *b64 = js ? mime_b64_encode((unsigned char *)js, strlen(js)) : NULL;
-    free(js);
-    if (!b64)
-        return KERR_NOMEM;
-    size_t bl = strlen(b64), hn = strlen(j->trace_header_name) + 2;
-    char *field = malloc(hn + bl + bl / 60 * 3 + 8);
-    if (!field) {
-        free(b64);
-        return KERR_NOMEM;
-    }
-    size_t fo = (size_t)sprintf(field, "%s: ", j->trace_header_name), col = hn;
-    for (size_t k = 0; k < bl; k++) {
-        if (col >= 75) {
-            memcpy(field + fo, "\r\n\t", 3);
-            fo += 3;
-            col = 1;
-        }
-        field[fo++] = b64[k];
-        col++;
-    }
-    memcpy(field + fo, "\r\n", 3);
-    free(b64);
-    int rc = prepend_text(m, field);
-    free(field);
-    return rc;
 }
 
 static void job_step(inject_job *j);
@@ -974,7 +953,8 @@ static void rcpt_after_event(inject_job *j, inj_rcpt *r)
         r->null_queue = true;
         return;
     }
-    if (j->supplemental_header && apply_supplemental(j, m) != 0) {
+    if (j->supplemental_header &&
+        trace_header_supplemental(m, j->trace_header_name, j->include_meta_names) != 0) {
         rcpt_fail(r, "out of memory");
         return;
     }
@@ -1000,7 +980,7 @@ static void rcpt_after_event(inject_job *j, inj_rcpt *r)
     data[m->data_len] = 0;
     x->j = j;
     x->idx = (size_t)(r - j->rc);
-    x->r = j->hr->r;
+    x->r = j->r;
     x->err = 0;
     j->saves_pending++;
     m->meta_dirty = m->data_dirty = false;
@@ -1015,7 +995,7 @@ static void after_generated(klua_call *c, int status, void *ud)
     if (status == KLUA_REJECT) {
         rcpt_fail(r, "%d %s", klua_call_reject_code(c), klua_call_error(c));
     } else if (status != KLUA_OK) {
-        DERROR(IMOD, "peer=%s http_message_generated failed: %s", j->hr->peer_ip,
+        DERROR(IMOD, "peer=%s http_message_generated failed: %s", j->peer_ip,
                klua_call_error(c));
         rcpt_fail(r, "%s", klua_call_error(c));
     }
@@ -1046,7 +1026,7 @@ static void job_step(inject_job *j)
             klua_call *c;
             lua_State *co = klua_call_begin(vm, "http_message_generated", &c);
             klua_push_message(co, r->m);
-            klua_push_json(co, j->hr->auth);
+            klua_push_json(co, j->auth);
             j->ev_done = false;
             klua_call_run(c, 2, after_generated, j);
             if (!j->ev_done) {
@@ -1070,7 +1050,7 @@ static void log_reception(inject_job *j, message *m, const char *queue)
     logrec r;
     logrec_reception(&r, hex, m, queue);
     r.peer_name = "";
-    r.peer_addr = j->hr->peer_ip;
+    r.peer_addr = j->peer_ip;
     r.reception_protocol = "HTTP";
     logs_record(&r);
 }
@@ -1103,12 +1083,13 @@ static void job_complete(inject_job *j)
             ok++;
         }
     }
-    http_req *hr = j->hr;
+    inject_done_fn done = j->done;
+    void *ud = j->done_ud;
     if (j->n && unhealthy == j->n) {
         json_decref(failed);
         json_decref(errors);
         job_free(j);
-        http_reply_error(hr, 503, "%s", kerr_str(KERR_UNHEALTHY));
+        done(ud, 503, NULL, kerr_str(KERR_UNHEALTHY), false);
         return;
     }
     if (j->deferred_generation) {
@@ -1125,9 +1106,76 @@ static void job_complete(inject_job *j)
                         json_integer(j->deferred_generation ? 0 : (json_int_t)(j->n - ok)));
     json_object_set_new(res, "failed_recipients", failed);
     json_object_set_new(res, "errors", errors);
-    DDEBUG(IMOD, "peer=%s injected %zu of %zu", hr->peer_ip, ok, j->n);
+    DDEBUG(IMOD, "peer=%s injected %zu of %zu", j->peer_ip, ok, j->n);
     job_free(j);
-    http_reply_json(hr, 200, res);
+    done(ud, 200, res, NULL, false);
+}
+
+void inject_v1_start(json_t *body_take, const inject_origin *o, inject_done_fn done, void *ud)
+{
+    inject_job *j = calloc(1, sizeof(*j));
+    if (j) {
+        j->peer_ip = strdup(o->peer_ip ? o->peer_ip : "");
+        j->local_ip = o->local_ip ? strdup(o->local_ip) : NULL;
+        j->hostname = o->hostname ? strdup(o->hostname) : NULL;
+    }
+    if (!j || !j->peer_ip || (o->local_ip && !j->local_ip) || (o->hostname && !j->hostname)) {
+        if (j)
+            job_free(j);
+        json_decref(body_take);
+        done(ud, 500, NULL, "out of memory", false);
+        return;
+    }
+    j->auth = json_incref(o->auth);
+    j->r = o->r;
+    j->done = done;
+    j->done_ud = ud;
+    j->body = body_take;
+    verr e = {0};
+    if (parse_request(j, &e) != 0) {
+        job_free(j);
+        done(ud, e.status, NULL, e.msg, e.deser);
+        return;
+    }
+    if (http_shutting_down()) {
+        job_free(j);
+        done(ud, 503, NULL, "shutting down", false);
+        return;
+    }
+    char why[256];
+    if (!services_spool() || !services_spool_ready()) {
+        job_free(j);
+        done(ud, 503, NULL, "waiting for spool startup", false);
+        return;
+    }
+    if (!services_spool_healthy(why, sizeof(why))) {
+        job_free(j);
+        done(ud, 503, NULL, why, false);
+        return;
+    }
+    job_step(j);
+}
+
+/* The HTTP answer: the result as JSON, a shape error as axum's Json
+ * extractor answers it, any other error as KumoMTA's AppError. */
+static void http_done(void *ud, int status, json_t *result_take, const char *error, bool deser)
+{
+    http_req *hr = ud;
+    if (status == 200) {
+        http_reply_json(hr, 200, result_take);
+        return;
+    }
+    json_decref(result_take);
+    if (deser) {
+        char msg[700];
+        int n = snprintf(msg, sizeof(msg),
+                         "Failed to deserialize the JSON body into the target type: %s", error);
+        http_utf8_sanitize(msg);
+        http_reply_text(hr, 422, "text/plain; charset=utf-8", msg,
+                        n < (int)sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
+        return;
+    }
+    http_reply_error(hr, status, "%s", error);
 }
 
 void http_inject_v1(http_req *hr)
@@ -1135,44 +1183,10 @@ void http_inject_v1(http_req *hr)
     json_t *body = http_req_json_object(hr, false);
     if (!body)
         return;
-    inject_job *j = calloc(1, sizeof(*j));
-    if (!j) {
-        json_decref(body);
-        http_reply_error(hr, 500, "out of memory");
-        return;
-    }
-    j->hr = hr;
-    j->body = body;
-    verr e = {0};
-    if (parse_request(j, &e) != 0) {
-        job_free(j);
-        if (e.deser) {
-            char msg[700];
-            int n = snprintf(msg, sizeof(msg),
-                             "Failed to deserialize the JSON body into the target type: %s", e.msg);
-            http_utf8_sanitize(msg);
-            http_reply_text(hr, 422, "text/plain; charset=utf-8", msg,
-                            n < (int)sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
-        } else {
-            http_reply_error(hr, e.status, "%s", e.msg);
-        }
-        return;
-    }
-    if (http_shutting_down()) {
-        job_free(j);
-        http_reply_error(hr, 503, "shutting down");
-        return;
-    }
-    char why[256];
-    if (!services_spool() || !services_spool_ready()) {
-        job_free(j);
-        http_reply_error(hr, 503, "waiting for spool startup");
-        return;
-    }
-    if (!services_spool_healthy(why, sizeof(why))) {
-        job_free(j);
-        http_reply_error(hr, 503, "%s", why);
-        return;
-    }
-    job_step(j);
+    inject_origin o = {.peer_ip = hr->peer_ip,
+                       .local_ip = hr->local_ip,
+                       .hostname = http_listener_hostname(hr->ln),
+                       .auth = hr->auth,
+                       .r = hr->r};
+    inject_v1_start(body, &o, http_done, hr);
 }
