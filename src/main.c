@@ -31,6 +31,7 @@
 #include "core/fsutil.h"
 #include "core/reactor.h"
 #include "log/logs.h"
+#include "http/inject_lua.h"
 #include "lua/klua.h"
 #include "lua/services.h"
 #include "smtp/server.h"
@@ -514,6 +515,7 @@ int main(int argc, char **argv)
     services_lua_register();
     smtpsrv_lua_register();
     http_lua_register();
+    inject_lua_register();
     http_metrics_add_endpoints();
     queue_init();
     /* reception hands messages to the queues (smtp sits above queue) */

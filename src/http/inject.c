@@ -21,6 +21,7 @@
  * queueing the request itself buys nothing), and the answer is KumoMTA's
  * documented one for a queued request: every count 0, no errors (template
  * errors are still 422, as KumoMTA compiles before queueing). */
+#include <event2/event.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -35,6 +36,7 @@
 #include "core/spoolid.h"
 #include "http/mime.h"
 #include "http/inject.h"
+#include "http/inject_lua.h"
 #include "http/request.h"
 #include "http/template.h"
 #include "log/logs.h"
@@ -495,7 +497,9 @@ static int parse_request(inject_job *j, verr *e)
     json_t *rcpts = json_object_get(b, "recipients");
     if (!rcpts)
         return shape(e, "", "missing field `recipients`");
-    if (!json_is_array(rcpts))
+    if (json_is_object(rcpts) && json_object_size(rcpts) == 0)
+        rcpts = NULL; /* an empty Lua table (from inject_v1) is an empty list */
+    else if (!json_is_array(rcpts))
         return shape_type(e, "recipients", rcpts, "a sequence");
     json_t *content = json_object_get(b, "content");
     if (!content)
@@ -1178,15 +1182,55 @@ static void http_done(void *ud, int status, json_t *result_take, const char *err
     http_reply_error(hr, status, "%s", error);
 }
 
-void http_inject_v1(http_req *hr)
+/* set_httpinject_recipient_rate_limit: the request sleeps until the
+ * throttle admits its recipients (asking again after each wait, as KumoMTA
+ * does), then runs. */
+typedef struct limit_wait {
+    http_req *hr;
+    json_t *body;
+    uint64_t n;
+} limit_wait;
+
+static void inject_go(http_req *hr, json_t *body)
 {
-    json_t *body = http_req_json_object(hr, false);
-    if (!body)
-        return;
     inject_origin o = {.peer_ip = hr->peer_ip,
                        .local_ip = hr->local_ip,
                        .hostname = http_listener_hostname(hr->ln),
                        .auth = hr->auth,
                        .r = hr->r};
     inject_v1_start(body, &o, http_done, hr);
+}
+
+static void limit_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    limit_wait *w = arg;
+    int64_t wait = inject_limit_take(w->n);
+    if (wait > 0) {
+        struct timeval tv = {wait / 1000000000, (wait % 1000000000) / 1000 + 1};
+        if (event_base_once(reactor_base(w->hr->r), -1, EV_TIMEOUT, limit_retry, w, &tv) == 0)
+            return;
+    }
+    http_req *hr = w->hr;
+    json_t *body = w->body;
+    free(w);
+    inject_go(hr, body);
+}
+
+void http_inject_v1(http_req *hr)
+{
+    json_t *body = http_req_json_object(hr, false);
+    if (!body)
+        return;
+    uint64_t n = json_array_size(json_object_get(body, "recipients"));
+    if (inject_limit_take(n) > 0) {
+        limit_wait *w = malloc(sizeof(*w));
+        if (w) {
+            *w = (limit_wait){hr, body, n};
+            limit_retry(-1, 0, w);
+            return;
+        }
+    }
+    inject_go(hr, body);
 }
