@@ -36,7 +36,7 @@
 #include "core/spoolid.h"
 #include "http/mime.h"
 #include "http/inject.h"
-#include "http/inject_lua.h"
+#include "http/inject_limit.h"
 #include "http/request.h"
 #include "http/template.h"
 #include "log/logs.h"

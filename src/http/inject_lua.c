@@ -3,13 +3,11 @@
  * origin for it: 127.0.0.1, the local-system identity "kumomta.internal",
  * no listener (no received_via, no hostname meta). The call waits for the
  * synced saves as the HTTP request does; the result is the response table,
- * any refusal of the request a Lua error. The HTTP rate limit lives here
- * too: one GCRA state for the process, behind a mutex (requests of every
- * reactor take from it). Reactor threads; the limit from any thread. */
+ * any refusal of the request a Lua error. set_httpinject_recipient_rate_limit
+ * sets http/inject_limit.c's throttle. Reactor threads. */
 #include "http/inject_lua.h"
 
 #include <lauxlib.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,50 +15,14 @@
 #include "core/reactor.h"
 #include "core/throttle.h"
 #include "http/inject.h"
+#include "http/inject_limit.h"
 #include "lua/klua.h"
 #include "lua/luajson.h"
-
-/* ---- the HTTP injection rate limit --------------------------------------------------------- */
-
-static pthread_mutex_t limit_lock = PTHREAD_MUTEX_INITIALIZER;
-static bool limit_set;
-static throttle_spec limit_spec;
-static throttle_state limit_state;
-
-/* GCRA for a quantity: n emission intervals at once. A request larger than
- * the burst is admitted once the throttle is idle (it could never fit). */
-int64_t inject_limit_take(uint64_t n)
-{
-    pthread_mutex_lock(&limit_lock);
-    int64_t wait = 0;
-    if (limit_set && n > 0 && limit_spec.limit > 0 && limit_spec.period_ns > 0 &&
-        limit_spec.limit <= (uint64_t)limit_spec.period_ns) {
-        int64_t now = clock_mono_ns();
-        int64_t interval = limit_spec.period_ns / (int64_t)limit_spec.limit;
-        uint64_t burst = limit_spec.max_burst ? limit_spec.max_burst : 1;
-        double tol = (double)interval * (double)burst;
-        double need = (double)interval * (double)n;
-        if (need > tol)
-            tol = need;
-        int64_t tat = limit_state.tat_ns > now ? limit_state.tat_ns : now;
-        double new_tat = (double)tat + need;
-        double ahead = new_tat - (double)now;
-        if (ahead > tol) {
-            wait = (int64_t)(ahead - tol) + 1;
-        } else {
-            limit_state.tat_ns = new_tat > 9e18 ? INT64_MAX : (int64_t)new_tat;
-        }
-    }
-    pthread_mutex_unlock(&limit_lock);
-    return wait;
-}
 
 static int l_set_rate_limit(lua_State *L)
 {
     if (lua_isnoneornil(L, 1)) {
-        pthread_mutex_lock(&limit_lock);
-        limit_set = false;
-        pthread_mutex_unlock(&limit_lock);
+        inject_limit_set(NULL);
         return 0;
     }
     if (lua_type(L, 1) != LUA_TSTRING)
@@ -72,11 +34,7 @@ static int l_set_rate_limit(lua_State *L)
     if (throttle_spec_parse(s, &spec) != 0)
         return luaL_error(L, "kumo.set_httpinject_recipient_rate_limit: invalid throttle '%s'",
                           s);
-    pthread_mutex_lock(&limit_lock);
-    limit_set = true;
-    limit_spec = spec;
-    limit_state.tat_ns = 0;
-    pthread_mutex_unlock(&limit_lock);
+    inject_limit_set(&spec);
     return 0;
 }
 
