@@ -12,7 +12,7 @@ import pytest
 import kumod_harness as kh
 from smtpdeliv_peers import SmtpPeer
 
-PEER_HOST = "127.0.0.72"
+PEER_HOST = "127.0.0.82"
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import kumod_harness as kh
 from smtpdeliv_peers import SmtpPeer
 
-PEER_HOST = "127.0.0.71"
+PEER_HOST = "127.0.0.81"
 
 # the page's own example, verbatim
 REWRITE_EXAMPLE = """
