@@ -31,6 +31,7 @@
 #include "core/fsutil.h"
 #include "core/reactor.h"
 #include "log/logs.h"
+#include "http/inject_lua.h"
 #include "lua/klua.h"
 #include "lua/services.h"
 #include "smtp/server.h"
@@ -517,6 +518,7 @@ int main(int argc, char **argv)
     services_lua_register();
     smtpsrv_lua_register();
     http_lua_register();
+    inject_lua_register();
     http_metrics_add_endpoints();
     queue_init();
     /* reception hands messages to the queues (smtp sits above queue) */
@@ -656,6 +658,10 @@ out_listeners:
     /* Loads and saves still in the spool's threads post their completions
      * to the reactors: finish them while the reactors run. */
     services_spool_stop();
+    /* shutdown_logging: the queues are idle and the loggers still open (a
+     * policy closes its mpsc queues here so their consumers can finish) */
+    if (run_event_sync("shutdown_logging", err, sizeof(err)) != 0)
+        DERROR(MAIN_MOD, "shutdown_logging: %s", err);
 out_reactors:
     /* signatures under way finish and post back while the reactors run */
     dkim_lua_stop_pool();

@@ -25,8 +25,10 @@
 #include "core/duration.h"
 #include "core/kerr.h"
 #include "core/reactor.h"
+#include "delivery/rewrite_status.h"
 #include "net/cidr.h"
 #include "net/dns.h"
+#include "msg/queue_name.h"
 #include "net/sockaddr.h"
 #include "queue/dispatch.h"
 #include "smtp/client.h"
@@ -516,17 +518,15 @@ static void sd_open(dispatcher *d)
 
 static void send_batch(sconn *c);
 
-static void on_sent(smtpcli *cli, const smtpcli_result *res, void *ud)
+/* The outcomes of one transaction: rs[i] is the response for recipient
+ * batch_off + i. */
+static void apply_results(sconn *c, const disp_response *rs, size_t n, bool broken)
 {
-    sconn *c = ud;
     dispatcher *d = c->d;
-    bool broken = res->transport_failed || !smtpcli_usable(cli);
-    if (broken)
-        disp_close_after_this(d);
     size_t base = c->batch_off;
-    bool whole = base == 0 && res->n_rcpts == c->cur->n_rcpts;
-    for (size_t i = 0; i < res->n_rcpts; i++) {
-        const smtpcli_response *r = &res->rcpts[i].response;
+    bool whole = base == 0 && n == c->cur->n_rcpts;
+    for (size_t i = 0; i < n; i++) {
+        const disp_response *r = &rs[i];
         disp_outcome o;
         if (r->code >= 200 && r->code < 300)
             o = OUTCOME_DELIVERED;
@@ -534,18 +534,16 @@ static void on_sent(smtpcli *cli, const smtpcli_result *res, void *ud)
             o = OUTCOME_PERMANENT;
         else
             o = OUTCOME_TRANSIENT;
-        disp_response dr = {r->code, r->enh_class, r->enh_subject, r->enh_detail, r->content,
-                            r->command};
-        if (whole && res->n_rcpts == 1) {
+        if (whole && n == 1) {
             message_unref(c->cur);
             c->cur = NULL;
-            disp_delivered(d, (int)o, &dr);
+            disp_delivered(d, (int)o, r);
             return;
         }
-        disp_recipient_outcome(d, base + i, o, &dr);
+        disp_recipient_outcome(d, base + i, o, r);
     }
     /* max_recipients_per_batch: the next transaction takes the next slice */
-    c->batch_off += res->n_rcpts;
+    c->batch_off += n;
     if (c->batch_off < c->cur->n_rcpts && !broken) {
         send_batch(c);
         return;
@@ -553,6 +551,86 @@ static void on_sent(smtpcli *cli, const smtpcli_result *res, void *ud)
     message_unref(c->cur);
     c->cur = NULL;
     disp_delivered(d, -1, NULL);
+}
+
+/* The responses of a transaction while smtp_client_rewrite_delivery_status
+ * looks at them (the result of smtpcli_send lives only during on_sent). */
+typedef struct rewrite_wait {
+    sconn_ref *ref;
+    rwst_resp *rs;
+    size_t n;
+    bool broken;
+} rewrite_wait;
+
+static void rewrite_done(void *ud)
+{
+    rewrite_wait *w = ud;
+    sconn *c = w->ref->c; /* NULL: the dispatcher went away meanwhile */
+    if (c && c->cur) {
+        disp_response *dr = calloc(w->n, sizeof(*dr));
+        if (!dr)
+            abort();
+        for (size_t i = 0; i < w->n; i++)
+            dr[i] = (disp_response){w->rs[i].code,          w->rs[i].enh_class,
+                                    w->rs[i].enh_subject,   w->rs[i].enh_detail,
+                                    w->rs[i].content,       w->rs[i].command};
+        apply_results(c, dr, w->n, w->broken);
+        free(dr);
+    }
+    for (size_t i = 0; i < w->n; i++) {
+        free(w->rs[i].content);
+        free(w->rs[i].command);
+    }
+    free(w->rs);
+    ref_drop(w->ref);
+    free(w);
+}
+
+static void on_sent(smtpcli *cli, const smtpcli_result *res, void *ud)
+{
+    sconn *c = ud;
+    bool broken = res->transport_failed || !smtpcli_usable(cli);
+    if (broken)
+        disp_close_after_this(c->d);
+    bool rewrite = false;
+    for (size_t i = 0; i < res->n_rcpts && !rewrite; i++)
+        rewrite = rwst_eligible(res->rcpts[i].response.code, res->rcpts[i].response.content);
+    if (rewrite && rwst_wanted()) {
+        /* the policy may reclassify the refusals first (it may wait) */
+        rewrite_wait *w = calloc(1, sizeof(*w));
+        rwst_resp *rs = calloc(res->n_rcpts, sizeof(*rs));
+        char *queue = queue_name_of_message(c->cur);
+        if (!w || !rs || !queue)
+            abort();
+        for (size_t i = 0; i < res->n_rcpts; i++) {
+            const smtpcli_response *r = &res->rcpts[i].response;
+            rs[i] = (rwst_resp){r->code, r->enh_class, r->enh_subject, r->enh_detail,
+                                strdup(r->content ? r->content : ""),
+                                r->command ? strdup(r->command) : NULL};
+            if (!rs[i].content || (r->command && !rs[i].command))
+                abort();
+        }
+        w->ref = c->ref;
+        w->ref->refs++;
+        w->rs = rs;
+        w->n = res->n_rcpts;
+        w->broken = broken;
+        rwst_run(rs, res->n_rcpts, queue, rewrite_done, w);
+        free(queue);
+        return;
+    }
+    disp_response dr_small[8];
+    disp_response *dr = res->n_rcpts <= 8 ? dr_small : calloc(res->n_rcpts, sizeof(*dr));
+    if (!dr)
+        abort();
+    for (size_t i = 0; i < res->n_rcpts; i++) {
+        const smtpcli_response *r = &res->rcpts[i].response;
+        dr[i] = (disp_response){r->code,       r->enh_class, r->enh_subject,
+                                r->enh_detail, r->content,   r->command};
+    }
+    apply_results(c, dr, res->n_rcpts, broken);
+    if (dr != dr_small)
+        free(dr);
 }
 
 static void send_batch(sconn *c)

@@ -21,6 +21,7 @@
  * queueing the request itself buys nothing), and the answer is KumoMTA's
  * documented one for a queued request: every count 0, no errors (template
  * errors are still 422, as KumoMTA compiles before queueing). */
+#include <event2/event.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -34,6 +35,8 @@
 #include "core/reactor.h"
 #include "core/spoolid.h"
 #include "http/mime.h"
+#include "http/inject.h"
+#include "http/inject_limit.h"
 #include "http/request.h"
 #include "http/template.h"
 #include "log/logs.h"
@@ -43,6 +46,7 @@
 #include "msg/headers.h"
 #include "msg/message.h"
 #include "msg/queue_name.h"
+#include "msg/trace_header.h"
 #include "queue/queue.h"
 #include "spool/spool.h"
 
@@ -74,7 +78,12 @@ typedef struct inj_rcpt {
 } inj_rcpt;
 
 typedef struct inject_job {
-    http_req *hr;
+    /* where the request came from (copies) and who hears the outcome */
+    char *peer_ip, *local_ip, *hostname; /* local_ip, hostname: NULL from Lua */
+    json_t *auth;
+    reactor *r;
+    inject_done_fn done;
+    void *done_ud;
     json_t *body;
     const char *sender;
     tmpl_dialect dialect;
@@ -109,6 +118,7 @@ typedef struct inject_job {
 
 typedef struct verr {
     int status;
+    bool deser; /* a shape error: answered as axum's Json extractor does (422) */
     char msg[600];
 } verr;
 
@@ -123,28 +133,70 @@ static int bad(verr *e, int status, const char *fmt, ...)
     return -1;
 }
 
-static const char *type_name(const json_t *v)
+/* A shape error as KumoMTA reports it: serde's message behind the path of
+ * the value (serde_path_to_error), answered 422 "Failed to deserialize the
+ * JSON body into the target type: PATH: MESSAGE". serde_json's " at line L
+ * column C" is not reproduced (jansson keeps no positions). */
+static int shape(verr *e, const char *path, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int shape(verr *e, const char *path, const char *fmt, ...)
+{
+    int n = *path ? snprintf(e->msg, sizeof(e->msg), "%s: ", path) : 0;
+    if (n < 0 || (size_t)n >= sizeof(e->msg))
+        n = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->msg + n, sizeof(e->msg) - (size_t)n, fmt, ap);
+    va_end(ap);
+    e->status = 422;
+    e->deser = true;
+    return -1;
+}
+
+/* serde's "invalid type: UNEXPECTED, expected WHAT" for value v. */
+static int shape_type(verr *e, const char *path, const json_t *v, const char *what)
 {
     switch (json_typeof(v)) {
     case JSON_OBJECT:
-        return "an object";
+        return shape(e, path, "invalid type: map, expected %s", what);
     case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        return "a string";
+        return shape(e, path, "invalid type: sequence, expected %s", what);
+    case JSON_STRING: {
+        char *q = json_dumps(v, JSON_ENCODE_ANY);
+        int rc = shape(e, path, "invalid type: string %.200s, expected %s", q ? q : "\"\"", what);
+        free(q);
+        return rc;
+    }
     case JSON_INTEGER:
+        return shape(e, path, "invalid type: integer `%lld`, expected %s",
+                     (long long)json_integer_value(v), what);
     case JSON_REAL:
-        return "a number";
+        return shape(e, path, "invalid type: floating point `%g`, expected %s", json_real_value(v),
+                     what);
     case JSON_TRUE:
     case JSON_FALSE:
-        return "a boolean";
+        return shape(e, path, "invalid type: boolean `%s`, expected %s",
+                     json_is_true(v) ? "true" : "false", what);
     default:
-        return "null";
+        return shape(e, path, "invalid type: null, expected %s", what);
     }
 }
 
-/* Checks that obj has only the allowed keys. */
-static int only_keys(const json_t *obj, const char *where, const char *const *allowed, verr *e)
+/* path + "." + key (or key alone at the top). */
+static const char *join_path(char *buf, size_t len, const char *path, const char *key)
+{
+    snprintf(buf, len, "%s%s%s", path, *path ? "." : "", key);
+    return buf;
+}
+
+/* Inside content's builder object every shape error is the untagged enum's. */
+static int content_shape(verr *e)
+{
+    return shape(e, "content", "data did not match any variant of untagged enum Content");
+}
+
+/* Checks that obj has only the allowed keys (serde's deny_unknown_fields:
+ * the allowed ones are listed in declaration order). */
+static int only_keys(const json_t *obj, const char *path, const char *const *allowed, verr *e)
 {
     const char *k;
     json_t *v;
@@ -154,8 +206,15 @@ static int only_keys(const json_t *obj, const char *where, const char *const *al
         for (int i = 0; allowed[i]; i++)
             if (strcmp(allowed[i], k) == 0)
                 ok = true;
-        if (!ok)
-            return bad(e, 400, "%s%sunknown field '%s'", where, *where ? ": " : "", k);
+        if (!ok) {
+            char list[400];
+            size_t o = 0;
+            list[0] = 0;
+            for (int i = 0; allowed[i] && o < sizeof(list); i++)
+                o += (size_t)snprintf(list + o, sizeof(list) - o, "%s`%s`", i ? ", " : "",
+                                      allowed[i]);
+            return shape(e, path, "unknown field `%.100s`, expected one of %s", k, list);
+        }
     }
     return 0;
 }
@@ -168,8 +227,9 @@ static int opt_string(const json_t *obj, const char *key, const char *where, con
     *out = NULL;
     if (!v || json_is_null(v))
         return 0;
+    char p[200];
     if (!json_is_string(v))
-        return bad(e, 400, "%s%s: expected a string, found %s", where, key, type_name(v));
+        return shape_type(e, join_path(p, sizeof(p), where, key), v, "a string");
     *out = json_string_value(v);
     return 0;
 }
@@ -179,8 +239,9 @@ static int opt_bool(const json_t *obj, const char *key, const char *where, bool 
     json_t *v = json_object_get(obj, key);
     if (!v)
         return 0;
+    char p[200];
     if (!json_is_boolean(v))
-        return bad(e, 400, "%s%s: expected a boolean, found %s", where, key, type_name(v));
+        return shape_type(e, join_path(p, sizeof(p), where, key), v, "a boolean");
     *out = json_is_true(v);
     return 0;
 }
@@ -192,8 +253,9 @@ static int opt_object(const json_t *obj, const char *key, const char *where, con
     *out = NULL;
     if (!v || json_is_null(v))
         return 0;
+    char p[200];
     if (!json_is_object(v))
-        return bad(e, 400, "%s%s: expected an object, found %s", where, key, type_name(v));
+        return shape_type(e, join_path(p, sizeof(p), where, key), v, "a map");
     *out = v;
     return 0;
 }
@@ -224,17 +286,15 @@ static int parse_mailbox_field(inject_job *j, const json_t *content, const char 
     char where[64];
     snprintf(where, sizeof(where), "content.%s", key);
     if (!json_is_object(v))
-        return bad(e, 400, "%s: expected an object with email and name, found %s", where,
-                   type_name(v));
+        return content_shape(e);
     static const char *const keys[] = {"email", "name", NULL};
     if (only_keys(v, where, keys, e))
         return -1;
     const char *email, *name;
-    snprintf(where, sizeof(where), "content.%s.", key);
     if (opt_string(v, "email", where, &email, e) || opt_string(v, "name", where, &name, e))
         return -1;
     if (!email)
-        return bad(e, 400, "content.%s: missing field 'email'", key);
+        return content_shape(e);
     if (!strstr(email, "{{") && !mime_addr_valid(email))
         return bad(e, 422, "failed parsing content.%s: invalid address '%s'", key, email);
     inj_hdr *h = &j->hdrs[j->n_hdrs++];
@@ -266,17 +326,17 @@ static int parse_builder(inject_job *j, const json_t *c, verr *e)
     if (only_keys(c, "content", keys, e))
         return -1;
     const char *text, *html, *amp, *subject;
-    if (opt_string(c, "text_body", "content.", &text, e) ||
-        opt_string(c, "html_body", "content.", &html, e) ||
-        opt_string(c, "amp_html_body", "content.", &amp, e) ||
-        opt_string(c, "subject", "content.", &subject, e))
+    if (opt_string(c, "text_body", "content", &text, e) ||
+        opt_string(c, "html_body", "content", &html, e) ||
+        opt_string(c, "amp_html_body", "content", &amp, e) ||
+        opt_string(c, "subject", "content", &subject, e))
         return -1;
     const json_t *headers;
-    if (opt_object(c, "headers", "content.", &headers, e))
+    if (opt_object(c, "headers", "content", &headers, e))
         return -1;
     json_t *atts = json_object_get(c, "attachments");
     if (atts && !json_is_null(atts) && !json_is_array(atts))
-        return bad(e, 400, "content.attachments: expected an array, found %s", type_name(atts));
+        return content_shape(e);
     /* KumoMTA checks the bodies after the types */
     if (!text && !html)
         return bad(e, 422, "at least one of text_body and/or html_body must be given");
@@ -305,8 +365,7 @@ static int parse_builder(inject_job *j, const json_t *c, verr *e)
     json_object_foreach((json_t *)headers, k, v)
     {
         if (!json_is_string(v))
-            return bad(e, 400, "content.headers.%s: expected a string, found %s", k,
-                       type_name(v));
+            return content_shape(e);
         if (!*k || strpbrk(k, ": \t\r\n"))
             return bad(e, 422, "content.headers: invalid header name '%s'", k);
         bool dup = false;
@@ -338,13 +397,12 @@ static int parse_builder(inject_job *j, const json_t *c, verr *e)
         char where[64];
         snprintf(where, sizeof(where), "content.attachments[%zu]", i);
         if (!json_is_object(a))
-            return bad(e, 400, "%s: expected an object, found %s", where, type_name(a));
+            return content_shape(e);
         static const char *const akeys[] = {"data",      "content_type", "content_id",
                                             "file_name", "base64",       NULL};
         if (only_keys(a, where, akeys, e))
             return -1;
-        char w2[80];
-        snprintf(w2, sizeof(w2), "%s.", where);
+        const char *w2 = where;
         const char *data, *ctype, *cid, *fname;
         bool b64 = false;
         if (opt_string(a, "data", w2, &data, e) || opt_string(a, "content_type", w2, &ctype, e) ||
@@ -352,9 +410,9 @@ static int parse_builder(inject_job *j, const json_t *c, verr *e)
             opt_bool(a, "base64", w2, &b64, e))
             return -1;
         if (!data)
-            return bad(e, 400, "%s: missing field 'data'", where);
+            return content_shape(e);
         if (!ctype)
-            return bad(e, 400, "%s: missing field 'content_type'", where);
+            return content_shape(e);
         if (!*ctype || strpbrk(ctype, "\r\n"))
             return bad(e, 422, "%s: invalid content_type", where);
         inj_attach *at = &j->att[j->n_att++];
@@ -384,15 +442,15 @@ static int parse_trace_headers(inject_job *j, const json_t *th, verr *e)
     if (!th || json_is_null(th))
         return 0;
     if (!json_is_object(th))
-        return bad(e, 400, "trace_headers: expected an object, found %s", type_name(th));
+        return shape_type(e, "trace_headers", th, "struct TraceHeaders");
     static const char *const keys[] = {"received_header", "supplemental_header", "header_name",
                                        "include_meta_names", NULL};
     if (only_keys(th, "trace_headers", keys, e))
         return -1;
     const char *name;
-    if (opt_bool(th, "received_header", "trace_headers.", &j->received_header, e) ||
-        opt_bool(th, "supplemental_header", "trace_headers.", &j->supplemental_header, e) ||
-        opt_string(th, "header_name", "trace_headers.", &name, e))
+    if (opt_bool(th, "received_header", "trace_headers", &j->received_header, e) ||
+        opt_bool(th, "supplemental_header", "trace_headers", &j->supplemental_header, e) ||
+        opt_string(th, "header_name", "trace_headers", &name, e))
         return -1;
     if (name) {
         if (!*name || strpbrk(name, ": \t\r\n"))
@@ -405,12 +463,16 @@ static int parse_trace_headers(inject_job *j, const json_t *th, verr *e)
         if (json_is_object(inc) && json_object_size(inc) == 0)
             inc = NULL;
         else if (!json_is_array(inc))
-            return bad(e, 400, "trace_headers.include_meta_names: expected an array, found %s",
-                       type_name(inc));
+            return shape_type(e, "trace_headers.include_meta_names", inc, "a sequence");
         size_t i;
         json_t *v;
-        json_array_foreach(inc, i, v) if (!json_is_string(v)) return bad(
-            e, 400, "trace_headers.include_meta_names[%zu]: expected a string", i);
+        json_array_foreach(inc, i, v)
+        {
+            char p[80];
+            snprintf(p, sizeof(p), "trace_headers.include_meta_names[%zu]", i);
+            if (!json_is_string(v))
+                return shape_type(e, p, v, "a string");
+        }
         j->include_meta_names = inc;
     }
     return 0;
@@ -426,23 +488,24 @@ static int parse_request(inject_job *j, verr *e)
         return -1;
     json_t *sender = json_object_get(b, "envelope_sender");
     if (!sender)
-        return bad(e, 400, "missing field 'envelope_sender'");
+        return shape(e, "", "missing field `envelope_sender`");
     if (!json_is_string(sender))
-        return bad(e, 400, "envelope_sender: expected a string, found %s", type_name(sender));
+        return shape_type(e, "envelope_sender", sender, "a string");
     j->sender = json_string_value(sender);
     if (*j->sender && !mime_addr_valid(j->sender))
         return bad(e, 400, "envelope_sender: invalid address '%s'", j->sender);
     json_t *rcpts = json_object_get(b, "recipients");
     if (!rcpts)
-        return bad(e, 400, "missing field 'recipients'");
-    if (!json_is_array(rcpts))
-        return bad(e, 400, "recipients: expected an array, found %s", type_name(rcpts));
+        return shape(e, "", "missing field `recipients`");
+    if (json_is_object(rcpts) && json_object_size(rcpts) == 0)
+        rcpts = NULL; /* an empty Lua table (from inject_v1) is an empty list */
+    else if (!json_is_array(rcpts))
+        return shape_type(e, "recipients", rcpts, "a sequence");
     json_t *content = json_object_get(b, "content");
     if (!content)
-        return bad(e, 400, "missing field 'content'");
+        return shape(e, "", "missing field `content`");
     if (!json_is_string(content) && !json_is_object(content))
-        return bad(e, 400, "content: expected a string or an object, found %s",
-                   type_name(content));
+        return content_shape(e);
     if (opt_object(b, "substitutions", "", &j->subst, e))
         return -1;
     if (opt_bool(b, "deferred_spool", "", &j->deferred_spool, e) ||
@@ -453,9 +516,9 @@ static int parse_request(inject_job *j, verr *e)
         return -1;
     j->dialect = TMPL_JINJA;
     if (dialect && tmpl_dialect_parse(dialect, &j->dialect) != 0)
-        return bad(e, 400, "template_dialect: expected one of Jinja, Static, Handlebars, found "
-                           "'%s'",
-                   dialect);
+        return shape(e, "template_dialect",
+                     "unknown variant `%.100s`, expected one of `Jinja`, `Static`, `Handlebars`",
+                     dialect);
     if (parse_trace_headers(j, json_object_get(b, "trace_headers"), e))
         return -1;
     j->n = json_array_size(rcpts);
@@ -469,25 +532,27 @@ static int parse_request(inject_job *j, verr *e)
         char where[48];
         snprintf(where, sizeof(where), "recipients[%zu]", i);
         if (!json_is_object(r))
-            return bad(e, 400, "%s: expected an object, found %s", where, type_name(r));
+            return shape_type(e, where, r, "struct Recipient");
         static const char *const rkeys[] = {"email", "name", "substitutions", "metadata", NULL};
         if (only_keys(r, where, rkeys, e))
             return -1;
-        char w2[64];
-        snprintf(w2, sizeof(w2), "%s.", where);
+        const char *w2 = where;
         inj_rcpt *rc = &j->rc[i];
         if (opt_string(r, "email", w2, &rc->email, e) || opt_string(r, "name", w2, &rc->name, e) ||
             opt_object(r, "substitutions", w2, &rc->subst, e) ||
             opt_object(r, "metadata", w2, &rc->metadata, e))
             return -1;
         if (!rc->email)
-            return bad(e, 400, "%s: missing field 'email'", where);
+            return shape(e, where, "missing field `email`");
     }
     /* content last: its errors are 422 once the shape is right */
     if (json_is_string(content))
         return compile_field(j, json_string_value(content), "'content'", "content", &j->content,
                              e);
-    return parse_builder(j, content, e);
+    int rc = parse_builder(j, content, e);
+    if (rc && e->deser)
+        content_shape(e);
+    return rc;
 }
 
 /* ---- generation --------------------------------------------------------------------------- */
@@ -515,6 +580,10 @@ static void job_free(inject_job *j)
     free(j->rc);
     free(j->ev_error);
     json_decref(j->body);
+    free(j->peer_ip);
+    free(j->local_ip);
+    free(j->hostname);
+    json_decref(j->auth);
     free(j);
 }
 
@@ -597,6 +666,17 @@ static json_t *make_vars(const inject_job *j, const inj_rcpt *r)
     return vars;
 }
 
+/* The listener's hostname; from Lua (no listener) the machine's name. */
+static const char *job_hostname(const inject_job *j, char *buf, size_t len)
+{
+    if (j->hostname)
+        return j->hostname;
+    snprintf(buf, len, "localhost");
+    gethostname(buf, len - 1);
+    buf[len - 1] = 0;
+    return buf;
+}
+
 static char *generate_builder(inject_job *j, inj_rcpt *r, const json_t *vars, const char *idhex,
                               size_t *len, char *err, size_t errlen)
 {
@@ -667,8 +747,8 @@ static char *generate_builder(inject_job *j, inj_rcpt *r, const json_t *vars, co
         ma[i].file_name = j->att[i].file_name;
         ma[i].content_id = j->att[i].content_id;
     }
-    char msgid[160];
-    snprintf(msgid, sizeof(msgid), "<%s@%s>", idhex, http_listener_hostname(j->hr->ln));
+    char msgid[320], host[256];
+    snprintf(msgid, sizeof(msgid), "<%s@%s>", idhex, job_hostname(j, host, sizeof(host)));
     mime_spec spec = {.text = text,
                       .html = html,
                       .amp_html = amp,
@@ -808,7 +888,7 @@ static int make_message(inject_job *j, inj_rcpt *r)
         if (asprintf(&recv,
                      "Received: from %s (%s)\r\n  by %s (KumoMTA)\r\n  with HTTP id %s for "
                      "<%s>;\r\n  %s\r\n",
-                     at ? at + 1 : "", j->hr->peer_ip, host, hex, r->email, date) < 0 ||
+                     at ? at + 1 : "", j->peer_ip, host, hex, r->email, date) < 0 ||
             prepend_text(m, recv) != 0) {
             free(recv);
             message_unref(m);
@@ -818,60 +898,17 @@ static int make_message(inject_job *j, inj_rcpt *r)
         free(recv);
     }
     json_t *meta = m->meta;
-    json_object_set_new(meta, "http_auth", json_string(auth_summary(j->hr->auth)));
+    json_object_set_new(meta, "http_auth", json_string(auth_summary(j->auth)));
     json_object_set_new(meta, "reception_protocol", json_string("HTTP"));
-    json_object_set_new(meta, "received_from", json_string(j->hr->peer_ip));
-    json_object_set_new(meta, "received_via", json_string(j->hr->local_ip));
-    json_object_set_new(meta, "hostname", json_string(http_listener_hostname(j->hr->ln)));
+    json_object_set_new(meta, "received_from", json_string(j->peer_ip));
+    if (j->local_ip)
+        json_object_set_new(meta, "received_via", json_string(j->local_ip));
+    if (j->hostname)
+        json_object_set_new(meta, "hostname", json_string(j->hostname));
     if (r->metadata && json_object_size(r->metadata))
         json_object_set_new(meta, "extra", json_deep_copy(r->metadata));
     r->m = m;
     return 0;
-}
-
-/* The supplemental trace header: base64 of {"_@_":"\_/","recipient":...}
- * plus the meta values named by include_meta_names, folded. */
-static int apply_supplemental(inject_job *j, message *m)
-{
-    json_t *o = json_object();
-    json_object_set_new(o, "_@_", json_string("\\_/"));
-    json_object_set_new(o, "recipient", json_string(m->rcpts[0]));
-    size_t i;
-    json_t *v;
-    json_array_foreach(j->include_meta_names, i, v)
-    {
-        const char *name = json_string_value(v);
-        json_t *mv = name ? json_object_get(m->meta, name) : NULL;
-        if (mv)
-            json_object_set(o, name, mv);
-    }
-    char *js = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    char *b64 = js ? mime_b64_encode((unsigned char *)js, strlen(js)) : NULL;
-    free(js);
-    if (!b64)
-        return KERR_NOMEM;
-    size_t bl = strlen(b64), hn = strlen(j->trace_header_name) + 2;
-    char *field = malloc(hn + bl + bl / 60 * 3 + 8);
-    if (!field) {
-        free(b64);
-        return KERR_NOMEM;
-    }
-    size_t fo = (size_t)sprintf(field, "%s: ", j->trace_header_name), col = hn;
-    for (size_t k = 0; k < bl; k++) {
-        if (col >= 75) {
-            memcpy(field + fo, "\r\n\t", 3);
-            fo += 3;
-            col = 1;
-        }
-        field[fo++] = b64[k];
-        col++;
-    }
-    memcpy(field + fo, "\r\n", 3);
-    free(b64);
-    int rc = prepend_text(m, field);
-    free(field);
-    return rc;
 }
 
 static void job_step(inject_job *j);
@@ -920,7 +957,8 @@ static void rcpt_after_event(inject_job *j, inj_rcpt *r)
         r->null_queue = true;
         return;
     }
-    if (j->supplemental_header && apply_supplemental(j, m) != 0) {
+    if (j->supplemental_header &&
+        trace_header_supplemental(m, j->trace_header_name, j->include_meta_names) != 0) {
         rcpt_fail(r, "out of memory");
         return;
     }
@@ -946,7 +984,7 @@ static void rcpt_after_event(inject_job *j, inj_rcpt *r)
     data[m->data_len] = 0;
     x->j = j;
     x->idx = (size_t)(r - j->rc);
-    x->r = j->hr->r;
+    x->r = j->r;
     x->err = 0;
     j->saves_pending++;
     m->meta_dirty = m->data_dirty = false;
@@ -961,7 +999,7 @@ static void after_generated(klua_call *c, int status, void *ud)
     if (status == KLUA_REJECT) {
         rcpt_fail(r, "%d %s", klua_call_reject_code(c), klua_call_error(c));
     } else if (status != KLUA_OK) {
-        DERROR(IMOD, "peer=%s http_message_generated failed: %s", j->hr->peer_ip,
+        DERROR(IMOD, "peer=%s http_message_generated failed: %s", j->peer_ip,
                klua_call_error(c));
         rcpt_fail(r, "%s", klua_call_error(c));
     }
@@ -992,7 +1030,7 @@ static void job_step(inject_job *j)
             klua_call *c;
             lua_State *co = klua_call_begin(vm, "http_message_generated", &c);
             klua_push_message(co, r->m);
-            klua_push_json(co, j->hr->auth);
+            klua_push_json(co, j->auth);
             j->ev_done = false;
             klua_call_run(c, 2, after_generated, j);
             if (!j->ev_done) {
@@ -1016,7 +1054,7 @@ static void log_reception(inject_job *j, message *m, const char *queue)
     logrec r;
     logrec_reception(&r, hex, m, queue);
     r.peer_name = "";
-    r.peer_addr = j->hr->peer_ip;
+    r.peer_addr = j->peer_ip;
     r.reception_protocol = "HTTP";
     logs_record(&r);
 }
@@ -1049,12 +1087,13 @@ static void job_complete(inject_job *j)
             ok++;
         }
     }
-    http_req *hr = j->hr;
+    inject_done_fn done = j->done;
+    void *ud = j->done_ud;
     if (j->n && unhealthy == j->n) {
         json_decref(failed);
         json_decref(errors);
         job_free(j);
-        http_reply_error(hr, 503, "%s", kerr_str(KERR_UNHEALTHY));
+        done(ud, 503, NULL, kerr_str(KERR_UNHEALTHY), false);
         return;
     }
     if (j->deferred_generation) {
@@ -1071,9 +1110,112 @@ static void job_complete(inject_job *j)
                         json_integer(j->deferred_generation ? 0 : (json_int_t)(j->n - ok)));
     json_object_set_new(res, "failed_recipients", failed);
     json_object_set_new(res, "errors", errors);
-    DDEBUG(IMOD, "peer=%s injected %zu of %zu", hr->peer_ip, ok, j->n);
+    DDEBUG(IMOD, "peer=%s injected %zu of %zu", j->peer_ip, ok, j->n);
     job_free(j);
-    http_reply_json(hr, 200, res);
+    done(ud, 200, res, NULL, false);
+}
+
+void inject_v1_start(json_t *body_take, const inject_origin *o, inject_done_fn done, void *ud)
+{
+    inject_job *j = calloc(1, sizeof(*j));
+    if (j) {
+        j->peer_ip = strdup(o->peer_ip ? o->peer_ip : "");
+        j->local_ip = o->local_ip ? strdup(o->local_ip) : NULL;
+        j->hostname = o->hostname ? strdup(o->hostname) : NULL;
+    }
+    if (!j || !j->peer_ip || (o->local_ip && !j->local_ip) || (o->hostname && !j->hostname)) {
+        if (j)
+            job_free(j);
+        json_decref(body_take);
+        done(ud, 500, NULL, "out of memory", false);
+        return;
+    }
+    j->auth = json_incref(o->auth);
+    j->r = o->r;
+    j->done = done;
+    j->done_ud = ud;
+    j->body = body_take;
+    verr e = {0};
+    if (parse_request(j, &e) != 0) {
+        job_free(j);
+        done(ud, e.status, NULL, e.msg, e.deser);
+        return;
+    }
+    if (http_shutting_down()) {
+        job_free(j);
+        done(ud, 503, NULL, "shutting down", false);
+        return;
+    }
+    char why[256];
+    if (!services_spool() || !services_spool_ready()) {
+        job_free(j);
+        done(ud, 503, NULL, "waiting for spool startup", false);
+        return;
+    }
+    if (!services_spool_healthy(why, sizeof(why))) {
+        job_free(j);
+        done(ud, 503, NULL, why, false);
+        return;
+    }
+    job_step(j);
+}
+
+/* The HTTP answer: the result as JSON, a shape error as axum's Json
+ * extractor answers it, any other error as KumoMTA's AppError. */
+static void http_done(void *ud, int status, json_t *result_take, const char *error, bool deser)
+{
+    http_req *hr = ud;
+    if (status == 200) {
+        http_reply_json(hr, 200, result_take);
+        return;
+    }
+    json_decref(result_take);
+    if (deser) {
+        char msg[700];
+        int n = snprintf(msg, sizeof(msg),
+                         "Failed to deserialize the JSON body into the target type: %s", error);
+        http_utf8_sanitize(msg);
+        http_reply_text(hr, 422, "text/plain; charset=utf-8", msg,
+                        n < (int)sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
+        return;
+    }
+    http_reply_error(hr, status, "%s", error);
+}
+
+/* set_httpinject_recipient_rate_limit: the request sleeps until the
+ * throttle admits its recipients (asking again after each wait, as KumoMTA
+ * does), then runs. */
+typedef struct limit_wait {
+    http_req *hr;
+    json_t *body;
+    uint64_t n;
+} limit_wait;
+
+static void inject_go(http_req *hr, json_t *body)
+{
+    inject_origin o = {.peer_ip = hr->peer_ip,
+                       .local_ip = hr->local_ip,
+                       .hostname = http_listener_hostname(hr->ln),
+                       .auth = hr->auth,
+                       .r = hr->r};
+    inject_v1_start(body, &o, http_done, hr);
+}
+
+static void limit_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    limit_wait *w = arg;
+    int64_t wait = inject_limit_take(w->n);
+    if (wait > 0) {
+        struct timeval tv = {wait / 1000000000, (wait % 1000000000) / 1000 + 1};
+        if (event_base_once(reactor_base(w->hr->r), -1, EV_TIMEOUT, limit_retry, w, &tv) == 0)
+            return;
+    }
+    http_req *hr = w->hr;
+    json_t *body = w->body;
+    free(w);
+    inject_go(hr, body);
 }
 
 void http_inject_v1(http_req *hr)
@@ -1081,35 +1223,14 @@ void http_inject_v1(http_req *hr)
     json_t *body = http_req_json_object(hr, false);
     if (!body)
         return;
-    inject_job *j = calloc(1, sizeof(*j));
-    if (!j) {
-        json_decref(body);
-        http_reply_error(hr, 500, "out of memory");
-        return;
+    uint64_t n = json_array_size(json_object_get(body, "recipients"));
+    if (inject_limit_take(n) > 0) {
+        limit_wait *w = malloc(sizeof(*w));
+        if (w) {
+            *w = (limit_wait){hr, body, n};
+            limit_retry(-1, 0, w);
+            return;
+        }
     }
-    j->hr = hr;
-    j->body = body;
-    verr e = {0};
-    if (parse_request(j, &e) != 0) {
-        job_free(j);
-        http_reply_error(hr, e.status, "%s", e.msg);
-        return;
-    }
-    if (http_shutting_down()) {
-        job_free(j);
-        http_reply_error(hr, 503, "shutting down");
-        return;
-    }
-    char why[256];
-    if (!services_spool() || !services_spool_ready()) {
-        job_free(j);
-        http_reply_error(hr, 503, "waiting for spool startup");
-        return;
-    }
-    if (!services_spool_healthy(why, sizeof(why))) {
-        job_free(j);
-        http_reply_error(hr, 503, "%s", why);
-        return;
-    }
-    job_step(j);
+    inject_go(hr, body);
 }

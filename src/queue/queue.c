@@ -98,6 +98,7 @@ void queue_init(void)
 {
     qmsg_pool_init();
     queue_config_lua_register();
+    queue_inject_message_register();
 }
 
 void queue_set_protocol_ops(const queue_protocol_ops *ops)

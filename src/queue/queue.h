@@ -15,6 +15,8 @@
 /* Registers the Lua makers. Call before the first VM is built. (main.c
  * connects the SMTP server's insert hook to queue_insert.) */
 void queue_init(void);
+/* kumo.inject_message (queue/inject_message.c); queue_init registers it. */
+void queue_inject_message_register(void);
 /* Frees the calling reactor's queues (messages stay in the spool). Run on
  * each reactor at shutdown. */
 void queue_reactor_shutdown(void);

@@ -53,6 +53,7 @@
 #include "net/tls.h"
 #include "net/wthrough.h"
 #include "smtp/listener_cfg.h"
+#include "smtp/rewrite_response.h"
 #include "smtp/xclient.h"
 #include "spool/spool.h"
 #include "metrics/metrics.h"
@@ -468,6 +469,11 @@ static void sess_reply(sess *s, int code, const char *msg, const char *command)
 {
     if (!s->bev || s->dead)
         return;
+    /* the policy's last word (smtp_server_rewrite_response) comes first:
+     * the Rejection record and the 421 close follow the rewritten reply */
+    char *rewritten = NULL;
+    if (smtpsrv_rewrite_response(&code, msg, command, s->meta, &rewritten) && rewritten)
+        msg = rewritten;
     if (code >= 400 && code < 600 && !(code == 421 && strncmp(msg, "4.3.2 ", 6) == 0))
         log_rejection(s, code, msg, command);
     struct evbuffer *out = sess_out(s);
@@ -487,6 +493,7 @@ static void sess_reply(sess *s, int code, const char *msg, const char *command)
         sess_set_state(s, SS_CLOSING);
         sess_reading(s, false);
     }
+    free(rewritten);
     if (!s->in_loop)
         sess_flush(s);
 }

@@ -14,7 +14,7 @@ static const lualib_module *const modules[] = {
     &lualib_serde,         &lualib_serde_compat, &lualib_string, &lualib_regex,
     &lualib_regex_set_map, &lualib_domain_map,   &lualib_cidr,   &lualib_memoize,
     &lualib_jsonl,
-    &lualib_bounce,
+    &lualib_bounce,        &lualib_trace_header,
 };
 
 const lualib_module *const *lualib_modules(size_t *n)

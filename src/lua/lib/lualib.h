@@ -45,6 +45,6 @@ int lualib_error(lua_State *L, const char *fname, const char *fmt, ...)
 /* The modules (defined in their own files). */
 extern const lualib_module lualib_serde, lualib_serde_compat, lualib_string, lualib_regex,
     lualib_regex_set_map, lualib_domain_map, lualib_cidr, lualib_memoize, lualib_jsonl,
-    lualib_bounce;
+    lualib_bounce, lualib_trace_header;
 
 #endif
