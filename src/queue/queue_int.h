@@ -287,6 +287,7 @@ struct readyq {
     unsigned cfg_epoch;
     long conn_failures; /* consecutive failed connection plans */
     klua_call *call;    /* get_egress_source / get_egress_path_config in flight */
+    struct rqthr *thr;  /* shared throttles and leases (throttle_shared.c), or NULL */
 };
 
 typedef struct qtables {
