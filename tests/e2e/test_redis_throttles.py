@@ -290,3 +290,52 @@ print('ok')
     finally:
         for r in nodes:
             r.stop()
+
+
+def test_throttle_insert_ready_queue_delays(tmp_path, redis, peer):
+    """The documented example: a per-tenant make_throttle in
+    throttle_insert_ready_queue, shared through redis; messages over the
+    limit wait in their scheduled queue and are counted."""
+    pol = kh.default_policy(init=f"""
+  kumo.configure_redis_throttles {{ node = 'redis://127.0.0.1:{redis.port}/' }}
+  kumo.start_http_listener {{ listen = '127.0.0.1:{{http_port}}' }}
+""", handlers=f"""
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {{
+    protocol = {{ smtp = {{ mx_list = {{ '[{PEER_HOST}]' }} }} }},
+    retry_interval = '1s',
+  }}
+end)
+kumo.on('get_egress_path_config', function(domain, source, site)
+  return kumo.make_egress_path {{ smtp_port = {peer.port}, enable_tls = 'Disabled',
+                                 prohibited_hosts = {{}} }}
+end)
+kumo.on('smtp_server_message_received', function(msg)
+  msg:set_meta('tenant', 'acme')
+end)
+kumo.on('throttle_insert_ready_queue', function(msg)
+  local tenant = msg:get_meta 'tenant'
+  local throttle = kumo.make_throttle(
+    string.format('tenant-send-limit-%s', tenant),
+    '3/5s,max_burst=3'
+  )
+  throttle:delay_message_if_throttled(msg)
+end)
+""")
+    a = kh.Kumod(tmp_path / "a", policy=pol).start()
+    t0 = time.monotonic()
+    inject(a, 5, "T")
+    wait_until(lambda: len(delivered(peer, "T")) >= 3, timeout=10, what="the first 3")
+    time.sleep(0.5)
+    assert len(delivered(peer, "T")) == 3
+    wait_until(lambda: len(delivered(peer, "T")) == 5, timeout=20, what="the delayed two")
+    assert time.monotonic() - t0 >= 1.5
+    assert redis.cmd("EXISTS", "kumod:throttle:tenant-send-limit-acme") == "1"
+    import urllib.request
+    body = urllib.request.urlopen(f"http://127.0.0.1:{a.http_port}/metrics", timeout=10).read()
+    text = body.decode()
+    import re
+    m = re.search(r'delayed_due_to_throttle_insert_ready\{queue="acme@dest.example"\} (\d+)', text)
+    assert m and int(m.group(1)) >= 2, text[-3000:]
+    assert "redis_operation_latency_count" in text
+    a.stop()
