@@ -44,6 +44,9 @@
 #include "delivery/maildir.h"
 #include "delivery/smtp_deliver.h"
 #include "lua/dns_lua.h"
+#include "lua/redis_lua.h"
+#include "net/redis.h"
+#include "net/shthrottle.h"
 #include "lua/lib/crypto.h"
 #include "lua/lib/digest.h"
 #include "lua/lib/dkim.h"
@@ -533,6 +536,7 @@ int main(int argc, char **argv)
      * then watched by its own thread (dns_shutdown stops it) */
     hosts_start();
     dns_lua_register();
+    redis_lua_register();
     /* the kumo.* library modules (src/lua/lib) */
     secrets_lua_register();
     dkim_lua_register();
@@ -675,7 +679,11 @@ out_reactors:
         klua_drop_waits(vm);
         klua_unref(vm);
         dns_reactor_free(r);
+        /* after the VM: the waits it parked are cancelled, so Redis
+         * commands failed here resume nothing */
+        redis_reactor_free(r);
     }
+    shthrottle_configure(NULL);
     dns_shutdown();
     smtpsrv_free();
     dkim_lua_shutdown();

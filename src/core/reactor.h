@@ -44,7 +44,13 @@ void reactor_timer_cancel(reactor *r, wheel_entry *e);
 /* Per-thread opaque slots for the layers above (the Lua VM, metrics...). */
 void *reactor_get_slot(reactor *r, int slot);
 void reactor_set_slot(reactor *r, int slot, void *value);
-enum { REACTOR_SLOT_LUA, REACTOR_SLOT_QUEUES, REACTOR_SLOT_DNS, REACTOR_SLOT_MAX = 8 };
+enum {
+    REACTOR_SLOT_LUA,
+    REACTOR_SLOT_QUEUES,
+    REACTOR_SLOT_DNS,
+    REACTOR_SLOT_REDIS,
+    REACTOR_SLOT_MAX = 8
+};
 
 /* Monotonic and wall clocks. */
 int64_t clock_mono_ms(void);

@@ -174,3 +174,48 @@ int64_t throttle_take(throttle_state *st, const throttle_spec *spec, int64_t now
     st->tat_ns = new_tat;
     return 0;
 }
+
+int64_t throttle_take_n(throttle_state *st, const throttle_spec *spec, int64_t now_ns,
+                        uint64_t want, uint64_t *granted, throttle_info *info)
+{
+    *granted = 0;
+    if (want == 0)
+        want = 1;
+    uint64_t burst = spec->max_burst ? spec->max_burst : 1;
+    if (info) {
+        info->limit = burst;
+        info->remaining = burst;
+        info->reset_after_ns = 0;
+    }
+    if (spec->period_ns <= 0 || spec->limit == 0 || spec->limit > (uint64_t)spec->period_ns) {
+        *granted = want;
+        return 0;
+    }
+    int64_t interval = spec->period_ns / (int64_t)spec->limit;
+    int64_t tolerance;
+    if (burst > (uint64_t)INT64_MAX || __builtin_mul_overflow(interval, (int64_t)burst, &tolerance))
+        tolerance = INT64_MAX;
+    int64_t tat = st->tat_ns > now_ns ? st->tat_ns : now_ns;
+    /* room: how many intervals fit between tat and now + tolerance */
+    int64_t behind = sat_sub(tat, now_ns); /* >= 0 */
+    int64_t slack = tolerance - behind;    /* may be negative */
+    uint64_t room = slack >= interval ? (uint64_t)(slack / interval) : 0;
+    if (room == 0) {
+        if (info) {
+            info->remaining = 0;
+            info->reset_after_ns = behind;
+        }
+        return interval - slack; /* > 0: until one interval fits */
+    }
+    uint64_t n = want < room ? want : room;
+    int64_t step;
+    if (n > (uint64_t)INT64_MAX || __builtin_mul_overflow(interval, (int64_t)n, &step))
+        step = INT64_MAX;
+    st->tat_ns = sat_add(tat, step);
+    *granted = n;
+    if (info) {
+        info->remaining = room - n;
+        info->reset_after_ns = sat_sub(st->tat_ns, now_ns);
+    }
+    return 0;
+}

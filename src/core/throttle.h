@@ -27,4 +27,20 @@ typedef struct throttle_state {
  * (st unchanged). */
 int64_t throttle_take(throttle_state *st, const throttle_spec *spec, int64_t now_ns);
 
+/* What a caller of throttle_take_n may report (X-RateLimit style). */
+typedef struct throttle_info {
+    uint64_t limit;         /* the burst */
+    uint64_t remaining;     /* tokens still available at now */
+    int64_t reset_after_ns; /* until the full burst is available again */
+} throttle_info;
+
+/* GCRA for up to want tokens at once: takes as many as fit (at most want)
+ * and stores that count in *granted. Returns 0 when at least one was taken,
+ * otherwise the nanoseconds until one would be (st unchanged). info (may be
+ * NULL) receives the limit, the tokens remaining and the reset time. With
+ * want = 1 it decides exactly as throttle_take. The Redis script of
+ * net/shthrottle.c is this same arithmetic in microseconds. */
+int64_t throttle_take_n(throttle_state *st, const throttle_spec *spec, int64_t now_ns,
+                        uint64_t want, uint64_t *granted, throttle_info *info);
+
 #endif

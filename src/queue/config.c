@@ -494,6 +494,112 @@ void egress_path_defaults(egress_path_config *c)
         cidr_list_add(&c->prohibited_hosts, prohibited[i]);
 }
 
+static void named_throttles_free(named_throttle *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(t[i].name);
+    free(t);
+}
+
+/* events per second, for ordering: the tightest throttle is checked first */
+static double rate_of(const throttle_spec *s)
+{
+    return s->period_ns > 0 ? (double)s->limit * 1e9 / (double)s->period_ns : 0;
+}
+
+static int cmp_named_throttle(const void *a, const void *b)
+{
+    double x = rate_of(&((const named_throttle *)a)->spec),
+           y = rate_of(&((const named_throttle *)b)->spec);
+    return x < y ? -1 : x > y;
+}
+
+static int cmp_named_limit(const void *a, const void *b)
+{
+    long x = ((const named_limit *)a)->limit, y = ((const named_limit *)b)->limit;
+    return x < y ? -1 : x > y;
+}
+
+/* A {name = "spec"} table; sorted smallest rate first, as the pages of
+ * additional_message_rate_throttles and source_selection_rate say. */
+static int parse_named_throttles(const json_t *j, const char *key, named_throttle **out,
+                                 size_t *n, char *err, size_t errlen)
+{
+    const json_t *t = json_object_get(j, key);
+    if (!t || json_is_null(t) || (json_is_array(t) && json_array_size(t) == 0))
+        return 0;
+    if (!json_is_object(t)) {
+        snprintf(err, errlen, "make_egress_path: %s: expected a table of name = throttle", key);
+        return KERR_PARSE;
+    }
+    *out = calloc(json_object_size(t) + 1, sizeof(**out));
+    if (!*out)
+        abort();
+    const char *k;
+    const json_t *v;
+    json_object_foreach((json_t *)t, k, v)
+    {
+        named_throttle *e = &(*out)[*n];
+        if (!json_is_string(v) || throttle_spec_parse(json_string_value(v), &e->spec) != 0) {
+            snprintf(err, errlen, "make_egress_path: %s: %s: invalid throttle (expected e.g. \"100/s\")",
+                     key, k);
+            return KERR_PARSE;
+        }
+        e->name = strdup(k);
+        (*n)++;
+    }
+    qsort(*out, *n, sizeof(**out), cmp_named_throttle);
+    return 0;
+}
+
+static int parse_named_limits(const json_t *j, egress_path_config *c, char *err, size_t errlen)
+{
+    const json_t *t = json_object_get(j, "additional_connection_limits");
+    if (!t || json_is_null(t) || (json_is_array(t) && json_array_size(t) == 0))
+        return 0;
+    if (!json_is_object(t)) {
+        snprintf(err, errlen,
+                 "make_egress_path: additional_connection_limits: expected a table of name = limit");
+        return KERR_PARSE;
+    }
+    c->add_limits = calloc(json_object_size(t) + 1, sizeof(*c->add_limits));
+    if (!c->add_limits)
+        abort();
+    const char *k;
+    const json_t *v;
+    json_object_foreach((json_t *)t, k, v)
+    {
+        named_limit *e = &c->add_limits[c->n_add_limits];
+        const char *s = json_string_value(v);
+        if (json_is_integer(v) && json_integer_value(v) > 0)
+            e->limit = (long)json_integer_value(v);
+        else if (s) {
+            e->local = strncmp(s, "local:", 6) == 0;
+            char digits[32];
+            size_t o = 0;
+            for (const char *p = s + (e->local ? 6 : 0); *p && o < sizeof(digits) - 1; p++)
+                if (*p != ',' && *p != '_')
+                    digits[o++] = *p;
+            digits[o] = 0;
+            char *end;
+            e->limit = strtol(digits, &end, 10);
+            if (*end || o == 0)
+                e->limit = 0;
+        }
+        if (e->limit <= 0) {
+            snprintf(err, errlen,
+                     "make_egress_path: additional_connection_limits: %s: expected a positive "
+                     "integer or \"local:N\"",
+                     k);
+            return KERR_PARSE;
+        }
+        e->name = strdup(k);
+        c->n_add_limits++;
+    }
+    qsort(c->add_limits, c->n_add_limits, sizeof(*c->add_limits), cmp_named_limit);
+    return 0;
+}
+
 int egress_path_from_json(const json_t *j, egress_path_config *c, char *err, size_t errlen)
 {
     egress_path_defaults(c);
@@ -503,6 +609,23 @@ int egress_path_from_json(const json_t *j, egress_path_config *c, char *err, siz
         return rc;
     }
     c->connection_limit = long_or(j, "connection_limit", c->connection_limit);
+    const char *cls = json_string_value(json_object_get(j, "connection_limit"));
+    c->connection_limit_local = cls && strncmp(cls, "local:", 6) == 0;
+    const char *ssr = json_string_value(json_object_get(j, "source_selection_rate"));
+    if (ssr && throttle_spec_parse(ssr, &c->source_selection_rate) == 0)
+        c->has_source_selection_rate = true;
+    rc = parse_named_throttles(j, "additional_message_rate_throttles", &c->add_rates,
+                               &c->n_add_rates, err, errlen);
+    if (!rc)
+        rc = parse_named_throttles(j, "additional_source_selection_rates",
+                                   &c->add_selection_rates, &c->n_add_selection_rates, err,
+                                   errlen);
+    if (!rc)
+        rc = parse_named_limits(j, c, err, errlen);
+    if (rc) {
+        egress_path_fini(c);
+        return rc;
+    }
     c->max_ready = long_or(j, "max_ready", c->max_ready);
     c->max_deliveries_per_connection =
         long_or(j, "max_deliveries_per_connection", c->max_deliveries_per_connection);
@@ -589,6 +712,11 @@ void egress_path_fini(egress_path_config *c)
     free(c->auth_user);
     free(c->auth_password);
     free(c->provider_name);
+    named_throttles_free(c->add_rates, c->n_add_rates);
+    named_throttles_free(c->add_selection_rates, c->n_add_selection_rates);
+    for (size_t i = 0; i < c->n_add_limits; i++)
+        free(c->add_limits[i].name);
+    free(c->add_limits);
     cidr_list_fini(&c->prohibited_hosts);
     cidr_list_fini(&c->skip_hosts);
     memset(c, 0, sizeof(*c));

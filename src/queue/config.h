@@ -56,8 +56,29 @@ typedef enum tls_mode {
     TLS_DISABLED,
 } tls_mode;
 
+/* additional_message_rate_throttles / additional_source_selection_rates
+ * entries, and additional_connection_limits (name -> limit). */
+typedef struct named_throttle {
+    char *name;
+    throttle_spec spec;
+} named_throttle;
+typedef struct named_limit {
+    char *name;
+    long limit;
+    bool local;
+} named_limit;
+
 typedef struct egress_path_config {
     long connection_limit;
+    bool connection_limit_local; /* "local:N": never shared through redis */
+    named_throttle *add_rates;   /* sorted by rate, smallest first */
+    size_t n_add_rates;
+    named_limit *add_limits; /* sorted by limit, smallest first */
+    size_t n_add_limits;
+    bool has_source_selection_rate;
+    throttle_spec source_selection_rate;
+    named_throttle *add_selection_rates; /* sorted, smallest first */
+    size_t n_add_selection_rates;
     long max_ready;
     bool has_max_message_rate, has_max_connection_rate;
     throttle_spec max_message_rate, max_connection_rate;

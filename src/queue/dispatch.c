@@ -27,6 +27,7 @@
 #include "lua/services.h"
 #include "queue/dispatch.h"
 #include "queue/queue_int.h"
+#include "queue/throttle_shared.h"
 
 struct dispatcher {
     dispatcher *next;
@@ -60,6 +61,9 @@ struct dispatcher {
     int64_t batch_started_ns; /* monotonic; 0 = no partial batch */
     bool accumulating;        /* waiting (idle_ev) for more messages */
     bool batch_ready;         /* complete: goes out once the rate allows */
+    /* connection-limit leases (throttle_shared.h), held until it closes */
+    rqleases *leases;
+    bool leased, leasing;
     /* per-recipient outcomes of the current message */
     int *rcpt_outcome;
     disp_response *rcpt_resp;
@@ -209,6 +213,8 @@ static void disp_destroy(dispatcher *d)
             break;
         }
     rq->active--;
+    rqlease_cancel(rq, d);
+    rqleases_release(d->leases);
     free(d->peer_name);
     free(d->peer_addr);
     free(d->tls_cipher);
@@ -716,13 +722,14 @@ static void batch_after_load(qmsg *q, int err, void *ud)
 static void batch_go(dispatcher *d)
 {
     readyq *rq = d->rq;
-    if (rq->cfg.has_max_message_rate) {
-        int64_t wait = throttle_take(&rq->msg_rate, &rq->cfg.max_message_rate, clock_wall_ns());
-        if (wait > 0) {
-            disp_set_phase(d, PHASE_MESSAGE_RATE_THROTTLED, NULL);
+    /* the shared (Redis) or local throttles and the additional ones; < 0:
+     * Redis answers later and dispatch_wake brings the batch back here */
+    int64_t wait = rqthr_message(rq);
+    if (wait != 0) {
+        disp_set_phase(d, PHASE_MESSAGE_RATE_THROTTLED, NULL);
+        if (wait > 0)
             disp_kick(d, wait);
-            return;
-        }
+        return;
     }
     disp_set_phase(d, PHASE_DELIVERING_MESSAGE, NULL);
     d->loading = true;
@@ -755,26 +762,66 @@ static void disp_idle_expired(evutil_socket_t fd, short what, void *arg)
     disp_close_soon(d);
 }
 
+static void disp_leased(void *owner, rqleases *l, bool granted)
+{
+    dispatcher *d = owner;
+    d->leasing = false;
+    if (!granted) {
+        disp_close_soon(d); /* the queue tries again in 3 s (rqthr_may_open) */
+        return;
+    }
+    d->leases = l;
+    d->leased = true;
+    disp_kick(d, 0);
+}
+
+/* A throttle answer came from Redis: the dispatchers waiting on one look again. */
+void dispatch_wake(readyq *rq);
+void dispatch_wake(readyq *rq)
+{
+    for (dispatcher *d = rq->dispatchers; d; d = d->next)
+        if (!d->closing && (d->phase == PHASE_MESSAGE_RATE_THROTTLED ||
+                            d->phase == PHASE_CONNECTION_RATE_THROTTLED))
+            disp_kick(d, 0);
+}
+
 static void disp_next(dispatcher *d)
 {
     readyq *rq = d->rq;
-    if (d->closing)
+    if (d->closing || d->leasing)
         return;
-    int64_t now_ns = clock_wall_ns();
-    if (!d->open && !d->opening && rq->cfg.has_max_connection_rate) {
-        int64_t wait = throttle_take(&rq->conn_rate, &rq->cfg.max_connection_rate, now_ns);
-        if (wait > 0) {
+    if (!d->open && !d->opening && !d->leased) {
+        /* connection_limit and additional_connection_limits (leases) */
+        rqleases *l = NULL;
+        int rc = rqlease_acquire(rq, d, &l, disp_leased);
+        if (rc == 1) {
+            d->leasing = true;
+            disp_set_phase(d, PHASE_ACQUIRING_LEASE, "connection limit");
+            return;
+        }
+        if (rc < 0) {
+            disp_close_soon(d);
+            return;
+        }
+        d->leases = l;
+        d->leased = true;
+    }
+    if (!d->open && !d->opening) {
+        int64_t wait = rqthr_connection(rq);
+        if (wait != 0) {
             disp_set_phase(d, PHASE_CONNECTION_RATE_THROTTLED, NULL);
-            disp_kick(d, wait);
+            if (wait > 0)
+                disp_kick(d, wait); /* else dispatch_wake kicks it */
             return;
         }
     }
     bool batched = batching(rq, d->drv);
-    if (d->open && !batched && rq->fifo.count && rq->cfg.has_max_message_rate) {
-        int64_t wait = throttle_take(&rq->msg_rate, &rq->cfg.max_message_rate, now_ns);
-        if (wait > 0) {
+    if (d->open && !batched && rq->fifo.count) {
+        int64_t wait = rqthr_message(rq);
+        if (wait != 0) {
             disp_set_phase(d, PHASE_MESSAGE_RATE_THROTTLED, NULL);
-            disp_kick(d, wait);
+            if (wait > 0)
+                disp_kick(d, wait);
             return;
         }
     }
@@ -1111,7 +1158,7 @@ void readyq_maintain(readyq *rq)
         ideal = ready;
     if (ideal < 1 && ready > 0)
         ideal = 1;
-    while (rq->active < ideal) {
+    while (rq->active < ideal && rqthr_may_open(rq)) {
         dispatcher *d = calloc(1, sizeof(*d));
         if (!d)
             abort();
@@ -1199,6 +1246,8 @@ void disp_free_all(readyq *rq)
                 qmsg_free(d->batch[i].q);
         free(d->batch);
         rq->dispatchers = d->next;
+        rqlease_cancel(rq, d);
+        rqleases_release(d->leases);
         free(d->peer_name);
         free(d->peer_addr);
         free(d->tls_cipher);

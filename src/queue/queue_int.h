@@ -107,6 +107,7 @@ typedef struct qmsg {
     uint8_t reasons[4]; /* most recent insert reasons, R__COUNT = empty */
     uint8_t n_reasons;
     bool enumerated_pending; /* attempts and due still to be inferred */
+    bool insert_checked;     /* throttle_insert_ready_queue passed it just now */
     int64_t due_wall_s;      /* when it is due (0 = now) */
 } qmsg;
 
@@ -287,6 +288,7 @@ struct readyq {
     unsigned cfg_epoch;
     long conn_failures; /* consecutive failed connection plans */
     klua_call *call;    /* get_egress_source / get_egress_path_config in flight */
+    struct rqthr *thr;  /* shared throttles and leases (throttle_shared.c), or NULL */
 };
 
 typedef struct qtables {

@@ -19,6 +19,7 @@
 #include "core/diag.h"
 #include "core/kerr.h"
 #include "queue/queue_int.h"
+#include "queue/throttle_shared.h"
 
 static void readyq_reap_cb(evutil_socket_t fd, short what, void *arg);
 static void readyq_load_config(readyq *rq);
@@ -107,6 +108,7 @@ void readyq_free(readyq *rq)
         event_free(rq->retry_ev);
     if (rq->watchdog_ev)
         event_free(rq->watchdog_ev);
+    rqthr_free(rq);
     egress_path_fini(&rq->cfg);
     egress_source_fini(&rq->source);
     queue_config_fini(&rq->qcfg);

@@ -27,6 +27,7 @@
 #include "net/dns.h"
 #include "queue/queue.h"
 #include "queue/dispatch.h"
+#include "queue/insert_throttle.h"
 #include "queue/queue_int.h"
 #include "queue/schedule.h"
 
@@ -663,7 +664,8 @@ static bool hold_for_spool(schedq *sq, qmsg *q)
 
 static void sched_make_ready(schedq *sq, qmsg *q)
 {
-    if (hold_for_spool(sq, q) || admin_intercept(sq, q) || admin_suspended(sq, q))
+    if (hold_for_spool(sq, q) || admin_intercept(sq, q) || admin_suspended(sq, q) ||
+        insert_throttle_hook(sq, q, sched_make_ready))
         return;
     if (sq->cfg.has_max_message_rate) {
         int64_t wait = throttle_take(&sq->rate, &sq->cfg.max_message_rate, clock_wall_ns());

@@ -238,12 +238,71 @@ static void test_long_run_rate(void **state)
     }
 }
 
+#define NS_PER_SEC_T 1000000000LL
+
+/* throttle_take_n: the batched GCRA that the Redis script mirrors. */
+static void test_take_n(void **state)
+{
+    (void)state;
+    throttle_spec spec;
+    assert_int_equal(throttle_spec_parse("60/m", &spec), 0);
+    throttle_state st = {0};
+    int64_t now = 1000 * NS_PER_SEC_T;
+    uint64_t got = 0;
+    throttle_info info;
+    /* the whole burst (60) at once, then nothing */
+    assert_int_equal(throttle_take_n(&st, &spec, now, 100, &got, &info), 0);
+    assert_int_equal(got, 60);
+    assert_int_equal(info.limit, 60);
+    assert_int_equal(info.remaining, 0);
+    assert_int_equal(info.reset_after_ns, 60 * NS_PER_SEC_T);
+    int64_t wait = throttle_take_n(&st, &spec, now, 5, &got, &info);
+    assert_int_equal(got, 0);
+    assert_int_equal(wait, NS_PER_SEC_T); /* one interval */
+    /* 2.5 s later: two tokens, of five asked */
+    assert_int_equal(throttle_take_n(&st, &spec, now + 2500000000LL, 5, &got, &info), 0);
+    assert_int_equal(got, 2);
+    assert_int_equal(info.remaining, 0);
+    /* a partial grant leaves the state as taking them one by one would */
+    throttle_state a = {0}, b = {0};
+    assert_int_equal(throttle_spec_parse("10/s,max_burst=3", &spec), 0);
+    for (int i = 0; i < 50; i++) {
+        int64_t t = now + i * 37000000LL;
+        uint64_t n = 0, ones = 0;
+        int64_t wa = throttle_take_n(&a, &spec, t, 2, &n, NULL);
+        for (int k = 0; k < 2; k++)
+            if (throttle_take(&b, &spec, t) == 0)
+                ones++;
+        assert_int_equal(n, ones);
+        assert_int_equal(a.tat_ns, b.tat_ns);
+        if (n == 0)
+            assert_true(wa > 0);
+    }
+    /* want = 1 decides exactly as throttle_take */
+    throttle_state c = {0}, d = {0};
+    assert_int_equal(throttle_spec_parse("7/s", &spec), 0);
+    for (int i = 0; i < 200; i++) {
+        int64_t t = now + i * 50000000LL;
+        uint64_t n = 0;
+        int64_t w1 = throttle_take_n(&c, &spec, t, 1, &n, NULL);
+        int64_t w2 = throttle_take(&d, &spec, t);
+        assert_int_equal(w1, w2);
+        assert_int_equal(n, w2 == 0 ? 1 : 0);
+    }
+    /* a spec allowing more than one per ns never limits */
+    throttle_spec fast = {.limit = 10, .period_ns = 5, .max_burst = 10};
+    throttle_state e = {0};
+    assert_int_equal(throttle_take_n(&e, &fast, now, 1000, &got, NULL), 0);
+    assert_int_equal(got, 1000);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_spec_parse_table),
         cmocka_unit_test(test_take_table),
         cmocka_unit_test(test_long_run_rate),
+        cmocka_unit_test(test_take_n),
     };
     return cmocka_run_group_tests_name("core/throttle", tests, NULL, NULL);
 }
