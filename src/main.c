@@ -53,6 +53,7 @@
 #include "lua/lib/fs.h"
 #include "lua/lib/misc.h"
 #include "lua/lib/mpsc.h"
+#include "lua/lib/amqp.h"
 #include "lua/lib/http_client.h"
 #include "log/loghook.h"
 #include "queue/hookq.h"
@@ -542,6 +543,7 @@ int main(int argc, char **argv)
     counter_series_lua_register();
     mpsc_lua_register();
     http_client_lua_register();
+    amqp_lua_register();
     misc_lua_register();
     misc_set_spawn_enabled(!validate || script_path);
     lualib_register();
@@ -654,6 +656,8 @@ out_listeners:
 out_reactors:
     /* signatures under way finish and post back while the reactors run */
     dkim_lua_stop_pool();
+    /* publishes under way fail and post back while the reactors run */
+    amqp_lua_stop();
     reactor_pool_stop();
     /* VMs hold references to their reactors' bases: free them before the pool. */
     for (int i = 0; i < reactor_count(); i++) {
