@@ -24,11 +24,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/duration.h"
 #include "core/kerr.h"
 #include "core/reactor.h"
 #include "lua/klua.h"
 #include "lua/lib/amqp_pool.h"
+#include "lua/lib/fields.h"
 #include "lua/lib/lualib.h"
 
 #define CLIENT_MT "kumo.amqp.Client"
@@ -48,96 +48,6 @@ typedef struct aconfirm {
 } aconfirm;
 
 static const char *const status_names[] = {"NotRequested", "Ack", "Nack"};
-
-/* ---- checking tables ----------------------------------------------------------------------- */
-
-static void check_known(lua_State *L, int t, const char *fname, const char *what,
-                        const char *const *names)
-{
-    lua_pushnil(L);
-    while (lua_next(L, t)) {
-        lua_pop(L, 1);
-        if (lua_type(L, -1) != LUA_TSTRING)
-            lualib_error(L, fname, "%s: field names must be strings, not %s", what,
-                         luaL_typename(L, -1));
-        const char *k = lua_tostring(L, -1);
-        bool ok = false;
-        for (const char *const *n = names; *n && !ok; n++)
-            ok = strcmp(*n, k) == 0;
-        if (!ok)
-            lualib_error(L, fname, "%s: unknown field `%s`", what, k);
-    }
-}
-
-/* The string field k of the table at t, or NULL when absent. The pointer
- * lives as long as the table holds the string. */
-static const char *opt_string(lua_State *L, int t, const char *k, const char *fname, size_t *len)
-{
-    lua_getfield(L, t, k);
-    const char *s = NULL;
-    if (lua_type(L, -1) == LUA_TSTRING)
-        s = lua_tolstring(L, -1, len);
-    else if (!lua_isnil(L, -1))
-        lualib_error(L, fname, "`%s` must be a string, not %s", k, luaL_typename(L, -1));
-    lua_pop(L, 1);
-    return s;
-}
-
-static bool opt_integer(lua_State *L, int t, const char *k, const char *fname, lua_Integer lo,
-                        lua_Integer hi, lua_Integer *out)
-{
-    lua_getfield(L, t, k);
-    bool have = !lua_isnil(L, -1);
-    if (have) {
-        int isint = 0;
-        lua_Integer v = lua_tointegerx(L, -1, &isint);
-        if (!isint || lua_type(L, -1) != LUA_TNUMBER)
-            lualib_error(L, fname, "`%s` must be an integer, not %s", k, luaL_typename(L, -1));
-        if (v < lo || v > hi)
-            lualib_error(L, fname, "`%s` must be between %lld and %lld", k, (long long)lo,
-                         (long long)hi);
-        *out = v;
-    }
-    lua_pop(L, 1);
-    return have;
-}
-
-static bool opt_bool(lua_State *L, int t, const char *k, const char *fname, bool def)
-{
-    lua_getfield(L, t, k);
-    bool v = def;
-    if (lua_type(L, -1) == LUA_TBOOLEAN)
-        v = lua_toboolean(L, -1);
-    else if (!lua_isnil(L, -1))
-        lualib_error(L, fname, "`%s` must be a boolean, not %s", k, luaL_typename(L, -1));
-    lua_pop(L, 1);
-    return v;
-}
-
-/* A duration field: a string ("5s", "1 minute") or a number of seconds. */
-static int64_t opt_duration_ms(lua_State *L, int t, const char *k, const char *fname)
-{
-    lua_getfield(L, t, k);
-    int64_t ms = 0;
-    if (lua_type(L, -1) == LUA_TNUMBER) {
-        double s = lua_tonumber(L, -1);
-        if (!(s > 0 && s < 1e9))
-            lualib_error(L, fname, "`%s` must be a positive duration", k);
-        ms = (int64_t)(s * 1000);
-    } else if (lua_type(L, -1) == LUA_TSTRING) {
-        int64_t ns;
-        if (duration_parse(lua_tostring(L, -1), &ns) != 0 || ns <= 0)
-            lualib_error(L, fname, "`%s`: invalid duration '%s'", k, lua_tostring(L, -1));
-        ms = ns / 1000000;
-        if (ms == 0)
-            ms = 1;
-    } else if (!lua_isnil(L, -1)) {
-        lualib_error(L, fname, "`%s` must be a duration string, not %s", k,
-                     luaL_typename(L, -1));
-    }
-    lua_pop(L, 1);
-    return ms;
-}
 
 /* ---- AMQP field tables from Lua tables ----------------------------------------------------- */
 
@@ -249,7 +159,7 @@ static void prop_string(lua_State *L, int t, const char *k, amqp_job *j, amqp_by
                         amqp_flags_t flag, const char *fname)
 {
     size_t len;
-    const char *s = opt_string(L, t, k, fname, &len);
+    const char *s = fields_opt_string(L, t, k, fname, &len);
     if (!s)
         return;
     if (len > 255)
@@ -276,15 +186,15 @@ static void fill_props(lua_State *L, int t, amqp_job *j, const char *type_key, c
     prop_string(L, t, "reply_to", j, &p->reply_to, AMQP_BASIC_REPLY_TO_FLAG, fname);
     prop_string(L, t, "user_id", j, &p->user_id, AMQP_BASIC_USER_ID_FLAG, fname);
     lua_Integer v;
-    if (opt_integer(L, t, "delivery_mode", fname, 1, 2, &v)) {
+    if (fields_opt_integer(L, t, "delivery_mode", fname, 1, 2, &v)) {
         p->delivery_mode = (uint8_t)v;
         p->_flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
     }
-    if (opt_integer(L, t, "priority", fname, 0, 255, &v)) {
+    if (fields_opt_integer(L, t, "priority", fname, 0, 255, &v)) {
         p->priority = (uint8_t)v;
         p->_flags |= AMQP_BASIC_PRIORITY_FLAG;
     }
-    if (opt_integer(L, t, "timestamp", fname, 0, INT64_MAX, &v)) {
+    if (fields_opt_integer(L, t, "timestamp", fname, 0, INT64_MAX, &v)) {
         p->timestamp = (uint64_t)v;
         p->_flags |= AMQP_BASIC_TIMESTAMP_FLAG;
     }
@@ -302,17 +212,17 @@ static void fill_props(lua_State *L, int t, amqp_job *j, const char *type_key, c
 static void fill_message(lua_State *L, int t, amqp_job *j, const char *fname)
 {
     size_t len;
-    const char *rk = opt_string(L, t, "routing_key", fname, &len);
+    const char *rk = fields_opt_string(L, t, "routing_key", fname, &len);
     if (!rk)
         lualib_error(L, fname, "`routing_key` is required");
     if (len > 255)
         lualib_error(L, fname, "`routing_key` is longer than 255 bytes");
     j->routing_key = amqp_job_bytes(j, rk, len);
-    const char *ex = opt_string(L, t, "exchange", fname, &len);
+    const char *ex = fields_opt_string(L, t, "exchange", fname, &len);
     if (ex && len > 255)
         lualib_error(L, fname, "`exchange` is longer than 255 bytes");
     j->exchange = ex ? amqp_job_bytes(j, ex, len) : amqp_empty_bytes;
-    const char *body = opt_string(L, t, "payload", fname, &len);
+    const char *body = fields_opt_string(L, t, "payload", fname, &len);
     if (!body)
         lualib_error(L, fname, "`payload` is required");
     j->body = amqp_job_bytes(j, body, len);
@@ -463,7 +373,7 @@ static const char *const connection_fields[] = {
 static char *dup_field(lua_State *L, int t, const char *k, const char *fname)
 {
     size_t len;
-    const char *s = opt_string(L, t, k, fname, &len);
+    const char *s = fields_opt_string(L, t, k, fname, &len);
     if (!s)
         return NULL;
     if (strlen(s) != len)
@@ -478,35 +388,35 @@ static char *dup_field(lua_State *L, int t, const char *k, const char *fname)
  * the caller's amqp_conf_fini, which is why c lives in a userdata here. */
 static void read_connection(lua_State *L, int t, amqp_conf *c, const char *fname)
 {
-    check_known(L, t, fname, "connection", connection_fields);
+    fields_check_known(L, t, fname, "connection", connection_fields);
     c->host = dup_field(L, t, "host", fname);
     if (!c->host)
         lualib_error(L, fname, "`connection.host` is required");
     lua_Integer v;
-    if (opt_integer(L, t, "port", fname, 1, 65535, &v))
+    if (fields_opt_integer(L, t, "port", fname, 1, 65535, &v))
         c->port = (int)v;
     c->user = dup_field(L, t, "username", fname);
     c->password = dup_field(L, t, "password", fname);
     c->vhost = dup_field(L, t, "vhost", fname);
     c->connection_name = dup_field(L, t, "connection_name", fname);
     c->heartbeat_s = -1;
-    if (opt_integer(L, t, "heartbeat", fname, 0, 65535, &v))
+    if (fields_opt_integer(L, t, "heartbeat", fname, 0, 65535, &v))
         c->heartbeat_s = (int)v;
-    c->tls = opt_bool(L, t, "enable_tls", fname, false);
+    c->tls = fields_opt_bool(L, t, "enable_tls", fname, false);
     c->root_ca_cert = dup_field(L, t, "root_ca_cert", fname);
     c->client_cert = dup_field(L, t, "client_cert", fname);
     c->client_key = dup_field(L, t, "client_private_key", fname);
     if (!c->client_cert != !c->client_key)
         lualib_error(L, fname, "Either both client_cert and client_private_key must be "
                                "specified, or neither");
-    c->confirm = opt_bool(L, t, "confirm_select", fname, true);
-    if (opt_integer(L, t, "pool_size", fname, 1, 1024, &v))
+    c->confirm = fields_opt_bool(L, t, "confirm_select", fname, true);
+    if (fields_opt_integer(L, t, "pool_size", fname, 1, 1024, &v))
         c->pool_size = (int)v;
-    c->connect_ms = opt_duration_ms(L, t, "connect_timeout", fname);
+    c->connect_ms = fields_opt_duration_ms(L, t, "connect_timeout", fname);
     /* recycling is a poll() of the idle socket here: it needs no limit */
-    (void)opt_duration_ms(L, t, "recycle_timeout", fname);
-    c->wait_ms = opt_duration_ms(L, t, "wait_timeout", fname);
-    c->publish_ms = opt_duration_ms(L, t, "publish_timeout", fname);
+    (void)fields_opt_duration_ms(L, t, "recycle_timeout", fname);
+    c->wait_ms = fields_opt_duration_ms(L, t, "wait_timeout", fname);
+    c->publish_ms = fields_opt_duration_ms(L, t, "publish_timeout", fname);
 }
 
 static int conf_gc(lua_State *L)
@@ -571,7 +481,7 @@ static int l_basic_publish(lua_State *L)
         return lualib_error(L, fname, "expected a table of parameters, not %s",
                             luaL_typename(L, 1));
     lua_settop(L, 1);
-    check_known(L, 1, fname, "parameters", publish_fields);
+    fields_check_known(L, 1, fname, "parameters", publish_fields);
     lua_getfield(L, 1, "connection"); /* 2 */
     if (lua_type(L, 2) != LUA_TTABLE)
         return lualib_error(L, fname, "`connection` must be a table, not %s",
@@ -581,8 +491,8 @@ static int l_basic_publish(lua_State *L)
     amqp_job *j = new_job(L, AMQP_JOB_PUBLISH, fname); /* 4 */
     fill_message(L, 1, j, fname);
     fill_props(L, 1, j, "message_type", fname);
-    j->mandatory = opt_bool(L, 1, "mandatory", fname, false);
-    j->immediate = opt_bool(L, 1, "immediate", fname, false);
+    j->mandatory = fields_opt_bool(L, 1, "mandatory", fname, false);
+    j->immediate = fields_opt_bool(L, 1, "immediate", fname, false);
     check_can_wait(L, fname);
     amqp_pool *p = amqp_pool_shared(c);
     if (!p)
@@ -672,21 +582,21 @@ static int client_publish(lua_State *L, enum wait_kind kind)
         ms = v;
     }
     lua_settop(L, 2);
-    check_known(L, 2, fname, "parameters", client_publish_fields);
+    fields_check_known(L, 2, fname, "parameters", client_publish_fields);
     amqp_job *j = new_job(L, AMQP_JOB_PUBLISH, fname); /* 3 */
     j->publish_ms = ms;
     fill_message(L, 2, j, fname);
     lua_getfield(L, 2, "options"); /* 4 */
     if (lua_type(L, 4) == LUA_TTABLE) {
-        check_known(L, 4, fname, "options", options_fields);
-        j->mandatory = opt_bool(L, 4, "mandatory", fname, false);
-        j->immediate = opt_bool(L, 4, "immediate", fname, false);
+        fields_check_known(L, 4, fname, "options", options_fields);
+        j->mandatory = fields_opt_bool(L, 4, "mandatory", fname, false);
+        j->immediate = fields_opt_bool(L, 4, "immediate", fname, false);
     } else if (!lua_isnil(L, 4)) {
         return lualib_error(L, fname, "`options` must be a table, not %s", luaL_typename(L, 4));
     }
     lua_getfield(L, 2, "properties"); /* 5 */
     if (lua_type(L, 5) == LUA_TTABLE) {
-        check_known(L, 5, fname, "properties", properties_fields);
+        fields_check_known(L, 5, fname, "properties", properties_fields);
         fill_props(L, 5, j, "kind", fname);
     } else if (!lua_isnil(L, 5)) {
         return lualib_error(L, fname, "`properties` must be a table, not %s",
