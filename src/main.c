@@ -60,7 +60,9 @@
 #include "lua/lib/fs.h"
 #include "lua/lib/misc.h"
 #include "lua/lib/mpsc.h"
+#include "lua/lib/amqp.h"
 #include "lua/lib/http_client.h"
+#include "lua/lib/nats.h"
 #include "log/loghook.h"
 #include "queue/hookq.h"
 #include "lua/lib/secrets.h"
@@ -553,6 +555,8 @@ int main(int argc, char **argv)
     sqlite_lua_register();
     mpsc_lua_register();
     http_client_lua_register();
+    amqp_lua_register();
+    nats_lua_register();
     misc_lua_register();
     misc_set_spawn_enabled(!validate || script_path);
     lualib_register();
@@ -670,6 +674,9 @@ out_reactors:
     /* signatures under way finish and post back while the reactors run */
     dkim_lua_stop_pool();
     sqlite_lua_stop_pool();
+    /* publishes under way fail and post back while the reactors run */
+    amqp_lua_stop();
+    nats_lua_stop();
     reactor_pool_stop();
     /* VMs hold references to their reactors' bases: free them before the pool. */
     for (int i = 0; i < reactor_count(); i++) {
@@ -687,6 +694,7 @@ out_reactors:
     dns_shutdown();
     smtpsrv_free();
     dkim_lua_shutdown();
+    nats_lua_shutdown();
     recovery_free();
     services_shutdown();
     logs_shutdown();

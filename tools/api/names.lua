@@ -38,6 +38,21 @@ end
 
 walk('kumo', kumo, 1)
 
+-- client methods that the reference documents as pages of their module
+-- (kumo.nats: publish.md, close.md): read from the client's metatable, as
+-- making a client needs a server
+local registry = debug.getregistry()
+for _, mod in ipairs { 'nats' } do
+  local mt = registry['kumo.' .. mod .. '.Client']
+  if type(mt) == 'table' and type(mt.__index) == 'table' then
+    for k, v in pairs(mt.__index) do
+      if type(v) == 'function' then
+        print('fn kumo.' .. mod .. '.' .. k)
+      end
+    end
+  end
+end
+
 for _, mod in ipairs { 'redis', 'sqlite' } do
   local ok, m = pcall(require, mod)
   if ok and type(m) == 'table' then
