@@ -3,7 +3,8 @@
  * bounce-cancel, suspend, suspend-list, suspend-cancel, suspend-ready-q,
  * suspend-ready-q-list, suspend-ready-q-cancel, rebind, inspect-message,
  * inspect-sched-q, inspect-ready-q, queue-summary, provider-summary,
- * abort-ready-q-conn, spool-compact, set-log-filter, top).
+ * abort-ready-q-conn, spool-compact, set-log-filter, top, trace-smtp-server,
+ * trace-smtp-client, resolve-egress-path).
  *
  * It talks to the HTTP listener (--endpoint, KUMO_KCLI_ENDPOINT, default
  * http://127.0.0.1:8000) with libcurl's easy interface, one blocking
@@ -25,6 +26,7 @@
 #include <unistd.h>
 
 #include "logs.h"
+#include "trace.h"
 
 #define DEFAULT_ENDPOINT "http://127.0.0.1:8000"
 #define TIMEOUT_S 60L
@@ -722,6 +724,18 @@ static int run_bounce_list(const cmd *c, int argc, char **argv)
 static int run_logs(const cmd *c, int argc, char **argv)
 {
     return kcli_logs(c->name, argc, argv);
+}
+
+static int run_trace_server(const cmd *c, int argc, char **argv)
+{
+    (void)c;
+    return kcli_trace(endpoint, false, argc, argv);
+}
+
+static int run_trace_client(const cmd *c, int argc, char **argv)
+{
+    (void)c;
+    return kcli_trace(endpoint, true, argc, argv);
 }
 
 static int run_quarantine_list(const cmd *c, int argc, char **argv)
@@ -1833,6 +1847,16 @@ static const cmd commands[] = {
      "--name SPOOL_NAME [--json]", run_spool_compact},
     {"set-log-filter", "Change the diagnostic log filter of the running kumod", "FILTER",
      run_set_log_filter},
+    {"trace-smtp-server", "Trace incoming SMTP sessions live (commands and replies)",
+     "[--source CIDR]... [--color tty|yes|no] [--only-new] [--only-one] [--terse] [--json]",
+     run_trace_server},
+    {"trace-smtp-client", "Trace kumod's outgoing SMTP sessions live",
+     "[--source CIDR]... [--mx-addr CIDR]... [--mx-host H]... [--domain D]...\n"
+     "                   [--routing-domain D]... [--campaign C]... [--tenant T]...\n"
+     "                   [--egress-pool P]... [--egress-source S]... [--mail-from A]...\n"
+     "                   [--rcpt-to A]... [--ready-queue Q]... [--color tty|yes|no]\n"
+     "                   [--only-new] [--only-one] [--terse] [--json]",
+     run_trace_client},
     {"top", "A live view of message rates and the largest queues (from /metrics.json)",
      "[--interval SECONDS] [--count FRAMES]", run_top},
 };
