@@ -374,3 +374,110 @@ def test_subscriber_that_never_reads_does_not_hold_up_mail(k, peer):
                 assert e["payload"]["Diagnostic"]["level"] == "ERROR"
     assert lagged and lagged > 0
     assert took < 60 * kh.SLOW, took
+
+
+# ---- resolve-egress-path ----------------------------------------------------------------------
+
+RESOLVE_POLICY = """
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  if domain == 'smart.example' then
+    return kumo.make_queue_config {
+      protocol = { smtp = { mx_list = { '127.0.0.5:2525' } } },
+    }
+  end
+  return kumo.make_queue_config {
+    egress_pool = tenant == 'gold' and 'gold-pool' or 'plain-pool',
+    retry_interval = '7m',
+  }
+end)
+kumo.on('get_egress_pool', function(name)
+  if name == 'gold-pool' then
+    return kumo.make_egress_pool { name = name, entries = {
+      { name = 'ip-1', weight = 2 }, { name = 'ip-2', weight = 1 } } }
+  end
+  return kumo.make_egress_pool { name = name, entries = { { name = 'ip-3' } } }
+end)
+kumo.on('get_egress_source', function(name)
+  return kumo.make_egress_source { name = name }
+end)
+kumo.on('get_egress_path_config', function(domain, source, site)
+  if site == '(mx1|mx2).zone.example' and source == 'ip-1' then
+    return kumo.make_egress_path { connection_limit = 3, max_message_rate = '100/s',
+                                   max_connection_rate = '10/m', smtp_port = 2525 }
+  end
+  return kumo.make_egress_path { connection_limit = 9 }
+end)
+"""
+
+RESOLVE_INIT = INIT + """
+kumo.dns.configure_test_resolver {
+  [[
+$ORIGIN zone.example.
+@       300 IN MX 10 mx1
+        300 IN MX 20 mx2.zone.example.
+mx1     300 IN A  127.0.0.1
+mx2     300 IN A  127.0.0.1
+]],
+}
+"""
+
+
+def kcli_run(k, *args, check=True):
+    p = subprocess.run([kcli_bin(), "--endpoint", f"http://127.0.0.1:{k.http_port}"] + list(args),
+                       capture_output=True, text=True, timeout=60)
+    if check:
+        assert p.returncode == 0, (args, p.stdout, p.stderr)
+    return p
+
+
+def test_resolve_egress_path(kumod_factory):
+    k = kumod_factory(handlers=RESOLVE_POLICY, init=RESOLVE_INIT)
+    r = json.loads(kcli_run(k, "resolve-egress-path", "--json", "--tenant", "gold",
+                            "zone.example", "ip-1").stdout)
+    assert r["domain"] == "zone.example" and r["source"] == "ip-1"
+    assert r["queue_name"] == "ip-1->(mx1|mx2).zone.example@smtp_client"
+    assert r["mx"]["site_name"] == "(mx1|mx2).zone.example"
+    assert r["mx"]["by_preference"] == {"10": ["mx1.zone.example."], "20": ["mx2.zone.example."]}
+    assert r["mx"]["is_mx"] is True and r["mx"]["is_domain_literal"] is False
+    assert r["queue_config"]["egress_pool"] == "gold-pool"
+    assert r["queue_config"]["retry_interval"] == "7m"
+    assert r["egress_pool"] == "gold-pool"
+    assert r["sources"] == [{"name": "ip-1", "weight": 2}, {"name": "ip-2", "weight": 1}]
+    pc = r["path_config"]
+    assert pc["connection_limit"] == 3 and pc["smtp_port"] == 2525
+    assert pc["max_message_rate"] == "100/s" and pc["max_connection_rate"] == "10/m"
+    c = r["constraints"]
+    assert c["max_concurrent_dispatchers"] == {"value": 3.0, "source": {"kind": "primary"},
+                                               "display": "3"}
+    assert c["max_message_rate"]["value"] == 100.0
+    assert abs(c["max_connection_rate"]["value"] - 10 / 60) < 1e-9
+    # another source, another tenant: the other branches of the policy
+    r2 = json.loads(kcli_run(k, "resolve-egress-path", "--json", "zone.example").stdout)
+    assert r2["source"] == "unspecified" and r2["egress_pool"] == "plain-pool"
+    assert r2["sources"] == [{"name": "ip-3", "weight": 1}]
+    assert r2["path_config"]["connection_limit"] == 9
+    # smart hosts: no MX lookup, the site is named after them
+    r3 = json.loads(kcli_run(k, "resolve-egress-path", "--json", "smart.example").stdout)
+    assert r3["mx"] is None
+    assert r3["queue_name"] == "unspecified->mx_list:127.0.0.5:2525@smtp_client"
+    # the text renderings
+    text = kcli_run(k, "resolve-egress-path", "--tenant", "gold", "zone.example", "ip-1").stdout
+    assert "queue:  ip-1->(mx1|mx2).zone.example@smtp_client" in text
+    assert "--- egress path config ---" in text and "connection_limit = 3" in text
+    assert re.search(r"concurrency +3 \(connection_limit\)", text), text
+    assert "source ip-1 weight 2" in text
+    cfg = kcli_run(k, "resolve-egress-path", "--config", "--tenant", "gold", "zone.example",
+                   "ip-1").stdout
+    assert 'max_message_rate = "100/s"' in cfg and "---" not in cfg
+    cons = kcli_run(k, "resolve-egress-path", "--constraints", "zone.example").stdout
+    assert re.search(r"concurrency +9 \(connection_limit\)", cons), cons
+    # errors: no domain; mutually exclusive modes
+    p = kcli_run(k, "resolve-egress-path", check=False)
+    assert p.returncode == 2
+    p = kcli_run(k, "resolve-egress-path", "--json", "--config", "x.example", check=False)
+    assert p.returncode == 2
+    import urllib.request
+    import urllib.error
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"http://127.0.0.1:{k.http_port}/api/admin/resolve-egress-path/v1")
+    assert e.value.code == 400 and b"domain is required" in e.value.read()
