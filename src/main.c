@@ -37,6 +37,8 @@
 #include "smtp/server.h"
 #include "http/http.h"
 #include "http/metrics_http.h"
+#include "http/resolve_http.h"
+#include "http/trace_http.h"
 #include "queue/queue.h"
 #include "queue/recovery.h"
 #include "delivery/lua_deliver.h"
@@ -525,6 +527,8 @@ int main(int argc, char **argv)
     http_lua_register();
     inject_lua_register();
     http_metrics_add_endpoints();
+    http_trace_add_endpoints();
+    http_resolve_add_endpoints();
     queue_init();
     /* reception hands messages to the queues (smtp sits above queue) */
     smtpsrv_set_insert_hook(queue_insert);

@@ -30,8 +30,10 @@
 #include "net/dns.h"
 #include "msg/queue_name.h"
 #include "net/sockaddr.h"
+#include "msg/queue_name.h"
 #include "queue/dispatch.h"
 #include "smtp/client.h"
+#include "smtp/trace.h"
 
 #define SMOD "kumod::smtp_client"
 
@@ -61,6 +63,7 @@ typedef struct sconn {
     bool lookups_cancelled;
     struct sconn_ref *ref;
     message *cur;     /* the message being sent (reference held) */
+    trace_conn *trace; /* kcli trace-smtp-client; NULL when nobody traces */
     size_t batch_off; /* first recipient of the current transaction */
 } sconn;
 
@@ -89,6 +92,7 @@ static void sconn_free(sconn *c)
             free(c->host_results[i]);
     }
     message_unref(c->cur);
+    trace_conn_unref(c->trace);
     free(c->hosts);
     free(c->names);
     free(c->host_ports);
@@ -390,6 +394,16 @@ static void try_next_target(sconn *c)
     p.hostname = bare;
     p.label = disp_readyq_name(d);
     p.session_id = disp_session_id(d);
+    if (c->trace) {
+        char shown[INET6_ADDRSTRLEN + 16];
+        snprintf(shown, sizeof(shown), t->addr.family == AF_INET6 ? "[%s]:%u" : "%s:%u",
+                 t->addr.text, (unsigned)(src && src->remote_port ? src->remote_port
+                                          : t->port                ? t->port
+                                                                   : pc->smtp_port));
+        trace_conn_set(c->trace, "mx_host", json_string(bare));
+        trace_conn_set(c->trace, "mx_address", json_string(shown));
+        p.trace = c->trace;
+    }
     p.enable_tls = (smtpcli_tls_mode)pc->enable_tls;
     p.enable_pipelining = pc->enable_pipelining;
     p.enable_rset = pc->enable_rset;
@@ -462,6 +476,13 @@ static void sd_open(dispatcher *d)
     disp_set_driver_state(d, c);
     const egress_path_config *pc = disp_path_config(d);
     const egress_source *src = disp_source(d);
+    if (trace_on(TRACE_CLIENT)) {
+        const char *pool = disp_queue_config(d)->egress_pool;
+        c->trace = trace_conn_new(json_pack(
+            "{s:s,s:s,s:s,s:s}", "egress_pool", pool ? pool : "unspecified", "egress_source",
+            src && src->name ? src->name : "unspecified", "id", disp_session_id(d),
+            "ready_queue_name", disp_readyq_name(d)));
+    }
     const char *ehlo = pc->ehlo_domain ? pc->ehlo_domain
                                        : (src && src->ehlo_domain ? src->ehlo_domain : NULL);
     if (ehlo)
@@ -661,6 +682,40 @@ static void send_batch(sconn *c)
     }
 }
 
+/* KumoMTA's per-message keys of the trace meta, then MessageObtained. */
+static void trace_message(sconn *c, const message *m)
+{
+    char id[SPOOLID_HEX_LEN + 1];
+    spoolid_to_hex(&m->id, id);
+    trace_conn_set(c->trace, "message_id", json_string(id));
+    trace_conn_set(c->trace, "sender", json_string(m->sender));
+    size_t rl = 1;
+    for (size_t i = 0; i < m->n_rcpts; i++)
+        rl += strlen(m->rcpts[i]) + 2;
+    char *rcpts = malloc(rl);
+    if (rcpts) {
+        size_t o = 0;
+        for (size_t i = 0; i < m->n_rcpts; i++)
+            o += (size_t)sprintf(rcpts + o, "%s%s", i ? ", " : "", m->rcpts[i]);
+        rcpts[o] = 0;
+        trace_conn_set(c->trace, "recipient", json_string(rcpts));
+        free(rcpts);
+    }
+    char *q = queue_name_of_message(m);
+    queue_name_parts qp;
+    if (q && queue_name_parse(q, &qp) == 0) {
+        trace_conn_set(c->trace, "domain", qp.domain ? json_string(qp.domain) : NULL);
+        trace_conn_set(c->trace, "routing_domain",
+                       qp.routing_domain ? json_string(qp.routing_domain) : json_null());
+        trace_conn_set(c->trace, "campaign", qp.campaign ? json_string(qp.campaign) : NULL);
+        trace_conn_set(c->trace, "tenant", qp.tenant ? json_string(qp.tenant) : NULL);
+        trace_conn_set(c->trace, "queue_name", json_string(q));
+        queue_name_parts_fini(&qp);
+    }
+    free(q);
+    trace_conn_emit(c->trace, TRACE_MESSAGE_OBTAINED, NULL, NULL, 0);
+}
+
 static void sd_send(dispatcher *d, message *m)
 {
     sconn *c = disp_driver_state(d);
@@ -669,6 +724,8 @@ static void sd_send(dispatcher *d, message *m)
     message_unref(c->cur);
     c->cur = m;
     c->batch_off = 0;
+    if (c->trace)
+        trace_message(c, m);
     send_batch(c);
 }
 

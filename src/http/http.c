@@ -341,6 +341,15 @@ void http_reply_text(http_req *hr, int status, const char *content_type, const c
     hr_free(hr);
 }
 
+struct evhttp_connection *http_req_detach(http_req *hr)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(hr->req);
+    DDEBUG(HMOD, "peer=%s %s %s -> connection taken over", hr->peer_ip, method_name(hr->method),
+           hr->path ? hr->path : "?");
+    hr_free(hr);
+    return evcon;
+}
+
 void http_reply_json(http_req *hr, int status, json_t *body_take)
 {
     char *s = NULL;

@@ -59,6 +59,13 @@ void http_reply_error(http_req *hr, int status, const char *fmt, ...)
 void http_reply_text(http_req *hr, int status, const char *content_type, const char *body,
                      size_t len);
 
+/* Ends hr without an answer and hands its connection to the caller (a
+ * websocket upgrade): the request wrapper is freed and no longer counts
+ * as in flight; the evhttp connection stays open with the request in it,
+ * and the caller owns it from now on (it replaces the bufferevent's
+ * callbacks and frees it with evhttp_connection_free). */
+struct evhttp_connection *http_req_detach(http_req *hr);
+
 /* Replaces bytes that are not well-formed UTF-8 with '?' (in place), so
  * that a message can go into a JSON string. */
 void http_utf8_sanitize(char *s);

@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "queue/config.h"
+
 /* Completion of an asynchronous admin request: result is owned by the
  * callee (NULL with an error text on failure); http_status is the status
  * the HTTP layer should answer (200, 400, 404...). Runs on the calling
@@ -64,5 +66,13 @@ void queue_admin_ready_q_states(const json_t *queues, admin_cb cb, void *ud);
 /* A summary for kcli queue-summary: {scheduled:[{name, count}], ready:[{name,
  * count, connections, suspended}]} */
 void queue_admin_summary(admin_cb cb, void *ud);
+
+/* The egress path config and its EffectiveConstraints as KumoMTA's
+ * inspect-ready-q and resolve-egress-path show them (new objects). */
+json_t *queue_path_config_json(const egress_path_config *c);
+json_t *queue_path_constraints_json(const egress_path_config *c);
+/* The protocol part of a ready queue name ("smtp_client", "maildir:PATH",
+ * "lua:NAME"...), written into buf when it is not a constant. */
+const char *queue_proto_suffix(const queue_config *c, char *buf, size_t len);
 
 #endif

@@ -406,6 +406,58 @@ static json_t *rate_or_null(bool has, const throttle_spec *t)
     return has ? rate_ceiling(t) : json_null();
 }
 
+/* The egress path config as inspect-ready-q and resolve-egress-path show
+ * it (the operator's units for rates). */
+json_t *queue_path_config_json(const egress_path_config *c)
+{
+    json_t *pc = json_object();
+    json_t *mr = rate_or_null(c->has_max_message_rate, &c->max_message_rate);
+    json_object_set_new(pc, "connection_limit", json_integer(c->connection_limit));
+    json_object_set_new(pc, "max_ready", json_integer(c->max_ready));
+    json_object_set_new(pc, "max_message_rate",
+                        json_is_null(mr) ? json_null()
+                                         : json_incref(json_object_get(mr, "display")));
+    json_decref(mr);
+    json_t *cr = rate_or_null(c->has_max_connection_rate, &c->max_connection_rate);
+    json_object_set_new(pc, "max_connection_rate",
+                        json_is_null(cr) ? json_null()
+                                         : json_incref(json_object_get(cr, "display")));
+    json_decref(cr);
+    json_object_set_new(pc, "max_deliveries_per_connection",
+                        json_integer(c->max_deliveries_per_connection));
+    json_object_set_new(pc, "max_recipients_per_batch", json_integer(c->max_recipients_per_batch));
+    json_object_set_new(pc, "consecutive_connection_failures_before_delay",
+                        json_integer(c->consecutive_connection_failures_before_delay));
+    json_object_set_new(pc, "smtp_port", json_integer(c->smtp_port));
+    json_object_set_new(pc, "enable_pipelining", json_boolean(c->enable_pipelining));
+    json_object_set_new(pc, "enable_rset", json_boolean(c->enable_rset));
+    json_object_set_new(pc, "ehlo_domain",
+                        c->ehlo_domain ? json_string(c->ehlo_domain) : json_null());
+    set_duration(pc, "connect_timeout", c->connect_timeout_ns);
+    set_duration(pc, "idle_timeout", c->idle_timeout_ns);
+    json_object_set_new(pc, "provider_name",
+                        c->provider_name ? json_string(c->provider_name) : json_null());
+    return pc;
+}
+
+/* EffectiveConstraints: the steady-state ceilings of c, each tagged with
+ * the term that produced it. */
+json_t *queue_path_constraints_json(const egress_path_config *c)
+{
+    char buf[96];
+    json_t *cons = json_object();
+    snprintf(buf, sizeof(buf), "%ld", c->connection_limit);
+    json_object_set_new(cons, "max_concurrent_dispatchers",
+                        ceiling((double)c->connection_limit, buf));
+    json_object_set_new(cons, "max_message_rate",
+                        rate_or_null(c->has_max_message_rate, &c->max_message_rate));
+    json_object_set_new(cons, "max_message_rate_declared", json_null());
+    json_object_set_new(cons, "max_connection_rate",
+                        rate_or_null(c->has_max_connection_rate, &c->max_connection_rate));
+    json_object_set_new(cons, "max_source_selection_rate", json_null());
+    return cons;
+}
+
 /* KumoMTA's InspectReadyQV1Response, from what kumod's ready queue holds */
 static json_t *readyq_inspect(readyq *rq, bool want_sched)
 {
@@ -430,43 +482,8 @@ static json_t *readyq_inspect(readyq *rq, bool want_sched)
     json_object_set_new(st, "suspended", susp ? susp : json_null());
     set_duration(st, "watchdog_threshold", watchdog_threshold_ns(rq));
     json_object_set_new(o, "state", st);
-    const egress_path_config *c = &rq->cfg;
-    json_t *pc = json_object();
-    char buf[96];
-    json_object_set_new(pc, "connection_limit", json_integer(c->connection_limit));
-    json_object_set_new(pc, "max_ready", json_integer(c->max_ready));
-    json_t *mr = rate_or_null(c->has_max_message_rate, &c->max_message_rate);
-    json_object_set_new(pc, "max_message_rate",
-                        json_is_null(mr) ? json_null()
-                                         : json_incref(json_object_get(mr, "display")));
-    json_t *cr = rate_or_null(c->has_max_connection_rate, &c->max_connection_rate);
-    json_object_set_new(pc, "max_connection_rate",
-                        json_is_null(cr) ? json_null()
-                                         : json_incref(json_object_get(cr, "display")));
-    json_object_set_new(pc, "max_deliveries_per_connection",
-                        json_integer(c->max_deliveries_per_connection));
-    json_object_set_new(pc, "max_recipients_per_batch", json_integer(c->max_recipients_per_batch));
-    json_object_set_new(pc, "consecutive_connection_failures_before_delay",
-                        json_integer(c->consecutive_connection_failures_before_delay));
-    json_object_set_new(pc, "smtp_port", json_integer(c->smtp_port));
-    json_object_set_new(pc, "enable_pipelining", json_boolean(c->enable_pipelining));
-    json_object_set_new(pc, "enable_rset", json_boolean(c->enable_rset));
-    json_object_set_new(pc, "ehlo_domain",
-                        c->ehlo_domain ? json_string(c->ehlo_domain) : json_null());
-    set_duration(pc, "connect_timeout", c->connect_timeout_ns);
-    set_duration(pc, "idle_timeout", c->idle_timeout_ns);
-    json_object_set_new(pc, "provider_name",
-                        c->provider_name ? json_string(c->provider_name) : json_null());
-    json_object_set_new(o, "path_config", pc);
-    json_t *cons = json_object();
-    snprintf(buf, sizeof(buf), "%ld", c->connection_limit);
-    json_object_set_new(cons, "max_concurrent_dispatchers",
-                        ceiling((double)c->connection_limit, buf));
-    json_object_set_new(cons, "max_message_rate", mr);
-    json_object_set_new(cons, "max_message_rate_declared", json_null());
-    json_object_set_new(cons, "max_connection_rate", cr);
-    json_object_set_new(cons, "max_source_selection_rate", json_null());
-    json_object_set_new(o, "constraints", cons);
+    json_object_set_new(o, "path_config", queue_path_config_json(&rq->cfg));
+    json_object_set_new(o, "constraints", queue_path_constraints_json(&rq->cfg));
     if (want_sched) {
         /* kumod's ready queue remembers the scheduled queue that made it */
         json_t *names = json_array();

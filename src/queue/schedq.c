@@ -27,6 +27,7 @@
 #include "net/dns.h"
 #include "queue/queue.h"
 #include "queue/dispatch.h"
+#include "queue/admin.h"
 #include "queue/insert_throttle.h"
 #include "queue/queue_int.h"
 #include "queue/schedule.h"
@@ -542,6 +543,11 @@ static const char *proto_suffix(const queue_config *c, char *buf, size_t len)
         return "null";
     }
     return "unknown";
+}
+
+const char *queue_proto_suffix(const queue_config *c, char *buf, size_t len)
+{
+    return proto_suffix(c, buf, len);
 }
 
 /* A direct protocol (maildir) delivers from here, without a ready queue or

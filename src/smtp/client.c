@@ -22,6 +22,7 @@
  * for whatever was waiting. The session is never freed inside one of its own
  * callbacks: released sessions are reaped from a zero-delay event. */
 #include "smtp/client.h"
+#include "smtp/trace.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -46,6 +47,7 @@
 #include "core/diag.h"
 #include "core/kerr.h"
 #include "core/reactor.h"
+#include "net/sockaddr.h"
 #include "net/wthrough.h"
 
 #define CMOD "kumod::smtp_client"
@@ -460,6 +462,8 @@ struct smtpcli {
     smtpcli_response pending_resp;
 
     tx *tx;
+    trace_conn *trace; /* NULL unless traced */
+    bool trace_mute;   /* AUTH credentials are not traced */
 };
 
 static void cli_read_cb(struct bufferevent *bev, void *arg);
@@ -652,6 +656,7 @@ static void cli_free(smtpcli *c)
     free(c->auth_user);
     free(c->auth_pass);
     free(c->peer_desc);
+    trace_conn_unref(c->trace);
     free(c);
 }
 
@@ -685,6 +690,8 @@ static void conn_close(smtpcli *c)
         c->dead_bev = c->bev;
         c->bev = NULL;
         gc_soon(c);
+        if (c->trace)
+            trace_conn_emit(c->trace, TRACE_CLOSED, NULL, NULL, 0);
     }
     smtpcli_set_state(c, CS_CLOSED);
 }
@@ -721,6 +728,8 @@ static int cli_write(smtpcli *c, const char *s, size_t n)
 {
     if (!c->bev)
         return KERR_IO;
+    if (c->trace && !c->trace_mute)
+        trace_conn_emit(c->trace, TRACE_WRITE, NULL, s, n);
     if (c->filtered)
         return bufferevent_write(c->bev, s, n) != 0 ? KERR_NOMEM : 0;
     if (evbuffer_add(c->outq, s, n) != 0)
@@ -836,11 +845,15 @@ static void start_auth_or_ready(smtpcli *c)
     snprintf(c->cmd, sizeof(c->cmd), "AUTH PLAIN\r\n");
     set_detail(c, "AUTH PLAIN");
     smtpcli_set_state(c, CS_AUTH);
+    if (c->trace)
+        trace_conn_emit(c->trace, TRACE_WRITE, NULL, "AUTH PLAIN <redacted>\r\n", 23);
+    c->trace_mute = true;
     int rc = cli_write(c, "AUTH PLAIN ", 11);
     if (!rc)
         rc = cli_write(c, b64, (size_t)bl);
     if (!rc)
         rc = cli_write(c, "\r\n", 2);
+    c->trace_mute = false;
     OPENSSL_cleanse(b64, (size_t)bl);
     free(b64);
     if (rc)
@@ -1053,6 +1066,14 @@ static void on_tls_up(smtpcli *c)
 {
     c->tls_up = true;
     collect_tls_info(c);
+    if (c->trace) {
+        char msg[300];
+        int n = snprintf(msg, sizeof(msg), "STARTTLS handshake complete: %s %s verified=%s",
+                         c->tls.protocol_version, c->tls.cipher,
+                         c->tls.authenticated ? "true" : "false");
+        trace_conn_emit(c->trace, TRACE_DIAGNOSTIC, "INFO", msg,
+                        (size_t)n < sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
+    }
     DDEBUG(CMOD, "%s peer=%s TLS up: %s %s verified=%d", c->logid, c->peer_str,
            c->tls.protocol_version, c->tls.cipher, c->tls.authenticated);
     /* RFC 3207 §4.2: forget what the server said before TLS; EHLO again */
@@ -1066,6 +1087,13 @@ static void on_connected(smtpcli *c)
     c->local_len = sizeof(c->local);
     if (getsockname(bufferevent_getfd(c->bev), (struct sockaddr *)&c->local, &c->local_len) != 0)
         c->local_len = 0;
+    if (c->trace) {
+        char full[INET6_ADDRSTRLEN + 16];
+        net_format_addr((struct sockaddr *)&c->local, NULL, 0, full, sizeof(full));
+        if (c->local_len)
+            trace_conn_set(c->trace, "source_address", json_string(full));
+        trace_conn_emit(c->trace, TRACE_CONNECTED, NULL, NULL, 0);
+    }
     /* the bufferevent writes; replies are read by cli_rev_cb */
     if (bufferevent_enable(c->bev, EV_WRITE) != 0 || event_add(c->rev, NULL) != 0) {
         fail_ready_internal(c, KERR_IO, 400, NULL, "bufferevent_enable failed");
@@ -1197,6 +1225,12 @@ static void tx_after_data(smtpcli *c)
         return;
     }
     size_t len = evbuffer_get_length(t->body);
+    if (c->trace) {
+        size_t shown = len < TRACE_DATA_MAX ? len : TRACE_DATA_MAX;
+        const char *p = (const char *)evbuffer_pullup(t->body, (ev_ssize_t)shown);
+        if (p)
+            trace_conn_emit(c->trace, TRACE_WRITE, NULL, p, shown);
+    }
     if (c->filtered ? bufferevent_write_buffer(c->bev, t->body) != 0
                     : evbuffer_add_buffer(c->outq, t->body) != 0) {
         tx_write_failed(c, KERR_NOMEM);
@@ -1567,6 +1601,8 @@ static void cli_process_input(smtpcli *c)
             cli_transport_fail(c, KERR_PARSE, false, r.text);
             break;
         }
+        if (c->trace)
+            trace_conn_emit(c->trace, TRACE_READ, NULL, p, used);
         if (evbuffer_drain(in, used) != 0) {
             cli_transport_fail(c, KERR_NOMEM, false, "evbuffer_drain failed");
             break;
@@ -1824,6 +1860,7 @@ smtpcli *smtpcli_connect(struct event_base *base, const struct sockaddr *addr, s
     c->allow_auth_unverified = p->allow_smtp_auth_plain_without_valid_certificate;
     c->to = p->timeouts;
     c->tls_ctx = p->tls_ctx;
+    c->trace = trace_conn_ref(p->trace);
     c->on_ready = on_ready;
     c->ready_ud = ud;
     memcpy(&c->peer, addr, addrlen);

@@ -23,6 +23,7 @@ struct evbuffer;
 typedef struct ssl_ctx_st SSL_CTX;
 
 typedef struct smtpcli smtpcli;
+typedef struct trace_conn trace_conn; /* smtp/trace.h */
 
 /* ---- configuration ------------------------------------------------------------------------ */
 
@@ -77,6 +78,9 @@ typedef struct smtpcli_params {
      * verification mode is set per connection, so one context serves every
      * enable_tls mode. */
     SSL_CTX *tls_ctx;
+    /* Live trace of the session (kcli trace-smtp-client), or NULL; the
+     * session takes a reference. */
+    trace_conn *trace;
 } smtpcli_params;
 
 /* Fills p with KumoMTA's make_egress_path defaults (Opportunistic,

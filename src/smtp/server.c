@@ -54,6 +54,7 @@
 #include "net/wthrough.h"
 #include "smtp/listener_cfg.h"
 #include "smtp/rewrite_response.h"
+#include "smtp/trace.h"
 #include "smtp/xclient.h"
 #include "spool/spool.h"
 #include "metrics/metrics.h"
@@ -327,7 +328,6 @@ static void sess_free(sess *s)
         bufferevent_free(s->bev);
     if (s->deadline_ev)
         event_free(s->deadline_ev);
-    json_decref(s->meta);
     free(s->ehlo_domain);
     free(s->tls_cipher);
     free(s->tls_version);
@@ -339,6 +339,9 @@ static void sess_free(sess *s)
         free(s->ldoms[i].domain);
         cidr_list_fini(&s->ldoms[i].relay_from);
     }
+    if (trace_on(TRACE_SERVER) && s->meta)
+        trace_emit(TRACE_SERVER, s->meta, TRACE_CLOSED, NULL, NULL, 0);
+    json_decref(s->meta);
     atomic_fetch_sub(&s->ln->active, 1);
     atomic_fetch_sub(&live_sessions, 1);
     free(s);
@@ -470,10 +473,13 @@ static void sess_reply(sess *s, int code, const char *msg, const char *command)
     if (!s->bev || s->dead)
         return;
     /* the policy's last word (smtp_server_rewrite_response) comes first:
-     * the Rejection record and the 421 close follow the rewritten reply */
+     * the Rejection record, the trace and the 421 close follow the
+     * rewritten reply */
     char *rewritten = NULL;
     if (smtpsrv_rewrite_response(&code, msg, command, s->meta, &rewritten) && rewritten)
         msg = rewritten;
+    if (trace_on(TRACE_SERVER))
+        trace_smtp_reply(s->meta, code, msg);
     if (code >= 400 && code < 600 && !(code == 421 && strncmp(msg, "4.3.2 ", 6) == 0))
         log_rejection(s, code, msg, command);
     struct evbuffer *out = sess_out(s);
@@ -1312,6 +1318,8 @@ static bool data_consume(sess *s, struct evbuffer *in)
 
 static void data_finish_reading(sess *s)
 {
+    if (trace_on(TRACE_SERVER) && !s->too_big)
+        trace_smtp_data(TRACE_SERVER, s->meta, TRACE_READ, s->data + 2, s->data_len - 2);
     if (s->too_big) {
         sess_reply(s, 552, "5.3.4 message too big", "DATA");
         tx_reset(s);
@@ -1881,6 +1889,11 @@ static void finish_reception(sess *s)
         il += (size_t)sprintf(ids + il, "%s%s", il ? " " : "", hex);
         char *q = queue_name_of_message(m);
         bool relay = relay_allowed(s, m->sender, m->rcpts[0]);
+        if (trace_on(TRACE_SERVER))
+            trace_emitf(TRACE_SERVER, s->meta, "INFO",
+                        "Message from=<%s> to=<%s>%s id=%s queue=%s will_enqueue=%s", m->sender,
+                        m->rcpts[0], m->n_rcpts > 1 ? " (and more)" : "", hex, q,
+                        relay && strcmp(q, "null") != 0 ? "true" : "false");
         log_reception(s, m, q);
         if (strcmp(q, "null") == 0) {
             black_holed = true;
@@ -2111,6 +2124,8 @@ static bool valid_command_line(const char *l, size_t n)
 
 static void dispatch_line(sess *s, char *line)
 {
+    if (trace_on(TRACE_SERVER))
+        trace_smtp_line(TRACE_SERVER, s->meta, TRACE_READ, line);
     free(s->line);
     s->line = strdup(line);
     if (s->state == SS_AUTH) {
@@ -2437,6 +2452,9 @@ static void sess_event_cb(struct bufferevent *bev, short what, void *arg)
         s->tls_version = strdup(SSL_get_version(ssl));
         json_object_set_new(s->meta, "tls_cipher", json_string(s->tls_cipher));
         json_object_set_new(s->meta, "tls_protocol_version", json_string(s->tls_version));
+        if (trace_on(TRACE_SERVER))
+            trace_emitf(TRACE_SERVER, s->meta, "INFO", "STARTTLS handshake complete: %s %s",
+                        s->tls_version, s->tls_cipher);
         if (s->p.tls_required_client_ca)
             sess_client_cert(s, ssl);
         /* RFC 3207 §4.2: the client must say EHLO again */
@@ -2531,6 +2549,8 @@ static void on_accept(listener_cfg *ln, int fd, struct sockaddr *sa, socklen_t s
     json_object_set_new(s->meta, "reception_protocol", json_string("ESMTP"));
     json_object_set_new(s->meta, "received_via", json_string(s->local_str));
     json_object_set_new(s->meta, "received_from", json_string(s->peer_str));
+    if (trace_on(TRACE_SERVER))
+        trace_emit(TRACE_SERVER, s->meta, TRACE_CONNECTED, NULL, NULL, 0);
     bufferevent_setcb(s->bev, sess_read_cb, sess_write_cb, sess_event_cb, s);
     sess_eval_params(s, NULL); /* the listener's, with its peer and via blocks */
     sess_reading(s, true);     /* the bufferevent writes only; EV_WRITE: see sess_flush */

@@ -3,7 +3,8 @@
  * bounce-cancel, suspend, suspend-list, suspend-cancel, suspend-ready-q,
  * suspend-ready-q-list, suspend-ready-q-cancel, rebind, inspect-message,
  * inspect-sched-q, inspect-ready-q, queue-summary, provider-summary,
- * abort-ready-q-conn, spool-compact, set-log-filter, top).
+ * abort-ready-q-conn, spool-compact, set-log-filter, top, trace-smtp-server,
+ * trace-smtp-client, resolve-egress-path).
  *
  * It talks to the HTTP listener (--endpoint, KUMO_KCLI_ENDPOINT, default
  * http://127.0.0.1:8000) with libcurl's easy interface, one blocking
@@ -25,6 +26,7 @@
 #include <unistd.h>
 
 #include "logs.h"
+#include "trace.h"
 
 #define DEFAULT_ENDPOINT "http://127.0.0.1:8000"
 #define TIMEOUT_S 60L
@@ -722,6 +724,170 @@ static int run_bounce_list(const cmd *c, int argc, char **argv)
 static int run_logs(const cmd *c, int argc, char **argv)
 {
     return kcli_logs(c->name, argc, argv);
+}
+
+/* A TOML value for --config: strings quoted, numbers and booleans as
+ * they are; null has no TOML form and is left out by the caller. */
+static void print_toml_value(const json_t *v)
+{
+    char *j = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    printf("%s", j ? j : "");
+    free(j);
+}
+
+static void print_path_config_toml(const json_t *pc)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)pc, k, v)
+    {
+        if (json_is_null(v))
+            continue;
+        printf("%s = ", k);
+        print_toml_value(v);
+        printf("\n");
+    }
+}
+
+static const char *ceiling_term(const json_t *src, const char *primary, char *buf, size_t len)
+{
+    const char *kind = jstr(src, "kind");
+    const char *name = jstr(src, "name");
+    if (kind && strcmp(kind, "primary") == 0)
+        return primary;
+    snprintf(buf, len, "%s%s%s", kind ? kind : "?", name ? " " : "", name ? name : "");
+    return buf;
+}
+
+static void print_constraints(const json_t *cons)
+{
+    static const struct {
+        const char *key, *label, *primary;
+    } axes[] = {
+        {"max_concurrent_dispatchers", "concurrency", "connection_limit"},
+        {"max_message_rate", "message rate", "max_message_rate"},
+        {"max_connection_rate", "connection rate", "max_connection_rate"},
+        {"max_source_selection_rate", "source selection rate", "source_selection_rate"},
+    };
+    for (size_t i = 0; i < sizeof(axes) / sizeof(axes[0]); i++) {
+        const json_t *c = json_object_get(cons, axes[i].key);
+        char buf[200];
+        if (!json_is_object(c)) {
+            printf("%-22s unlimited\n", axes[i].label);
+            continue;
+        }
+        printf("%-22s %s (%s)\n", axes[i].label, jstr(c, "display") ? jstr(c, "display") : "",
+               ceiling_term(json_object_get(c, "source"), axes[i].primary, buf, sizeof(buf)));
+    }
+}
+
+static int run_resolve_egress_path(const cmd *c, int argc, char **argv)
+{
+    enum { O_CONFIG = 500, O_CONSTRAINTS, O_RJSON, O_RTENANT, O_RCAMPAIGN, O_RROUTING };
+    static const struct option opts[] = {
+        {"config", no_argument, NULL, O_CONFIG},
+        {"constraints", no_argument, NULL, O_CONSTRAINTS},
+        {"json", no_argument, NULL, O_RJSON},
+        {"tenant", required_argument, NULL, O_RTENANT},
+        {"campaign", required_argument, NULL, O_RCAMPAIGN},
+        {"routing-domain", required_argument, NULL, O_RROUTING},
+        {NULL, 0, NULL, 0},
+    };
+    int mode = 0, nmodes = 0;
+    const char *tenant = NULL, *campaign = NULL, *routing = NULL;
+    optind = 0;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+        if (ch == O_CONFIG || ch == O_CONSTRAINTS || ch == O_RJSON) {
+            mode = ch;
+            nmodes++;
+        } else if (ch == O_RTENANT) {
+            tenant = optarg;
+        } else if (ch == O_RCAMPAIGN) {
+            campaign = optarg;
+        } else if (ch == O_RROUTING) {
+            routing = optarg;
+        } else if (ch == ':') {
+            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
+        } else {
+            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+        }
+    }
+    if (nmodes > 1)
+        usage_error(c->name, "--config, --constraints and --json exclude each other");
+    if (optind >= argc)
+        usage_error(c->name, "a DOMAIN is required");
+    const char *domain = argv[optind++];
+    const char *source = optind < argc ? argv[optind++] : NULL;
+    if (optind < argc)
+        usage_error(c->name, "unexpected argument %s", argv[optind]);
+    strbuf q = {0};
+    query_add(&q, "domain", domain);
+    if (source)
+        query_add(&q, "source", source);
+    if (tenant)
+        query_add(&q, "tenant", tenant);
+    if (campaign)
+        query_add(&q, "campaign", campaign);
+    if (routing)
+        query_add(&q, "routing_domain", routing);
+    json_t *res = request_json("GET", "/api/admin/resolve-egress-path/v1", q.p, NULL);
+    free(q.p);
+    if (mode == O_RJSON) {
+        print_json(res);
+    } else if (mode == O_CONFIG) {
+        print_path_config_toml(json_object_get(res, "path_config"));
+    } else if (mode == O_CONSTRAINTS) {
+        print_constraints(json_object_get(res, "constraints"));
+    } else {
+        printf("domain: %s\nsource: %s\nqueue:  %s\n\n", jstr(res, "domain") ?: "",
+               jstr(res, "source") ?: "", jstr(res, "queue_name") ?: "");
+        const json_t *mx = json_object_get(res, "mx");
+        if (json_is_object(mx)) {
+            printf("mx: %s (site %s)%s%s\n", jstr(mx, "domain_name") ?: "",
+                   jstr(mx, "site_name") ?: "",
+                   json_is_true(json_object_get(mx, "is_mx")) ? "" : " (no MX: the domain itself)",
+                   json_is_true(json_object_get(mx, "is_domain_literal")) ? " (literal)" : "");
+            const char *pref;
+            json_t *hosts;
+            json_object_foreach(json_object_get(mx, "by_preference"), pref, hosts)
+            {
+                printf("  %5s:", pref);
+                size_t i;
+                json_t *h;
+                json_array_foreach(hosts, i, h) printf(" %s", json_string_value(h) ?: "");
+                printf("\n");
+            }
+        } else {
+            printf("mx: <not resolved>\n");
+        }
+        const json_t *srcs = json_object_get(res, "sources");
+        printf("\negress pool: %s\n", jstr(res, "egress_pool") ?: "unspecified");
+        size_t i;
+        json_t *e;
+        json_array_foreach(srcs, i, e)
+            printf("  source %s weight %lld\n", jstr(e, "name") ?: "",
+                   (long long)json_integer_value(json_object_get(e, "weight")));
+        printf("\n--- egress path config ---\n\n");
+        print_path_config_toml(json_object_get(res, "path_config"));
+        printf("\n--- effective ceilings ---\n\n");
+        print_constraints(json_object_get(res, "constraints"));
+    }
+    json_decref(res);
+    return 0;
+}
+
+static int run_trace_server(const cmd *c, int argc, char **argv)
+{
+    (void)c;
+    return kcli_trace(endpoint, false, argc, argv);
+}
+
+static int run_trace_client(const cmd *c, int argc, char **argv)
+{
+    (void)c;
+    return kcli_trace(endpoint, true, argc, argv);
 }
 
 static int run_quarantine_list(const cmd *c, int argc, char **argv)
@@ -1833,6 +1999,21 @@ static const cmd commands[] = {
      "--name SPOOL_NAME [--json]", run_spool_compact},
     {"set-log-filter", "Change the diagnostic log filter of the running kumod", "FILTER",
      run_set_log_filter},
+    {"resolve-egress-path",
+     "Resolve the egress path config, MX, sources and ceilings the policy gives a domain",
+     "[--config | --constraints | --json] [--tenant T] [--campaign C]\n"
+     "                   [--routing-domain D] DOMAIN [SOURCE]",
+     run_resolve_egress_path},
+    {"trace-smtp-server", "Trace incoming SMTP sessions live (commands and replies)",
+     "[--source CIDR]... [--color tty|yes|no] [--only-new] [--only-one] [--terse] [--json]",
+     run_trace_server},
+    {"trace-smtp-client", "Trace kumod's outgoing SMTP sessions live",
+     "[--source CIDR]... [--mx-addr CIDR]... [--mx-host H]... [--domain D]...\n"
+     "                   [--routing-domain D]... [--campaign C]... [--tenant T]...\n"
+     "                   [--egress-pool P]... [--egress-source S]... [--mail-from A]...\n"
+     "                   [--rcpt-to A]... [--ready-queue Q]... [--color tty|yes|no]\n"
+     "                   [--only-new] [--only-one] [--terse] [--json]",
+     run_trace_client},
     {"top", "A live view of message rates and the largest queues (from /metrics.json)",
      "[--interval SECONDS] [--count FRAMES]", run_top},
 };
