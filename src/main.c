@@ -34,6 +34,7 @@
 #include "lua/klua.h"
 #include "lua/services.h"
 #include "smtp/server.h"
+#include "http/dashboard.h"
 #include "http/http.h"
 #include "http/metrics_http.h"
 #include "queue/queue.h"
@@ -515,6 +516,7 @@ int main(int argc, char **argv)
     smtpsrv_lua_register();
     http_lua_register();
     http_metrics_add_endpoints();
+    http_dashboard_add_endpoints();
     queue_init();
     /* reception hands messages to the queues (smtp sits above queue) */
     smtpsrv_set_insert_hook(queue_insert);

@@ -324,6 +324,11 @@ static void hr_free(http_req *hr)
     atomic_fetch_sub(&inflight, 1);
 }
 
+void http__req_release(http_req *hr)
+{
+    hr_free(hr);
+}
+
 void http_reply_text(http_req *hr, int status, const char *content_type, const char *body,
                      size_t len)
 {
