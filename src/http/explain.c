@@ -339,6 +339,8 @@ static char *peer_text(const json_t *r)
         return NULL;
     char *out = NULL;
     const char *name = jstr(p, "name"), *addr = jstr(p, "addr");
+    if (name && addr && strcmp(name, addr) == 0)
+        name = NULL; /* a literal [ip] host: once is enough */
     if (asprintf(&out, "%s%s%s%s", name ? name : "", name && *name && addr ? " [" : "",
                  addr ? addr : "", name && *name && addr ? "]" : "") < 0)
         return NULL;
@@ -417,7 +419,8 @@ static json_t *event_of(const json_t *r)
             json_object_set_new(ev, "ready_queue", json_string(site));
         copy_str(ev, "source", r, "egress_source");
         copy_str(ev, "pool", r, "egress_pool");
-        copy_str(ev, "classification", r, "bounce_classification");
+        if (strcmp(type, "Delivery") != 0)
+            copy_str(ev, "classification", r, "bounce_classification");
         const char *tv = jstr(r, "tls_protocol_version"), *tc = jstr(r, "tls_cipher");
         if (tv || tc) {
             char tls[256];
