@@ -240,7 +240,8 @@ static void scan_work(void *arg)
     logs_flush(); /* the open segments hold every record made so far */
     char first[64];
     /* a little before: the segment open then may carry a slightly older name */
-    logger_segment_name(j->created_ns - 2 * NS_PER_SEC, first, sizeof(first));
+    logger_segment_name(j->created_ns > 2 * NS_PER_SEC ? j->created_ns - 2 * NS_PER_SEC : 0, first,
+                        sizeof(first));
     size_t budget = EXPLAIN_BUDGET;
     json_t *found = json_array();
     for (size_t i = 0; i < j->n_dirs && budget > 0; i++)
@@ -628,6 +629,8 @@ static scan_job *job_for(http_req *hr, const char *id)
     j->hr = hr;
     spoolid_to_hex(&sid, j->id); /* lower case, as the records have it */
     j->created_ns = spoolid_created_ns(&sid);
+    if (j->created_ns < 0) /* not a time kumod made: read every segment */
+        j->created_ns = 0;
     return j;
 }
 
@@ -692,6 +695,8 @@ void http_explain_add_last_failure(http_req *hr, json_t *result_take)
     j->hr = hr;
     spoolid_to_hex(&sid, j->id);
     j->created_ns = spoolid_created_ns(&sid);
+    if (j->created_ns < 0)
+        j->created_ns = 0;
     j->only_failures = true;
     j->result = result_take;
     scan_start(j, last_failure_done);
