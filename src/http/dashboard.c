@@ -541,7 +541,8 @@ static void after_snapshot(void *ud, dashq_snapshot *snap)
     int64_t every = NS_PER_SEC;
     if (snap->cost_ns > SNAP_BUDGET_NS)
         every = snap->cost_ns * 20;
-    dr->next_snap_mono = clock_mono_ns() + every;
+    /* a little early: the next tick, a second from now, must find it due */
+    dr->next_snap_mono = clock_mono_ns() + every - NS_PER_SEC / 5;
     double *rates = calloc(snap->n_ready ? snap->n_ready : 1, sizeof(*rates));
     for (size_t i = 0; rates && i < snap->n_ready; i++)
         rates[i] = ready_rate(&snap->ready[i]);
