@@ -35,6 +35,8 @@
 #include "lua/klua.h"
 #include "lua/services.h"
 #include "smtp/server.h"
+#include "http/dashboard.h"
+#include "http/explain.h"
 #include "http/http.h"
 #include "http/metrics_http.h"
 #include "http/resolve_http.h"
@@ -529,6 +531,8 @@ int main(int argc, char **argv)
     http_metrics_add_endpoints();
     http_trace_add_endpoints();
     http_resolve_add_endpoints();
+    http_dashboard_add_endpoints();
+    http_explain_add_endpoints();
     queue_init();
     /* reception hands messages to the queues (smtp sits above queue) */
     smtpsrv_set_insert_hook(queue_insert);

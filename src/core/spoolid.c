@@ -13,6 +13,8 @@
  * fall back to time and pid, which only weakens uniqueness across processes). */
 #include "core/spoolid.h"
 
+#include <stdint.h>
+
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -143,7 +145,12 @@ int64_t spoolid_created_ns(const spoolid *id)
     uint64_t ts = time_hi << 48 | time_mid << 32 | time_low;
     /* Signed: an id minted by a clock set before 1970 yields a negative time
      * rather than a huge one. */
-    return ((int64_t)ts - (int64_t)UUID_EPOCH_OFFSET) * 100;
+    int64_t ticks = (int64_t)ts - (int64_t)UUID_EPOCH_OFFSET;
+    /* an id from a client (explain of a made-up id) may lie so far before
+     * 1970 that the nanoseconds do not fit: saturate */
+    if (ticks < INT64_MIN / 100)
+        return INT64_MIN / 100 * 100;
+    return ticks * 100;
 }
 
 bool spoolid_eq(const spoolid *a, const spoolid *b)

@@ -44,7 +44,10 @@ static const char default_acl_text[] =
         TRUSTED, "POST") "," RULE(AUTHED, "GET") "," RULE(AUTHED, "DELETE") "," RULE(AUTHED,
                                                                                   "POST") "],"
     "\"http_listener/*/metrics\":[" RULE(TRUSTED, "GET") "," RULE(AUTHED, "GET") "],"
-    "\"http_listener/*/metrics.json\":[" RULE(TRUSTED, "GET") "," RULE(AUTHED, "GET") "]"
+    "\"http_listener/*/metrics.json\":[" RULE(TRUSTED, "GET") "," RULE(AUTHED, "GET") "],"
+    /* the dashboard's page (its data comes from api/admin) */
+    "\"http_listener/*/\":[" RULE(TRUSTED, "GET") "," RULE(AUTHED, "GET") "],"
+    "\"http_listener/*/ui\":[" RULE(TRUSTED, "GET") "," RULE(AUTHED, "GET") "]"
     "}";
 
 static json_t *default_acl;

@@ -16,6 +16,7 @@
 
 #include "core/diag.h"
 #include "core/kerr.h"
+#include "http/explain.h"
 #include "http/request.h"
 #include "lua/klua.h"
 #include "lua/services.h"
@@ -218,6 +219,17 @@ void http_admin_rebind(http_req *hr)
     json_decref(body);
 }
 
+/* inspect-message: a found message gets its last failure from the logs
+ * (explain.c), as the queued record keeps no response */
+static void inspect_done(void *ud, int status, json_t *result_take, const char *error)
+{
+    if (status == 200 && result_take) {
+        http_explain_add_last_failure(ud, result_take);
+        return;
+    }
+    admin_done(ud, status, result_take, error);
+}
+
 void http_admin_inspect_message(http_req *hr)
 {
     const char *id = http_req_query(hr, "id");
@@ -225,7 +237,7 @@ void http_admin_inspect_message(http_req *hr)
         http_reply_error(hr, 400, "missing query parameter `id`");
         return;
     }
-    queue_admin_inspect_message(id, http_req_query_bool(hr, "want_body", false), admin_done, hr);
+    queue_admin_inspect_message(id, http_req_query_bool(hr, "want_body", false), inspect_done, hr);
 }
 
 void http_admin_inspect_sched_q(http_req *hr)

@@ -324,6 +324,11 @@ static void hr_free(http_req *hr)
     atomic_fetch_sub(&inflight, 1);
 }
 
+void http__req_release(http_req *hr)
+{
+    hr_free(hr);
+}
+
 void http_reply_text(http_req *hr, int status, const char *content_type, const char *body,
                      size_t len)
 {
@@ -594,7 +599,7 @@ static const http_route routes[] = {
 
 /* Endpoint modules that register themselves (metrics_http.c): written by
  * the main thread before the listeners start, read-only afterwards. */
-#define MAX_ENDPOINTS 8
+#define MAX_ENDPOINTS 16
 static const http_endpoints *endpoints[MAX_ENDPOINTS];
 static int n_endpoints;
 

@@ -50,6 +50,11 @@ void http_metrics_received(unsigned n)
     atomic_fetch_add(&http_received, n);
 }
 
+unsigned long long http_metrics_received_total(void)
+{
+    return atomic_load(&http_received);
+}
+
 /* ---- collectors ------------------------------------------------------------------ */
 
 static void c_received(metrics_emitter *em, void *arg)

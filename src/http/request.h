@@ -124,5 +124,11 @@ char *http_audit_request(const json_t *body);
 /* metrics_http.c: counts one message received over HTTP
  * (total_messages_received). */
 void http_metrics_received(unsigned n);
+/* The count so far. */
+unsigned long long http_metrics_received_total(void);
+
+/* Frees hr without answering it: for a handler that took its
+ * evhttp_request over (stream.c). Counts the request as finished. */
+void http__req_release(http_req *hr);
 
 #endif

@@ -444,6 +444,12 @@ void logs_set_classifier(logs_classify_fn fn)
     atomic_store_explicit(&logs_classifier, fn, memory_order_release);
 }
 
+const char *logs_classify(const logrec_response *resp)
+{
+    logs_classify_fn fn = atomic_load_explicit(&logs_classifier, memory_order_acquire);
+    return fn ? fn(resp) : NULL;
+}
+
 bool logrec_type_classifiable(logrec_type t)
 {
     /* KumoMTA's RecordType::is_bounce_classifiable: the response came from

@@ -97,6 +97,9 @@ int logs_add_local_from_json(const json_t *params, char *err, size_t errlen);
  * (any reactor), so it must be thread-safe and must not block. */
 typedef const char *(*logs_classify_fn)(const logrec_response *resp);
 void logs_set_classifier(logs_classify_fn fn);
+/* The category the configured classifier gives resp, or NULL
+ * ("Uncategorized", also when none is configured). Any thread. */
+const char *logs_classify(const logrec_response *resp);
 /* Whether records of type t carry a bounce classification: Bounce,
  * TransientFailure, Expiration, AdminBounce, OOB, Feedback, Rejection. */
 bool logrec_type_classifiable(logrec_type t);

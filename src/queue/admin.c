@@ -787,6 +787,12 @@ bool admin_suspended(schedq *sq, qmsg *q)
     return true;
 }
 
+bool admin_sched_suspended(const char *qname, const queue_name_parts *p)
+{
+    char reason[8];
+    return admin_find(ADM_SUSPEND, qname, p, reason, sizeof(reason), NULL, NULL);
+}
+
 json_t *readyq_suspension(const char *name)
 {
     json_t *found = NULL;

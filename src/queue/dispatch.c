@@ -1184,6 +1184,17 @@ void readyq_maintain(readyq *rq)
 /* KumoMTA's DispatcherSummary for each dispatcher of rq (its owner
  * reactor): DispatcherPhase is an externally tagged enum, so a phase with
  * data is an object; kumod keeps the label or batch sizes in detail. */
+void dispatch_count_throttled(const readyq *rq, int *conn_rate, int *msg_rate)
+{
+    *conn_rate = *msg_rate = 0;
+    for (const dispatcher *d = rq->dispatchers; d; d = d->next) {
+        if (d->phase == PHASE_CONNECTION_RATE_THROTTLED)
+            (*conn_rate)++;
+        else if (d->phase == PHASE_MESSAGE_RATE_THROTTLED)
+            (*msg_rate)++;
+    }
+}
+
 json_t *dispatch_describe(const readyq *rq)
 {
     json_t *a = json_array();

@@ -14,6 +14,7 @@
  * caller's done callback, keeping a meta that loaded even when the data did
  * not (the failure is then logged against the message); a load still under
  * way when the queues shut down frees what it carries. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -162,16 +163,34 @@ void qmsg_log(logrec_type t, message *m, uint32_t attempts, const rec_ctx *x,
     rec.msg_meta = m->meta;
     rec.msg_data = m->data;
     rec.msg_data_len = m->data ? m->data_len : 0;
+    /* classified here rather than in logs_record, so that the ready queue
+     * can keep the category of its last response without a second run of
+     * the classifier */
+    if (logrec_type_classifiable(t)) {
+        const char *cat = logs_classify(&rec.response);
+        rec.bounce_classification = cat ? cat : "Uncategorized";
+    }
     logs_record(&rec);
     /* the ready queue's own outcome counts: records of a dispatch carry its
      * name as the site and are made on its owner reactor */
     if (!queues_down && x->site && strstr(x->site, "->") &&
         (t == LOGREC_DELIVERY || t == LOGREC_BOUNCE || t == LOGREC_TRANSIENT_FAILURE)) {
         readyq *rq = readyq_find(x->site);
-        if (rq)
+        if (rq) {
             (*(t == LOGREC_DELIVERY ? &rq->n_delivered
                : t == LOGREC_BOUNCE ? &rq->n_failed
                                     : &rq->n_transfail))++;
+            if (r->enh_class)
+                snprintf(rq->last_resp, sizeof(rq->last_resp), "%d %d.%d.%d %s", r->code,
+                         r->enh_class, r->enh_subject, r->enh_detail,
+                         r->content ? r->content : "");
+            else
+                snprintf(rq->last_resp, sizeof(rq->last_resp), "%d %s", r->code,
+                         r->content ? r->content : "");
+            rq->last_resp_code = r->code;
+            rq->last_resp_category = rec.bounce_classification; /* static; NULL: Delivery */
+            rq->last_resp_ns = clock_wall_ns();
+        }
     }
 }
 

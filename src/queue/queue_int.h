@@ -268,6 +268,13 @@ struct readyq {
      * total_messages_delivered / _transfail / _fail (kcli queue-summary's
      * D and T columns); reset when the queue is reaped, as KumoMTA's */
     unsigned long long n_delivered, n_transfail, n_failed;
+    /* the response of the last Delivery / TransientFailure / Bounce record
+     * made for it (the dashboard's "current response"): a fixed buffer, so
+     * recording it allocates nothing */
+    char last_resp[160];
+    int last_resp_code;
+    const char *last_resp_category; /* the classifier's (lives for ever), or NULL */
+    int64_t last_resp_ns;
     char *source_name;
     char *site;
     char *queue_domain, *tenant, *campaign, *routing_domain; /* of the first scheduled queue */
@@ -350,6 +357,9 @@ json_t *dispatch_describe(const readyq *rq);
 /* Aborts the dispatcher of rq whose session id is session_id (admin
  * abort-ready-q-conn): 0, or KERR_NOTFOUND. Owner reactor. */
 int dispatch_abort_session(readyq *rq, const char *session_id);
+/* How many of rq's dispatchers wait on its connection rate and on its
+ * message rate throttle right now (the dashboard). Owner reactor. */
+void dispatch_count_throttled(const readyq *rq, int *conn_rate, int *msg_rate);
 /* The progress watchdog's threshold for rq (egress path or protocol). */
 int64_t watchdog_threshold_ns(const readyq *rq);
 /* The driver registered for protocol proto, or NULL. */
@@ -429,6 +439,9 @@ bool admin_intercept(schedq *sq, qmsg *q);
  * and a retry with an attempt, as KumoMTA does). */
 bool admin_suspended(schedq *sq, qmsg *q);
 bool readyq_suspended(const readyq *rq);
+/* Whether an active scheduled-queue suspension matches qname (the
+ * dashboard; takes the registry's mutex only while some entry exists). */
+bool admin_sched_suspended(const char *qname, const queue_name_parts *p);
 
 /* One admin request run on every reactor (or on one owner); finish runs
  * on the reactor that asked once every part is done. */

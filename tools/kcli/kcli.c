@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "explain.h"
 #include "logs.h"
 #include "trace.h"
 
@@ -189,6 +190,12 @@ static json_t *request_json(const char *method, const char *path, const char *qu
             r.body.p);
     free(r.body.p);
     return j;
+}
+
+json_t *kcli_request_json(const char *method, const char *path, const char *query,
+                          const json_t *body)
+{
+    return request_json(method, path, query, body);
 }
 
 /* Appends name=value (URL-encoded) to a query string. */
@@ -1046,6 +1053,14 @@ static int run_inspect_message(const cmd *c, int argc, char **argv)
     const json_t *due = json_object_get(m, "due");
     printf("%-13s %s\n", "due:", json_is_string(due) ? json_string_value(due) : "now");
     print_scalar("num_attempts:", json_object_get(m, "num_attempts"));
+    /* from kumod's logs (the queued record keeps no response) */
+    const json_t *lf = json_object_get(m, "last_failure");
+    if (json_is_object(lf))
+        printf("%-13s %s (%s, attempt %lld)\n", "last_failure:",
+               jstr(lf, "response") ? jstr(lf, "response") : "-",
+               jstr(lf, "time") ? jstr(lf, "time") : "-", (long long)json_integer_value(json_object_get(lf, "attempt")));
+    else
+        printf("%-13s %s\n", "last_failure:", "none");
     print_scalar("scheduling:", json_object_get(m, "scheduling"));
     const json_t *meta = json_object_get(m, "meta");
     if (meta) {
@@ -1950,6 +1965,12 @@ static int run_top(const cmd *c, int argc, char **argv)
     return 0;
 }
 
+static int run_explain(const cmd *c, int argc, char **argv)
+{
+    (void)c;
+    return kcli_explain(argc, argv);
+}
+
 /* ---- main ------------------------------------------------------------------------------ */
 
 static const cmd commands[] = {
@@ -1983,6 +2004,8 @@ static const cmd commands[] = {
      "[--want-body] [--limit N | --no-limit] [--json] QUEUE_NAME", run_inspect_sched_q},
     {"inspect-ready-q", "Show a ready queue: counts, limits, suspension and its messages",
      "[--json] READY_QUEUE_NAME", run_inspect_ready_q},
+    {"explain", "Tell one message's story: reception, attempts, waits, state, outcome",
+     "[--json] MESSAGE_ID", run_explain},
     {"queue-summary", "Summarise the ready and scheduled queues (from /metrics.json)",
      "[--limit N] [--by-volume] [--domain D] [--json]", run_queue_summary},
     {"logs", "Print, follow and filter the local delivery logs (reads the segments itself)",
