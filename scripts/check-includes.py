@@ -28,7 +28,7 @@ LAYERS = {
     "smtp": 4,
     "queue": 5,
     "delivery": 6, "http": 6,
-    "main": 7,
+    "main": 7, "modules": 7,
 }
 
 # Folder pairs that must not meet although the order would allow it.
