@@ -46,6 +46,7 @@
 #include "lua/lib/crypto.h"
 #include "lua/lib/digest.h"
 #include "lua/lib/dkim.h"
+#include "lua/lib/arc.h"
 #include "lua/lib/mailauth.h"
 #include "lua/lib/counter_series.h"
 #include "lua/lib/encode.h"
@@ -532,6 +533,7 @@ int main(int argc, char **argv)
     secrets_lua_register();
     dkim_lua_register();
     mailauth_lua_register();
+    arc_lua_register();
     digest_lua_register();
     encode_lua_register();
     uuid_lua_register();
