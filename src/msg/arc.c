@@ -171,7 +171,7 @@ void arc_collect(const hdr_index *ix, arc_chain *c)
             continue;
         if (k[0] > 1 || k[1] > 1 || k[2] > 1) {
             char dup[100] = "";
-            for (int j = 0; j < 3; j++)
+            for (int j = 2; j >= 0; j--) /* in the order a set is written */
                 if (k[j] > 1)
                     snprintf(dup + strlen(dup), sizeof(dup) - strlen(dup), "%s%s",
                              dup[0] ? ", " : "", j == 0 ? AAR : j == 1 ? AMS : AS);
