@@ -1,17 +1,20 @@
-/* msg:dkim_verify and msg:add_authentication_results (see mailauth.h).
+/* msg:dkim_verify and msg:add_authentication_results (see mailauth.h),
+ * and the two pieces msg:arc_verify / msg:arc_seal (arc.c) share with them.
  *
- * dkim_verify runs in two halves on the calling reactor. The first parses
- * the message's DKIM-Signature fields (at most DKIM_MAX_VERIFY, as
- * KumoMTA), starts one TXT lookup per distinct key name, parks the wait
- * and yields. Each answer's records are copied into the job; when the last
- * one is in, the coroutine resumes into the second half, which parses the
- * fields again from the message as it is then (so nothing points into a
- * buffer that might have been replaced), checks each signature against its
- * key and returns the AuthenticationResult tables. Shutdown may abandon a
- * parked wait (the job is then freed by whichever of the wait and its
- * lookups lets go last) or drop lookups unanswered (recorded, never
- * resumed from). Errors in arguments are Lua errors; everything about the
- * message is a result. */
+ * Key lookups (mailauth_fetch_keys): one TXT lookup per distinct key name
+ * through src/net/dns on the calling reactor, all in flight at once; the
+ * wait is parked and the coroutine yields. Each answer's records are copied
+ * into the job; when the last one is in, the coroutine resumes into the
+ * caller's continuation, which parses the message again as it is then (so
+ * nothing points into a buffer that might have been replaced) and reads
+ * the records with mailauth_keys_get. Shutdown may abandon a parked wait
+ * (the job is then freed by whichever of the wait and its lookups lets go
+ * last) or drop lookups unanswered (recorded, never resumed from).
+ *
+ * dkim_verify checks at most DKIM_MAX_VERIFY signatures, as KumoMTA, and
+ * returns the AuthenticationResult tables; mailauth_push_ar writes the RFC
+ * 8601 text for add_authentication_results and for the ARC AAR. Errors in
+ * arguments are Lua errors; everything about the message is a result. */
 #include "lua/lib/mailauth.h"
 
 #include <lauxlib.h>
