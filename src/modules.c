@@ -18,6 +18,7 @@
 #include "log/loghook.h"
 #include "lua/dns_lua.h"
 #include "lua/lib/amqp.h"
+#include "lua/lib/arc.h"
 #include "lua/lib/counter_series.h"
 #include "lua/lib/crypto.h"
 #include "lua/lib/digest.h"
@@ -76,6 +77,7 @@ void kumod_register_modules(void)
     secrets_lua_register();
     dkim_lua_register();
     mailauth_lua_register();
+    arc_lua_register();
     spf_lua_register();
     digest_lua_register();
     encode_lua_register();

@@ -701,6 +701,16 @@ static int l_signer_tostring(lua_State *L)
     return 1;
 }
 
+bool dkim_lua_to_signer(lua_State *L, int idx, const dkim_sign_params **params, dkim_key **key)
+{
+    signer **ud = luaL_testudata(L, idx, SIGNER_MT);
+    if (!ud || !*ud)
+        return false;
+    *params = &(*ud)->p;
+    *key = (*ud)->key;
+    return true;
+}
+
 /* ---- set_signing_threads ---- */
 
 static int l_set_signing_threads(lua_State *L)
