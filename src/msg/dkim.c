@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/sbuf.h"
 #include "core/kerr.h"
 #include "msg/headers.h"
 
@@ -147,37 +148,6 @@ int dkim_sign_digest(dkim_key *k, const unsigned char digest[32], unsigned char 
 
 /* ---- building the header ---- */
 
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-}
-
-static void sb_str(sbuf *b, const char *s)
-{
-    sb_add(b, s, strlen(s));
-}
 
 #define FOLD_AT 78
 
@@ -188,44 +158,44 @@ static void add_tag_f(sbuf *b, size_t *col, bool *first, const char *name, const
 {
     size_t need = strlen(name) + 1 + vlen + 1;
     if (!*first) {
-        sb_add(b, ";", 1);
+        sbuf_put(b, ";", 1);
         (*col)++;
         if (*col + 1 + need > FOLD_AT) {
-            sb_add(b, "\r\n\t", 3);
+            sbuf_put(b, "\r\n\t", 3);
             *col = 8;
         } else {
-            sb_add(b, " ", 1);
+            sbuf_put(b, " ", 1);
             (*col)++;
         }
     }
     *first = false;
-    sb_str(b, name);
-    sb_add(b, "=", 1);
-    sb_add(b, value, vlen);
+    sbuf_puts(b, name);
+    sbuf_put(b, "=", 1);
+    sbuf_put(b, value, vlen);
     *col += strlen(name) + 1 + vlen;
 }
 
 /* h=: names joined with ':', folded after a colon when the line is full. */
 static void add_h_tag(sbuf *b, size_t *col, const char *const *names, size_t n)
 {
-    sb_add(b, ";", 1);
+    sbuf_put(b, ";", 1);
     (*col)++;
     if (*col + 4 + (n ? strlen(names[0]) : 0) > FOLD_AT) {
-        sb_add(b, "\r\n\t", 3);
+        sbuf_put(b, "\r\n\t", 3);
         *col = 8;
     } else {
-        sb_add(b, " ", 1);
+        sbuf_put(b, " ", 1);
         (*col)++;
     }
-    sb_add(b, "h=", 2);
+    sbuf_put(b, "h=", 2);
     *col += 2;
     for (size_t i = 0; i < n; i++) {
         size_t l = strlen(names[i]);
         if (i > 0) {
-            sb_add(b, ":", 1);
+            sbuf_put(b, ":", 1);
             (*col)++;
             if (*col + l + 1 > FOLD_AT) {
-                sb_add(b, "\r\n\t", 3);
+                sbuf_put(b, "\r\n\t", 3);
                 *col = 8;
             }
         }
@@ -234,7 +204,7 @@ static void add_h_tag(sbuf *b, size_t *col, const char *const *names, size_t n)
         for (size_t j = 0; j < k; j++)
             low[j] =
                 (char)((names[i][j] >= 'A' && names[i][j] <= 'Z') ? names[i][j] + 32 : names[i][j]);
-        sb_add(b, low, k);
+        sbuf_put(b, low, k);
         *col += k;
     }
 }
@@ -246,10 +216,10 @@ static void qp_encode(sbuf *b, const char *s)
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
         if (c > 0x20 && c < 0x7f && c != ';' && c != '=') {
-            sb_add(b, (const char *)&c, 1);
+            sbuf_put(b, (const char *)&c, 1);
         } else {
             char e[3] = {'=', hexd[c >> 4], hexd[c & 15]};
-            sb_add(b, e, 3);
+            sbuf_put(b, e, 3);
         }
     }
 }
@@ -345,7 +315,7 @@ static void b64(sbuf *b, const unsigned char *in, size_t n)
         return;
     }
     EVP_EncodeBlock((unsigned char *)tmp, in, (int)n);
-    sb_add(b, tmp, need);
+    sbuf_put(b, tmp, need);
     free(tmp);
 }
 
@@ -435,8 +405,8 @@ static int sign_prepare(const dkim_sign_params *p, const dkim_arc_params *arc, c
     size_t col = strlen(hname) + 2;
     bool first = true;
     char num[32];
-    sb_str(&sb, hname);
-    sb_str(&sb, ": ");
+    sbuf_puts(&sb, hname);
+    sbuf_puts(&sb, ": ");
     if (arc) {
         snprintf(num, sizeof(num), "%d", arc->instance);
         add_tag_f(&sb, &col, &first, "i", num, strlen(num));
@@ -560,22 +530,22 @@ char *dkim_sign_finish(const dkim_sign_job *job, const unsigned char *sig, size_
         return NULL;
     }
     sbuf out = {0};
-    sb_add(&out, job->hdr, job->hdr_len);
+    sbuf_put(&out, job->hdr, job->hdr_len);
     /* FWS may appear anywhere in b= (§3.5): fill lines to FOLD_AT */
     size_t col = job->col, i = 0;
     while (i < s64.len) {
         size_t room = col < FOLD_AT ? FOLD_AT - col : 0;
         if (room < 8) {
-            sb_add(&out, "\r\n\t", 3);
+            sbuf_put(&out, "\r\n\t", 3);
             col = 8;
             continue;
         }
         size_t k = s64.len - i < room ? s64.len - i : room;
-        sb_add(&out, s64.p + i, k);
+        sbuf_put(&out, s64.p + i, k);
         i += k;
         col += k;
     }
-    sb_add(&out, "\r\n", 2);
+    sbuf_put(&out, "\r\n", 2);
     free(s64.p);
     if (out.oom) {
         free(out.p);

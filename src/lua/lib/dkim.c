@@ -306,7 +306,7 @@ static int opt_bool(lua_State *L, const char *fname, const char *name, bool *out
 
 static int opt_canon(lua_State *L, const char *fname, const char *name, enum dkim_canon *out)
 {
-    const char *v;
+    const char *v = NULL;
     int r = opt_str(L, fname, name, &v, false);
     if (r)
         return r;
