@@ -31,6 +31,7 @@
 #include "core/fsutil.h"
 #include "core/reactor.h"
 #include "modules.h"
+#include "core/version.h"
 #include "log/logs.h"
 #include "http/inject_lua.h"
 #include "lua/klua.h"
@@ -417,7 +418,9 @@ static int drop_privileges(const char *user)
 
 static void print_version(void)
 {
-    printf("kumod %s (%s)\n", KUMOD_VERSION, KUMOD_GIT);
+    /* first line as KumoMTA's: the name and the version kumo.version holds */
+    printf("kumod %s\n", kumod_version());
+    printf("  git %s\n", kumod_git_describe());
     printf("  %s\n", LUA_RELEASE);
     printf("  libevent %s\n", event_get_version());
     printf("  RocksDB %s\n", KUMOD_ROCKSDB_VERSION);

@@ -961,4 +961,5 @@ static void config_open(lua_State *L)
 void queue_config_lua_register(void)
 {
     klua_register_opener(config_open);
+    queue_config_lua_register_invoke();
 }
