@@ -88,10 +88,14 @@ end)
 
 HOOK_SETUP = r"""
 local log_hooks = require 'policy-extras.log_hooks'
+-- batches of up to 100 records per POST (send_batch), as a sender of
+-- volume configures a webhook; its queue is shaped below
 log_hooks:new_json {
   name = 'webhook',
   url = 'http://127.0.0.1:{hook_port}/log',
   log_parameters = { headers = { 'Subject' } },
+  batch_size = 100,
+  max_batch_latency = '100ms',
 }
 """
 
@@ -139,6 +143,14 @@ prohibited_hosts = []
 # not be held to a mailbox provider's limits
 ["example.com"]
 mx_rollup = false
+max_message_rate = "1000000/s"
+max_connection_rate = "1000000/s"
+max_deliveries_per_connection = 1000000
+
+# the webhook's own queue (log_hooks: domain webhook.log_hook)
+["webhook.log_hook"]
+mx_rollup = false
+connection_limit = 4
 max_message_rate = "1000000/s"
 max_connection_rate = "1000000/s"
 max_deliveries_per_connection = 1000000
