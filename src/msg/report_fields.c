@@ -26,6 +26,36 @@ static json_t *lossy_string(const char *s, size_t n)
     return j;
 }
 
+/* The value after the colon, unfolded: a line break and the white space
+ * around it become one space (as KumoMTA's unstructured fields read). */
+static char *unfold(const hdr_field *f)
+{
+    const char *p = f->raw + f->name_len, *e = f->raw + f->raw_len;
+    while (p < e && *p != ':')
+        p++;
+    if (p < e)
+        p++;
+    while (p < e && (*p == ' ' || *p == '\t'))
+        p++;
+    char *o = malloc((size_t)(e - p) + 1);
+    if (!o)
+        return NULL;
+    size_t k = 0;
+    for (; p < e; p++) {
+        if (*p == '\r' || *p == '\n') {
+            while (k && (o[k - 1] == ' ' || o[k - 1] == '\t'))
+                k--;
+            while (p + 1 < e && (p[1] == '\r' || p[1] == '\n' || p[1] == ' ' || p[1] == '\t'))
+                p++;
+            o[k++] = ' ';
+            continue;
+        }
+        o[k++] = *p;
+    }
+    o[k] = 0;
+    return o;
+}
+
 int rfields_parse(const char *s, size_t n, json_t **out, char *err, size_t errlen)
 {
     json_t *obj = json_object();
@@ -53,7 +83,7 @@ int rfields_parse(const char *s, size_t n, json_t **out, char *err, size_t errle
         for (size_t i = 0; i < f.name_len && nl + 1 < sizeof(name); i++)
             name[nl++] = (char)tolower((unsigned char)f.name[i]);
         name[nl] = 0;
-        char *v = hdr_value(&f);
+        char *v = unfold(&f);
         if (!v) {
             json_decref(obj);
             return KERR_NOMEM;
