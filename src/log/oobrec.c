@@ -10,9 +10,11 @@
  * code and text of an "smtp" Diagnostic-Code (550 and "" without one),
  * peer_address the Reporting-MTA's name and the address of the client that
  * delivered the DSN, timestamp the Last-Attempt-Date, num_attempts 0, size
- * 0; meta and headers are the DSN's. kumod also puts the Remote-MTA's name
- * in site (the MX the original delivery talked to), which KumoMTA leaves
- * empty. The bounce classifier sees the record like any other (logs.c). */
+ * 0; meta is the DSN's. Two things KumoMTA does not do (it leaves them as a
+ * FIXME): headers are taken from the original message when the report
+ * includes it (message/rfc822 or text/rfc822-headers), else from the DSN;
+ * and site holds the Remote-MTA's name (the MX the original delivery talked
+ * to), which KumoMTA leaves empty. The bounce classifier sees the record like any other (logs.c). */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -156,13 +158,22 @@ size_t oobrec_log(const oobrec_report *rep, const logrec *reception)
     }
     if (rep->relay)
         logs_record(reception);
+    /* headers come from the original message when the report carries it
+     * (what a bounce is about: its Subject, campaign headers, Message-ID);
+     * meta stays the DSN's own */
+    logrec base = *reception;
+    const char *orig = json_string_value(json_object_get(rep->report, "original_message"));
+    if (orig) {
+        base.msg_data = orig;
+        base.msg_data_len = json_string_length(json_object_get(rep->report, "original_message"));
+    }
     json_t *recips = json_object_get(rep->report, "per_recipient");
     size_t n = 0;
     for (size_t i = 0; i < json_array_size(recips); i++) {
         logrec r;
         const char *rcpt;
         char content[4096];
-        if (!oobrec_build(rep->report, json_array_get(recips, i), reception, &r, &rcpt, content,
+        if (!oobrec_build(rep->report, json_array_get(recips, i), &base, &r, &rcpt, content,
                           sizeof(content)))
             continue;
         logs_record(&r);

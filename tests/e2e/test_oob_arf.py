@@ -91,6 +91,14 @@ EXPECTED_OOB = {
 }
 
 
+ORIG_HEADERS = {
+    "rfc3464_a.eml": {}, "rfc3464_b.eml": {},  # "[original message goes here]"
+    "gmail.eml": {"Subject": "March newsletter", "X-E2E-Campaign": "spring"},
+    "microsoft.eml": {"Subject": "Your invoice"},
+    "yahoo.eml": {"Subject": "Weekly digest"},
+}
+
+
 def test_oob_log_then_drop_and_relay(kumod_factory):
     k = start(kumod_factory)
     for name in EXPECTED_OOB:
@@ -118,8 +126,10 @@ def test_oob_log_then_drop_and_relay(kumod_factory):
             assert r["reception_protocol"] == "ESMTP"
             # the classifier's category (Uncategorized: none configured here)
             assert r["bounce_classification"] == "Uncategorized"
-            # the DSN's own headers, as the logger is configured
-            assert "Subject" in r["headers"], r
+            # the original message's headers (when the report has them), as
+            # the logger is configured (Subject, X-E2E-*)
+            assert r["headers"] == ORIG_HEADERS[name], (name, r["headers"])
+            assert r["meta"].get("received_from", "").startswith("127.0.0.1"), r["meta"]
     # delayed recipients (rfc3464_b johnh, yahoo full.box) give no record
     assert "johnh@hpnjld.njd.hp.com" not in by_rcpt
     assert "full.box@yahoo.com" not in by_rcpt
