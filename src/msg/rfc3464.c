@@ -402,6 +402,26 @@ static void status_value(sb *b, const json_t *resp)
     }
 }
 
+/* A text part as the page's samples show it: charset us-ascii when the
+ * text is ASCII (quoted-printable only for long lines). */
+static mpart *text_part(const char *ctype, const sb *t)
+{
+    mpart *p = mpart_new_text(ctype, t->p ? t->p : "", t->n);
+    bool ascii = true;
+    for (size_t i = 0; i < t->n; i++)
+        if ((unsigned char)t->p[i] >= 0x80)
+            ascii = false;
+    if (p && ascii) {
+        char v[96];
+        snprintf(v, sizeof(v), "%s;\r\n  charset=\"us-ascii\"", ctype);
+        if (mpart_hdr_set(p, "Content-Type", v) != 0) {
+            mpart_unref(p);
+            return NULL;
+        }
+    }
+    return p;
+}
+
 static int add_part(sb *b, const char *boundary, mpart *p)
 {
     if (!p)
@@ -519,9 +539,9 @@ int rfc3464_generate(const rfc3464_gen_params *p, const char *orig, size_t orig_
     if (text.oom || status.oom)
         rc = KERR_NOMEM;
     if (!rc)
-        rc = add_part(&msg, boundary, mpart_new_text("text/plain", text.p, text.n));
+        rc = add_part(&msg, boundary, text_part("text/plain", &text));
     if (!rc)
-        rc = add_part(&msg, boundary, mpart_new_text("message/delivery-status", status.p, status.n));
+        rc = add_part(&msg, boundary, text_part("message/delivery-status", &status));
     if (!rc && orig && p->include_original_message != RFC3464_INCLUDE_NO) {
         bool full = p->include_original_message == RFC3464_INCLUDE_FULL;
         if (!full) { /* the header block, without the blank line that ends it */

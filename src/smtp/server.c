@@ -1965,9 +1965,10 @@ static void finish_reception(sess *s)
             was_report = true;
         if (trace_on(TRACE_SERVER))
             trace_emitf(TRACE_SERVER, s->meta, "INFO",
-                        "Message from=<%s> to=<%s>%s id=%s queue=%s will_enqueue=%s", m->sender,
+                        "Message from=<%s> to=<%s>%s id=%s queue=%s will_enqueue=%s%s", m->sender,
                         m->rcpts[0], m->n_rcpts > 1 ? " (and more)" : "", hex, q,
-                        relay && strcmp(q, "null") != 0 ? "true" : "false");
+                        relay && strcmp(q, "null") != 0 ? "true" : "false",
+                        rep ? " was_arf_or_oob=true" : "");
         log_reception(s, m, q, rep);
         if (strcmp(q, "null") == 0) {
             black_holed = true;

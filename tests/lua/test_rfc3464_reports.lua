@@ -98,6 +98,18 @@ local e = kumo.generate_rfc3464_message(params, orig, rec)
 local et = e:get_data()
 assert(et:find('Content-Type: text/rfc822-headers\r\n\r\nContent-Type: text/plain;', 1, true), et)
 assert(not et:find('hello there', 1, true), 'headers only')
+-- the page's expiration sample: ASCII parts, quoted-printable for the long lines
+for _, want in ipairs {
+  '--report-boundary\r\nContent-Type: text/plain;\r\n  charset="us-ascii"\r\n'
+    .. 'Content-Transfer-Encoding: quoted-printable\r\n\r\n',
+  'Status: 551 5.4.7 Next delivery time would be at SOME TIME which exceeds th=\r\n'
+    .. 'e expiry time EXPIRES configured via set_scheduling\r\nThe message will be deleted',
+  'Content-Type: message/delivery-status;\r\n  charset="us-ascii"\r\n',
+  'Status: 5.4.7 Next delivery time would be at SOME TIME which exceeds the ex=\r\n'
+    .. 'piry time EXPIRES configured via set_scheduling\r\n',
+} do
+  assert(et:find(want, 1, true), 'expiration report lacks ' .. want .. '\n---\n' .. et)
+end
 eq(e:parse_rfc3464().per_recipient[1].status.detail, 7, 'expiration status')
 
 -- nil when not applicable: a disabled type, a non-ESMTP bounce, the null sender
