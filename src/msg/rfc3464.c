@@ -453,6 +453,11 @@ int rfc3464_generate(const rfc3464_gen_params *p, const char *orig, size_t orig_
     bool bounce = strcmp(type, "Bounce") == 0;
     if (!*sender) /* never a report to the null sender */
         return 0;
+    for (const char *c = sender; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) {
+            snprintf(err, errlen, "the log record's sender contains a control character");
+            return KERR_PARSE;
+        }
     if (bounce) {
         if (!p->enable_bounce || strcmp(jstr(rec, "delivery_protocol"), "ESMTP") != 0)
             return 0;

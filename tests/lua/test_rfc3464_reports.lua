@@ -136,3 +136,7 @@ errs(function() kumo.generate_rfc3464_message({ include_original_message = 'No' 
   'reporting_mta is required')
 errs(function() kumo.generate_rfc3464_message({ include_original_message = 'No', bogus = 1,
   reporting_mta = params.reporting_mta }, nil, rec) end, "unknown field 'bogus'")
+rec.sender = 'a@b\r\nBcc: victim@x'
+rec.type = 'Bounce'
+errs(function() kumo.generate_rfc3464_message({ include_original_message = 'No', enable_bounce = true,
+  reporting_mta = params.reporting_mta }, nil, rec) end, 'control character')
