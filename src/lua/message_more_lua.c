@@ -25,6 +25,7 @@
 #include "msg/datetime.h"
 #include "msg/headers.h"
 #include "msg/mime.h"
+#include "msg/rfc3464.h"
 #include "msg/rfc2047.h"
 
 /* ---- address headers ------------------------------------------------------------ */
@@ -653,176 +654,24 @@ static int l_msg_append_text_html(lua_State *L)
 
 /* ---- RFC 3464 ------------------------------------------------------------------------- */
 
-static mpart *find_type(mpart *p, const char *ctype, int depth)
-{
-    char ct[128];
-    mpart_content_type(p, ct, sizeof(ct));
-    if (strcmp(ct, ctype) == 0)
-        return p;
-    for (size_t i = 0; i < p->nkids && depth < 64; i++) {
-        mpart *f = find_type(p->kids[i], ctype, depth + 1);
-        if (f)
-            return f;
-    }
-    return NULL;
-}
-
-/* "type; value" -> {type_key=type, value_key=value}; a Lua error when there
- * is no ';'. */
-static void push_typed_pair(lua_State *L, const char *v, const char *tk, const char *vk,
-                            const char *field)
-{
-    const char *semi = strchr(v, ';');
-    if (!semi)
-        luaL_error(L, "parse_rfc3464: %s: expected 'type; value', got '%s'", field, v);
-    const char *t0 = v, *t1 = semi;
-    while (t0 < t1 && (*t0 == ' ' || *t0 == '\t'))
-        t0++;
-    while (t1 > t0 && (t1[-1] == ' ' || t1[-1] == '\t'))
-        t1--;
-    const char *v0 = semi + 1;
-    while (*v0 == ' ' || *v0 == '\t')
-        v0++;
-    size_t vl = strlen(v0);
-    while (vl && (v0[vl - 1] == ' ' || v0[vl - 1] == '\t'))
-        vl--;
-    lua_createtable(L, 0, 2);
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    for (const char *p = t0; p < t1; p++)
-        luaL_addchar(&b, (char)tolower((unsigned char)*p));
-    luaL_pushresult(&b);
-    lua_setfield(L, -2, tk);
-    lua_pushlstring(L, v0, vl);
-    lua_setfield(L, -2, vk);
-}
-
-static void push_date(lua_State *L, const char *v, const char *field)
-{
-    int64_t secs;
-    if (rfc5322_date_parse(v, strlen(v), &secs) != 0)
-        luaL_error(L, "parse_rfc3464: %s: invalid date '%s'", field, v);
-    char iso[40];
-    iso8601_format(secs, iso, sizeof(iso));
-    lua_pushstring(L, iso);
-}
-
-/* One group of DSN fields (RFC 3464 §2.2 / §2.3) into the table at -1. */
-static void dsn_group(lua_State *L, const char *s, size_t n, bool per_recipient)
-{
-    size_t pos = 0;
-    hdr_field f;
-    while (hdr_next(s, n, &pos, &f)) {
-        if (!f.name_len)
-            luaL_error(L, "parse_rfc3464: malformed field '%.*s'",
-                       (int)(f.raw_len > 80 ? 80 : f.raw_len), f.raw);
-        char *v = hdr_value(&f);
-        if (!v)
-            luaL_error(L, "parse_rfc3464: out of memory");
-        lua_pushstring(L, v); /* anchored: v is freed at once */
-        free(v);
-        const char *val = lua_tostring(L, -1);
-        char key[64];
-        size_t kl = 0;
-        for (size_t i = 0; i < f.name_len && kl + 1 < sizeof(key); i++)
-            key[kl++] = f.name[i] == '-' ? '_' : (char)tolower((unsigned char)f.name[i]);
-        key[kl] = 0;
-        if (!strcmp(key, "reporting_mta") || !strcmp(key, "remote_mta") ||
-            !strcmp(key, "received_from_mta") || !strcmp(key, "dsn_gateway")) {
-            push_typed_pair(L, val, "mta_type", "name", key);
-        } else if (!strcmp(key, "original_recipient") || !strcmp(key, "final_recipient")) {
-            push_typed_pair(L, val, "recipient_type", "recipient", key);
-        } else if (!strcmp(key, "diagnostic_code")) {
-            push_typed_pair(L, val, "diagnostic_type", "diagnostic", key);
-        } else if (!strcmp(key, "status")) {
-            int c, sub, det;
-            char tail;
-            if (sscanf(val, "%d.%d.%d%c", &c, &sub, &det, &tail) < 3 || c < 2 || c > 5 || sub < 0 ||
-                sub > 999 || det < 0 || det > 999)
-                luaL_error(L, "parse_rfc3464: invalid status '%s'", val);
-            lua_createtable(L, 0, 3);
-            lua_pushinteger(L, c);
-            lua_setfield(L, -2, "class");
-            lua_pushinteger(L, sub);
-            lua_setfield(L, -2, "subject");
-            lua_pushinteger(L, det);
-            lua_setfield(L, -2, "detail");
-        } else if (!strcmp(key, "action")) {
-            luaL_Buffer b;
-            luaL_buffinit(L, &b);
-            for (const char *p = val; *p && *p != ' ' && *p != '('; p++)
-                luaL_addchar(&b, (char)tolower((unsigned char)*p));
-            luaL_pushresult(&b);
-        } else if (!strcmp(key, "arrival_date") || !strcmp(key, "last_attempt_date") ||
-                   !strcmp(key, "will_retry_until")) {
-            push_date(L, val, key);
-        } else {
-            lua_pushvalue(L, -1); /* other fields (extensions) as text */
-        }
-        lua_setfield(L, -3, key);
-        lua_pop(L, 1);
-    }
-    if (per_recipient) {
-        lua_getfield(L, -1, "final_recipient");
-        bool ok = !lua_isnil(L, -1);
-        lua_getfield(L, -2, "action");
-        ok = ok && !lua_isnil(L, -1);
-        lua_getfield(L, -3, "status");
-        ok = ok && !lua_isnil(L, -1);
-        lua_pop(L, 3);
-        if (!ok)
-            luaL_error(L, "parse_rfc3464: a per-recipient group needs Final-Recipient, "
-                          "Action and Status");
-    }
-}
-
+/* The parser is msg/rfc3464.c, the same one that makes the OOB records of
+ * a log_oob listener domain. */
 static int l_msg_parse_rfc3464(lua_State *L)
 {
     message *m = klua_msg_need_data(L, 1, "parse_rfc3464");
-    mpart *root = parse_data(L, m, "parse_rfc3464");
-    char ct[128];
-    mpart_content_type(root, ct, sizeof(ct));
-    mpart *ds =
-        strcmp(ct, "multipart/report") == 0 ? find_type(root, "message/delivery-status", 0) : NULL;
-    if (!ds) {
+    json_t *report;
+    char err[256];
+    int rc = rfc3464_parse(m->data, m->data_len, &report, err, sizeof(err));
+    if (rc == KERR_NOMEM)
+        return luaL_error(L, "parse_rfc3464: out of memory");
+    if (rc)
+        return luaL_error(L, "parse_rfc3464: %s", err);
+    if (!report) {
         lua_pushnil(L);
         return 1;
     }
-    size_t len;
-    bool text;
-    char *body = mpart_body_decoded(ds, &len, &text);
-    if (!body)
-        return luaL_error(L, "parse_rfc3464: out of memory");
-    lua_pushlstring(L, body, len); /* anchored copy */
-    free(body);
-    const char *s = lua_tolstring(L, -1, &len);
-    lua_createtable(L, 0, 2);
-    int report = lua_gettop(L);
-    lua_newtable(L);
-    int recips = lua_gettop(L);
-    size_t off = 0;
-    int group = 0;
-    while (off < len) {
-        /* groups are separated by blank lines; skip extra ones */
-        if (s[off] == '\n' || (s[off] == '\r' && off + 1 < len && s[off + 1] == '\n')) {
-            off += s[off] == '\n' ? 1 : 2;
-            continue;
-        }
-        size_t gl = hdr_block_len(s + off, len - off);
-        lua_newtable(L);
-        dsn_group(L, s + off, gl, group > 0);
-        if (group == 0)
-            lua_setfield(L, report, "per_message");
-        else
-            lua_rawseti(L, recips, group);
-        group++;
-        off += gl;
-    }
-    if (group < 2)
-        return luaL_error(L, "parse_rfc3464: the report has no per-recipient fields");
-    lua_pushvalue(L, recips);
-    lua_setfield(L, report, "per_recipient");
-    lua_pushvalue(L, report);
+    klua_push_json(L, report);
+    json_decref(report);
     return 1;
 }
 

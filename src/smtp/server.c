@@ -53,6 +53,7 @@
 #include "net/tls.h"
 #include "net/wthrough.h"
 #include "smtp/listener_cfg.h"
+#include "log/oobrec.h"
 #include "smtp/rewrite_response.h"
 #include "smtp/trace.h"
 #include "smtp/xclient.h"
@@ -144,6 +145,15 @@ static int l_make_listener_domain(lua_State *L)
                 return luaL_error(L, "kumo.make_listener_domain: relay_from: %s", err);
             cidr_list_fini(&cl);
         }
+        if (strcmp(k, "log_oob") == 0 || strcmp(k, "log_arf") == 0) {
+            oobrec_disp d;
+            if (lua_type(L, -1) != LUA_TBOOLEAN &&
+                (lua_type(L, -1) != LUA_TSTRING || oobrec_disp_parse(lua_tostring(L, -1), &d) != 0))
+                return luaL_error(L,
+                                  "kumo.make_listener_domain: %s: expected a boolean value or one "
+                                  "of 'Ignore', 'LogThenDrop' or 'LogThenRelay', but got %s",
+                                  k, luaL_tolstring(L, -1, NULL));
+        }
         lua_pop(L, 1);
     }
     lua_pushvalue(L, 1);
@@ -181,7 +191,8 @@ static const char *const state_names[] = {"Connect", "Helo", "Ready", "MailFrom"
 
 typedef struct ldom {
     char *domain;
-    bool found, relay_to, log_oob, log_arf;
+    bool found, relay_to;
+    oobrec_disp log_oob, log_arf;
     cidr_list relay_from;
 } ldom;
 
@@ -244,6 +255,7 @@ struct sess {
     /* post-DATA processing */
     message *base;
     message **batch;
+    oobrec_report **reports; /* per batch message: an OOB/ARF report, or NULL */
     size_t n_batch, batch_idx;
     int saves_pending, save_err;
     bool timed_out;
@@ -296,10 +308,15 @@ static void tx_reset(sess *s)
     s->too_big = false;
     message_unref(s->base);
     s->base = NULL;
-    for (size_t i = 0; i < s->n_batch; i++)
+    for (size_t i = 0; i < s->n_batch; i++) {
         message_unref(s->batch[i]);
+        if (s->reports)
+            oobrec_free(s->reports[i]);
+    }
     free(s->batch);
     s->batch = NULL;
+    free(s->reports);
+    s->reports = NULL;
     s->n_batch = s->batch_idx = 0;
     s->timed_out = false;
     if (s->deadline_ev)
@@ -1014,6 +1031,20 @@ static bool lua_field_truthy(lua_State *L, int idx, const char *k)
     return on;
 }
 
+/* log_oob / log_arf: true is LogThenRelay, false Ignore (make_listener_domain
+ * refused anything else) */
+static oobrec_disp lua_field_disp(lua_State *L, int idx, const char *k)
+{
+    lua_getfield(L, idx, k);
+    oobrec_disp d = OOBREC_IGNORE;
+    if (lua_type(L, -1) == LUA_TBOOLEAN)
+        d = lua_toboolean(L, -1) ? OOBREC_LOG_THEN_RELAY : OOBREC_IGNORE;
+    else if (lua_type(L, -1) == LUA_TSTRING && oobrec_disp_parse(lua_tostring(L, -1), &d) != 0)
+        d = OOBREC_IGNORE;
+    lua_pop(L, 1);
+    return d;
+}
+
 static void fill_ldom(ldom *d, klua_call *c, int status)
 {
     d->found = false;
@@ -1024,8 +1055,8 @@ static void fill_ldom(ldom *d, klua_call *c, int status)
         return;
     d->found = true;
     d->relay_to = lua_field_truthy(L, 1, "relay_to");
-    d->log_oob = lua_field_truthy(L, 1, "log_oob");
-    d->log_arf = lua_field_truthy(L, 1, "log_arf");
+    d->log_oob = lua_field_disp(L, 1, "log_oob");
+    d->log_arf = lua_field_disp(L, 1, "log_arf");
     lua_getfield(L, 1, "relay_from");
     if (!lua_isnil(L, -1)) {
         char err[128];
@@ -1037,7 +1068,9 @@ static void fill_ldom(ldom *d, klua_call *c, int status)
     lua_pop(L, 1);
 }
 
-static bool relay_allowed(sess *s, const char *sender, const char *rcpt)
+/* reports: whether a recipient domain that logs OOB/ARF reports counts (it
+ * does for RCPT TO; after DATA only a report is accepted there) */
+static bool relay_allowed_ex(sess *s, const char *sender, const char *rcpt, bool reports)
 {
     if (cidr_list_match(s->p.relay_hosts, (struct sockaddr *)&s->peer))
         return true;
@@ -1045,9 +1078,44 @@ static bool relay_allowed(sess *s, const char *sender, const char *rcpt)
     if (sd && sd->found && cidr_list_match(&sd->relay_from, (struct sockaddr *)&s->peer))
         return true;
     ldom *rd = ldom_find(s, address_domain(rcpt));
-    if (rd && rd->found && (rd->relay_to || rd->log_oob || rd->log_arf))
+    if (rd && rd->found && (rd->relay_to || (reports && (rd->log_oob || rd->log_arf))))
         return true;
     return false;
+}
+
+static bool relay_allowed(sess *s, const char *sender, const char *rcpt)
+{
+    return relay_allowed_ex(s, sender, rcpt, true);
+}
+
+/* After DATA: a report to a log_oob / log_arf domain is logged and then
+ * relayed or dropped as its disposition says (log/oobrec.c); anything
+ * else goes by relay_to / relay_from / relay_hosts. The first recipient
+ * speaks for the batch, as in KumoMTA. */
+static bool data_relay_decision(sess *s, size_t i)
+{
+    message *m = s->batch[i];
+    if (!s->reports) {
+        s->reports = calloc(s->n_batch ? s->n_batch : 1, sizeof(*s->reports));
+        if (!s->reports)
+            return relay_allowed_ex(s, m->sender, m->rcpts[0], false);
+        for (size_t k = 0; k < s->n_batch; k++) {
+            char err[320];
+            bool bad;
+            message *mk = s->batch[k];
+            ldom *dk = ldom_find(s, address_domain(mk->rcpts[0]));
+            if (!dk || !dk->found || (!dk->log_oob && !dk->log_arf))
+                continue;
+            s->reports[k] = oobrec_detect(mk->data, mk->data_len, dk->log_oob, dk->log_arf, &bad,
+                                          err, sizeof(err));
+            if (bad)
+                DWARN(SMOD, "session=%s from=<%s> to=<%s>: %s; handled as an ordinary message",
+                      s->session_id, mk->sender, mk->rcpts[0], err);
+        }
+    }
+    if (s->reports[i])
+        return s->reports[i]->relay;
+    return relay_allowed_ex(s, m->sender, m->rcpts[0], false);
 }
 
 static void rcpt_continue(sess *s);
@@ -1766,7 +1834,7 @@ static void save_done(void *ud, int err)
     reactor_post(x->s->r, save_done_on_reactor, x);
 }
 
-static void log_reception(sess *s, message *m, const char *queue)
+static void log_reception(sess *s, message *m, const char *queue, const oobrec_report *rep)
 {
     char hex[SPOOLID_HEX_LEN + 1];
     logrec r;
@@ -1779,7 +1847,10 @@ static void log_reception(sess *s, message *m, const char *queue)
     r.tls_protocol_version = s->tls ? s->tls_version : NULL;
     r.tls_peer_subject_name = s->tls ? s->tls_subject : NULL;
     int64_t t0 = clock_mono_ns();
-    logs_record(&r);
+    if (rep) /* Feedback instead of Reception; OOB records (log/oobrec.c) */
+        oobrec_log(rep, &r);
+    else
+        logs_record(&r);
     metrics_histogram *h = log_latency();
     if (h)
         metrics_histogram_observe(h, (double)(clock_mono_ns() - t0) / 1e9);
@@ -1828,7 +1899,7 @@ static void finish_reception(sess *s)
                 return;
             }
             char *q = queue_name_of_message(m);
-            bool relay = relay_allowed(s, m->sender, m->rcpts[0]);
+            bool relay = data_relay_decision(s, i);
             bool save = relay && strcmp(q, "null") != 0 && !s->p.deferred_spool;
             free(q);
             if (!save)
@@ -1880,7 +1951,7 @@ static void finish_reception(sess *s)
         abort();
     size_t il = 0;
     ids[0] = 0;
-    bool relayed_any = false, black_holed = false;
+    bool relayed_any = false, black_holed = false, was_report = false;
     int failed = 0;
     for (size_t i = 0; i < s->n_batch; i++) {
         message *m = s->batch[i];
@@ -1888,13 +1959,17 @@ static void finish_reception(sess *s)
         spoolid_to_hex(&m->id, hex);
         il += (size_t)sprintf(ids + il, "%s%s", il ? " " : "", hex);
         char *q = queue_name_of_message(m);
-        bool relay = relay_allowed(s, m->sender, m->rcpts[0]);
+        bool relay = data_relay_decision(s, i);
+        oobrec_report *rep = s->reports ? s->reports[i] : NULL;
+        if (rep)
+            was_report = true;
         if (trace_on(TRACE_SERVER))
             trace_emitf(TRACE_SERVER, s->meta, "INFO",
-                        "Message from=<%s> to=<%s>%s id=%s queue=%s will_enqueue=%s", m->sender,
+                        "Message from=<%s> to=<%s>%s id=%s queue=%s will_enqueue=%s%s", m->sender,
                         m->rcpts[0], m->n_rcpts > 1 ? " (and more)" : "", hex, q,
-                        relay && strcmp(q, "null") != 0 ? "true" : "false");
-        log_reception(s, m, q);
+                        relay && strcmp(q, "null") != 0 ? "true" : "false",
+                        rep ? " was_arf_or_oob=true" : "");
+        log_reception(s, m, q, rep);
         if (strcmp(q, "null") == 0) {
             black_holed = true;
         } else if (relay) {
@@ -1910,7 +1985,7 @@ static void finish_reception(sess *s)
     size_t n = s->n_batch;
     tx_reset(s);
     sess_set_state(s, SS_READY);
-    if (!black_holed && !relayed_any) {
+    if (!black_holed && !relayed_any && !was_report) {
         sess_reply(s, 550, "5.7.1 relaying not permitted", "DATA");
     } else if (failed && (size_t)failed == n) {
         sess_replyf(s, 421, "DATA", "4.3.0 %s technical difficulties", s->p.hostname);
