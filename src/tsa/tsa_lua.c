@@ -46,9 +46,9 @@ static int l_parse_duration(lua_State *L)
         lua_pushinteger(L, (lua_Integer)((ns + 999999999) / 1000000000));
         return 1;
     }
+    const char *shown = luaL_tolstring(L, 1, NULL);
     lua_pushnil(L);
-    lua_pushfstring(L, "'%s' is not a duration (such as \"2 hours\" or \"30s\")",
-                    luaL_tolstring(L, 1, NULL));
+    lua_pushfstring(L, "'%s' is not a duration (such as \"2 hours\" or \"30s\")", shown);
     return 2;
 }
 

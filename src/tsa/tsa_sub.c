@@ -362,9 +362,14 @@ static void poll_finish(tsub *s)
     free(s->last_body);
     s->last_body = strdup(body);
     pthread_mutex_lock(&ov_lock);
+    bool same = json_equal(s->overrides, j);
     json_decref(s->overrides);
     s->overrides = j;
     pthread_mutex_unlock(&ov_lock);
+    if (same) {
+        free(text); /* only the comments changed (or the first, empty, fetch) */
+        return;
+    }
     DINFO(SMOD, "TSA %s: configuration overrides changed (%zu domains)", s->url,
           json_object_size(j));
     klua_bump_epoch();
