@@ -53,6 +53,11 @@ regex = "RL0000"
 action = {SetConfig={name="connection_limit", value=2}}
 trigger = {Threshold="2/hr"}
 duration = "1 hour"
+
+[["dest.example".automation]]
+regex = "blocked for this campaign"
+action = ["SuspendCampaign", "SuspendTenant"]
+duration = "%(duration)s"
 '''
 
 TSA_INIT = '''
@@ -183,8 +188,9 @@ def ws_first_message(url_base, path, timeout=5):
             return json.loads(payload)
 
 
-def inject(k, rcpt, tag, tenant=None):
+def inject(k, rcpt, tag, tenant=None, campaign=None):
     hdr = f"X-Tenant: {tenant}\r\n" if tenant else ""
+    hdr += f"X-Campaign: {campaign}\r\n" if campaign else ""
     with smtplib.SMTP("127.0.0.1", k.smtp_port, timeout=30) as s:
         s.sendmail("sender@src.example", [rcpt],
                    f"Subject: {tag}\r\n{hdr}X-E2E-Tag: {tag}\r\n\r\nbody\r\n".encode())
@@ -205,8 +211,18 @@ def write_shaping(tmp, duration):
     return path
 
 
+TENANT_META = """
+kumo.on('smtp_server_message_received', function(msg)
+  local t = msg:get_first_named_header_value('X-Tenant')
+  if t then msg:set_meta('tenant', t) end
+  local c = msg:get_first_named_header_value('X-Campaign')
+  if c then msg:set_meta('campaign', c) end
+end)
+"""
+
+
 def make_node(factory, name, tsa_port, shaping, peer):
-    handlers = NODE % {"tsa": tsa_port, "shaping": shaping, "peer": peer.port}
+    handlers = NODE % {"tsa": tsa_port, "shaping": shaping, "peer": peer.port} + TENANT_META
     return factory(name=name, handlers=handlers, init=NODE_INIT,
                    logs="max_segment_duration = '1s',")
 
@@ -310,6 +326,40 @@ def test_setconfig_threshold_changes_connection_limit(kumod_factory, tmp_path, p
     t0 = time.monotonic()
     wait_until(lambda: '"connection_limit": 2' in limit(b), timeout=3, what="override on node B")
     print(f"override visible on node B after {(time.monotonic() - t0) * 1000:.0f} ms")
+
+
+def test_suspend_campaign_and_tenant_on_both_nodes(kumod_factory, tmp_path, peer):
+    shaping = write_shaping(tmp_path, "30 seconds")
+    tsa = Tsa(kumod_factory, tmp_path, shaping).start()
+    a = make_node(kumod_factory, "a", tsa.port, shaping, peer)
+    b = make_node(kumod_factory, "b", tsa.port, shaping, peer)
+    wait_until(lambda: "connected" in a.diag() and "connected" in b.diag(), timeout=10,
+               what="both nodes subscribed")
+    peer.script("RCPT", "451 4.7.1 blocked for this campaign")
+    inject(a, "u1@dest.example", "camp", tenant="t1", campaign="c1")
+    wait_until(lambda: len(tsa.suspensions()["sched_q"]) == 2, timeout=15,
+               what="two scheduled-queue suspensions")
+    sq = sorted(tsa.suspensions()["sched_q"], key=lambda x: x["campaign"] or "")
+    assert [(x["tenant"], x["domain"], x["campaign"]) for x in sq] == \
+        [("t1", "dest.example", None), ("t1", "dest.example", "c1")], sq
+    assert sq[1]["reason"] == ("automation rule: blocked for this campaign tenant=t1 "
+                               "domain=dest.example campaign=c1")
+
+    def entries(k):
+        return sorted((e.get("tenant"), e.get("domain"), e.get("campaign") or "")
+                      for e in admin(k, "/api/admin/suspend/v1"))
+    want = [("t1", "dest.example", ""), ("t1", "dest.example", "c1")]
+    wait_until(lambda: entries(a) == want and entries(b) == want, timeout=1.0, interval=0.02,
+               what="both nodes suspended the tenant and the campaign within a second")
+    # on node B, tenant t1 waits (a record says so); tenant t2 is delivered
+    inject(b, "u2@dest.example", "t1-held", tenant="t1", campaign="c2")
+    inject(b, "u3@dest.example", "t2-sent", tenant="t2")
+    held = b.wait_records(lambda r: "scheduled queue is suspended" in r["response"]["content"],
+                          type="TransientFailure", timeout=15)
+    assert held[0]["queue"] == "c2:t1@dest.example", held[0]
+    wait_until(lambda: any("u3@dest.example" in m["rcpt_tos"] for m in peer.messages),
+               timeout=15, what="the other tenant delivered")
+    assert not any("u2@dest.example" in m["rcpt_tos"] for m in peer.messages)
 
 
 def test_tsa_down_nodes_keep_sending_and_reconnect(kumod_factory, tmp_path, peer):
