@@ -25,6 +25,7 @@ import socket
 import struct
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -447,3 +448,62 @@ trigger = {Threshold="2/hr"}
 duration = "2 hours"
 ''')
     assert rc == 0, out
+
+
+def test_kumo_tsa_name_and_bad_requests(tmp_path):
+    """The binary under the name kumo-tsa is the daemon; hostile requests get
+    a clear HTTP status; a policy without tsa_load_shaping_data is a 500
+    that says so (the node retries the record)."""
+    port = kh.free_port()
+    policy = tmp_path / "tsa_init.lua"
+    policy.write_text(f'''
+local tsa = require 'tsa'
+kumo.on('tsa_init', function()
+  tsa.configure_tsa_db_path ':memory:'
+  tsa.start_http_listener {{ listen = '127.0.0.1:{port}', trusted_hosts = {{ '127.0.0.1' }} }}
+end)
+''')
+    exe = os.path.join(os.path.dirname(kh.kumod_bin()), "kumo-tsa")
+    env = dict(os.environ, KUMOD_LUA_PATH=kh.LUA_PATH, ASAN_OPTIONS="detect_leaks=0")
+    out = subprocess.run([exe, "--policy", str(policy), "--validate"], capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert out.returncode == 0 and "is valid" in out.stdout, out
+    p = subprocess.Popen([exe, "--policy", str(policy), "--threads", "1"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _status(base + "/tsa/status") == 200, timeout=20, what="kumo-tsa")
+
+        def post(body, path="/publish_log_v1"):
+            req = urllib.request.Request(base + path, data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+        assert post(b"{not json")[0] == 400
+        assert post(b"[1, 2]")[0] == 400
+        assert post(b'{"recipient": "\xff\xfe@x"}')[0] == 400
+        st, text = post(b'{"recipient": "a@b.example", "response": {"content": "x"}}')
+        assert st == 500 and "tsa_load_shaping_data must return a Shaping object" in text, text
+        # kumod's own API is not served by the daemon
+        assert post(b"{}", "/api/inject/v1")[0] == 404
+        assert _status(base + "/subscribe_event_v1") == 400  # not an upgrade
+        assert _status(base + "/get_suspension_v1/suspended.json") == 200
+        assert p.poll() is None
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err.decode()[-3000:]
+    assert b"ERROR: AddressSanitizer" not in err and b"runtime error" not in err
+
+
+def _status(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None

@@ -153,4 +153,6 @@ bad(
   '[["a.example".automation]]\nregex = "x"\naction = "Suspend"\nduration = "1h"\nmatch_internal = "yes"\n',
   '["a.example".automation.1] match_internal: expected a boolean'
 )
+-- the 'tsa' module exists only in the TSA daemon (kumod --tsa)
+assert(not pcall(require, 'tsa'))
 print 'ok'
