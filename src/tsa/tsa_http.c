@@ -38,6 +38,7 @@
 #include "http/websocket.h"
 #include "lua/klua.h"
 #include "lua/luajson.h"
+#include "metrics/metrics.h"
 #include "tsa/tsa_state.h"
 
 #define TMOD "tsa_daemon"
@@ -525,9 +526,49 @@ static const http_route tsa_routes[] = {
     {"/tsa/status", EVHTTP_REQ_GET, h_status},
 };
 
+/* ---- metrics (GET /metrics of the daemon) ---------------------------------------- */
+
+static void collect_records(metrics_emitter *em, void *arg)
+{
+    (void)arg;
+    metrics_emit(em, (double)tsa_state_records_total(), NULL);
+}
+
+static void collect_actions(metrics_emitter *em, void *arg)
+{
+    (void)arg;
+    metrics_emit(em, (double)tsa_state_actions_total(), NULL);
+}
+
+static void collect_subscribers(metrics_emitter *em, void *arg)
+{
+    (void)arg;
+    size_t n = 0;
+    pthread_mutex_lock(&sub_lock);
+    for (sub_slot *s = subs; s; s = s->next)
+        n++;
+    pthread_mutex_unlock(&sub_lock);
+    metrics_emit(em, (double)n, NULL);
+}
+
+static void tsa_metrics_start(void)
+{
+    metrics_family *f;
+    metrics_callback_family(&f, METRICS_COUNTER, "tsa_records_total",
+                            "log records evaluated against the automation rules", NULL, 0,
+                            collect_records, NULL);
+    metrics_callback_family(&f, METRICS_COUNTER, "tsa_actions_total",
+                            "automation rule actions taken (suspensions, bounces, overrides)",
+                            NULL, 0, collect_actions, NULL);
+    metrics_callback_family(&f, METRICS_GAUGE, "tsa_subscribers",
+                            "nodes subscribed to the event stream", NULL, 0,
+                            collect_subscribers, NULL);
+}
+
 static const http_endpoints tsa_endpoints = {
     .routes = tsa_routes,
     .n_routes = sizeof(tsa_routes) / sizeof(tsa_routes[0]),
+    .start = tsa_metrics_start,
 };
 
 void tsa_http_add_endpoints(void)

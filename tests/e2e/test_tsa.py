@@ -265,6 +265,14 @@ def test_rate_limited_site_suspended_on_both_nodes(kumod_factory, tmp_path, peer
     assert tf[0]["response"]["code"] == 421
     assert tf[0]["site"] == site
 
+    # the daemon's counters
+    metrics = http_get(tsa.url + "/metrics")[1]
+    assert "tsa_subscribers 2" in metrics, metrics
+    assert any(l.startswith("tsa_records_total ") and float(l.split()[1]) >= 1
+               for l in metrics.splitlines()), metrics
+    assert any(l.startswith("tsa_actions_total ") and float(l.split()[1]) >= 1
+               for l in metrics.splitlines()), metrics
+
     # node B holds new mail for that site: no connection, a record that says so
     peer.reset_counts()
     inject(b, "user2@dest.example", "held")
