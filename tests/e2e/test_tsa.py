@@ -56,6 +56,11 @@ trigger = {Threshold="2/hr"}
 duration = "1 hour"
 
 [["dest.example".automation]]
+regex = "4\\.7\\.99"
+action = "BounceTenant"
+duration = "%(duration)s"
+
+[["dest.example".automation]]
 regex = "blocked for this campaign"
 action = ["SuspendCampaign", "SuspendTenant"]
 duration = "%(duration)s"
@@ -369,6 +374,34 @@ def test_suspend_campaign_and_tenant_on_both_nodes(kumod_factory, tmp_path, peer
     wait_until(lambda: any("u3@dest.example" in m["rcpt_tos"] for m in peer.messages),
                timeout=15, what="the other tenant delivered")
     assert not any("u2@dest.example" in m["rcpt_tos"] for m in peer.messages)
+
+
+def test_bounce_tenant_on_both_nodes(kumod_factory, tmp_path, peer):
+    shaping = write_shaping(tmp_path, "30 seconds")
+    tsa = Tsa(kumod_factory, tmp_path, shaping).start()
+    a = make_node(kumod_factory, "a", tsa.port, shaping, peer)
+    b = make_node(kumod_factory, "b", tsa.port, shaping, peer)
+    wait_until(lambda: "connected" in a.diag() and "connected" in b.diag(), timeout=10,
+               what="both nodes subscribed")
+    peer.script("RCPT", "451 4.7.99 this tenant is not welcome")
+    inject(a, "u1@dest.example", "bounce-me", tenant="t9")
+    wait_until(lambda: json.loads(http_get(tsa.url + "/get_bounce_v1/bounced.json")[1]),
+               timeout=15, what="a TSA bounce")
+    bounce = json.loads(http_get(tsa.url + "/get_bounce_v1/bounced.json")[1])[0]
+    assert (bounce["domain"], bounce["tenant"], bounce["campaign"]) == ("dest.example", "t9", None)
+
+    def has(k):
+        return [e for e in admin(k, "/api/admin/bounce/v1")
+                if e.get("tenant") == "t9" and e.get("domain") == "dest.example"]
+    wait_until(lambda: has(a) and has(b), timeout=1.0, interval=0.02,
+               what="both nodes bounce the tenant within a second")
+    inject(b, "u2@dest.example", "bounced-on-b", tenant="t9")
+    rec = b.wait_records(lambda r: r["recipient"] == "u2@dest.example", type="AdminBounce",
+                         timeout=15)
+    assert "automation rule: 4\\.7\\.99" in rec[0]["response"]["content"], rec[0]
+    inject(b, "u3@dest.example", "other-tenant", tenant="t8")
+    wait_until(lambda: any("u3@dest.example" in m["rcpt_tos"] for m in peer.messages),
+               timeout=15, what="the other tenant delivered")
 
 
 def test_tsa_down_nodes_keep_sending_and_reconnect(kumod_factory, tmp_path, peer):
