@@ -29,7 +29,7 @@ LAYERS = {
     "queue": 5,
     "delivery": 6, "http": 6,
     "tsa": 7,
-    "main": 8,
+    "main": 8, "modules": 8,
 }
 
 # Folder pairs that must not meet although the order would allow it.

@@ -30,6 +30,8 @@
 #include "core/diag.h"
 #include "core/fsutil.h"
 #include "core/reactor.h"
+#include "modules.h"
+#include "core/version.h"
 #include "log/logs.h"
 #include "http/inject_lua.h"
 #include "lua/klua.h"
@@ -424,7 +426,9 @@ static int drop_privileges(const char *user)
 
 static void print_version(void)
 {
-    printf("kumod %s (%s)\n", KUMOD_VERSION, KUMOD_GIT);
+    /* first line as KumoMTA's: the name and the version kumo.version holds */
+    printf("kumod %s\n", kumod_version());
+    printf("  git %s\n", kumod_git_describe());
     printf("  %s\n", LUA_RELEASE);
     printf("  libevent %s\n", event_get_version());
     printf("  RocksDB %s\n", KUMOD_ROCKSDB_VERSION);
@@ -592,59 +596,14 @@ int main(int argc, char **argv)
     umask(0077);
     raise_nofile();
 
-    /* the Message metatables first: later openers add methods to them
-     * (kumo.dkim's msg:dkim_sign) */
-    message_lua_register();
-    services_lua_register();
-    smtpsrv_lua_register();
-    http_lua_register();
-    inject_lua_register();
-    http_metrics_add_endpoints();
-    if (tsa_mode) {
+    kumod_register_modules();
+    /* the TSA daemon serves its own endpoints, not injection and queue
+     * administration; kumo.shaping everywhere, require 'tsa' only there */
+    if (tsa_mode)
         tsa_http_add_endpoints();
-    } else {
-        http_trace_add_endpoints();
-        http_resolve_add_endpoints();
-        http_dashboard_add_endpoints();
-        http_explain_add_endpoints();
-    }
     tsa_lua_register(tsa_mode);
     tsa_lua_set_subscriptions_enabled(!validate);
-    queue_init();
-    /* reception hands messages to the queues (smtp sits above queue) */
-    smtpsrv_set_insert_hook(queue_insert);
-    /* log hook records become queued messages (queue sits above log) */
-    loghook_set_sink(hookq_sink);
-    lua_deliver_register();
-    deferred_register();
-    smtp_deliver_register();
-    maildir_register();
-    /* the hosts file is read here, before any reactor resolves a name, and
-     * then watched by its own thread (dns_shutdown stops it) */
-    hosts_start();
-    dns_lua_register();
-    redis_lua_register();
-    /* the kumo.* library modules (src/lua/lib) */
-    secrets_lua_register();
-    dkim_lua_register();
-    mailauth_lua_register();
-    spf_lua_register();
-    digest_lua_register();
-    encode_lua_register();
-    uuid_lua_register();
-    time_lua_register();
-    crypto_lua_register();
-    fs_lua_register();
-    file_type_lua_register();
-    counter_series_lua_register();
-    sqlite_lua_register();
-    mpsc_lua_register();
-    http_client_lua_register();
-    amqp_lua_register();
-    nats_lua_register();
-    misc_lua_register();
     misc_set_spawn_enabled(!validate || script_path);
-    lualib_register();
     klua_set_reload_hook(reload_all);
     services_set_validate_only(validate);
 

@@ -349,7 +349,8 @@ static json_t *table_json(int table, const table_view *v, const double *rates)
             idx[m++] = i;
     }
     sctx = (sort_ctx){table, v->sort, v->desc, rates};
-    qsort(idx, m, sizeof(*idx), cmp_rows);
+    if (m > 1)
+        qsort(idx, m, sizeof(*idx), cmp_rows);
     json_t *rows = json_array();
     int64_t now = clock_wall_ns();
     for (size_t k = (size_t)v->offset; k < m && k < (size_t)(v->offset + v->limit); k++)
@@ -536,7 +537,8 @@ static void after_snapshot(void *ud, dashq_snapshot *snap)
     dashq_snapshot_free(dr->prev);
     dr->prev = dr->cur;
     dr->cur = snap;
-    qsort(snap->ready, snap->n_ready, sizeof(*snap->ready), cmp_ready_name);
+    if (snap->n_ready > 1) /* ready may be NULL when there are none */
+        qsort(snap->ready, snap->n_ready, sizeof(*snap->ready), cmp_ready_name);
     /* slow snapshots (huge queue counts) are taken less often */
     int64_t every = NS_PER_SEC;
     if (snap->cost_ns > SNAP_BUDGET_NS)

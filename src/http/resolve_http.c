@@ -87,8 +87,10 @@ static void after_path(klua_call *c, int status, void *ud)
         job_fail(j, "get_egress_path_config", klua_call_error(c));
         return;
     }
-    char err[512];
+    char err[512] = "";
     json_t *t = c ? call_table(c, err, sizeof(err)) : NULL;
+    if (t && !err[0])
+        egress_path_fini(&pc); /* egress_path_from_json starts from the defaults itself */
     if (err[0] || (t && egress_path_from_json(t, &pc, err, sizeof(err)) != 0)) {
         json_decref(t);
         egress_path_fini(&pc);

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "core/diag.h"
@@ -142,6 +143,14 @@ fail:
     return KERR_IO;
 }
 
+#define ACCT_DEFAULT_DIR "/var/spool/kumomta"
+
+static bool default_dir_exists(void)
+{
+    struct stat st;
+    return stat(ACCT_DEFAULT_DIR, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 int acct_flush(void)
 {
     pthread_mutex_lock(&flush_mu);
@@ -150,9 +159,22 @@ int acct_flush(void)
     int rc = 0;
     if (rec || del) {
         pthread_mutex_lock(&mu);
+        bool configured = db_path != NULL;
         char *path = strdup(db_path ? db_path : ACCT_DEFAULT_PATH);
         pthread_mutex_unlock(&mu);
-        rc = path ? write_counts(path, rec, del) : KERR_NOMEM;
+        if (path && !configured && !default_dir_exists()) {
+            /* KumoMTA's default place on a machine laid out otherwise: say
+             * so once instead of an error every flush; the totals wait */
+            static atomic_bool said;
+            if (!atomic_exchange(&said, true))
+                DINFO(ACCT_MOD,
+                      "the accounting totals are not recorded: %s does not exist "
+                      "(kumo.configure_accounting_db_path names another database)",
+                      ACCT_DEFAULT_DIR);
+            rc = KERR_NOTFOUND;
+        } else {
+            rc = path ? write_counts(path, rec, del) : KERR_NOMEM;
+        }
         if (rc != 0) { /* kept for the next flush */
             atomic_fetch_add(&pending_received, rec);
             atomic_fetch_add(&pending_delivered, del);

@@ -532,6 +532,8 @@ static klua *klua_new_vm(const char *base_path, int reactor_idx, char *err, size
         lua_setfield(L, -2, multi_events[i]);
     }
     lua_call(L, 2, 1);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "kumod.dispatch");
     vm->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return vm;
 }
@@ -646,6 +648,11 @@ void klua_install(klua *vm)
     klua_ref(vm);
     reactor_set_slot(r, REACTOR_SLOT_LUA, vm);
     klua_unref(old);
+}
+
+void klua_push_dispatcher(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, "kumod.dispatch");
 }
 
 bool klua_has_handler(klua *vm, const char *event)

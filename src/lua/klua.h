@@ -45,6 +45,12 @@ klua *klua_current(void);
 void klua_install(klua *vm);
 
 bool klua_has_handler(klua *vm, const char *event);
+/* Pushes the dispatcher onto L: a Lua function (name, ...) that calls the
+ * handlers of event name exactly as klua_call_begin's calls do (chained
+ * events until one returns non-nil) and returns their result; nil without
+ * a handler. For kumo.invoke_*: call it with lua_callk in the caller's own
+ * coroutine, so that a handler may yield. */
+void klua_push_dispatcher(lua_State *L);
 /* True for the events whose handlers chain (pre_init, get_queue_config, ...). */
 bool klua_event_is_multi(const char *event);
 

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/sbuf.h"
 #include "core/kerr.h"
 #include "msg/headers.h"
 
@@ -147,84 +148,54 @@ int dkim_sign_digest(dkim_key *k, const unsigned char digest[32], unsigned char 
 
 /* ---- building the header ---- */
 
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-}
-
-static void sb_str(sbuf *b, const char *s)
-{
-    sb_add(b, s, strlen(s));
-}
 
 #define FOLD_AT 78
 
-/* Appends "; name=value" (or "name=value" first), folding before the tag
- * when it would pass FOLD_AT. */
-static void add_tag(sbuf *b, size_t *col, const char *name, const char *value, size_t vlen)
+/* Appends "; name=value" (or "name=value" first, while *first is set),
+ * folding before the tag when it would pass FOLD_AT. */
+static void add_tag_f(sbuf *b, size_t *col, bool *first, const char *name, const char *value,
+                      size_t vlen)
 {
     size_t need = strlen(name) + 1 + vlen + 1;
-    bool first = b->len > 0 && b->p[b->len - 1] == ' ' && *col == 16;
-    if (!first) {
-        sb_add(b, ";", 1);
+    if (!*first) {
+        sbuf_put(b, ";", 1);
         (*col)++;
         if (*col + 1 + need > FOLD_AT) {
-            sb_add(b, "\r\n\t", 3);
+            sbuf_put(b, "\r\n\t", 3);
             *col = 8;
         } else {
-            sb_add(b, " ", 1);
+            sbuf_put(b, " ", 1);
             (*col)++;
         }
     }
-    sb_str(b, name);
-    sb_add(b, "=", 1);
-    sb_add(b, value, vlen);
+    *first = false;
+    sbuf_puts(b, name);
+    sbuf_put(b, "=", 1);
+    sbuf_put(b, value, vlen);
     *col += strlen(name) + 1 + vlen;
 }
 
 /* h=: names joined with ':', folded after a colon when the line is full. */
 static void add_h_tag(sbuf *b, size_t *col, const char *const *names, size_t n)
 {
-    sb_add(b, ";", 1);
+    sbuf_put(b, ";", 1);
     (*col)++;
     if (*col + 4 + (n ? strlen(names[0]) : 0) > FOLD_AT) {
-        sb_add(b, "\r\n\t", 3);
+        sbuf_put(b, "\r\n\t", 3);
         *col = 8;
     } else {
-        sb_add(b, " ", 1);
+        sbuf_put(b, " ", 1);
         (*col)++;
     }
-    sb_add(b, "h=", 2);
+    sbuf_put(b, "h=", 2);
     *col += 2;
     for (size_t i = 0; i < n; i++) {
         size_t l = strlen(names[i]);
         if (i > 0) {
-            sb_add(b, ":", 1);
+            sbuf_put(b, ":", 1);
             (*col)++;
             if (*col + l + 1 > FOLD_AT) {
-                sb_add(b, "\r\n\t", 3);
+                sbuf_put(b, "\r\n\t", 3);
                 *col = 8;
             }
         }
@@ -233,7 +204,7 @@ static void add_h_tag(sbuf *b, size_t *col, const char *const *names, size_t n)
         for (size_t j = 0; j < k; j++)
             low[j] =
                 (char)((names[i][j] >= 'A' && names[i][j] <= 'Z') ? names[i][j] + 32 : names[i][j]);
-        sb_add(b, low, k);
+        sbuf_put(b, low, k);
         *col += k;
     }
 }
@@ -245,10 +216,10 @@ static void qp_encode(sbuf *b, const char *s)
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
         if (c > 0x20 && c < 0x7f && c != ';' && c != '=') {
-            sb_add(b, (const char *)&c, 1);
+            sbuf_put(b, (const char *)&c, 1);
         } else {
             char e[3] = {'=', hexd[c >> 4], hexd[c & 15]};
-            sb_add(b, e, 3);
+            sbuf_put(b, e, 3);
         }
     }
 }
@@ -344,23 +315,34 @@ static void b64(sbuf *b, const unsigned char *in, size_t n)
         return;
     }
     EVP_EncodeBlock((unsigned char *)tmp, in, (int)n);
-    sb_add(b, tmp, need);
+    sbuf_put(b, tmp, need);
     free(tmp);
 }
 
-int dkim_sign_prepare(const dkim_sign_params *p, const char *data, size_t len, int64_t now,
-                      dkim_sign_job *job, char *err, size_t errlen)
+/* The three kinds of signature header share this: a DKIM-Signature (arc
+ * NULL), an ARC-Message-Signature (arc->cv NULL: i= is the instance, no v=,
+ * AUID, l=, r= or ATPS) and an ARC-Seal (arc->cv set: no c=, bh= or h=; the
+ * header hash covers the fields arc->fields names, relaxed, RFC 8617
+ * §5.1.1). */
+static int sign_prepare(const dkim_sign_params *p, const dkim_arc_params *arc, const char *data,
+                        size_t len, int64_t now, dkim_sign_job *job, char *err, size_t errlen)
 {
     memset(job, 0, sizeof(*job));
-    int rc = dkim_sign_params_check(p, err, errlen);
-    if (rc)
+    bool seal = arc && arc->cv;
+    int rc = 0;
+    if (!seal && (rc = dkim_sign_params_check(p, err, errlen)) != 0)
         return rc;
+    if (seal && (!p->domain || !tag_value_ok(p->domain) || !p->selector ||
+                 !tag_value_ok(p->selector)))
+        return fail(err, errlen, KERR_INVAL, "domain and selector must be non-empty names");
+    if (arc && (arc->instance < 1 || arc->instance > DKIM_ARC_MAX_INSTANCE))
+        return fail(err, errlen, KERR_INVAL, "ARC instance %d is out of range", arc->instance);
 
     /* the header fields, once, in order */
     size_t nf = 0, capf = 32, pos = 0;
     field *fs = malloc(capf * sizeof(*fs));
     hdr_field hf;
-    while (fs && hdr_next(data, len, &pos, &hf)) {
+    while (!seal && fs && hdr_next(data, len, &pos, &hf)) {
         if (nf == capf) {
             field *n2 = realloc(fs, 2 * capf * sizeof(*fs));
             if (!n2) {
@@ -375,30 +357,25 @@ int dkim_sign_prepare(const dkim_sign_params *p, const char *data, size_t len, i
     }
     if (!fs)
         return fail(err, errlen, KERR_NOMEM, "out of memory");
-    size_t body = hdr_block_len(data, len);
 
     /* the effective list: over-signing lists each name once more than the
-     * message has it, so that an added field breaks the signature */
-    size_t nh = 0;
+     * message has it, so that an added field breaks the signature. An AMS
+     * never signs ARC-Seal (RFC 8617 §4.1.2): the seal comes after it. */
+    size_t nh = 0, total = 0;
     const char **hl = NULL;
-    if (p->over_sign) {
-        size_t total = 0;
-        for (size_t i = 0; i < p->n_headers; i++) {
-            total++;
-            for (size_t j = 0; j < nf; j++)
-                total += name_is(&fs[j], p->headers[i]);
-        }
-        hl = malloc((total ? total : 1) * sizeof(*hl));
-        for (size_t i = 0; hl && i < p->n_headers; i++) {
-            hl[nh++] = p->headers[i];
-            for (size_t j = 0; j < nf; j++)
-                if (name_is(&fs[j], p->headers[i]))
-                    hl[nh++] = p->headers[i];
-        }
-    } else {
-        hl = malloc((p->n_headers ? p->n_headers : 1) * sizeof(*hl));
-        for (size_t i = 0; hl && i < p->n_headers; i++)
-            hl[nh++] = p->headers[i];
+    for (size_t i = 0; i < p->n_headers; i++) {
+        total++;
+        for (size_t j = 0; p->over_sign && j < nf; j++)
+            total += name_is(&fs[j], p->headers[i]);
+    }
+    hl = malloc((total ? total : 1) * sizeof(*hl));
+    for (size_t i = 0; hl && !seal && i < p->n_headers; i++) {
+        if (arc && strcasecmp(p->headers[i], "ARC-Seal") == 0)
+            continue;
+        hl[nh++] = p->headers[i];
+        for (size_t j = 0; p->over_sign && j < nf; j++)
+            if (name_is(&fs[j], p->headers[i]))
+                hl[nh++] = p->headers[i];
     }
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     sbuf sb = {0};
@@ -408,30 +385,46 @@ int dkim_sign_prepare(const dkim_sign_params *p, const char *data, size_t len, i
     }
 
     /* body hash */
-    dkim_bodyc bc;
-    dkim_bodyc_init(&bc, p->body_canon, UINT64_MAX, md_sink, md);
-    dkim_bodyc_update(&bc, data + body, len - body);
-    dkim_bodyc_final(&bc);
     unsigned char bh[32];
     unsigned int bhl = 0;
-    if (EVP_DigestFinal_ex(md, bh, &bhl) != 1) {
-        rc = fail(err, errlen, KERR_IO, "digest failed: %s", ossl_reason());
-        goto out;
+    dkim_bodyc bc = {0};
+    if (!seal) {
+        size_t body = hdr_block_len(data, len);
+        dkim_bodyc_init(&bc, p->body_canon, UINT64_MAX, md_sink, md);
+        dkim_bodyc_update(&bc, data + body, len - body);
+        dkim_bodyc_final(&bc);
+        if (EVP_DigestFinal_ex(md, bh, &bhl) != 1) {
+            rc = fail(err, errlen, KERR_IO, "digest failed: %s", ossl_reason());
+            goto out;
+        }
     }
 
     /* the header, without the signature */
-    size_t col = 16;
+    const char *hname =
+        !arc ? "DKIM-Signature" : seal ? "ARC-Seal" : "ARC-Message-Signature";
+    size_t col = strlen(hname) + 2;
+    bool first = true;
     char num[32];
-    sb_str(&sb, "DKIM-Signature: ");
-    add_tag(&sb, &col, "v", "1", 1);
+    sbuf_puts(&sb, hname);
+    sbuf_puts(&sb, ": ");
+    if (arc) {
+        snprintf(num, sizeof(num), "%d", arc->instance);
+        add_tag_f(&sb, &col, &first, "i", num, strlen(num));
+        if (seal)
+            add_tag_f(&sb, &col, &first, "cv", arc->cv, strlen(arc->cv));
+    } else {
+        add_tag_f(&sb, &col, &first, "v", "1", 1);
+    }
     const char *a = p->alg == DKIM_ALG_RSA_SHA256 ? "rsa-sha256" : "ed25519-sha256";
-    add_tag(&sb, &col, "a", a, strlen(a));
-    add_tag(&sb, &col, "d", p->domain, strlen(p->domain));
-    add_tag(&sb, &col, "s", p->selector, strlen(p->selector));
-    snprintf(num, sizeof(num), "%s/%s", p->header_canon ? "relaxed" : "simple",
-             p->body_canon ? "relaxed" : "simple");
-    add_tag(&sb, &col, "c", num, strlen(num));
-    if (p->auid) {
+    add_tag_f(&sb, &col, &first, "a", a, strlen(a));
+    add_tag_f(&sb, &col, &first, "d", p->domain, strlen(p->domain));
+    add_tag_f(&sb, &col, &first, "s", p->selector, strlen(p->selector));
+    if (!seal) {
+        snprintf(num, sizeof(num), "%s/%s", p->header_canon ? "relaxed" : "simple",
+                 p->body_canon ? "relaxed" : "simple");
+        add_tag_f(&sb, &col, &first, "c", num, strlen(num));
+    }
+    if (p->auid && !arc) {
         sbuf q = {0};
         qp_encode(&q, p->auid);
         if (q.oom || !q.p) {
@@ -439,27 +432,27 @@ int dkim_sign_prepare(const dkim_sign_params *p, const char *data, size_t len, i
             rc = fail(err, errlen, KERR_NOMEM, "out of memory");
             goto out;
         }
-        add_tag(&sb, &col, "i", q.p, q.len);
+        add_tag_f(&sb, &col, &first, "i", q.p, q.len);
         free(q.p);
     }
-    if (p->body_length) {
+    if (p->body_length && !arc) {
         snprintf(num, sizeof(num), "%llu", (unsigned long long)bc.total);
-        add_tag(&sb, &col, "l", num, strlen(num));
+        add_tag_f(&sb, &col, &first, "l", num, strlen(num));
     }
-    if (p->reporting)
-        add_tag(&sb, &col, "r", "y", 1);
-    if (p->atps) {
-        add_tag(&sb, &col, "atps", p->atps, strlen(p->atps));
+    if (p->reporting && !arc)
+        add_tag_f(&sb, &col, &first, "r", "y", 1);
+    if (p->atps && !arc) {
+        add_tag_f(&sb, &col, &first, "atps", p->atps, strlen(p->atps));
         const char *h = p->atpsh ? p->atpsh : "sha256";
-        add_tag(&sb, &col, "atpsh", h, strlen(h));
+        add_tag_f(&sb, &col, &first, "atpsh", h, strlen(h));
     }
     snprintf(num, sizeof(num), "%lld", (long long)now);
-    add_tag(&sb, &col, "t", num, strlen(num));
+    add_tag_f(&sb, &col, &first, "t", num, strlen(num));
     if (p->expiration > 0) {
         snprintf(num, sizeof(num), "%lld", (long long)(now + p->expiration));
-        add_tag(&sb, &col, "x", num, strlen(num));
+        add_tag_f(&sb, &col, &first, "x", num, strlen(num));
     }
-    {
+    if (!seal) {
         sbuf bhs = {0};
         b64(&bhs, bh, bhl);
         if (bhs.oom || !bhs.p) {
@@ -467,32 +460,36 @@ int dkim_sign_prepare(const dkim_sign_params *p, const char *data, size_t len, i
             rc = fail(err, errlen, KERR_NOMEM, "out of memory");
             goto out;
         }
-        add_tag(&sb, &col, "bh", bhs.p, bhs.len);
+        add_tag_f(&sb, &col, &first, "bh", bhs.p, bhs.len);
         free(bhs.p);
+        add_h_tag(&sb, &col, hl, nh);
     }
-    add_h_tag(&sb, &col, hl, nh);
-    add_tag(&sb, &col, "b", "", 0);
+    add_tag_f(&sb, &col, &first, "b", "", 0);
     if (sb.oom) {
         rc = fail(err, errlen, KERR_NOMEM, "out of memory");
         goto out;
     }
 
     /* header hash (§3.7): the selected fields, each instance from the
-     * bottom up; a name listed more often than present adds nothing */
+     * bottom up; a name listed more often than present adds nothing. A
+     * seal hashes the ARC sets it is given, in order, relaxed. */
     if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
         rc = fail(err, errlen, KERR_IO, "digest failed: %s", ossl_reason());
         goto out;
     }
+    enum dkim_canon hc = seal ? DKIM_CANON_RELAXED : p->header_canon;
+    for (size_t i = 0; seal && i < arc->n_fields; i++)
+        dkim_canon_header(hc, arc->fields[i], arc->field_lens[i], true, md_sink, md);
     for (size_t i = 0; i < nh; i++) {
         for (size_t j = nf; j-- > 0;) {
             if (!fs[j].used && name_is(&fs[j], hl[i])) {
                 fs[j].used = true;
-                dkim_canon_header(p->header_canon, fs[j].raw, fs[j].raw_len, true, md_sink, md);
+                dkim_canon_header(hc, fs[j].raw, fs[j].raw_len, true, md_sink, md);
                 break;
             }
         }
     }
-    dkim_canon_header(p->header_canon, sb.p, sb.len, false, md_sink, md);
+    dkim_canon_header(hc, sb.p, sb.len, false, md_sink, md);
     unsigned int dl = 0;
     if (EVP_DigestFinal_ex(md, job->digest, &dl) != 1) {
         rc = fail(err, errlen, KERR_IO, "digest failed: %s", ossl_reason());
@@ -511,6 +508,18 @@ out:
     return rc;
 }
 
+int dkim_sign_prepare(const dkim_sign_params *p, const char *data, size_t len, int64_t now,
+                      dkim_sign_job *job, char *err, size_t errlen)
+{
+    return sign_prepare(p, NULL, data, len, now, job, err, errlen);
+}
+
+int dkim_arc_prepare(const dkim_sign_params *p, const dkim_arc_params *arc, const char *data,
+                     size_t len, int64_t now, dkim_sign_job *job, char *err, size_t errlen)
+{
+    return sign_prepare(p, arc, data, len, now, job, err, errlen);
+}
+
 char *dkim_sign_finish(const dkim_sign_job *job, const unsigned char *sig, size_t siglen,
                        size_t *out_len)
 {
@@ -521,22 +530,22 @@ char *dkim_sign_finish(const dkim_sign_job *job, const unsigned char *sig, size_
         return NULL;
     }
     sbuf out = {0};
-    sb_add(&out, job->hdr, job->hdr_len);
+    sbuf_put(&out, job->hdr, job->hdr_len);
     /* FWS may appear anywhere in b= (§3.5): fill lines to FOLD_AT */
     size_t col = job->col, i = 0;
     while (i < s64.len) {
         size_t room = col < FOLD_AT ? FOLD_AT - col : 0;
         if (room < 8) {
-            sb_add(&out, "\r\n\t", 3);
+            sbuf_put(&out, "\r\n\t", 3);
             col = 8;
             continue;
         }
         size_t k = s64.len - i < room ? s64.len - i : room;
-        sb_add(&out, s64.p + i, k);
+        sbuf_put(&out, s64.p + i, k);
         i += k;
         col += k;
     }
-    sb_add(&out, "\r\n", 2);
+    sbuf_put(&out, "\r\n", 2);
     free(s64.p);
     if (out.oom) {
         free(out.p);
@@ -686,19 +695,45 @@ static int parse_num(const dkim_tag *t, uint64_t *out)
 
 int dkim_sig_parse(const char *value, size_t len, dkim_sig *out, char *err, size_t errlen)
 {
+    return dkim_sig_parse_kind(DKIM_SIG_DKIM, value, len, out, err, errlen);
+}
+
+int dkim_sig_parse_kind(enum dkim_sig_kind kind, const char *value, size_t len, dkim_sig *out,
+                        char *err, size_t errlen)
+{
     memset(out, 0, sizeof(*out));
+    out->kind = kind;
     out->t = out->x = -1;
     int rc = dkim_tags_parse(value, len, out->tags, DKIM_MAX_TAGS, &out->n_tags);
     if (rc)
         return fail(err, errlen, KERR_PARSE, "signature tag list is malformed");
     const dkim_tag *T = out->tags;
     size_t N = out->n_tags;
-    static const char *const required[] = {"v", "a", "b", "bh", "d", "h", "s"};
-    for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++)
+    static const char *const req_dkim[] = {"v", "a", "b", "bh", "d", "h", "s", NULL};
+    static const char *const req_ams[] = {"i", "a", "b", "bh", "d", "h", "s", NULL};
+    static const char *const req_as[] = {"i", "cv", "a", "b", "d", "s", NULL};
+    const char *const *required =
+        kind == DKIM_SIG_DKIM ? req_dkim : kind == DKIM_SIG_AMS ? req_ams : req_as;
+    for (size_t i = 0; required[i]; i++)
         if (!dkim_tag_find(T, N, required[i]))
             return fail(err, errlen, KERR_PARSE, "signature missing required tag %s=", required[i]);
-    if (!tag_is(dkim_tag_find(T, N, "v"), "1"))
+    if (kind != DKIM_SIG_DKIM) {
+        /* RFC 8617 §4.2.1: i= is 1..50, plain decimal */
+        const dkim_tag *it = dkim_tag_find(T, N, "i");
+        uint64_t v = 0;
+        if (parse_num(it, &v) != 0 || v < 1 || v > DKIM_ARC_MAX_INSTANCE)
+            return fail(err, errlen, KERR_RANGE, "ARC instance tag is invalid");
+        out->instance = (int)v;
+    }
+    if (kind == DKIM_SIG_DKIM && !tag_is(dkim_tag_find(T, N, "v"), "1"))
         return fail(err, errlen, KERR_INVAL, "incompatible signature version");
+    if (kind == DKIM_SIG_AS) {
+        out->cv = dkim_tag_find(T, N, "cv");
+        if (!tag_is(out->cv, "none") && !tag_is(out->cv, "pass") && !tag_is(out->cv, "fail"))
+            return fail(err, errlen, KERR_INVAL, "invalid chain validation status");
+        if (dkim_tag_find(T, N, "h"))
+            return fail(err, errlen, KERR_INVAL, "h= is not allowed in an ARC-Seal");
+    }
     const dkim_tag *a = dkim_tag_find(T, N, "a");
     if (tag_is(a, "rsa-sha256"))
         out->alg = DKIM_ALG_RSA_SHA256;
@@ -707,8 +742,9 @@ int dkim_sig_parse(const char *value, size_t len, dkim_sig *out, char *err, size
     else
         return fail(err, errlen, KERR_INVAL, "unsupported signature algorithm %.*s",
                     (int)(a->value_len > 40 ? 40 : a->value_len), a->value);
-    const dkim_tag *c = dkim_tag_find(T, N, "c");
-    out->header_canon = out->body_canon = DKIM_CANON_SIMPLE;
+    const dkim_tag *c = kind == DKIM_SIG_AS ? NULL : dkim_tag_find(T, N, "c");
+    out->header_canon = out->body_canon =
+        kind == DKIM_SIG_AS ? DKIM_CANON_RELAXED : DKIM_CANON_SIMPLE;
     if (c) {
         const char *slash = memchr(c->value, '/', c->value_len);
         dkim_tag hc = *c, bc = {0};
@@ -736,12 +772,12 @@ int dkim_sig_parse(const char *value, size_t len, dkim_sig *out, char *err, size
     out->h = dkim_tag_find(T, N, "h");
     out->b = dkim_tag_find(T, N, "b");
     out->bh = dkim_tag_find(T, N, "bh");
-    out->i = dkim_tag_find(T, N, "i");
+    out->i = kind == DKIM_SIG_DKIM ? dkim_tag_find(T, N, "i") : NULL;
     if (!out->d->value_len || !out->s->value_len)
         return fail(err, errlen, KERR_PARSE, "empty d= or s= tag");
-    /* h= must sign From (§5.4) */
-    bool from = false;
-    for (size_t i = 0, st = 0; i <= out->h->value_len; i++) {
+    /* h= must sign From (§5.4; RFC 8617 keeps the rule for the AMS) */
+    bool from = kind == DKIM_SIG_AS;
+    for (size_t i = 0, st = 0; out->h && i <= out->h->value_len; i++) {
         if (i == out->h->value_len || out->h->value[i] == ':') {
             size_t a0 = st, a1 = i;
             while (a0 < a1 && !(out->h->value[a0] > 0x20))

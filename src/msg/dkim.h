@@ -76,6 +76,25 @@ char *dkim_sign_finish(const dkim_sign_job *job, const unsigned char *sig, size_
                        size_t *out_len);
 void dkim_sign_job_fini(dkim_sign_job *job);
 
+/* ARC (RFC 8617) headers are DKIM signatures under other names; the same
+ * three steps make them. */
+#define DKIM_ARC_MAX_INSTANCE 50
+
+typedef struct dkim_arc_params {
+    int instance;              /* i=, 1..DKIM_ARC_MAX_INSTANCE */
+    const char *cv;            /* ARC-Seal: cv= ("none", "pass"); NULL: ARC-Message-Signature */
+    const char *const *fields; /* ARC-Seal: the raw fields it seals, in order, without EOL */
+    const size_t *field_lens;
+    size_t n_fields;
+} dkim_arc_params;
+
+/* Step 1 for an ARC-Message-Signature (i=, a=, d=, s=, c=, t=, x=, bh=, h=
+ * from p: no v=, AUID, l=, r= or ATPS; ARC-Seal is never in h=) or, when
+ * arc->cv is set, an ARC-Seal (i=, cv=, a=, d=, s=, t=, x=; the header hash
+ * covers arc->fields, relaxed, and data is not read). */
+int dkim_arc_prepare(const dkim_sign_params *p, const dkim_arc_params *arc, const char *data,
+                     size_t len, int64_t now, dkim_sign_job *job, char *err, size_t errlen);
+
 /* All three steps on the calling thread. */
 char *dkim_sign(const dkim_sign_params *p, dkim_key *k, const char *data, size_t len, int64_t now,
                 size_t *out_len, char *err, size_t errlen);
@@ -94,13 +113,24 @@ int dkim_tags_parse(const char *s, size_t n, dkim_tag *tags, size_t max, size_t 
 /* The tag named name, or NULL. */
 const dkim_tag *dkim_tag_find(const dkim_tag *tags, size_t count, const char *name);
 
-/* A DKIM-Signature value checked as RFC 6376 §6.1.1 asks. */
+/* Which header a signature value comes from. */
+enum dkim_sig_kind {
+    DKIM_SIG_DKIM = 0, /* DKIM-Signature */
+    DKIM_SIG_AMS,      /* ARC-Message-Signature: i= is the instance, no v= needed */
+    DKIM_SIG_AS,       /* ARC-Seal: i=, cv=; no bh=, h= or c= (relaxed) */
+};
+
+/* A DKIM-Signature value checked as RFC 6376 §6.1.1 asks (or an ARC
+ * header's, as RFC 8617 §4.1 asks). */
 typedef struct dkim_sig {
     dkim_tag tags[DKIM_MAX_TAGS];
     size_t n_tags;
+    enum dkim_sig_kind kind;
+    int instance;        /* ARC: i= (1..50) */
+    const dkim_tag *cv;  /* ARC-Seal: cv= */
     enum dkim_alg alg;
     enum dkim_canon header_canon, body_canon;
-    const dkim_tag *d, *s, *h, *b, *bh, *i;
+    const dkim_tag *d, *s, *h, *b, *bh, *i; /* h, bh NULL in a seal; i NULL in ARC */
     bool has_l;
     uint64_t l;
     int64_t t, x; /* -1 when absent */
@@ -108,5 +138,8 @@ typedef struct dkim_sig {
 
 /* 0, or KERR_PARSE / KERR_INVAL with a reason in err (a permerror). */
 int dkim_sig_parse(const char *value, size_t len, dkim_sig *out, char *err, size_t errlen);
+/* The same for any kind; an ARC instance outside 1..50 is KERR_RANGE. */
+int dkim_sig_parse_kind(enum dkim_sig_kind kind, const char *value, size_t len, dkim_sig *out,
+                        char *err, size_t errlen);
 
 #endif

@@ -235,13 +235,19 @@ bool dkim_key_name(const dkim_sig *sig, char *out, size_t outlen)
 
 int dkim_sig_parse_field(const hdr_field *f, dkim_sig *sig, char *err, size_t errlen)
 {
+    return dkim_sig_parse_field_kind(DKIM_SIG_DKIM, f, sig, err, errlen);
+}
+
+int dkim_sig_parse_field_kind(enum dkim_sig_kind kind, const hdr_field *f, dkim_sig *sig,
+                              char *err, size_t errlen)
+{
     const char *colon = memchr(f->raw, ':', f->raw_len);
     if (!colon) {
         memset(sig, 0, sizeof(*sig));
         return res(err, errlen, KERR_PARSE, "signature syntax error: no colon");
     }
     size_t off = (size_t)(colon + 1 - f->raw);
-    return dkim_sig_parse(colon + 1, f->raw_len - off, sig, err, errlen);
+    return dkim_sig_parse_kind(kind, colon + 1, f->raw_len - off, sig, err, errlen);
 }
 
 static void md_sink(void *ctx, const char *p, size_t n)
@@ -254,13 +260,11 @@ static bool field_is(const hdr_field *f, const char *name, size_t nl)
     return f->name_len == nl && strncasecmp(f->name, name, nl) == 0;
 }
 
-/* The header hash (§3.7) into digest. */
-static int header_hash(const hdr_index *ix, const hdr_field *sf, const dkim_sig *sig,
-                       unsigned char digest[32])
+/* Hashes the signature field sf with its b= value and the whitespace
+ * around it removed (from after '=' to the next ';' or the end), without
+ * its line end, to close a header hash (§3.7). */
+static int hash_sig_field(EVP_MD_CTX *md, const hdr_field *sf, const dkim_sig *sig)
 {
-    bool *used = calloc(ix->n ? ix->n : 1, sizeof(bool));
-    /* the signature field with the b= value and the whitespace around it
-     * removed: from after '=' to the next ';' or the end */
     const char *b0 = sig->b->value, *b1 = sig->b->value + sig->b->value_len;
     const char *end = sf->raw + sf->raw_len;
     while (b0 > sf->raw && b0[-1] != '=')
@@ -269,12 +273,24 @@ static int header_hash(const hdr_index *ix, const hdr_field *sf, const dkim_sig 
         b1++;
     size_t pre = (size_t)(b0 - sf->raw), post = (size_t)(end - b1);
     char *stripped = malloc(pre + post + 1);
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    int rc = -1;
-    if (!used || !stripped || !md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
-        goto out;
+    if (!stripped)
+        return -1;
     memcpy(stripped, sf->raw, pre);
     memcpy(stripped + pre, b1, post);
+    dkim_canon_header(sig->header_canon, stripped, pre + post, false, md_sink, md);
+    free(stripped);
+    return 0;
+}
+
+/* The header hash (§3.7) into digest. */
+static int header_hash(const hdr_index *ix, const hdr_field *sf, const dkim_sig *sig,
+                       unsigned char digest[32])
+{
+    bool *used = calloc(ix->n ? ix->n : 1, sizeof(bool));
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int rc = -1;
+    if (!used || !md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
+        goto out;
     const char *h = sig->h->value;
     size_t hl = sig->h->value_len;
     for (size_t i = 0, st = 0; i <= hl; i++) {
@@ -295,13 +311,11 @@ static int header_hash(const hdr_index *ix, const hdr_field *sf, const dkim_sig 
             }
         }
     }
-    dkim_canon_header(sig->header_canon, stripped, pre + post, false, md_sink, md);
     unsigned int dl = 0;
-    if (EVP_DigestFinal_ex(md, digest, &dl) == 1 && dl == 32)
+    if (hash_sig_field(md, sf, sig) == 0 && EVP_DigestFinal_ex(md, digest, &dl) == 1 && dl == 32)
         rc = 0;
 out:
     EVP_MD_CTX_free(md);
-    free(stripped);
     free(used);
     return rc;
 }
@@ -326,21 +340,15 @@ static bool check_sig(const dkim_pubkey *k, const unsigned char digest[32],
     return ok == 1;
 }
 
-int dkim_verify_field(const char *data, size_t len, const hdr_index *ix, const hdr_field *f,
-                      const dkim_sig *sig, const char *const *recs, const size_t *lens, size_t n,
-                      int64_t now, char *reason, size_t rlen)
+/* The usable keys among the records (at most 8) for sig into keys; 0 with
+ * *nk > 0, or the result why there is none, with the reason. */
+static int select_keys(const dkim_sig *sig, const char *const *recs, const size_t *lens, size_t n,
+                       dkim_pubkey **keys, size_t *nk, char *reason, size_t rlen)
 {
-    if (reason && rlen)
-        reason[0] = 0;
-    if (sig->x >= 0 && now > sig->x)
-        return res(reason, rlen, DKIM_PERMERROR, "signature expired");
-
-    /* keys first: no hashing for a message whose key is unusable */
-    dkim_pubkey *keys[8];
-    size_t nk = 0;
+    *nk = 0;
     int kres = DKIM_PERMERROR;
     char kwhy[160] = "no key for signature";
-    for (size_t i = 0; i < n && nk < 8; i++) {
+    for (size_t i = 0; i < n && *nk < 8; i++) {
         dkim_pubkey *k = NULL;
         int r = dkim_pubkey_parse(recs[i], lens[i], &k, kwhy, sizeof(kwhy));
         if (r != 0) {
@@ -363,15 +371,56 @@ int dkim_verify_field(const char *data, size_t len, const hdr_index *ix, const h
                 continue;
             }
         }
-        keys[nk++] = k;
+        keys[(*nk)++] = k;
     }
-    if (nk == 0)
+    if (*nk == 0)
         return res(reason, rlen, kres, "%s", kwhy);
+    return 0;
+}
 
-    int rc = DKIM_PERMERROR;
+/* Checks the decoded b= of sig against digest with each key. */
+static int check_digest(const dkim_sig *sig, dkim_pubkey *const *keys, size_t nk,
+                        const unsigned char digest[32], char *reason, size_t rlen)
+{
     unsigned char *b = malloc(B64_MAX);
+    if (!b)
+        return res(reason, rlen, DKIM_TEMPERROR, "out of memory");
+    long bl = b64_decode(sig->b->value, sig->b->value_len, b, B64_MAX);
+    int rc;
+    if (bl <= 0) {
+        rc = res(reason, rlen, DKIM_PERMERROR, "signature syntax error: failed to decode b=");
+    } else {
+        rc = res(reason, rlen, DKIM_FAIL, "signature did not verify");
+        for (size_t i = 0; i < nk; i++)
+            if (check_sig(keys[i], digest, b, (size_t)bl)) {
+                rc = res(reason, rlen, DKIM_PASS, "%s", "");
+                break;
+            }
+    }
+    free(b);
+    return rc;
+}
+
+int dkim_verify_field(const char *data, size_t len, const hdr_index *ix, const hdr_field *f,
+                      const dkim_sig *sig, const char *const *recs, const size_t *lens, size_t n,
+                      int64_t now, char *reason, size_t rlen)
+{
+    if (reason && rlen)
+        reason[0] = 0;
+    if (sig->x >= 0 && now > sig->x)
+        return res(reason, rlen, DKIM_PERMERROR, "signature expired");
+    if (!sig->h || !sig->bh)
+        return res(reason, rlen, DKIM_PERMERROR, "signature missing required tag h= or bh=");
+
+    /* keys first: no hashing for a message whose key is unusable */
+    dkim_pubkey *keys[8];
+    size_t nk = 0;
+    int rc = select_keys(sig, recs, lens, n, keys, &nk, reason, rlen);
+    if (rc != 0)
+        return rc;
+
     EVP_MD_CTX *md = EVP_MD_CTX_new();
-    if (!b || !md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+    if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
         rc = res(reason, rlen, DKIM_TEMPERROR, "out of memory");
         goto out;
     }
@@ -381,10 +430,15 @@ int dkim_verify_field(const char *data, size_t len, const hdr_index *ix, const h
         rc = res(reason, rlen, DKIM_PERMERROR, "signature syntax error: bh= is not a SHA-256 hash");
         goto out;
     }
-    long bl = b64_decode(sig->b->value, sig->b->value_len, b, B64_MAX);
-    if (bl <= 0) {
-        rc = res(reason, rlen, DKIM_PERMERROR, "signature syntax error: failed to decode b=");
-        goto out;
+    {
+        /* a b= that does not decode is a permerror whatever the body */
+        unsigned char *b = malloc(B64_MAX);
+        long bl = b ? b64_decode(sig->b->value, sig->b->value_len, b, B64_MAX) : 0;
+        free(b);
+        if (bl <= 0) {
+            rc = res(reason, rlen, DKIM_PERMERROR, "signature syntax error: failed to decode b=");
+            goto out;
+        }
     }
 
     /* body hash, at most l= canonical bytes */
@@ -414,15 +468,45 @@ int dkim_verify_field(const char *data, size_t len, const hdr_index *ix, const h
         rc = res(reason, rlen, DKIM_TEMPERROR, "out of memory");
         goto out;
     }
-    rc = res(reason, rlen, DKIM_FAIL, "signature did not verify");
-    for (size_t i = 0; i < nk; i++)
-        if (check_sig(keys[i], digest, b, (size_t)bl)) {
-            rc = res(reason, rlen, DKIM_PASS, "%s", "");
-            break;
-        }
+    rc = check_digest(sig, keys, nk, digest, reason, rlen);
 out:
     EVP_MD_CTX_free(md);
-    free(b);
+    for (size_t i = 0; i < nk; i++)
+        dkim_pubkey_free(keys[i]);
+    return rc;
+}
+
+int dkim_verify_seal(const hdr_field *const *sealed, size_t n_sealed, const hdr_field *f,
+                     const dkim_sig *sig, const char *const *recs, const size_t *lens, size_t n,
+                     int64_t now, char *reason, size_t rlen)
+{
+    if (reason && rlen)
+        reason[0] = 0;
+    if (sig->x >= 0 && now > sig->x)
+        return res(reason, rlen, DKIM_PERMERROR, "signature expired");
+    dkim_pubkey *keys[8];
+    size_t nk = 0;
+    int rc = select_keys(sig, recs, lens, n, keys, &nk, reason, rlen);
+    if (rc != 0)
+        return rc;
+    /* RFC 8617 §5.1.1: the ARC sets in order, relaxed, then the seal */
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned char digest[32];
+    unsigned int dl = 0;
+    if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+        rc = res(reason, rlen, DKIM_TEMPERROR, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n_sealed; i++)
+        dkim_canon_header(DKIM_CANON_RELAXED, sealed[i]->raw, sealed[i]->raw_len, true, md_sink,
+                          md);
+    if (hash_sig_field(md, f, sig) != 0 || EVP_DigestFinal_ex(md, digest, &dl) != 1 || dl != 32) {
+        rc = res(reason, rlen, DKIM_TEMPERROR, "out of memory");
+        goto out;
+    }
+    rc = check_digest(sig, keys, nk, digest, reason, rlen);
+out:
+    EVP_MD_CTX_free(md);
     for (size_t i = 0; i < nk; i++)
         dkim_pubkey_free(keys[i]);
     return rc;

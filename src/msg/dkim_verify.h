@@ -49,9 +49,20 @@ int dkim_verify_field(const char *data, size_t len, const hdr_index *ix, const h
                       const dkim_sig *sig, const char *const *recs, const size_t *lens, size_t n,
                       int64_t now, char *reason, size_t rlen);
 
+/* Checks ARC-Seal field f (parsed into sig, kind DKIM_SIG_AS) over the
+ * fields it seals (the ARC sets up to its own, each AAR, AMS, AS in
+ * instance order, without f itself), relaxed, as RFC 8617 §5.1.1 says.
+ * Same keys and results as dkim_verify_field; no body is read. */
+int dkim_verify_seal(const hdr_field *const *sealed, size_t n_sealed, const hdr_field *f,
+                     const dkim_sig *sig, const char *const *recs, const size_t *lens, size_t n,
+                     int64_t now, char *reason, size_t rlen);
+
 /* Parses the value of field f (after "Name:") into sig, whose tags then
  * point into data. 0 or KERR_* with the reason (a permerror). */
 int dkim_sig_parse_field(const hdr_field *f, dkim_sig *sig, char *err, size_t errlen);
+/* The same for an ARC-Message-Signature or ARC-Seal field. */
+int dkim_sig_parse_field_kind(enum dkim_sig_kind kind, const hdr_field *f, dkim_sig *sig,
+                              char *err, size_t errlen);
 
 /* The header.b property (RFC 6008): the first 8 characters of the b= value
  * without whitespace, longer by 2 while another of the n signatures

@@ -548,7 +548,8 @@ static int parse_named_throttles(const json_t *j, const char *key, named_throttl
         e->name = strdup(k);
         (*n)++;
     }
-    qsort(*out, *n, sizeof(**out), cmp_named_throttle);
+    if (*n > 1)
+        qsort(*out, *n, sizeof(**out), cmp_named_throttle);
     return 0;
 }
 
@@ -596,7 +597,8 @@ static int parse_named_limits(const json_t *j, egress_path_config *c, char *err,
         e->name = strdup(k);
         c->n_add_limits++;
     }
-    qsort(c->add_limits, c->n_add_limits, sizeof(*c->add_limits), cmp_named_limit);
+    if (c->n_add_limits > 1)
+        qsort(c->add_limits, c->n_add_limits, sizeof(*c->add_limits), cmp_named_limit);
     return 0;
 }
 
@@ -961,4 +963,5 @@ static void config_open(lua_State *L)
 void queue_config_lua_register(void)
 {
     klua_register_opener(config_open);
+    queue_config_lua_register_invoke();
 }

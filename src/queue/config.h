@@ -138,7 +138,9 @@ typedef struct wrr_state {
 } wrr_state;
 int egress_pool_next(const egress_pool *p, wrr_state *st);
 
-/* Registers the kumo.make_* functions. */
+/* Registers the kumo.make_* functions, and (config_lua.c) kumo.invoke_get_*,
+ * compute_*_constraints and format_*. */
 void queue_config_lua_register(void);
+void queue_config_lua_register_invoke(void);
 
 #endif

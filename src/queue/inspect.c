@@ -15,6 +15,7 @@
 #include "core/duration.h"
 #include "lua/services.h"
 #include "queue/admin.h"
+#include "queue/constraints.h"
 #include "spool/spool.h"
 #include "queue/queue_int.h"
 
@@ -388,17 +389,9 @@ static json_t *ceiling(double value, const char *display)
 
 static json_t *rate_ceiling(const throttle_spec *t)
 {
-    char disp[64];
-    double per_s = (double)t->limit * (double)NS_PER_SEC / (double)t->period_ns;
-    char period[48];
-    duration_format(t->period_ns, period, sizeof(period));
-    snprintf(disp, sizeof(disp), "%llu/%s", (unsigned long long)t->limit,
-             strcmp(period, "1s") == 0     ? "s"
-             : strcmp(period, "1m") == 0   ? "m"
-             : strcmp(period, "1h") == 0   ? "h"
-             : strcmp(period, "1day") == 0 ? "d"
-                                           : period);
-    return ceiling(per_s, disp);
+    char disp[96];
+    throttle_display(t, disp, sizeof(disp));
+    return ceiling((double)t->limit * (double)NS_PER_SEC / (double)t->period_ns, disp);
 }
 
 static json_t *rate_or_null(bool has, const throttle_spec *t)
@@ -440,22 +433,13 @@ json_t *queue_path_config_json(const egress_path_config *c)
     return pc;
 }
 
-/* EffectiveConstraints: the steady-state ceilings of c, each tagged with
- * the term that produced it. */
+/* EffectiveConstraints (constraints.c: the same computation as
+ * kumo.compute_egress_path_config_constraints). */
 json_t *queue_path_constraints_json(const egress_path_config *c)
 {
-    char buf[96];
-    json_t *cons = json_object();
-    snprintf(buf, sizeof(buf), "%ld", c->connection_limit);
-    json_object_set_new(cons, "max_concurrent_dispatchers",
-                        ceiling((double)c->connection_limit, buf));
-    json_object_set_new(cons, "max_message_rate",
-                        rate_or_null(c->has_max_message_rate, &c->max_message_rate));
-    json_object_set_new(cons, "max_message_rate_declared", json_null());
-    json_object_set_new(cons, "max_connection_rate",
-                        rate_or_null(c->has_max_connection_rate, &c->max_connection_rate));
-    json_object_set_new(cons, "max_source_selection_rate", json_null());
-    return cons;
+    eff_constraints ec;
+    constraints_of_path(c, &ec);
+    return constraints_to_json(&ec);
 }
 
 /* KumoMTA's InspectReadyQV1Response, from what kumod's ready queue holds */

@@ -292,6 +292,11 @@ static void lease_retry_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     rqthr *t = arg;
+    /* the timer is the authority: libevent's coarse monotonic clock can
+     * fire it a few ms before clock_mono_ns() reaches the block's end, and
+     * a rqthr_may_open that still said no would arm nothing and leave the
+     * ready queue waiting for ever */
+    t->lease_blocked_until_ns = 0;
     if (t->rq)
         readyq_maintain(t->rq);
 }

@@ -23,7 +23,13 @@ EXPECTED = {
     "memory M=5000": False,
     "restart (SIGTERM) M=5000": False,
     "restart (SIGKILL) M=5000": False,
-    "latency 50.0 msgs/s offered": True,
+    "policy -s 10 N=500 bare relay (1)": True,
+    "policy -s 10 N=500 example policy (2)": True,
+    "policy -s 10 N=500 example + DKIM RSA-2048 (3)": True,
+    "policy -s 10 N=500 example + DKIM ed25519 (3)": True,
+    "policy -s 10 N=500 example + RSA + webhook (4)": True,
+    "latency bare relay (1), 50% load": True,
+    "latency example + DKIM RSA (3) vs Postfix + OpenDKIM, 50% load": True,
     "latency 50 ms handler": False,
     "latency 50 ms handler, deferred_queue": False,
 }
@@ -66,10 +72,22 @@ def test_bench_smoke(tmp_path):
             run = sc[key]["runs"][kind][0]
             assert run["source_exit"] == 0 and run["sink_count"] >= 500, (key, kind, run)
             assert run["command"].startswith("/usr/sbin/smtp-source ")
+    pol = sc["policies"]
+    # every signing MTA's signatures verified (dkimpy) before the timing
+    assert pol["probe"] == {"example_rsa": 3, "example_ed25519": 3, "postfix_dkim": 3}
+    for kind in ("bare", "example", "example_rsa", "example_ed25519", "example_rsa_hook",
+                 "postfix", "postfix_dkim"):
+        run = pol["runs"][kind][0]
+        assert run["source_exit"] == 0 and run["sink_count"] >= 500, (kind, run)
+        if kind.startswith("example_"):
+            assert run["signatures"] >= 500, (kind, run)
+    # the webhook got Reception and Delivery of every message
+    assert pol["runs"]["example_rsa_hook"][0]["hook_records"] >= 1000
     for how in ("term", "kill"):
         assert sc["memory"]["restarts"][how]["enumerated"] == 5000
     lat = sc["latency"]
-    for v in ("kumod", "postfix", "kumod_handler", "kumod_handler_deferred"):
+    for v in ("kumod", "postfix", "kumod_example_rsa", "postfix_dkim", "kumod_handler",
+              "kumod_handler_deferred"):
         assert lat[v]["errors"] == 0 and lat[v]["delivered"] >= lat[v]["messages"] > 0, (v, lat[v])
     # issue 8: deferred_queue hides the 50 ms handler from the injector
     assert lat["kumod_handler"]["p50_ms"] >= 50

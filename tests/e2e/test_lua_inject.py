@@ -5,6 +5,7 @@ and HTTP in, an aiosmtpd peer out."""
 import json
 import smtplib
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -180,7 +181,17 @@ end)
     # the restarted kumod found it in the spool
     url = (f"http://127.0.0.1:{k.http_port}/api/admin/inspect-message/v1?id={note_id}"
            f"&want_body=true")
-    got = json.loads(urllib.request.urlopen(url, timeout=10).read())
+    # enumeration is done when the listener greets; placing the
+    # re-enumerated messages into their queues may take a moment more
+
+    def inspect():
+        try:
+            return json.loads(urllib.request.urlopen(url, timeout=10).read())
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+            raise
+    got = kh.wait_until(inspect, timeout=10, what="the re-enumerated message in its queue")
     assert got["id"] == note_id, got
     assert got["message"]["recipient"] == "later@held.example", got
     assert "held" in got["message"]["data"], got

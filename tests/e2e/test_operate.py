@@ -31,7 +31,15 @@ def run_kumod(*args, timeout=60):
 def test_version_names_kumod_and_its_libraries():
     rc, out = run_kumod("--version")
     assert rc == 0, out
-    assert re.match(r"kumod \d+\.\d+\.\d+ \(\S+\)\n", out), out
+    # kumo/version.md: kumo.version is the string `kumod --version` reports
+    m = re.match(r"kumod (\S+)\n", out)
+    assert m and re.fullmatch(r"(\d{4}\.\d\d\.\d\d-[0-9a-f]+|0\.0\.0-unknown)", m.group(1)), out
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
+        f.write("print(kumo.version)\n")
+        f.flush()
+        rc, lua_out = run_kumod("--script", f.name)
+    assert rc == 0, lua_out
+    assert lua_out.strip() == m.group(1), (lua_out, out)
     for lib in ("Lua 5.4", "libevent 2.1", "RocksDB ", "OpenSSL 3", "c-ares 1.", "jansson 2.",
                 "zstd 1."):
         assert lib in out, (lib, out)

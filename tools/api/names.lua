@@ -142,3 +142,9 @@ if kumo.time and kumo.time.now and kumo.time.parse_duration then
     end
   end)
 end
+
+-- documented constants (kumo/version.md): listed when they hold a value of
+-- the documented form
+if type(kumo.version) == 'string' and kumo.version:match '^%d+%.%d+%.%d+%-%x+$' then
+  print 'fn kumo.version'
+end

@@ -34,6 +34,15 @@ OWNERS = [
 ]
 
 
+# Reference pages listed with the functions that document an object, not a
+# function: n/a as functions, and left out of the counts.
+NOT_FUNCTIONS = {
+    "kumo.aaa.auth_info": "n/a: the AuthInfo object page, not a function (kumod takes AuthInfo "
+                          "tables from smtp_server_auth_plain and http_server_validate_auth_basic "
+                          "and in kumo.aaa.query_resource_access)",
+}
+
+
 def owner(name):
     for rx, who in OWNERS:
         if re.search(rx, name):
@@ -62,7 +71,11 @@ def fired_events(events):
 
 def render(documented, have, events_fired):
     rows = {"fn": [], "msg": [], "event": []}
+    na = []
     for kind, name in documented:
+        if kind == "fn" and name in NOT_FUNCTIONS:
+            na.append(name)
+            continue
         ok = (name in events_fired) if kind == "event" else (f"{kind} {name}" in have)
         rows[kind].append((name, ok))
     out = ["# KumoMTA's policy API in kumod",
@@ -87,9 +100,13 @@ def render(documented, have, events_fired):
     out.append(f"| **all** | **{total[0]}** | **{total[1]}** | **{total[0] - total[1]}** |")
     for kind in ("fn", "msg", "event"):
         out += ["", f"## {titles[kind]}", "", "| name | status |", "|---|---|"]
-        for name, ok in sorted(rows[kind]):
+        entries = [(name, ok, None) for name, ok in rows[kind]]
+        if kind == "fn":
+            entries += [(name, False, NOT_FUNCTIONS[name]) for name in na]
+        for name, ok, note in sorted(entries):
             shown = f"msg:{name}" if kind == "msg" else name
-            out.append(f"| `{shown}` | {'present' if ok else 'absent: ' + owner(name)} |")
+            status = note or ('present' if ok else 'absent: ' + owner(name))
+            out.append(f"| `{shown}` | {status} |")
     # what kumod offers beyond the reference pages
     extra = sorted(h.split(" ", 1)[1] for h in have
                    if h.split(" ", 1)[0] in ("fn", "msg") and

@@ -306,7 +306,7 @@ static int opt_bool(lua_State *L, const char *fname, const char *name, bool *out
 
 static int opt_canon(lua_State *L, const char *fname, const char *name, enum dkim_canon *out)
 {
-    const char *v;
+    const char *v = NULL;
     int r = opt_str(L, fname, name, &v, false);
     if (r)
         return r;
@@ -699,6 +699,16 @@ static int l_signer_tostring(lua_State *L)
                     s->p.alg == DKIM_ALG_RSA_SHA256 ? "rsa-sha256" : "ed25519-sha256", s->domain,
                     s->selector);
     return 1;
+}
+
+bool dkim_lua_to_signer(lua_State *L, int idx, const dkim_sign_params **params, dkim_key **key)
+{
+    signer **ud = luaL_testudata(L, idx, SIGNER_MT);
+    if (!ud || !*ud)
+        return false;
+    *params = &(*ud)->p;
+    *key = (*ud)->key;
+    return true;
 }
 
 /* ---- set_signing_threads ---- */

@@ -85,9 +85,27 @@ int lualib_error(lua_State *L, const char *fname, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    /* level 1 is the C function itself (no line); level 2 is its caller */
-    luaL_where(L, 2);
+    lualib_push_where(L);
     lua_pushfstring(L, "%s: %s", fname, msg);
     lua_concat(L, 2);
     return lua_error(L);
+}
+
+void lualib_push_where(lua_State *L)
+{
+    /* Level 0 is the running C function, level 1 the function that called
+     * it. That caller may not be the policy: pcall(kumo.x, ...) puts pcall
+     * (a C function) there, and kumod's own Lua glue (chunks named "=...",
+     * e.g. =kumod.dispatch, =kumo.fs) may sit between. The line to name is
+     * the nearest Lua frame of the policy (or a module it required). */
+    lua_Debug ar;
+    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+        if (!lua_getinfo(L, "Sl", &ar))
+            break;
+        if (ar.what[0] == 'C' || ar.source[0] == '=' || ar.currentline <= 0)
+            continue;
+        lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+        return;
+    }
+    lua_pushliteral(L, "");
 }

@@ -41,6 +41,10 @@ lua_Integer lualib_optinteger(lua_State *L, int arg, const char *fname, lua_Inte
  * policy's error names the line that made the call. Never returns. */
 int lualib_error(lua_State *L, const char *fname, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Pushes "FILE:LINE: " of the policy line that called the running C
+ * function (skipping pcall and kumod's own Lua glue), or "" when no Lua
+ * frame of the policy is on the stack. */
+void lualib_push_where(lua_State *L);
 
 /* The modules (defined in their own files). */
 extern const lualib_module lualib_serde, lualib_serde_compat, lualib_string, lualib_regex,

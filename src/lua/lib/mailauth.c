@@ -1,17 +1,20 @@
-/* msg:dkim_verify and msg:add_authentication_results (see mailauth.h).
+/* msg:dkim_verify and msg:add_authentication_results (see mailauth.h),
+ * and the two pieces msg:arc_verify / msg:arc_seal (arc.c) share with them.
  *
- * dkim_verify runs in two halves on the calling reactor. The first parses
- * the message's DKIM-Signature fields (at most DKIM_MAX_VERIFY, as
- * KumoMTA), starts one TXT lookup per distinct key name, parks the wait
- * and yields. Each answer's records are copied into the job; when the last
- * one is in, the coroutine resumes into the second half, which parses the
- * fields again from the message as it is then (so nothing points into a
- * buffer that might have been replaced), checks each signature against its
- * key and returns the AuthenticationResult tables. Shutdown may abandon a
- * parked wait (the job is then freed by whichever of the wait and its
- * lookups lets go last) or drop lookups unanswered (recorded, never
- * resumed from). Errors in arguments are Lua errors; everything about the
- * message is a result. */
+ * Key lookups (mailauth_fetch_keys): one TXT lookup per distinct key name
+ * through src/net/dns on the calling reactor, all in flight at once; the
+ * wait is parked and the coroutine yields. Each answer's records are copied
+ * into the job; when the last one is in, the coroutine resumes into the
+ * caller's continuation, which parses the message again as it is then (so
+ * nothing points into a buffer that might have been replaced) and reads
+ * the records with mailauth_keys_get. Shutdown may abandon a parked wait
+ * (the job is then freed by whichever of the wait and its lookups lets go
+ * last) or drop lookups unanswered (recorded, never resumed from).
+ *
+ * dkim_verify checks at most DKIM_MAX_VERIFY signatures, as KumoMTA, and
+ * returns the AuthenticationResult tables; mailauth_push_ar writes the RFC
+ * 8601 text for add_authentication_results and for the ARC AAR. Errors in
+ * arguments are Lua errors; everything about the message is a result. */
 #include "lua/lib/mailauth.h"
 
 #include <lauxlib.h>
@@ -29,14 +32,12 @@
 #include "msg/message.h"
 #include "net/dns.h"
 
-#define KEY_NAME_MAX 300
-
-typedef struct vjob vjob;
+/* ---- key lookups, shared with msg:arc_verify / msg:arc_seal ---- */
 
 /* One key name and, once answered, its records. */
 typedef struct kslot {
-    vjob *j;
-    char name[KEY_NAME_MAX];
+    mailauth_keys *j;
+    char name[MAILAUTH_KEY_NAME_MAX];
     bool done;
     int status; /* enum dns_status */
     char *error;
@@ -45,17 +46,18 @@ typedef struct kslot {
     size_t n;
 } kslot;
 
-struct vjob {
+struct mailauth_keys {
     klua_wait w;
     int refs; /* the wait's, and one per lookup in flight */
     bool cancelled;
     size_t outstanding;
     message *m;
+    mailauth_keys_k k;
     size_t n_slots;
-    kslot slots[DKIM_MAX_VERIFY];
+    kslot slots[];
 };
 
-static void vjob_free(vjob *j)
+static void keys_free(mailauth_keys *j)
 {
     for (size_t i = 0; i < j->n_slots; i++) {
         kslot *s = &j->slots[i];
@@ -69,10 +71,10 @@ static void vjob_free(vjob *j)
     free(j);
 }
 
-static void vjob_release(vjob *j)
+static void keys_release(mailauth_keys *j)
 {
-    if (--j->refs == 0)
-        vjob_free(j);
+    if (j && --j->refs == 0)
+        keys_free(j);
 }
 
 static void slot_fill(kslot *s, const dns_txt *t)
@@ -105,11 +107,11 @@ static void slot_fill(kslot *s, const dns_txt *t)
 static void on_txt(const dns_txt *t, void *ud)
 {
     kslot *s = ud;
-    vjob *j = s->j;
+    mailauth_keys *j = s->j;
     slot_fill(s, t);
     j->outstanding--;
     if (j->cancelled || j->outstanding > 0) {
-        vjob_release(j);
+        keys_release(j);
         return;
     }
     klua_call *c = j->w.call;
@@ -125,14 +127,117 @@ static void on_txt_drop(void *ud)
     s->done = true;
     s->status = DNS_FAIL;
     s->j->outstanding--;
-    vjob_release(s->j);
+    keys_release(s->j);
 }
 
-static void vjob_cancel(klua_wait *w)
+static void keys_cancel(klua_wait *w)
 {
-    vjob *j = (vjob *)w;
+    mailauth_keys *j = (mailauth_keys *)w;
     j->cancelled = true;
-    vjob_release(j);
+    keys_release(j);
+}
+
+static const kslot *find_slot(const mailauth_keys *j, const char *name)
+{
+    for (size_t i = 0; j && i < j->n_slots; i++)
+        if (strcasecmp(j->slots[i].name, name) == 0)
+            return &j->slots[i];
+    return NULL;
+}
+
+int mailauth_keys_get(const mailauth_keys *ks, const char *name, const char *const **recs,
+                      const size_t **lens, size_t *n, char *reason, size_t rlen)
+{
+    const kslot *slot = find_slot(ks, name);
+    if (!slot || !slot->done || slot->status == DNS_FAIL) {
+        snprintf(reason, rlen, "key unavailable: %s",
+                 slot && slot->error ? slot->error : "failed to resolve the key");
+        return DKIM_TEMPERROR;
+    }
+    if (slot->status != DNS_OK) {
+        snprintf(reason, rlen, "no key for signature");
+        return DKIM_PERMERROR;
+    }
+    *recs = (const char *const *)slot->recs;
+    *lens = slot->lens;
+    *n = slot->n;
+    return 0;
+}
+
+/* Runs the continuation and lets the job go; an error it reports (a
+ * negative count, the message pushed) is raised after the release. */
+static int keys_finish(lua_State *L, mailauth_keys *j, message *m, mailauth_keys_k k)
+{
+    int r = k(L, m, j);
+    keys_release(j);
+    if (r < 0)
+        return lua_error(L);
+    return r;
+}
+
+static int keys_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    mailauth_keys *j = (mailauth_keys *)ctx;
+    return keys_finish(L, j, j->m, j->k);
+}
+
+int mailauth_fetch_keys(lua_State *L, const char *fname, message *m, const char *const *names,
+                        size_t n, mailauth_keys_k k)
+{
+    mailauth_keys *j = calloc(1, sizeof(*j) + (n ? n : 1) * sizeof(kslot));
+    if (!j)
+        return lualib_error(L, fname, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        if (find_slot(j, names[i]))
+            continue;
+        kslot *s = &j->slots[j->n_slots++];
+        s->j = j;
+        snprintf(s->name, sizeof(s->name), "%s", names[i]);
+    }
+    j->refs = 1;
+    if (j->n_slots == 0)
+        return keys_finish(L, j, m, k);
+    if (!reactor_current()) {
+        free(j);
+        return lualib_error(L, fname, "may only be called from an event handler");
+    }
+    klua_call *c = klua_wait_begin(L);
+    if (!c) {
+        free(j);
+        return lualib_error(L, fname, "may only be called from an event handler");
+    }
+    j->m = m;
+    message_ref(m);
+    j->k = k;
+    for (size_t i = 0; i < j->n_slots; i++) {
+        j->refs++;
+        j->outstanding++;
+        if (dns_lookup_txt(j->slots[i].name, on_txt, &j->slots[i], on_txt_drop) != 0) {
+            /* no lookup: recorded as a DNS failure (temperror) */
+            j->refs--;
+            j->outstanding--;
+            j->slots[i].done = true;
+            j->slots[i].status = DNS_FAIL;
+        }
+    }
+    klua_wait_park(&j->w, c, keys_cancel);
+    if (j->outstanding == 0) {
+        /* cannot happen with a working resolver: every lookup answers later */
+        klua_wait_unpark(&j->w);
+        return keys_finish(L, j, m, k);
+    }
+    return lua_yieldk(L, 0, (lua_KContext)j, keys_k);
+}
+
+int mailauth_check_resolver(lua_State *L, int idx, const char *fname)
+{
+    if (lua_isnoneornil(L, idx))
+        return 0;
+    if (lua_type(L, idx) != LUA_TSTRING)
+        return lualib_error(L, fname, "argument #%d must be a resolver name, not %s", idx - 1,
+                            luaL_typename(L, idx));
+    return lualib_error(L, fname, "resolver %s is not defined", lua_tostring(L, idx));
 }
 
 /* ---- results ---- */
@@ -182,25 +287,16 @@ static void push_result(lua_State *L, int result, const char *reason)
     }
 }
 
-static const kslot *find_slot(const vjob *j, const char *name)
-{
-    for (size_t i = 0; j && i < j->n_slots; i++)
-        if (strcasecmp(j->slots[i].name, name) == 0)
-            return &j->slots[i];
-    return NULL;
-}
-
-/* The second half: pushes the array of results. Frees j. */
-static int verify_finish(lua_State *L, message *m, vjob *j)
+/* The second half: pushes the array of results. */
+static int verify_finish(lua_State *L, message *m, const mailauth_keys *j)
 {
     dkim_sig *sigs = m->data ? calloc(DKIM_MAX_VERIFY, sizeof(dkim_sig)) : NULL;
     const hdr_index *ix = m->data ? message_headers(m) : NULL;
     if (!sigs || !ix) {
         free(sigs);
-        if (j)
-            vjob_release(j);
-        return lualib_error(L, "msg:dkim_verify", "%s",
-                            m->data ? "out of memory" : "message data is not loaded");
+        lua_pushfstring(L, "msg:dkim_verify: %s",
+                        m->data ? "out of memory" : "message data is not loaded");
+        return -1;
     }
     const hdr_field *fields[DKIM_MAX_VERIFY];
     int prc[DKIM_MAX_VERIFY];
@@ -238,8 +334,10 @@ static int verify_finish(lua_State *L, message *m, vjob *j)
             char b[1400];
             dkim_header_b(ok, nok, k++, b, sizeof(b));
             push_props(L, s->tags, s->n_tags, b);
-            char name[KEY_NAME_MAX];
-            const kslot *slot = NULL;
+            char name[MAILAUTH_KEY_NAME_MAX];
+            const char *const *recs = NULL;
+            const size_t *lens = NULL;
+            size_t nrec = 0;
             if (s->x >= 0 && now > s->x) {
                 result = dkim_verify_field(m->data, m->data_len, ix, fields[i], s, NULL, NULL, 0,
                                            now, reason, sizeof(reason));
@@ -247,45 +345,24 @@ static int verify_finish(lua_State *L, message *m, vjob *j)
                 result = DKIM_PERMERROR;
                 snprintf(reason, sizeof(reason), "signature syntax error: d= or s= is not a "
                                                  "domain name");
-            } else if (!(slot = find_slot(j, name)) || !slot->done || slot->status == DNS_FAIL) {
-                result = DKIM_TEMPERROR;
-                snprintf(reason, sizeof(reason), "key unavailable: %s",
-                         slot && slot->error ? slot->error : "failed to resolve the key");
-            } else if (slot->status != DNS_OK) {
-                result = DKIM_PERMERROR;
-                snprintf(reason, sizeof(reason), "no key for signature");
-            } else {
-                result = dkim_verify_field(m->data, m->data_len, ix, fields[i], s,
-                                           (const char *const *)slot->recs, slot->lens, slot->n,
-                                           now, reason, sizeof(reason));
+            } else if ((result = mailauth_keys_get(j, name, &recs, &lens, &nrec, reason,
+                                                   sizeof(reason))) == 0) {
+                result = dkim_verify_field(m->data, m->data_len, ix, fields[i], s, recs, lens,
+                                           nrec, now, reason, sizeof(reason));
             }
             push_result(L, result, reason);
         }
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     free(sigs);
-    if (j)
-        vjob_release(j);
     return 1;
-}
-
-static int verify_k(lua_State *L, int status, lua_KContext ctx)
-{
-    (void)status;
-    vjob *j = (vjob *)ctx;
-    return verify_finish(L, j->m, j);
 }
 
 static int l_msg_dkim_verify(lua_State *L)
 {
     const char *fname = "msg:dkim_verify";
     message *m = klua_check_message(L, 1);
-    if (!lua_isnoneornil(L, 2)) {
-        if (!lua_isstring(L, 2))
-            return lualib_error(L, fname, "argument #1 must be a resolver name, not %s",
-                                luaL_typename(L, 2));
-        return lualib_error(L, fname, "resolver %s is not defined", lua_tostring(L, 2));
-    }
+    mailauth_check_resolver(L, 2, fname);
     if (!m->data)
         return lualib_error(L, fname, "message data is not loaded");
     const hdr_index *ix = message_headers(m);
@@ -293,14 +370,12 @@ static int l_msg_dkim_verify(lua_State *L)
         return lualib_error(L, fname, "out of memory");
 
     /* the key names to look up */
-    vjob *j = calloc(1, sizeof(*j));
-    if (!j)
-        return lualib_error(L, fname, "out of memory");
+    char names[DKIM_MAX_VERIFY][MAILAUTH_KEY_NAME_MAX];
+    const char *np[DKIM_MAX_VERIFY];
+    size_t nn = 0;
     dkim_sig *sig = malloc(sizeof(*sig));
-    if (!sig) {
-        free(j);
+    if (!sig)
         return lualib_error(L, fname, "out of memory");
-    }
     int64_t now = (int64_t)time(NULL);
     size_t seen = 0;
     for (size_t i = 0; i < ix->n && seen < DKIM_MAX_VERIFY; i++) {
@@ -308,49 +383,15 @@ static int l_msg_dkim_verify(lua_State *L)
         if (!hdr_name_eq(f, "DKIM-Signature"))
             continue;
         seen++;
-        char err[8], name[KEY_NAME_MAX];
+        char err[8];
         if (dkim_sig_parse_field(f, sig, err, sizeof(err)) != 0 || (sig->x >= 0 && now > sig->x) ||
-            !dkim_key_name(sig, name, sizeof(name)) || find_slot(j, name))
+            !dkim_key_name(sig, names[nn], sizeof(names[nn])))
             continue;
-        kslot *s = &j->slots[j->n_slots++];
-        s->j = j;
-        snprintf(s->name, sizeof(s->name), "%s", name);
+        np[nn] = names[nn];
+        nn++;
     }
     free(sig);
-    if (j->n_slots == 0) {
-        free(j);
-        return verify_finish(L, m, NULL);
-    }
-    if (!reactor_current()) {
-        free(j);
-        return lualib_error(L, fname, "may only be called from an event handler");
-    }
-    klua_call *c = klua_wait_begin(L);
-    if (!c) {
-        free(j);
-        return lualib_error(L, fname, "may only be called from an event handler");
-    }
-    j->m = m;
-    message_ref(m);
-    j->refs = 1;
-    for (size_t i = 0; i < j->n_slots; i++) {
-        j->refs++;
-        j->outstanding++;
-        if (dns_lookup_txt(j->slots[i].name, on_txt, &j->slots[i], on_txt_drop) != 0) {
-            /* no lookup: recorded as a DNS failure (temperror) */
-            j->refs--;
-            j->outstanding--;
-            j->slots[i].done = true;
-            j->slots[i].status = DNS_FAIL;
-        }
-    }
-    klua_wait_park(&j->w, c, vjob_cancel);
-    if (j->outstanding == 0) {
-        /* cannot happen with a working resolver: every lookup answers later */
-        klua_wait_unpark(&j->w);
-        return verify_finish(L, m, j);
-    }
-    return lua_yieldk(L, 0, (lua_KContext)j, verify_k);
+    return mailauth_fetch_keys(L, fname, m, np, nn, verify_finish);
 }
 
 /* ---- msg:add_authentication_results ---- */
@@ -409,8 +450,8 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-static const char *field_str(lua_State *L, int t, const char *key, bool required, size_t i,
-                             size_t *len)
+static const char *field_str(lua_State *L, const char *fname, int t, const char *key,
+                             bool required, size_t i, size_t *len)
 {
     lua_getfield(L, t, key);
     if (lua_type(L, -1) == LUA_TSTRING) {
@@ -423,42 +464,40 @@ static const char *field_str(lua_State *L, int t, const char *key, bool required
         return NULL;
     }
     return (const char *)(intptr_t)lualib_error(
-        L, "msg:add_authentication_results", "results[%zu].%s must be a string, not %s", i, key,
-        luaL_typename(L, -1));
+        L, fname, "results[%zu].%s must be a string, not %s", i, key, luaL_typename(L, -1));
 }
 
-static int l_msg_add_authentication_results(lua_State *L)
+int mailauth_push_ar(lua_State *L, const char *fname, const char *prefix, int serv_idx,
+                     int results_idx)
 {
-    const char *fname = "msg:add_authentication_results";
-    message *m = klua_check_message(L, 1);
+    serv_idx = lua_absindex(L, serv_idx);
+    results_idx = lua_absindex(L, results_idx);
     size_t sl;
-    if (lua_type(L, 2) != LUA_TSTRING)
-        return lualib_error(L, fname, "argument #1 (server_id) must be a string, not %s",
-                            luaL_typename(L, 2));
-    const char *serv = lua_tolstring(L, 2, &sl);
-    if (!lua_istable(L, 3))
-        return lualib_error(L, fname, "argument #2 (results) must be an array of "
+    if (lua_type(L, serv_idx) != LUA_TSTRING)
+        return lualib_error(L, fname, "argument #%d (server_id) must be a string, not %s",
+                            serv_idx - 1, luaL_typename(L, serv_idx));
+    const char *serv = lua_tolstring(L, serv_idx, &sl);
+    if (!lua_istable(L, results_idx))
+        return lualib_error(L, fname, "argument #%d (results) must be an array of "
                                       "authentication results, not %s",
-                            luaL_typename(L, 3));
-    if (!m->data)
-        return lualib_error(L, fname, "message data is not loaded");
+                            results_idx - 1, luaL_typename(L, results_idx));
     lua_newtable(L);
     pbuf pb = {L, lua_gettop(L), 0}, *b = &pb;
-    pstr(b, "Authentication-Results: ");
+    pstr(b, prefix);
     add_value(b, serv, sl);
-    size_t n = (size_t)lua_rawlen(L, 3);
+    size_t n = (size_t)lua_rawlen(L, results_idx);
     if (n == 0)
         pstr(b, "; none");
     for (size_t i = 1; i <= n; i++) {
-        lua_rawgeti(L, 3, (lua_Integer)i);
+        lua_rawgeti(L, results_idx, (lua_Integer)i);
         int t = lua_gettop(L);
         if (!lua_istable(L, t))
             return lualib_error(L, fname, "results[%zu] must be a table, not %s", i,
                                 luaL_typename(L, t));
         size_t ml, rl, rsl = 0;
-        const char *method = field_str(L, t, "method", true, i, &ml);
-        const char *result = field_str(L, t, "result", true, i, &rl);
-        const char *reason = field_str(L, t, "reason", false, i, &rsl);
+        const char *method = field_str(L, fname, t, "method", true, i, &ml);
+        const char *result = field_str(L, fname, t, "result", true, i, &rl);
+        const char *reason = field_str(L, fname, t, "reason", false, i, &rsl);
         lua_getfield(L, t, "method_version");
         bool has_ver = !lua_isnil(L, -1);
         lua_Integer ver = 0;
@@ -542,6 +581,17 @@ static int l_msg_add_authentication_results(lua_State *L)
         luaL_addvalue(&out);
     }
     luaL_pushresult(&out);
+    lua_replace(L, pb.t); /* the header replaces the pieces */
+    return 1;
+}
+
+static int l_msg_add_authentication_results(lua_State *L)
+{
+    const char *fname = "msg:add_authentication_results";
+    message *m = klua_check_message(L, 1);
+    mailauth_push_ar(L, fname, "Authentication-Results: ", 2, 3);
+    if (!m->data)
+        return lualib_error(L, fname, "message data is not loaded");
     size_t hl;
     const char *h = lua_tolstring(L, -1, &hl);
     char *buf = malloc(hl + m->data_len + 1);

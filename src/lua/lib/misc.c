@@ -29,14 +29,12 @@
 #include <unistd.h>
 
 #include "core/diag.h"
+#include "core/version.h"
 #include "core/reactor.h"
 #include "lua/klua.h"
 #include "lua/lib/args.h"
 #include "lua/lib/fs.h"
 
-#ifndef KUMOD_VERSION
-#define KUMOD_VERSION "0.0.0-unknown"
-#endif
 
 #define LUA_LOG_MOD "lua"
 #define REGISTRARS_KEY "kumod.event_registrars"
@@ -507,7 +505,7 @@ static void misc_open(lua_State *L)
         lua_pushcclosure(L, l_knob, 1);
         lua_setfield(L, -2, knobs[i].name);
     }
-    lua_pushstring(L, KUMOD_VERSION);
+    lua_pushstring(L, kumod_version());
     lua_setfield(L, -2, "version");
     lua_getfield(L, -1, "on");
     lua_pushcclosure(L, l_on_recording, 1);

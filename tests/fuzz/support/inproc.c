@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "core/reactor.h"
+#include "modules.h"
 #include "delivery/deferred.h"
 #include "delivery/lua_deliver.h"
 #include "delivery/maildir.h"
@@ -179,19 +180,8 @@ void inproc_start(const char *policy_template, inproc_ports *out)
     }
     free(policy);
 
-    /* as src/main.c registers them (the parts a fuzzed session reaches) */
-    message_lua_register();
-    services_lua_register();
-    smtpsrv_lua_register();
-    http_lua_register();
-    http_metrics_add_endpoints();
-    queue_init();
-    smtpsrv_set_insert_hook(queue_insert);
-    lua_deliver_register();
-    deferred_register();
-    smtp_deliver_register();
-    maildir_register();
-    dns_lua_register();
+    /* the same modules as src/main.c, in the same order */
+    kumod_register_modules();
     services_set_validate_only(false);
     if (reactor_pool_init(1) != 0 || reactor_pool_start() != 0) {
         fputs("inproc: cannot start the reactor\n", stderr);
