@@ -7,7 +7,8 @@
 #ifndef KUMOD_TSA_TSA_HTTP_H
 #define KUMOD_TSA_TSA_HTTP_H
 
-/* Registers the endpoints (and makes the listeners serve nothing else).
+/* Registers the endpoints, and makes the listeners leave out the router's
+ * own table (no injection or queue administration in the daemon).
  * Main thread, before http_start_listeners. */
 void tsa_http_add_endpoints(void);
 
