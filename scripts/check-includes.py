@@ -28,7 +28,8 @@ LAYERS = {
     "smtp": 4,
     "queue": 5,
     "delivery": 6, "http": 6,
-    "main": 7, "modules": 7,
+    "tsa": 7,
+    "main": 8, "modules": 8,
 }
 
 # Folder pairs that must not meet although the order would allow it.

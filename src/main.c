@@ -78,6 +78,10 @@
 #include "lua/make_message_lua.h"
 #include "net/dns.h"
 #include "net/hosts.h"
+#include "tsa/tsa_http.h"
+#include "tsa/tsa_lua.h"
+#include "tsa/tsa_state.h"
+#include "tsa/tsa_sub.h"
 
 #define MAIN_MOD "kumod"
 
@@ -154,7 +158,8 @@ static void job_run_event(void *arg)
     struct sync_job *j = arg;
     klua_call *c;
     klua_call_begin(klua_current(), j->event, &c);
-    klua_set_in_init(strcmp(j->event, "init") == 0 || strcmp(j->event, "pre_init") == 0);
+    klua_set_in_init(strcmp(j->event, "init") == 0 || strcmp(j->event, "pre_init") == 0 ||
+                     strcmp(j->event, "tsa_init") == 0);
     klua_call_run(c, 0, event_done, j);
 }
 
@@ -378,6 +383,7 @@ static int check_dir_writable(const char *dir, bool is_spool, void *ud)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: kumod --policy FILE [--threads N] [--validate] [--user NAME]\n"
+               "       kumod --tsa [--policy FILE]   (also as kumo-tsa)\n"
                "       kumod --script FILE [ARG...]\n"
                "\n"
                "  --policy FILE   the Lua policy to run (default "
@@ -385,6 +391,8 @@ static void usage(FILE *f)
                "  --threads N     number of reactor threads (default: CPU count; env "
                "KUMOD_THREADS)\n"
                "  --validate      load the policy, run init, report problems and exit\n"
+               "  --tsa           run as the Traffic Shaping Automation daemon (tsa_init;\n"
+               "                  default policy /opt/kumomta/etc/policy/tsa_init.lua)\n"
                "  --user NAME     drop privileges to NAME after start-up (when run as root)\n"
                "  --script FILE   run FILE as a Lua script with the kumo module (no\n"
                "                  listeners, no spool) and exit: 0 when it returns, 1 with\n"
@@ -439,16 +447,73 @@ static void raise_nofile(void)
     }
 }
 
+/* ---- the TSA daemon (--tsa) -------------------------------------------------- */
+
+/* tsa_init, the database, the listeners, then signals until asked to
+ * stop. The reactors are running and every VM is loaded. */
+static int tsa_run(bool validate, const char *user, char *err, size_t errlen)
+{
+    if (run_event_sync("tsa_init", err, errlen) != 0) {
+        fprintf(stderr, "kumod: tsa_init failed: %s\n", err);
+        return 1;
+    }
+    tsa_lua_freeze_db_path();
+    if (validate) {
+        printf("kumod: policy %s is valid\n", policy_path);
+        return 0;
+    }
+    if (tsa_state_open(err, errlen) != 0) {
+        fprintf(stderr, "kumod: %s\n", err);
+        return 1;
+    }
+    int rc = 0;
+    if (http_start_listeners(err, errlen) != 0) {
+        fprintf(stderr, "kumod: %s\n", err);
+        rc = 1;
+        goto out;
+    }
+    if (user && drop_privileges(user) != 0) {
+        rc = 1;
+        goto out;
+    }
+    DINFO(MAIN_MOD, "kumod TSA daemon started: policy=%s database=%s pid=%d", policy_path,
+          tsa_state_db_path(), (int)getpid());
+    main_base = event_base_new();
+    struct event *sigs[2];
+    int signums[2] = {SIGTERM, SIGINT};
+    for (int i = 0; i < 2; i++) {
+        sigs[i] = evsignal_new(main_base, signums[i], on_signal, NULL);
+        event_add(sigs[i], NULL);
+    }
+    sd_notifyf(0, "READY=1\nSTATUS=TSA daemon\nMAINPID=%d", (int)getpid());
+    event_base_loop(main_base, EVLOOP_NO_EXIT_ON_EMPTY);
+    for (int i = 0; i < 2; i++)
+        event_free(sigs[i]);
+    event_base_free(main_base);
+    main_base = NULL;
+    DINFO(MAIN_MOD, "kumod TSA daemon stopping");
+out:
+    http_shutdown();
+    tsa_state_close();
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"policy", required_argument, NULL, 'p'}, {"threads", required_argument, NULL, 't'},
         {"validate", no_argument, NULL, 'v'},     {"user", required_argument, NULL, 'u'},
         {"help", no_argument, NULL, 'h'},         {"script", required_argument, NULL, 's'},
-        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
+        {"version", no_argument, NULL, 'V'},      {"tsa", no_argument, NULL, 'T'},
+        {NULL, 0, NULL, 0},
     };
     int threads = 0;
     bool validate = false;
+    /* the TSA daemon: --tsa, or this binary run under the name kumo-tsa */
+    const char *base = strrchr(argv[0], '/');
+    base = base ? base + 1 : argv[0];
+    bool tsa_mode = strcmp(base, "kumo-tsa") == 0 || strcmp(base, "tsa-daemon") == 0;
+    bool policy_given = false;
     const char *user = NULL;
     const char *env_threads = getenv("KUMOD_THREADS");
     if (env_threads)
@@ -460,6 +525,10 @@ int main(int argc, char **argv)
         switch (ch) {
         case 'p':
             policy_path = optarg;
+            policy_given = true;
+            break;
+        case 'T':
+            tsa_mode = true;
             break;
         case 't': {
             char *end;
@@ -509,6 +578,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (tsa_mode && !policy_given && !script_path)
+        policy_path = "/opt/kumomta/etc/policy/tsa_init.lua";
     if (threads <= 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         threads = n > 0 ? (int)n : 1;
@@ -526,6 +597,12 @@ int main(int argc, char **argv)
     raise_nofile();
 
     kumod_register_modules();
+    /* the TSA daemon serves its own endpoints, not injection and queue
+     * administration; kumo.shaping everywhere, require 'tsa' only there */
+    if (tsa_mode)
+        tsa_http_add_endpoints();
+    tsa_lua_register(tsa_mode);
+    tsa_lua_set_subscriptions_enabled(!validate);
     misc_set_spawn_enabled(!validate || script_path);
     klua_set_reload_hook(reload_all);
     services_set_validate_only(validate);
@@ -548,6 +625,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "kumod: failed to load policy: %s\n", err);
         exit_code = 1;
         goto out_reactors;
+    }
+    if (tsa_mode) {
+        exit_code = tsa_run(validate, user, err, sizeof(err));
+        goto out_tsa;
     }
     if (run_event_sync("pre_init", err, sizeof(err)) != 0 ||
         run_event_sync("init", err, sizeof(err)) != 0) {
@@ -637,6 +718,7 @@ out_listeners:
      * policy closes its mpsc queues here so their consumers can finish) */
     if (run_event_sync("shutdown_logging", err, sizeof(err)) != 0)
         DERROR(MAIN_MOD, "shutdown_logging: %s", err);
+out_tsa:
 out_reactors:
     /* signatures under way finish and post back while the reactors run */
     dkim_lua_stop_pool();
@@ -658,6 +740,7 @@ out_reactors:
         redis_reactor_free(r);
     }
     shthrottle_configure(NULL);
+    tsa_sub_shutdown();
     dns_shutdown();
     smtpsrv_free();
     dkim_lua_shutdown();

@@ -47,7 +47,15 @@ static const char default_acl_text[] =
     "\"http_listener/*/metrics.json\":[" RULE(TRUSTED, "GET") "," RULE(AUTHED, "GET") "],"
     /* the dashboard's page (its data comes from api/admin) */
     "\"http_listener/*/\":[" RULE(TRUSTED, "GET") "," RULE(AUTHED, "GET") "],"
-    "\"http_listener/*/ui\":[" RULE(TRUSTED, "GET") "," RULE(AUTHED, "GET") "]"
+    "\"http_listener/*/ui\":[" RULE(TRUSTED, "GET") "," RULE(AUTHED, "GET") "],"
+    /* the TSA daemon's endpoints (kumod --tsa): the nodes are trusted hosts */
+    "\"http_listener/*/publish_log_v1\":[" RULE(TRUSTED, "POST") "," RULE(AUTHED, "POST") "],"
+    "\"http_listener/*/get_config_v1\":[" RULE(TRUSTED, "GET") "," RULE(AUTHED, "GET") "],"
+    "\"http_listener/*/get_suspension_v1\":[" RULE(TRUSTED, "GET") "," RULE(AUTHED, "GET") "],"
+    "\"http_listener/*/get_bounce_v1\":[" RULE(TRUSTED, "GET") "," RULE(AUTHED, "GET") "],"
+    "\"http_listener/*/subscribe_event_v1\":[" RULE(TRUSTED, "GET") "," RULE(AUTHED, "GET") "],"
+    "\"http_listener/*/subscribe_suspension_v1\":[" RULE(TRUSTED, "GET") "," RULE(AUTHED, "GET") "],"
+    "\"http_listener/*/tsa/status\":[" RULE(ANYONE, "GET") "]"
     "}";
 
 static json_t *default_acl;

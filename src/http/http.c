@@ -603,6 +603,15 @@ static const http_route routes[] = {
 static const http_endpoints *endpoints[MAX_ENDPOINTS];
 static int n_endpoints;
 
+/* The TSA daemon (kumod --tsa) serves only its endpoint modules: no
+ * injection or queue administration where there is no spool. */
+static bool only_endpoints;
+
+void http_serve_only_endpoints(void)
+{
+    only_endpoints = true;
+}
+
 void http_add_endpoints(const http_endpoints *e)
 {
     if (n_endpoints == MAX_ENDPOINTS)
@@ -984,7 +993,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         return;
     }
     const http_route *rt = NULL;
-    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
+    for (size_t i = 0; !only_endpoints && i < sizeof(routes) / sizeof(routes[0]); i++)
         if (strcmp(routes[i].path, hr->path) == 0)
             rt = &routes[i];
     for (int e = 0; e < n_endpoints; e++)

@@ -92,6 +92,10 @@ typedef struct http_endpoints {
     void (*stop)(void);
 } http_endpoints;
 void http_add_endpoints(const http_endpoints *e);
+/* Serve the registered endpoint modules only, not the router's own table
+ * (inject, admin): the TSA daemon's listeners. Main thread, before
+ * http_start_listeners(). */
+void http_serve_only_endpoints(void);
 
 /* Endpoint handlers of the router's own table (inject.c, admin_http.c). */
 void http_inject_v1(http_req *hr);

@@ -30,9 +30,11 @@ unless it sets replace_base = true.
 
 A destination matches a provider when its domain ends with one of the
 DomainSuffix values, or when every one of its MX hosts ends with an
-MXSuffix value or equals a HostName value. "automation" arrays (rules for
-Traffic Shaping Automation) are accepted and checked for their shape but
-not acted upon here.
+MXSuffix value or equals a HostName value. "automation" arrays hold the
+rules of Traffic Shaping Automation (arrays of tables DOMAIN.automation: regex, action,
+trigger, duration, match_internal); they are checked here and evaluated by
+the TSA daemon (kumod --tsa, see setup_with_automation below and
+mod.load, which is kumo.shaping.load).
 
 Options are resolved in this order, each step overriding the previous:
 default, matching providers, their per-source tables, the site's table,
@@ -60,16 +62,158 @@ local MAP_KEYS = {
 
 local probe_path = D.probe(kumo.make_egress_path, {})
 
-local function automation_list(v)
-  if type(v) ~= 'table' then
-    return 'expected a list of automation rules, got ' .. type(v)
-  end
-  for i, rule in ipairs(v) do
-    if type(rule) ~= 'table' then
-      return string.format('automation rule %d is not a table', i)
+-- Traffic Shaping Automation rules ([[DOMAIN.automation]]): each must
+-- have a regex (string or list) that compiles, one action or a list of
+-- them, a duration, and optionally a trigger and match_internal.
+local SIMPLE_ACTIONS = {
+  Suspend = true,
+  SuspendTenant = true,
+  SuspendCampaign = true,
+  Bounce = true,
+  BounceTenant = true,
+  BounceCampaign = true,
+}
+local RULE_KEYS = { regex = true, action = true, trigger = true, duration = true, match_internal = true }
+
+local function check_action(a)
+  if type(a) == 'string' then
+    if SIMPLE_ACTIONS[a] then
+      return nil
     end
-    if rule.regex == nil or rule.action == nil then
-      return string.format('automation rule %d needs regex and action', i)
+    return string.format(
+      "unknown action '%s' (Suspend, SuspendTenant, SuspendCampaign, Bounce, BounceTenant, "
+        .. 'BounceCampaign, {SetConfig={name, value}}, {SetDomainConfig={name, value}})',
+      a
+    )
+  end
+  if type(a) ~= 'table' then
+    return 'an action is a string or a table such as {SetConfig={name="...", value="..."}}'
+  end
+  local kind, body
+  for k, v in pairs(a) do
+    if kind then
+      return 'an action table must have exactly one key'
+    end
+    kind, body = k, v
+  end
+  if kind ~= 'SetConfig' and kind ~= 'SetDomainConfig' then
+    return string.format("unknown action '%s'", tostring(kind))
+  end
+  if type(body) ~= 'table' or type(body.name) ~= 'string' or body.value == nil then
+    return kind .. ' needs {name = "OPTION", value = VALUE}'
+  end
+  for k in pairs(body) do
+    if k ~= 'name' and k ~= 'value' then
+      return string.format("%s: unknown key '%s'", kind, tostring(k))
+    end
+  end
+  local ok, err = pcall(kumo.make_egress_path, { [body.name] = body.value })
+  if not ok then
+    return string.format('%s %s: %s', kind, body.name, D.clean_error(err))
+  end
+end
+
+-- Checks one rule; returns the key and the problem, or nil.
+local function check_rule(rule)
+  if type(rule) ~= 'table' then
+    return nil, 'an automation rule is a table'
+  end
+  for k in pairs(rule) do
+    if not RULE_KEYS[k] then
+      return tostring(k), 'unknown key (regex, action, trigger, duration, match_internal)'
+    end
+  end
+  local regexes = rule.regex
+  if type(regexes) == 'string' then
+    regexes = { regexes }
+  end
+  if type(regexes) ~= 'table' or #regexes == 0 then
+    return 'regex', 'required: a regular expression or a list of them'
+  end
+  for _, r in ipairs(regexes) do
+    if type(r) ~= 'string' then
+      return 'regex', 'expected a string'
+    end
+    local ok, err = pcall(kumo.regex.compile, r)
+    if not ok then
+      return 'regex', D.clean_error(err)
+    end
+  end
+  if rule.action == nil then
+    return 'action', 'required'
+  end
+  local actions = rule.action
+  if type(actions) ~= 'table' or #actions == 0 then
+    actions = { actions }
+  end
+  for _, a in ipairs(actions) do
+    local p = check_action(a)
+    if p then
+      return 'action', p
+    end
+  end
+  if rule.duration == nil then
+    return 'duration', 'required (a duration such as "2 hours")'
+  end
+  local secs, derr = kumo.shaping._parse_duration(rule.duration)
+  if not secs then
+    return 'duration', derr
+  end
+  local t = rule.trigger
+  if t ~= nil and t ~= 'Immediate' then
+    if type(t) ~= 'table' or type(t.Threshold) ~= 'string' then
+      return 'trigger', 'expected "Immediate" or {Threshold = "N/period"}'
+    end
+    for k in pairs(t) do
+      if k ~= 'Threshold' then
+        return 'trigger', string.format("unknown kind '%s'", tostring(k))
+      end
+    end
+    local limit, perr = kumo.shaping._parse_threshold(t.Threshold)
+    if not limit then
+      return 'trigger', perr
+    end
+  end
+  if rule.match_internal ~= nil and type(rule.match_internal) ~= 'boolean' then
+    return 'match_internal', 'expected a boolean'
+  end
+end
+
+-- A checked rule in the form the TSA evaluates: regexes compiled.
+local function compile_rule(rule, was_rollup)
+  local regexes = type(rule.regex) == 'string' and { rule.regex } or rule.regex
+  local actions = rule.action
+  if type(actions) ~= 'table' or #actions == 0 then
+    actions = { actions }
+  end
+  local compiled = {}
+  for i, r in ipairs(regexes) do
+    compiled[i] = kumo.regex.compile(r)
+  end
+  return {
+    regex = regexes,
+    action = actions,
+    trigger = rule.trigger or 'Immediate',
+    duration = kumo.shaping._parse_duration(rule.duration),
+    match_internal = rule.match_internal == true,
+    was_rollup = was_rollup,
+    _re = compiled,
+  }
+end
+
+local function automation_list(ctx, path)
+  return function(v)
+    if type(v) ~= 'table' then
+      return 'expected a list of automation rules, got ' .. type(v)
+    end
+    for i, rule in ipairs(v) do
+      local key, problem = check_rule(rule)
+      if problem then
+        local p = { table.unpack(path) }
+        p[#p + 1] = 'automation'
+        p[#p + 1] = tostring(i)
+        D.fail(ctx, p, key, problem)
+      end
     end
   end
 end
@@ -240,7 +384,7 @@ local function parse_files(files)
             match = match_list,
             replace_base = D.bool,
             sources = sources_table(ctx, path),
-            automation = automation_list,
+            automation = automation_list(ctx, path),
             provider_connection_limit = D.non_negative_integer,
             provider_max_message_rate = D.throttle,
             provider_source_selection_rate = D.throttle,
@@ -264,7 +408,7 @@ local function parse_files(files)
           mx_rollup = D.bool,
           replace_base = D.bool,
           sources = sources_table(ctx, path),
-          automation = automation_list,
+          automation = automation_list(ctx, path),
         })
         if name == 'default' then
           data.default = merge_entry(tbl, data.default, ENTRY_KEYS, ctx, path)
@@ -386,6 +530,7 @@ local function resolve_sites(data)
         by_site[site] = {
           params = {},
           sources = {},
+          automation = {},
         }
         acc = by_site[site]
       end
@@ -394,6 +539,9 @@ local function resolve_sites(data)
       for src, sp in pairs(e.sources) do
         acc.sources[src] = acc.sources[src] or {}
         merge_params(sp, acc.sources[src])
+      end
+      for _, rule in ipairs(e.automation) do
+        acc.automation[#acc.automation + 1] = rule
       end
     end
   end
@@ -454,6 +602,471 @@ function mod.default_file()
   return nil
 end
 
+-- ---- Traffic Shaping Automation ------------------------------------------
+
+-- The configuration overrides the TSA daemon published (its
+-- get_config_v1/shaping.toml, fetched by the subscriber every second) over
+-- params: a table for the destination's own domain, or for a domain whose
+-- rules roll up to the same site, then its per-source table.
+local function apply_overrides(params, domain, source, site_name)
+  local fn = kumo.shaping and kumo.shaping.automation_overrides
+  local over = fn and fn()
+  if type(over) ~= 'table' then
+    return params
+  end
+  for _, odomain in ipairs(D.sorted_keys(over)) do
+    local entry = over[odomain]
+    if type(entry) == 'table' then
+      local applies = norm(odomain) == norm(domain)
+      if not applies and entry.mx_rollup ~= false and site_name then
+        local mx = lookup_hosts(odomain)
+        applies = mx ~= nil and mx.site_name == site_name
+      end
+      if applies and type(entry.sources) == 'table' then
+        local sp = entry.sources[source]
+        if type(sp) == 'table' then
+          merge_params(sp, params)
+        end
+      end
+    end
+  end
+  return params
+end
+
+-- Reads one shaping document from an http(s) URL (a TSA daemon's
+-- get_config_v1/shaping.toml, or shared rules).
+local function load_url(url, timeout)
+  local client = kumo.http.build_client { timeout = timeout or '5s' }
+  local response = client:get(url):send()
+  if not response:status_is_success() then
+    error(string.format('%s: %d %s', url, response:status_code(), response:status_reason() or ''), 0)
+  end
+  local text = response:text()
+  if url:match '%.toml$' then
+    return kumo.serde.toml_parse(text)
+  end
+  return kumo.serde.json_parse(text)
+end
+
+local LEVELS = { Ignore = true, Warn = true, Error = true }
+
+-- A Shaping object (kumo.shaping.load): the merged data of the files, the
+-- automation rules compiled, and the problems found while loading.
+local Shaping = {}
+Shaping.__index = Shaping
+
+function Shaping:get_errors()
+  return self._errors
+end
+
+function Shaping:get_warnings()
+  return self._warnings
+end
+
+function Shaping:hash()
+  return self._hash
+end
+
+function Shaping:get_egress_path_config(domain, egress_source, site_name)
+  return resolve(self._data, domain, egress_source, site_name)
+end
+
+-- "421 4.7.28 text": the response as one line, as the rules see it.
+local function single_line(response)
+  if type(response) ~= 'table' then
+    return tostring(response or ''), false
+  end
+  local content = tostring(response.content or ''):gsub('\r?\n', ' ')
+  local line = tostring(response.code or '')
+  local e = response.enhanced_code
+  if type(e) == 'table' and e.class then
+    line = string.format('%s %s.%s.%s', line, e.class, e.subject, e.detail)
+  end
+  line = line .. ' ' .. content
+  return line, content:sub(1, 18) == 'KumoMTA internal: '
+end
+
+local function rule_out(rule)
+  return {
+    regex = rule.regex,
+    action = rule.action,
+    trigger = rule.trigger,
+    duration = rule.duration,
+    match_internal = rule.match_internal,
+    was_rollup = rule.was_rollup,
+  }
+end
+
+-- The automation rules that match a log record (a table as in the logs):
+-- those of "default", of the providers matching the recipient's domain, of
+-- the record's site and of the domain itself (mx_rollup = false).
+function Shaping:match_rules(record)
+  local rcpt = record.recipient
+  if type(rcpt) == 'table' then
+    rcpt = rcpt[1]
+  end
+  if type(rcpt) ~= 'string' then
+    return {}
+  end
+  local domain = rcpt:gsub('^<', ''):gsub('>$', ''):match '@([^@]+)$'
+  if not domain then
+    return {} -- postmaster: no automation
+  end
+  local source = record.egress_source or 'unspecified'
+  local site_name = tostring(record.site or '')
+  if site_name:sub(1, #source + 2) == source .. '->' then
+    site_name = site_name:sub(#source + 3)
+  end
+  site_name = site_name:gsub('@[%w_]+$', '')
+  local line, internal = single_line(record.response)
+  local out = {}
+  local function consider(rules, rollup)
+    for _, rule in ipairs(rules or {}) do
+      if not internal or rule.match_internal then
+        for _, re in ipairs(rule._re) do
+          if re:is_match(line) then
+            local r = rule_out(rule)
+            if rollup ~= nil then
+              r.was_rollup = rollup
+            end
+            out[#out + 1] = r
+            break
+          end
+        end
+      end
+    end
+  end
+  local data = self._data
+  consider(data.compiled.default, true)
+  if looks_like_domain(domain) then
+    for _, name in ipairs(data.provider_order) do
+      if provider_matches(data.providers[name], domain) then
+        consider(data.compiled.providers[name], true)
+      end
+    end
+  end
+  if data.by_site and data.by_site[site_name] then
+    consider(data.by_site[site_name].compiled, true)
+  end
+  consider(data.compiled.domains[norm(domain)], false)
+  return out
+end
+
+local function compile_all(data)
+  local function list(entry, rollup)
+    local out = {}
+    for i, rule in ipairs(entry.automation) do
+      out[i] = compile_rule(rule, rollup)
+    end
+    return out
+  end
+  data.compiled = { default = list(data.default, true), providers = {}, domains = {} }
+  for name, e in pairs(data.providers) do
+    data.compiled.providers[name] = list(e, true)
+  end
+  for name, e in pairs(data.domains) do
+    data.compiled.domains[norm(name)] = list(e, false)
+  end
+  for _, site in pairs(data.by_site or {}) do
+    site.compiled = list(site, true)
+  end
+end
+
+-- kumo.shaping.load(files, options): local files (TOML or JSON) and
+-- http(s) URLs, merged in order; options as KumoMTA documents them
+-- (local_load, remote_load, skip_remote, http_timeout, ...).
+function mod.load(files, options)
+  options = options or {}
+  if type(files) == 'string' then
+    files = { files }
+  end
+  if type(files) ~= 'table' then
+    error('kumo.shaping.load: expected a list of file names or URLs', 2)
+  end
+  for _, k in ipairs {
+    'aliased_site',
+    'dns_fail',
+    'local_load',
+    'null_mx',
+    'provider_overlap',
+    'remote_load',
+  } do
+    if options[k] ~= nil and not LEVELS[options[k]] then
+      error(string.format("kumo.shaping.load: %s must be 'Ignore', 'Warn' or 'Error'", k), 2)
+    end
+  end
+  local local_level = options.local_load or 'Error'
+  local remote_level = options.remote_load or 'Ignore'
+  local errors, warnings = {}, {}
+  local docs = {}
+  local function report(level, msg)
+    if level == 'Error' then
+      errors[#errors + 1] = msg
+    elseif level == 'Warn' then
+      warnings[#warnings + 1] = msg
+    end
+  end
+  for _, f in ipairs(files) do
+    if type(f) == 'string' and f:match '^https?://' then
+      if not options.skip_remote then
+        local ok, doc = pcall(load_url, f, options.http_timeout)
+        if ok and type(doc) == 'table' then
+          -- a generated document is checked like a file
+          local ok2, err = pcall(parse_files, { doc })
+          if ok2 then
+            docs[#docs + 1] = doc
+          else
+            report(remote_level, string.format('%s: %s', f, tostring(err)))
+          end
+        else
+          report(remote_level, string.format('%s: %s', f, tostring(doc)))
+        end
+      end
+    else
+      local ok, err = pcall(parse_files, { f })
+      if ok then
+        docs[#docs + 1] = f
+      elseif local_level == 'Error' then
+        error(err, 0)
+      else
+        report(local_level, tostring(err))
+      end
+    end
+  end
+  local data = load_data(docs)
+  compile_all(data)
+  local h = {}
+  for _, f in ipairs(files) do
+    h[#h + 1] = tostring(f)
+  end
+  local self = setmetatable({
+    _data = data,
+    _errors = errors,
+    _warnings = warnings,
+    _hash = kumo.serde.json_encode { files = h, n = #docs },
+  }, Shaping)
+  return self
+end
+
+-- Log records that say nothing about a destination's answers.
+local UNINTERESTING_LOG_RECORD_TYPES = {
+  'AdminRebind',
+  'DeferredInjectionRebind',
+  'Delayed',
+  'Reception',
+  'Rejection',
+  'XferIn',
+  'XferOut',
+}
+
+local AUTOMATION_OPTIONS = {
+  publish = true,
+  subscribe = true,
+  extra_files = true,
+  no_default_files = true,
+  tsa_queue_config = true,
+  back_pressure = true,
+  load_validation_options = true,
+  validation_options = true,
+  pre_filter = true,
+  skip_log_record_types = true,
+  additional_skip_log_record_types = true,
+  cache_ttl = true,
+  publish_timeout = true,
+  publish_pool_idle_timeout = true,
+  publish_connection_verbose = true,
+  retry_shaping_data_fetch_on_populate_timeout = true,
+  shaping_data_populate_timeout = true,
+  allow_stale_shaping_data = true,
+}
+
+local function url_list(options, key)
+  local v = options[key]
+  if v == nil then
+    return {}
+  end
+  if type(v) ~= 'table' then
+    error(string.format('shaping:setup_with_automation: %s must be a list of URLs', key), 3)
+  end
+  for _, u in ipairs(v) do
+    if type(u) ~= 'string' or not u:match '^https?://[^/]+' then
+      error(
+        string.format(
+          "shaping:setup_with_automation: %s: '%s' is not an http:// or https:// URL",
+          key,
+          tostring(u)
+        ),
+        3
+      )
+    end
+  end
+  return v
+end
+
+--[[ shaping:setup_with_automation { publish = {URL...}, subscribe = {URL...},
+extra_files = {...}, no_default_files, tsa_queue_config, back_pressure,
+pre_filter, skip_log_record_types, additional_skip_log_record_types, ... }
+
+Returns { get_egress_path_config, setup_publish, load_shaping_data }.
+setup_publish (call it from init) configures one log hook per publish URL
+whose records (TransientFailure, Bounce, ...: not the uninteresting types)
+are POSTed to URL/publish_log_v1, and subscribes to every subscribe URL:
+suspensions arrive on its websocket (subscribe_event_v1) and are applied
+at once through the admin suspensions; configuration overrides
+(get_config_v1/shaping.toml) are fetched every second and merged over the
+shaping rules (the config epoch is bumped when they change). ]]
+function mod:setup_with_automation(options)
+  if mod.CONFIGURED then
+    error('shaping: setup was already called', 2)
+  end
+  if type(options) ~= 'table' then
+    error('shaping:setup_with_automation: expected a table of options', 2)
+  end
+  for k in pairs(options) do
+    if not AUTOMATION_OPTIONS[k] then
+      error(string.format("shaping:setup_with_automation: unknown option '%s'", tostring(k)), 2)
+    end
+  end
+  local publish_urls = url_list(options, 'publish')
+  local subscribe_urls = url_list(options, 'subscribe')
+  local files = {}
+  if not options.no_default_files then
+    files[#files + 1] = mod.default_file()
+  end
+  for _, f in ipairs(options.extra_files or {}) do
+    files[#files + 1] = f
+  end
+  files = D.file_list(HELPER, files)
+  parse_files(files)
+
+  local pre_filter = options.pre_filter
+  if pre_filter == nil then
+    pre_filter = true
+  end
+  local skip = {}
+  for _, t in ipairs(options.skip_log_record_types or UNINTERESTING_LOG_RECORD_TYPES) do
+    skip[t] = true
+  end
+  for _, t in ipairs(options.additional_skip_log_record_types or {}) do
+    skip[t] = true
+  end
+
+  local cached = kumo.memoize(function(f)
+    return mod.load(f, options.load_validation_options)
+  end, {
+    name = 'policy-extras.shaping.automation',
+    ttl = options.cache_ttl or '5 minutes',
+    capacity = 4,
+    invalidate_with_epoch = true,
+  })
+  local function load_shaping_data()
+    return cached(files)
+  end
+  local function get_data()
+    return load_shaping_data()._data
+  end
+
+  -- one log hook and one queue per TSA daemon
+  local publish = {}
+  for i, url in ipairs(publish_urls) do
+    local base = url:gsub('/+$', '')
+    local hook_name = string.format('tsa%d.tsa.kumomta', i)
+    publish[hook_name] = { endpoint = base, hook_name = hook_name, constructor = 'make.' .. hook_name }
+    kumo.on('make.' .. hook_name, function(domain, tenant, campaign)
+      local client = kumo.http.build_client {
+        timeout = options.publish_timeout or '1 minute',
+      }
+      local connection = {}
+      function connection:send(message)
+        local response = client
+          :post(base .. '/publish_log_v1')
+          :header('Content-Type', 'application/json')
+          :body(message:get_data())
+          :send()
+        local disposition = string.format(
+          '%d %s: %s',
+          response:status_code(),
+          response:status_reason() or '',
+          response:text()
+        )
+        if response:status_is_success() then
+          return disposition
+        end
+        kumo.reject(400, disposition)
+      end
+      return connection
+    end)
+  end
+
+  kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+    local p = publish[domain]
+    if not p then
+      return nil
+    end
+    local params = { retry_interval = '1m', max_retry_interval = '20m' }
+    for k, v in pairs(options.tsa_queue_config or {}) do
+      params[k] = v
+    end
+    params.protocol = { custom_lua = { constructor = p.constructor } }
+    return kumo.make_queue_config(params)
+  end)
+
+  kumo.on('should_enqueue_log_record', function(msg, hook_name)
+    if not publish[hook_name] then
+      return nil -- another hook's record
+    end
+    local record = msg:get_meta 'log_record'
+    if record.reception_protocol == 'LogRecord' or publish[record.queue] or skip[record.type] then
+      return false
+    end
+    if pre_filter then
+      local ok, matched = pcall(function()
+        return #load_shaping_data():match_rules(record) > 0
+      end)
+      if not ok or not matched then
+        return false
+      end
+    end
+    msg:set_meta('queue', hook_name)
+    return true
+  end)
+
+  local function setup_publish()
+    local per_record = {}
+    for t in pairs(skip) do
+      per_record[t] = { enable = false }
+    end
+    for name in pairs(publish) do
+      kumo.configure_log_hook {
+        name = name,
+        per_record = per_record,
+        back_pressure = options.back_pressure,
+      }
+    end
+    for _, url in ipairs(subscribe_urls) do
+      kumo.shaping.subscribe_automation(url)
+    end
+  end
+
+  local function get_egress_path_config(domain, egress_source, site_name, skip_make)
+    local params = resolve(get_data(), domain, egress_source, site_name)
+    apply_overrides(params, domain, egress_source, site_name)
+    if skip_make then
+      return params
+    end
+    return kumo.make_egress_path(params)
+  end
+
+  mod.CONFIGURED = {
+    files = files,
+    get_data = get_data,
+    get_egress_path_config = get_egress_path_config,
+    setup_publish = setup_publish,
+    load_shaping_data = load_shaping_data,
+  }
+  return mod.CONFIGURED
+end
+
 function mod:setup(files)
   if mod.CONFIGURED then
     error('shaping: setup was already called', 2)
@@ -475,7 +1088,8 @@ function mod:setup(files)
   mod.CONFIGURED = { files = files, get_data = get_data }
 
   local function get_egress_path_config(domain, egress_source, site_name)
-    return kumo.make_egress_path(resolve(get_data(), domain, egress_source, site_name))
+    local params = resolve(get_data(), domain, egress_source, site_name)
+    return kumo.make_egress_path(apply_overrides(params, domain, egress_source, site_name))
   end
   mod.CONFIGURED.get_egress_path_config = get_egress_path_config
   return get_egress_path_config
@@ -529,7 +1143,10 @@ end
 
 -- kumod --validate: per-source tables must name sources the sources helper
 -- defines; a one-label domain name is almost always a TOML quoting mistake.
-kumo.on('validate_config', function()
+-- (kumo.shaping.load may require this module from inside an event, in the
+-- TSA daemon, where no handler can be added; there is nothing to validate
+-- there)
+local function validate_config()
   if not mod.CONFIGURED then
     return
   end
@@ -566,6 +1183,8 @@ kumo.on('validate_config', function()
       end
     end
   end
-end)
+end
+pcall(kumo.on, 'validate_config', validate_config)
+
 
 return mod
