@@ -77,7 +77,7 @@ static void finish_on_origin(void *arg)
 static void fill_on_reactor(void *arg)
 {
     dash_bcast *b = arg;
-    qtables *t = tables();
+    qtables *t = tables_peek();
     int64_t t0 = clock_mono_ns();
     size_t ns = 0, nr = 0, cs = 64, cr = 64;
     dashq_sched *sched = xrealloc(NULL, cs * sizeof(*sched));

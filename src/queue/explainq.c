@@ -83,7 +83,7 @@ static void look_on_reactor(void *arg)
     ex_bcast *b = arg;
     json_t *found = NULL;
     if (!queues_down) {
-        qtables *t = tables();
+        qtables *t = tables_peek();
         FOREACH_SCHEDQ(t, sq)
         {
             const qmsg *q = find_in(&sq->waiting, &b->id);

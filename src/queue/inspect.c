@@ -133,7 +133,7 @@ static void inspect_after_load(qmsg *q, int err, void *ud)
 static void inspect_msg_on_reactor(void *arg)
 {
     bcast *b = arg;
-    qtables *t = tables();
+    qtables *t = tables_peek();
     spoolid want;
     spoolid_from_hex(b->id, &want);
     FOREACH_SCHEDQ(t, sq)
@@ -551,7 +551,7 @@ void queue_admin_abort_ready_q_conn(const char *queue_name, const char *session_
 static void summary_on_reactor(void *arg)
 {
     bcast *b = arg;
-    qtables *t = tables();
+    qtables *t = tables_peek();
     json_t *sched = json_array(), *ready = json_array();
     FOREACH_SCHEDQ(t, sq)
     {

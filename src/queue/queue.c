@@ -58,6 +58,17 @@ qtables *tables(void)
     return t;
 }
 
+qtables *tables_peek(void)
+{
+    /* read-only visits (inspection, the dashboard, explain) may reach a
+     * reactor whose tables are gone (after queue_reactor_shutdown) or were
+     * never made (kumod --tsa): they see no queues rather than creating a
+     * table that nothing frees */
+    static qtables empty;
+    qtables *t = reactor_get_slot(reactor_current(), REACTOR_SLOT_QUEUES);
+    return t ? t : &empty;
+}
+
 static void qlist_free_all(qlist *l, bool timers)
 {
     while (l->count) {

@@ -305,6 +305,9 @@ typedef struct qtables {
 
 /* The calling reactor's tables (created on first use). */
 qtables *tables(void);
+/* The tables if this reactor has them, else an empty set (never NULL): for
+ * read-only visits. */
+qtables *tables_peek(void);
 
 /* every schedq of the calling reactor */
 #define FOREACH_SCHEDQ(t, sq)                                                                      \
