@@ -32,6 +32,7 @@
 #include "core/reactor.h"
 #include "modules.h"
 #include "core/version.h"
+#include "log/aaa_log.h"
 #include "log/logs.h"
 #include "http/inject_lua.h"
 #include "lua/klua.h"
@@ -748,6 +749,7 @@ out_reactors:
     recovery_free();
     services_shutdown();
     logs_shutdown();
+    aaalog_shutdown();
     acct_shutdown();
     loghook_shutdown();
     reactor_pool_free();

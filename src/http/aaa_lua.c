@@ -23,11 +23,13 @@
 #include "core/duration.h"
 #include "core/reactor.h"
 #include "http/acl.h"
+#include "log/aaa_log.h"
 #include "lua/klua.h"
 #include "lua/lib/lualib.h"
 #include "lua/lib/secrets.h"
 #include "lua/lib/toml_json.h"
 #include "lua/luajson.h"
+#include "lua/services.h"
 
 #define MAP_MT "kumo.aaa.AclMap"
 #define RESOURCE_MT "kumo.aaa.Resource"
@@ -532,6 +534,25 @@ static int l_set_check_cache_ttl(lua_State *L)
 
 /* ---- registration ------------------------------------------------------------------------------- */
 
+/* kumo.aaa.configure_acct_log(PARAMS): the accounting log (src/log/aaa_log.c);
+ * once per process, as KumoMTA's OnceLock; --validate only checks PARAMS. */
+static int l_configure_acct_log(lua_State *L)
+{
+    static const char fname[] = "kumo.aaa.configure_acct_log";
+    if (!lua_istable(L, 1))
+        return lualib_error(L, fname, "argument #1 (params) must be a table, not %s",
+                            luaL_typename(L, 1));
+    char err[600];
+    json_t *j = klua_to_json(L, 1, err, sizeof(err));
+    if (!j)
+        return lualib_error(L, fname, "%s", err);
+    int rc = aaalog_configure_from_json(j, services_validate_only(), err, sizeof(err));
+    json_decref(j);
+    if (rc != 0)
+        return lualib_error(L, fname, "%s", err);
+    return 0;
+}
+
 void aaa_lua_open(lua_State *L)
 {
     if (luaL_newmetatable(L, MAP_MT)) {
@@ -555,6 +576,7 @@ void aaa_lua_open(lua_State *L)
     secrets_wrap(L, "kumo.aaa.load_acl_map", 1, SECRETS_ARG, NULL);
     lua_setfield(L, -2, "load_acl_map");
     static const luaL_Reg fns[] = {
+        {"configure_acct_log", l_configure_acct_log},
         {"make_http_url_resource", l_make_http_url_resource},
         {"query_resource_access", l_query_resource_access},
         {"set_acl_cache_ttl", l_set_acl_cache_ttl},

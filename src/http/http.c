@@ -51,6 +51,7 @@
 #include "http/acl.h"
 #include "http/mime.h"
 #include "http/request.h"
+#include "log/aaa_log.h"
 #include "lua/klua.h"
 #include "lua/services.h"
 #include "net/cidr.h"
@@ -711,7 +712,9 @@ static bool is_authenticated(const http_req *hr)
 /* Applies a validate outcome (info as cached) to hr and continues. */
 static void auth_apply(http_req *hr, const json_t *info, bool bearer, const char *user)
 {
+    const char *ctx = bearer ? "BearerToken" : "HttpBasicAuth";
     if (json_is_false(info)) {
+        aaalog_authn(user, ctx, false, hr->auth);
         http_reply_error(hr, 401, "%s Authentication Failed for %s",
                          bearer ? "BearerToken" : "HttpBasicAuth", user ? user : "");
         return;
@@ -727,6 +730,7 @@ static void auth_apply(http_req *hr, const json_t *info, bool bearer, const char
         if (json_is_string(v))
             json_array_append(groups, v);
     }
+    aaalog_authn(user, ctx, true, hr->auth);
     authorize(hr);
 }
 
@@ -941,9 +945,27 @@ static void after_acl(void *ud, int verdict, const char *error)
                      method_name(hr->method), hr->resources[0]);
 }
 
+/* The decision with its detail, for the accounting log (KumoMTA's
+ * AuditRecord): considered_resources are those walked before the one whose
+ * rule decided (all of them when none did). */
+static void after_acl_detail(void *ud, int verdict, const char *error, const char *resource,
+                             const json_t *rule)
+{
+    http_req *hr = ud;
+    if (verdict != ACL_ERROR && aaalog_wants_authz(verdict == ACL_ALLOW)) {
+        size_t n = 0;
+        while (n < hr->n_resources && !(resource && strcmp(hr->resources[n], resource) == 0))
+            n++;
+        aaalog_authz(hr->n_resources ? hr->resources[0] : hr->path, method_name(hr->method),
+                     verdict == ACL_ALLOW, resource, rule, hr->auth, hr->resources, n);
+    }
+    after_acl(hr, verdict, error);
+}
+
 static void authorize(http_req *hr)
 {
-    acl_check(hr->resources, hr->n_resources, hr->auth, method_name(hr->method), after_acl, hr);
+    acl_check_detail(hr->resources, hr->n_resources, hr->auth, method_name(hr->method),
+                     after_acl_detail, hr);
 }
 
 static void on_request(struct evhttp_request *req, void *arg)

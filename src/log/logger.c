@@ -59,6 +59,7 @@ struct logger_stream {
 
 struct logger {
     char *name;
+    char prefix[16];
     uint64_t max_file_size;
     int64_t max_segment_ns;
     int compression_level;
@@ -147,6 +148,7 @@ int logger_new(const logger_config *cfg, logger **out)
         free(lg);
         return KERR_NOMEM;
     }
+    snprintf(lg->prefix, sizeof(lg->prefix), "%s", cfg->prefix ? cfg->prefix : "");
     lg->max_file_size = cfg->max_file_size;
     lg->max_segment_ns = cfg->max_segment_ns;
     lg->compression_level = cfg->compression_level;
@@ -294,10 +296,12 @@ static void seg_close(logger *lg, struct logger_segment *seg, bool failed)
     seg->fd = -1;
 }
 
-static char *seg_path(const struct logger_stream *s, int64_t now_ns)
+static char *seg_path(const logger *lg, const struct logger_stream *s, int64_t now_ns)
 {
-    char base[64];
-    logger_segment_name(now_ns, base, sizeof(base));
+    char base[80];
+    size_t pl = strlen(lg->prefix);
+    memcpy(base, lg->prefix, pl);
+    logger_segment_name(now_ns, base + pl, sizeof(base) - pl);
     size_t n = strlen(s->log_dir) + 1 + strlen(base) + strlen(s->suffix) + 1;
     char *path = malloc(n);
     if (path)
@@ -321,7 +325,7 @@ static int seg_open(logger *lg, struct logger_stream *s, const char *segment_hea
             ; /* the next name is one clock tick away */
         last_ns = now;
         free(path);
-        path = seg_path(s, now);
+        path = seg_path(lg, s, now);
         if (!path)
             return KERR_NOMEM;
         fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0666);

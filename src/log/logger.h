@@ -15,12 +15,14 @@ typedef struct logger_config {
     int64_t max_segment_ns; /* a segment closes this long after it opened; 0 = never */
     int compression_level;  /* 0 = zstd's default level */
     size_t back_pressure;   /* queued lines before submitters block; 0 behaves as 1 */
+    const char *prefix;     /* before the time in segment names ("acct-"); NULL = none;
+                               at most 15 bytes are used */
 } logger_config;
 
 /* Creates a stopped logger. Returns 0 or KERR_NOMEM / KERR_INVAL. */
 int logger_new(const logger_config *cfg, logger **out);
 
-/* Declares an output stream: segments named <log_dir>/<UTC open time><suffix>.
+/* Declares an output stream: segments named <log_dir>/<prefix><UTC open time><suffix>.
  * suffix may be NULL and may contain '/' (subdirectories are created on
  * demand). A stream with the same log_dir and suffix as an earlier one is the
  * same stream. Only before logger_start(). Returns the stream index (>= 0) or

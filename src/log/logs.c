@@ -164,7 +164,7 @@ int logs__cfg_uint(const json_t *v, const char *what, uint64_t max, uint64_t *ou
 }
 
 /* duration-serde: a humantime string, or a number of seconds. */
-static int cfg_duration(const json_t *v, const char *what, int64_t *out, char *err, size_t errlen)
+int logs__cfg_duration(const json_t *v, const char *what, int64_t *out, char *err, size_t errlen)
 {
     if (json_is_string(v)) {
         int rc = duration_parse(json_string_value(v), out);
@@ -185,7 +185,7 @@ static int cfg_duration(const json_t *v, const char *what, int64_t *out, char *e
 }
 
 /* MinFree: "10%", "1234" or 1234. */
-static int cfg_min_free(const json_t *v, const char *what, json_t **out, char *err, size_t errlen)
+int logs__cfg_min_free(const json_t *v, const char *what, json_t **out, char *err, size_t errlen)
 {
     bool ok = false;
     if (json_is_integer(v)) {
@@ -356,7 +356,7 @@ int logs_add_local_from_json(const json_t *params, char *err, size_t errlen)
                 rc = cfg_err(err, errlen, "`compression_level` must be an integer from %d to %d",
                              ZSTD_minCLevel(), ZSTD_maxCLevel());
         } else if (strcmp(key, "max_segment_duration") == 0) {
-            rc = cfg_duration(v, key, &max_segment_ns, err, errlen);
+            rc = logs__cfg_duration(v, key, &max_segment_ns, err, errlen);
         } else if (strcmp(key, "meta") == 0) {
             rc = logs__cfg_string_list(v, key, &d->meta, &d->n_meta, err, errlen);
         } else if (strcmp(key, "headers") == 0) {
@@ -366,9 +366,9 @@ int logs_add_local_from_json(const json_t *params, char *err, size_t errlen)
         } else if (strcmp(key, "filter_event") == 0) {
             rc = cfg_err(err, errlen, "`filter_event` is not supported by kumod yet");
         } else if (strcmp(key, "min_free_space") == 0) {
-            rc = cfg_min_free(v, key, &d->min_free_space, err, errlen);
+            rc = logs__cfg_min_free(v, key, &d->min_free_space, err, errlen);
         } else if (strcmp(key, "min_free_inodes") == 0) {
-            rc = cfg_min_free(v, key, &d->min_free_inodes, err, errlen);
+            rc = logs__cfg_min_free(v, key, &d->min_free_inodes, err, errlen);
         } else {
             rc = cfg_err(err, errlen, "unknown field `%s`, expected one of %s", key, top_keys);
         }

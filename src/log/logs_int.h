@@ -1,5 +1,5 @@
-/* Configuration helpers that logs.c shares with loghook.c (the other half
- * of the log module). Errors are written into err (which the Lua binding
+/* Configuration helpers that logs.c shares with loghook.c and aaa_log.c
+ * (the other parts of the log module). Errors are written into err (which the Lua binding
  * prefixes with the function name). */
 #ifndef KUMOD_LOG_LOGS_INT_H
 #define KUMOD_LOG_LOGS_INT_H
@@ -22,5 +22,10 @@ int logs__cfg_uint(const json_t *v, const char *what, uint64_t max, uint64_t *ou
  * entry strdup'd; on error the caller frees what was filled (*n_out). */
 int logs__cfg_string_list(const json_t *v, const char *what, char ***out, size_t *n_out,
                           char *err, size_t errlen);
+
+/* duration-serde: a humantime string or a number of seconds, in ns. */
+int logs__cfg_duration(const json_t *v, const char *what, int64_t *out, char *err, size_t errlen);
+/* MinFree: "10%", "1234" or 1234; *out gets a copy of v. */
+int logs__cfg_min_free(const json_t *v, const char *what, json_t **out, char *err, size_t errlen);
 
 #endif
