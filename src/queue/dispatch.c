@@ -248,16 +248,20 @@ static void disp_destroy(dispatcher *d)
 
 static void disp_close(dispatcher *d)
 {
+    bool was_open = d->open;
     disp_set_phase(d, PHASE_CLOSING, NULL);
     /* also after a failed open: the driver frees its state */
     if (d->drv->close)
         d->drv->close(d);
     d->open = false;
-    /* messages left in the ready queue (this connection ended early: 421,
-     * max_deliveries_per_connection) need a connection of their own */
+    /* messages left in the ready queue when an open connection ended (a
+     * 421, max_deliveries_per_connection) need a connection of their own;
+     * a dispatcher that never opened (lease refused, connect failed) leaves
+     * the retry to its own timers */
     readyq *rq = d->rq;
+    bool restart = was_open && d->delivered > 0 && rq->fifo.count;
     disp_destroy(d);
-    if (rq->fifo.count)
+    if (restart)
         readyq_maintain(rq);
 }
 
