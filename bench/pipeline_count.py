@@ -11,7 +11,7 @@ dot). `behind` is the share of messages whose MAIL arrived in the same read
 as the previous message's dot.
 
     bench/pipeline_count.py --kumod A --kumod-b B [--n 20000] [--sessions 10,50]
-                            [--repeat 2] [--out FILE]
+                            [--repeat 2] [--connection-limit L] [--out FILE]
 
 Runs as root like bench/run (it uses benchlib's private copies), alternating
 A and B in every round; prints one line per run and a JSON summary.
@@ -66,11 +66,18 @@ class CountSink:
             self.proc.kill()
 
 
-def one(binary, tmp, n, sessions, size, tag):
+def one(binary, tmp, n, sessions, size, tag, conn_limit=None):
     work = tempfile.mkdtemp(dir=tmp, prefix=f"{tag}-s{sessions}-")
     os.chmod(work, 0o755)
     sink = CountSink(tmp)
     k = bl.Kumod(binary, work, sink.port)
+    if conn_limit:
+        # the egress path's connection_limit (32 in benchlib's policy): a
+        # small one, as shaping gives real destinations, keeps a backlog
+        text = open(k.policy).read()
+        assert "connection_limit = 32," in text
+        with open(k.policy, "w") as f:
+            f.write(text.replace("connection_limit = 32,", f"connection_limit = {conn_limit},"))
     k.start()
     try:
         base = sink.counts
@@ -87,6 +94,7 @@ def one(binary, tmp, n, sessions, size, tag):
         d = [c[i] - base[i] for i in range(5)]
         msgs = d[1] or 1
         return {"binary": binary, "tag": tag, "sessions": sessions, "n": n, "complete": ok,
+                "connection_limit": conn_limit or 32,
                 "e2e_per_s": round(n / (t1 - t0), 1),
                 "cpu_s_per_1000": round((cpu1 - cpu0) / n * 1000, 3),
                 "sink_sessions": d[0], "sink_msgs": d[1],
@@ -106,6 +114,7 @@ def main():
     ap.add_argument("--size", type=int, default=5120)
     ap.add_argument("--sessions", default="10,50")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--connection-limit", type=int, default=None)
     ap.add_argument("--out")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="mtpc-")
@@ -119,7 +128,7 @@ def main():
         for r in range(a.repeat):
             order = [("A", A), ("B", B)] if r % 2 == 0 else [("B", B), ("A", A)]
             for tag, b in order:
-                row = one(b, tmp, a.n, s, a.size, tag)
+                row = one(b, tmp, a.n, s, a.size, tag, a.connection_limit)
                 rows.append(row)
                 print(f"{tag} s{s}: {row['e2e_per_s']:,.0f} msg/s cpu/1000 "
                       f"{row['cpu_s_per_1000']}s sink sessions {row['sink_sessions']} "
