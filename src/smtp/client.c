@@ -399,13 +399,13 @@ typedef struct tx {
     struct evbuffer *body; /* encoded, with the final dot */
     smtpcli_response rset, mail, data, dot;
     size_t n_accepted;
-    bool abandon;    /* DATA was accepted with nobody to deliver to: lone dot */
-    bool saw_421;    /* the server is closing the connection */
-    bool desync;     /* replies and commands are out of step */
-    bool finish_now; /* decided before any I/O: finish from the deferred event */
-    bool fail_now;   /* a write behind it failed: fail it from the deferred event */
-    bool behind;     /* queued with smtpcli_send_next */
-    bool any_reply;  /* a reply to one of its commands (or its dot) was read */
+    bool abandon;     /* DATA was accepted with nobody to deliver to: lone dot */
+    bool saw_421;     /* the server is closing the connection */
+    bool desync;      /* replies and commands are out of step */
+    bool finish_now;  /* decided before any I/O: finish from the deferred event */
+    bool fail_now;    /* a write behind it failed: fail it from the deferred event */
+    bool behind;      /* queued with smtpcli_send_next */
+    bool any_reply;   /* a reply to one of its commands (or its dot) was read */
     bool body_queued; /* its body and dot are written or queued */
 } tx;
 
@@ -742,7 +742,6 @@ static size_t cli_out_len(smtpcli *c)
     return (c->filtered ? 0 : evbuffer_get_length(c->outq)) +
            evbuffer_get_length(bufferevent_get_output(c->bev));
 }
-
 
 static int cli_write(smtpcli *c, const char *s, size_t n)
 {
@@ -1518,8 +1517,8 @@ static int tx_write_group(smtpcli *c, tx *t)
     c->corked = was_corked;
     if (!rc)
         cli_flush(c);
-    DTRACE(CMOD, "%s peer=%s transaction: %zu recipient(s), %zu bytes, %s%s", c->logid,
-           c->peer_str, t->n, evbuffer_get_length(t->body), pipeline ? "pipelined" : "lock-step",
+    DTRACE(CMOD, "%s peer=%s transaction: %zu recipient(s), %zu bytes, %s%s", c->logid, c->peer_str,
+           t->n, evbuffer_get_length(t->body), pipeline ? "pipelined" : "lock-step",
            t->behind ? " behind the previous message" : "");
     return rc;
 }
@@ -1958,8 +1957,7 @@ static void cli_deferred_cb(evutil_socket_t fd, short what, void *arg)
     }
     if (c->tx && c->tx->fail_now) {
         smtpcli_response r = {0};
-        resp_internal(&r, 400, 0, 0, 0, NULL, "failed to send message: %s",
-                      kerr_str(KERR_NOMEM));
+        resp_internal(&r, 400, 0, 0, 0, NULL, "failed to send message: %s", kerr_str(KERR_NOMEM));
         tx_finish(c, &r);
         resp_clear(&r);
         return;
