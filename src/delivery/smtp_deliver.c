@@ -63,6 +63,10 @@ typedef struct sconn {
     bool lookups_cancelled;
     struct sconn_ref *ref;
     message *cur;     /* the message being sent (reference held) */
+    /* pipelining: the next message (disp_prefetch), reference held; queued
+     * in the client behind cur when ahead_queued */
+    message *ahead;
+    bool ahead_queued;
     trace_conn *trace; /* kcli trace-smtp-client; NULL when nobody traces */
     size_t batch_off; /* first recipient of the current transaction */
 } sconn;
@@ -92,6 +96,7 @@ static void sconn_free(sconn *c)
             free(c->host_results[i]);
     }
     message_unref(c->cur);
+    message_unref(c->ahead);
     trace_conn_unref(c->trace);
     free(c->hosts);
     free(c->names);
@@ -118,6 +123,7 @@ static void add_target(sconn *c, const char *name, const dns_addr *a, uint16_t p
 }
 
 static void try_next_target(sconn *c);
+static void on_body(smtpcli *cli, void *ud);
 
 static void bulk(sconn *c, disp_outcome o, int code, int cls, int sub, int det,
                  const char *content, const char *reason)
@@ -335,6 +341,7 @@ static void on_ready(smtpcli *cli, int err, const smtpcli_response *resp, void *
     else
         snprintf(shown, sizeof(shown), "%s:%u", t->addr.text, (unsigned)t->port);
     disp_set_peer(c->d, t->name, shown);
+    smtpcli_set_body_cb(cli, on_body, c);
     const smtpcli_tls_info *tls = smtpcli_tls(cli);
     if (tls && tls->cipher) {
         disp_set_tls(c->d, tls->cipher, tls->protocol_version);
@@ -538,6 +545,88 @@ static void sd_open(dispatcher *d)
 }
 
 static void send_batch(sconn *c);
+static void on_sent(smtpcli *cli, const smtpcli_result *res, void *ud);
+
+/* Recipients of m's transaction starting at off (max_recipients_per_batch). */
+static size_t batch_len(sconn *c, const message *m, size_t off)
+{
+    int max = disp_path_config(c->d)->max_recipients_per_batch;
+    size_t n = m->n_rcpts - off;
+    return max > 0 && n > (size_t)max ? (size_t)max : n;
+}
+
+/* Pipelining: once cur's last transaction is under way, ask the dispatcher
+ * for the next message, so that its commands can go out behind cur's dot.
+ * Not while a policy may rewrite the responses (that waits for Lua, and
+ * the next message's replies must not overtake it) or the session is
+ * traced (the trace names one message at a time). */
+static void maybe_prefetch(sconn *c)
+{
+    if (c->ahead || !c->cur || !c->cli || c->trace || !smtpcli_pipelines(c->cli) ||
+        c->batch_off + batch_len(c, c->cur, c->batch_off) < c->cur->n_rcpts || rwst_wanted())
+        return;
+    disp_prefetch(c->d);
+}
+
+/* The body of cur is about to go out: a message that reached the ready
+ * queue since cur's envelope was sent can still ride behind its dot. */
+static void on_body(smtpcli *cli, void *ud)
+{
+    (void)cli;
+    maybe_prefetch(ud);
+}
+
+static void sd_ahead(dispatcher *d, message *m)
+{
+    sconn *c = disp_driver_state(d);
+    message_ref(m);
+    c->ahead = m;
+    c->ahead_queued = false;
+    if (!c->cli)
+        return;
+    /* its first (and usually only) transaction goes behind cur's; a later
+     * slice of max_recipients_per_batch is sent once it is current */
+    size_t n = batch_len(c, m, 0);
+    c->ahead_queued = smtpcli_send_next(c->cli, m->sender, (const char *const *)m->rcpts, n,
+                                        m->data, m->data_len, on_sent, c) == 0;
+}
+
+/* cur was reported: the message ahead, if any, is the dispatcher's current
+ * one now; it is already in the client (its replies follow) or is sent
+ * now. */
+static void take_ahead(sconn *c)
+{
+    message *m = c->ahead;
+    if (!m)
+        return;
+    c->ahead = NULL;
+    message_unref(c->cur);
+    c->cur = m;
+    c->batch_off = 0;
+    if (c->ahead_queued) {
+        c->ahead_queued = false;
+        maybe_prefetch(c);
+        return;
+    }
+    if (!c->cli || !smtpcli_usable(c->cli)) {
+        /* never sent: back without an attempt */
+        message_unref(c->cur);
+        c->cur = NULL;
+        disp_not_attempted(c->d);
+        take_ahead(c);
+        return;
+    }
+    send_batch(c);
+}
+
+/* The outcome of cur's last transaction (outcome -1: per recipient). */
+static void report(sconn *c, int outcome, const disp_response *r)
+{
+    message_unref(c->cur);
+    c->cur = NULL;
+    disp_delivered(c->d, outcome, r);
+    take_ahead(c);
+}
 
 /* The outcomes of one transaction: rs[i] is the response for recipient
  * batch_off + i. */
@@ -556,9 +645,7 @@ static void apply_results(sconn *c, const disp_response *rs, size_t n, bool brok
         else
             o = OUTCOME_TRANSIENT;
         if (whole && n == 1) {
-            message_unref(c->cur);
-            c->cur = NULL;
-            disp_delivered(d, (int)o, r);
+            report(c, (int)o, r);
             return;
         }
         disp_recipient_outcome(d, base + i, o, r);
@@ -569,9 +656,7 @@ static void apply_results(sconn *c, const disp_response *rs, size_t n, bool brok
         send_batch(c);
         return;
     }
-    message_unref(c->cur);
-    c->cur = NULL;
-    disp_delivered(d, -1, NULL);
+    report(c, -1, NULL);
 }
 
 /* The responses of a transaction while smtp_client_rewrite_delivery_status
@@ -610,9 +695,20 @@ static void rewrite_done(void *ud)
 static void on_sent(smtpcli *cli, const smtpcli_result *res, void *ud)
 {
     sconn *c = ud;
-    bool broken = res->transport_failed || !smtpcli_usable(cli);
+    /* (with a pipelined transaction behind this one the session is busy,
+     * not broken) */
+    bool broken = res->transport_failed || !smtpcli_alive(cli);
     if (broken)
         disp_close_after_this(c->d);
+    if (res->unanswered && c->batch_off == 0) {
+        /* pipelined behind the previous message, and the connection ended
+         * before the server answered any of it: not an attempt */
+        message_unref(c->cur);
+        c->cur = NULL;
+        disp_not_attempted(c->d);
+        take_ahead(c);
+        return;
+    }
     bool rewrite = false;
     for (size_t i = 0; i < res->n_rcpts && !rewrite; i++)
         rewrite = rwst_eligible(res->rcpts[i].response.code, res->rcpts[i].response.content);
@@ -658,28 +754,23 @@ static void send_batch(sconn *c)
 {
     dispatcher *d = c->d;
     message *m = c->cur;
-    size_t max = disp_path_config(d)->max_recipients_per_batch > 0
-                     ? (size_t)disp_path_config(d)->max_recipients_per_batch
-                     : m->n_rcpts;
-    size_t n = m->n_rcpts - c->batch_off;
-    if (n > max)
-        n = max;
+    size_t n = batch_len(c, m, c->batch_off);
     if (!c->cli || !smtpcli_usable(c->cli) ||
         smtpcli_send(c->cli, m->sender, (const char *const *)m->rcpts + c->batch_off, n, m->data,
                      m->data_len, on_sent, c) != 0) {
         disp_close_after_this(d);
         disp_response r = {421, 4, 4, 2, "KumoMTA internal: connection is no longer usable",
                            NULL};
-        message_unref(c->cur);
-        c->cur = NULL;
         if (m->n_rcpts == 1 || c->batch_off == 0) {
-            disp_delivered(d, OUTCOME_TRANSIENT, &r);
+            report(c, OUTCOME_TRANSIENT, &r);
         } else {
             for (size_t i = c->batch_off; i < m->n_rcpts; i++)
                 disp_recipient_outcome(d, i, OUTCOME_TRANSIENT, &r);
-            disp_delivered(d, -1, NULL);
+            report(c, -1, NULL);
         }
+        return;
     }
+    maybe_prefetch(c);
 }
 
 /* KumoMTA's per-message keys of the trace meta, then MessageObtained. */
@@ -776,6 +867,7 @@ static const disp_driver smtp_driver = {
     .delivery_protocol = "ESMTP",
     .open = sd_open,
     .send = sd_send,
+    .ahead = sd_ahead,
     .close = sd_close,
     .abort = sd_abort,
     .watchdog_ns = sd_watchdog_ns,

@@ -35,6 +35,10 @@ struct dispatcher {
     const disp_driver *drv;
     void *drv_state;
     qmsg *cur;
+    /* pipelining (disp_prefetch): the message after cur, loading or with
+     * the driver; it becomes cur when cur is reported */
+    qmsg *ahead;
+    bool ahead_loading;
     bool open, closing, opening;
     bool loading; /* a spool load for cur is in flight */
     bool idle;    /* open, waiting up to idle_timeout for more messages */
@@ -230,6 +234,10 @@ static void disp_destroy(dispatcher *d)
     if (d->rcpt_content) {
         free(d->rcpt_content);
     }
+    /* a message ahead still held (not attempted) goes back */
+    if (d->ahead && !d->ahead_loading)
+        back_to_sched(d->ahead, R_DISPATCHER_DROP, 0);
+    d->ahead = NULL;
     /* a batch still held goes back (a close while accumulating) */
     if (d->n_batch)
         batch_return(d, R_DISPATCHER_DROP);
@@ -240,12 +248,21 @@ static void disp_destroy(dispatcher *d)
 
 static void disp_close(dispatcher *d)
 {
+    bool was_open = d->open;
     disp_set_phase(d, PHASE_CLOSING, NULL);
     /* also after a failed open: the driver frees its state */
     if (d->drv->close)
         d->drv->close(d);
     d->open = false;
+    /* messages left in the ready queue when an open connection ended (a
+     * 421, max_deliveries_per_connection) need a connection of their own;
+     * a dispatcher that never opened (lease refused, connect failed) leaves
+     * the retry to its own timers */
+    readyq *rq = d->rq;
+    bool restart = was_open && d->delivered > 0 && rq->fifo.count;
     disp_destroy(d);
+    if (restart)
+        readyq_maintain(rq);
 }
 
 /* Closes from outside the driver's own callback. */
@@ -416,6 +433,47 @@ static void count_outcome(dispatcher *d, int outcome)
     d->delivered++;
 }
 
+/* The current message is reported: the one ahead (disp_prefetch) takes its
+ * place. While it still loads, its load callback sees it is cur and hands
+ * it to send() as disp_next's load would; once with the driver, the
+ * driver goes on with it. */
+static bool promote_ahead(dispatcher *d)
+{
+    qmsg *q = d->ahead;
+    if (!q)
+        return false;
+    d->ahead = NULL;
+    d->cur = q;
+    if (d->ahead_loading) {
+        d->ahead_loading = false;
+        d->loading = true;
+    } else {
+        disp_set_phase(d, PHASE_DELIVERING_MESSAGE, NULL);
+    }
+    return true;
+}
+
+void disp_not_attempted(dispatcher *d)
+{
+    qmsg *q = d->cur;
+    d->cur = NULL;
+    d->progress_ns = clock_mono_ns();
+    if (q)
+        back_to_sched(q, R_DISPATCHER_DROP, 0);
+    free(d->requeue_to);
+    d->requeue_to = NULL;
+    if (promote_ahead(d))
+        return;
+    if (d->closing)
+        return;
+    if (d->delivered >= d->rq->cfg.max_deliveries_per_connection || !d->open) {
+        disp_close_soon(d);
+        return;
+    }
+    disp_set_phase(d, PHASE_IDLE, NULL);
+    disp_kick(d, 0);
+}
+
 void disp_delivered(dispatcher *d, int outcome, const disp_response *r)
 {
     qmsg *q = d->cur;
@@ -445,6 +503,8 @@ void disp_delivered(dispatcher *d, int outcome, const disp_response *r)
     }
     free(d->requeue_to);
     d->requeue_to = NULL;
+    if (promote_ahead(d))
+        return;
     if (d->closing)
         return;
     if (d->delivered >= d->rq->cfg.max_deliveries_per_connection || !d->open) {
@@ -555,6 +615,57 @@ static void disp_after_load(qmsg *q, int err, void *ud)
     /* the insert context of a later requeue describes this attempt only */
     q->n_reasons = 0;
     d->drv->send(d, q->m);
+}
+
+/* The load of the message ahead (disp_prefetch) finished. */
+static void disp_after_ahead_load(qmsg *q, int err, void *ud)
+{
+    dispatcher *d = ud;
+    if (d->cur == q) {
+        /* cur was reported while this loaded: an ordinary send */
+        disp_after_load(q, err, d);
+        return;
+    }
+    d->ahead_loading = false;
+    if (d->aborted) {
+        /* disp_abort left this load to finish the job; never attempted */
+        d->ahead = NULL;
+        back_to_sched(q, R_DISPATCHER_DROP, 0);
+        disp_destroy(d);
+        return;
+    }
+    if (err) {
+        d->ahead = NULL;
+        load_failed(d, q, err);
+        return;
+    }
+    q->m->num_attempts = q->num_attempts;
+    if (services_was_delivered(&q->id)) {
+        d->ahead = NULL;
+        atomic_fetch_sub(&st_in_flight, 1);
+        qmsg_forget_delivered(q);
+        qmsg_free(q);
+        return;
+    }
+    q->n_reasons = 0;
+    d->drv->ahead(d, q->m);
+}
+
+bool disp_prefetch(dispatcher *d)
+{
+    readyq *rq = d->rq;
+    if (!d->drv->ahead || d->ahead || !d->cur || d->loading || d->closing || !d->open ||
+        d->n_batch || rq->fifo.count == 0 ||
+        d->delivered + 2 > d->rq->cfg.max_deliveries_per_connection)
+        return false;
+    if (rqthr_message(rq) != 0)
+        return false;
+    qmsg *q = qlist_pop(&rq->fifo);
+    atomic_fetch_sub(&st_ready, 1);
+    d->ahead = q;
+    d->ahead_loading = true;
+    qmsg_load(q, true, disp_after_ahead_load, d, NULL);
+    return true;
 }
 
 /* ---- batches (custom_lua batch_size, min_batch_size, max_batch_latency) ---------------------------- */
@@ -1052,6 +1163,14 @@ static void disp_abort(dispatcher *d, const char *what)
             back_to_sched(bq, R_DISPATCHER_DROP, -1);
     }
     d->n_batch = 0;
+    /* the message ahead was never attempted */
+    if (d->ahead && d->ahead_loading) {
+        d->aborted = true; /* disp_after_ahead_load finishes the job */
+        return;
+    }
+    if (d->ahead)
+        back_to_sched(d->ahead, R_DISPATCHER_DROP, 0);
+    d->ahead = NULL;
     disp_destroy(d);
 }
 
@@ -1251,6 +1370,8 @@ void disp_free_all(readyq *rq)
             d->drv->abort(d);
         if (d->cur && !d->loading)
             qmsg_free(d->cur);
+        if (d->ahead && !d->ahead_loading)
+            qmsg_free(d->ahead);
         /* batch messages whose spool load is under way are freed by it */
         for (size_t i = 0; i < d->n_batch; i++)
             if (d->batch[i].q && !d->batch[i].in_load)

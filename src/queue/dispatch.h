@@ -83,6 +83,13 @@ typedef struct disp_driver {
      * and only valid during the call). Reports once with disp_delivered(),
      * whose outcome and response apply to every message of the batch. */
     void (*send_batch)(dispatcher *d, message **msgs, size_t n);
+    /* Pipelining drivers (NULL: none): receives the message that follows
+     * the current one on this connection, taken by disp_prefetch() and
+     * resident. It becomes the current message when the current one is
+     * reported (disp_delivered); the driver then reports it like one given
+     * to send(), or with disp_not_attempted(). send() is not called for it.
+     * May be called from inside disp_prefetch(). */
+    void (*ahead)(dispatcher *d, message *m);
     /* Releases the driver state (may send QUIT); never reports. */
     void (*close)(dispatcher *d);
     /* Drops everything at once (watchdog); never reports afterwards. */
@@ -146,6 +153,21 @@ void disp_close_after_this(dispatcher *d);
 /* A transient failure of the current message goes back to this queue (its
  * meta `queue` is set to it) instead of the queue its meta names. */
 void disp_set_requeue_queue(dispatcher *d, const char *queue);
+/* Pipelining (drivers with `ahead`): called while the current message is
+ * with the driver, takes the next message of the ready queue now so that
+ * the driver can start it before the current one is answered. Nothing is
+ * taken (false) when the ready queue is empty, a message rate limit does
+ * not allow one at once, max_deliveries_per_connection would be passed,
+ * the connection is closing, or a message is already ahead. true: the
+ * message is loading; `ahead` receives it, unless its load fails (the
+ * dispatcher then logs and retries it as for any message, and the driver
+ * never hears of it). */
+bool disp_prefetch(dispatcher *d);
+/* The current message was never acted on by the peer (the connection ended
+ * before any reply to it): it goes back to its scheduled queue, due at
+ * once, without a record and without counting an attempt. Reports it like
+ * disp_delivered(). */
+void disp_not_attempted(dispatcher *d);
 void disp_recipient_outcome(dispatcher *d, size_t rcpt_index, disp_outcome o,
                             const disp_response *r);
 

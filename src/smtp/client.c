@@ -399,10 +399,14 @@ typedef struct tx {
     struct evbuffer *body; /* encoded, with the final dot */
     smtpcli_response rset, mail, data, dot;
     size_t n_accepted;
-    bool abandon;    /* DATA was accepted with nobody to deliver to: lone dot */
-    bool saw_421;    /* the server is closing the connection */
-    bool desync;     /* replies and commands are out of step */
-    bool finish_now; /* decided before any I/O: finish from the deferred event */
+    bool abandon;     /* DATA was accepted with nobody to deliver to: lone dot */
+    bool saw_421;     /* the server is closing the connection */
+    bool desync;      /* replies and commands are out of step */
+    bool finish_now;  /* decided before any I/O: finish from the deferred event */
+    bool fail_now;    /* a write behind it failed: fail it from the deferred event */
+    bool behind;      /* queued with smtpcli_send_next */
+    bool any_reply;   /* a reply to one of its commands (or its dot) was read */
+    bool body_queued; /* its body and dot are written or queued */
 } tx;
 
 struct smtpcli {
@@ -441,6 +445,8 @@ struct smtpcli {
     void *ready_ud;
     smtpcli_closed_fn on_closed;
     void *closed_ud;
+    smtpcli_body_fn on_body;
+    void *body_ud;
 
     smtpcli_caps caps;
     bool tried_helo;
@@ -462,6 +468,11 @@ struct smtpcli {
     smtpcli_response pending_resp;
 
     tx *tx;
+    /* smtpcli_send_next: the transaction after tx; its commands go out
+     * behind tx's dot. tail_after_body: bytes written behind the last body
+     * queued, so that "the body is out" is "no more than that pending". */
+    tx *next;
+    size_t tail_after_body;
     trace_conn *trace; /* NULL unless traced */
     bool trace_mute;   /* AUTH credentials are not traced */
 };
@@ -471,6 +482,10 @@ static void cli_write_cb(struct bufferevent *bev, void *arg);
 static void cli_event_cb(struct bufferevent *bev, short what, void *arg);
 static void cli_process_input(smtpcli *c);
 static void tx_finish(smtpcli *c, const smtpcli_response *failure);
+static void tx_continue(smtpcli *c, const struct tx *prev, const smtpcli_response *failure);
+static int tx_write_behind(smtpcli *c);
+static int tx_write_group(smtpcli *c, struct tx *t);
+static void tx_build_cmds(smtpcli *c, struct tx *t, bool rset);
 
 /* ---- responses ---- */
 
@@ -627,6 +642,7 @@ static void tx_free(tx *t);
 static void cli_free(smtpcli *c)
 {
     tx_free(c->tx);
+    tx_free(c->next);
     if (c->outq)
         evbuffer_free(c->outq);
     if (c->inq)
@@ -718,10 +734,13 @@ static void cli_flush(smtpcli *c)
     (void)net_write_through(c->outq, c->bev);
 }
 
-/* Nothing of ours is waiting to be written. */
-static bool cli_out_empty(smtpcli *c)
+/* Bytes of ours still waiting to be written. */
+static size_t cli_out_len(smtpcli *c)
 {
-    return c->bev && net_out_empty(c->filtered ? NULL : c->outq, c->bev);
+    if (!c->bev)
+        return 0;
+    return (c->filtered ? 0 : evbuffer_get_length(c->outq)) +
+           evbuffer_get_length(bufferevent_get_output(c->bev));
 }
 
 static int cli_write(smtpcli *c, const char *s, size_t n)
@@ -1231,15 +1250,28 @@ static void tx_after_data(smtpcli *c)
         if (p)
             trace_conn_emit(c->trace, TRACE_WRITE, NULL, p, shown);
     }
+    if (!c->next && c->on_body && !c->released && smtpcli_pipelines(c))
+        c->on_body(c, c->body_ud); /* may queue the next transaction */
+    c->tail_after_body = 0;
+    t->body_queued = true;
+    c->corked = true;
     if (c->filtered ? bufferevent_write_buffer(c->bev, t->body) != 0
                     : evbuffer_add_buffer(c->outq, t->body) != 0) {
+        c->corked = false;
         tx_write_failed(c, KERR_NOMEM);
+        return;
+    }
+    /* the next transaction's commands leave in the same write */
+    int rc = tx_write_behind(c);
+    c->corked = false;
+    if (rc) {
+        tx_write_failed(c, rc);
         return;
     }
     cli_flush(c);
     set_detail(c, "sending %zu bytes of message data", len);
     smtpcli_set_state(c, CS_BODY);
-    if (!c->filtered && cli_out_empty(c)) {
+    if (!c->filtered && cli_out_len(c) <= c->tail_after_body) {
         /* the kernel took it all at once: no write callback will come */
         set_detail(c, ".");
         smtpcli_set_state(c, CS_DATA_DOT);
@@ -1249,14 +1281,16 @@ static void tx_after_data(smtpcli *c)
 static void tx_on_reply(smtpcli *c, const smtpcli_reply *r)
 {
     tx *t = c->tx;
+    t->any_reply = true;
     if (r->code == 421)
         t->saw_421 = true;
     if (c->state == CS_BODY || c->state == CS_DATA_DOT) {
         /* A reply while the body is still going out can only be the
          * server giving up on it: take it as the answer to the dot, and
          * since the rest of the body would now be read as commands, the
-         * connection is not used again. */
-        if (c->state == CS_BODY)
+         * connection is not used again. (Only commands written behind the
+         * dot may still be pending: then the body is out.) */
+        if (c->state == CS_BODY && cli_out_len(c) > c->tail_after_body)
             t->desync = true;
         resp_from_reply(&t->dot, r, ".\r\n");
         tx_finish(c, NULL);
@@ -1319,32 +1353,80 @@ static void tx_finish(smtpcli *c, const smtpcli_response *failure)
      * enable_rset (postfix may count RSET as junk, so the first message
      * of a connection never starts with one). */
     c->use_rset = clean ? c->enable_rset : true;
+    tx *nx = c->next;
+    c->next = NULL;
     if (!failure && c->bev) {
         if (t->saw_421 || t->desync) {
             conn_close(c);
-        } else {
+        } else if (!nx) {
             set_detail(c, "idle");
             smtpcli_set_state(c, CS_READY);
         }
     }
-    smtpcli_result res = {.rcpts = t->res, .n_rcpts = t->n, .transport_failed = failure != NULL};
-    c->tx = NULL;
+    smtpcli_result res = {.rcpts = t->res,
+                          .n_rcpts = t->n,
+                          .transport_failed = failure != NULL,
+                          .unanswered = failure && t->behind && !t->any_reply};
+    /* The next transaction is the session's before done runs, so that the
+     * owner can queue the one after it from there. */
+    c->tx = nx;
     if (!c->released)
         t->done(c, &res, t->ud);
+    if (nx && !c->released && c->tx == nx)
+        tx_continue(c, t, failure);
     tx_free(t);
 }
 
-int smtpcli_send(smtpcli *c, const char *sender, const char *const *rcpts, size_t n,
-                 const char *data, size_t len, smtpcli_done_fn done, void *ud)
+/* prev ended and nx (queued behind it) is the session's transaction: it
+ * waits for its replies, starts now, or fails with the connection. */
+static void tx_continue(smtpcli *c, const tx *prev, const smtpcli_response *failure)
 {
-    if (!c || c->tx || n == 0 || !done || !sender || has_crlf(sender))
+    tx *nx = c->tx;
+    if (!c->bev) {
+        /* the connection ended with prev: nothing of nx was answered */
+        smtpcli_response r = {0};
+        if (failure)
+            resp_copy(&r, failure);
+        else if (prev->saw_421 && prev->dot.code == 421)
+            resp_copy(&r, &prev->dot);
+        else
+            resp_internal(&r, 400, 0, 0, 0, NULL,
+                          "failed to send message: the connection closed after the previous "
+                          "message");
+        tx_finish(c, &r);
+        resp_clear(&r);
+        return;
+    }
+    if (nx->finish_now) {
+        event_active(c->defer_ev, EV_TIMEOUT, 0);
+        return;
+    }
+    if (nx->sent > 0) {
+        tx_await(c);
+        return;
+    }
+    /* prev ended before its body: nx starts as smtpcli_send would */
+    tx_build_cmds(c, nx, c->use_rset);
+    c->use_rset = true;
+    int rc = tx_write_group(c, nx);
+    if (rc) {
+        tx_write_failed(c, rc);
+        return;
+    }
+    tx_await(c);
+}
+
+/* A transaction for sender/rcpts/data, not yet the session's: copies,
+ * the encoded body, MAIL, RCPT and DATA lines (cmds[0..n+2); RSET is
+ * added by tx_build_cmds), and KumoMTA's 8-bit checks (finish_now). */
+static int tx_new(smtpcli *c, const char *sender, const char *const *rcpts, size_t n,
+                  const char *data, size_t len, smtpcli_done_fn done, void *ud, tx **out)
+{
+    if (n == 0 || !done || !sender || has_crlf(sender))
         return KERR_INVAL;
     for (size_t i = 0; i < n; i++)
         if (!rcpts[i] || has_crlf(rcpts[i]))
             return KERR_INVAL;
-    if (!smtpcli_usable(c))
-        return KERR_IO;
-
     tx *t = calloc(1, sizeof(*t));
     if (!t)
         return KERR_NOMEM;
@@ -1367,7 +1449,7 @@ int smtpcli_send(smtpcli *c, const char *sender, const char *const *rcpts, size_
         t->res[i].recipient = t->rcpts[i];
         env8 |= is_8bit(rcpts[i]);
     }
-    c->tx = t;
+    *out = t;
 
     /* KumoMTA's 8-bit checks, before anything is written */
     const char *body_param = "", *utf8_param = "";
@@ -1390,14 +1472,9 @@ int smtpcli_send(smtpcli *c, const char *sender, const char *const *rcpts, size_
             t->finish_now = true;
         }
     }
-    if (t->finish_now) {
-        event_active(c->defer_ev, EV_TIMEOUT, 0);
+    if (t->finish_now)
         return 0;
-    }
-
     size_t k = 0;
-    if (c->use_rset)
-        t->cmds[k++] = (txcmd){.kind = CK_RSET, .line = xasprintf("RSET\r\n")};
     t->cmds[k++] =
         (txcmd){.kind = CK_MAIL,
                 .line = xasprintf("MAIL FROM:<%s>%s%s\r\n", sender, body_param, utf8_param)};
@@ -1406,34 +1483,128 @@ int smtpcli_send(smtpcli *c, const char *sender, const char *const *rcpts, size_
             (txcmd){.kind = CK_RCPT, .rcpt = i, .line = xasprintf("RCPT TO:<%s>\r\n", rcpts[i])};
     t->cmds[k++] = (txcmd){.kind = CK_DATA, .line = xasprintf("DATA\r\n")};
     t->n_cmds = k;
+    return 0;
+}
+
+/* Puts RSET in front of the commands when rset. */
+static void tx_build_cmds(smtpcli *c, tx *t, bool rset)
+{
+    (void)c;
+    if (!rset)
+        return;
+    memmove(t->cmds + 1, t->cmds, t->n_cmds * sizeof(*t->cmds));
+    t->cmds[0] = (txcmd){.kind = CK_RSET, .line = xasprintf("RSET\r\n")};
+    t->n_cmds++;
+}
+
+/* Writes t's first group: every command up to DATA when pipelining (RFC
+ * 2920 §3.1: DATA may end a group; the body waits for 354), else the first
+ * one. It all goes to the output before we return to the loop, so it
+ * leaves in one write (with whatever was queued before it). Returns 0 or
+ * the error of a failed write (part of the group may be queued). */
+static int tx_write_group(smtpcli *c, tx *t)
+{
+    bool pipeline = c->enable_pipelining && c->caps.pipelining;
+    size_t upto = pipeline ? t->n_cmds : 1;
+    bool was_corked = c->corked;
+    c->corked = true;
+    int rc = 0;
+    for (size_t i = t->sent; i < upto && !rc; i++) {
+        rc = cli_write(c, t->cmds[i].line, strlen(t->cmds[i].line));
+        if (!rc)
+            t->sent++;
+    }
+    c->corked = was_corked;
+    if (!rc)
+        cli_flush(c);
+    DTRACE(CMOD, "%s peer=%s transaction: %zu recipient(s), %zu bytes, %s%s", c->logid, c->peer_str,
+           t->n, evbuffer_get_length(t->body), pipeline ? "pipelined" : "lock-step",
+           t->behind ? " behind the previous message" : "");
+    return rc;
+}
+
+/* The current transaction's body and dot are queued: the next transaction's
+ * commands go behind them (RSET first when enable_rset; the reply to the
+ * dot ends the current transaction whatever it says, RFC 5321 4.1.1.4). */
+static int tx_write_behind(smtpcli *c)
+{
+    tx *nx = c->next;
+    if (!nx || nx->sent || nx->finish_now || nx->fail_now || !c->bev)
+        return 0;
+    tx_build_cmds(c, nx, c->enable_rset);
+    size_t bytes = 0;
+    for (size_t i = 0; i < nx->n_cmds; i++)
+        bytes += strlen(nx->cmds[i].line);
+    c->tail_after_body = bytes;
+    return tx_write_group(c, nx);
+}
+
+int smtpcli_send(smtpcli *c, const char *sender, const char *const *rcpts, size_t n,
+                 const char *data, size_t len, smtpcli_done_fn done, void *ud)
+{
+    if (!c || c->tx || c->next)
+        return KERR_INVAL;
+    tx *t = NULL;
+    int rc = tx_new(c, sender, rcpts, n, data, len, done, ud, &t);
+    if (rc == KERR_INVAL)
+        return rc;
+    if (!smtpcli_usable(c)) {
+        tx_free(t);
+        return KERR_IO;
+    }
+    if (rc)
+        return rc;
+    c->tx = t;
+    if (t->finish_now) {
+        event_active(c->defer_ev, EV_TIMEOUT, 0);
+        return 0;
+    }
+    tx_build_cmds(c, t, c->use_rset);
     /* Assume the worst until the transaction ends cleanly. */
     c->use_rset = true;
-
-    bool pipeline = c->enable_pipelining && c->caps.pipelining;
-    /* RFC 2920 §3.1: DATA may end a group; the body waits for 354. The
-     * whole group goes to the bufferevent before we return to the loop, so
-     * it leaves in one write. */
-    size_t upto = pipeline ? k : 1;
-    c->corked = true;
-    for (size_t i = 0; i < upto; i++) {
-        int rc = cli_write(c, t->cmds[i].line, strlen(t->cmds[i].line));
-        if (rc) {
-            c->corked = false;
-            /* part of the group may be queued: the connection is out of
-             * step, so it closes; done hears about it from the loop */
-            resp_internal(&t->mail, 400, 0, 0, 0, NULL, "failed to send message: %s", kerr_str(rc));
-            conn_close(c);
-            t->finish_now = true;
-            event_active(c->defer_ev, EV_TIMEOUT, 0);
-            return 0;
-        }
-        t->sent++;
+    rc = tx_write_group(c, t);
+    if (rc) {
+        /* part of the group may be queued: the connection is out of
+         * step, so it closes; done hears about it from the loop */
+        resp_internal(&t->mail, 400, 0, 0, 0, NULL, "failed to send message: %s", kerr_str(rc));
+        conn_close(c);
+        t->finish_now = true;
+        event_active(c->defer_ev, EV_TIMEOUT, 0);
+        return 0;
     }
-    c->corked = false;
-    cli_flush(c);
-    DTRACE(CMOD, "%s peer=%s transaction: %zu recipient(s), %zu bytes, %s", c->logid, c->peer_str,
-           n, evbuffer_get_length(t->body), pipeline ? "pipelined" : "lock-step");
     tx_await(c);
+    return 0;
+}
+
+bool smtpcli_pipelines(const smtpcli *c)
+{
+    return c && c->enable_pipelining && c->caps.pipelining;
+}
+
+int smtpcli_send_next(smtpcli *c, const char *sender, const char *const *rcpts, size_t n,
+                      const char *data, size_t len, smtpcli_done_fn done, void *ud)
+{
+    if (!c || !c->tx || c->next)
+        return KERR_INVAL;
+    if (!smtpcli_pipelines(c) || !c->bev || c->released)
+        return KERR_IO;
+    tx *t = NULL;
+    int rc = tx_new(c, sender, rcpts, n, data, len, done, ud, &t);
+    if (rc)
+        return rc;
+    t->behind = true;
+    c->next = t;
+    tx *cur = c->tx;
+    if (cur->body_queued) {
+        /* the current body is queued or out already: go now */
+        rc = tx_write_behind(c);
+        if (rc) {
+            /* part of it may be queued: out of step; both fail from the loop */
+            conn_close(c);
+            cur->fail_now = true;
+            event_active(c->defer_ev, EV_TIMEOUT, 0);
+        }
+    }
     return 0;
 }
 
@@ -1645,7 +1816,7 @@ static void cli_write_cb(struct bufferevent *bev, void *arg)
     smtpcli *c = arg;
     if (c->state != CS_BODY)
         return;
-    if (evbuffer_get_length(bufferevent_get_output(bev)) > 0) {
+    if (evbuffer_get_length(bufferevent_get_output(bev)) > c->tail_after_body) {
         /* the body is draining: progress, and the data timer measures stalls */
         smtpcli_set_state(c, CS_BODY);
         return;
@@ -1782,6 +1953,13 @@ static void cli_deferred_cb(evutil_socket_t fd, short what, void *arg)
         int err = c->pending_err;
         c->pending_err = 0;
         fail_ready(c, err, &c->pending_resp);
+        return;
+    }
+    if (c->tx && c->tx->fail_now) {
+        smtpcli_response r = {0};
+        resp_internal(&r, 400, 0, 0, 0, NULL, "failed to send message: %s", kerr_str(KERR_NOMEM));
+        tx_finish(c, &r);
+        resp_clear(&r);
         return;
     }
     if (c->tx && c->tx->finish_now)
@@ -1924,6 +2102,12 @@ smtpcli *smtpcli_connect(struct event_base *base, const struct sockaddr *addr, s
     return c;
 }
 
+void smtpcli_set_body_cb(smtpcli *c, smtpcli_body_fn fn, void *ud)
+{
+    c->on_body = fn;
+    c->body_ud = ud;
+}
+
 void smtpcli_set_closed_cb(smtpcli *c, smtpcli_closed_fn fn, void *ud)
 {
     c->on_closed = fn;
@@ -1979,6 +2163,12 @@ int64_t smtpcli_state_since_ns(const smtpcli *c)
 bool smtpcli_usable(const smtpcli *c)
 {
     return c && !c->released && c->bev && c->state == CS_READY && !c->tx && c->ready_reported;
+}
+
+bool smtpcli_alive(const smtpcli *c)
+{
+    return c && !c->released && c->bev && c->ready_reported && c->state != CS_CLOSED &&
+           c->state != CS_QUIT;
 }
 
 const char *smtpcli_peer(const smtpcli *c)

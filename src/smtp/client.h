@@ -141,6 +141,12 @@ typedef struct smtpcli_result {
      * the transaction; it is not reusable. Recipients without a definite
      * answer carry a "KumoMTA internal" response. */
     bool transport_failed;
+    /* With transport_failed: the transaction was queued behind another
+     * (smtpcli_send_next) and the connection ended before any of its
+     * commands was answered (e.g. the server said 421 after the previous
+     * message's dot and closed): the server never acted on it, so it is
+     * no attempt. */
+    bool unanswered;
 } smtpcli_result;
 
 /* res and everything in it are valid during the call only. */
@@ -159,6 +165,33 @@ typedef void (*smtpcli_done_fn)(smtpcli *cli, const smtpcli_result *res, void *u
  * is not usable: see smtpcli_usable). */
 int smtpcli_send(smtpcli *cli, const char *sender, const char *const *rcpts, size_t n,
                  const char *data, size_t len, smtpcli_done_fn done, void *ud);
+
+/* Whether transactions are pipelined on this session (enable_pipelining and
+ * the server offered PIPELINING): smtpcli_send_next can be used. */
+bool smtpcli_pipelines(const smtpcli *cli);
+
+/* RFC 2920 across transactions: queues the next transaction while one is in
+ * progress (one at most). Its [RSET] MAIL, RCPT... DATA are written right
+ * behind the current transaction's final dot, in the same write when the
+ * body is still to go out, so the dot's reply and theirs come back
+ * together: one round trip per message. RSET goes first when enable_rset
+ * (the server ends the current transaction with its reply to the dot,
+ * whatever it is). If the current transaction ends before its body is sent
+ * (MAIL, every RCPT or DATA refused), the queued one starts afterwards as
+ * smtpcli_send would start it. done of the current transaction is called
+ * first, then this one's; a failure of the current dot is the current
+ * transaction's only. Arguments and copies as smtpcli_send. Returns 0,
+ * KERR_INVAL (no transaction in progress, one already queued, bad
+ * arguments) or KERR_IO (the session does not pipeline, or is closed). */
+int smtpcli_send_next(smtpcli *cli, const char *sender, const char *const *rcpts, size_t n,
+                      const char *data, size_t len, smtpcli_done_fn done, void *ud);
+
+/* Called when a transaction's body is about to be written and no
+ * transaction is queued behind it (pipelining sessions only): the last
+ * moment for smtpcli_send_next to put the next envelope in the same write.
+ * The callback may call smtpcli_send_next and nothing else of this API. */
+typedef void (*smtpcli_body_fn)(smtpcli *cli, void *ud);
+void smtpcli_set_body_cb(smtpcli *cli, smtpcli_body_fn fn, void *ud);
 
 /* Called at most once, when a ready, idle session ends by itself: the server
  * closed it or sent a 421, or idle_timeout passed (the session then says
@@ -187,6 +220,8 @@ int64_t smtpcli_last_progress_ns(const smtpcli *cli);
 int64_t smtpcli_state_since_ns(const smtpcli *cli);
 /* Ready, idle and the connection intact. */
 bool smtpcli_usable(const smtpcli *cli);
+/* The connection is up (ready, or in a transaction) and not released. */
+bool smtpcli_alive(const smtpcli *cli);
 /* "ip:port" of the server. */
 const char *smtpcli_peer(const smtpcli *cli);
 /* The local address of the connection (after connecting), else NULL. */
