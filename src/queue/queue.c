@@ -27,6 +27,7 @@
 #include <stdlib.h>
 
 #include "queue/queue_int.h"
+#include "queue/select_source.h"
 
 atomic_llong st_scheduled, st_ready, st_in_flight, st_sched_queues, st_ready_queues;
 atomic_ullong st_delivered, st_transfail, st_failed, st_expired, st_watchdog;
@@ -89,6 +90,7 @@ void queue_reactor_shutdown(void)
             readyq_free(rq);
         }
     }
+    selsrc_reactor_shutdown();
     free(t);
     reactor_set_slot(r, REACTOR_SLOT_QUEUES, NULL);
     queues_down = true;

@@ -142,7 +142,7 @@ struct take_job {
     char *name; /* the entry may have been rebuilt meanwhile */
 };
 
-static unsigned batch_for(const throttle_spec *s)
+unsigned rqthr_batch_for(const throttle_spec *s)
 {
     double per_sec = rate_of(s);
     double want = per_sec / 20.0;
@@ -204,7 +204,7 @@ static int64_t check(rqthr *t, tlist *list)
         j->t = t;
         j->list = list;
         j->name = strdup(e->name);
-        if (shthrottle_take(e->name, &e->spec, batch_for(&e->spec), &r, take_done, j) == 0) {
+        if (shthrottle_take(e->name, &e->spec, rqthr_batch_for(&e->spec), &r, take_done, j) == 0) {
             free(j->name);
             free(j);
             apply(e, &r);
