@@ -339,3 +339,25 @@ end)
     assert m and int(m.group(1)) >= 2, text[-3000:]
     assert "redis_operation_latency_count" in text
     a.stop()
+
+
+def test_orderly_shutdown_releases_leases(tmp_path, redis, peer):
+    """A node stopped with SIGTERM gives its connection-limit leases back at
+    once: the other node does not wait for them to lapse."""
+    pol = policy(peer, redis.port, "connection_limit = 1")
+    a = kh.Kumod(tmp_path / "a", policy=pol).start()
+    b = kh.Kumod(tmp_path / "b", policy=pol).start()
+    peer.hang_dots = 1  # a's connection hangs on its message: it holds the lease
+    inject(a, 1, "A")
+    wait_until(lambda: peer.hung == 1, timeout=10, what="a's connection to hang")
+    keys = [k for k in (redis.cmd("--scan", "--pattern", "kumod:lease:*") or "").split() if k]
+    assert len(keys) == 1, keys
+    assert redis.cmd("ZCARD", keys[0]) == "1"
+    a.stop()
+    # released, not lapsed (a lapse takes up to 10 s)
+    assert redis.cmd("ZCARD", keys[0]) == "0", redis.cmd("ZRANGE", keys[0], "0", "-1")
+    t_stop = time.monotonic()
+    inject(b, 2, "B")
+    wait_until(lambda: len(delivered(peer, "B")) == 2, timeout=30, what="b to deliver")
+    assert time.monotonic() - t_stop < 5.0
+    b.stop()
