@@ -310,6 +310,10 @@ static void lease_retry_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     rqthr *t = arg;
+    /* the timer is the authority: it may fire a little before the
+     * monotonic clock reaches lease_blocked_until_ns, and a queue still
+     * "blocked" then would never be looked at again */
+    t->lease_blocked_until_ns = 0;
     if (t->rq)
         readyq_maintain(t->rq);
 }
