@@ -8,6 +8,8 @@
  *   qmsg.c     the queued message, insert reasons, log records, spool loads
  *   schedq.c   scheduled queues: configuration, placement, retry timers,
  *              expiry, making a message ready, direct protocols
+ *   select_source.c  the egress source of a message made ready (pool
+ *              round robin with the paths' source selection rates)
  *   recovery.c start-up enumeration of the spool
  *   readyq.c   ready queues: configuration, admission
  *   dispatch.c dispatchers (the delivery-protocol interface of dispatch.h),

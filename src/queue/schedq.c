@@ -4,7 +4,8 @@
  * here on the timer wheel until it is due (first attempt, retry with
  * backoff, a delivery window of set_scheduling), expires past max_age, and
  * when due is made ready: it goes to its ready queue
- * (<source>-><site>@<protocol>) on that queue's owner, or, for a protocol
+ * (<source>-><site>@<protocol>, the source picked by select_source.c) on
+ * that queue's owner, or, for a protocol
  * without ready queues (maildir, null), is delivered from here through the
  * delivery-protocol interface (queue/dispatch.h).
  *
