@@ -27,7 +27,6 @@
 #include <stdlib.h>
 
 #include "queue/queue_int.h"
-#include "queue/select_source.h"
 
 atomic_llong st_scheduled, st_ready, st_in_flight, st_sched_queues, st_ready_queues;
 atomic_ullong st_delivered, st_transfail, st_failed, st_expired, st_watchdog;

@@ -335,6 +335,12 @@ void sched_release(schedq *sq, qmsg *q);
 void expire_message(qmsg *q, const char *queue, const char *content, const char *pool,
                     const char *provider);
 
+/* ---- source selection, select_source.c ------------------------------------------------ */
+
+/* The calling reactor's cache of source selection rates and the messages
+ * waiting on it go (queue shutdown). */
+void selsrc_reactor_shutdown(void);
+
 /* ---- start-up enumeration, recovery.c ----------------------------------------------- */
 
 /* n enumerated messages are back in their scheduled queues. Any reactor. */

@@ -16,8 +16,6 @@ typedef void (*selsrc_cont)(schedq *sq, qmsg *q, const char *source);
  * TransientFailure, retried with an attempt, as KumoMTA does). */
 void selsrc_pick(schedq *sq, qmsg *q, selsrc_cont cont);
 
-/* The calling reactor's path cache and the messages waiting on it go
- * (queue shutdown). */
-void selsrc_reactor_shutdown(void);
+/* selsrc_reactor_shutdown() is declared in queue_int.h (queue.c calls it). */
 
 #endif
