@@ -9,13 +9,17 @@
  * attempt, as KumoMTA does. A queue without a pool has the one source
  * "unspecified", which is checked the same way.
  *
- * The source is chosen before the ready queue (which owns the egress path
- * config) is known, so this file keeps its own cache, per reactor, of the
- * selection rates of each (domain, source, ready queue) it has asked
- * get_egress_path_config about: one call per path per refresh_interval (or
- * config epoch, with refresh_strategy Epoch), never one per message; a
- * stale entry keeps answering while it is refreshed. Messages that need an
- * entry still loading wait on it.
+ * The source is chosen before the message reaches its ready queue, which
+ * owns the egress path config on its own reactor. So each ready queue,
+ * once configured, publishes its selection rates in a process-wide table
+ * (selsrc_publish, under a mutex); a scheduled queue's reactor keeps its
+ * own view of the entries it uses (with the token credit), brought up to
+ * date when the published generation changes. A candidate whose ready
+ * queue does not exist yet has it made and configured on its owner
+ * (readyq_prepare_remote: get_egress_path_config runs there, once, as for
+ * any ready queue), and the messages that need it wait until it
+ * publishes. No Lua call here: per message, one hash lookup under the
+ * mutex per candidate.
  *
  * The throttles are those of net/shthrottle.h, under KumoMTA's names
  * ("kumomta.source_selection_rate.<ready queue>.<source>" and the
@@ -23,15 +27,16 @@
  * kumo.configure_redis_throttles is on (tokens taken in batches as the
  * ready queues do, queue/throttle_shared.h), in-process otherwise.
  *
- * Threads: the scheduled queue's owner reactor; the cache is per reactor.
- * Failures: a policy error in get_egress_path_config is logged and the
- * path counts as having no selection rates until the next try a minute
- * later (the ready queue reports the same error); Redis errors are
- * answered in-process by shthrottle; at shutdown the waiting messages are
- * freed (they are in the spool) and late answers find queues_down. */
+ * Threads: the scheduled queue's owner reactor, except selsrc_publish /
+ * selsrc_unpublish (a ready queue's owner) and the published table (its
+ * mutex). Failures: a ready queue that cannot be configured publishes no
+ * rates (the message goes on; the ready queue reports the error); Redis
+ * errors are answered in-process by shthrottle; at shutdown the waiting
+ * messages are freed (they are in the spool) and late answers find
+ * queues_down. */
 #include "queue/select_source.h"
 
-#include <lauxlib.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,7 +50,6 @@
 
 #define PBUCKETS 256
 #define CREDIT_TTL_NS (1LL * NS_PER_SEC)
-#define FAILED_RETRY_NS (60LL * NS_PER_SEC)
 #define MAX_CANDIDATES 256
 
 typedef struct sthr {
@@ -58,17 +62,16 @@ typedef struct sthr {
 
 struct seljob;
 
+/* What a scheduled queue's reactor knows of one ready queue's selection
+ * rates, with its token credit and the jobs waiting. */
 typedef struct pentry {
     struct pentry *next;
-    char *key; /* domain "\x01" ready queue name */
+    char *key; /* the ready queue name */
     bool loaded;
-    klua_call *call; /* get_egress_path_config in flight */
-    sthr *t;         /* smallest rate first */
+    bool asked;   /* a waiter of the published entry: woken when it loads */
+    sthr *t;      /* smallest rate first */
     size_t n;
-    unsigned gen; /* bumped when t is rebuilt */
-    int64_t loaded_ns, refresh_ns;
-    bool refresh_epoch;
-    unsigned epoch;
+    unsigned gen; /* of the published rates it was built from */
     struct seljob *waiters;
 } pentry;
 
@@ -92,7 +95,133 @@ typedef struct seljob {
 
 static void job_step(seljob *j);
 
-/* ---- the path cache ------------------------------------------------------------------------- */
+/* ---- what the ready queues published (process-wide) ------------------------------------------ */
+
+typedef struct pwait {
+    struct pwait *next;
+    reactor *r;
+} pwait;
+
+typedef struct pub {
+    struct pub *next;
+    char *name;
+    named_throttle *t;
+    size_t n;
+    unsigned gen;
+    bool loaded;
+    pwait *waiters;
+} pub;
+
+#define PUB_BUCKETS 1024
+static pthread_mutex_t pub_mu = PTHREAD_MUTEX_INITIALIZER;
+static pub *pub_tab[PUB_BUCKETS];
+static unsigned pub_gen;
+
+static pub **pub_slot(const char *name)
+{
+    pub **pp = &pub_tab[name_hash(name) % PUB_BUCKETS];
+    while (*pp && strcmp((*pp)->name, name) != 0)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+static void pub_clear(pub *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        free(p->t[i].name);
+    free(p->t);
+    p->t = NULL;
+    p->n = 0;
+}
+
+static void wake_on_reactor(void *arg);
+
+static void notify(pwait *w, const char *name)
+{
+    while (w) {
+        pwait *next = w->next;
+        reactor_post(w->r, wake_on_reactor, strdup(name));
+        free(w);
+        w = next;
+    }
+}
+
+void selsrc_publish(const char *rq_name, const egress_path_config *cfg)
+{
+    pthread_mutex_lock(&pub_mu);
+    pub **pp = pub_slot(rq_name);
+    pub *p = *pp;
+    if (!p) {
+        p = calloc(1, sizeof(*p));
+        if (!p)
+            abort();
+        p->name = strdup(rq_name);
+        *pp = p;
+    }
+    pub_clear(p);
+    size_t n = cfg ? cfg->n_add_selection_rates + (cfg->has_source_selection_rate ? 1 : 0) : 0;
+    if (n) {
+        p->t = calloc(n, sizeof(*p->t));
+        if (!p->t)
+            abort();
+    }
+    if (cfg && cfg->has_source_selection_rate) {
+        const char *arrow = strstr(rq_name, "->");
+        int slen = arrow ? (int)(arrow - rq_name) : 0;
+        char name[4400];
+        snprintf(name, sizeof(name), "kumomta.source_selection_rate.%.3000s.%.*s", rq_name,
+                 slen, rq_name);
+        p->t[p->n].name = strdup(name);
+        p->t[p->n++].spec = cfg->source_selection_rate;
+    }
+    for (size_t i = 0; cfg && i < cfg->n_add_selection_rates; i++) {
+        p->t[p->n].name = strdup(cfg->add_selection_rates[i].name);
+        p->t[p->n++].spec = cfg->add_selection_rates[i].spec;
+    }
+    p->gen = ++pub_gen;
+    p->loaded = true;
+    pwait *w = p->waiters;
+    p->waiters = NULL;
+    pthread_mutex_unlock(&pub_mu);
+    notify(w, rq_name);
+}
+
+void selsrc_unpublish(const char *rq_name)
+{
+    pthread_mutex_lock(&pub_mu);
+    pub **pp = pub_slot(rq_name);
+    pub *p = *pp;
+    if (p)
+        *pp = p->next;
+    pthread_mutex_unlock(&pub_mu);
+    if (!p)
+        return;
+    /* anyone still waiting asks again (the ready queue is made anew) */
+    notify(p->waiters, rq_name);
+    pub_clear(p);
+    free(p->name);
+    free(p);
+}
+
+void selsrc_free_all(void)
+{
+    pthread_mutex_lock(&pub_mu);
+    for (size_t b = 0; b < PUB_BUCKETS; b++)
+        while (pub_tab[b]) {
+            pub *p = pub_tab[b];
+            pub_tab[b] = p->next;
+            for (pwait *w = p->waiters, *next; w; w = next) {
+                next = w->next;
+                free(w);
+            }
+            pub_clear(p);
+            free(p->name);
+            free(p);
+        }
+    pthread_mutex_unlock(&pub_mu);
+}
+
+/* ---- the per-reactor view ---------------------------------------------------------------- */
 
 static void entry_clear(pentry *e)
 {
@@ -143,76 +272,60 @@ static void wake_waiters(pentry *e)
     }
 }
 
-static void path_loaded(klua_call *c, int status, void *ud)
+/* Brings e up to date with what its ready queue published. Returns true
+ * when the ready queue must be asked to configure itself (nothing
+ * published yet); e is then not loaded and waits. */
+static bool entry_sync(pentry *e)
 {
-    pentry *e = ud;
-    e->call = NULL;
-    const char *rq_name = strchr(e->key, '\x01') + 1;
-    egress_path_config cfg;
-    egress_path_defaults(&cfg);
-    if (status != KLUA_OK) {
-        DERROR(QMOD, "ready_queue=%s get_egress_path_config failed; no source selection rates "
-                     "apply until it is asked again in 60s: %s",
-               rq_name, klua_call_error(c));
-        cfg.refresh_interval_ns = FAILED_RETRY_NS;
+    bool ask = false;
+    pthread_mutex_lock(&pub_mu);
+    pub **pp = pub_slot(e->key);
+    pub *p = *pp;
+    if (!p) {
+        p = calloc(1, sizeof(*p));
+        if (!p)
+            abort();
+        p->name = strdup(e->key);
+        *pp = p;
+        ask = true;
+    }
+    if (p->loaded) {
+        if (!e->loaded || e->gen != p->gen) {
+            entry_clear(e);
+            for (size_t i = 0; i < p->n; i++)
+                add_thr(e, p->t[i].name, &p->t[i].spec);
+            e->gen = p->gen;
+        }
+        e->loaded = true;
     } else {
-        lua_State *L = klua_call_thread(c);
-        if (klua_call_nresults(c) >= 1 && lua_type(L, 1) == LUA_TTABLE) {
-            char err[512];
-            json_t *j = klua_to_json(L, 1, err, sizeof(err));
-            int rc = j ? egress_path_from_json(j, &cfg, err, sizeof(err)) : KERR_PARSE;
-            json_decref(j);
-            if (rc) {
-                egress_path_fini(&cfg);
-                egress_path_defaults(&cfg);
-                cfg.refresh_interval_ns = FAILED_RETRY_NS;
-            }
+        e->loaded = false;
+        if (!e->asked) {
+            pwait *w = calloc(1, sizeof(*w));
+            if (!w)
+                abort();
+            w->r = reactor_current();
+            w->next = p->waiters;
+            p->waiters = w;
+            e->asked = true;
         }
     }
-    entry_clear(e);
-    e->gen++;
-    if (cfg.has_source_selection_rate) {
-        const char *arrow = strstr(rq_name, "->");
-        char name[4400];
-        snprintf(name, sizeof(name), "kumomta.source_selection_rate.%s.%.*s", rq_name,
-                 (int)(arrow - rq_name), rq_name);
-        add_thr(e, name, &cfg.source_selection_rate);
-    }
-    for (size_t i = 0; i < cfg.n_add_selection_rates; i++)
-        add_thr(e, cfg.add_selection_rates[i].name, &cfg.add_selection_rates[i].spec);
-    e->loaded = true;
-    e->loaded_ns = clock_mono_ns();
-    e->refresh_ns = cfg.refresh_interval_ns;
-    e->refresh_epoch = cfg.refresh_epoch;
-    e->epoch = klua_config_epoch();
-    egress_path_fini(&cfg);
-    wake_waiters(e);
+    pthread_mutex_unlock(&pub_mu);
+    return ask;
 }
 
-static void entry_load(pentry *e, const char *domain, const char *source, const char *site)
+static void wake_on_reactor(void *arg)
 {
-    klua *vm = klua_current();
-    if (!vm || !klua_has_handler(vm, "get_egress_path_config")) {
-        e->loaded = true;
-        e->loaded_ns = clock_mono_ns();
-        e->refresh_ns = 60 * NS_PER_SEC;
-        e->refresh_epoch = true; /* a reload may add the handler */
-        e->epoch = klua_config_epoch();
+    char *name = arg;
+    pentry *e = NULL;
+    if (!queues_down && ptab)
+        for (e = ptab->b[name_hash(name) % PBUCKETS]; e && strcmp(e->key, name) != 0;)
+            e = e->next;
+    free(name);
+    if (!e)
         return;
-    }
-    klua_call *c;
-    lua_State *co = klua_call_begin(vm, "get_egress_path_config", &c);
-    lua_pushstring(co, domain);
-    lua_pushstring(co, source);
-    lua_pushstring(co, site);
-    e->call = c;
-    klua_call_run(c, 3, path_loaded, e);
-}
-
-static bool entry_stale(const pentry *e)
-{
-    return e->refresh_epoch ? e->epoch != klua_config_epoch()
-                            : clock_mono_ns() - e->loaded_ns > e->refresh_ns;
+    e->asked = false;
+    /* the jobs look again (job_step syncs the entry) */
+    wake_waiters(e);
 }
 
 static void prune(ptable *t)
@@ -220,10 +333,10 @@ static void prune(ptable *t)
     for (size_t b = 0; b < PBUCKETS; b++)
         for (pentry **pp = &t->b[b]; *pp;) {
             pentry *e = *pp;
-            bool busy = e->call || e->waiters;
+            bool busy = e->waiters || e->asked;
             for (size_t i = 0; i < e->n && !busy; i++)
-                busy = e->t[i].inflight;
-            if (!busy && e->loaded && entry_stale(e)) {
+                busy = e->t[i].inflight || e->t[i].wait_until_ns > clock_mono_ns();
+            if (!busy) {
                 *pp = e->next;
                 entry_free(e);
                 t->n--;
@@ -233,35 +346,34 @@ static void prune(ptable *t)
         }
 }
 
-/* The entry of (domain, rq_name), created and loading when new, refreshed
- * in the background when stale. */
-static pentry *entry_get(const char *domain, const char *source, const char *site,
-                         const char *rq_name)
+/* The entry of ready queue rq_name, up to date with what it published;
+ * when nothing is published yet the ready queue is made (and configured:
+ * get_egress_path_config runs there, once, as for any ready queue) and
+ * the entry is not loaded until it has. */
+static pentry *entry_get(schedq *sq, const char *rq_name)
 {
     if (!ptab) {
         ptab = calloc(1, sizeof(*ptab));
         if (!ptab)
             abort();
     }
-    char key[9000];
-    snprintf(key, sizeof(key), "%.3000s\x01%.5900s", domain, rq_name);
-    size_t b = name_hash(key) % PBUCKETS;
-    for (pentry *e = ptab->b[b]; e; e = e->next)
-        if (strcmp(e->key, key) == 0) {
-            if (e->loaded && !e->call && entry_stale(e))
-                entry_load(e, domain, source, site);
-            return e;
-        }
-    if (++ptab->inserts % 1024 == 0)
-        prune(ptab);
-    pentry *e = calloc(1, sizeof(*e));
-    if (!e)
-        abort();
-    e->key = strdup(key);
-    e->next = ptab->b[b];
-    ptab->b[b] = e;
-    ptab->n++;
-    entry_load(e, domain, source, site);
+    size_t b = name_hash(rq_name) % PBUCKETS;
+    pentry *e = ptab->b[b];
+    while (e && strcmp(e->key, rq_name) != 0)
+        e = e->next;
+    if (!e) {
+        if (++ptab->inserts % 1024 == 0)
+            prune(ptab);
+        e = calloc(1, sizeof(*e));
+        if (!e)
+            abort();
+        e->key = strdup(rq_name);
+        e->next = ptab->b[b];
+        ptab->b[b] = e;
+        ptab->n++;
+    }
+    if (entry_sync(e))
+        readyq_prepare_remote(rq_name, sq);
     return e;
 }
 
@@ -283,8 +395,6 @@ void selsrc_reactor_shutdown(void)
         while (ptab->b[b]) {
             pentry *e = ptab->b[b];
             ptab->b[b] = e->next;
-            if (e->call)
-                klua_call_cancel(e->call);
             for (seljob *w = e->waiters, *next; w; w = next) {
                 next = w->next;
                 qmsg_free(w->q); /* safe in the spool */
@@ -487,8 +597,6 @@ static void job_step(seljob *j)
     char sbuf[4200], pbuf[4200];
     const char *site = sched_site(sq, sbuf, sizeof(sbuf));
     const char *suffix = queue_proto_suffix(&sq->cfg, pbuf, sizeof(pbuf));
-    const char *domain = sq->parts.routing_domain ? sq->parts.routing_domain
-                                                  : (sq->parts.domain ? sq->parts.domain : site);
     for (;;) {
         if (j->cand < 0) {
             j->cand = pick(j);
@@ -500,7 +608,7 @@ static void job_step(seljob *j)
         const char *source = sq->has_pool ? sq->pool.entries[j->cand].name : "unspecified";
         char rq_name[8800];
         snprintf(rq_name, sizeof(rq_name), "%s->%s@%s", source, site, suffix);
-        pentry *e = entry_get(domain, source, site, rq_name);
+        pentry *e = entry_get(sq, rq_name);
         int rc = e->loaded ? (e->n ? take(e) : 0) : -1;
         if (rc < 0) {
             j = persist(j);
