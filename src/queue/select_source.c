@@ -148,6 +148,25 @@ static void notify(pwait *w, const char *name)
 
 void selsrc_publish(const char *rq_name, const egress_path_config *cfg)
 {
+    /* the new list first, outside the lock */
+    size_t n = cfg ? cfg->n_add_selection_rates + (cfg->has_source_selection_rate ? 1 : 0) : 0;
+    named_throttle *t = n ? calloc(n, sizeof(*t)) : NULL;
+    if (n && !t)
+        abort();
+    size_t k = 0;
+    if (cfg && cfg->has_source_selection_rate) {
+        const char *arrow = strstr(rq_name, "->");
+        int slen = arrow ? (int)(arrow - rq_name) : 0;
+        char name[4400];
+        snprintf(name, sizeof(name), "kumomta.source_selection_rate.%.3000s.%.*s", rq_name,
+                 slen, rq_name);
+        t[k].name = strdup(name);
+        t[k++].spec = cfg->source_selection_rate;
+    }
+    for (size_t i = 0; cfg && i < cfg->n_add_selection_rates; i++) {
+        t[k].name = strdup(cfg->add_selection_rates[i].name);
+        t[k++].spec = cfg->add_selection_rates[i].spec;
+    }
     pthread_mutex_lock(&pub_mu);
     pub **pp = pub_slot(rq_name);
     pub *p = *pp;
@@ -158,31 +177,33 @@ void selsrc_publish(const char *rq_name, const egress_path_config *cfg)
         p->name = strdup(rq_name);
         *pp = p;
     }
-    pub_clear(p);
-    size_t n = cfg ? cfg->n_add_selection_rates + (cfg->has_source_selection_rate ? 1 : 0) : 0;
-    if (n) {
-        p->t = calloc(n, sizeof(*p->t));
-        if (!p->t)
-            abort();
+    /* the same rates again (a refresh, a second ask): same generation, so
+     * the credit and the answers in flight stay valid */
+    bool same = p->loaded && p->n == n;
+    for (size_t i = 0; same && i < n; i++)
+        same = strcmp(p->t[i].name, t[i].name) == 0 && p->t[i].spec.limit == t[i].spec.limit &&
+               p->t[i].spec.period_ns == t[i].spec.period_ns &&
+               p->t[i].spec.max_burst == t[i].spec.max_burst &&
+               p->t[i].spec.local == t[i].spec.local;
+    named_throttle *old = NULL;
+    size_t old_n = 0;
+    if (same) {
+        old = t;
+        old_n = n;
+    } else {
+        old = p->t;
+        old_n = p->n;
+        p->t = t;
+        p->n = n;
+        p->gen = ++pub_gen;
     }
-    if (cfg && cfg->has_source_selection_rate) {
-        const char *arrow = strstr(rq_name, "->");
-        int slen = arrow ? (int)(arrow - rq_name) : 0;
-        char name[4400];
-        snprintf(name, sizeof(name), "kumomta.source_selection_rate.%.3000s.%.*s", rq_name,
-                 slen, rq_name);
-        p->t[p->n].name = strdup(name);
-        p->t[p->n++].spec = cfg->source_selection_rate;
-    }
-    for (size_t i = 0; cfg && i < cfg->n_add_selection_rates; i++) {
-        p->t[p->n].name = strdup(cfg->add_selection_rates[i].name);
-        p->t[p->n++].spec = cfg->add_selection_rates[i].spec;
-    }
-    p->gen = ++pub_gen;
     p->loaded = true;
     pwait *w = p->waiters;
     p->waiters = NULL;
     pthread_mutex_unlock(&pub_mu);
+    for (size_t i = 0; i < old_n; i++)
+        free(old[i].name);
+    free(old);
     notify(w, rq_name);
 }
 
