@@ -4,9 +4,12 @@
 egress path with max_message_rate and additional_message_rate_throttles
 high enough never to bite, connection_limit 32. The same run once with
 kumo.configure_redis_throttles (a redis-server started here) and once
-without. Prints messages/s of each and the ratio.
+without, alternating for ROUNDS rounds (the order flips each round, so a
+change in the shared machine's load hits both alike). Prints messages/s of
+each round, the medians, their ratio, the EVALSHA calls per message and
+the load average before and after (the machine may be shared).
 
-    bench/redis_throttle.py [N]      (KUMOD_BIN or build/kumod)
+    bench/redis_throttle.py [N] [ROUNDS]      (KUMOD_BIN or build/kumod)
 """
 import os
 import re
@@ -21,6 +24,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "e2e"))
 import kumod_harness as kh  # noqa: E402
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 
 
 def delivered(k):
@@ -62,23 +66,55 @@ end)
     return N / elapsed
 
 
+def evalsha_calls(rport):
+    info = subprocess.run(["redis-cli", "-p", str(rport), "INFO", "commandstats"],
+                          capture_output=True, text=True).stdout
+    m = re.search(r"cmdstat_evalsha:calls=(\d+)", info)
+    return int(m.group(1)) if m else 0
+
+
 def main():
+    import statistics
+    load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
         rport = kh.free_port()
         redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
                                   "--save", "", "--appendonly", "no", "--dir", d],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
+        for _ in range(100):
+            ping = subprocess.run(["redis-cli", "-p", str(rport), "PING"],
+                                  capture_output=True, text=True).stdout.strip()
+            if ping == "PONG":
+                break
+            time.sleep(0.05)
+        local, shared = [], []
+        calls = 0
         try:
-            local = run(os.path.join(d, "local"), None)
-            shared = run(os.path.join(d, "shared"), rport)
-            calls = subprocess.run(["redis-cli", "-p", str(rport), "INFO", "commandstats"],
-                                   capture_output=True, text=True).stdout
+            for r in range(ROUNDS):
+                order = ["local", "shared"] if r % 2 == 0 else ["shared", "local"]
+                for kind in order:
+                    wd = os.path.join(d, f"{kind}{r}")
+                    if kind == "local":
+                        local.append(run(wd, None))
+                    else:
+                        before = evalsha_calls(rport)
+                        shared.append(run(wd, rport))
+                        calls += evalsha_calls(rport) - before
+                print(f"round {r + 1}: in-process {local[-1]:.0f} msg/s  "
+                      f"redis-shared {shared[-1]:.0f} msg/s", flush=True)
         finally:
             redis.kill()
-    evs = re.search(r"cmdstat_evalsha:calls=(\d+)", calls)
-    print(f"N={N} in-process: {local:.0f} msg/s  redis-shared: {shared:.0f} msg/s  "
-          f"ratio {shared / local:.3f}  EVALSHA calls: {evs.group(1) if evs else '?'}")
+    load1 = os.getloadavg()
+    lm, sm = statistics.median(local), statistics.median(shared)
+    # each round's pair ran back to back: its ratio is what the load swings
+    # disturb least
+    rr = statistics.median(s_ / l_ for s_, l_ in zip(shared, local))
+    print(f"N={N} x {ROUNDS} rounds: median in-process {lm:.0f} msg/s, redis-shared "
+          f"{sm:.0f} msg/s, ratio of medians {sm / lm:.3f}, median per-round ratio "
+          f"{rr:.3f}; EVALSHA calls per message "
+          f"{calls / (N * ROUNDS):.4f}; load average before {load0[0]:.2f} {load0[1]:.2f} "
+          f"{load0[2]:.2f}, after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} "
+          f"({os.cpu_count()} CPUs, shared machine)")
 
 
 if __name__ == "__main__":

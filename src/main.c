@@ -712,6 +712,9 @@ out_listeners:
         reactor_post(reactor_get(i), job_queue_shutdown, &j);
         sync_job_wait(&j);
     }
+    /* the stopped dispatchers' shared connection leases: released in Redis
+     * now rather than lapsing there after their TTL */
+    shthrottle_drain(1000000000LL);
     /* Loads and saves still in the spool's threads post their completions
      * to the reactors: finish them while the reactors run. */
     services_spool_stop();

@@ -10,7 +10,10 @@
  * and lease renewal run on the calling reactor. Failures: a Redis error or
  * timeout answers from the in-process table (logged once per outage); a
  * shared lease whose renewal fails is kept (the connection is already up)
- * and lapses in Redis after its TTL, which only makes room for others. */
+ * and lapses in Redis after its TTL, which only makes room for others.
+ * An orderly shutdown releases the leases of the dispatchers it stops and
+ * waits (shthrottle_drain) until Redis has them, so the other nodes need
+ * not wait for the TTL. */
 #include "net/shthrottle.h"
 
 #include <event2/event.h>
@@ -20,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/diag.h"
 #include "core/reactor.h"
@@ -563,6 +567,23 @@ int shlease_acquire(const char *name, long limit, bool local, shlease **out, shl
     return 1;
 }
 
+static atomic_int releases_inflight;
+
+static void release_done(const redisReply *r, const char *err, void *ud)
+{
+    ignore_reply(r, err, ud);
+    atomic_fetch_sub(&releases_inflight, 1);
+}
+
+void shthrottle_drain(int64_t timeout_ns)
+{
+    int64_t end = clock_mono_ns() + timeout_ns;
+    while (atomic_load(&releases_inflight) > 0 && clock_mono_ns() < end) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 void shlease_release(shlease *l)
 {
     if (!l)
@@ -570,8 +591,10 @@ void shlease_release(shlease *l)
     if (l->shared) {
         unhold(l);
         redis_cfg *cfg = cfg_ref();
-        if (cfg)
-            lease_script(cfg, l, "release", ignore_reply, NULL);
+        if (cfg) {
+            atomic_fetch_add(&releases_inflight, 1);
+            lease_script(cfg, l, "release", release_done, NULL);
+        }
     } else {
         pthread_mutex_lock(&lmu);
         lentry *e = lookup_locked(l->name, false);

@@ -64,6 +64,11 @@ int shlease_acquire(const char *name, long limit, bool local, shlease **out, shl
 void shlease_release(shlease *l);
 bool shlease_is_shared(const shlease *l);
 
+/* Waits, up to timeout_ns, until the lease releases sent so far have been
+ * answered (orderly shutdown: the reactors still run). Any thread but a
+ * reactor. */
+void shthrottle_drain(int64_t timeout_ns);
+
 /* The in-process holders of name (tests, inspection). */
 long shlease_local_count(const char *name);
 

@@ -681,19 +681,52 @@ static bool batching(const readyq *rq, const disp_driver *drv)
 
 /* Gives the messages of d's batch that no load owns back to their
  * scheduled queues without an attempt (suspension, shutdown of the path). */
-static void batch_return(dispatcher *d, int reason)
+static void batch_return_after(dispatcher *d, int reason, int64_t delay_s)
 {
     for (size_t i = 0; i < d->n_batch; i++) {
         qmsg *q = d->batch[i].q;
         if (!q || d->batch[i].in_load)
             continue;
         d->batch[i].q = NULL;
-        back_to_sched(q, reason, -1);
+        back_to_sched(q, reason, delay_s);
     }
     d->n_batch = 0;
     d->batch_ready = false;
     d->batch_started_ns = 0;
     d->accumulating = false;
+}
+
+static void batch_return(dispatcher *d, int reason)
+{
+    batch_return_after(d, reason, -1);
+}
+
+/* A throttle holds rq for wait_ns. As KumoMTA does (max_message_rate.md:
+ * "longer than the idle_timeout ... the messages in the ready queue will
+ * be delayed until the throttle would permit them"), a wait of at least
+ * idle_timeout sends every message of the ready queue (and of the batches
+ * being filled) back to its scheduled queue, due when the throttle opens
+ * (no attempt; a Delayed record says why), and d closes. Returns whether
+ * it did. */
+static bool throttle_ready_queue(dispatcher *d, int64_t wait_ns, int reason)
+{
+    readyq *rq = d->rq;
+    if (wait_ns < rq->cfg.idle_timeout_ns || wait_ns <= 0)
+        return false;
+    int64_t delay_s = (wait_ns + NS_PER_SEC - 1) / NS_PER_SEC;
+    long n = rq->fifo.count;
+    while (rq->fifo.count) {
+        atomic_fetch_sub(&st_ready, 1);
+        back_to_sched(qlist_pop(&rq->fifo), reason, delay_s);
+    }
+    for (dispatcher *o = rq->dispatchers; o; o = o->next)
+        if (o->n_batch && (o == d || o->accumulating) && !o->loading)
+            batch_return_after(o, reason, delay_s);
+    DDEBUG(QMOD, "ready_queue=%s throttled for %lds (longer than idle_timeout): %ld messages "
+                 "back to their scheduled queues",
+           rq->name, (long)delay_s, n);
+    disp_close_soon(d);
+    return true;
 }
 
 /* Takes what the ready queue holds, up to batch_size, into d's batch; sends
@@ -837,6 +870,8 @@ static void batch_go(dispatcher *d)
      * Redis answers later and dispatch_wake brings the batch back here */
     int64_t wait = rqthr_message(rq);
     if (wait != 0) {
+        if (throttle_ready_queue(d, wait, R_MESSAGE_RATE_THROTTLE))
+            return;
         disp_set_phase(d, PHASE_MESSAGE_RATE_THROTTLED, NULL);
         if (wait > 0)
             disp_kick(d, wait);
@@ -920,6 +955,8 @@ static void disp_next(dispatcher *d)
     if (!d->open && !d->opening) {
         int64_t wait = rqthr_connection(rq);
         if (wait != 0) {
+            if (throttle_ready_queue(d, wait, R_CONNECTION_RATE_THROTTLE))
+                return;
             disp_set_phase(d, PHASE_CONNECTION_RATE_THROTTLED, NULL);
             if (wait > 0)
                 disp_kick(d, wait); /* else dispatch_wake kicks it */
@@ -930,6 +967,8 @@ static void disp_next(dispatcher *d)
     if (d->open && !batched && rq->fifo.count) {
         int64_t wait = rqthr_message(rq);
         if (wait != 0) {
+            if (throttle_ready_queue(d, wait, R_MESSAGE_RATE_THROTTLE))
+                return;
             disp_set_phase(d, PHASE_MESSAGE_RATE_THROTTLED, NULL);
             if (wait > 0)
                 disp_kick(d, wait);

@@ -83,8 +83,15 @@ void queue_reactor_shutdown(void)
 {
     reactor *r = reactor_current();
     qtables *t = reactor_get_slot(r, REACTOR_SLOT_QUEUES);
-    if (!t)
+    selsrc_reactor_shutdown();
+    /* the last reactor down: nothing publishes source selection rates now */
+    static atomic_int down;
+    bool last = atomic_fetch_add(&down, 1) + 1 == reactor_count();
+    if (!t) {
+        if (last)
+            selsrc_free_all();
         return;
+    }
     for (int i = 0; i < TABLE_BUCKETS; i++) {
         while (t->sched[i]) {
             schedq *sq = t->sched[i];
@@ -103,6 +110,8 @@ void queue_reactor_shutdown(void)
     free(t);
     reactor_set_slot(r, REACTOR_SLOT_QUEUES, NULL);
     queues_down = true;
+    if (last)
+        selsrc_free_all(); /* after this reactor's ready queues unpublished */
 }
 
 void queue_init(void)

@@ -8,6 +8,8 @@
  *   qmsg.c     the queued message, insert reasons, log records, spool loads
  *   schedq.c   scheduled queues: configuration, placement, retry timers,
  *              expiry, making a message ready, direct protocols
+ *   select_source.c  the egress source of a message made ready (pool
+ *              round robin with the paths' source selection rates)
  *   recovery.c start-up enumeration of the spool
  *   readyq.c   ready queues: configuration, admission
  *   dispatch.c dispatchers (the delivery-protocol interface of dispatch.h),
@@ -336,6 +338,20 @@ void sched_release(schedq *sq, qmsg *q);
 void expire_message(qmsg *q, const char *queue, const char *content, const char *pool,
                     const char *provider);
 
+/* ---- source selection, select_source.c ------------------------------------------------ */
+
+/* The calling reactor's view of the source selection rates and the
+ * messages waiting on it go (queue shutdown). */
+void selsrc_reactor_shutdown(void);
+/* A ready queue (its owner reactor) has its egress path config: its
+ * selection rates (none when cfg is NULL: not configurable) are what the
+ * scheduled queues check from now on, and those waiting for it go on. */
+void selsrc_publish(const char *rq_name, const struct egress_path_config *cfg);
+/* The ready queue is freed: a scheduled queue that needs it again makes it anew. */
+void selsrc_unpublish(const char *rq_name);
+/* Everything published (once every reactor's queues are down). */
+void selsrc_free_all(void);
+
 /* ---- start-up enumeration, recovery.c ----------------------------------------------- */
 
 /* n enumerated messages are back in their scheduled queues. Any reactor. */
@@ -348,6 +364,10 @@ void readyq_free(readyq *rq);
 void readyq_arm_reap(readyq *rq);
 /* Moves q from sq's reactor to the owner of the ready queue rq_name. */
 void readyq_insert_remote(const char *rq_name, schedq *sq, qmsg *q);
+/* Makes (and configures) the ready queue rq_name on its owner without a
+ * message, for the source selection of sq (select_source.c): it
+ * publishes its rates once configured. */
+void readyq_prepare_remote(const char *rq_name, schedq *sq);
 
 /* ---- dispatchers, dispatch.c ------------------------------------------------------------ */
 

@@ -109,6 +109,7 @@ void readyq_free(readyq *rq)
     if (rq->watchdog_ev)
         event_free(rq->watchdog_ev);
     rqthr_free(rq);
+    selsrc_unpublish(rq->name);
     egress_path_fini(&rq->cfg);
     egress_source_fini(&rq->source);
     queue_config_fini(&rq->qcfg);
@@ -166,6 +167,7 @@ static void readyq_config_ready(readyq *rq)
     rq->state = CFG_READY;
     rq->cfg_loaded_ns = clock_mono_ns();
     rq->cfg_epoch = klua_config_epoch();
+    selsrc_publish(rq->name, &rq->cfg);
     while (rq->pending.count)
         readyq_accept(rq, qlist_pop(&rq->pending));
     readyq_arm_reap(rq);
@@ -181,6 +183,7 @@ static void readyq_config_failed(readyq *rq, const char *why)
     DERROR(QMOD, "ready_queue=%s cannot configure the egress path, will retry in 60s: %s",
            rq->name, why);
     rq->state = CFG_FAILED;
+    selsrc_publish(rq->name, NULL); /* the sources' selection goes on meanwhile */
     if (!rq->retry_ev)
         rq->retry_ev = evtimer_new(reactor_base(reactor_current()), readyq_retry_cb, rq);
     struct timeval tv = {60, 0};
@@ -281,7 +284,8 @@ static void ready_on_owner(void *arg)
 {
     struct ready_job *j = arg;
     if (queues_down) {
-        qmsg_free(j->q);
+        if (j->q)
+            qmsg_free(j->q);
         ready_job_free(j);
         return;
     }
@@ -290,6 +294,12 @@ static void ready_on_owner(void *arg)
         rq = readyq_create(j);
     qmsg *q = j->q;
     ready_job_free(j);
+    if (!q) { /* readyq_prepare_remote: configured (or on its way) */
+        if (rq->state != CFG_LOADING)
+            selsrc_publish(rq->name, rq->state == CFG_READY ? &rq->cfg : NULL);
+        readyq_arm_reap(rq);
+        return;
+    }
     if (rq->state != CFG_READY) {
         qlist_push(&rq->pending, q);
         return;
@@ -297,13 +307,12 @@ static void ready_on_owner(void *arg)
     readyq_accept(rq, q);
 }
 
-void readyq_insert_remote(const char *rq_name, schedq *sq, qmsg *q)
+static struct ready_job *ready_job_new(const char *rq_name, schedq *sq, qmsg *q)
 {
     struct ready_job *j = calloc(1, sizeof(*j));
     if (!j)
         abort();
     j->q = q;
-    q->sq = NULL; /* leaves its scheduled queue's reactor */
     j->name = strdup(rq_name);
     const char *arrow = strstr(rq_name, "->");
     j->source = strndup(rq_name, arrow ? (size_t)(arrow - rq_name) : 0);
@@ -323,6 +332,18 @@ void readyq_insert_remote(const char *rq_name, schedq *sq, qmsg *q)
     j->proto_cfg.mx_list = sq->cfg.mx_list ? json_deep_copy(sq->cfg.mx_list) : NULL;
     j->proto_cfg.egress_pool = dupn(sq->cfg.egress_pool);
     j->proto_cfg.provider_name = dupn(sq->cfg.provider_name);
+    return j;
+}
+
+void readyq_insert_remote(const char *rq_name, schedq *sq, qmsg *q)
+{
+    struct ready_job *j = ready_job_new(rq_name, sq, q);
+    q->sq = NULL; /* leaves its scheduled queue's reactor */
     atomic_fetch_add(&st_in_flight, 1);
     reactor_post(owner_of(rq_name), ready_on_owner, j);
+}
+
+void readyq_prepare_remote(const char *rq_name, schedq *sq)
+{
+    reactor_post(owner_of(rq_name), ready_on_owner, ready_job_new(rq_name, sq, NULL));
 }

@@ -4,7 +4,8 @@
  * here on the timer wheel until it is due (first attempt, retry with
  * backoff, a delivery window of set_scheduling), expires past max_age, and
  * when due is made ready: it goes to its ready queue
- * (<source>-><site>@<protocol>) on that queue's owner, or, for a protocol
+ * (<source>-><site>@<protocol>, the source picked by select_source.c) on
+ * that queue's owner, or, for a protocol
  * without ready queues (maildir, null), is delivered from here through the
  * delivery-protocol interface (queue/dispatch.h).
  *
@@ -23,6 +24,7 @@
 #include "core/diag.h"
 #include "core/duration.h"
 #include "core/kerr.h"
+#include "metrics/metrics.h"
 #include "lua/services.h"
 #include "net/dns.h"
 #include "queue/queue.h"
@@ -31,9 +33,11 @@
 #include "queue/insert_throttle.h"
 #include "queue/queue_int.h"
 #include "queue/schedule.h"
+#include "queue/select_source.h"
 
 static void sched_insert_local(const char *name, qmsg *q);
 static void sched_make_ready(schedq *sq, qmsg *q);
+static void sched_to_ready(schedq *sq, qmsg *q, const char *source);
 
 static void sched_reap_cb(evutil_socket_t fd, short what, void *arg);
 static void sched_load_config(schedq *sq);
@@ -668,6 +672,41 @@ static bool hold_for_spool(schedq *sq, qmsg *q)
     return true;
 }
 
+/* delayed_due_to_message_rate_throttle{queue}: the scheduled queue's
+ * max_message_rate sent a message back to wait (metrics page: "moved the
+ * message back to its corresponding scheduled queue ... as well as logging
+ * a Delayed log record"). */
+static void count_rate_delay(const char *queue)
+{
+    static metrics_family *f;
+    static atomic_int done;
+    if (!atomic_load(&done)) {
+        static const char *const labels[] = {"queue"};
+        metrics_family *nf = NULL;
+        if (metrics_counter_family(&nf, "delayed_due_to_message_rate_throttle",
+                                   "Number of times a message was delayed due to "
+                                   "max_message_rate",
+                                   labels, 1) == 0)
+            f = nf;
+        atomic_store(&done, 1);
+    }
+    if (!f)
+        return;
+    metrics_counter *c = metrics_counter_get(f, queue, NULL);
+    if (c) {
+        metrics_counter_inc(c);
+        metrics_counter_unref(c);
+    }
+}
+
+static void rate_after_load(qmsg *q, int err, void *ud)
+{
+    (void)err; /* without its meta it waits all the same, unlogged */
+    schedq *sq = ud;
+    sq->busy--;
+    sched_place(sq, q);
+}
+
 static void sched_make_ready(schedq *sq, qmsg *q)
 {
     if (hold_for_spool(sq, q) || admin_intercept(sq, q) || admin_suspended(sq, q) ||
@@ -679,7 +718,14 @@ static void sched_make_ready(schedq *sq, qmsg *q)
             /* no attempt, no jitter: due when the throttle opens */
             qmsg_add_reason(q, R_MESSAGE_RATE_THROTTLE);
             q->due_wall_s = now_s() + (wait + NS_PER_SEC - 1) / NS_PER_SEC;
-            sched_place(sq, q);
+            count_rate_delay(sq->name);
+            if (q->m) {
+                sched_place(sq, q);
+                return;
+            }
+            /* the Delayed record needs the meta */
+            sq->busy++;
+            qmsg_load(q, false, rate_after_load, sq, NULL);
             return;
         }
     }
@@ -694,20 +740,24 @@ static void sched_make_ready(schedq *sq, qmsg *q)
         qmsg_load(q, true, direct_after_load, sq, NULL);
         return;
     }
-    /* pick the egress source: weighted round robin over the pool */
-    const char *source = "unspecified";
-    if (sq->has_pool) {
-        int i = egress_pool_next(&sq->pool, &sq->wrr);
-        if (i < 0) {
-            DWARN(QMOD, "queue=%s egress pool %s has no usable source (all weights 0)", sq->name,
-                  sq->pool.name);
-            q->due_wall_s = now_s() + 60;
-            qmsg_add_reason(q, R_FAILED_INSERT_READY);
-            sched_place(sq, q);
-            return;
-        }
-        source = sq->pool.entries[i].name;
+    /* the egress source: weighted round robin over the pool, skipping the
+     * sources whose selection rates are exhausted (select_source.c) */
+    bool usable = !sq->has_pool;
+    for (size_t i = 0; sq->has_pool && i < sq->pool.n && !usable; i++)
+        usable = sq->pool.entries[i].weight > 0;
+    if (!usable) {
+        DWARN(QMOD, "queue=%s egress pool %s has no usable source (all weights 0)", sq->name,
+              sq->pool.name);
+        q->due_wall_s = now_s() + 60;
+        qmsg_add_reason(q, R_FAILED_INSERT_READY);
+        sched_place(sq, q);
+        return;
     }
+    selsrc_pick(sq, q, sched_to_ready);
+}
+
+static void sched_to_ready(schedq *sq, qmsg *q, const char *source)
+{
     char sbuf[4200];
     const char *site = sched_site(sq, sbuf, sizeof(sbuf));
     char pbuf[4200];

@@ -7,7 +7,9 @@
  * a twentieth of a second's worth at once (at most 64), and the tokens not
  * used within a second are dropped (they were counted, so the cluster never
  * exceeds the limit; an idle node only gives some of it away). Slow
- * throttles such as "60/m" take one token at a time.
+ * throttles such as "60/m" take one token at a time. When half a batch is
+ * left the next batch is asked for (prefetch), so that while tokens are
+ * available a dispatcher never waits on a Redis round trip.
  *
  * Threads: the ready queue's owner reactor. Failures: Redis errors are
  * answered from the in-process throttles by net/shthrottle.c; a ready queue
@@ -142,7 +144,7 @@ struct take_job {
     char *name; /* the entry may have been rebuilt meanwhile */
 };
 
-static unsigned batch_for(const throttle_spec *s)
+unsigned rqthr_batch_for(const throttle_spec *s)
 {
     double per_sec = rate_of(s);
     double want = per_sec / 20.0;
@@ -157,11 +159,13 @@ static unsigned batch_for(const throttle_spec *s)
 static void apply(tentry *e, const shthrottle_result *r)
 {
     int64_t now = clock_mono_ns();
+    bool have = e->credit > 0 && now < e->credit_exp_ns;
     if (r->granted > 0) {
-        e->credit = r->granted;
+        /* a prefetched batch adds to what is left of the current one */
+        e->credit = (have ? e->credit : 0) + r->granted;
         e->credit_exp_ns = now + CREDIT_TTL_NS;
         e->wait_until_ns = 0;
-    } else {
+    } else if (!have) {
         e->wait_until_ns = now + (r->retry_after_ns > 0 ? r->retry_after_ns : 1);
     }
 }
@@ -185,6 +189,28 @@ static void take_done(const shthrottle_result *r, void *ud)
     free(j);
 }
 
+/* Asks for a batch of e's tokens: 0 when answered at once (applied), 1
+ * when Redis answers later (take_done applies it and wakes the queue). */
+static int start_take(rqthr *t, tlist *list, tentry *e)
+{
+    shthrottle_result r;
+    struct take_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        abort();
+    j->t = t;
+    j->list = list;
+    j->name = strdup(e->name);
+    if (shthrottle_take(e->name, &e->spec, rqthr_batch_for(&e->spec), &r, take_done, j) == 0) {
+        free(j->name);
+        free(j);
+        apply(e, &r);
+        return 0;
+    }
+    e->inflight = true;
+    t->inflight++;
+    return 1;
+}
+
 static int64_t check(rqthr *t, tlist *list)
 {
     int64_t now = clock_mono_ns();
@@ -192,29 +218,21 @@ static int64_t check(rqthr *t, tlist *list)
         tentry *e = &list->e[i];
         if (e->wait_until_ns > now)
             return e->wait_until_ns - now;
-        if (e->credit > 0 && now < e->credit_exp_ns)
+        if (e->credit > 0 && now < e->credit_exp_ns) {
+            /* half the batch left: the next one is asked for now, so that
+             * a dispatcher never waits on Redis while tokens flow */
+            if (!e->inflight && !e->spec.local && shthrottle_is_shared() &&
+                e->credit <= rqthr_batch_for(&e->spec) / 2)
+                start_take(t, list, e);
             continue;
+        }
         if (e->inflight)
             return -1;
         e->credit = 0;
-        shthrottle_result r;
-        struct take_job *j = calloc(1, sizeof(*j));
-        if (!j)
-            abort();
-        j->t = t;
-        j->list = list;
-        j->name = strdup(e->name);
-        if (shthrottle_take(e->name, &e->spec, batch_for(&e->spec), &r, take_done, j) == 0) {
-            free(j->name);
-            free(j);
-            apply(e, &r);
-            if (e->credit == 0)
-                return e->wait_until_ns - now;
-            continue;
-        }
-        e->inflight = true;
-        t->inflight++;
-        return -1;
+        if (start_take(t, list, e) == 1)
+            return -1;
+        if (e->credit == 0)
+            return e->wait_until_ns - now;
     }
     /* every throttle has a token for this one */
     for (size_t i = 0; i < list->n; i++)

@@ -19,6 +19,11 @@ typedef struct rqleases rqleases;
 int64_t rqthr_message(struct readyq *rq);
 int64_t rqthr_connection(struct readyq *rq);
 
+/* How many tokens of a shared throttle to take in one Redis round trip
+ * (a twentieth of a second's worth, at most the burst and 64). */
+struct throttle_spec;
+unsigned rqthr_batch_for(const struct throttle_spec *s);
+
 /* Whether new connections may be tried now (a refused lease holds them
  * off for 3 seconds, then readyq_maintain runs again). */
 bool rqthr_may_open(struct readyq *rq);

@@ -264,8 +264,11 @@ def test_redis_cluster_of_three_masters(tmp_path):
                            [f"127.0.0.1:{r.port}" for r in nodes] + ["--cluster-yes"],
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stdout + p.stderr
-        wait_until(lambda: "cluster_state:ok" in (nodes[0].cmd("CLUSTER", "INFO") or ""),
-                   timeout=20, what="cluster ok")
+        # every node must agree before the first query (a node that has not
+        # yet heard of all the slots answers CLUSTERDOWN)
+        wait_until(lambda: all("cluster_state:ok" in (r.cmd("CLUSTER", "INFO") or "")
+                               for r in nodes),
+                   timeout=30, what="cluster ok on every node")
         urls = ", ".join(f"'redis://127.0.0.1:{r.port}/'" for r in nodes)
         script = f"""
 local redis = require 'redis'
@@ -339,3 +342,25 @@ end)
     assert m and int(m.group(1)) >= 2, text[-3000:]
     assert "redis_operation_latency_count" in text
     a.stop()
+
+
+def test_orderly_shutdown_releases_leases(tmp_path, redis, peer):
+    """A node stopped with SIGTERM gives its connection-limit leases back at
+    once: the other node does not wait for them to lapse."""
+    pol = policy(peer, redis.port, "connection_limit = 1")
+    a = kh.Kumod(tmp_path / "a", policy=pol).start()
+    b = kh.Kumod(tmp_path / "b", policy=pol).start()
+    peer.hang_dots = 1  # a's connection hangs on its message: it holds the lease
+    inject(a, 1, "A")
+    wait_until(lambda: peer.hung == 1, timeout=10, what="a's connection to hang")
+    keys = [k for k in (redis.cmd("--scan", "--pattern", "kumod:lease:*") or "").split() if k]
+    assert len(keys) == 1, keys
+    assert redis.cmd("ZCARD", keys[0]) == "1"
+    a.stop()
+    # released, not lapsed (a lapse takes up to 10 s)
+    assert redis.cmd("ZCARD", keys[0]) == "0", redis.cmd("ZRANGE", keys[0], "0", "-1")
+    t_stop = time.monotonic()
+    inject(b, 2, "B")
+    wait_until(lambda: len(delivered(peer, "B")) == 2, timeout=30, what="b to deliver")
+    assert time.monotonic() - t_stop < 5.0
+    b.stop()

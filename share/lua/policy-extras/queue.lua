@@ -340,13 +340,6 @@ function mod:setup_with_options(options)
   )
   local files = D.file_list(HELPER, options.file_names)
   local first = load_data(files)
-  if has_overall_throttles(first) and not kumo.make_throttle then
-    error(
-      'queue: overall_max_message_rate needs kumo.make_throttle and the '
-        .. 'throttle_insert_ready_queue event, which this kumod does not have yet',
-      0
-    )
-  end
   local cached = kumo.memoize(load_data, {
     name = 'policy-extras.queue',
     ttl = '1 minute',
@@ -445,7 +438,15 @@ function mod:setup_with_options(options)
     end)
   end
 
-  if kumo.make_throttle then
+  -- overall_max_message_rate: one throttle over every scheduled queue of
+  -- the tenant (or of its campaign), checked as a message is about to move
+  -- to its ready queue; a message over the limit waits in its scheduled
+  -- queue (counted in delayed_due_to_throttle_insert_ready). The names are
+  -- KumoMTA's, so a cluster shares them through configure_redis_throttles.
+  -- Installed only when the data has such a rate (the event costs a meta
+  -- load per message); data that gains one later takes effect when the
+  -- policy is reloaded (SIGHUP or a config epoch bump re-runs setup).
+  if has_overall_throttles(first) then
     kumo.on('throttle_insert_ready_queue', function(msg)
       local tenant = msg:get_meta 'tenant'
       if not tenant then
@@ -457,7 +458,7 @@ function mod:setup_with_options(options)
       end
       if t.overall_max_message_rate then
         local th = kumo.make_throttle(
-          'policy-extras.queue:tenant:' .. tenant,
+          string.format('queue-helper-tenant-overall_max_message_rate-%s', tenant),
           t.overall_max_message_rate
         )
         if th:delay_message_if_throttled(msg) then
@@ -468,7 +469,11 @@ function mod:setup_with_options(options)
       local c = campaign and t.campaigns[campaign]
       if c and c.overall_max_message_rate then
         local th = kumo.make_throttle(
-          'policy-extras.queue:campaign:' .. tenant .. ':' .. campaign,
+          string.format(
+            'queue-helper-tenant-campaign-overall_max_message_rate-%s-%s',
+            tenant,
+            campaign
+          ),
           c.overall_max_message_rate
         )
         th:delay_message_if_throttled(msg)
