@@ -29,8 +29,39 @@
 static bool daemon_mode;
 static bool db_frozen;
 
+/* kumo.shaping.load is kumod's shaping helper's load(). A KumoMTA user may
+ * run KumoMTA's own helpers on kumod: their policy-extras.shaping then comes
+ * first on package.path, has no load() (KumoMTA's is native) and calls
+ * kumo.shaping.load itself. So when the module that require() finds has no
+ * load, the next policy-extras/shaping.lua on package.path that has one
+ * (kumod's, in its share directory) is loaded privately, once per VM. */
 static const char load_chunk[] =
-    "return function(...) return require('policy-extras.shaping').load(...) end";
+    "return function(...)\n"
+    "  local m = require('policy-extras.shaping')\n"
+    "  if type(m) ~= 'table' or type(m.load) ~= 'function' then\n"
+    "    m = package.loaded['kumod.shaping']\n"
+    "    if not m then\n"
+    "      for t in package.path:gmatch('[^;]+') do\n"
+    "        local f = t:gsub('%?', 'policy-extras/shaping')\n"
+    "        local h = io.open(f)\n"
+    "        if h then\n"
+    "          h:close()\n"
+    "          local ok, cand = pcall(dofile, f)\n"
+    "          if ok and type(cand) == 'table' and type(cand.load) == 'function' then\n"
+    "            m = cand\n"
+    "            package.loaded['kumod.shaping'] = m\n"
+    "            break\n"
+    "          end\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "    if not m then\n"
+    "      error(\"kumo.shaping.load: kumod's own policy-extras/shaping.lua is not on \" ..\n"
+    "            'package.path (it is in the share directory of the installation)', 2)\n"
+    "    end\n"
+    "  end\n"
+    "  return m.load(...)\n"
+    "end";
 
 static int l_parse_duration(lua_State *L)
 {

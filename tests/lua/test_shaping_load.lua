@@ -67,6 +67,10 @@ connection_limit = 10
 
 local s = kumo.shaping.load { base }
 assert(#s:get_errors() == 0 and #s:get_warnings() == 0)
+-- what KumoMTA's own shaping helper checks against its sources helper
+local refs = s:get_referenced_sources()
+assert(refs['my source name'] and refs['my source name'][1] == 'domain:example.com',
+  kumo.serde.json_encode(refs))
 local p = s:get_egress_path_config('gmail.com', 'unspecified', 'gmail.com')
 assert(p.connection_limit == 100 and p.enable_tls == 'Opportunistic', kumo.serde.json_encode(p))
 p = s:get_egress_path_config('example.com', 'my source name', 'example.com')

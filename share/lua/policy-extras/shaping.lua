@@ -1141,6 +1141,34 @@ local function referenced_sources(data)
   return refs
 end
 
+-- KumoMTA's Shaping:get_referenced_sources(): { source = { "domain:X",
+-- "provider:Y", "site:Z", "default", ... } }, which KumoMTA's own shaping
+-- helper checks against its sources helper.
+function Shaping:get_referenced_sources()
+  local out = {}
+  local function add(kind, name, entry)
+    for src in pairs(entry.source_where or {}) do
+      out[src] = out[src] or {}
+      table.insert(out[src], name and (kind .. ':' .. name) or kind)
+    end
+  end
+  local data = self._data
+  add('default', nil, data.default)
+  for name, e in pairs(data.providers) do
+    add('provider', name, e)
+  end
+  for name, e in pairs(data.domains) do
+    add('domain', name, e)
+  end
+  for name, e in pairs(data.rollup) do
+    add('site', name, e)
+  end
+  for _, refs in pairs(out) do
+    table.sort(refs)
+  end
+  return out
+end
+
 -- kumod --validate: per-source tables must name sources the sources helper
 -- defines; a one-label domain name is almost always a TOML quoting mistake.
 -- (kumo.shaping.load may require this module from inside an event, in the
