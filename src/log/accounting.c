@@ -29,7 +29,9 @@ static atomic_ullong pending_received, pending_delivered;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static char *db_path;
-static bool started, stopping;
+/* started is read without the mutex on every count (double-checked) */
+static atomic_bool started;
+static bool stopping;
 static pthread_t flusher;
 /* one flush at a time: the flusher and an explicit acct_flush */
 static pthread_mutex_t flush_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -65,9 +67,9 @@ static void *flusher_main(void *arg)
 static void ensure_started(void)
 {
     pthread_mutex_lock(&mu);
-    if (!started && !stopping) {
+    if (!atomic_load(&started) && !stopping) {
         if (pthread_create(&flusher, NULL, flusher_main, NULL) == 0)
-            started = true;
+            atomic_store(&started, true);
         else
             DERROR(ACCT_MOD, "cannot start the accounting flusher; counts are written at exit");
     }
@@ -84,7 +86,7 @@ void acct_reception(const char *protocol)
     if (!accounted(protocol))
         return;
     atomic_fetch_add(&pending_received, 1);
-    if (!started)
+    if (!atomic_load_explicit(&started, memory_order_acquire))
         ensure_started();
 }
 
@@ -93,7 +95,7 @@ void acct_delivery(const char *protocol)
     if (!accounted(protocol))
         return;
     atomic_fetch_add(&pending_delivered, 1);
-    if (!started)
+    if (!atomic_load_explicit(&started, memory_order_acquire))
         ensure_started();
 }
 
@@ -191,7 +193,7 @@ void acct_shutdown(void)
 {
     pthread_mutex_lock(&mu);
     stopping = true;
-    bool join = started;
+    bool join = atomic_load(&started);
     pthread_cond_broadcast(&cond);
     pthread_mutex_unlock(&mu);
     if (join)
