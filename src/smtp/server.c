@@ -56,6 +56,7 @@
 #include "log/oobrec.h"
 #include "smtp/rewrite_response.h"
 #include "smtp/trace.h"
+#include "msg/trace_header.h"
 #include "smtp/xclient.h"
 #include "spool/spool.h"
 #include "metrics/metrics.h"
@@ -1492,94 +1493,13 @@ static char *make_received(sess *s, const spoolid *id, const char *rcpt)
     return out;
 }
 
-static int b64_encode(const unsigned char *in, size_t n, char *out)
-{
-    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    int o = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        unsigned v = (unsigned)in[i] << 16;
-        if (i + 1 < n)
-            v |= (unsigned)in[i + 1] << 8;
-        if (i + 2 < n)
-            v |= in[i + 2];
-        out[o++] = tbl[(v >> 18) & 63];
-        out[o++] = tbl[(v >> 12) & 63];
-        out[o++] = i + 1 < n ? tbl[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < n ? tbl[v & 63] : '=';
-    }
-    out[o] = 0;
-    return o;
-}
-
-/* The supplemental trace header: base64 of {"_@_":"\_/","recipient":...,meta...}. */
+/* The supplemental trace header (msg/trace_header.c builds it, as for HTTP
+ * injection and kumo.apply_supplemental_trace_header). */
 static int apply_supplemental(sess *s, message *m)
 {
     if (!s->p.supplemental_header)
         return 0;
-    json_t *o = json_object();
-    json_object_set_new(o, "_@_", json_string("\\_/"));
-    if (m->n_rcpts == 1) {
-        json_object_set_new(o, "recipient", json_string(m->rcpts[0]));
-    } else {
-        json_t *a = json_array();
-        for (size_t i = 0; i < m->n_rcpts; i++)
-            json_array_append_new(a, json_string(m->rcpts[i]));
-        json_object_set_new(o, "recipient", a);
-    }
-    size_t i;
-    json_t *v;
-    json_array_foreach(s->p.include_meta_names, i, v)
-    {
-        const char *name = json_string_value(v);
-        json_t *mv = name ? json_object_get(m->meta, name) : NULL;
-        if (mv)
-            json_object_set(o, name, mv);
-    }
-    char *js = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (!js)
-        return KERR_NOMEM;
-    size_t jl = strlen(js);
-    char *b64 = malloc(jl * 4 / 3 + 8);
-    if (!b64) {
-        free(js);
-        return KERR_NOMEM;
-    }
-    b64_encode((unsigned char *)js, jl, b64);
-    free(js);
-    /* fold the single token at 75 columns like the rest of our headers */
-    size_t bl = strlen(b64);
-    size_t cap = bl + bl / 60 * 4 + 8;
-    char *folded = malloc(cap);
-    if (!folded) {
-        free(b64);
-        return KERR_NOMEM;
-    }
-    size_t hn = strlen(s->p.trace_header_name) + 2, fo = 0, col = hn;
-    for (size_t k = 0; k < bl; k++) {
-        if (col >= 75) {
-            memcpy(folded + fo, "\r\n\t", 3);
-            fo += 3;
-            col = 1;
-        }
-        folded[fo++] = b64[k];
-        col++;
-    }
-    folded[fo] = 0;
-    free(b64);
-    /* hdr_prepend would re-fold at spaces; build the field directly */
-    size_t fl = hn + fo + 2;
-    char *buf = malloc(fl + m->data_len + 1);
-    if (!buf) {
-        free(folded);
-        return KERR_NOMEM;
-    }
-    int w = sprintf(buf, "%s: %s\r\n", s->p.trace_header_name, folded);
-    memcpy(buf + w, m->data, m->data_len);
-    buf[(size_t)w + m->data_len] = 0;
-    message_set_data_take(m, buf, (size_t)w + m->data_len);
-    free(folded);
-    return 0;
+    return trace_header_supplemental(m, s->p.trace_header_name, s->p.include_meta_names);
 }
 
 static void process_batch_next(sess *s)
