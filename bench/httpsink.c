@@ -25,9 +25,15 @@ static unsigned long long count_array(struct evbuffer *b)
     unsigned long long n = 0;
     int depth = 0;
     int in_str = 0, esc = 0;
-    struct evbuffer_iovec v[16];
-    int nv = evbuffer_peek(b, -1, NULL, v, 16);
-    for (int i = 0; i < nv && i < 16; i++) {
+    /* a batch of 100 records spans many chains: peek them all */
+    int nv = evbuffer_peek(b, -1, NULL, NULL, 0);
+    if (nv <= 0)
+        return 0;
+    struct evbuffer_iovec *v = calloc((size_t)nv, sizeof(*v));
+    if (!v)
+        return 0;
+    nv = evbuffer_peek(b, -1, NULL, v, nv);
+    for (int i = 0; i < nv; i++) {
         const char *p = v[i].iov_base;
         for (size_t j = 0; j < v[i].iov_len; j++) {
             char c = p[j];
@@ -50,6 +56,7 @@ static unsigned long long count_array(struct evbuffer *b)
                 depth--;
         }
     }
+    free(v);
     return n;
 }
 

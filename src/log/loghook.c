@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "core/diag.h"
+#include "core/jsonw.h"
 #include "core/kerr.h"
 #include "log/logs.h"
 #include "log/logs_int.h"
@@ -220,30 +221,27 @@ static void hook_record(const logrec *r)
         struct hook *h = hooks[i];
         if (!h->enabled[r->type])
             continue;
-        size_t len;
-        char *text = logrec_to_json(r, (const char *const *)h->meta, h->n_meta,
-                                    (const char *const *)h->headers, h->n_headers, &len);
-        loghook_item *it = text ? calloc(1, sizeof(*it)) : NULL;
-        char *nl = it ? realloc(text, len + 2) : NULL;
-        if (nl) {
-            text = nl;
-            text[len++] = '\n';
-            text[len] = '\0';
+        /* the object is the message's log_record meta, its text the body:
+         * built once, never parsed back */
+        json_t *rec = logrec_to_object(r, (const char *const *)h->meta, h->n_meta,
+                                       (const char *const *)h->headers, h->n_headers);
+        loghook_item *it = rec ? calloc(1, sizeof(*it)) : NULL;
+        sbuf b = {0};
+        if (it && jsonw_append(&b, rec) == 0)
+            sbuf_putc(&b, '\n');
+        char *text = it ? sbuf_finish(&b, &it->len) : NULL;
+        if (it) {
             it->text = text;
-            it->len = len;
+            it->record = rec;
+            rec = NULL;
             it->hook_name = strdup(h->name);
             it->deferred_spool = h->deferred_spool;
-            json_error_t jerr;
-            it->record = json_loadb(text, len, 0, &jerr);
         }
-        if (!nl || !it->hook_name || !it->record) {
+        if (!it || !it->text || !it->hook_name) {
             DERROR(LOG_MOD, "id=%s hook=%s type=%s building the log hook record failed: %s",
                    r->id ? r->id : "", h->name, logrec_type_name(r->type), kerr_str(KERR_NOMEM));
-            if (it && !it->text)
-                free(text);
+            json_decref(rec);
             loghook_item_free(it);
-            if (!it)
-                free(text);
             continue;
         }
         fn(it);

@@ -42,6 +42,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "core/jsonw.h"
 #include "core/kerr.h"
 #include "core/spoolid.h"
 #include "core/utf8.h"
@@ -532,34 +533,9 @@ static json_t *jsubject(const char *s)
     return a;
 }
 
-struct dumpbuf {
-    char *p;
-    size_t len, cap;
-};
-
-static int dump_cb(const char *buf, size_t size, void *data)
+json_t *logrec_to_object(const logrec *r, const char *const *meta_keys, size_t n_meta,
+                         const char *const *header_names, size_t n_headers)
 {
-    struct dumpbuf *d = data;
-    if (d->len + size + 1 > d->cap) {
-        size_t cap = d->cap ? d->cap : 1024;
-        while (cap < d->len + size + 1)
-            cap *= 2;
-        char *np = realloc(d->p, cap);
-        if (!np)
-            return -1;
-        d->p = np;
-        d->cap = cap;
-    }
-    memcpy(d->p + d->len, buf, size);
-    d->len += size;
-    return 0;
-}
-
-char *logrec_to_json(const logrec *r, const char *const *meta_keys, size_t n_meta,
-                     const char *const *header_names, size_t n_headers, size_t *len_out)
-{
-    if (len_out)
-        *len_out = 0;
     const char *type = r ? logrec_type_name(r->type) : NULL;
     if (!type || r->type == LOGREC__COUNT)
         return NULL;
@@ -570,7 +546,6 @@ char *logrec_to_json(const logrec *r, const char *const *meta_keys, size_t n_met
     json_t *o = json_object();
     json_t *meta = json_object();
     json_t *headers = json_object();
-    char *text = NULL;
     if (!o || !meta || !headers)
         goto out;
     if (filter_meta(meta, r->msg_meta, meta_keys, n_meta) < 0 ||
@@ -619,20 +594,27 @@ char *logrec_to_json(const logrec *r, const char *const *meta_keys, size_t n_met
     if (bad)
         goto out;
 
-    struct dumpbuf d = {0};
-    /* Compact separators like serde_json; objects keep insertion order. */
-    if (json_dump_callback(o, dump_cb, &d, JSON_COMPACT) < 0 || !d.p) {
-        free(d.p);
-        goto out;
-    }
-    d.p[d.len] = '\0';
-    text = d.p;
-    if (len_out)
-        *len_out = d.len;
+    json_decref(meta);
+    json_decref(headers);
+    return o;
 out:
     json_decref(o);
     json_decref(meta);
     json_decref(headers);
+    return NULL;
+}
+
+char *logrec_to_json(const logrec *r, const char *const *meta_keys, size_t n_meta,
+                     const char *const *header_names, size_t n_headers, size_t *len_out)
+{
+    if (len_out)
+        *len_out = 0;
+    json_t *o = logrec_to_object(r, meta_keys, n_meta, header_names, n_headers);
+    if (!o)
+        return NULL;
+    /* Compact separators like serde_json; objects keep insertion order. */
+    char *text = jsonw_dumps(o, len_out);
+    json_decref(o);
     return text;
 }
 

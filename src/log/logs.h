@@ -114,6 +114,10 @@ void logs_record(const logrec *r);
  * Returns malloc'd text. Exposed for tests and for log hooks. */
 char *logrec_to_json(const logrec *r, const char *const *meta_keys, size_t n_meta,
                      const char *const *header_names, size_t n_headers, size_t *len_out);
+/* The same record as a JSON object (a new reference), or NULL when it
+ * cannot be built; logrec_to_json is its text. */
+json_t *logrec_to_object(const logrec *r, const char *const *meta_keys, size_t n_meta,
+                         const char *const *header_names, size_t n_headers);
 
 /* Makes every destination write out and zstd-flush what it has, so readers
  * of the open segment see every record submitted before this call. */

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/jsonw.h"
 #include "core/kerr.h"
 #include "core/utf8.h"
 
@@ -202,14 +203,15 @@ char *message_meta_to_json(const message *m, size_t *len)
     json_object_set(doc, "meta", m->meta);
     if (m->scheduling)
         json_object_set(doc, "schedule", m->scheduling);
-    char *s = json_dumps(doc, JSON_COMPACT);
+    size_t n = 0;
+    char *s = jsonw_dumps(doc, &n);
     json_decref(doc);
     if (!s) {
         fputs("kumod: out of memory\n", stderr);
         abort();
     }
     if (len)
-        *len = strlen(s);
+        *len = n;
     return s;
 }
 

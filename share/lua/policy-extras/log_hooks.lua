@@ -104,10 +104,9 @@ function mod:new(options)
     if hook_name ~= name then
       return nil -- another hook's record: let its handler decide
     end
-    local record = msg:get_meta 'log_record'
-    if record.reception_protocol == 'LogRecord' then
-      return false
-    end
+    -- kumod never offers the records of log-record messages to this event
+    -- (they would loop), so the record need not be turned into a Lua table
+    -- here to check its reception_protocol as a KumoMTA policy does.
     if options.filter and options.filter(msg, hook_name) then
       return false
     end
@@ -192,15 +191,18 @@ function mod:new_json(options)
     end
 
     function connection:send_batch(messages)
+      -- each message's data is its record's JSON text (kumod's hooks have
+      -- no per-record templates): joined, they are the array's text, with
+      -- no decoding into Lua tables and encoding back
       local records = {}
-      for _, msg in ipairs(messages) do
-        table.insert(records, msg:get_meta 'log_record')
+      for i, msg in ipairs(messages) do
+        records[i] = msg:get_data()
       end
       return outcome(
         client
           :post(url)
           :header('Content-Type', 'application/json')
-          :body(kumo.serde.json_encode(records))
+          :body('[' .. table.concat(records, ',') .. ']')
           :send()
       )
     end
