@@ -39,6 +39,7 @@
 #include "http/inject_limit.h"
 #include "http/request.h"
 #include "http/template.h"
+#include "log/loghook.h"
 #include "log/logs.h"
 #include "lua/klua.h"
 #include "lua/message_lua.h"
@@ -1059,11 +1060,35 @@ static void log_reception(inject_job *j, message *m, const char *queue)
     logs_record(&r);
 }
 
+/* The answer held until the Reception records' hook messages are in the
+ * spool (log/loghook.h), so that a kill -9 right after it loses no record
+ * of an accepted message. */
+struct held_answer {
+    inject_done_fn done;
+    void *ud;
+    json_t *res;
+    reactor *r;
+};
+
+static void answer_on_reactor(void *arg)
+{
+    struct held_answer *h = arg;
+    h->done(h->ud, 200, h->res, NULL, false);
+    free(h);
+}
+
+static void hooks_settled(void *arg)
+{
+    struct held_answer *h = arg;
+    reactor_post(h->r, answer_on_reactor, h);
+}
+
 static void job_complete(inject_job *j)
 {
     json_t *failed = json_array(), *errors = json_array();
     size_t ok = 0, unhealthy = 0;
     spool *sp = services_spool();
+    loghook_wait *hooks = loghook_wait_begin();
     for (size_t i = 0; i < j->n; i++) {
         inj_rcpt *r = &j->rc[i];
         if (!r->error && r->save_err) {
@@ -1090,6 +1115,8 @@ static void job_complete(inject_job *j)
     inject_done_fn done = j->done;
     void *ud = j->done_ud;
     if (j->n && unhealthy == j->n) {
+        /* nothing was logged (every save failed): no record to wait for */
+        loghook_wait_end(hooks, NULL, NULL);
         json_decref(failed);
         json_decref(errors);
         job_free(j);
@@ -1111,7 +1138,19 @@ static void job_complete(inject_job *j)
     json_object_set_new(res, "failed_recipients", failed);
     json_object_set_new(res, "errors", errors);
     DDEBUG(IMOD, "peer=%s injected %zu of %zu", j->peer_ip, ok, j->n);
+    struct held_answer *h = malloc(sizeof(*h));
+    if (h) {
+        h->done = done;
+        h->ud = ud;
+        h->res = res;
+        h->r = j->r;
+    }
     job_free(j);
+    if (h && loghook_wait_end(hooks, hooks_settled, h) == 1)
+        return;
+    if (!h)
+        loghook_wait_end(hooks, NULL, NULL); /* out of memory: answer without waiting */
+    free(h);
     done(ud, 200, res, NULL, false);
 }
 

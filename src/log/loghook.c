@@ -42,10 +42,57 @@ void loghook_set_sink(loghook_sink_fn fn)
     atomic_store(&sink, fn);
 }
 
+struct loghook_wait {
+    atomic_size_t pending; /* unsettled records, plus 1 until end */
+    void (*done)(void *ud);
+    void *ud;
+};
+
+static _Thread_local loghook_wait *current_wait;
+
+loghook_wait *loghook_wait_begin(void)
+{
+    if (loghook_count() == 0)
+        return NULL;
+    loghook_wait *w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL; /* out of memory: the reply just does not wait */
+    atomic_init(&w->pending, 1);
+    current_wait = w;
+    return w;
+}
+
+static void wait_settle(loghook_wait *w)
+{
+    if (atomic_fetch_sub(&w->pending, 1) == 1) {
+        /* the last one after end: done and ud were set before end's
+         * decrement, which this one's decrement follows */
+        if (w->done)
+            w->done(w->ud);
+        free(w);
+    }
+}
+
+int loghook_wait_end(loghook_wait *w, void (*done)(void *ud), void *ud)
+{
+    if (!w)
+        return 0;
+    current_wait = NULL;
+    w->done = done;
+    w->ud = ud;
+    if (atomic_fetch_sub(&w->pending, 1) == 1) {
+        free(w);
+        return 0;
+    }
+    return 1;
+}
+
 void loghook_item_free(loghook_item *it)
 {
     if (!it)
         return;
+    if (it->wait)
+        wait_settle(it->wait);
     free(it->hook_name);
     json_decref(it->record);
     free(it->text);
@@ -231,6 +278,10 @@ static void hook_record(const logrec *r)
             sbuf_putc(&b, '\n');
         char *text = it ? sbuf_finish(&b, &it->len) : NULL;
         if (it) {
+            if (current_wait) {
+                atomic_fetch_add(&current_wait->pending, 1);
+                it->wait = current_wait;
+            }
             it->text = text;
             it->record = rec;
             rec = NULL;

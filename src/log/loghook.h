@@ -11,7 +11,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+typedef struct loghook_wait loghook_wait;
+
 typedef struct loghook_item {
+    loghook_wait *wait; /* the barrier current when the record was logged, or NULL */
     char *hook_name;
     bool deferred_spool;
     json_t *record; /* the log record object (its "meta" holds the hook's meta keys) */
@@ -19,7 +22,24 @@ typedef struct loghook_item {
     size_t len;
 } loghook_item;
 
+/* Frees the item. This is when its record counts as settled for the
+ * barrier it belongs to: the sink frees an item once the record's message
+ * is durable in the spool (or queued, with deferred_spool), or once the
+ * record was dropped. */
 void loghook_item_free(loghook_item *it);
+
+/* A barrier over the hook records logged by this thread between
+ * loghook_wait_begin and loghook_wait_end, so that a reply can wait until
+ * they are settled: the SMTP server holds its 250 until the Reception
+ * records' messages are in the spool, so a kill -9 right after the 250 can
+ * not lose the record of a message it acknowledged. begin returns NULL
+ * (nothing to wait for) when no hook is configured; barriers do not nest.
+ * end returns 0 when every record is already settled (the barrier is gone
+ * and done is never called), or 1: then done(ud) runs once, on the thread
+ * that settles the last record (normally the caller's reactor), and the
+ * barrier frees itself. A NULL done abandons the barrier (nothing waits). */
+loghook_wait *loghook_wait_begin(void);
+int loghook_wait_end(loghook_wait *w, void (*done)(void *ud), void *ud);
 
 /* Receives each item (ownership moves) on the thread that logged the
  * record. Set once by main before the policy runs. */

@@ -41,6 +41,7 @@
 #include "core/kerr.h"
 #include "core/reactor.h"
 #include "core/utf8.h"
+#include "log/loghook.h"
 #include "log/logs.h"
 #include "lua/klua.h"
 #include "lua/message_lua.h"
@@ -260,6 +261,10 @@ struct sess {
     size_t n_batch, batch_idx;
     int saves_pending, save_err;
     bool timed_out;
+    /* the DATA reply held until the Reception records' hook messages are
+     * in the spool (log/loghook.h's barrier) */
+    int held_code;
+    char *held_text;
     struct event *deadline_ev;
     klua_call *call;
     sess_cont cont;
@@ -336,6 +341,7 @@ static void sess_free(sess *s)
         s->next_live->prev_live = s->prev_live;
     tx_reset(s);
     free(s->rcpts);
+    free(s->held_text);
     if (s->outq)
         evbuffer_free(s->outq);
     if (s->inq)
@@ -1776,6 +1782,37 @@ static void log_reception(sess *s, message *m, const char *queue, const oobrec_r
         metrics_histogram_observe(h, (double)(clock_mono_ns() - t0) / 1e9);
 }
 
+static void send_data_reply(sess *s, int code, const char *text)
+{
+    sess_reply(s, code, text, "DATA"); /* a 421 closes the session there */
+}
+
+static void hooks_settled_on_reactor(void *arg)
+{
+    sess *s = arg;
+    s->refs--;
+    char *text = s->held_text;
+    s->held_text = NULL;
+    s->busy = false;
+    if (s->dead) {
+        free(text);
+        if (s->refs == 0 && !s->reap_armed)
+            sess_free(s);
+        return;
+    }
+    send_data_reply(s, s->held_code, text);
+    free(text);
+    if (!s->busy && !s->dead)
+        sess_process(s);
+}
+
+/* The last Reception record's hook message is settled (any thread). */
+static void hooks_settled(void *ud)
+{
+    sess *s = ud;
+    reactor_post(s->r, hooks_settled_on_reactor, s);
+}
+
 /* Called after the events (saves_pending == 0 and nothing saved yet) and
  * again when all saves completed. */
 static void finish_reception(sess *s)
@@ -1866,6 +1903,7 @@ static void finish_reception(sess *s)
     if (s->deadline_ev)
         event_del(s->deadline_ev);
     /* Second pass: Reception records, then hand over to the queues. */
+    loghook_wait *hooks = loghook_wait_begin();
     char *ids = malloc(s->n_batch * (SPOOLID_HEX_LEN + 1) + 1);
     if (!ids)
         abort();
@@ -1905,18 +1943,32 @@ static void finish_reception(sess *s)
     size_t n = s->n_batch;
     tx_reset(s);
     sess_set_state(s, SS_READY);
+    int code;
+    char *reply = NULL;
+    int rc;
     if (!black_holed && !relayed_any && !was_report) {
-        sess_reply(s, 550, "5.7.1 relaying not permitted", "DATA");
+        code = 550;
+        rc = asprintf(&reply, "5.7.1 relaying not permitted");
     } else if (failed && (size_t)failed == n) {
-        sess_replyf(s, 421, "DATA", "4.3.0 %s technical difficulties", s->p.hostname);
+        code = 421;
+        rc = asprintf(&reply, "4.3.0 %s technical difficulties", s->p.hostname);
     } else {
-        char *reply = NULL;
-        if (asprintf(&reply, "%s ids=%s", failed ? "PARTIAL" : "OK", ids) < 0)
-            abort();
-        sess_reply(s, 250, reply, "DATA");
-        free(reply);
+        code = 250;
+        rc = asprintf(&reply, "%s ids=%s", failed ? "PARTIAL" : "OK", ids);
     }
+    if (rc < 0)
+        abort();
     free(ids);
+    if (loghook_wait_end(hooks, hooks_settled, s) == 0) {
+        send_data_reply(s, code, reply);
+        free(reply);
+        return;
+    }
+    /* busy: pipelined commands wait behind the held reply */
+    s->held_code = code;
+    s->held_text = reply;
+    s->busy = true;
+    s->refs++;
 }
 
 /* ---- AUTH PLAIN ------------------------------------------------------------------------ */

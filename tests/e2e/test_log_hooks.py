@@ -57,8 +57,13 @@ end)
 """
 
 
-def start(kumod_factory, peer):
-    return kumod_factory(handlers=HANDLERS % {"url": peer.url},
+HTTP_LISTENER = """
+  kumo.start_http_listener { listen = '127.0.0.1:{http_port}', trusted_hosts = { '127.0.0.1' } }
+"""
+
+
+def start(kumod_factory, peer, init=""):
+    return kumod_factory(handlers=HANDLERS % {"url": peer.url}, init=init,
                          env={"KUMOD_LUA_PATH": LUA_PATH})
 
 
@@ -185,5 +190,64 @@ def test_kill9_mid_stream_loses_no_record(kumod_factory):
             if key(r) in seen:
                 assert key(r) in received_before_restart, r
             seen.add(key(r))
+    finally:
+        peer.close()
+
+
+def test_kill9_right_after_250_keeps_every_reception_record(kumod_factory):
+    """The 250 to DATA waits until the Reception record's hook message is in
+    the spool: a kill -9 the moment the client has its 250 loses no record
+    of a message kumod acknowledged."""
+    peer = http_peer.Peer()
+    peer.fail_status = 500  # nothing leaves before the kill: the records are only spooled
+    try:
+        k = start(kumod_factory, peer)
+        ids = []
+        with smtplib.SMTP("127.0.0.1", k.smtp_port, timeout=30) as s:
+            s.ehlo("client.test")
+            for i in range(40):
+                assert s.mail("sender@origin.test")[0] == 250
+                assert s.rcpt(f"ok{i}@sink.test")[0] == 250
+                code, text = s.data(f"Subject: n{i}\r\n\r\nbody\r\n".encode())
+                assert code == 250, text
+                ids.append(text.decode().split("ids=")[1].strip())
+            k.kill9()  # at once: no QUIT, no grace
+        peer.fail_status = None
+        k.start()
+        want = {("Reception", i) for i in ids}
+        peer.wait_records(lambda rs: want <= {key(r) for r in rs}, timeout=60,
+                          what="the Reception record of every acknowledged message")
+    finally:
+        peer.close()
+
+
+def test_kill9_right_after_inject_200_keeps_every_reception_record(kumod_factory):
+    """The same for HTTP injection: the 200 waits for the hook messages."""
+    import json
+    import urllib.request
+    peer = http_peer.Peer()
+    peer.fail_status = 500
+    try:
+        k = start(kumod_factory, peer, init=HTTP_LISTENER)
+        n = 20
+        for i in range(n):
+            body = json.dumps({
+                "envelope_sender": "sender@origin.test",
+                "content": f"Subject: inj{i}\r\nFrom: sender@origin.test\r\n\r\nbody\r\n",
+                "recipients": [{"email": f"ok{i}@sink.test"}],
+            }).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{k.http_port}/api/inject/v1",
+                                         data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                assert json.loads(r.read())["success_count"] == 1
+        k.kill9()
+        peer.fail_status = None
+        k.start()
+        want = {f"inj{i}" for i in range(n)}
+        peer.wait_records(
+            lambda rs: want <= {r["headers"].get("Subject") for r in rs
+                                if r["type"] == "Reception"},
+            timeout=60, what="the Reception record of every injected message")
     finally:
         peer.close()
