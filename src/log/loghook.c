@@ -104,12 +104,8 @@ static void hook_free(struct hook *h)
     if (!h)
         return;
     free(h->name);
-    for (size_t i = 0; i < h->n_meta; i++)
-        free(h->meta[i]);
-    free(h->meta);
-    for (size_t i = 0; i < h->n_headers; i++)
-        free(h->headers[i]);
-    free(h->headers);
+    logs__string_list_free(h->meta, h->n_meta);
+    logs__string_list_free(h->headers, h->n_headers);
     free(h);
 }
 

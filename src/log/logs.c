@@ -99,12 +99,8 @@ static void dest_free(struct logs_dest *d)
     if (!d)
         return;
     logger_free(d->lg);
-    for (size_t i = 0; i < d->n_meta; i++)
-        free(d->meta[i]);
-    free(d->meta);
-    for (size_t i = 0; i < d->n_headers; i++)
-        free(d->headers[i]);
-    free(d->headers);
+    logs__string_list_free(d->meta, d->n_meta);
+    logs__string_list_free(d->headers, d->n_headers);
     for (int i = 0; i <= LOGREC__COUNT; i++) {
         free(d->pr[i].suffix);
         free(d->pr[i].log_dir);
@@ -204,6 +200,13 @@ int logs__cfg_min_free(const json_t *v, const char *what, json_t **out, char *er
                        "`%s` must be a percentage string like \"10%%\" or a size in bytes", what);
     *out = json_deep_copy(v);
     return *out ? 0 : KERR_NOMEM;
+}
+
+void logs__string_list_free(char **list, size_t n)
+{
+    for (size_t i = 0; list && i < n; i++)
+        free(list[i]);
+    free(list);
 }
 
 /* meta = {"a", "b*"}; an empty Lua table may arrive as {} rather than []. */

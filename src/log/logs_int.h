@@ -22,6 +22,8 @@ int logs__cfg_uint(const json_t *v, const char *what, uint64_t max, uint64_t *ou
  * entry strdup'd; on error the caller frees what was filled (*n_out). */
 int logs__cfg_string_list(const json_t *v, const char *what, char ***out, size_t *n_out,
                           char *err, size_t errlen);
+/* Frees such a list (NULL is fine). */
+void logs__string_list_free(char **list, size_t n);
 
 /* duration-serde: a humantime string or a number of seconds, in ns. */
 int logs__cfg_duration(const json_t *v, const char *what, int64_t *out, char *err, size_t errlen);
