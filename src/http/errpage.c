@@ -23,10 +23,11 @@
  * returns at once unless an add was exactly the page's length, and only
  * then copies out the buffer (at most a few hundred bytes for the page).
  *
- * The same page also answers a header block over the listener's header
- * limit, a chunked body with broken framing and an oversized trailer
- * (libevent reports all of them as "data too long"); they get the same
- * text, as nothing here tells them apart.
+ * libevent sends the same page for a chunked body with broken framing and
+ * for a trailer over the header limit (it reports them as "data too
+ * long" too); they get the same text, as nothing here tells them apart.
+ * Its other pages (400 for a malformed request or header block, 501 for a
+ * method the listener does not allow, 417) go out as they are.
  *
  * Runs on the reactor thread of the connection. Fails safe: on any doubt
  * (or out of memory) evhttp's page goes out unchanged. */

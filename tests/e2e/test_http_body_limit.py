@@ -285,3 +285,22 @@ def test_malformed_request_still_answered_by_libevent(k, scheme):
     status, _, headers, _ = c.response()
     assert status == 400 and headers["connection"] == "close"
     assert c.closed()
+
+
+def test_broken_chunked_framing_is_the_same_413(k):
+    # libevent reports broken chunk framing as "data too long" (documented)
+    c = Conn(k, "http")
+    c.send(b"POST /api/inject/v1 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"zz\r\nxx\r\n0\r\n\r\n")
+    check_413(*c.response())
+    assert c.closed()
+
+
+def test_oversized_header_block_is_libevents_400(k):
+    # not a body: the header limit (64 KiB) is libevent's 400, left as it is
+    c = Conn(k, "http")
+    c.send(b"GET /api/check-liveness/v1 HTTP/1.1\r\nHost: h\r\nX-Big: "
+           + b"a" * (70 * 1024) + b"\r\n\r\n")
+    status, _, headers, _ = c.response()
+    assert status == 400 and headers["connection"] == "close"
+    assert c.closed()
