@@ -94,6 +94,19 @@ static bool is_field(const char *line, size_t len, const char *name, const char 
     return true;
 }
 
+/* The length of "HTTP/<major>.<minor> " at p (n bytes), else 0. evhttp
+ * prints the request's own version numbers, whatever they were
+ * ("HTTP/1.11", "HTTP/1.-1"), except 1.0, which its error page makes 1.1. */
+static size_t version_len(const char *p, size_t n)
+{
+    if (n < 5 || memcmp(p, "HTTP/", 5) != 0)
+        return 0;
+    size_t i = 5;
+    while (i < n && i < 32 && strchr("0123456789.-", p[i]) && p[i])
+        i++;
+    return i > 5 && i < n && p[i] == ' ' ? i + 1 : 0;
+}
+
 size_t http_errpage_rewrite(const char *buf, size_t len, char *out, size_t cap)
 {
     if (len < PAGE_LEN + 4 || memcmp(buf + len - PAGE_LEN, evhttp_page, PAGE_LEN) != 0)
@@ -102,44 +115,42 @@ size_t http_errpage_rewrite(const char *buf, size_t len, char *out, size_t cap)
     if (memcmp(buf + hend - 4, "\r\n\r\n", 4) != 0)
         return 0;
     /* a 100 Continue evhttp wrote earlier and has not sent yet stays */
-    size_t pos = 0;
-    while (hend - pos > 10 && memcmp(buf + pos, "HTTP/1.1 1", 10) == 0) {
+    size_t pos = 0, vl;
+    while ((vl = version_len(buf + pos, hend - pos)) != 0 && hend - pos - vl > 1 &&
+           buf[pos + vl] == '1') {
         const char *e = memmem(buf + pos, hend - pos, "\r\n\r\n", 4);
         if (!e || (size_t)(e + 4 - buf) == hend)
             return 0;
         pos = (size_t)(e + 4 - buf);
     }
-    if (hend - pos < 13 ||
-        (memcmp(buf + pos, "HTTP/1.1 413 ", 13) != 0 && memcmp(buf + pos, "HTTP/1.0 413 ", 13) != 0))
+    static const char status[] = "413 Request Entity Too Large\r\n";
+    if (!vl || hend - pos - vl < sizeof(status) - 1 ||
+        memcmp(buf + pos + vl, status, sizeof(status) - 1) != 0)
         return 0;
-    const char *line = memmem(buf + pos, hend - pos, "\r\n", 2);
-    if (!line)
-        return 0;
+    const char *line = buf + pos + vl + sizeof(status) - 1;
     outbuf o = {.p = out, .cap = cap};
-    put(&o, buf, pos);
-    put(&o, buf + pos, 9); /* "HTTP/1.x " */
+    put(&o, buf, pos + vl); /* any interim response, then evhttp's "HTTP/x.y " */
     puts_(&o, "413 Payload Too Large\r\n");
     bool length_ok = false, closes = false;
     char num[32];
-    line += 2;
     while (line < buf + hend - 2) {
         const char *eol = memmem(line, (size_t)(buf + hend - line), "\r\n", 2);
         size_t ll = (size_t)(eol - line);
         const char *v;
-        size_t vl;
-        if (is_field(line, ll, "Content-Length", &v, &vl)) {
+        size_t fl;
+        if (is_field(line, ll, "Content-Length", &v, &fl)) {
             int n = snprintf(num, sizeof(num), "%zu", PAGE_LEN);
-            if (length_ok || vl != (size_t)n || memcmp(v, num, vl) != 0)
+            if (length_ok || fl != (size_t)n || memcmp(v, num, fl) != 0)
                 return 0;
             length_ok = true;
             n = snprintf(num, sizeof(num), "%zu", sizeof(body_text) - 1);
             puts_(&o, "Content-Length: ");
             put(&o, num, (size_t)n);
             puts_(&o, "\r\n");
-        } else if (is_field(line, ll, "Content-Type", &v, &vl)) {
+        } else if (is_field(line, ll, "Content-Type", &v, &fl)) {
             puts_(&o, "Content-Type: " HTTP_BODY_LIMIT_TYPE "\r\n");
         } else {
-            if (is_field(line, ll, "Connection", &v, &vl) && vl == 5 &&
+            if (is_field(line, ll, "Connection", &v, &fl) && fl == 5 &&
                 strncasecmp(v, "close", 5) == 0)
                 closes = true;
             put(&o, line, ll + 2);

@@ -62,6 +62,12 @@ static void test_rewrite(void **state)
     assert_int_equal(n, 25 + strlen(WANT));
     assert_memory_equal(out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     assert_memory_equal(out + 25, WANT, strlen(WANT));
+    /* evhttp prints the client's own version numbers */
+    snprintf(in, sizeof(in), "HTTP/1.11 100 Continue\r\n\r\nHTTP/1.11%s%s", HEAD + 8, PAGE);
+    n = rewrite(in, out, sizeof(out));
+    assert_int_equal(n, 26 + 1 + strlen(WANT));
+    assert_memory_equal(out, "HTTP/1.11 100 Continue\r\n\r\nHTTP/1.11", 35);
+    assert_memory_equal(out + 35, WANT + 8, strlen(WANT) - 8);
 }
 
 static void test_left_alone(void **state)
@@ -79,6 +85,10 @@ static void test_left_alone(void **state)
         "HTTP/1.1 413 Request Entity Too Large\r\nConnection: close\r\n\r\n",
         "HTTP/1.1 413 Request Entity Too Large\r\nConnection: close\r\nContent-Length: 120\r\n"
         "Content-Length: 120\r\n\r\n",
+        /* another reason than evhttp's own, a bad version */
+        "HTTP/1.1 413 Too Big\r\nConnection: close\r\nContent-Length: 120\r\n\r\n",
+        "HTTP/x 413 Request Entity Too Large\r\nConnection: close\r\nContent-Length: 120\r\n\r\n",
+        "HTTP/ 413 Request Entity Too Large\r\nConnection: close\r\nContent-Length: 120\r\n\r\n",
         /* something else before it than an interim response */
         "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 413 Request Entity Too Large\r\n"
         "Connection: close\r\nContent-Length: 120\r\n\r\n",
