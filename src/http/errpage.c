@@ -1,10 +1,11 @@
 /* KumoMTA's 413 for a raw request body over request_body_limit.
  *
- * libevent 2.1.12's evhttp refuses such a body itself: it reads and drops
- * the body (EVHTTP_SERVER_LINGERING_CLOSE), then evhttp_send_error writes
- * its HTML page ("<TITLE>413 Request Entity Too Large</TITLE>") with
- * Connection: close, and our request callback never runs; 2.1.12 has no
- * hook before that page. KumoMTA answers with axum's plain-text rejection,
+ * libevent 2.1.12's evhttp refuses such a body itself: once it has read
+ * and dropped a body announced by Content-Length
+ * (EVHTTP_SERVER_LINGERING_CLOSE), or as soon as chunks pass the limit,
+ * evhttp_send_error writes its HTML page ("<TITLE>413 Request Entity Too
+ * Large</TITLE>") with Connection: close, and our request callback never
+ * runs; 2.1.12 has no hook before that page. KumoMTA answers with axum's plain-text rejection,
  * the same text kumod's listener gives when a compressed body inflates past
  * the limit (http.c decode_body). So every server connection's bufferevent
  * is ours (evhttp_set_bevcb, plain and TLS), with an evbuffer callback on

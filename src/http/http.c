@@ -16,10 +16,11 @@
  * later" and a diagnostic with file and line. A body over
  * request_body_limit is refused with KumoMTA's plain-text 413 "Failed to
  * buffer the request body: length limit exceeded": a raw one by libevent
- * itself before it is buffered (it reads and drops the body, then closes
- * the connection), its HTML page replaced by errpage.c on the bufferevent
- * conn_bevcb makes; a compressed one by decode_body once it inflates past
- * the limit (the connection stays open). */
+ * itself before it is buffered (after reading and dropping a body
+ * announced by Content-Length, or as soon as chunks pass the limit; then
+ * it closes the connection), its HTML page replaced by errpage.c on the
+ * bufferevent conn_bevcb makes; a compressed one by decode_body once it
+ * inflates past the limit (the connection stays open). */
 #include "http/http.h"
 #include "http/template_lua.h"
 #include "net/sockaddr.h"
