@@ -13,9 +13,14 @@
  *
  * Failure: every error a client can cause is a 4xx with a JSON body naming
  * the problem; a Lua error in an authentication event is a 500 "try again
- * later" and a diagnostic with file and line. Bodies over
- * request_body_limit are refused by libevent itself with 413 before the
- * body is buffered. */
+ * later" and a diagnostic with file and line. A body over
+ * request_body_limit is refused with KumoMTA's plain-text 413 "Failed to
+ * buffer the request body: length limit exceeded": a raw one by libevent
+ * itself before it is buffered (after reading and dropping a body
+ * announced by Content-Length, or as soon as chunks pass the limit; then
+ * it closes the connection), its HTML page replaced by errpage.c on the
+ * bufferevent conn_bevcb makes; a compressed one by decode_body once it
+ * inflates past the limit (the connection stays open). */
 #include "http/http.h"
 #include "http/template_lua.h"
 #include "net/sockaddr.h"
@@ -49,6 +54,7 @@
 #include "core/kerr.h"
 #include "core/reactor.h"
 #include "http/acl.h"
+#include "http/errpage.h"
 #include "http/mime.h"
 #include "http/request.h"
 #include "log/aaa_log.h"
@@ -558,8 +564,9 @@ static bool decode_body(http_req *hr)
     const unsigned char *raw = evbuffer_pullup(in, -1);
     int rc = raw ? inflate_body(hr, raw, inlen, wb, hr->ln->request_body_limit) : 400;
     if (rc == 413) {
-        static const char msg[] = "Failed to buffer the request body: length limit exceeded";
-        http_reply_text(hr, 413, "text/plain; charset=utf-8", msg, sizeof(msg) - 1);
+        /* the same answer as errpage.c's for a raw body over the limit */
+        static const char msg[] = HTTP_BODY_LIMIT_TEXT;
+        http_reply_text(hr, 413, HTTP_BODY_LIMIT_TYPE, msg, sizeof(msg) - 1);
         return false;
     }
     if (rc != 0) {
@@ -1050,14 +1057,30 @@ static void on_request(struct evhttp_request *req, void *arg)
 
 /* ---- start and stop ------------------------------------------------------------------------------ */
 
-static struct bufferevent *tls_bevcb(struct event_base *base, void *arg)
+/* Every server connection's bufferevent, made here (plain ones too) so
+ * that errpage.c can answer libevent's own 413 as KumoMTA does. A plain one
+ * has the options evhttp gives its own (none: evhttp closes the socket
+ * itself). Out of memory, NULL makes evhttp use a plain bufferevent of its
+ * own; on a TLS listener the client's handshake then reads as a malformed
+ * request (400, closed). */
+static struct bufferevent *conn_bevcb(struct event_base *base, void *arg)
 {
     http_listener *ln = arg;
-    SSL *ssl = SSL_new(ln->tls);
-    if (!ssl)
-        return NULL;
-    return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                          BEV_OPT_CLOSE_ON_FREE);
+    struct bufferevent *bev;
+    if (ln->use_tls) {
+        SSL *ssl = SSL_new(ln->tls);
+        if (!ssl)
+            return NULL;
+        /* frees ssl itself when it fails (BEV_OPT_CLOSE_ON_FREE) */
+        bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                             BEV_OPT_CLOSE_ON_FREE);
+    } else {
+        bev = bufferevent_socket_new(base, -1, 0);
+    }
+    if (bev && http_errpage_watch(bev) != 0)
+        DWARN(HMOD, "listener %s: out of memory: libevent's own 413 page goes out as it is",
+              ln->listen);
+    return bev;
 }
 
 typedef struct sync_job {
@@ -1122,8 +1145,7 @@ static void open_on_reactor(void *arg)
          * client sees the answer rather than a reset */
         evhttp_set_flags(http, EVHTTP_SERVER_LINGERING_CLOSE);
         evhttp_set_gencb(http, on_request, ln);
-        if (ln->use_tls)
-            evhttp_set_bevcb(http, tls_bevcb, ln);
+        evhttp_set_bevcb(http, conn_bevcb, ln);
         struct evhttp_bound_socket *bs = evhttp_accept_socket_with_handle(http, fd);
         if (!bs) {
             close(fd);

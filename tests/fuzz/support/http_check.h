@@ -1,7 +1,8 @@
 /* What every HTTP exchange with the fuzz server must look like: the
  * server answered and closed (no stall), every response starts with a
- * status line, and no status is 500 (every error a client can cause is a
- * 4xx naming the problem; see src/http/http.c). */
+ * status line, no status is 500 (every error a client can cause is a
+ * 4xx naming the problem; see src/http/http.c), and no 413 is libevent's
+ * HTML page. */
 #ifndef KUMOD_FUZZ_HTTP_CHECK_H
 #define KUMOD_FUZZ_HTTP_CHECK_H
 #include <stdlib.h>
@@ -34,6 +35,11 @@ static inline void http_check_responses(const inproc_result *r)
                 clen = strtol(h + 15, NULL, 10);
         if (clen < 0)
             break; /* no length: the body runs to the close */
+        /* a body over the limit is KumoMTA's plain-text 413, never
+         * libevent's HTML page (src/http/errpage.c) */
+        FUZZ_CHECK(strncmp(sp + 1, "413", 3) != 0 || clen > (long)(end - hend - 4) ||
+                       !memmem(hend + 4, (size_t)clen, "<HTML>", 6),
+                   "libevent's own 413 page: %.2000s", p);
         p = hend + 4 + clen;
     }
 }

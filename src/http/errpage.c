@@ -1,0 +1,206 @@
+/* KumoMTA's 413 for a raw request body over request_body_limit.
+ *
+ * libevent 2.1.12's evhttp refuses such a body itself: once it has read
+ * and dropped a body announced by Content-Length
+ * (EVHTTP_SERVER_LINGERING_CLOSE), or as soon as chunks pass the limit,
+ * evhttp_send_error writes its HTML page ("<TITLE>413 Request Entity Too
+ * Large</TITLE>") with Connection: close, and our request callback never
+ * runs; 2.1.12 has no hook before that page. KumoMTA answers with axum's plain-text rejection,
+ * the same text kumod's listener gives when a compressed body inflates past
+ * the limit (http.c decode_body). So every server connection's bufferevent
+ * is ours (evhttp_set_bevcb, plain and TLS), with an evbuffer callback on
+ * its output: evhttp serves one request at a time per connection and
+ * writes a whole response into that buffer synchronously (status line,
+ * headers, then the body in one evbuffer_add_buffer) before the event
+ * loop can send a byte of it, so when the add that completes evhttp's page
+ * fires the callback, the page is replaced in place. evhttp still closes
+ * the connection after the write (the Connection: close header it reads
+ * back is kept), and the client still sees the answer.
+ *
+ * Not a bufferevent filter: filters break evhttp's deferred replies and
+ * its Connection: close handling in 2.1.12.
+ *
+ * Cost: the callback runs on every add and drain of every response; it
+ * returns at once unless an add was exactly the page's length, and only
+ * then copies out the buffer (at most a few hundred bytes for the page).
+ *
+ * libevent sends the same page for a chunked body with broken framing and
+ * for a trailer over the header limit (it reports them as "data too
+ * long" too); they get the same text, as nothing here tells them apart.
+ * Its other pages (400 for a malformed request or header block, 501 for a
+ * method the listener does not allow, 417) go out as they are.
+ *
+ * Runs on the reactor thread of the connection. Fails safe: on any doubt
+ * (or out of memory) evhttp's page goes out unchanged. */
+#include "http/errpage.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/kerr.h"
+
+/* evhttp_send_error's ERR_FORMAT for 413 with its default reason
+ * (libevent 2.1.12 http.c) */
+static const char evhttp_page[] = "<HTML><HEAD>\n"
+                                  "<TITLE>413 Request Entity Too Large</TITLE>\n"
+                                  "</HEAD><BODY>\n"
+                                  "<H1>Request Entity Too Large</H1>\n"
+                                  "</BODY></HTML>\n";
+#define PAGE_LEN (sizeof(evhttp_page) - 1)
+
+/* the largest output buffer that can hold only evhttp's page (a few
+ * interim responses, the status line, four short headers and the page) */
+#define MAX_PAGE_BUFFER 2048
+
+static const char body_text[] = HTTP_BODY_LIMIT_TEXT;
+
+typedef struct outbuf {
+    char *p;
+    size_t len, cap;
+    bool overflow;
+} outbuf;
+
+static void put(outbuf *o, const char *s, size_t n)
+{
+    if (o->overflow || n > o->cap - o->len) {
+        o->overflow = true;
+        return;
+    }
+    memcpy(o->p + o->len, s, n);
+    o->len += n;
+}
+
+static void puts_(outbuf *o, const char *s)
+{
+    put(o, s, strlen(s));
+}
+
+/* name matches the header line's field name (case-insensitive) */
+static bool is_field(const char *line, size_t len, const char *name, const char **value,
+                     size_t *vlen)
+{
+    size_t nl = strlen(name);
+    if (len <= nl || line[nl] != ':' || strncasecmp(line, name, nl) != 0)
+        return false;
+    const char *v = line + nl + 1;
+    const char *end = line + len;
+    while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+    *value = v;
+    *vlen = (size_t)(end - v);
+    return true;
+}
+
+/* The length of "HTTP/<major>.<minor> " at p (n bytes), else 0. evhttp
+ * prints the request's own version numbers, whatever they were
+ * ("HTTP/1.11", "HTTP/1.-1"), except 1.0, which its error page makes 1.1. */
+static size_t version_len(const char *p, size_t n)
+{
+    if (n < 5 || memcmp(p, "HTTP/", 5) != 0)
+        return 0;
+    size_t i = 5;
+    while (i < n && i < 32 && strchr("0123456789.-", p[i]) && p[i])
+        i++;
+    return i > 5 && i < n && p[i] == ' ' ? i + 1 : 0;
+}
+
+size_t http_errpage_rewrite(const char *buf, size_t len, char *out, size_t cap)
+{
+    if (len < PAGE_LEN + 4 || memcmp(buf + len - PAGE_LEN, evhttp_page, PAGE_LEN) != 0)
+        return 0;
+    size_t hend = len - PAGE_LEN; /* just past the blank line */
+    if (memcmp(buf + hend - 4, "\r\n\r\n", 4) != 0)
+        return 0;
+    /* a 100 Continue evhttp wrote earlier and has not sent yet stays */
+    size_t pos = 0, vl;
+    while ((vl = version_len(buf + pos, hend - pos)) != 0 && hend - pos - vl > 1 &&
+           buf[pos + vl] == '1') {
+        const char *e = memmem(buf + pos, hend - pos, "\r\n\r\n", 4);
+        if (!e || (size_t)(e + 4 - buf) == hend)
+            return 0;
+        pos = (size_t)(e + 4 - buf);
+    }
+    static const char status[] = "413 Request Entity Too Large\r\n";
+    if (!vl || hend - pos - vl < sizeof(status) - 1 ||
+        memcmp(buf + pos + vl, status, sizeof(status) - 1) != 0)
+        return 0;
+    const char *line = buf + pos + vl + sizeof(status) - 1;
+    outbuf o = {.p = out, .cap = cap};
+    put(&o, buf, pos + vl); /* any interim response, then evhttp's "HTTP/x.y " */
+    puts_(&o, "413 Payload Too Large\r\n");
+    bool length_ok = false, closes = false;
+    char num[32];
+    while (line < buf + hend - 2) {
+        const char *eol = memmem(line, (size_t)(buf + hend - line), "\r\n", 2);
+        size_t ll = (size_t)(eol - line);
+        const char *v;
+        size_t fl;
+        if (is_field(line, ll, "Content-Length", &v, &fl)) {
+            int n = snprintf(num, sizeof(num), "%zu", PAGE_LEN);
+            if (length_ok || fl != (size_t)n || memcmp(v, num, fl) != 0)
+                return 0;
+            length_ok = true;
+            n = snprintf(num, sizeof(num), "%zu", sizeof(body_text) - 1);
+            puts_(&o, "Content-Length: ");
+            put(&o, num, (size_t)n);
+            puts_(&o, "\r\n");
+        } else if (is_field(line, ll, "Content-Type", &v, &fl)) {
+            puts_(&o, "Content-Type: " HTTP_BODY_LIMIT_TYPE "\r\n");
+        } else {
+            if (is_field(line, ll, "Connection", &v, &fl) && fl == 5 &&
+                strncasecmp(v, "close", 5) == 0)
+                closes = true;
+            put(&o, line, ll + 2);
+        }
+        line = eol + 2;
+    }
+    /* evhttp's page always has both: without them it is not that page */
+    if (!length_ok || !closes)
+        return 0;
+    puts_(&o, "\r\n");
+    put(&o, body_text, sizeof(body_text) - 1);
+    return o.overflow ? 0 : o.len;
+}
+
+static void on_output(struct evbuffer *out, const struct evbuffer_cb_info *info, void *arg)
+{
+    (void)arg;
+    /* our own add below runs this callback again */
+    static _Thread_local bool rewriting;
+    /* evhttp adds the page body with one evbuffer_add_buffer */
+    if (info->n_added != PAGE_LEN || rewriting)
+        return;
+    size_t len = evbuffer_get_length(out);
+    if (len > MAX_PAGE_BUFFER)
+        return;
+    char buf[MAX_PAGE_BUFFER], rep[MAX_PAGE_BUFFER];
+    /* A socket bufferevent keeps the start of its output frozen between
+     * its writes (only it drains there), which makes copyout and drain
+     * fail: thaw it for this replacement, and freeze it again. */
+    bool thawed = false;
+    ev_ssize_t got = evbuffer_copyout(out, buf, len);
+    if (got < 0) {
+        evbuffer_unfreeze(out, 1);
+        thawed = true;
+        got = evbuffer_copyout(out, buf, len);
+    }
+    size_t n = got == (ev_ssize_t)len ? http_errpage_rewrite(buf, len, rep, sizeof(rep)) : 0;
+    if (n) {
+        rewriting = true;
+        /* add first: if that fails, evhttp's page is still whole */
+        if (evbuffer_add(out, rep, n) == 0)
+            evbuffer_drain(out, len);
+        rewriting = false;
+    }
+    if (thawed)
+        evbuffer_freeze(out, 1);
+}
+
+int http_errpage_watch(struct bufferevent *bev)
+{
+    return evbuffer_add_cb(bufferevent_get_output(bev), on_output, NULL) ? 0 : KERR_NOMEM;
+}
