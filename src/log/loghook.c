@@ -62,6 +62,16 @@ loghook_wait *loghook_wait_begin(void)
     return w;
 }
 
+void loghook_wait_pause(void)
+{
+    current_wait = NULL;
+}
+
+void loghook_wait_resume(loghook_wait *w)
+{
+    current_wait = w;
+}
+
 static void wait_settle(loghook_wait *w)
 {
     if (atomic_fetch_sub(&w->pending, 1) == 1) {

@@ -39,6 +39,10 @@ void loghook_item_free(loghook_item *it);
  * that settles the last record (normally the caller's reactor), and the
  * barrier frees itself. A NULL done abandons the barrier (nothing waits). */
 loghook_wait *loghook_wait_begin(void);
+/* Leave the barrier open but stop adding this thread's records to it
+ * (while the caller waits for something else), and take it up again. */
+void loghook_wait_pause(void);
+void loghook_wait_resume(loghook_wait *w);
 int loghook_wait_end(loghook_wait *w, void (*done)(void *ud), void *ud);
 
 /* Receives each item (ownership moves) on the thread that logged the

@@ -473,6 +473,11 @@ bool logrec_type_classifiable(logrec_type t)
 
 void logs_record(const logrec *r)
 {
+    logs_record_parts(r, LOGS_LOCAL | LOGS_HOOKS);
+}
+
+void logs_record_parts(const logrec *r, unsigned parts)
+{
     if (!r)
         return;
     if ((unsigned)r->type >= LOGREC__COUNT) {
@@ -481,14 +486,19 @@ void logs_record(const logrec *r)
     }
     /* the accounting database counts every reception and delivery,
      * whether or not any log is configured */
-    if (r->type == LOGREC_RECEPTION)
+    if (!(parts & LOGS_LOCAL))
+        ; /* counted with the local half */
+    else if (r->type == LOGREC_RECEPTION)
         acct_reception(r->reception_protocol);
     else if (r->type == LOGREC_DELIVERY)
         acct_delivery(r->delivery_protocol);
-    void (*hook)(const logrec *) = atomic_load(&record_hook);
+    void (*hook)(const logrec *) = (parts & LOGS_HOOKS) ? atomic_load(&record_hook) : NULL;
     bool hooks = hook != NULL;
+    size_t n_local = (parts & LOGS_LOCAL) ? SIZE_MAX : 0;
     lock_read();
-    if (logs_n == 0 && !hooks) {
+    if (n_local)
+        n_local = logs_n;
+    if (n_local == 0 && !hooks) {
         pthread_rwlock_unlock(&logs_lock);
         return;
     }
@@ -510,7 +520,7 @@ void logs_record(const logrec *r)
         if (fn)
             rec.bounce_classification = fn(&rec.response);
     }
-    for (size_t i = 0; i < logs_n; i++) {
+    for (size_t i = 0; i < n_local; i++) {
         struct logs_dest *d = logs_dests[i];
         if (!d->enabled[rec.type])
             continue;

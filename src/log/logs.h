@@ -108,6 +108,15 @@ bool logrec_type_classifiable(logrec_type t);
  * record without a bounce_classification gets one from the classifier. Blocks while a
  * destination's queue holds back_pressure records. Any thread. */
 void logs_record(const logrec *r);
+/* One half of logs_record: LOGS_LOCAL (the local logs and the accounting
+ * counts) and/or LOGS_HOOKS (the log hooks). The SMTP server hands a
+ * Reception record to the hooks while the message is being saved, so that
+ * the hook's message joins the same spool group commit, and to the local
+ * logs once the save succeeded; both halves then carry the same
+ * timestamp_ns, which the caller sets. */
+#define LOGS_LOCAL 1u
+#define LOGS_HOOKS 2u
+void logs_record_parts(const logrec *r, unsigned parts);
 
 /* Serialises one record as a single JSON line (no newline), with meta and
  * headers filtered by the given key lists (NULL lists -> empty objects).

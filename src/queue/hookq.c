@@ -3,10 +3,19 @@
  * hook's meta keys, `log_record` = the record, `reception_protocol` =
  * "LogRecord", the JSON record as its body) that the policy's
  * should_enqueue_log_record event sees; when it returns true the message
- * is saved to the spool (synced like a received message, unless the hook
- * has deferred_spool) and inserted into the queue it names, from where a
- * custom_lua protocol delivers it like any message: retries, backoff,
- * expiry and restarts come from the queues and the spool.
+ * is saved to the spool (unless the hook has deferred_spool) and inserted
+ * into the queue it names, from where a custom_lua protocol delivers it
+ * like any message: retries, backoff, expiry and restarts come from the
+ * queues and the spool.
+ *
+ * The save is lazy (spool_save_new_lazy): it costs no group commit of its
+ * own but rides on the next one, ahead of what follows it in the writer's
+ * queue. The SMTP server hands the hooks a Reception record before it
+ * saves the message, so the record's message is in the message's own
+ * synced group, and the 250 waits for it (loghook's barrier); a Delivery
+ * or Bounce record's message goes ahead of the spool remove of the message
+ * it reports. A crash therefore loses a record only together with the
+ * event it records, which then happens (and is logged) again.
  *
  * Threads: the sink runs on the thread that logged the record, normally a
  * reactor (its VM runs the event); from elsewhere the item is posted to
@@ -108,7 +117,7 @@ static void enqueue(hook_job *j)
     m->in_spool = true;
     m->meta_dirty = m->data_dirty = false;
     j->r = reactor_current();
-    spool_save_new(sp, &m->id, meta, ml, data, m->data_len, services_spool_sync(), saved, j);
+    spool_save_new_lazy(sp, &m->id, meta, ml, data, m->data_len, saved, j);
 }
 
 static void after_event(klua_call *c, int status, void *ud)

@@ -265,6 +265,11 @@ struct sess {
      * in the spool (log/loghook.h's barrier) */
     int held_code;
     char *held_text;
+    /* between the passes of finish_reception: the hook barrier, the time of
+     * the Reception records, which messages' records the hooks already have */
+    loghook_wait *hooks_wait;
+    int64_t rx_time_ns;
+    bool *prelogged;
     struct event *deadline_ev;
     klua_call *call;
     sess_cont cont;
@@ -323,6 +328,13 @@ static void tx_reset(sess *s)
     s->batch = NULL;
     free(s->reports);
     s->reports = NULL;
+    free(s->prelogged);
+    s->prelogged = NULL;
+    if (s->hooks_wait) { /* a transaction that ended between the passes */
+        loghook_wait_pause();
+        loghook_wait_end(s->hooks_wait, NULL, NULL);
+        s->hooks_wait = NULL;
+    }
     s->n_batch = s->batch_idx = 0;
     s->timed_out = false;
     if (s->deadline_ev)
@@ -1760,11 +1772,13 @@ static void save_done(void *ud, int err)
     reactor_post(x->s->r, save_done_on_reactor, x);
 }
 
-static void log_reception(sess *s, message *m, const char *queue, const oobrec_report *rep)
+static void log_reception(sess *s, message *m, const char *queue, const oobrec_report *rep,
+                          unsigned parts)
 {
     char hex[SPOOLID_HEX_LEN + 1];
     logrec r;
     logrec_reception(&r, hex, m, queue);
+    r.timestamp_ns = s->rx_time_ns;
     r.peer_name = s->ehlo_domain ? s->ehlo_domain : "";
     r.peer_addr = s->peer_ip;
     r.reception_protocol = "ESMTP";
@@ -1776,7 +1790,7 @@ static void log_reception(sess *s, message *m, const char *queue, const oobrec_r
     if (rep) /* Feedback instead of Reception; OOB records (log/oobrec.c) */
         oobrec_log(rep, &r);
     else
-        logs_record(&r);
+        logs_record_parts(&r, parts);
     metrics_histogram *h = log_latency();
     if (h)
         metrics_histogram_observe(h, (double)(clock_mono_ns() - t0) / 1e9);
@@ -1849,6 +1863,14 @@ static void finish_reception(sess *s)
     if (!s->busy && s->saves_pending == 0 && s->batch_idx == s->n_batch) {
         s->batch_idx = s->n_batch + 1; /* marks "saves issued" */
         sess_expecting(s, false);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        s->rx_time_ns = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        /* The log hooks get each saved message's Reception record now,
+         * ahead of its save, so that the hook's message is in the same
+         * spool group commit; the 250 waits for both (the barrier), and
+         * the local logs get the record once the save succeeded. */
+        s->hooks_wait = loghook_wait_begin();
         for (size_t i = 0; i < s->n_batch; i++) {
             message *m = s->batch[i];
             if (apply_supplemental(s, m) != 0) {
@@ -1858,6 +1880,14 @@ static void finish_reception(sess *s)
             char *q = queue_name_of_message(m);
             bool relay = data_relay_decision(s, i);
             bool save = relay && strcmp(q, "null") != 0 && !s->p.deferred_spool;
+            if (save && s->hooks_wait && !(s->reports && s->reports[i])) {
+                if (!s->prelogged)
+                    s->prelogged = calloc(s->n_batch, sizeof(*s->prelogged));
+                if (s->prelogged) {
+                    log_reception(s, m, q, NULL, LOGS_HOOKS);
+                    s->prelogged[i] = true;
+                }
+            }
             free(q);
             if (!save)
                 continue;
@@ -1894,6 +1924,7 @@ static void finish_reception(sess *s)
                 spool_save_new(sp, &m->id, meta, ml, data, m->data_len, sync, save_done, x);
             m->in_spool = true;
         }
+        loghook_wait_pause();
         if (any_saving) {
             s->busy = true;
             return;
@@ -1903,7 +1934,12 @@ static void finish_reception(sess *s)
     if (s->deadline_ev)
         event_del(s->deadline_ev);
     /* Second pass: Reception records, then hand over to the queues. */
-    loghook_wait *hooks = loghook_wait_begin();
+    loghook_wait *hooks = s->hooks_wait;
+    s->hooks_wait = NULL;
+    if (hooks)
+        loghook_wait_resume(hooks);
+    else
+        hooks = loghook_wait_begin();
     char *ids = malloc(s->n_batch * (SPOOLID_HEX_LEN + 1) + 1);
     if (!ids)
         abort();
@@ -1927,7 +1963,8 @@ static void finish_reception(sess *s)
                         m->rcpts[0], m->n_rcpts > 1 ? " (and more)" : "", hex, q,
                         relay && strcmp(q, "null") != 0 ? "true" : "false",
                         rep ? " was_arf_or_oob=true" : "");
-        log_reception(s, m, q, rep);
+        log_reception(s, m, q, rep,
+                      s->prelogged && s->prelogged[i] ? LOGS_LOCAL : LOGS_LOCAL | LOGS_HOOKS);
         if (strcmp(q, "null") == 0) {
             black_holed = true;
         } else if (relay) {

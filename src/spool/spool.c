@@ -14,6 +14,7 @@
  * wake the writer: they join the next group of saves, or go on their own
  * SPOOL_REMOVE_DELAY_MS after the first of them when no save comes (a third
  * of the writer's wake-ups in a relay at 10 sessions were removes alone).
+ * Lazy saves (spool_save_new_lazy: log-hook records) wait the same way.
  *
  * Readers: loads and enumerations go to separate reader threads so that they
  * are never stuck behind an fsync; at most one reader runs an enumeration at
@@ -373,6 +374,7 @@ typedef struct spool_req {
     bool sync;
     bool want_data;
     bool fresh; /* a save: the first of a new id (see spool_save_new) */
+    bool lazy;  /* a remove, or a lazy save: does not wake the writer */
     spoolid id;
     char *meta; /* owned */
     size_t meta_len;
@@ -1653,7 +1655,7 @@ static void enqueue_write(spool *sp, spool_req *r)
     if (sp->writer_alive) {
         bool was_empty = sp->wq.head == NULL;
         rl_push(&sp->wq, r);
-        if (r->type != REQ_REMOVE) {
+        if (!r->lazy) {
             if (sp->wq_urgent++ == 0)
                 pthread_cond_signal(&sp->wcond);
         } else if (was_empty) {
@@ -1680,7 +1682,7 @@ static void enqueue_write(spool *sp, spool_req *r)
 }
 
 static void save(spool *sp, const spoolid *id, char *meta_take, size_t meta_len, char *data_take,
-                 size_t data_len, bool sync, bool fresh, spool_done_fn cb, void *ud)
+                 size_t data_len, bool sync, bool fresh, bool lazy, spool_done_fn cb, void *ud)
 {
     spool_req *r = calloc(1, sizeof(*r));
     if (r == NULL || meta_take == NULL) {
@@ -1700,6 +1702,7 @@ static void save(spool *sp, const spoolid *id, char *meta_take, size_t meta_len,
     r->data_len = data_len;
     r->sync = sync;
     r->fresh = fresh && data_take != NULL;
+    r->lazy = lazy;
     r->done = cb;
     r->ud = ud;
     enqueue_write(sp, r);
@@ -1708,13 +1711,19 @@ static void save(spool *sp, const spoolid *id, char *meta_take, size_t meta_len,
 void spool_save(spool *sp, const spoolid *id, char *meta_take, size_t meta_len, char *data_take,
                 size_t data_len, bool sync, spool_done_fn cb, void *ud)
 {
-    save(sp, id, meta_take, meta_len, data_take, data_len, sync, false, cb, ud);
+    save(sp, id, meta_take, meta_len, data_take, data_len, sync, false, false, cb, ud);
 }
 
 void spool_save_new(spool *sp, const spoolid *id, char *meta_take, size_t meta_len,
                     char *data_take, size_t data_len, bool sync, spool_done_fn cb, void *ud)
 {
-    save(sp, id, meta_take, meta_len, data_take, data_len, sync, true, cb, ud);
+    save(sp, id, meta_take, meta_len, data_take, data_len, sync, true, false, cb, ud);
+}
+
+void spool_save_new_lazy(spool *sp, const spoolid *id, char *meta_take, size_t meta_len,
+                         char *data_take, size_t data_len, spool_done_fn cb, void *ud)
+{
+    save(sp, id, meta_take, meta_len, data_take, data_len, false, true, true, cb, ud);
 }
 
 void spool_remove(spool *sp, const spoolid *id, spool_done_fn cb, void *ud)
@@ -1727,6 +1736,7 @@ void spool_remove(spool *sp, const spoolid *id, spool_done_fn cb, void *ud)
         return;
     }
     r->type = REQ_REMOVE;
+    r->lazy = true;
     r->id = *id;
     r->done = cb;
     r->ud = ud;

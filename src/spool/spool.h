@@ -60,6 +60,15 @@ void spool_save(spool *sp, const spoolid *id, char *meta_take, size_t meta_len,
  * the stores to write (the message is only ever in the journal). */
 void spool_save_new(spool *sp, const spoolid *id, char *meta_take, size_t meta_len,
                     char *data_take, size_t data_len, bool sync, spool_done_fn cb, void *ud);
+/* spool_save_new, unsynced and not urgent: like a remove, it waits for the
+ * next group of saves (and is synced with it when that group is), or goes
+ * SPOOL_REMOVE_DELAY_MS later when none comes. For records whose loss can
+ * only come with the loss of what follows them in the queue: a log-hook
+ * message saved ahead of the save or remove of the message it reports
+ * (the journal writes groups in order, and any sync covers every write
+ * before it), so a crash loses both or neither. */
+void spool_save_new_lazy(spool *sp, const spoolid *id, char *meta_take, size_t meta_len,
+                         char *data_take, size_t data_len, spool_done_fn cb, void *ud);
 /* +1: a save is on its way (an SMTP session is receiving a body); -1 once
  * it is issued or abandoned. While at least commit_siblings are announced,
  * the writer waits commit_delay before a group commit so that they can join. */

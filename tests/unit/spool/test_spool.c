@@ -924,6 +924,61 @@ static void commit_delay(const char *dir, spool_kind kind)
     spool_free(sp);
 }
 
+/* spool_save_new_lazy: alone, it does not wake the writer and goes after
+ * SPOOL_REMOVE_DELAY_MS; followed by a synced save it joins that save's
+ * group (and so its sync); it can be loaded back either way. */
+static void lazy_saves(const char *dir, spool_kind kind)
+{
+    spool_stats st;
+    waiter w;
+    spoolid a, b, c;
+    spool *sp = open_spool(dir, kind, true);
+    waiter_init(&w);
+    test_id(&a);
+    test_id(&b);
+    test_id(&c);
+
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    waiter_add(&w, 1 << 30);
+    spool_save_new_lazy(sp, &a, strdup("{\"lazy\":1}"), 10, strdup("alone"), 5, on_done, &w);
+    waiter_wait(&w);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    spool_get_stats(sp, &st);
+    assert_int_equal(w.errors, 0);
+    assert_int_equal(st.saves, 1);
+    if (ms < SPOOL_REMOVE_DELAY_MS * 0.5)
+        fail_msg("a lazy save alone completed after %.1f ms: it woke the writer", ms);
+
+    /* a lazy save, then an urgent synced one: one group, both synced */
+    uint64_t groups0 = st.groups;
+    waiter_add(&w, 1 << 30);
+    spool_save_new_lazy(sp, &b, strdup("{\"lazy\":2}"), 10, strdup("rides"), 5, on_done, &w);
+    save_new_one(sp, &w, &c, "{\"urgent\":1}", "urgent", true);
+    waiter_wait(&w);
+    assert_int_equal(w.errors, 0);
+    spool_get_stats(sp, &st);
+    assert_int_equal(st.saves, 3);
+    assert_int_equal(st.groups - groups0, 1);
+
+    assert_loads(sp, &a, true, "alone");
+    assert_loads(sp, &b, true, "rides");
+    assert_loads(sp, &b, false, "{\"lazy\":2}");
+    waiter_fini(&w);
+    spool_free(sp);
+}
+
+static void test_lazy_saves_rocks(void **state)
+{
+    lazy_saves(((fixture *)*state)->dir, SPOOL_KIND_ROCKSDB);
+}
+
+static void test_lazy_saves_local_disk(void **state)
+{
+    lazy_saves(((fixture *)*state)->dir, SPOOL_KIND_LOCALDISK);
+}
+
 static void test_commit_delay_rocks(void **state)
 {
     commit_delay(((fixture *)*state)->dir, SPOOL_KIND_ROCKSDB);
@@ -1473,6 +1528,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_journal_pending_set_across_laps, setup_dir,
                                         teardown_dir),
         cmocka_unit_test_setup_teardown(test_group_commit_local_disk, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_lazy_saves_rocks, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_lazy_saves_local_disk, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_commit_delay_rocks, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_commit_delay_local_disk, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_journal_replays_lost_store_writes, setup_dir,
