@@ -1887,12 +1887,15 @@ static struct cobj *fam_from_answer(struct flight *f, int status, const unsigned
     return &fo->hdr;
 }
 
-static struct cobj *txt_from_answer(struct flight *f, int status, const unsigned char *abuf,
-                                    int alen)
+/* The answer of a TXT or PTR query that c-ares did not answer with
+ * records (no data, no such name, or a failure), or NULL for
+ * ARES_SUCCESS: the caller then parses the records. */
+static struct cobj *list_from_status(struct flight *f, int status, const unsigned char *abuf,
+                                     int alen)
 {
     switch (status) {
     case ARES_SUCCESS:
-        break;
+        return NULL;
     case ARES_ENODATA:
     case ARES_ENOTFOUND: {
         struct txt_obj *t = txt_obj_new(status == ARES_ENODATA ? DNS_NO_RECORDS : DNS_NXDOMAIN,
@@ -1903,6 +1906,14 @@ static struct cobj *txt_from_answer(struct flight *f, int status, const unsigned
     default:
         return fail_obj(f, ares_strerror(status));
     }
+}
+
+static struct cobj *txt_from_answer(struct flight *f, int status, const unsigned char *abuf,
+                                    int alen)
+{
+    struct cobj *o = list_from_status(f, status, abuf, alen);
+    if (o)
+        return o;
     struct ares_txt_ext *txt = NULL;
     int rc = ares_parse_txt_reply_ext(abuf, alen, &txt);
     struct txt_obj *t = txt_obj_new(DNS_OK, NULL, f->display);
@@ -1934,52 +1945,14 @@ static struct cobj *txt_from_answer(struct flight *f, int status, const unsigned
     return &t->hdr;
 }
 
-/* The TXT answer of the test resolver's zones (TXT and SPF records). */
-static struct cobj *txt_from_zones(const zone_set *zs, const char *qname, const char *display)
-{
-    zone_answer a;
-    switch (zone_set_lookup(zs, qname, ZONE_TXT, &a)) {
-    case ZONE_NXDOMAIN:
-        return &txt_obj_new(DNS_NXDOMAIN, NULL, display)->hdr;
-    case ZONE_SERVFAIL:
-    case ZONE_BADNAME:
-        return &txt_obj_new(DNS_FAIL,
-                            xasprintf("failed to query DNS for %s (TXT): %s", display,
-                                      a.rcode == ZONE_SERVFAIL ? "SERVFAIL" : "invalid name"),
-                            display)
-                    ->hdr;
-    }
-    struct txt_obj *t = txt_obj_new(a.n ? DNS_OK : DNS_NO_RECORDS, NULL, display);
-    t->pub.ttl = a.n ? UINT32_MAX : 60;
-    for (size_t i = 0; i < a.n; i++) {
-        size_t idx = t->pub.n;
-        txt_obj_add(t, idx, "", 0);
-        for (size_t k = 0; k < a.rrs[i]->n_txt; k++)
-            txt_obj_add(t, idx, a.rrs[i]->txt[k], strlen(a.rrs[i]->txt[k]));
-        if (a.rrs[i]->ttl < t->pub.ttl)
-            t->pub.ttl = a.rrs[i]->ttl;
-    }
-    return &t->hdr;
-}
-
 /* The PTR records of an answer: the names they point to, fully qualified
  * with the root dot, as hickory prints them. */
 static struct cobj *ptr_from_answer(struct flight *f, int status, const unsigned char *abuf,
                                     int alen)
 {
-    switch (status) {
-    case ARES_SUCCESS:
-        break;
-    case ARES_ENODATA:
-    case ARES_ENOTFOUND: {
-        struct txt_obj *t = txt_obj_new(status == ARES_ENODATA ? DNS_NO_RECORDS : DNS_NXDOMAIN,
-                                        NULL, f->display);
-        t->pub.ttl = negative_ttl(abuf, alen);
-        return &t->hdr;
-    }
-    default:
-        return fail_obj(f, ares_strerror(status));
-    }
+    struct cobj *o = list_from_status(f, status, abuf, alen);
+    if (o)
+        return o;
     if (!abuf || alen < 12)
         return fail_obj(f, "malformed answer");
     struct txt_obj *t = txt_obj_new(DNS_OK, NULL, f->display);
@@ -2040,16 +2013,21 @@ static struct cobj *ptr_from_answer(struct flight *f, int status, const unsigned
     return &t->hdr;
 }
 
-static struct cobj *ptr_from_zones(const zone_set *zs, const char *qname, const char *display)
+/* The TXT (TXT and SPF records: type ZONE_TXT) or PTR (ZONE_PTR) answer
+ * of the test resolver's zones: one record per RR, a TXT record's strings
+ * joined, a PTR record its target; the TTL the smallest of the RRs'. */
+static struct cobj *list_from_zones(const zone_set *zs, const char *qname, const char *display,
+                                    uint16_t type)
 {
     zone_answer a;
-    switch (zone_set_lookup(zs, qname, ZONE_PTR, &a)) {
+    switch (zone_set_lookup(zs, qname, type, &a)) {
     case ZONE_NXDOMAIN:
         return &txt_obj_new(DNS_NXDOMAIN, NULL, display)->hdr;
     case ZONE_SERVFAIL:
     case ZONE_BADNAME:
         return &txt_obj_new(DNS_FAIL,
-                            xasprintf("failed to query DNS for %s (PTR): %s", display,
+                            xasprintf("failed to query DNS for %s (%s): %s", display,
+                                      type == ZONE_TXT ? "TXT" : "PTR",
                                       a.rcode == ZONE_SERVFAIL ? "SERVFAIL" : "invalid name"),
                             display)
                     ->hdr;
@@ -2057,8 +2035,14 @@ static struct cobj *ptr_from_zones(const zone_set *zs, const char *qname, const 
     struct txt_obj *t = txt_obj_new(a.n ? DNS_OK : DNS_NO_RECORDS, NULL, display);
     t->pub.ttl = a.n ? UINT32_MAX : 60;
     for (size_t i = 0; i < a.n; i++) {
-        const char *tg = a.rrs[i]->target;
-        txt_obj_add(t, t->pub.n, tg, strlen(tg));
+        size_t idx = t->pub.n;
+        if (type == ZONE_TXT) {
+            txt_obj_add(t, idx, "", 0);
+            for (size_t k = 0; k < a.rrs[i]->n_txt; k++)
+                txt_obj_add(t, idx, a.rrs[i]->txt[k], strlen(a.rrs[i]->txt[k]));
+        } else {
+            txt_obj_add(t, idx, a.rrs[i]->target, strlen(a.rrs[i]->target));
+        }
         if (a.rrs[i]->ttl < t->pub.ttl)
             t->pub.ttl = a.rrs[i]->ttl;
     }
@@ -2351,7 +2335,7 @@ static void txt_start(struct resolver *res, struct rcfg *rc, const char *name, d
     struct testres *t;
     const zone_set *zs = zones_get(rc, &t);
     if (zs) {
-        post_ready(res, w, txt_from_zones(zs, qname, name));
+        post_ready(res, w, list_from_zones(zs, qname, name, ZONE_TXT));
         testres_put(t);
         return;
     }
@@ -2398,7 +2382,7 @@ int dns_lookup_ptr(const char *resolver, const char *ip, dns_txt_cb cb, void *ud
     struct testres *t;
     const zone_set *zs = zones_get(rc, &t);
     if (zs) {
-        post_ready(res, w, ptr_from_zones(zs, qname, ip));
+        post_ready(res, w, list_from_zones(zs, qname, ip, ZONE_PTR));
         testres_put(t);
         rcfg_put(rc);
         return 0;
