@@ -2183,6 +2183,22 @@ static int via(const char *resolver, struct rcfg **rc)
     return *rc ? 0 : KERR_NOTFOUND;
 }
 
+/* What every lookup starts with: the named resolver's configuration (via)
+ * and reactor r's resolver. 0, KERR_NOTFOUND or KERR_NOMEM (then nothing
+ * is held). */
+static int lookup_begin(reactor *r, const char *resolver, struct rcfg **rc,
+                        struct resolver **res)
+{
+    if (via(resolver, rc) != 0)
+        return KERR_NOTFOUND;
+    *res = resolver_get(r);
+    if (!*res) {
+        rcfg_put(*rc);
+        return KERR_NOMEM;
+    }
+    return 0;
+}
+
 int dns_lookup_mx_via(const char *resolver, const char *domain, dns_mx_cb cb, void *ud,
                       void (*drop)(void *ud))
 {
@@ -2190,13 +2206,10 @@ int dns_lookup_mx_via(const char *resolver, const char *domain, dns_mx_cb cb, vo
     if (!r || !cb || !domain)
         return KERR_INVAL;
     struct rcfg *rc;
-    if (via(resolver, &rc) != 0)
-        return KERR_NOTFOUND;
-    struct resolver *res = resolver_get(r);
-    if (!res) {
-        rcfg_put(rc);
-        return KERR_NOMEM;
-    }
+    struct resolver *res;
+    int begun = lookup_begin(r, resolver, &rc, &res);
+    if (begun != 0)
+        return begun;
     int rv = mx_start(res, rc, domain, cb, ud, drop);
     rcfg_put(rc);
     return rv;
@@ -2287,6 +2300,40 @@ static int mx_start(struct resolver *res, struct rcfg *rc, const char *domain, d
 
 /* ---- TXT lookups ------------------------------------------------------------------ */
 
+/* Answers w (a W_TXT waiter) with the TXT or PTR (qtype) records of the
+ * normalized qname, display being the name as asked: from the test
+ * resolver's zones, the special-use names (RFC 6761: localhost has no
+ * such records, invalid does not exist; reverse names are never under
+ * them), the cache, or a query joined to one in flight. */
+static void list_lookup(struct resolver *res, struct rcfg *rc, struct waiter *w, int qtype,
+                        const char *qname, const char *display)
+{
+    struct testres *t;
+    const zone_set *zs = zones_get(rc, &t);
+    if (zs) {
+        post_ready(res, w,
+                   list_from_zones(zs, qname, display, qtype == T_TXT ? ZONE_TXT : ZONE_PTR));
+        testres_put(t);
+        return;
+    }
+    if (under(qname, "localhost") || under(qname, "invalid")) {
+        post_ready(res, w,
+                   &txt_obj_new(under(qname, "invalid") ? DNS_NXDOMAIN : DNS_NO_RECORDS, NULL,
+                                display)
+                        ->hdr);
+        return;
+    }
+    char key[DNS_MAX_NAME + 48], pfx[24];
+    key_prefix(rc, pfx, sizeof(pfx));
+    snprintf(key, sizeof(key), "%s%s %s", pfx, qtype == T_TXT ? "TXT" : "PTR", qname);
+    struct cobj *hit = cache_get(key);
+    if (hit) {
+        post_ready(res, w, hit);
+        return;
+    }
+    flight_join(res, rc, key, qtype, qname, display, 0, w);
+}
+
 int dns_lookup_txt(const char *name, dns_txt_cb cb, void *ud, void (*drop)(void *ud))
 {
     return dns_lookup_txt_via(NULL, name, cb, ud, drop);
@@ -2302,13 +2349,10 @@ int dns_lookup_txt_via(const char *resolver, const char *name, dns_txt_cb cb, vo
     if (!r || !cb || !name)
         return KERR_INVAL;
     struct rcfg *rc;
-    if (via(resolver, &rc) != 0)
-        return KERR_NOTFOUND;
-    struct resolver *res = resolver_get(r);
-    if (!res) {
-        rcfg_put(rc);
-        return KERR_NOMEM;
-    }
+    struct resolver *res;
+    int begun = lookup_begin(r, resolver, &rc, &res);
+    if (begun != 0)
+        return begun;
     txt_start(res, rc, name, cb, ud, drop);
     rcfg_put(rc);
     return 0;
@@ -2332,28 +2376,7 @@ static void txt_start(struct resolver *res, struct rcfg *rc, const char *name, d
                         ->hdr);
         return;
     }
-    struct testres *t;
-    const zone_set *zs = zones_get(rc, &t);
-    if (zs) {
-        post_ready(res, w, list_from_zones(zs, qname, name, ZONE_TXT));
-        testres_put(t);
-        return;
-    }
-    if (under(qname, "localhost") || under(qname, "invalid")) {
-        post_ready(res, w,
-                   &txt_obj_new(under(qname, "invalid") ? DNS_NXDOMAIN : DNS_NO_RECORDS, NULL, name)
-                        ->hdr);
-        return;
-    }
-    char key[DNS_MAX_NAME + 48], pfx[24];
-    key_prefix(rc, pfx, sizeof(pfx));
-    snprintf(key, sizeof(key), "%sTXT %s", pfx, qname);
-    struct cobj *hit = cache_get(key);
-    if (hit) {
-        post_ready(res, w, hit);
-        return;
-    }
-    flight_join(res, rc, key, T_TXT, qname, name, 0, w);
+    list_lookup(res, rc, w, T_TXT, qname, name);
 }
 
 /* ---- PTR lookups -------------------------------------------------------------------- */
@@ -2368,33 +2391,15 @@ int dns_lookup_ptr(const char *resolver, const char *ip, dns_txt_cb cb, void *ud
     if (dns_ptr_name(ip, qname, sizeof(qname)) != 0)
         return KERR_INVAL;
     struct rcfg *rc;
-    if (via(resolver, &rc) != 0)
-        return KERR_NOTFOUND;
-    struct resolver *res = resolver_get(r);
-    if (!res) {
-        rcfg_put(rc);
-        return KERR_NOMEM;
-    }
+    struct resolver *res;
+    int begun = lookup_begin(r, resolver, &rc, &res);
+    if (begun != 0)
+        return begun;
     struct waiter *w = waiter_new(W_TXT);
     w->txt_cb = cb;
     w->ud = ud;
     w->drop = drop;
-    struct testres *t;
-    const zone_set *zs = zones_get(rc, &t);
-    if (zs) {
-        post_ready(res, w, list_from_zones(zs, qname, ip, ZONE_PTR));
-        testres_put(t);
-        rcfg_put(rc);
-        return 0;
-    }
-    char key[DNS_MAX_NAME + 48], pfx[24];
-    key_prefix(rc, pfx, sizeof(pfx));
-    snprintf(key, sizeof(key), "%sPTR %s", pfx, qname);
-    struct cobj *hit = cache_get(key);
-    if (hit)
-        post_ready(res, w, hit);
-    else
-        flight_join(res, rc, key, T_PTR, qname, ip, 0, w);
+    list_lookup(res, rc, w, T_PTR, qname, ip);
     rcfg_put(rc);
     return 0;
 }
@@ -2572,13 +2577,10 @@ int dns_lookup_addrs_via(const char *resolver, const char *host, int strategy, d
     if (!r || !cb || !host || strategy < DNS_IPV4_AND_IPV6 || strategy > DNS_IPV4_THEN_IPV6)
         return KERR_INVAL;
     struct rcfg *rc;
-    if (via(resolver, &rc) != 0)
-        return KERR_NOTFOUND;
-    struct resolver *res = resolver_get(r);
-    if (!res) {
-        rcfg_put(rc);
-        return KERR_NOMEM;
-    }
+    struct resolver *res;
+    int begun = lookup_begin(r, resolver, &rc, &res);
+    if (begun != 0)
+        return begun;
     struct addr_job *job = xcalloc(1, sizeof(*job));
     job->rc = rc; /* the job holds the reference */
     job->cb = cb;
