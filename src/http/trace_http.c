@@ -68,8 +68,7 @@ static void trace_on_writable(ws_conn *ws, void *ud)
     trace_pump(ud);
 }
 
-static void trace_on_message(ws_conn *ws, void *ud, uint8_t opcode, const uint8_t *data,
-                             size_t len)
+static void trace_on_message(ws_conn *ws, void *ud, uint8_t opcode, const uint8_t *data, size_t len)
 {
     trace_ws *t = ud;
     if (t->got_request) {
@@ -102,8 +101,8 @@ static void trace_on_end(ws_conn *ws, void *ud, bool shutdown)
 {
     trace_ws *t = ud;
     if (!shutdown)
-        DDEBUG(HMOD, "peer=%s trace websocket closed (events lost to lag: %llu)",
-               ws_conn_peer(ws), (unsigned long long)trace_sub_lagged_total(t->sub));
+        DDEBUG(HMOD, "peer=%s trace websocket closed (events lost to lag: %llu)", ws_conn_peer(ws),
+               (unsigned long long)trace_sub_lagged_total(t->sub));
     trace_unsubscribe(t->sub);
     free(t);
 }
@@ -129,8 +128,7 @@ static void trace_upgrade(http_req *hr, trace_kind kind)
     t->sub = trace_subscribe(kind, hr->r, trace_wake, t);
     if (!t->sub) {
         free(t);
-        http_reply_error(hr, 503, "too many trace subscribers (at most %d)",
-                         TRACE_MAX_SUBSCRIBERS);
+        http_reply_error(hr, 503, "too many trace subscribers (at most %d)", TRACE_MAX_SUBSCRIBERS);
         return;
     }
     char peer[64];

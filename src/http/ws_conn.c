@@ -144,8 +144,8 @@ static void ws_read_cb(struct bufferevent *bev, void *arg)
                 ws_conn_send(w, WS_OP_PONG, payload, (size_t)f.len);
             } else if (f.opcode == WS_OP_CLOSE) {
                 /* §5.5.1: answer with the status it sent */
-                unsigned code = f.len >= 2 ? (unsigned)payload[0] << 8 | payload[1]
-                                           : WS_CLOSE_NORMAL;
+                unsigned code =
+                    f.len >= 2 ? (unsigned)payload[0] << 8 | payload[1] : WS_CLOSE_NORMAL;
                 ws_conn_close(w, (int)code, NULL);
             }
         }
@@ -188,7 +188,8 @@ static void ws_ping_cb(evutil_socket_t fd, short what, void *arg)
     ws_conn_send(w, WS_OP_PING, w->cfg->ping_payload, strlen(w->cfg->ping_payload));
 }
 
-/* ---- the upgrade ------------------------------------------------------------------------------ */
+/* ---- the upgrade ------------------------------------------------------------------------------
+ */
 
 /* True when the comma-separated header value lists token. */
 static bool has_token(const char *v, const char *token)

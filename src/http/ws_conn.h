@@ -28,11 +28,11 @@
 typedef struct ws_conn ws_conn;
 
 typedef struct ws_conn_cfg {
-    const char *module;  /* diagnostics module of the log lines */
-    const char *what;    /* names the websocket in them: "trace websocket" */
-    size_t max_message;  /* largest message accepted from the client */
-    int ping_s;          /* keepalive ping interval */
-    int dead_s;          /* > 0: closed (1001) when nothing is heard for this long */
+    const char *module; /* diagnostics module of the log lines */
+    const char *what;   /* names the websocket in them: "trace websocket" */
+    size_t max_message; /* largest message accepted from the client */
+    int ping_s;         /* keepalive ping interval */
+    int dead_s;         /* > 0: closed (1001) when nothing is heard for this long */
     const char *ping_payload;
     /* The 400 text for a request without "Connection: upgrade" or
      * "Upgrade: websocket"; NULL: one text for each, as KumoMTA's axum

@@ -14,14 +14,17 @@
 #include "metrics/metrics.h"
 
 typedef struct metrics_lazy_counter {
-    const char *name;  /* static strings: the family's name, help and label */
+    const char *name; /* static strings: the family's name, help and label */
     const char *help;
     const char *label;
     metrics_family *family; /* set before done */
     atomic_int done;
 } metrics_lazy_counter;
 
-#define METRICS_LAZY_COUNTER(name, help, label) {(name), (help), (label), NULL, 0}
+#define METRICS_LAZY_COUNTER(name, help, label)                                                    \
+    {                                                                                              \
+        (name), (help), (label), NULL, 0                                                           \
+    }
 
 /* Adds one to the series whose label value is value (copied). */
 void metrics_lazy_counter_inc(metrics_lazy_counter *lc, const char *value);
