@@ -2,10 +2,11 @@
  * (resolvers, channels, flights, the cache); dns_answer.c builds their
  * results (the reference-counted objects below) from c-ares answers, the
  * test resolver's zones and the names that need no query; dns_config.c
- * holds the configuration (default, named and test resolvers). Threads: a
- * result is built on the reactor that ran the query and, once built, only
- * read (by any thread that holds a reference); configuration is read and
- * replaced under its own mutexes. */
+ * holds the configuration (default, named and test resolvers); dns_names.c
+ * the names that need no lookup. Threads: a result is built on the reactor
+ * that ran the query and, once built, only read (by any thread that holds
+ * a reference); configuration is read and replaced under its own
+ * mutexes. */
 #ifndef KUMOD_NET_DNS_INT_H
 #define KUMOD_NET_DNS_INT_H
 #include <stdarg.h>
@@ -110,6 +111,19 @@ static inline void sbuf_str(struct sbuf *b, const char *s)
 {
     sbuf_add(b, s, strlen(s));
 }
+
+/* ---- names (dns_names.c) --------------------------------------------------------- */
+
+/* Lower-cases name[0..len) into out (at least len + 1 bytes) without the
+ * trailing root dot and checks it as hickory's Name::from_str_relaxed
+ * does. Returns the number of labels (the root has 0) or -1. */
+int dns__name_normalize(const char *name, size_t len, char *out);
+/* Parses a domain literal ("[10.0.0.1]", "[IPv6:::1]", "[::1]"), with an
+ * optional ":port" inside or outside the brackets. Returns 1 for a
+ * literal (family, raw, port filled), 0 for none, -1 for a malformed one
+ * (err filled). */
+int dns__parse_literal(const char *s, int *family, unsigned char raw[16], uint16_t *port,
+                       char *err, size_t errlen);
 
 /* ---- results ----------------------------------------------------------------- */
 
