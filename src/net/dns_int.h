@@ -122,8 +122,8 @@ int dns__name_normalize(const char *name, size_t len, char *out);
  * optional ":port" inside or outside the brackets. Returns 1 for a
  * literal (family, raw, port filled), 0 for none, -1 for a malformed one
  * (err filled). */
-int dns__parse_literal(const char *s, int *family, unsigned char raw[16], uint16_t *port,
-                       char *err, size_t errlen);
+int dns__parse_literal(const char *s, int *family, unsigned char raw[16], uint16_t *port, char *err,
+                       size_t errlen);
 
 /* ---- results ----------------------------------------------------------------- */
 

@@ -210,8 +210,8 @@ char *dns_site_name(const char *const *hosts, size_t n)
  * KumoMTA), optionally with ":port" inside or outside the brackets. Returns
  * 1 for a literal (family, raw, port filled), 0 for no literal, -1 for a
  * malformed one (err filled). */
-int dns__parse_literal(const char *s, int *family, unsigned char raw[16], uint16_t *port,
-                         char *err, size_t errlen)
+int dns__parse_literal(const char *s, int *family, unsigned char raw[16], uint16_t *port, char *err,
+                       size_t errlen)
 {
     size_t len = strlen(s);
     uint16_t p = 0;
