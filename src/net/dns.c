@@ -21,11 +21,13 @@
  * table: no I/O here) for A/AAAA, then RFC 6761's localhost and invalid.
  * They are delivered like any answer (never inside the call) and not cached.
  *
- * Results are built in dns_answer.c (the objects, c-ares answers read from
- * the wire, the zones' and RFC 6761 answers); the configuration (default,
- * named and test resolvers) is dns_config.c's; names that need no lookup
- * (normalization, site_name, literals, reverse names) are dns_names.c's;
- * dns_int.h is what these files share.
+ * This file holds the resolvers, their channels, the flights and the
+ * cache. The lookup entry points (MX, TXT, PTR, address jobs) are in
+ * dns_lookup.c; results are built in dns_answer.c (the objects, c-ares
+ * answers read from the wire, the zones' and RFC 6761 answers); the
+ * configuration (default, named and test resolvers) is dns_config.c's;
+ * names that need no lookup (normalization, site_name, literals, reverse
+ * names) are dns_names.c's; dns_int.h is what these files share.
  *
  * Failures: every c-ares status ends in a result (DNS_FAIL with the reason),
  * never in a lost callback. MX failures are cached for the negative TTL
@@ -172,7 +174,7 @@ static void centry_free(struct centry *e)
 }
 
 /* Returns a new reference to the unexpired answer under key, or NULL. */
-static struct cobj *cache_get(const char *key)
+struct cobj *dns__cache_get(const char *key)
 {
     uint64_t h = hash_str(key);
     struct cobj *obj = NULL;
@@ -302,33 +304,6 @@ struct qctx {
 };
 
 struct addr_job;
-
-enum { W_MX, W_FAM, W_JOB, W_TXT };
-struct waiter {
-    struct waiter *next;
-    int kind;
-    dns_mx_cb mx_cb;
-    dns_txt_cb txt_cb;
-    void *ud;
-    void (*drop)(void *ud); /* for ud when the lookup is dropped unanswered */
-    struct addr_job *job;
-};
-
-/* An address lookup: one or two family answers combined per strategy. */
-struct addr_job {
-    struct addr_job *prev, *next; /* res->jobs */
-    dns_addr_cb cb;
-    void *ud;
-    void (*drop)(void *ud); /* for ud when the lookup is dropped unanswered */
-    int strategy;
-    char *name;
-    char *fq;
-    char *error;            /* set for an invalid name */
-    uint16_t port;          /* a literal's port */
-    struct fam_obj *fam[2]; /* [0] A, [1] AAAA */
-    int outstanding;
-    struct rcfg *rc; /* a named resolver (a reference), or NULL */
-};
 
 struct resolver {
     reactor *r;
@@ -572,7 +547,7 @@ static void reap_channels(struct resolver *res)
     }
 }
 
-static struct resolver *resolver_get(reactor *r)
+struct resolver *dns__resolver_get(reactor *r)
 {
     struct resolver *res = reactor_get_slot(r, REACTOR_SLOT_DNS);
     if (res)
@@ -616,7 +591,7 @@ static void flight_free(struct flight *f)
     free(f);
 }
 
-static struct waiter *waiter_new(int kind)
+struct waiter *dns__waiter_new(int kind)
 {
     struct waiter *w = xcalloc(1, sizeof(*w));
     w->kind = kind;
@@ -650,7 +625,7 @@ static void done_push(struct resolver *res, struct flight *f)
 }
 
 /* Delivers obj (taken) to one waiter on the next turn of the loop. */
-static void post_ready(struct resolver *res, struct waiter *w, struct cobj *obj)
+void dns__post_ready(struct resolver *res, struct waiter *w, struct cobj *obj)
 {
     struct flight *f = flight_alloc(res);
     f->result = obj;
@@ -734,8 +709,8 @@ static void flight_complete(struct flight *f, struct cobj *obj)
 }
 
 /* Joins the query for key, starting it when nobody has. Takes w. */
-static void flight_join(struct resolver *res, struct rcfg *rc, const char *key, int qtype,
-                        const char *qname, const char *display, uint16_t port, struct waiter *w)
+void dns__flight_join(struct resolver *res, struct rcfg *rc, const char *key, int qtype,
+                      const char *qname, const char *display, uint16_t port, struct waiter *w)
 {
     uint64_t h = hash_str(key);
     struct hnode **pp = htab_slot(&res->flights, key, h);
@@ -847,8 +822,7 @@ static void mx_deadline_cb(evutil_socket_t fd, short what, void *arg)
  * resolver's zones when they are set (and then always), else from the hosts
  * file, else for RFC 6761 names; NULL: ask DNS. fq: lower case, no root
  * dot; display: the name as the caller gave it. */
-static struct fam_obj *fam_static(const struct rcfg *rc, const char *fq, const char *display,
-                                  int idx)
+struct fam_obj *dns__fam_static(const struct rcfg *rc, const char *fq, const char *display, int idx)
 {
     int family = idx == 0 ? AF_INET : AF_INET6;
     struct testres *t;
@@ -905,9 +879,6 @@ static struct fam_obj *fam_static(const struct rcfg *rc, const char *fq, const c
 
 /* ---- delivery -------------------------------------------------------------------- */
 
-static void job_got(struct resolver *res, struct addr_job *job, struct fam_obj *fo);
-static void job_finish(struct resolver *res, struct addr_job *job);
-
 static void run_waiter(struct resolver *res, struct waiter *w, struct cobj *obj)
 {
     switch (w->kind) {
@@ -917,10 +888,10 @@ static void run_waiter(struct resolver *res, struct waiter *w, struct cobj *obj)
         break;
     }
     case W_FAM:
-        job_got(res, w->job, (struct fam_obj *)obj);
+        dns__job_got(res, w->job, (struct fam_obj *)obj);
         break;
     case W_JOB:
-        job_finish(res, w->job);
+        dns__job_finish(res, w->job);
         break;
     case W_TXT:
         w->txt_cb(&((struct txt_obj *)obj)->pub, w->ud);
@@ -950,292 +921,18 @@ static void deliver_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-/* ---- MX lookups -------------------------------------------------------------------- */
+/* ---- address jobs on the resolver ------------------------------------------------ */
 
-static int mx_start(struct resolver *res, struct rcfg *rc, const char *domain, dns_mx_cb cb,
-                    void *ud, void (*drop)(void *ud));
-
-int dns_lookup_mx(const char *domain, dns_mx_cb cb, void *ud)
+void dns__job_link(struct resolver *res, struct addr_job *job)
 {
-    return dns_lookup_mx_owned(domain, cb, ud, NULL);
+    job->prev = NULL;
+    job->next = res->jobs;
+    if (res->jobs)
+        res->jobs->prev = job;
+    res->jobs = job;
 }
 
-int dns_lookup_mx_owned(const char *domain, dns_mx_cb cb, void *ud, void (*drop)(void *ud))
-{
-    return dns_lookup_mx_via(NULL, domain, cb, ud, drop);
-}
-
-/* Resolves the named resolver for a lookup: 0 with *rc NULL (the default)
- * or a reference, KERR_NOTFOUND when the name is not defined. */
-static int via(const char *resolver, struct rcfg **rc)
-{
-    *rc = NULL;
-    if (!resolver)
-        return 0;
-    *rc = dns__rcfg_get(resolver);
-    return *rc ? 0 : KERR_NOTFOUND;
-}
-
-/* What every lookup starts with: the named resolver's configuration (via)
- * and reactor r's resolver. 0, KERR_NOTFOUND or KERR_NOMEM (then nothing
- * is held). */
-static int lookup_begin(reactor *r, const char *resolver, struct rcfg **rc, struct resolver **res)
-{
-    if (via(resolver, rc) != 0)
-        return KERR_NOTFOUND;
-    *res = resolver_get(r);
-    if (!*res) {
-        dns__rcfg_put(*rc);
-        return KERR_NOMEM;
-    }
-    return 0;
-}
-
-int dns_lookup_mx_via(const char *resolver, const char *domain, dns_mx_cb cb, void *ud,
-                      void (*drop)(void *ud))
-{
-    reactor *r = reactor_current();
-    if (!r || !cb || !domain)
-        return KERR_INVAL;
-    struct rcfg *rc;
-    struct resolver *res;
-    int begun = lookup_begin(r, resolver, &rc, &res);
-    if (begun != 0)
-        return begun;
-    int rv = mx_start(res, rc, domain, cb, ud, drop);
-    dns__rcfg_put(rc);
-    return rv;
-}
-
-static int mx_start(struct resolver *res, struct rcfg *rc, const char *domain, dns_mx_cb cb,
-                    void *ud, void (*drop)(void *ud))
-{
-    struct waiter *w = waiter_new(W_MX);
-    w->mx_cb = cb;
-    w->ud = ud;
-    w->drop = drop;
-
-    char err[256];
-    int family;
-    unsigned char raw[16];
-    uint16_t port = 0;
-    int lit = dns__parse_literal(domain, &family, raw, &port, err, sizeof(err));
-    if (lit != 0) {
-        struct mx_obj *m;
-        if (lit < 0) {
-            m = dns__mx_obj_new(DNS_FAIL, xstrdup(err), xstrdup(domain));
-        } else {
-            char text[INET6_ADDRSTRLEN];
-            inet_ntop(family, raw, text, sizeof(text));
-            struct host_pref hp;
-            if (!port)
-                hp.name = xstrdup(text);
-            else if (family == AF_INET)
-                hp.name = xasprintf("%s:%u", text, (unsigned)port);
-            else
-                hp.name = xasprintf("[%s]:%u", text, (unsigned)port);
-            hp.pref = 1;
-            m = dns__mx_obj_new(DNS_OK, NULL, xstrdup(domain));
-            /* the port is already in the address text */
-            dns__mx_obj_set_hosts(m, &hp, 1, 0);
-            m->pub.port = port;
-            /* KumoMTA: a literal's site is its address, not a factoring */
-            free(m->site_name);
-            m->site_name = xstrdup(m->hosts[0].name);
-            m->pub.site_name = m->site_name;
-            m->pub.is_domain_literal = true;
-        }
-        post_ready(res, w, &m->hdr);
-        return 0;
-    }
-
-    size_t len = strlen(domain);
-    if (!dns_split_port(domain, &len, &port))
-        port = 0;
-    char qname[DNS_MAX_NAME + 2];
-    if (len > DNS_MAX_NAME || dns__name_normalize(domain, len, qname) < 0) {
-        struct mx_obj *m = dns__mx_obj_new(
-            DNS_FAIL, xasprintf("MX lookup for %s failed: invalid domain name", domain),
-            xstrdup(domain));
-        post_ready(res, w, &m->hdr);
-        return 0;
-    }
-    struct testres *t;
-    const zone_set *zs = dns__zones_get(rc, &t);
-    if (zs) {
-        post_ready(res, w, dns__mx_from_zones(zs, qname, domain, port, clock_mono_ns()));
-        dns__testres_put(t);
-        return 0;
-    }
-    if (dns__under(qname, "localhost")) {
-        post_ready(res, w, dns__mx_implicit_as(qname, port, 0));
-        return 0;
-    }
-    if (dns__under(qname, "invalid")) {
-        post_ready(res, w,
-                   dns__mx_fail_as(domain, qname, clock_mono_ns(), DNS_NXDOMAIN, "NXDOMAIN"));
-        return 0;
-    }
-    char key[DNS_MAX_NAME + 48], pfx[24];
-    dns__key_prefix(rc, pfx, sizeof(pfx));
-    if (port)
-        snprintf(key, sizeof(key), "%sMX %s:%u", pfx, qname, (unsigned)port);
-    else
-        snprintf(key, sizeof(key), "%sMX %s", pfx, qname);
-    struct cobj *hit = cache_get(key);
-    if (hit) {
-        post_ready(res, w, hit);
-        return 0;
-    }
-    flight_join(res, rc, key, T_MX, qname, domain, port, w);
-    return 0;
-}
-
-/* ---- TXT lookups ------------------------------------------------------------------ */
-
-/* Answers w (a W_TXT waiter) with the TXT or PTR (qtype) records of the
- * normalized qname, display being the name as asked: from the test
- * resolver's zones, the special-use names (RFC 6761: localhost has no
- * such records, invalid does not exist; reverse names are never under
- * them), the cache, or a query joined to one in flight. */
-static void list_lookup(struct resolver *res, struct rcfg *rc, struct waiter *w, int qtype,
-                        const char *qname, const char *display)
-{
-    struct testres *t;
-    const zone_set *zs = dns__zones_get(rc, &t);
-    if (zs) {
-        post_ready(res, w,
-                   dns__list_from_zones(zs, qname, display, qtype == T_TXT ? ZONE_TXT : ZONE_PTR));
-        dns__testres_put(t);
-        return;
-    }
-    if (dns__under(qname, "localhost") || dns__under(qname, "invalid")) {
-        post_ready(res, w,
-                   &dns__txt_obj_new(dns__under(qname, "invalid") ? DNS_NXDOMAIN : DNS_NO_RECORDS,
-                                     NULL, display)
-                        ->hdr);
-        return;
-    }
-    char key[DNS_MAX_NAME + 48], pfx[24];
-    dns__key_prefix(rc, pfx, sizeof(pfx));
-    snprintf(key, sizeof(key), "%s%s %s", pfx, qtype == T_TXT ? "TXT" : "PTR", qname);
-    struct cobj *hit = cache_get(key);
-    if (hit) {
-        post_ready(res, w, hit);
-        return;
-    }
-    flight_join(res, rc, key, qtype, qname, display, 0, w);
-}
-
-int dns_lookup_txt(const char *name, dns_txt_cb cb, void *ud, void (*drop)(void *ud))
-{
-    return dns_lookup_txt_via(NULL, name, cb, ud, drop);
-}
-
-static void txt_start(struct resolver *res, struct rcfg *rc, const char *name, dns_txt_cb cb,
-                      void *ud, void (*drop)(void *ud));
-
-int dns_lookup_txt_via(const char *resolver, const char *name, dns_txt_cb cb, void *ud,
-                       void (*drop)(void *ud))
-{
-    reactor *r = reactor_current();
-    if (!r || !cb || !name)
-        return KERR_INVAL;
-    struct rcfg *rc;
-    struct resolver *res;
-    int begun = lookup_begin(r, resolver, &rc, &res);
-    if (begun != 0)
-        return begun;
-    txt_start(res, rc, name, cb, ud, drop);
-    dns__rcfg_put(rc);
-    return 0;
-}
-
-static void txt_start(struct resolver *res, struct rcfg *rc, const char *name, dns_txt_cb cb,
-                      void *ud, void (*drop)(void *ud))
-{
-    struct waiter *w = waiter_new(W_TXT);
-    w->txt_cb = cb;
-    w->ud = ud;
-    w->drop = drop;
-    size_t len = strlen(name);
-    char qname[DNS_MAX_NAME + 2];
-    if (len > DNS_MAX_NAME || dns__name_normalize(name, len, qname) < 0) {
-        post_ready(res, w,
-                   &dns__txt_obj_new(
-                        DNS_FAIL,
-                        xasprintf("failed to query DNS for %s (TXT): invalid domain name", name),
-                        name)
-                        ->hdr);
-        return;
-    }
-    list_lookup(res, rc, w, T_TXT, qname, name);
-}
-
-/* ---- PTR lookups -------------------------------------------------------------------- */
-
-int dns_lookup_ptr(const char *resolver, const char *ip, dns_txt_cb cb, void *ud,
-                   void (*drop)(void *ud))
-{
-    reactor *r = reactor_current();
-    if (!r || !cb || !ip)
-        return KERR_INVAL;
-    char qname[DNS_MAX_NAME + 2];
-    if (dns_ptr_name(ip, qname, sizeof(qname)) != 0)
-        return KERR_INVAL;
-    struct rcfg *rc;
-    struct resolver *res;
-    int begun = lookup_begin(r, resolver, &rc, &res);
-    if (begun != 0)
-        return begun;
-    struct waiter *w = waiter_new(W_TXT);
-    w->txt_cb = cb;
-    w->ud = ud;
-    w->drop = drop;
-    list_lookup(res, rc, w, T_PTR, qname, ip);
-    dns__rcfg_put(rc);
-    return 0;
-}
-
-/* ---- address lookups ----------------------------------------------------------------- */
-
-int dns_ip_strategy_parse(const char *s)
-{
-    static const struct {
-        const char *name;
-        int v;
-    } names[] = {
-        {"Ipv4AndIpv6", DNS_IPV4_AND_IPV6},   {"Ipv4Only", DNS_IPV4_ONLY},
-        {"Ipv6Only", DNS_IPV6_ONLY},          {"Ipv6ThenIpv4", DNS_IPV6_THEN_IPV4},
-        {"Ipv4ThenIpv6", DNS_IPV4_THEN_IPV6}, {"Ipv6thenIpv4", DNS_IPV6_THEN_IPV4},
-        {"Ipv4thenIpv6", DNS_IPV4_THEN_IPV6},
-    };
-    if (!s)
-        return KERR_INVAL;
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (strcmp(s, names[i].name) == 0)
-            return names[i].v;
-    return KERR_INVAL;
-}
-
-const char *dns_ip_strategy_name(int strategy)
-{
-    switch (strategy) {
-    case DNS_IPV4_AND_IPV6:
-        return "Ipv4AndIpv6";
-    case DNS_IPV4_ONLY:
-        return "Ipv4Only";
-    case DNS_IPV6_ONLY:
-        return "Ipv6Only";
-    case DNS_IPV6_THEN_IPV4:
-        return "Ipv6ThenIpv4";
-    case DNS_IPV4_THEN_IPV6:
-        return "Ipv4ThenIpv6";
-    }
-    return "?";
-}
-
-static void job_unlink(struct resolver *res, struct addr_job *job)
+void dns__job_unlink(struct resolver *res, struct addr_job *job)
 {
     if (job->prev)
         job->prev->next = job->next;
@@ -1243,199 +940,6 @@ static void job_unlink(struct resolver *res, struct addr_job *job)
         res->jobs = job->next;
     if (job->next)
         job->next->prev = job->prev;
-}
-
-static void job_free(struct addr_job *job)
-{
-    for (int i = 0; i < 2; i++)
-        if (job->fam[i])
-            cobj_unref(&job->fam[i]->hdr);
-    dns__rcfg_put(job->rc);
-    free(job->name);
-    free(job->fq);
-    free(job->error);
-    free(job);
-}
-
-/* Asks for one family (0: A, 1: AAAA). */
-static void job_request(struct resolver *res, struct addr_job *job, int idx)
-{
-    job->outstanding++;
-    struct waiter *w = waiter_new(W_FAM);
-    w->job = job;
-    struct fam_obj *st = fam_static(job->rc, job->fq, job->name, idx);
-    if (st) {
-        post_ready(res, w, &st->hdr);
-        return;
-    }
-    char key[DNS_MAX_NAME + 48], pfx[24];
-    dns__key_prefix(job->rc, pfx, sizeof(pfx));
-    snprintf(key, sizeof(key), "%s%s %s", pfx, idx == 0 ? "A" : "AAAA", job->fq);
-    struct cobj *hit = cache_get(key);
-    if (hit) {
-        post_ready(res, w, hit);
-        return;
-    }
-    flight_join(res, job->rc, key, idx == 0 ? T_A : T_AAAA, job->fq, job->name, 0, w);
-}
-
-static bool fam_has_addrs(const struct fam_obj *fo)
-{
-    return fo && fo->status == DNS_OK && fo->n > 0;
-}
-
-static void job_got(struct resolver *res, struct addr_job *job, struct fam_obj *fo)
-{
-    int idx = fo->family == AF_INET ? 0 : 1;
-    if (job->fam[idx])
-        cobj_unref(&job->fam[idx]->hdr);
-    job->fam[idx] = (struct fam_obj *)cobj_ref(&fo->hdr);
-    job->outstanding--;
-    /* KumoMTA's ThenX strategies fall back on an empty answer or an error */
-    if (job->strategy == DNS_IPV6_THEN_IPV4 && idx == 1 && !fam_has_addrs(fo) && !job->fam[0])
-        job_request(res, job, 0);
-    else if (job->strategy == DNS_IPV4_THEN_IPV6 && idx == 0 && !fam_has_addrs(fo) && !job->fam[1])
-        job_request(res, job, 1);
-    if (job->outstanding == 0)
-        job_finish(res, job);
-}
-
-static void job_finish(struct resolver *res, struct addr_job *job)
-{
-    dns_addrs out;
-    memset(&out, 0, sizeof(out));
-    out.name = job->name;
-    out.port = job->port;
-    size_t n = 0;
-    for (int i = 0; i < 2; i++)
-        if (job->fam[i] && job->fam[i]->status == DNS_OK)
-            n += job->fam[i]->n;
-    dns_addr *addrs = xcalloc(n, sizeof(*addrs));
-    bool any_fail = false, all_nx = true, have_ttl = false;
-    const char *first_err = NULL;
-    for (int i = 0; i < 2; i++) {
-        struct fam_obj *fo = job->fam[i];
-        if (!fo)
-            continue;
-        if (fo->status == DNS_FAIL) {
-            any_fail = true;
-            if (!first_err)
-                first_err = fo->error;
-            continue;
-        }
-        if (fo->status != DNS_NXDOMAIN)
-            all_nx = false;
-        if (fo->n)
-            memcpy(addrs + out.n_addrs, fo->addrs, fo->n * sizeof(*addrs));
-        out.n_addrs += fo->n;
-        if (!have_ttl || fo->ttl < out.ttl) {
-            out.ttl = fo->ttl;
-            out.expires_ms = fo->expires_ms;
-        }
-        have_ttl = true;
-    }
-    out.addrs = addrs;
-    if (job->error) {
-        out.status = DNS_FAIL;
-        out.error = job->error;
-    } else if (out.n_addrs > 0) {
-        out.status = DNS_OK;
-    } else if (any_fail) {
-        out.status = DNS_FAIL;
-        out.error = first_err;
-    } else {
-        out.status = all_nx ? DNS_NXDOMAIN : DNS_NO_RECORDS;
-    }
-    job_unlink(res, job);
-    job->cb(&out, job->ud);
-    free(addrs);
-    job_free(job);
-}
-
-int dns_lookup_addrs(const char *host, int strategy, dns_addr_cb cb, void *ud)
-{
-    return dns_lookup_addrs_owned(host, strategy, cb, ud, NULL);
-}
-
-int dns_lookup_addrs_owned(const char *host, int strategy, dns_addr_cb cb, void *ud,
-                           void (*drop)(void *ud))
-{
-    return dns_lookup_addrs_via(NULL, host, strategy, cb, ud, drop);
-}
-
-int dns_lookup_addrs_via(const char *resolver, const char *host, int strategy, dns_addr_cb cb,
-                         void *ud, void (*drop)(void *ud))
-{
-    reactor *r = reactor_current();
-    if (!r || !cb || !host || strategy < DNS_IPV4_AND_IPV6 || strategy > DNS_IPV4_THEN_IPV6)
-        return KERR_INVAL;
-    struct rcfg *rc;
-    struct resolver *res;
-    int begun = lookup_begin(r, resolver, &rc, &res);
-    if (begun != 0)
-        return begun;
-    struct addr_job *job = xcalloc(1, sizeof(*job));
-    job->rc = rc; /* the job holds the reference */
-    job->cb = cb;
-    job->ud = ud;
-    job->drop = drop;
-    job->strategy = strategy;
-    job->name = xstrdup(host);
-    job->next = res->jobs;
-    if (res->jobs)
-        res->jobs->prev = job;
-    res->jobs = job;
-
-    /* literals need no DNS */
-    char err[256];
-    int family = 0;
-    unsigned char raw[16];
-    uint16_t port = 0;
-    int lit = dns__parse_literal(host, &family, raw, &port, err, sizeof(err));
-    if (lit == 0 && inet_pton(AF_INET, host, raw) == 1)
-        lit = 1, family = AF_INET;
-    else if (lit == 0 && inet_pton(AF_INET6, host, raw) == 1)
-        lit = 1, family = AF_INET6;
-    if (lit != 0) {
-        if (lit < 0) {
-            job->error = xstrdup(err);
-        } else {
-            struct fam_obj *fo = dns__fam_obj_new(family, DNS_OK, NULL);
-            dns__fam_obj_add(fo, family, raw);
-            job->fam[family == AF_INET ? 0 : 1] = fo;
-            job->port = port;
-        }
-        struct waiter *w = waiter_new(W_JOB);
-        w->job = job;
-        post_ready(res, w, NULL);
-        return 0;
-    }
-
-    size_t len = strlen(host);
-    char fq[DNS_MAX_NAME + 2];
-    if (len > DNS_MAX_NAME || dns__name_normalize(host, len, fq) <= 0) {
-        job->error = xasprintf("invalid host name `%s`", host);
-        struct waiter *w = waiter_new(W_JOB);
-        w->job = job;
-        post_ready(res, w, NULL);
-        return 0;
-    }
-    job->fq = xstrdup(fq);
-    switch (strategy) {
-    case DNS_IPV4_AND_IPV6:
-        job_request(res, job, 0);
-        job_request(res, job, 1);
-        break;
-    case DNS_IPV4_ONLY:
-    case DNS_IPV4_THEN_IPV6:
-        job_request(res, job, 0);
-        break;
-    case DNS_IPV6_ONLY:
-    case DNS_IPV6_THEN_IPV4:
-        job_request(res, job, 1);
-        break;
-    }
-    return 0;
 }
 
 /* ---- teardown ------------------------------------------------------------------------- */
@@ -1488,7 +992,7 @@ void dns_reactor_free(reactor *r)
         res->jobs = job->next;
         if (job->drop) /* never answered */
             job->drop(job->ud);
-        job_free(job);
+        dns__job_free(job);
     }
     event_free(res->deliver_ev);
     free(res);

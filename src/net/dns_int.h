@@ -1,11 +1,12 @@
-/* What the files of the DNS module share (internal). dns.c runs lookups
- * (resolvers, channels, flights, the cache); dns_answer.c builds their
- * results (the reference-counted objects below) from c-ares answers, the
- * test resolver's zones and the names that need no query; dns_config.c
- * holds the configuration (default, named and test resolvers); dns_names.c
- * the names that need no lookup. Threads: a result is built on the reactor
- * that ran the query and, once built, only read (by any thread that holds
- * a reference); configuration is read and replaced under its own
+/* What the files of the DNS module share (internal). dns.c runs the
+ * resolvers (channels, flights, the cache); dns_lookup.c holds the lookup
+ * entry points; dns_answer.c builds the results (the reference-counted
+ * objects below) from c-ares answers, the test resolver's zones and the
+ * names that need no query; dns_config.c holds the configuration (default,
+ * named and test resolvers); dns_names.c the names that need no lookup.
+ * Threads: a resolver and its flights belong to one reactor; a result is
+ * built on that reactor and, once built, only read (by any thread that
+ * holds a reference); configuration is read and replaced under its own
  * mutexes. */
 #ifndef KUMOD_NET_DNS_INT_H
 #define KUMOD_NET_DNS_INT_H
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/reactor.h"
 #include "net/dns.h"
 #include "net/zone.h"
 
@@ -223,6 +225,61 @@ struct flight {
     struct rcfg *rc; /* a named resolver (a reference), or NULL: the default */
     bool in_table, queued, counted;
 };
+
+enum { W_MX, W_FAM, W_JOB, W_TXT };
+struct waiter {
+    struct waiter *next;
+    int kind;
+    dns_mx_cb mx_cb;
+    dns_txt_cb txt_cb;
+    void *ud;
+    void (*drop)(void *ud); /* for ud when the lookup is dropped unanswered */
+    struct addr_job *job;
+};
+
+/* An address lookup: one or two family answers combined per strategy. */
+struct addr_job {
+    struct addr_job *prev, *next; /* res->jobs */
+    dns_addr_cb cb;
+    void *ud;
+    void (*drop)(void *ud); /* for ud when the lookup is dropped unanswered */
+    int strategy;
+    char *name;
+    char *fq;
+    char *error;            /* set for an invalid name */
+    uint16_t port;          /* a literal's port */
+    struct fam_obj *fam[2]; /* [0] A, [1] AAAA */
+    int outstanding;
+    struct rcfg *rc; /* a named resolver (a reference), or NULL */
+};
+
+/* ---- the resolver of a reactor (dns.c) ------------------------------------------- */
+
+/* Reactor r's resolver, created on first use; NULL when out of resources. */
+struct resolver *dns__resolver_get(reactor *r);
+struct waiter *dns__waiter_new(int kind);
+/* Delivers obj (taken) to w on the next turn of the loop. */
+void dns__post_ready(struct resolver *res, struct waiter *w, struct cobj *obj);
+/* Joins the query for key, starting it when nobody has. Takes w. */
+void dns__flight_join(struct resolver *res, struct rcfg *rc, const char *key, int qtype,
+                      const char *qname, const char *display, uint16_t port, struct waiter *w);
+/* A new reference to the unexpired answer under key, or NULL. */
+struct cobj *dns__cache_get(const char *key);
+/* An A (idx 0) or AAAA (idx 1) answer that needs no query, or NULL. */
+struct fam_obj *dns__fam_static(const struct rcfg *rc, const char *fq, const char *display,
+                                int idx);
+void dns__job_link(struct resolver *res, struct addr_job *job);
+void dns__job_unlink(struct resolver *res, struct addr_job *job);
+
+/* ---- address jobs (dns_lookup.c) -------------------------------------------------- */
+
+/* One family's answer for job (which takes a reference of its own); asks
+ * the other family when the strategy falls back, finishes the job when
+ * nothing is outstanding. */
+void dns__job_got(struct resolver *res, struct addr_job *job, struct fam_obj *fo);
+/* Answers job's caller and frees it. */
+void dns__job_finish(struct resolver *res, struct addr_job *job);
+void dns__job_free(struct addr_job *job);
 
 /* ---- building answers (dns_answer.c) ---------------------------------------------- */
 
