@@ -44,11 +44,15 @@ static int via(const char *resolver, struct rcfg **rc)
     return *rc ? 0 : KERR_NOTFOUND;
 }
 
-/* What every lookup starts with: the named resolver's configuration (via)
- * and reactor r's resolver. 0, KERR_NOTFOUND or KERR_NOMEM (then nothing
- * is held). */
-static int lookup_begin(reactor *r, const char *resolver, struct rcfg **rc, struct resolver **res)
+/* What every lookup starts with: on a reactor, with arguments the caller
+ * found valid (args_ok), the named resolver's configuration (via) and the
+ * reactor's resolver. 0, KERR_INVAL, KERR_NOTFOUND or KERR_NOMEM (then
+ * nothing is held). */
+static int lookup_begin(bool args_ok, const char *resolver, struct rcfg **rc, struct resolver **res)
 {
+    reactor *r = reactor_current();
+    if (!r || !args_ok)
+        return KERR_INVAL;
     if (via(resolver, rc) != 0)
         return KERR_NOTFOUND;
     *res = dns__resolver_get(r);
@@ -62,12 +66,9 @@ static int lookup_begin(reactor *r, const char *resolver, struct rcfg **rc, stru
 int dns_lookup_mx_via(const char *resolver, const char *domain, dns_mx_cb cb, void *ud,
                       void (*drop)(void *ud))
 {
-    reactor *r = reactor_current();
-    if (!r || !cb || !domain)
-        return KERR_INVAL;
     struct rcfg *rc;
     struct resolver *res;
-    int begun = lookup_begin(r, resolver, &rc, &res);
+    int begun = lookup_begin(cb && domain, resolver, &rc, &res);
     if (begun != 0)
         return begun;
     int rv = mx_start(res, rc, domain, cb, ud, drop);
@@ -207,12 +208,9 @@ static void txt_start(struct resolver *res, struct rcfg *rc, const char *name, d
 int dns_lookup_txt_via(const char *resolver, const char *name, dns_txt_cb cb, void *ud,
                        void (*drop)(void *ud))
 {
-    reactor *r = reactor_current();
-    if (!r || !cb || !name)
-        return KERR_INVAL;
     struct rcfg *rc;
     struct resolver *res;
-    int begun = lookup_begin(r, resolver, &rc, &res);
+    int begun = lookup_begin(cb && name, resolver, &rc, &res);
     if (begun != 0)
         return begun;
     txt_start(res, rc, name, cb, ud, drop);
@@ -246,15 +244,11 @@ static void txt_start(struct resolver *res, struct rcfg *rc, const char *name, d
 int dns_lookup_ptr(const char *resolver, const char *ip, dns_txt_cb cb, void *ud,
                    void (*drop)(void *ud))
 {
-    reactor *r = reactor_current();
-    if (!r || !cb || !ip)
-        return KERR_INVAL;
     char qname[DNS_MAX_NAME + 2];
-    if (dns_ptr_name(ip, qname, sizeof(qname)) != 0)
-        return KERR_INVAL;
+    bool ok = cb && ip && dns_ptr_name(ip, qname, sizeof(qname)) == 0;
     struct rcfg *rc;
     struct resolver *res;
-    int begun = lookup_begin(r, resolver, &rc, &res);
+    int begun = lookup_begin(ok, resolver, &rc, &res);
     if (begun != 0)
         return begun;
     struct waiter *w = dns__waiter_new(W_TXT);
@@ -425,12 +419,11 @@ int dns_lookup_addrs_owned(const char *host, int strategy, dns_addr_cb cb, void 
 int dns_lookup_addrs_via(const char *resolver, const char *host, int strategy, dns_addr_cb cb,
                          void *ud, void (*drop)(void *ud))
 {
-    reactor *r = reactor_current();
-    if (!r || !cb || !host || strategy < DNS_IPV4_AND_IPV6 || strategy > DNS_IPV4_THEN_IPV6)
-        return KERR_INVAL;
     struct rcfg *rc;
     struct resolver *res;
-    int begun = lookup_begin(r, resolver, &rc, &res);
+    int begun =
+        lookup_begin(cb && host && strategy >= DNS_IPV4_AND_IPV6 && strategy <= DNS_IPV4_THEN_IPV6,
+                     resolver, &rc, &res);
     if (begun != 0)
         return begun;
     struct addr_job *job = xcalloc(1, sizeof(*job));
