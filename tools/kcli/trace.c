@@ -341,31 +341,19 @@ static void print_escaped(const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
-        switch (ch) {
-        case '\t':
-            fputs("\\t", stdout);
-            break;
-        case '\r':
-            fputs("\\r", stdout);
-            break;
-        case '\n':
-            fputs("\\n", stdout);
-            break;
-        case '\\':
-            fputs("\\\\", stdout);
-            break;
-        case '\'':
-            fputs("\\'", stdout);
-            break;
-        case '"':
-            fputs("\\\"", stdout);
-            break;
-        default:
-            if (ch < 0x20 || ch == 0x7F)
-                printf("\\u{%x}", ch);
-            else
-                putchar(ch);
-        }
+        const char *esc = ch == '\t'   ? "\\t"
+                          : ch == '\r' ? "\\r"
+                          : ch == '\n' ? "\\n"
+                          : ch == '\\' ? "\\\\"
+                          : ch == '\'' ? "\\'"
+                          : ch == '"'  ? "\\\""
+                                       : NULL;
+        if (esc)
+            fputs(esc, stdout);
+        else if (ch < 0x20 || ch == 0x7F)
+            printf("\\u{%x}", ch);
+        else
+            putchar(ch);
     }
 }
 
