@@ -12,13 +12,12 @@
  * the spool cannot load moves on as well (the ready queue reports it). */
 #include "queue/insert_throttle.h"
 
-#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "core/diag.h"
 #include "lua/klua.h"
 #include "lua/message_lua.h"
-#include "metrics/metrics.h"
+#include "metrics/lazy_counter.h"
 
 struct ins_job {
     schedq *sq;
@@ -27,28 +26,10 @@ struct ins_job {
     int64_t due_before;
 };
 
-static void count_delay(const char *queue)
-{
-    static metrics_family *f;
-    static atomic_int done;
-    if (!atomic_load(&done)) {
-        static const char *const labels[] = {"queue"};
-        metrics_family *nf = NULL;
-        if (metrics_counter_family(&nf, "delayed_due_to_throttle_insert_ready",
-                                   "number of times a message was delayed due to the "
-                                   "throttle_insert_ready_queue event.",
-                                   labels, 1) == 0)
-            f = nf;
-        atomic_store(&done, 1);
-    }
-    if (!f)
-        return;
-    metrics_counter *c = metrics_counter_get(f, queue, NULL);
-    if (c) {
-        metrics_counter_inc(c);
-        metrics_counter_unref(c);
-    }
-}
+static metrics_lazy_counter delayed = METRICS_LAZY_COUNTER(
+    "delayed_due_to_throttle_insert_ready",
+    "number of times a message was delayed due to the throttle_insert_ready_queue event.",
+    "queue");
 
 static void after_event(klua_call *c, int status, void *ud)
 {
@@ -72,7 +53,7 @@ static void after_event(klua_call *c, int status, void *ud)
         q->m->due_ns = due_before; /* the delay is the queue's, not the message's */
         qmsg_add_reason(q, R_THROTTLED_INSERT_READY);
         q->due_wall_s = (due + NS_PER_SEC - 1) / NS_PER_SEC;
-        count_delay(sq->name);
+        metrics_lazy_counter_inc(&delayed, sq->name);
         sched_place(sq, q);
         return;
     }

@@ -24,7 +24,7 @@
 #include "core/diag.h"
 #include "core/duration.h"
 #include "core/kerr.h"
-#include "metrics/metrics.h"
+#include "metrics/lazy_counter.h"
 #include "lua/services.h"
 #include "net/dns.h"
 #include "queue/queue.h"
@@ -676,28 +676,9 @@ static bool hold_for_spool(schedq *sq, qmsg *q)
  * max_message_rate sent a message back to wait (metrics page: "moved the
  * message back to its corresponding scheduled queue ... as well as logging
  * a Delayed log record"). */
-static void count_rate_delay(const char *queue)
-{
-    static metrics_family *f;
-    static atomic_int done;
-    if (!atomic_load(&done)) {
-        static const char *const labels[] = {"queue"};
-        metrics_family *nf = NULL;
-        if (metrics_counter_family(&nf, "delayed_due_to_message_rate_throttle",
-                                   "Number of times a message was delayed due to "
-                                   "max_message_rate",
-                                   labels, 1) == 0)
-            f = nf;
-        atomic_store(&done, 1);
-    }
-    if (!f)
-        return;
-    metrics_counter *c = metrics_counter_get(f, queue, NULL);
-    if (c) {
-        metrics_counter_inc(c);
-        metrics_counter_unref(c);
-    }
-}
+static metrics_lazy_counter rate_delayed = METRICS_LAZY_COUNTER(
+    "delayed_due_to_message_rate_throttle",
+    "Number of times a message was delayed due to max_message_rate", "queue");
 
 static void rate_after_load(qmsg *q, int err, void *ud)
 {
@@ -718,7 +699,7 @@ static void sched_make_ready(schedq *sq, qmsg *q)
             /* no attempt, no jitter: due when the throttle opens */
             qmsg_add_reason(q, R_MESSAGE_RATE_THROTTLE);
             q->due_wall_s = now_s() + (wait + NS_PER_SEC - 1) / NS_PER_SEC;
-            count_rate_delay(sq->name);
+            metrics_lazy_counter_inc(&rate_delayed, sq->name);
             if (q->m) {
                 sched_place(sq, q);
                 return;

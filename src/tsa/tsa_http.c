@@ -7,8 +7,7 @@
  * tsa_state decides, and what it decided goes to every subscriber.
  *
  * Subscribers (GET /subscribe_event_v1, /subscribe_suspension_v1) are
- * websockets (libevent's evhttp has no upgrade: the handler takes the
- * connection over, as trace_http.c does). Each is owned by the reactor
+ * websockets (http/ws_conn.c, as the trace endpoints are). Each is owned by the reactor
  * that accepted it; a registry behind sub_lock holds, per subscriber, the
  * items not yet written and its reactor, so a decision made on another
  * reactor is handed over with reactor_post (by subscriber id: a
@@ -20,22 +19,18 @@
  * the node retries the record. */
 #include "tsa/tsa_http.h"
 
-#include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/event.h>
 #include <event2/http.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include "core/diag.h"
 #include "core/reactor.h"
 #include "http/request.h"
-#include "http/websocket.h"
+#include "http/ws_conn.h"
 #include "lua/klua.h"
 #include "lua/luajson.h"
 #include "metrics/metrics.h"
@@ -43,8 +38,16 @@
 
 #define TMOD "tsa_daemon"
 #define SUB_MAX_PENDING 100000
-#define WS_MAX_IN (64u * 1024)
-#define WS_PING_S 30
+
+static const ws_conn_cfg sub_ws_cfg = {
+    .module = TMOD,
+    .what = "subscriber",
+    .max_message = 64u * 1024, /* nothing is expected from a subscriber */
+    .ping_s = 30,
+    .ping_payload = "tsa",
+    .not_websocket_error = "this endpoint is a websocket: Connection: upgrade and "
+                           "Upgrade: websocket are required",
+};
 
 /* ---- subscribers --------------------------------------------------------------- */
 
@@ -53,7 +56,10 @@ typedef struct pending {
     char *text;
 } pending;
 
-typedef struct ws_sub ws_sub;
+typedef struct ws_sub {
+    ws_conn *ws;
+    uint64_t id;
+} ws_sub;
 
 typedef struct sub_slot {
     struct sub_slot *next;
@@ -70,26 +76,6 @@ typedef struct sub_slot {
 static pthread_mutex_t sub_lock = PTHREAD_MUTEX_INITIALIZER;
 static sub_slot *subs;
 static uint64_t next_sub_id = 1;
-
-struct ws_sub {
-    struct evhttp_connection *evcon;
-    struct bufferevent *bev;
-    uint64_t id;
-    ws_msg msg;
-    bool closing;
-    struct event *ping_ev;
-    char peer[64];
-};
-
-static void ws_sub_send(ws_sub *w, uint8_t op, const void *p, size_t n)
-{
-    uint8_t h[14];
-    size_t hl = ws_frame_header(h, op, n, NULL);
-    struct evbuffer *out = bufferevent_get_output(w->bev);
-    evbuffer_add(out, h, hl);
-    if (n)
-        evbuffer_add(out, p, n);
-}
 
 static void slot_free_pending(sub_slot *s)
 {
@@ -125,8 +111,8 @@ static void sub_wake(void *arg)
     while (list) {
         pending *p = list;
         list = p->next;
-        if (w && !w->closing)
-            ws_sub_send(w, WS_OP_TEXT, p->text, strlen(p->text));
+        if (w && !ws_conn_closing(w->ws))
+            ws_conn_send(w->ws, WS_OP_TEXT, p->text, strlen(p->text));
         free(p->text);
         free(p);
     }
@@ -190,141 +176,22 @@ static void sub_unregister(uint64_t id)
     pthread_mutex_unlock(&sub_lock);
 }
 
-static void ws_sub_state_free(ws_sub *w)
+static void sub_on_end(ws_conn *ws, void *ud, bool shutdown)
 {
+    ws_sub *w = ud;
+    if (!shutdown)
+        DINFO(TMOD, "peer=%s subscriber %llu gone", ws_conn_peer(ws), (unsigned long long)w->id);
     sub_unregister(w->id);
-    if (w->ping_ev)
-        event_free(w->ping_ev);
-    ws_msg_fini(&w->msg);
     free(w);
 }
 
-static void ws_sub_evcon_closed(struct evhttp_connection *evcon, void *arg)
-{
-    (void)evcon;
-    ws_sub_state_free(arg);
-}
-
-static void ws_sub_finish(ws_sub *w)
-{
-    struct evhttp_connection *evcon = w->evcon;
-    DINFO(TMOD, "peer=%s subscriber %llu gone", w->peer, (unsigned long long)w->id);
-    evhttp_connection_set_closecb(evcon, NULL, NULL);
-    ws_sub_state_free(w);
-    evhttp_connection_free(evcon);
-}
-
-static void ws_sub_close(ws_sub *w, int code)
-{
-    if (w->closing)
-        return;
-    uint8_t p[2] = {(uint8_t)(code >> 8), (uint8_t)code};
-    ws_sub_send(w, WS_OP_CLOSE, p, 2);
-    w->closing = true;
-    bufferevent_disable(w->bev, EV_READ);
-}
-
-static void ws_sub_read_cb(struct bufferevent *bev, void *arg)
-{
-    ws_sub *w = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
-    while (!w->closing) {
-        size_t n = evbuffer_get_length(in);
-        if (n == 0)
-            break;
-        size_t take = n < WS_MAX_IN + 14 ? n : WS_MAX_IN + 14;
-        uint8_t *buf = evbuffer_pullup(in, (ev_ssize_t)take);
-        ws_frame f;
-        long used = ws_parse_frame(buf, take, true, WS_MAX_IN, &f);
-        if (used == WS_AGAIN)
-            break;
-        if (used < 0) {
-            ws_sub_close(w, (int)-used);
-            break;
-        }
-        uint8_t *payload = buf + f.hdr_len;
-        ws_unmask(payload, (size_t)f.len, f.mask, 0);
-        int r = ws_msg_feed(&w->msg, &f, payload);
-        if (r < 0) {
-            ws_sub_close(w, -r);
-        } else if (r == WS_MSG_DATA) {
-            ws_msg_reset(&w->msg); /* nothing is expected from a subscriber */
-        } else if (r == WS_MSG_CONTROL) {
-            if (f.opcode == WS_OP_PING)
-                ws_sub_send(w, WS_OP_PONG, payload, (size_t)f.len);
-            else if (f.opcode == WS_OP_CLOSE)
-                ws_sub_close(w, WS_CLOSE_NORMAL);
-        }
-        evbuffer_drain(in, (size_t)used);
-    }
-    if (w->closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        ws_sub_finish(w);
-}
-
-static void ws_sub_write_cb(struct bufferevent *bev, void *arg)
-{
-    (void)bev;
-    ws_sub *w = arg;
-    if (w->closing)
-        ws_sub_finish(w);
-}
-
-static void ws_sub_event_cb(struct bufferevent *bev, short what, void *arg)
-{
-    (void)bev;
-    (void)what;
-    ws_sub_finish(arg);
-}
-
-static void ws_sub_ping_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    ws_sub *w = arg;
-    if (!w->closing)
-        ws_sub_send(w, WS_OP_PING, "tsa", 3);
-}
-
-static bool has_token(const char *v, const char *token)
-{
-    size_t tl = strlen(token);
-    while (v && *v) {
-        while (*v == ' ' || *v == '\t' || *v == ',')
-            v++;
-        size_t n = strcspn(v, ",");
-        size_t e = n;
-        while (e && (v[e - 1] == ' ' || v[e - 1] == '\t'))
-            e--;
-        if (e == tl && strncasecmp(v, token, tl) == 0)
-            return true;
-        v += n;
-    }
-    return false;
-}
+static const ws_conn_ops sub_ws_ops = {.on_end = sub_on_end};
 
 static void subscribe(http_req *hr, bool legacy)
 {
-    struct evkeyvalq *h = evhttp_request_get_input_headers(hr->req);
-    const char *upgrade = evhttp_find_header(h, "Upgrade");
-    const char *connection = evhttp_find_header(h, "Connection");
-    const char *version = evhttp_find_header(h, "Sec-WebSocket-Version");
-    const char *key = evhttp_find_header(h, "Sec-WebSocket-Key");
-    if (!connection || !has_token(connection, "upgrade") || !upgrade ||
-        !has_token(upgrade, "websocket")) {
-        http_reply_error(hr, 400, "this endpoint is a websocket: Connection: upgrade and "
-                                  "Upgrade: websocket are required");
-        return;
-    }
-    if (!version || strcmp(version, "13") != 0) {
-        evhttp_add_header(evhttp_request_get_output_headers(hr->req), "Sec-WebSocket-Version",
-                          "13");
-        http_reply_error(hr, 426, "WebSocket version 13 is required");
-        return;
-    }
-    if (!key || strlen(key) != 24 || strcmp(key + 22, "==") != 0) {
-        http_reply_error(hr, 400, "`Sec-WebSocket-Key` header missing or invalid");
-        return;
-    }
+    const char *key = ws_conn_check_upgrade(hr, &sub_ws_cfg);
+    if (!key)
+        return; /* answered */
     ws_sub *w = calloc(1, sizeof(*w));
     sub_slot *s = calloc(1, sizeof(*s));
     if (!w || !s) {
@@ -333,30 +200,18 @@ static void subscribe(http_req *hr, bool legacy)
         http_reply_error(hr, 500, "out of memory");
         return;
     }
-    w->msg.max = WS_MAX_IN;
-    snprintf(w->peer, sizeof(w->peer), "%s", hr->peer_ip);
+    char peer[64];
+    snprintf(peer, sizeof(peer), "%s", hr->peer_ip);
     s->r = hr->r;
     s->w = w;
     s->legacy = legacy;
     s->tail = &s->head;
-    char accept[29];
-    ws_accept_key(key, accept);
-    w->evcon = http_req_detach(hr);
-    w->bev = evhttp_connection_get_bufferevent(w->evcon);
-    evhttp_connection_set_closecb(w->evcon, ws_sub_evcon_closed, w);
-    w->ping_ev = event_new(bufferevent_get_base(w->bev), -1, EV_PERSIST, ws_sub_ping_cb, w);
-    if (w->ping_ev) {
-        struct timeval tv = {WS_PING_S, 0};
-        event_add(w->ping_ev, &tv);
+    w->ws = ws_conn_accept(hr, key, &sub_ws_cfg, &sub_ws_ops, w);
+    if (!w->ws) {
+        free(w);
+        free(s);
+        return; /* answered */
     }
-    bufferevent_setcb(w->bev, ws_sub_read_cb, ws_sub_write_cb, ws_sub_event_cb, w);
-    bufferevent_set_timeouts(w->bev, NULL, NULL);
-    evbuffer_add_printf(bufferevent_get_output(w->bev),
-                        "HTTP/1.1 101 Switching Protocols\r\n"
-                        "Upgrade: websocket\r\n"
-                        "Connection: Upgrade\r\n"
-                        "Sec-WebSocket-Accept: %s\r\n\r\n",
-                        accept);
     /* register first, then send the current state: an item decided in
      * between is sent twice (harmless: applying it is idempotent) rather
      * than lost */
@@ -372,13 +227,13 @@ static void subscribe(http_req *hr, bool legacy)
     {
         char *text = json_dumps(it, JSON_COMPACT);
         if (text)
-            ws_sub_send(w, WS_OP_TEXT, text, strlen(text));
+            ws_conn_send(w->ws, WS_OP_TEXT, text, strlen(text));
         free(text);
     }
     json_decref(items);
-    bufferevent_enable(w->bev, EV_READ | EV_WRITE);
-    DINFO(TMOD, "peer=%s subscriber %llu: %s", w->peer, (unsigned long long)w->id,
+    DINFO(TMOD, "peer=%s subscriber %llu: %s", peer, (unsigned long long)w->id,
           legacy ? "subscribe_suspension_v1" : "subscribe_event_v1");
+    ws_conn_start(w->ws);
 }
 
 static void h_subscribe_event(http_req *hr)

@@ -217,3 +217,19 @@ def test_abort_ready_q_conn(k, peer):
         assert p.returncode == 1 and "no such ready queue" in p.stderr, p.stderr
     finally:
         peer.hang_dots = 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["suspend", "--domain"], "option --domain needs a value"),
+    (["suspend", "--reason", "x", "--bogus"], "unexpected argument --bogus"),
+    (["suspend", "--reason", "x", "extra"], "unexpected argument extra"),
+    (["trace-smtp-server", "--source"], "option --source needs a value"),
+    (["trace-smtp-server", "--bogus"], "unexpected argument --bogus"),
+    (["trace-smtp-client", "left-over"], "unexpected argument left-over"),
+])
+def test_usage_errors_name_the_argument(k, args, message):
+    """Every subcommand ends its option parsing the same way: a usage error
+    on stderr naming the argument, a pointer at its --help, exit status 2."""
+    p = kcli(k, *args, check=False)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert p.stderr == f"kcli: {message}\nRun 'kcli {args[0]} --help' for usage.\n", p.stderr

@@ -113,7 +113,8 @@ def test_trace_smtp_server_shows_commands_and_replies(k):
     t = Kcli(k, "trace-smtp-server", "--color", "no")
     try:
         subscribed(k, "server")
-        port = send_one(k)
+        port = send_one(k, body="Subject: trace\r\nX-Esc: a\tb \"q\" 'x' \\ \x01\r\n\r\n"
+                                "hello\r\n")
         key = re.escape(f"[127.0.0.1:{port}->127.0.0.1:{k.smtp_port}]")
         t.wait_line(key + r" +\S+ === Closed$")
     finally:
@@ -129,7 +130,9 @@ def test_trace_smtp_server_shows_commands_and_replies(k):
     # writes its verbs in lower case
     for pat in [r"  -> ehlo trace\.e2e\.test$", r" <-  250-", r"  -> mail FROM:<sender@src\.example>",
                 r"  -> rcpt TO:<someone@dest\.example>", r"  -> data$", r" <-  354 ",
-                r"  -> Subject: trace$", r"  -> hello$", r"  -> \.$", r" <-  250 OK ids=",
+                r"  -> Subject: trace$", r"  -> hello$",
+                # Rust's escape_debug of a line
+                r"  -> X-Esc: a\\tb \\\"q\\\" \\'x\\' \\\\ \\u\{1\}$", r"  -> \.$", r" <-  250 OK ids=",
                 r"  -> QUIT$", r" <-  221 ", r" === INFO: Message from=<sender@src\.example>",
                 r" <-  220 "]:
         assert re.search("^" + key + r" *\S*" + pat, text, re.M), (pat, text)

@@ -531,6 +531,10 @@ end)
         # kumod's own API is not served by the daemon
         assert post(b"{}", "/api/inject/v1")[0] == 404
         assert _status(base + "/subscribe_event_v1") == 400  # not an upgrade
+        assert _error_text(base + "/subscribe_event_v1") == (
+            "Error: this endpoint is a websocket: Connection: upgrade and Upgrade: websocket are "
+            "required")
+        _subscriber_websocket_protocol(port)
         assert _status(base + "/get_suspension_v1/suspended.json") == 200
         assert p.poll() is None
     finally:
@@ -538,6 +542,49 @@ end)
         _, err = p.communicate(timeout=30)
     assert p.returncode == 0, err.decode()[-3000:]
     assert b"ERROR: AddressSanitizer" not in err and b"runtime error" not in err
+
+
+def _error_text(url):
+    try:
+        urllib.request.urlopen(url, timeout=5)
+    except urllib.error.HTTPError as e:
+        return e.read().decode().strip()
+    raise AssertionError(f"{url} answered 2xx")
+
+
+def _subscriber_websocket_protocol(port):
+    """The subscriber endpoints speak RFC 6455 as the trace endpoints do
+    (one implementation, http/ws_conn.c): pings answered, a Close echoed
+    with its status, a frame the RFC forbids ends in Close 1002 naming the
+    reason, and a frame sent right behind the handshake is read."""
+    from test_trace import WS
+    w = WS(port, "/subscribe_event_v1")
+    assert w.status == 101
+    w.send(0x9, b"still there?")
+    assert w.frame() == (0xA, b"still there?")
+    w.send(0x9, b"x", mask=False)
+    op, p = w.frame()
+    assert op == 0x8 and struct.unpack("!H", p[:2])[0] == 1002 and p[2:] == b"malformed frame", p
+    w = WS(port, "/subscribe_suspension_v1")
+    assert w.status == 101
+    w.send(0x8, struct.pack("!H", 1001) + b"going")
+    op, p = w.frame()
+    assert op == 0x8 and struct.unpack("!H", p[:2])[0] == 1001, p
+    # a ping in the same packet as the upgrade request
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    mask = os.urandom(4)
+    ping = bytes([0x89, 0x80 | 2]) + mask + bytes(b ^ mask[i] for i, b in enumerate(b"hi"))
+    s.sendall((f"GET /subscribe_event_v1 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n").encode() + ping)
+    buf = b""
+    while b"\r\n\r\n" not in buf or not buf.endswith(b"\x8a\x02hi"):
+        chunk = s.recv(4096)
+        assert chunk, buf
+        buf += chunk
+    assert buf.startswith(b"HTTP/1.1 101"), buf
+    s.close()
 
 
 def _status(url):

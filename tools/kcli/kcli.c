@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cliopt.h"
 #include "explain.h"
 #include "logs.h"
 #include "trace.h"
@@ -46,18 +47,6 @@ static void die(const char *fmt, ...)
     fputc('\n', stderr);
     va_end(ap);
     exit(1);
-}
-
-static void usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
-static void usage_error(const char *cmd, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("kcli: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\nRun 'kcli %s --help' for usage.\n", cmd ? cmd : "");
-    va_end(ap);
-    exit(2);
 }
 
 typedef struct strbuf {
@@ -427,7 +416,7 @@ static int parse_selection(const cmd *c, int argc, char **argv, selection *s, bo
             break;
         case O_ROUTING:
             if (!allow_routing)
-                usage_error(c->name, "unexpected option --routing-domain");
+                kcli_usage_error(c->name, "unexpected option --routing-domain");
             s->routing_domain = optarg;
             break;
         case O_CAMPAIGN:
@@ -438,7 +427,7 @@ static int parse_selection(const cmd *c, int argc, char **argv, selection *s, bo
             break;
         case O_QUEUE:
             if (!allow_queue)
-                usage_error(c->name, "unexpected option --queue");
+                kcli_usage_error(c->name, "unexpected option --queue");
             json_array_append_new(s->queues, json_string(optarg));
             break;
         case O_REASON:
@@ -449,7 +438,7 @@ static int parse_selection(const cmd *c, int argc, char **argv, selection *s, bo
             break;
         case O_SUPPRESS:
             if (!suppress)
-                usage_error(c->name, "unexpected option --suppress-logging");
+                kcli_usage_error(c->name, "unexpected option --suppress-logging");
             *suppress = true;
             break;
         case O_DURATION:
@@ -458,16 +447,13 @@ static int parse_selection(const cmd *c, int argc, char **argv, selection *s, bo
         case O_JSON:
             *json = true;
             break;
-        case ':':
-            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
         default:
-            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+            kcli_bad_option(c->name, ch, argv);
         }
     }
-    if (optind < argc)
-        usage_error(c->name, "unexpected argument %s", argv[optind]);
+    kcli_no_more_args(c->name, argc, argv);
     if (!s->reason)
-        usage_error(c->name, "--reason is required");
+        kcli_usage_error(c->name, "--reason is required");
     bool any = s->domain || s->campaign || s->tenant || s->routing_domain ||
                json_array_size(s->queues);
     if (!any && !s->everything)
@@ -475,9 +461,9 @@ static int parse_selection(const cmd *c, int argc, char **argv, selection *s, bo
             "apply to all queues",
             allow_routing ? ", routing_domain" : "");
     if (any && s->everything)
-        usage_error(c->name, "--everything cannot be combined with other selections");
+        kcli_usage_error(c->name, "--everything cannot be combined with other selections");
     if (json_array_size(s->queues) && (s->domain || s->campaign || s->tenant || s->routing_domain))
-        usage_error(c->name, "--queue cannot be combined with --domain, --campaign or --tenant");
+        kcli_usage_error(c->name, "--queue cannot be combined with --domain, --campaign or --tenant");
     return 0;
 }
 
@@ -582,14 +568,14 @@ static int run_rebind(const cmd *c, int argc, char **argv)
             json_error_t jerr;
             json_t *d = json_loads(optarg, 0, &jerr);
             if (!json_is_object(d))
-                usage_error(c->name, "--data: expected a JSON object of strings: %s",
+                kcli_usage_error(c->name, "--data: expected a JSON object of strings: %s",
                             d ? "not an object" : jerr.text);
             const char *k;
             json_t *v;
             json_object_foreach(d, k, v)
             {
                 if (!json_is_string(v))
-                    usage_error(c->name, "--data: the value of %s must be a string", k);
+                    kcli_usage_error(c->name, "--data: the value of %s must be a string", k);
             }
             json_object_update(data, d);
             json_decref(d);
@@ -598,22 +584,19 @@ static int run_rebind(const cmd *c, int argc, char **argv)
         case O_SET: {
             const char *eq = strchr(optarg, '=');
             if (!eq || eq == optarg || !eq[1])
-                usage_error(c->name, "--set: expected name=value, but got %s", optarg);
+                kcli_usage_error(c->name, "--set: expected name=value, but got %s", optarg);
             char *k = strndup(optarg, (size_t)(eq - optarg));
             json_object_set_new(data, k, json_string(eq + 1));
             free(k);
             break;
         }
-        case ':':
-            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
         default:
-            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+            kcli_bad_option(c->name, ch, argv);
         }
     }
-    if (optind < argc)
-        usage_error(c->name, "unexpected argument %s", argv[optind]);
+    kcli_no_more_args(c->name, argc, argv);
     if (!s.reason)
-        usage_error(c->name, "--reason is required");
+        kcli_usage_error(c->name, "--reason is required");
     if (!s.domain && !s.campaign && !s.tenant && !s.routing_domain && !s.everything)
         die("No domain, routing_domain, campaign or tenant was specified. Use --everything if "
             "you intend to apply to all queues");
@@ -650,19 +633,16 @@ static void parse_simple(const cmd *c, int argc, char **argv, bool *json, const 
             *json = true;
         else if (ch == O_ID && id)
             *id = optarg;
-        else if (ch == ':')
-            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
         else
-            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+            kcli_bad_option(c->name, ch, argv);
     }
     if (positional && optind < argc)
         *positional = argv[optind++];
-    if (optind < argc)
-        usage_error(c->name, "unexpected argument %s", argv[optind]);
+    kcli_no_more_args(c->name, argc, argv);
     if (id && !*id)
-        usage_error(c->name, "--id is required");
+        kcli_usage_error(c->name, "--id is required");
     if (positional && !*positional)
-        usage_error(c->name, "a %s is required", strstr(c->usage, "FILTER") ? "FILTER" : "value");
+        kcli_usage_error(c->name, "a %s is required", strstr(c->usage, "FILTER") ? "FILTER" : "value");
 }
 
 static int run_cancel(const cmd *c, const char *path, int argc, char **argv)
@@ -815,20 +795,17 @@ static int run_resolve_egress_path(const cmd *c, int argc, char **argv)
             campaign = optarg;
         } else if (ch == O_RROUTING) {
             routing = optarg;
-        } else if (ch == ':') {
-            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
         } else {
-            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+            kcli_bad_option(c->name, ch, argv);
         }
     }
     if (nmodes > 1)
-        usage_error(c->name, "--config, --constraints and --json exclude each other");
+        kcli_usage_error(c->name, "--config, --constraints and --json exclude each other");
     if (optind >= argc)
-        usage_error(c->name, "a DOMAIN is required");
+        kcli_usage_error(c->name, "a DOMAIN is required");
     const char *domain = argv[optind++];
     const char *source = optind < argc ? argv[optind++] : NULL;
-    if (optind < argc)
-        usage_error(c->name, "unexpected argument %s", argv[optind]);
+    kcli_no_more_args(c->name, argc, argv);
     strbuf q = {0};
     query_add(&q, "domain", domain);
     if (source)
@@ -963,15 +940,12 @@ static int run_suspend_ready_q(const cmd *c, int argc, char **argv)
             duration = optarg;
         else if (ch == O_JSON)
             json = true;
-        else if (ch == ':')
-            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
         else
-            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+            kcli_bad_option(c->name, ch, argv);
     }
-    if (optind < argc)
-        usage_error(c->name, "unexpected argument %s", argv[optind]);
+    kcli_no_more_args(c->name, argc, argv);
     if (!name || !reason)
-        usage_error(c->name, "--name and --reason are required");
+        kcli_usage_error(c->name, "--name and --reason are required");
     json_t *req = json_pack("{s:s,s:s}", "name", name, "reason", reason);
     if (duration)
         json_object_set_new(req, "duration", json_string(duration));
@@ -1029,12 +1003,12 @@ static int run_inspect_message(const cmd *c, int argc, char **argv)
         else if (ch == O_JSON)
             json = true;
         else
-            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+            kcli_usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
     }
     if (optind >= argc)
-        usage_error(c->name, "a message id is required");
+        kcli_usage_error(c->name, "a message id is required");
     if (optind + 1 < argc)
-        usage_error(c->name, "unexpected argument %s", argv[optind + 1]);
+        kcli_usage_error(c->name, "unexpected argument %s", argv[optind + 1]);
     strbuf q = {0};
     query_add(&q, "id", argv[optind]);
     if (want_body)
@@ -1099,13 +1073,11 @@ static int run_inspect_sched_q(const cmd *c, int argc, char **argv)
             no_limit = true;
         else if (ch == O_LIMIT)
             limit = optarg;
-        else if (ch == ':')
-            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
         else
-            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+            kcli_bad_option(c->name, ch, argv);
     }
     if (optind + 1 != argc)
-        usage_error(c->name, "exactly one queue name is required");
+        kcli_usage_error(c->name, "exactly one queue name is required");
     strbuf q = {0};
     query_add(&q, "queue_name", argv[optind]);
     if (want_body)
@@ -1347,21 +1319,18 @@ static int run_queue_summary(const cmd *c, int argc, char **argv)
             char *end;
             limit = strtol(optarg, &end, 10);
             if (*end || limit < 0)
-                usage_error(c->name, "--limit: expected a number, got %s", optarg);
+                kcli_usage_error(c->name, "--limit: expected a number, got %s", optarg);
         } else if (ch == O_BY_VOLUME) {
             by_volume = true;
         } else if (ch == O_DOMAIN) {
             domain = optarg;
         } else if (ch == O_JSON) {
             json = true;
-        } else if (ch == ':') {
-            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
         } else {
-            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+            kcli_bad_option(c->name, ch, argv);
         }
     }
-    if (optind < argc)
-        usage_error(c->name, "unexpected argument %s", argv[optind]);
+    kcli_no_more_args(c->name, argc, argv);
 
     json_t *suspended = request_json("GET", "/api/admin/suspend/v1", NULL, NULL);
     json_t *bounced = request_json("GET", "/api/admin/bounce/v1", NULL, NULL);
@@ -1553,10 +1522,10 @@ static int run_abort_ready_q_conn(const cmd *c, int argc, char **argv)
         if (ch == O_JSON)
             json = true;
         else
-            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+            kcli_usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
     }
     if (optind + 2 != argc)
-        usage_error(c->name, "a ready queue name and a session id are required");
+        kcli_usage_error(c->name, "a ready queue name and a session id are required");
     json_t *req = json_pack("{s:s,s:s}", "queue_name", argv[optind], "session_id", argv[optind + 1]);
     response r = request("POST", "/api/admin/abort-ready-q-conn/v1", NULL, req);
     json_decref(req);
@@ -1589,15 +1558,12 @@ static int run_spool_compact(const cmd *c, int argc, char **argv)
             json = true;
         else if (ch == O_NAME)
             name = optarg;
-        else if (ch == ':')
-            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
         else
-            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+            kcli_bad_option(c->name, ch, argv);
     }
-    if (optind < argc)
-        usage_error(c->name, "unexpected argument %s", argv[optind]);
+    kcli_no_more_args(c->name, argc, argv);
     if (!name)
-        usage_error(c->name, "--name is required");
+        kcli_usage_error(c->name, "--name is required");
     json_t *req = json_pack("{s:s}", "name", name);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -1681,15 +1647,12 @@ static int run_provider_summary(const cmd *c, int argc, char **argv)
             char *end;
             limit = strtol(optarg, &end, 10);
             if (*end || limit < 0)
-                usage_error(c->name, "--limit: expected a number, got %s", optarg);
-        } else if (ch == ':') {
-            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
+                kcli_usage_error(c->name, "--limit: expected a number, got %s", optarg);
         } else {
-            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+            kcli_bad_option(c->name, ch, argv);
         }
     }
-    if (optind < argc)
-        usage_error(c->name, "unexpected argument %s", argv[optind]);
+    kcli_no_more_args(c->name, argc, argv);
     json_t *m = request_json("GET", "/metrics.json", NULL, NULL);
     static const char *const one[] = {
         "total_messages_delivered_by_provider", "total_messages_transfail_by_provider",
@@ -1901,19 +1864,16 @@ static int run_top(const cmd *c, int argc, char **argv)
         if (ch == O_LIMIT) {
             interval = strtod(optarg, &end);
             if (*end || interval <= 0)
-                usage_error(c->name, "--interval: expected a positive number of seconds");
+                kcli_usage_error(c->name, "--interval: expected a positive number of seconds");
         } else if (ch == O_ID) {
             frames = strtol(optarg, &end, 10);
             if (*end || frames <= 0)
-                usage_error(c->name, "--count: expected a positive number");
-        } else if (ch == ':') {
-            usage_error(c->name, "option %s needs a value", argv[optind - 1]);
+                kcli_usage_error(c->name, "--count: expected a positive number");
         } else {
-            usage_error(c->name, "unexpected argument %s", argv[optind - 1]);
+            kcli_bad_option(c->name, ch, argv);
         }
     }
-    if (optind < argc)
-        usage_error(c->name, "unexpected argument %s", argv[optind]);
+    kcli_no_more_args(c->name, argc, argv);
     static const struct {
         const char *family, *label;
     } totals[] = {
@@ -2063,7 +2023,7 @@ int main(int argc, char **argv)
     for (; i < argc; i++) {
         if (strcmp(argv[i], "--endpoint") == 0) {
             if (i + 1 >= argc)
-                usage_error(NULL, "option --endpoint needs a value");
+                kcli_usage_error(NULL, "option --endpoint needs a value");
             endpoint = argv[++i];
         } else if (strncmp(argv[i], "--endpoint=", 11) == 0) {
             endpoint = argv[i] + 11;
@@ -2083,7 +2043,7 @@ int main(int argc, char **argv)
         return 2;
     }
     if (strncmp(endpoint, "http://", 7) != 0 && strncmp(endpoint, "https://", 8) != 0)
-        usage_error(NULL, "--endpoint must be an http:// or https:// URL, got '%s'", endpoint);
+        kcli_usage_error(NULL, "--endpoint must be an http:// or https:// URL, got '%s'", endpoint);
     const cmd *c = NULL;
     for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]); k++)
         if (strcmp(commands[k].name, argv[i]) == 0)

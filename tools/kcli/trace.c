@@ -15,6 +15,8 @@
  * is exit status 0. */
 #include "trace.h"
 
+#include "cliopt.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
@@ -49,18 +51,6 @@ static void fail(const char *fmt, ...)
     fputc('\n', stderr);
     va_end(ap);
     exit(1);
-}
-
-static void usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void usage(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("kcli: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\nRun 'kcli %s --help' for usage.\n", cmd_name);
-    va_end(ap);
-    exit(2);
 }
 
 /* ---- the connection -------------------------------------------------------------------------- */
@@ -144,7 +134,7 @@ static void conn_open(conn *c, const char *endpoint, char *host, size_t hostlen,
     size_t n = strcspn(p, "/?#");
     char hostport[300];
     if (n == 0 || n >= sizeof(hostport))
-        usage("invalid --endpoint '%s'", endpoint);
+        kcli_usage_error(cmd_name, "invalid --endpoint '%s'", endpoint);
     memcpy(hostport, p, n);
     hostport[n] = 0;
     /* the Host header carries host and port as the URL wrote them */
@@ -154,7 +144,7 @@ static void conn_open(conn *c, const char *endpoint, char *host, size_t hostlen,
     if (*h == '[') {
         char *end = strchr(h, ']');
         if (!end)
-            usage("invalid --endpoint '%s'", endpoint);
+            kcli_usage_error(cmd_name, "invalid --endpoint '%s'", endpoint);
         *end = 0;
         h++;
         if (end[1] == ':')
@@ -351,31 +341,19 @@ static void print_escaped(const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
-        switch (ch) {
-        case '\t':
-            fputs("\\t", stdout);
-            break;
-        case '\r':
-            fputs("\\r", stdout);
-            break;
-        case '\n':
-            fputs("\\n", stdout);
-            break;
-        case '\\':
-            fputs("\\\\", stdout);
-            break;
-        case '\'':
-            fputs("\\'", stdout);
-            break;
-        case '"':
-            fputs("\\\"", stdout);
-            break;
-        default:
-            if (ch < 0x20 || ch == 0x7F)
-                printf("\\u{%x}", ch);
-            else
-                putchar(ch);
-        }
+        const char *esc = ch == '\t'   ? "\\t"
+                          : ch == '\r' ? "\\r"
+                          : ch == '\n' ? "\\n"
+                          : ch == '\\' ? "\\\\"
+                          : ch == '\'' ? "\\'"
+                          : ch == '"'  ? "\\\""
+                                       : NULL;
+        if (esc)
+            fputs(esc, stdout);
+        else if (ch < 0x20 || ch == 0x7F)
+            printf("\\u{%x}", ch);
+        else
+            putchar(ch);
     }
 }
 
@@ -741,7 +719,7 @@ int kcli_trace(const char *endpoint, bool client, int argc, char **argv)
             else if (strcmp(optarg, "no") == 0)
                 o.color = false;
             else
-                usage("invalid value '%s' for '--color <COLOR>' (possible: tty, yes, no)", optarg);
+                kcli_usage_error(cmd_name, "invalid value '%s' for '--color <COLOR>' (possible: tty, yes, no)", optarg);
         } else if (ch == O_ONLY_NEW) {
             o.only_new = true;
         } else if (ch == O_ONLY_ONE) {
@@ -750,14 +728,11 @@ int kcli_trace(const char *endpoint, bool client, int argc, char **argv)
             o.terse = true;
         } else if (ch == O_JSON) {
             o.json = true;
-        } else if (ch == ':') {
-            usage("option %s needs a value", argv[optind - 1]);
         } else {
-            usage("unexpected argument %s", argv[optind - 1]);
+            kcli_bad_option(cmd_name, ch, argv);
         }
     }
-    if (optind < argc)
-        usage("unexpected argument %s", argv[optind]);
+    kcli_no_more_args(cmd_name, argc, argv);
     if (o.terse)
         json_object_set_new(req, "terse", json_true());
     if (o.json)

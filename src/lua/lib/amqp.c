@@ -30,6 +30,7 @@
 #include "lua/lib/amqp_pool.h"
 #include "lua/lib/fields.h"
 #include "lua/lib/lualib.h"
+#include "lua/lib/waiter.h"
 
 #define CLIENT_MT "kumo.amqp.Client"
 #define CONFIRM_MT "kumo.amqp.Confirm"
@@ -234,18 +235,6 @@ static void fill_message(lua_State *L, int t, amqp_job *j, const char *fname)
 
 enum wait_kind { W_BASIC_PUBLISH, W_CONNECT, W_PUBLISH, W_PUBLISH_TIMEOUT, W_CLOSE };
 
-typedef struct awaiter {
-    klua_wait w; /* first: the cancel callback casts back */
-    klua_call *call;
-    bool cancelled;
-} awaiter;
-
-static void waiter_cancel(klua_wait *w)
-{
-    /* shutdown with the job still out: its done function frees us */
-    ((awaiter *)w)->cancelled = true;
-}
-
 static void push_result_table(lua_State *L, enum amqp_confirm_status st, int code,
                               const char *text)
 {
@@ -265,16 +254,12 @@ static void push_result_table(lua_State *L, enum amqp_confirm_status st, int cod
 /* Resumes the coroutine with (true, results...) or (false, error). */
 static void job_done(amqp_job *j)
 {
-    awaiter *aw = j->ud;
-    if (aw->cancelled) {
-        free(aw);
-        return;
-    }
-    klua_wait_unpark(&aw->w);
-    klua_call *call = aw->call;
+    waiter *aw = j->ud;
+    klua_call *call = waiter_finish(aw); /* NULL: shutdown gave up the wait */
     free(aw);
+    if (!call)
+        return;
     lua_State *co = klua_call_thread(call);
-    lua_checkstack(co, 4);
     if (j->rc != 0) {
         lua_pushboolean(co, 0);
         lua_pushstring(co, j->err);
@@ -340,7 +325,7 @@ static int submit_and_wait(lua_State *L, amqp_pool *p, amqp_job *j, enum wait_ki
 {
     const char *fname = k_names[kind];
     reactor *r = reactor_current();
-    awaiter *aw = calloc(1, sizeof(*aw));
+    waiter *aw = calloc(1, sizeof(*aw));
     int rc = aw ? amqp_pool_submit(p, j, r, job_done, aw) : KERR_NOMEM;
     if (drop_ref)
         amqp_pool_unref(p);
@@ -351,8 +336,7 @@ static int submit_and_wait(lua_State *L, amqp_pool *p, amqp_job *j, enum wait_ki
                             rc == KERR_SHUTDOWN ? "kumod is shutting down" : kerr_str(rc));
     }
     /* from here on nothing may raise: the job will call job_done */
-    aw->call = klua_wait_begin(L);
-    klua_wait_park(&aw->w, aw->call, waiter_cancel);
+    waiter_park(aw, L, NULL); /* check_can_wait said it can */
     return lua_yieldk(L, 0, (lua_KContext)kind, wait_k);
 }
 
@@ -667,25 +651,6 @@ static int l_confirm_wait(lua_State *L)
 
 /* ---- registration -------------------------------------------------------------------------- */
 
-static void new_metatable(lua_State *L, const char *name, const luaL_Reg *methods,
-                          lua_CFunction gc, lua_CFunction tostring)
-{
-    if (luaL_newmetatable(L, name)) {
-        lua_newtable(L);
-        luaL_setfuncs(L, methods, 0);
-        lua_setfield(L, -2, "__index");
-        if (gc) {
-            lua_pushcfunction(L, gc);
-            lua_setfield(L, -2, "__gc");
-        }
-        if (tostring) {
-            lua_pushcfunction(L, tostring);
-            lua_setfield(L, -2, "__tostring");
-        }
-    }
-    lua_pop(L, 1);
-}
-
 static void amqp_open(lua_State *L)
 {
     static const luaL_Reg client_methods[] = {
@@ -694,8 +659,8 @@ static void amqp_open(lua_State *L)
         {"close", l_client_close},
         {NULL, NULL}};
     static const luaL_Reg confirm_methods[] = {{"wait", l_confirm_wait}, {NULL, NULL}};
-    new_metatable(L, CLIENT_MT, client_methods, l_client_gc, l_client_tostring);
-    new_metatable(L, CONFIRM_MT, confirm_methods, NULL, NULL);
+    lualib_new_metatable(L, CLIENT_MT, client_methods, l_client_gc, l_client_tostring);
+    lualib_new_metatable(L, CONFIRM_MT, confirm_methods, NULL, NULL);
 
     static const luaL_Reg fns[] = {
         {"build_client", l_build_client}, {"basic_publish", l_basic_publish}, {NULL, NULL}};

@@ -29,6 +29,8 @@
 #include "core/duration.h"
 #include "core/reactor.h"
 #include "lua/klua.h"
+#include "lua/lib/lualib.h"
+#include "lua/lib/waiter.h"
 #include "msg/rfc2047.h"
 #include "net/curlev.h"
 
@@ -72,8 +74,7 @@ typedef struct buf {
 
 /* One transfer in flight. */
 typedef struct xfer {
-    klua_wait w; /* first: the cancel callback casts back */
-    klua_call *call;
+    waiter wt; /* first: the cancel callback casts back */
     http_client *client;
     int client_ref; /* keeps the client alive while the transfer runs */
     lua_State *main;
@@ -786,10 +787,8 @@ static void on_done(CURL *easy, CURLcode rc, const char *errbuf, void *ud)
 {
     (void)easy;
     xfer *x = ud;
-    klua_wait_unpark(&x->w);
-    klua_call *call = x->call;
+    klua_call *call = waiter_finish(&x->wt); /* never NULL: xfer_cancel ends the transfer */
     lua_State *co = klua_call_thread(call);
-    lua_checkstack(co, 4);
     if (rc == CURLE_OK) {
         push_response(co, x);
         lua_pushnil(co);
@@ -910,8 +909,7 @@ static int l_req_send(lua_State *L)
         xfer_free(x);
         return luaL_error(L, "%s: cannot start the request", fname);
     }
-    x->call = klua_wait_begin(L);
-    if (!x->call) {
+    if (!waiter_park(&x->wt, L, xfer_cancel)) {
         curlev_remove(c->cv, e);
         xfer_free(x);
         return luaL_error(L, "%s: may only be called from an event handler or a task (it "
@@ -919,12 +917,11 @@ static int l_req_send(lua_State *L)
                           fname);
     }
     /* nothing may raise an error from here on: the call now waits */
-    lua_State *main = klua_state(klua_call_vm(x->call));
+    lua_State *main = klua_state(klua_call_vm(x->wt.call));
     x->main = main;
     lua_pushvalue(L, -1); /* the client */
     lua_xmove(L, main, 1);
     x->client_ref = luaL_ref(main, LUA_REGISTRYINDEX);
-    klua_wait_park(&x->w, x->call, xfer_cancel);
     return lua_yieldk(L, 0, 0, send_k);
 }
 
@@ -1174,20 +1171,6 @@ static int l_build_url(lua_State *L)
 
 /* ---- registration -------------------------------------------------------------------------- */
 
-static void new_metatable(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc)
-{
-    if (luaL_newmetatable(L, name)) {
-        lua_newtable(L);
-        luaL_setfuncs(L, methods, 0);
-        lua_setfield(L, -2, "__index");
-        if (gc) {
-            lua_pushcfunction(L, gc);
-            lua_setfield(L, -2, "__gc");
-        }
-    }
-    lua_pop(L, 1);
-}
-
 static void http_client_open(lua_State *L)
 {
     static const luaL_Reg client_methods[] = {
@@ -1217,9 +1200,9 @@ static void http_client_open(lua_State *L)
         {"bytes", l_resp_bytes},
         {"text", l_resp_text},
         {NULL, NULL}};
-    new_metatable(L, CLIENT_MT, client_methods, l_client_gc);
-    new_metatable(L, REQUEST_MT, request_methods, l_request_gc);
-    new_metatable(L, RESPONSE_MT, response_methods, l_resp_gc);
+    lualib_new_metatable(L, CLIENT_MT, client_methods, l_client_gc, NULL);
+    lualib_new_metatable(L, REQUEST_MT, request_methods, l_request_gc, NULL);
+    lualib_new_metatable(L, RESPONSE_MT, response_methods, l_resp_gc, NULL);
     if (luaL_newmetatable(L, HEADERS_MT)) {
         lua_pushcfunction(L, l_headers_index);
         lua_setfield(L, -2, "__index");

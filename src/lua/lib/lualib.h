@@ -45,6 +45,11 @@ int lualib_error(lua_State *L, const char *fname, const char *fmt, ...)
  * function (skipping pcall and kumod's own Lua glue), or "" when no Lua
  * frame of the policy is on the stack. */
 void lualib_push_where(lua_State *L);
+/* Creates the metatable name (once per state; later calls change nothing)
+ * with methods as its __index table, and gc / tostring as __gc /
+ * __tostring when not NULL. Leaves the stack as it was. */
+void lualib_new_metatable(lua_State *L, const char *name, const luaL_Reg *methods,
+                          lua_CFunction gc, lua_CFunction tostring);
 
 /* The modules (defined in their own files). */
 extern const lualib_module lualib_serde, lualib_serde_compat, lualib_string, lualib_regex,

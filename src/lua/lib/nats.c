@@ -36,6 +36,7 @@
 #include "lua/lib/fields.h"
 #include "lua/lib/lualib.h"
 #include "lua/lib/secrets.h"
+#include "lua/lib/waiter.h"
 
 #define CLIENT_MT "kumo.nats.Client"
 #define OPTS_MT "kumo.nats.options"
@@ -47,9 +48,7 @@ typedef struct nclient nclient;
 enum nkind { NJ_CONNECT, NJ_PUBLISH };
 
 typedef struct njob {
-    klua_wait w; /* first: the cancel callback casts back */
-    klua_call *call;
-    bool cancelled;
+    waiter wt; /* the policy's call */
     enum nkind kind;
     nclient *c;
     reactor *r;
@@ -201,10 +200,9 @@ static void job_done(void *arg)
 {
     njob *j = arg;
     nclient *c = j->c;
-    if (!j->cancelled) {
-        klua_wait_unpark(&j->w);
-        lua_State *co = klua_call_thread(j->call);
-        lua_checkstack(co, 4);
+    klua_call *call = waiter_finish(&j->wt); /* NULL: shutdown gave up the wait */
+    if (call) {
+        lua_State *co = klua_call_thread(call);
         if (j->rc) {
             lua_pushboolean(co, 0);
             lua_pushstring(co, j->err);
@@ -226,7 +224,6 @@ static void job_done(void *arg)
                 lua_pushnil(co);
             }
         }
-        klua_call *call = j->call;
         job_free(j);
         client_unref(c);
         klua_wait_resume(call, 2);
@@ -411,12 +408,6 @@ static void *client_main(void *arg)
 
 /* ---- Lua: waiting -------------------------------------------------------------------------- */
 
-static void job_cancel(klua_wait *w)
-{
-    /* shutdown with the job out: job_done frees it when it comes back */
-    ((njob *)w)->cancelled = true;
-}
-
 static void check_can_wait(lua_State *L, const char *fname)
 {
     if (!reactor_current() || !lua_isyieldable(L) || !klua_current_call(L))
@@ -462,8 +453,7 @@ static int submit(lua_State *L, nclient *c, njob *j)
     c->tail = j;
     pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->mu);
-    j->call = klua_wait_begin(L);
-    klua_wait_park(&j->w, j->call, job_cancel);
+    waiter_park(&j->wt, L, NULL); /* check_can_wait said it can */
     return 0;
 }
 
@@ -664,8 +654,7 @@ static int l_connect_core(lua_State *L)
     u->c = c;
     u->closed = false;
     luaL_setmetatable(L, CLIENT_MT);
-    j->call = klua_wait_begin(L);
-    klua_wait_park(&j->w, j->call, job_cancel);
+    waiter_park(&j->wt, L, NULL); /* check_can_wait said it can */
     return lua_yieldk(L, 0, 0, connect_k);
 }
 

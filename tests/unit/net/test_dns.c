@@ -426,6 +426,66 @@ static void post_mx_batch(void *arg)
     }
 }
 
+/* The entry points' refusals, on the reactor (lookup_begin, dns_lookup.c):
+ * a missing callback or name, a bad strategy or PTR address is
+ * KERR_INVAL, an undefined named resolver KERR_NOTFOUND; none calls back. */
+struct refusals {
+    struct waitbox *wb;
+    int rc[9];
+};
+
+static void never_mx(const dns_mx *mx, void *ud)
+{
+    (void)mx;
+    (void)ud;
+    fail_msg("a refused MX lookup called back");
+}
+
+static void never_txt(const dns_txt *t, void *ud)
+{
+    (void)t;
+    (void)ud;
+    fail_msg("a refused TXT/PTR lookup called back");
+}
+
+static void never_addr(const dns_addrs *a, void *ud)
+{
+    (void)a;
+    (void)ud;
+    fail_msg("a refused address lookup called back");
+}
+
+static void post_refusals(void *arg)
+{
+    struct refusals *r = arg;
+    r->rc[0] = dns_lookup_mx_via(NULL, "example.com", NULL, NULL, NULL);
+    r->rc[1] = dns_lookup_mx_via("no-such-resolver", "example.com", never_mx, NULL, NULL);
+    r->rc[2] = dns_lookup_txt_via(NULL, NULL, never_txt, NULL, NULL);
+    r->rc[3] = dns_lookup_txt_via("no-such-resolver", "example.com", never_txt, NULL, NULL);
+    r->rc[4] = dns_lookup_ptr(NULL, "not-an-ip", never_txt, NULL, NULL);
+    r->rc[5] = dns_lookup_ptr("no-such-resolver", "192.0.2.1", never_txt, NULL, NULL);
+    r->rc[6] = dns_lookup_addrs_via(NULL, "example.com", 99, never_addr, NULL, NULL);
+    r->rc[7] = dns_lookup_addrs_via("no-such-resolver", "example.com", DNS_IPV4_ONLY, never_addr,
+                                    NULL, NULL);
+    r->rc[8] = dns_lookup_ptr(NULL, "192.0.2.1", NULL, NULL, NULL);
+    wb_signal(r->wb);
+}
+
+static void test_lookup_refusals(void **state)
+{
+    (void)state;
+    struct waitbox wb;
+    wb_init(&wb);
+    struct refusals r = {.wb = &wb};
+    reactor_post(reactor_get(0), post_refusals, &r);
+    wb_wait(&wb, 1);
+    static const int want[9] = {KERR_INVAL,    KERR_NOTFOUND, KERR_INVAL,
+                                KERR_NOTFOUND, KERR_INVAL,    KERR_NOTFOUND,
+                                KERR_INVAL,    KERR_NOTFOUND, KERR_INVAL};
+    for (int i = 0; i < 9; i++)
+        assert_int_equal(r.rc[i], want[i]);
+}
+
 static void lookup_mx_many(struct mx_res *res, size_t n)
 {
     struct waitbox wb;
@@ -915,6 +975,7 @@ int main(void)
         cmocka_unit_test(test_configure_rejects),
     };
     const struct CMUnitTest live[] = {
+        cmocka_unit_test_setup(test_lookup_refusals, test_setup),
         cmocka_unit_test_setup(test_mx_sorted, test_setup),
         cmocka_unit_test_setup(test_mx_fallback_to_domain, test_setup),
         cmocka_unit_test_setup(test_mx_nxdomain, test_setup),
