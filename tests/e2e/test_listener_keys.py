@@ -83,12 +83,19 @@ end)
 -- nothing listens on {port:closed}: every delivery fails transiently
 kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
   return kumo.make_queue_config {
-    protocol = { smtp = { mx_list = { '[127.0.0.1]' } } },
+    -- slow.example: a site (ready queue) of its own
+    protocol = { smtp = { mx_list = { domain == 'slow.example' and '[127.0.0.2]' or '[127.0.0.1]' } } },
     retry_interval = '1h',
   }
 end)
+-- slow.example: {port:hold} accepts (the test listens there) and never
+-- answers, so a first attempt stays in flight until the test lets it fail
 kumo.on('get_egress_path_config', function(domain, source, site)
-  return kumo.make_egress_path { smtp_port = {port:closed}, prohibited_hosts = {} }
+  local port = {port:closed}
+  if domain == 'slow.example' then
+    port = {port:hold}
+  end
+  return kumo.make_egress_path { smtp_port = port, prohibited_hosts = {} }
 end)
 """
 
@@ -408,12 +415,23 @@ def test_deferred_spool_per_peer(k):
     """deferred_spool.md: a deferred_spool peer's message is not in the
     spool after its 250, and is saved at its first transient failure;
     another peer's message is saved at once."""
-    p = Peer(k, src="127.0.0.130")
-    id = send(p, rcpt="deferred@dest.example")
-    assert id not in k.local_disk_ids("data")
-    q = Peer(k, src="127.0.0.5")
-    id2 = send(q, rcpt="plain@dest.example")
-    assert id2 in k.local_disk_ids("data")
+    # the first attempt hangs on a peer that never answers, so nothing can
+    # save the message before the check (a closed port failed it, and
+    # saved it, within a millisecond of the 250 on a loaded machine)
+    hold = socket.socket()
+    hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    hold.bind(("127.0.0.2", k.port("hold")))
+    hold.listen(16)
+    try:
+        p = Peer(k, src="127.0.0.130")
+        id = send(p, rcpt="deferred@slow.example")
+        assert id not in k.local_disk_ids("data")
+        q = Peer(k, src="127.0.0.5")
+        id2 = send(q, rcpt="plain@dest.example")
+        assert id2 in k.local_disk_ids("data")
+        assert id not in k.local_disk_ids("data")
+    finally:
+        hold.close()  # the held connection is reset: the attempt fails
     k.wait_records(lambda r: r["id"] == id, type="TransientFailure")
     wait_until(lambda: id in k.local_disk_ids("data") and id in k.local_disk_ids("meta"),
                what="the deferred_spool message saved after its transient failure")
