@@ -16,6 +16,12 @@
  * previous record said (a suspension, a throttle, else the retry
  * backoff).
  *
+ * A sampled message (kumo.configure_explain_sampling, msg/msgtrace.h) also
+ * has a policy trace kept in memory: its steps (handlers entered, meta and
+ * header changes with the policy's file:line, the queue entered) become
+ * "Policy" events merged by time into the story, and a message known only
+ * by its trace (rejected, not logged) is still explained.
+ *
  * inspect-message's last failure comes from the same scan (the last
  * TransientFailure record), not from the queued-message record (which
  * stays 96 bytes) nor from the spool (no extra write per failure).
