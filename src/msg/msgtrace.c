@@ -50,9 +50,9 @@ static _Atomic uint64_t threshold;
 static double cfg_rate;
 
 static pthread_mutex_t store_lock = PTHREAD_MUTEX_INITIALIZER;
-static msgtrace **ring;     /* max_traces slots */
+static msgtrace **ring; /* max_traces slots */
 static size_t ring_cap, ring_next;
-static msgtrace **buckets;  /* n_buckets, a power of two */
+static msgtrace **buckets; /* n_buckets, a power of two */
 static size_t n_buckets, n_stored;
 
 static size_t bucket_of(const spoolid *id)

@@ -87,7 +87,7 @@ static void test_trace_outlives_eviction_while_held(void **state)
     spoolid ids[2];
     make_ids(ids, 2);
     msgtrace *held = msgtrace_for(&ids[0]);
-    msgtrace *t2 = msgtrace_for(&ids[1]); /* evicts the first */
+    msgtrace *t2 = msgtrace_for(&ids[1]);                  /* evicts the first */
     msgtrace_add(held, "handler", NULL, "still writable"); /* no use after free (ASan) */
     assert_null(msgtrace_json(&ids[0]));
     msgtrace_unref(held);
