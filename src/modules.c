@@ -17,6 +17,7 @@
 #include "http/trace_http.h"
 #include "log/loghook.h"
 #include "lua/dns_lua.h"
+#include "lua/explain_lua.h"
 #include "lua/lib/amqp.h"
 #include "lua/lib/arc.h"
 #include "lua/lib/counter_series.h"
@@ -59,6 +60,7 @@ void kumod_register_modules(void)
     http_resolve_add_endpoints();
     http_dashboard_add_endpoints();
     http_explain_add_endpoints();
+    explain_lua_register();
     queue_init();
     /* reception hands messages to the queues (smtp sits above queue) */
     smtpsrv_set_insert_hook(queue_insert);

@@ -324,6 +324,7 @@ function describeEvent(e) {
   if (e.tls) parts.push("TLS " + e.tls);
   if (e.classification) parts.push("classified " + e.classification);
   if (e.attempt) parts.push("attempt " + e.attempt);
+  if (e.where) parts.push("at " + e.where); // a sampled message's policy step
   return parts.join(", ");
 }
 

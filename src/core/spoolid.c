@@ -150,6 +150,8 @@ int64_t spoolid_created_ns(const spoolid *id)
      * 1970 that the nanoseconds do not fit: saturate */
     if (ticks < INT64_MIN / 100)
         return INT64_MIN / 100 * 100;
+    if (ticks > INT64_MAX / 100) /* or so far after (ffff...: explain's tests) */
+        return INT64_MAX / 100 * 100;
     return ticks * 100;
 }
 

@@ -16,6 +16,12 @@
  * previous record said (a suspension, a throttle, else the retry
  * backoff).
  *
+ * A sampled message (kumo.configure_explain_sampling, msg/msgtrace.h) also
+ * has a policy trace kept in memory: its steps (handlers entered, meta and
+ * header changes with the policy's file:line, the queue entered) become
+ * "Policy" events merged by time into the story, and a message known only
+ * by its trace (rejected, not logged) is still explained.
+ *
  * inspect-message's last failure comes from the same scan (the last
  * TransientFailure record), not from the queued-message record (which
  * stays 96 bytes) nor from the spool (no extra write per failure).
@@ -44,6 +50,7 @@
 #include "http/request.h"
 #include "log/logger.h"
 #include "log/logs.h"
+#include "msg/msgtrace.h"
 #include "lua/lib/jsonl_read.h"
 #include "queue/admin.h"
 #include "queue/explainq.h"
@@ -70,6 +77,7 @@ typedef struct scan_job {
     json_t *live;    /* explainq's answer, or NULL */
     json_t *inspect; /* inspect-message's message, or NULL */
     json_t *result;  /* inspect-message: the answer being completed */
+    json_t *trace;   /* the sampled message's policy trace (msgtrace_json), or NULL */
 } scan_job;
 
 static int add_dir(char ***v, size_t *n, const char *d)
@@ -268,6 +276,7 @@ static void scan_job_free(scan_job *j)
     json_decref(j->live);
     json_decref(j->inspect);
     json_decref(j->result);
+    json_decref(j->trace);
     free(j);
 }
 
@@ -472,14 +481,55 @@ static void why_then(const json_t *live, char *out, size_t len)
         snprintf(out, len, "%s", last);
 }
 
+/* A policy trace step as a story event: kind "Policy". */
+static json_t *policy_event(const json_t *st)
+{
+    json_t *ev = json_object();
+    int64_t ns = json_integer_value(json_object_get(st, "time_ns"));
+    json_object_set_new(ev, "kind", json_string("Policy"));
+    set_iso(ev, "time", ns);
+    json_object_set_new(ev, "time_ns", json_integer(ns));
+    const char *kind = jstr(st, "kind"), *where = jstr(st, "where"), *detail = jstr(st, "detail");
+    json_object_set_new(ev, "step", json_string(kind ? kind : "?"));
+    if (where)
+        json_object_set_new(ev, "where", json_string(where));
+    char summary[512];
+    if (kind && strcmp(kind, "handler") == 0)
+        snprintf(summary, sizeof(summary), "handler for %s entered", detail ? detail : "?");
+    else if (kind && strcmp(kind, "queue") == 0)
+        snprintf(summary, sizeof(summary), "inserted %s", detail ? detail : "");
+    else
+        snprintf(summary, sizeof(summary), "%s: %s", kind ? kind : "?", detail ? detail : "");
+    if (kind && strcmp(kind, "handler") == 0 && detail)
+        json_object_set_new(ev, "event", json_string(detail));
+    json_object_set_new(ev, "detail", json_string(detail ? detail : ""));
+    json_object_set_new(ev, "summary", json_string(summary));
+    return ev;
+}
+
+/* Appends the trace steps made at or before until_ns (all when < 0). */
+static void add_steps(json_t *events, const json_t *steps, size_t *next, int64_t until_ns)
+{
+    for (; *next < json_array_size(steps); (*next)++) {
+        const json_t *st = json_array_get(steps, *next);
+        if (until_ns >= 0 && json_integer_value(json_object_get(st, "time_ns")) > until_ns)
+            break;
+        json_array_append_new(events, policy_event(st));
+    }
+}
+
 static json_t *story(scan_job *j, const char **outcome_out)
 {
     json_t *events = json_array();
     size_t n = json_array_size(j->records);
     const char *final = NULL;
     const json_t *final_rec = NULL;
+    const json_t *steps = json_object_get(j->trace, "steps");
+    size_t next_step = 0;
     for (size_t i = 0; i < n; i++) {
         const json_t *r = json_array_get(j->records, i);
+        /* the policy's steps happened before the record that followed them */
+        add_steps(events, steps, &next_step, rec_time(r));
         json_array_append_new(events, event_of(r));
         const char *type = jstr(r, "type");
         if (strcmp(type, "TransientFailure") == 0 || strcmp(type, "Delayed") == 0) {
@@ -506,6 +556,7 @@ static json_t *story(scan_job *j, const char **outcome_out)
             final_rec = r;
         }
     }
+    add_steps(events, steps, &next_step, -1);
     static __thread char outcome[1024];
     if (j->live) {
         json_t *cur = json_object();
@@ -551,6 +602,9 @@ static json_t *story(scan_job *j, const char **outcome_out)
     } else if (n) {
         snprintf(outcome, sizeof(outcome), "no final record yet and in no queue: a delivery "
                  "attempt is under way, or its last records are not in the local logs");
+    } else {
+        snprintf(outcome, sizeof(outcome), "only its policy trace is known: no log record "
+                 "carries it and it is in no queue (rejected, or not logged)");
     }
     *outcome_out = outcome;
     return events;
@@ -560,10 +614,13 @@ static void explain_done(void *arg)
 {
     scan_job *j = arg;
     http_req *hr = j->hr;
-    if (!j->live && json_array_size(j->records) == 0) {
+    spoolid sid;
+    if (spoolid_from_hex(j->id, &sid) == 0)
+        j->trace = msgtrace_json(&sid);
+    if (!j->live && json_array_size(j->records) == 0 && !j->trace) {
         http_reply_error(hr, 404,
-                         "no message with id %s: it is in no queue and no local log record since "
-                         "its creation carries it%s",
+                         "no message with id %s: it is in no queue, no local log record since "
+                         "its creation carries it, and no policy trace is kept for it%s",
                          j->id, j->truncated ? " (the log scan stopped early)" : "");
         scan_job_free(j);
         return;
@@ -585,6 +642,15 @@ static void explain_done(void *arg)
                 json_object_set(env, keys[i], json_object_get(j->inspect, keys[i]));
         json_object_set_new(res, "message", env);
     }
+    json_t *tr = json_object();
+    json_object_set_new(tr, "sampled", json_boolean(j->trace != NULL));
+    if (j->trace) {
+        json_object_set_new(tr, "steps",
+                            json_integer((json_int_t)json_array_size(
+                                json_object_get(j->trace, "steps"))));
+        json_object_set(tr, "dropped", json_object_get(j->trace, "dropped"));
+    }
+    json_object_set_new(res, "trace", tr);
     json_object_set_new(res, "log_records", json_integer((json_int_t)json_array_size(j->records)));
     json_object_set_new(res, "logs_incomplete", json_boolean(j->truncated));
     json_object_set_new(res, "segments_unreadable", json_integer(j->segments_unreadable));

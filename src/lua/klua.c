@@ -24,6 +24,7 @@
 #include "core/reactor.h"
 #include "lua/luajson.h"
 #include "metrics/metrics.h"
+#include "msg/msgtrace.h"
 
 #define KLUA_MOD "kumod::lua"
 #define KLUA_MAX_OPENERS 64
@@ -37,6 +38,7 @@ struct klua {
     int refs;
     int reactor_idx;
     int dispatch_ref;
+    int dispatch_traced_ref; /* the dispatcher that notes each handler (msgtrace.h) */
     struct sleep_wait *sleeps; /* pending kumo.time.sleep timers */
     klua_wait *waits;          /* other parked calls (klua_wait_park) */
 };
@@ -59,6 +61,8 @@ struct klua_call {
     int64_t started_ns;
     int extra_args; /* 1 when the dispatcher's event-name argument is on the stack */
     bool is_script; /* the main chunk of kumod --script: it is the policy, so kumo.on works */
+    bool started;    /* resumed at least once: the dispatcher can no longer be swapped */
+    msgtrace *trace; /* a sampled message is among the arguments: handlers are noted */
 };
 
 static klua_opener openers[KLUA_MAX_OPENERS];
@@ -91,6 +95,24 @@ static const char dispatch_src[] =
     "  return nil\n"
     "end\n";
 
+/* The same dispatcher for a call that carries a sampled message: note(name,
+ * fn) records each handler before it runs (klua_call_trace swaps it in). */
+static const char dispatch_traced_src[] =
+    "local handlers, multi, note = ...\n"
+    "return function(name, ...)\n"
+    "  local hs = handlers[name]\n"
+    "  if hs == nil then return nil end\n"
+    "  if not multi[name] then note(name, hs[1]) return hs[1](...) end\n"
+    "  for i = 1, #hs do\n"
+    "    note(name, hs[i])\n"
+    "    local r = table.pack(hs[i](...))\n"
+    "    if name == 'requeue_message' then\n"
+    "      if r.n > 0 and r[1] == nil then return nil end\n"
+    "    elseif r[1] ~= nil then return table.unpack(r, 1, r.n) end\n"
+    "  end\n"
+    "  return nil\n"
+    "end\n";
+
 void klua_register_opener(klua_opener fn)
 {
     if (n_openers < KLUA_MAX_OPENERS)
@@ -103,6 +125,43 @@ bool klua_event_is_multi(const char *event)
         if (strcmp(event, multi_events[i]) == 0)
             return true;
     return false;
+}
+
+/* ---- message traces (msgtrace.h) ---------------------------------------- */
+
+void klua_where(lua_State *L, int level, char *buf, size_t len)
+{
+    lua_Debug ar;
+    buf[0] = 0;
+    if (lua_getstack(L, level, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0)
+        snprintf(buf, len, "%s:%d", ar.short_src, ar.currentline);
+}
+
+/* note(name, fn) of the traced dispatcher: the handler about to run. */
+static int l_trace_note(lua_State *L)
+{
+    klua_call *c = klua_current_call(L);
+    if (!c || !c->trace)
+        return 0;
+    lua_Debug ar;
+    char where[128] = "";
+    lua_pushvalue(L, 2);
+    if (lua_isfunction(L, -1) && lua_getinfo(L, ">S", &ar))
+        snprintf(where, sizeof(where), "%s:%d", ar.short_src, ar.linedefined);
+    else
+        lua_pop(L, 1);
+    msgtrace_add(c->trace, "handler", where, "%s", lua_tostring(L, 1) ? lua_tostring(L, 1) : "?");
+    return 0;
+}
+
+void klua_call_trace(lua_State *co, msgtrace *t)
+{
+    klua_call *c = klua_current_call(co);
+    if (!c || c->co != co || c->started || c->trace || c->extra_args != 1)
+        return;
+    c->trace = msgtrace_ref(t);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, c->vm->dispatch_traced_ref);
+    lua_replace(co, 1);
 }
 
 /* ---- kumo.on ---------------------------------------------------------- */
@@ -535,6 +594,18 @@ static klua *klua_new_vm(const char *base_path, int reactor_idx, char *err, size
     lua_pushvalue(L, -1);
     lua_setfield(L, LUA_REGISTRYINDEX, "kumod.dispatch");
     vm->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (luaL_loadbuffer(L, dispatch_traced_src, sizeof(dispatch_traced_src) - 1,
+                        "=kumod.dispatch") != LUA_OK)
+        abort();
+    lua_getfield(L, LUA_REGISTRYINDEX, "kumod.handlers");
+    lua_newtable(L);
+    for (int i = 0; multi_events[i]; i++) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, multi_events[i]);
+    }
+    lua_pushcfunction(L, l_trace_note);
+    lua_call(L, 3, 1);
+    vm->dispatch_traced_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return vm;
 }
 
@@ -716,6 +787,7 @@ static void klua_call_free(klua_call *c)
     luaL_unref(L, LUA_REGISTRYINDEX, c->co_ref);
     free(c->errmsg);
     free(c->event_copy);
+    msgtrace_unref(c->trace);
     klua_unref(c->vm);
     free(c);
 }
@@ -724,6 +796,7 @@ static void klua_call_step(klua_call *c, int nargs)
 {
     int nres = 0;
     c->running = true;
+    c->started = true;
     int rc = lua_resume(c->co, NULL, nargs, &nres);
     c->running = false;
     if (rc == LUA_YIELD && c->waiting) {

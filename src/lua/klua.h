@@ -78,6 +78,13 @@ lua_State *klua_call_thread(klua_call *c);
 /* The call whose coroutine L is (or runs inside of), or NULL when L is not
  * running an event call (e.g. the main chunk of a policy being loaded). */
 klua_call *klua_current_call(lua_State *L);
+/* The call on coroutine co (not started yet) carries a sampled message:
+ * its handlers are recorded in t as they are entered. No-op otherwise. */
+struct msgtrace;
+void klua_call_trace(lua_State *co, struct msgtrace *t);
+/* "file:line" of the Lua function at stack level (1: the caller of the C
+ * function running), or "" when that is not Lua code. */
+void klua_where(lua_State *L, int level, char *buf, size_t len);
 int klua_call_nresults(klua_call *c);
 /* For KLUA_ERROR: the error text (with file:line). For KLUA_REJECT: the
  * rejection text; klua_call_reject_code() gives its code. */

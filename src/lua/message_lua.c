@@ -5,6 +5,8 @@
 #include "lua/message_lua.h"
 
 #include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +30,27 @@ void klua_push_message(lua_State *L, message *m)
     message_ref(m);
     *ud = m;
     luaL_setmetatable(L, MSG_MT);
+    if (m->trace) /* sampled: the event call about to start notes its handlers */
+        klua_call_trace(L, m->trace);
+}
+
+void klua_msg_trace(lua_State *L, message *m, const char *kind, const char *fmt, ...)
+{
+    if (!m->trace)
+        return;
+    char where[128], detail[512];
+    klua_where(L, 1, where, sizeof(where));
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
+    msgtrace_add(m->trace, kind, where, "%s", detail);
+}
+
+/* A JSON value as compact text for a trace (malloc'd; NULL on failure). */
+static char *trace_json(const json_t *v)
+{
+    return json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
 }
 
 message *klua_check_message(lua_State *L, int idx)
@@ -141,6 +164,8 @@ static int l_msg_set_sender(lua_State *L)
 {
     message *m = klua_check_message(L, 1);
     message_set_sender(m, klua_check_address(L, 2));
+    if (m->trace)
+        klua_msg_trace(L, m, "set_sender", "sender = %s", m->sender);
     return 0;
 }
 
@@ -184,6 +209,9 @@ static int l_msg_set_recipient(lua_State *L)
         const char *one = klua_check_address(L, 2);
         message_set_recipients(m, &one, 1);
     }
+    if (m->trace)
+        klua_msg_trace(L, m, "set_recipient", "recipient = %s%s", m->n_rcpts ? m->rcpts[0] : "",
+                       m->n_rcpts > 1 ? " (and more)" : "");
     return 0;
 }
 
@@ -230,6 +258,14 @@ static int l_msg_set_meta(lua_State *L)
     json_t *v = klua_to_json(L, 3, err, sizeof(err));
     if (!v)
         return luaL_error(L, "set_meta('%s'): %s", k, err);
+    if (m->trace) {
+        char *t = json_is_null(v) ? NULL : trace_json(v);
+        if (t)
+            klua_msg_trace(L, m, "set_meta", "meta %s = %s", k, t);
+        else
+            klua_msg_trace(L, m, "set_meta", "meta %s removed", k);
+        free(t);
+    }
     if (json_is_null(v)) {
         json_decref(v);
         json_object_del(m->meta, k);
@@ -325,6 +361,8 @@ static int insert_header(lua_State *L, bool at_end, const char *method)
     char *buf = ix ? hdr_index_insert(ix, m->data, m->data_len, at_end, field, fl, &len) : NULL;
     free(field);
     replace_data(L, m, buf, len, method);
+    if (m->trace)
+        klua_msg_trace(L, m, method, "%s: %s", name, lua_tostring(L, 3)); /* value may be freed */
     return 0;
 }
 
@@ -415,6 +453,8 @@ static int l_msg_remove_all_named_headers(lua_State *L)
     for (size_t k = 0; k < ix->n; k++)
         drop[k] = hdr_name_eq(&ix->fields[k], name);
     remove_flagged(L, m, ix, drop, "remove_all_named_headers");
+    if (m->trace)
+        klua_msg_trace(L, m, "remove_header", "removed every %s header", name);
     return 0;
 }
 
@@ -472,6 +512,11 @@ static int l_msg_import_x_headers(lua_State *L)
         char key[256];
         meta_key_of_header(f->name, f->name_len, key, sizeof(key));
         set_meta_from_field(L, m, key, f);
+        if (m->trace) {
+            char *t = trace_json(json_object_get(m->meta, key));
+            klua_msg_trace(L, m, "set_meta", "meta %s = %s (import_x_headers)", key, t ? t : "?");
+            free(t);
+        }
     }
     return 0;
 }
@@ -494,6 +539,8 @@ static int l_msg_remove_x_headers(lua_State *L)
         return 0;
     }
     remove_flagged(L, m, ix, drop, "remove_x_headers");
+    if (m->trace)
+        klua_msg_trace(L, m, "remove_header", "remove_x_headers");
     return 0;
 }
 

@@ -27,6 +27,11 @@ void message_more_lua_methods(lua_State *L);
  * or sibling layers, such as kumo.dkim's msg:dkim_sign). Call from a klua
  * opener: message_lua_open has run by then. */
 void message_lua_add_method(lua_State *L, const char *name, lua_CFunction fn);
+/* Records a step in m's policy trace (msgtrace.h) with the calling Lua
+ * line; callers test m->trace first so that unsampled messages pay one
+ * branch. */
+void klua_msg_trace(lua_State *L, message *m, const char *kind, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* Registers the metatables (called for every VM by klua). */
 void message_lua_open(lua_State *L);
 

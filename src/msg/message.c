@@ -42,7 +42,8 @@ long message_live_count(void)
     return atomic_load(&live_messages);
 }
 
-message *message_new(const spoolid *id, const char *sender, const char *const *rcpts, size_t n)
+static message *message_make(const spoolid *id, const char *sender, const char *const *rcpts,
+                             size_t n)
 {
     message *m = xcalloc(1, sizeof(*m));
     atomic_fetch_add(&live_messages, 1);
@@ -55,6 +56,20 @@ message *message_new(const spoolid *id, const char *sender, const char *const *r
     message_set_recipients(m, rcpts, n);
     m->meta = json_object();
     m->meta_dirty = true;
+    return m;
+}
+
+message *message_new(const spoolid *id, const char *sender, const char *const *rcpts, size_t n)
+{
+    message *m = message_make(id, sender, rcpts, n);
+    m->trace = msgtrace_for(&m->id); /* NULL unless sampled: one compare */
+    return m;
+}
+
+message *message_new_transient(const char *sender, const char *const *rcpts, size_t n)
+{
+    message *m = message_make(NULL, sender, rcpts, n);
+    m->trace = msgtrace_private(&m->id);
     return m;
 }
 
@@ -83,6 +98,7 @@ void message_unref(message *m)
     hdr_index_fini(m->hidx);
     free(m->hidx);
     free(m->data);
+    msgtrace_unref(m->trace);
     free(m);
     atomic_fetch_sub(&live_messages, 1);
 }
@@ -252,7 +268,9 @@ int message_from_meta_json(const spoolid *id, const char *buf, size_t len, messa
         json_decref(doc);
         return KERR_PARSE;
     }
-    message *m = message_new(id, sender, rcpts, n);
+    message *m = message_make(id, sender, rcpts, n);
+    /* loaded again: it joins the trace made at reception, never a new one */
+    m->trace = msgtrace_find(id);
     if (rcpts != one)
         free(rcpts);
     if (meta) {

@@ -12,6 +12,7 @@
 
 #include "core/spoolid.h"
 #include "msg/headers.h"
+#include "msg/msgtrace.h"
 
 typedef struct message {
     int refs;
@@ -30,10 +31,15 @@ typedef struct message {
     bool in_spool;   /* saved (or loaded from the spool) at least once */
     int64_t due_ns;  /* wall clock; 0 = now */
     hdr_index *hidx; /* the parsed header block of data, built on first use; NULL when stale */
+    msgtrace *trace; /* the policy trace when the id is sampled (msgtrace.h), else NULL */
 } message;
 
 /* New message with a fresh id; copies sender, takes nothing. */
 message *message_new(const spoolid *id, const char *sender, const char *const *rcpts, size_t n);
+/* Like message_new with a fresh id, for a message that only exists until
+ * it is split into the messages that are queued (SMTP's DATA): its policy
+ * trace, when sampled, is private (msgtrace_private). */
+message *message_new_transient(const char *sender, const char *const *rcpts, size_t n);
 void message_ref(message *m);
 void message_unref(message *m);
 

@@ -518,6 +518,8 @@ static void sched_insert_local(const char *name, qmsg *q)
 
 int queue_insert(message *m, const char *queue, const char *reason)
 {
+    if (m->trace) /* sampled (msgtrace.h): the queue the policy chose */
+        msgtrace_add(m->trace, "queue", NULL, "into scheduled queue %s (%s)", queue, reason);
     qmsg *q = qmsg_new(m);
     int r = reason_parse(reason);
     qmsg_add_reason(q, r);

@@ -1597,6 +1597,12 @@ static void build_batches(sess *s, lua_State *L, bool from_split)
         spoolid id;
         spoolid_new(&id);
         message *m = message_new(&id, b->sender, (const char *const *)groups[g], sizes[g]);
+        if (b->trace) {
+            /* the transaction was sampled: its steps so far belong to each message */
+            if (!m->trace)
+                m->trace = msgtrace_force(&id);
+            msgtrace_copy_steps(m->trace, b->trace);
+        }
         json_decref(m->meta);
         m->meta = json_deep_copy(b->meta);
         if (b->scheduling)
@@ -1677,7 +1683,7 @@ static void data_received(sess *s)
             s->data_len = nl;
         }
     }
-    s->base = message_new(NULL, s->sender, (const char *const *)s->rcpts, s->n_rcpts);
+    s->base = message_new_transient(s->sender, (const char *const *)s->rcpts, s->n_rcpts);
     json_decref(s->base->meta);
     s->base->meta = json_deep_copy(s->meta);
     message_set_data_take(s->base, s->data, s->data_len);

@@ -1,6 +1,8 @@
 /* kcli explain ID: prints what kumod knows of one message, in order:
  * reception, each attempt with its response, the waits between them, the
- * current state (queue, due time and why then) and the outcome. The
+ * current state (queue, due time and why then) and the outcome; for a
+ * sampled message, the policy's steps (handlers entered, meta set, the
+ * queue chosen) with the policy file:line of each. The
  * story is built by kumod (GET /api/admin/explain/v1) from its logs and
  * live queues; kcli only lays it out, or prints it as JSON with --json. */
 #include "explain.h"
@@ -71,7 +73,7 @@ int kcli_explain(int argc, char **argv)
         if (*s(e, "response"))
             printf("%37s response: %s\n", "", s(e, "response"));
         static const char *const extra[] = {"ready_queue", "peer", "source", "tls",
-                                            "classification", "due", "queue"};
+                                            "classification", "due", "queue", "where"};
         for (size_t k = 0; k < sizeof(extra) / sizeof(extra[0]); k++) {
             if (strcmp(kind, "Reception") == 0 && strcmp(extra[k], "queue") != 0)
                 continue;

@@ -88,6 +88,17 @@ static void test_created_ns_vectors(void **state)
     }
 }
 
+/* ids made up by a client (explain's id parameter) at either end of the
+ * 60-bit clock: a saturated time, no signed overflow (UBSan) */
+static void test_created_ns_saturates(void **state)
+{
+    (void)state;
+    spoolid id;
+    assert_int_equal(spoolid_from_hex("ffffffffffffffffffffffffffffffff", &id), 0);
+    assert_true(spoolid_created_ns(&id) > 0);
+    assert_int_equal(spoolid_created_ns(&id), INT64_MAX / 100 * 100);
+}
+
 static void test_new_is_v1_with_current_time(void **state)
 {
     (void)state;
@@ -223,6 +234,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_from_hex_table),
         cmocka_unit_test(test_created_ns_vectors),
+        cmocka_unit_test(test_created_ns_saturates),
         cmocka_unit_test(test_new_is_v1_with_current_time),
         cmocka_unit_test(test_new_monotonic),
         cmocka_unit_test(test_new_unique_across_threads),
