@@ -88,13 +88,14 @@ end)
 
 HOOK_SETUP = r"""
 local log_hooks = require 'policy-extras.log_hooks'
--- batches of up to 100 records per POST (send_batch), as a sender of
--- volume configures a webhook; its queue is shaped below
+-- batches of 100 records per POST (send_batch), or fewer after 100 ms,
+-- as a sender of volume configures a webhook; its queue is shaped below
 log_hooks:new_json {
   name = 'webhook',
   url = 'http://127.0.0.1:{hook_port}/log',
   log_parameters = { headers = { 'Subject' } },
   batch_size = 100,
+  min_batch_size = 100,
   max_batch_latency = '100ms',
 }
 """
