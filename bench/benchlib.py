@@ -554,6 +554,35 @@ class Kumod:
     def rss_kb(self):
         return proc_status_kb(self.proc.pid, "VmRSS")
 
+    def _get(self, path):
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+            return r.read().decode()
+
+    def queue_counts(self):
+        """{scheduled queue: messages} from /metrics (scheduled_count), or None."""
+        try:
+            text = self._get("/metrics")
+        except OSError:
+            return None
+        return {m.group(1): int(float(m.group(2))) for m in
+                re.finditer(r'^scheduled_count\{queue="([^"]*)"\} ([0-9.eE+]+)$', text, re.M)}
+
+    def sample_meta(self):
+        """The meta of the first message in kumod's logs (inspect-message),
+        or None: shows what a queued message carries."""
+        import glob
+        import json
+        for path in sorted(glob.glob(os.path.join(self.dir, "logs", "*"))):
+            try:
+                out = subprocess.run(["zstdcat", path], capture_output=True, timeout=30).stdout
+                mid = json.loads(out.split(b"\n", 1)[0])["id"]
+                return json.loads(self._get(f"/api/admin/inspect-message/v1?id={mid}"))[
+                    "message"]["meta"]
+            except (OSError, ValueError, KeyError, subprocess.SubprocessError):
+                continue
+        return None
+
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
