@@ -334,6 +334,29 @@ def run_source(cmd, timeout):
     return time.monotonic() - t0, p.returncode, p.stderr.decode("latin-1")[-2000:]
 
 
+def renice_tree(pids, nice):
+    """Sets the nice value of every thread of the given processes and of
+    their descendants (Linux: nice is per thread; later children and
+    threads inherit it)."""
+    seen = set()
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+            except OSError:
+                pass
+        todo += children_of(pid)
+
+
 def run_sources(cmds, timeout):
     """Runs several smtp-source commands at once (one per message file of
     a mix); returns (seconds until the last ended, first non-zero
@@ -367,8 +390,9 @@ class Latgen:
                             "-lm"], check=True)
 
     def command(self, port, rate, duration, conns=32, size=5120,
-                sender="bench@loadgen.bench.test", rcpt="rcpt@example.com", poisson=False):
-        cmd = [self.bin, "--port", str(port), "--rate", str(rate), "--duration", str(duration),
+                sender="bench@loadgen.bench.test", rcpt="rcpt@example.com", poisson=False,
+                nice=None):
+        cmd = (["nice", "-n", str(nice)] if nice is not None else []) + [self.bin, "--port", str(port), "--rate", str(rate), "--duration", str(duration),
                "--conns", str(conns), "--size", str(size), "--sender", sender, "--rcpt", rcpt]
         if poisson:
             cmd.append("--poisson")
