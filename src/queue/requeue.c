@@ -146,7 +146,7 @@ void requeue_post(qmsg *q, const char *name, bool increment, bool changed, int64
     requeue_post_job(q, name, increment, changed, delay_s, false);
 }
 
-/* ---- back to the scheduled queue without an attempt ------------------------------------------------ */
+/* ---- back to the scheduled queue without an attempt ------------------------------------ */
 
 /* A message sent back without an attempt (its ready queue is full, the
  * queue is suspended...) needs its meta: the queue name and the Delayed
