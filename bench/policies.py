@@ -406,3 +406,71 @@ def dkim_probe(mta_port, capture, txt, n=3, timeout=30):
         if b"DKIM-Signature" in m and dkim.verify(m, dnsfunc=lambda name, timeout=5: txt):
             ok += 1
     return ok
+
+
+# ---- memory with tenant meta (issue 24) ---------------------------------------------
+
+# The queue helper sets tenant and campaign from X-Tenant / X-Campaign (and
+# removes those headers); two further headers are imported into the meta
+# with msg:import_x_headers, as a sender that logs its job and customer
+# references does. Five senders of three tenants, one campaign each.
+TENANT_MIX = [
+    ("acme-retail", "black-friday-2026", "job-20261127-0001", "crm-77120345"),
+    ("acme-retail", "weekly-digest-49", "job-20261203-0412", "crm-77120345"),
+    ("globex-news", "newsletter-2026-12", "nl-2026-12-07-am", "sub-ref-5521-aa"),
+    ("globex-news", "breaking-alerts", "alert-88213", "sub-ref-5521-ab"),
+    ("initech-billing", "invoice-reminders", "billing-run-334", "acct-009182-77"),
+]
+
+TENANT_QUEUES_TOML = """
+tenant_header = "X-Tenant"
+remove_tenant_header = true
+campaign_header = "X-Campaign"
+remove_campaign_header = true
+default_tenant = "default-tenant"
+
+[tenant."default-tenant"]
+[tenant."acme-retail"]
+[tenant."globex-news"]
+[tenant."initech-billing"]
+
+[queue.default]
+retry_interval = "6 hours"
+"""
+
+# policy-extras.queue on the bench's relay policy (bl.KUMOD_POLICY
+# handlers): tenant and campaign into the meta, two imported headers
+TENANT_HANDLER = r"""
+local queue_module = require 'policy-extras.queue'
+local queue_helper = queue_module:setup_with_options {
+  file_names = { '{dir}/queues.toml' },
+  skip_queue_config_hook = true,
+}
+kumo.on('smtp_server_message_received', function(msg)
+  queue_helper:apply(msg)
+  msg:import_x_headers { 'x-job-id', 'x-customer-ref' }
+end)
+"""
+
+
+def tenant_setup(d, size):
+    """Writes queues.toml into d and one pre-formatted message per entry
+    of TENANT_MIX (headers and a body of about size bytes, for
+    smtp-source -F); returns (handler Lua, [message files])."""
+    with open(os.path.join(d, "queues.toml"), "w") as f:
+        f.write(TENANT_QUEUES_TOML)
+    line = "x" * 76
+    body = "\n".join([line] * max(1, size // 78))
+    files = []
+    for i, (tenant, campaign, job, cust) in enumerate(TENANT_MIX):
+        path = os.path.join(d, f"msg-{i}.eml")
+        with open(path, "w") as f:
+            f.write(f"From: <news@{DOMAIN}>\nTo: <rcpt@example.com>\n"
+                    f"Subject: {campaign} for you\nDate: Mon, 7 Dec 2026 12:00:00 +0000\n"
+                    f"Message-ID: <{job}.{i}@{DOMAIN}>\nMIME-Version: 1.0\n"
+                    f"Content-Type: text/plain; charset=us-ascii\n"
+                    f"X-Tenant: {tenant}\nX-Campaign: {campaign}\n"
+                    f"X-Job-Id: {job}\nX-Customer-Ref: {cust}\n\n{body}\n")
+        os.chmod(path, 0o644)
+        files.append(path)
+    return TENANT_HANDLER.replace("{dir}", d), files

@@ -92,6 +92,7 @@ void queue_reactor_shutdown(void)
             selsrc_free_all();
         return;
     }
+    back_reactor_shutdown(t);
     for (int i = 0; i < TABLE_BUCKETS; i++) {
         while (t->sched[i]) {
             schedq *sq = t->sched[i];

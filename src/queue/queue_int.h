@@ -303,6 +303,9 @@ struct readyq {
 typedef struct qtables {
     schedq *sched[TABLE_BUCKETS];
     readyq *ready[TABLE_BUCKETS];
+    /* back_to_sched's messages waiting for a load slot (requeue.c) */
+    qlist back_waiting;
+    struct event *back_ev;
 } qtables;
 
 /* The calling reactor's tables (created on first use). */
@@ -401,6 +404,9 @@ void requeue(qmsg *q, const char *qname, bool increment, int64_t delay_s,
 /* Sends a message back to its scheduled queue without an attempt (full,
  * suspended...): delay_s < 0 means a random 0-60 s. */
 void back_to_sched(qmsg *q, int reason, int64_t delay_s);
+/* Frees the messages still waiting for back_to_sched's load slot
+ * (queue_reactor_shutdown). */
+void back_reactor_shutdown(qtables *t);
 
 /* ---- the admin registry and broadcasts, admin.c ------------------------------------------------- */
 

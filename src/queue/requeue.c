@@ -12,7 +12,9 @@
  * (a broadcast). Failures: a requeue_message handler error keeps the
  * original queue; a message whose meta cannot be loaded is logged and
  * dropped from memory (it stays in the spool for the next start). */
+#include <event2/event.h>
 #include <lauxlib.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,13 +34,26 @@ struct requeue_job {
     qmsg *q;
     bool increment;
     bool queue_changed;
+    bool back_slot; /* holds one of back_to_sched's load slots */
     int64_t delay_s;
     char name[];
 };
 
+static void back_slot_release(void);
+
+static void requeue_on_owner_job(struct requeue_job *j);
+
 static void requeue_on_owner(void *arg)
 {
     struct requeue_job *j = arg;
+    bool slot = j->back_slot;
+    requeue_on_owner_job(j); /* frees j */
+    if (slot)
+        back_slot_release();
+}
+
+static void requeue_on_owner_job(struct requeue_job *j)
+{
     qmsg *q = j->q;
     if (queues_down) {
         qmsg_free(q);
@@ -110,7 +125,8 @@ static void requeue_on_owner(void *arg)
     sched_place(sq, q);
 }
 
-void requeue_post(qmsg *q, const char *name, bool increment, bool changed, int64_t delay_s)
+static void requeue_post_job(qmsg *q, const char *name, bool increment, bool changed,
+                             int64_t delay_s, bool back_slot)
 {
     size_t n = strlen(name);
     struct requeue_job *j = malloc(sizeof(*j) + n + 1);
@@ -119,9 +135,38 @@ void requeue_post(qmsg *q, const char *name, bool increment, bool changed, int64
     j->q = q;
     j->increment = increment;
     j->queue_changed = changed;
+    j->back_slot = back_slot;
     j->delay_s = delay_s;
     memcpy(j->name, name, n + 1);
     reactor_post(owner_of(name), requeue_on_owner, j);
+}
+
+void requeue_post(qmsg *q, const char *name, bool increment, bool changed, int64_t delay_s)
+{
+    requeue_post_job(q, name, increment, changed, delay_s, false);
+}
+
+/* ---- back to the scheduled queue without an attempt ------------------------------------ */
+
+/* A message sent back without an attempt (its ready queue is full, the
+ * queue is suspended...) needs its meta: the queue name and the Delayed
+ * record come from it. After a restart every enumerated message comes due
+ * at once and most of them overflow the ready queue; unbounded, that meant
+ * one meta load per message at the same moment, and each loaded message
+ * (its Message and jansson meta, a few KB with a tenant's meta) stayed
+ * resident until its owner reactor had placed it again: tens of thousands
+ * at a time, hundreds of MB at 1,000,000 queued. So at most BACK_LOADS_MAX
+ * such messages are loaded at once (process-wide, from the load until the
+ * owner has placed and unloaded it); the others wait as bare qmsgs on
+ * their reactor's list, which a timer drains as slots free up. */
+#define BACK_LOADS_MAX 1024
+#define BACK_RETRY_MS 5
+
+static atomic_int back_loads;
+
+static void back_slot_release(void)
+{
+    atomic_fetch_sub(&back_loads, 1);
 }
 
 static void back_after_load(qmsg *q, int err, void *ud)
@@ -132,19 +177,74 @@ static void back_after_load(qmsg *q, int err, void *ud)
         spoolid_to_hex(&q->id, hex);
         DERROR(QMOD, "id=%s cannot load the message from the spool: %s", hex, kerr_str(err));
         qmsg_free(q);
+        back_slot_release();
         return;
     }
     char *name = queue_name_of_message(q->m);
-    requeue_post(q, name, false, false, delay_s);
+    requeue_post_job(q, name, false, false, delay_s, true);
     free(name);
+}
+
+static bool back_take_slot(void)
+{
+    int n = atomic_load(&back_loads);
+    while (n < BACK_LOADS_MAX)
+        if (atomic_compare_exchange_weak(&back_loads, &n, n + 1))
+            return true;
+    return false;
+}
+
+static void back_drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    qtables *t = arg;
+    /* a waiting message keeps its delay in due_wall_s (requeue_on_owner
+     * sets the due time from the delay) */
+    while (t->back_waiting.count && back_take_slot()) {
+        qmsg *q = qlist_pop(&t->back_waiting);
+        int64_t delay_s = q->due_wall_s;
+        q->due_wall_s = 0;
+        qmsg_load(q, false, back_after_load, (void *)(intptr_t)delay_s, NULL);
+    }
+    if (t->back_waiting.count) {
+        struct timeval tv = {0, BACK_RETRY_MS * 1000};
+        evtimer_add(t->back_ev, &tv);
+    }
 }
 
 void back_to_sched(qmsg *q, int reason, int64_t delay_s)
 {
     qmsg_add_reason(q, reason);
     atomic_fetch_sub(&st_in_flight, 1);
+    qtables *t = tables();
+    if (!t->back_ev) {
+        qlist_init(&t->back_waiting);
+        t->back_ev = evtimer_new(reactor_base(reactor_current()), back_drain_cb, t);
+        if (!t->back_ev)
+            abort();
+    }
+    if (t->back_waiting.count || !back_take_slot()) {
+        q->due_wall_s = delay_s;
+        qlist_push(&t->back_waiting, q);
+        if (!evtimer_pending(t->back_ev, NULL)) {
+            struct timeval tv = {0, BACK_RETRY_MS * 1000};
+            evtimer_add(t->back_ev, &tv);
+        }
+        return;
+    }
     /* the queue name lives in the meta: load it when not resident */
     qmsg_load(q, false, back_after_load, (void *)(intptr_t)delay_s, NULL);
+}
+
+void back_reactor_shutdown(qtables *t)
+{
+    if (!t->back_ev)
+        return;
+    while (t->back_waiting.count)
+        qmsg_free(qlist_pop(&t->back_waiting));
+    event_free(t->back_ev);
+    t->back_ev = NULL;
 }
 
 struct rq_event {

@@ -11,6 +11,9 @@ import pytest
 
 import kumod_harness as kh
 
+sys.path.insert(0, os.path.join(kh.REPO, "bench"))
+import policies as bench_policies  # noqa: E402
+
 BENCH = os.path.join(kh.REPO, "bench", "run")
 
 # every scenario the table must have, and whether Postfix takes part in it
@@ -23,6 +26,9 @@ EXPECTED = {
     "memory M=5000": False,
     "restart (SIGTERM) M=5000": False,
     "restart (SIGKILL) M=5000": False,
+    "memory M=5000 tenant meta": False,
+    "restart (SIGTERM) M=5000 tenant meta": False,
+    "restart (SIGKILL) M=5000 tenant meta": False,
     "policy -s 10 N=500 bare relay (1)": True,
     "policy -s 10 N=500 example policy (2)": True,
     "policy -s 10 N=500 example + DKIM RSA-2048 (3)": True,
@@ -30,6 +36,7 @@ EXPECTED = {
     "policy -s 10 N=500 example + RSA + webhook (4)": True,
     "latency bare relay (1), 50% load": True,
     "latency example + DKIM RSA (3) vs Postfix + OpenDKIM, 50% load": True,
+    "latency generator -> smtp-sink (floor)": False,
     "latency 50 ms handler": False,
     "latency 50 ms handler, deferred_queue": False,
 }
@@ -83,10 +90,16 @@ def test_bench_smoke(tmp_path):
             assert run["signatures"] >= 500, (kind, run)
     # the webhook got Reception and Delivery of every message
     assert pol["runs"]["example_rsa_hook"][0]["hook_records"] >= 1000
-    for how in ("term", "kill"):
-        assert sc["memory"]["restarts"][how]["enumerated"] == 5000
+    for key in ("memory", "memory_tenants"):
+        for how in ("term", "kill"):
+            assert sc[key]["restarts"][how]["enumerated"] == 5000, key
+    # the tenant variant's messages carried the queue helper's meta: one
+    # scheduled queue per campaign:tenant of the mix, none for the default
+    assert sc["memory_tenants"]["memory"]["queues"] == sorted(
+        f"{c}:{t}@example.com" for t, c, _, _ in bench_policies.TENANT_MIX)
     lat = sc["latency"]
-    for v in ("kumod", "postfix", "kumod_example_rsa", "postfix_dkim", "kumod_handler",
+    assert lat["generator"].startswith("bench/latgen.c")
+    for v in ("sink", "kumod", "postfix", "kumod_example_rsa", "postfix_dkim", "kumod_handler",
               "kumod_handler_deferred"):
         assert lat[v]["errors"] == 0 and lat[v]["delivered"] >= lat[v]["messages"] > 0, (v, lat[v])
     # issue 8: deferred_queue hides the 50 ms handler from the injector
