@@ -6,6 +6,7 @@
 
 #include <ctype.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -106,6 +107,10 @@ int rfc3339_parse(const char *s, int64_t *ns)
         return KERR_PARSE;
     int64_t secs =
         days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + sec - off;
+    /* nanoseconds in 64 bits reach from 1677 to 2262 (found by fuzz_reports:
+     * year 1013 overflowed the multiplication) */
+    if (secs <= INT64_MIN / 1000000000LL || secs >= INT64_MAX / 1000000000LL)
+        return KERR_RANGE;
     *ns = secs * 1000000000LL + frac;
     return 0;
 }

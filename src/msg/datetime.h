@@ -7,7 +7,8 @@
 #include <stdint.h>
 
 /* "2024-03-08T17:51:42.481711Z", "2024-03-08 17:51:42+01:00", ... 0 and the
- * time in *ns (since the epoch), or KERR_PARSE. */
+ * time in *ns (since the epoch), KERR_PARSE, or KERR_RANGE for a valid time
+ * that nanoseconds in 64 bits cannot hold (before 1677 or after 2262). */
 int rfc3339_parse(const char *s, int64_t *ns);
 /* "Fri, 8 Mar 2024 17:51:42 +0000" (day name optional, obsolete zones
  * such as "GMT", "EST" and military letters accepted, two-digit years per
