@@ -494,10 +494,8 @@ void logs_record_parts(const logrec *r, unsigned parts)
         acct_delivery(r->delivery_protocol);
     void (*hook)(const logrec *) = (parts & LOGS_HOOKS) ? atomic_load(&record_hook) : NULL;
     bool hooks = hook != NULL;
-    size_t n_local = (parts & LOGS_LOCAL) ? SIZE_MAX : 0;
     lock_read();
-    if (n_local)
-        n_local = logs_n;
+    size_t n_local = (parts & LOGS_LOCAL) ? logs_n : 0;
     if (n_local == 0 && !hooks) {
         pthread_rwlock_unlock(&logs_lock);
         return;

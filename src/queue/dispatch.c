@@ -453,13 +453,11 @@ static bool promote_ahead(dispatcher *d)
     return true;
 }
 
-void disp_not_attempted(dispatcher *d)
+/* After the current message (or batch) is settled: the prefetched message
+ * becomes current, or the connection closes, or it idles and the
+ * dispatcher looks for more. */
+static void message_done(dispatcher *d)
 {
-    qmsg *q = d->cur;
-    d->cur = NULL;
-    d->progress_ns = clock_mono_ns();
-    if (q)
-        back_to_sched(q, R_DISPATCHER_DROP, 0);
     free(d->requeue_to);
     d->requeue_to = NULL;
     if (promote_ahead(d))
@@ -471,7 +469,18 @@ void disp_not_attempted(dispatcher *d)
         return;
     }
     disp_set_phase(d, PHASE_IDLE, NULL);
+    /* continue from a fresh stack frame: the driver is inside its callback */
     disp_kick(d, 0);
+}
+
+void disp_not_attempted(dispatcher *d)
+{
+    qmsg *q = d->cur;
+    d->cur = NULL;
+    d->progress_ns = clock_mono_ns();
+    if (q)
+        back_to_sched(q, R_DISPATCHER_DROP, 0);
+    message_done(d);
 }
 
 void disp_delivered(dispatcher *d, int outcome, const disp_response *r)
@@ -501,19 +510,7 @@ void disp_delivered(dispatcher *d, int outcome, const disp_response *r)
             count_outcome(d, outcome);
         }
     }
-    free(d->requeue_to);
-    d->requeue_to = NULL;
-    if (promote_ahead(d))
-        return;
-    if (d->closing)
-        return;
-    if (d->delivered >= d->rq->cfg.max_deliveries_per_connection || !d->open) {
-        disp_close_soon(d);
-        return;
-    }
-    disp_set_phase(d, PHASE_IDLE, NULL);
-    /* continue from a fresh stack frame: the driver is inside its callback */
-    disp_kick(d, 0);
+    message_done(d);
 }
 
 static void watchdog_requeue(dispatcher *d, qmsg *q);
