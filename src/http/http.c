@@ -23,6 +23,7 @@
  * inflates past the limit (the connection stays open). */
 #include "http/http.h"
 #include "http/template_lua.h"
+#include "net/listen.h"
 #include "net/sockaddr.h"
 
 #include <arpa/inet.h>
@@ -1109,24 +1110,12 @@ static void open_on_reactor(void *arg)
     for (int i = 0; i < n_listeners && j->rc == 0; i++) {
         http_listener *ln = listeners[i];
         http_slot *slot = &slots[reactor_index(r) * MAX_LISTENERS + i];
-        int fd = socket(ln->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        int one = 1;
-        if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
-            bind(fd, (struct sockaddr *)&ln->addr, ln->addrlen) != 0 || listen(fd, 1024) != 0) {
+        int fd = net_listen_reuseport(&ln->addr, ln->addrlen, reactor_index(r) == 0, false);
+        if (fd < 0) {
             snprintf(j->err, sizeof(j->err), "http listener: cannot listen on %s: %s", ln->listen,
-                     strerror(errno));
-            if (fd >= 0)
-                close(fd);
+                     net_listen_strerror(fd));
             j->rc = KERR_IO;
             break;
-        }
-        /* port 0: every reactor joins the port the first one was given */
-        if (net_sockaddr_port(&ln->addr) == 0) {
-            struct sockaddr_storage bound;
-            socklen_t bl = sizeof(bound);
-            if (getsockname(fd, (struct sockaddr *)&bound, &bl) == 0)
-                net_sockaddr_set_port(&ln->addr, net_sockaddr_port(&bound));
         }
         struct evhttp *http = evhttp_new(reactor_base(r));
         if (!http) {

@@ -50,6 +50,7 @@
 #include "msg/meta_scan.h"
 #include "msg/queue_name.h"
 #include "net/cidr.h"
+#include "net/listen.h"
 #include "net/sockaddr.h"
 #include "net/tls.h"
 #include "net/wthrough.h"
@@ -2733,27 +2734,12 @@ static void open_on_reactor(void *arg)
     reactor *r = reactor_current();
     for (int i = 0; i < n_listeners && j->rc == 0; i++) {
         listener_cfg *ln = listeners[i];
-        int fd = socket(ln->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        int one = 1;
-        if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0 ||
-            bind(fd, (struct sockaddr *)&ln->addr, ln->addrlen) != 0 || listen(fd, 1024) != 0) {
+        int fd = net_listen_reuseport(&ln->addr, ln->addrlen, reactor_index(r) == 0, true);
+        if (fd < 0) {
             snprintf(j->err, sizeof(j->err), "cannot listen on %s: %s", ln->listen,
-                     strerror(errno));
-            if (fd >= 0)
-                close(fd);
+                     net_listen_strerror(fd));
             j->rc = -1;
             break;
-        }
-        /* Port 0: the kernel picked one for the first reactor's socket; the
-         * others join that same port (SO_REUSEPORT), so the listener is one
-         * port, as configured, not one per reactor (reactors open in turn). */
-        if (net_sockaddr_port(&ln->addr) == 0) {
-            struct sockaddr_storage bound;
-            socklen_t bl = sizeof(bound);
-            if (getsockname(fd, (struct sockaddr *)&bound, &bl) == 0)
-                net_sockaddr_set_port(&ln->addr, net_sockaddr_port(&bound));
         }
         acceptor *a = calloc(1, sizeof(*a));
         if (a) {

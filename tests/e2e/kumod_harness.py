@@ -64,10 +64,20 @@ def is_sanitized():
 SLOW = float(os.environ.get("KUMOD_E2E_SLOW", "0")) or (3.0 if is_sanitized() else 1.0)
 
 
+_given_ports = set()
+
+
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port nothing listens on, never the same one twice in
+    this process: a port is free again as soon as its probe socket closes,
+    and two listeners of one kumod given the same port fail to start."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _given_ports:
+            _given_ports.add(port)
+            return port
 
 
 class NullDns:

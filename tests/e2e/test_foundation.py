@@ -412,3 +412,43 @@ end)
     assert s.reply() == (550, "5.7.1 policy v1")
     assert s.cmd("MAIL FROM:<other@a.example>") == (550, "5.7.1 policy v2")
     s.close()
+
+
+# ---- listening ports are exclusive ------------------------------------------------------------
+
+def test_smtp_and_http_listener_on_one_port_is_refused(kumod_factory):
+    # SO_REUSEPORT would let both join the port and share its connections
+    port = kh.free_port()
+    k = kumod_factory(start=False, policy=f"""local kumo = require 'kumo'
+kumo.on('init', function()
+  kumo.define_spool {{ name = 'data', path = '{{spool}}/data', kind = 'LocalDisk' }}
+  kumo.define_spool {{ name = 'meta', path = '{{spool}}/meta', kind = 'LocalDisk' }}
+  kumo.start_esmtp_listener {{ listen = '127.0.0.1:{port}' }}
+  kumo.start_http_listener {{ listen = '127.0.0.1:{port}' }}
+end)
+""")
+    r = run_kumod(["--policy", k.policy_path, "--threads", "2"], timeout=30)
+    err = r.stderr.decode()
+    assert r.returncode != 0, err
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in err, err
+
+
+def test_port_held_by_another_reuseport_process_is_refused(kumod_factory):
+    # a socket of the same user with SO_REUSEPORT: the kernel would let
+    # kumod join it, and the two processes would split the connections
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen(8)
+        port = other.getsockname()[1]
+        k = kumod_factory(start=False, policy=f"""local kumo = require 'kumo'
+kumo.on('init', function()
+  kumo.define_spool {{ name = 'data', path = '{{spool}}/data', kind = 'LocalDisk' }}
+  kumo.define_spool {{ name = 'meta', path = '{{spool}}/meta', kind = 'LocalDisk' }}
+  kumo.start_esmtp_listener {{ listen = '127.0.0.1:{port}' }}
+end)
+""")
+        r = run_kumod(["--policy", k.policy_path, "--threads", "2"], timeout=30)
+        err = r.stderr.decode()
+        assert r.returncode != 0, err
+        assert "address already in use" in err, err

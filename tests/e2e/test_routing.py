@@ -20,18 +20,14 @@ import socket
 
 import pytest
 
+import kumod_harness as kh
 from kumod_harness import default_policy, parse_ids
 from smtpdeliv_peers import SmtpPeer, to_lua
 
 SENDER = "sender@src.example"
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+free_port = kh.free_port
 
 
 HANDLERS = """
