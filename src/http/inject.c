@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/diag.h"
@@ -74,8 +75,10 @@ typedef struct inj_rcpt {
     char *queue;
     char *error;
     int save_err;
+    int64_t rx_time_ns; /* the Reception record's time, once prelogged */
     bool null_queue;
     bool saved;
+    bool prelogged; /* the log hooks have its Reception record */
 } inj_rcpt;
 
 typedef struct inject_job {
@@ -108,6 +111,10 @@ typedef struct inject_job {
     inj_rcpt *rc;
     size_t n, next;
     int saves_pending;
+    /* the barrier over the prelogged Reception records (log/loghook.h):
+     * the 200 waits until their hook messages are in the spool */
+    loghook_wait *hooks;
+    bool hooks_open; /* loghook_wait_begin was called (hooks may be NULL) */
     bool running;  /* job_step is on the stack */
     bool ev_done;  /* the event of rc[next] finished while running */
     int ev_status;
@@ -585,6 +592,8 @@ static void job_free(inject_job *j)
     free(j->local_ip);
     free(j->hostname);
     json_decref(j->auth);
+    if (j->hooks_open)
+        loghook_wait_end(j->hooks, NULL, NULL); /* nothing will wait for it */
     free(j);
 }
 
@@ -945,6 +954,8 @@ static void save_done(void *ud, int err)
     reactor_post(x->r, save_done_on_reactor, x);
 }
 
+static void log_reception(inject_job *j, inj_rcpt *rc, unsigned parts);
+
 /* After the event: queue name, trace header, save. */
 static void rcpt_after_event(inject_job *j, inj_rcpt *r)
 {
@@ -989,6 +1000,24 @@ static void rcpt_after_event(inject_job *j, inj_rcpt *r)
     x->err = 0;
     j->saves_pending++;
     m->meta_dirty = m->data_dirty = false;
+    /* The log hooks get the Reception record now, ahead of the save, so
+     * that the hook's message rides in the same spool group commit (as
+     * the SMTP server does); the local logs get it in job_complete, once
+     * the save succeeded. */
+    if (!j->hooks_open) {
+        j->hooks = loghook_wait_begin();
+        j->hooks_open = true;
+    } else if (j->hooks) {
+        loghook_wait_resume(j->hooks);
+    }
+    if (j->hooks) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        r->rx_time_ns = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        r->prelogged = true;
+        log_reception(j, r, LOGS_HOOKS);
+    }
+    loghook_wait_pause();
     /* durable before the 200 */
     spool_save_new(sp, &m->id, meta, ml, data, m->data_len, true, save_done, x);
 }
@@ -1049,15 +1078,17 @@ static void job_step(inject_job *j)
         job_complete(j);
 }
 
-static void log_reception(inject_job *j, message *m, const char *queue)
+static void log_reception(inject_job *j, inj_rcpt *rc, unsigned parts)
 {
     char hex[SPOOLID_HEX_LEN + 1];
     logrec r;
-    logrec_reception(&r, hex, m, queue);
+    logrec_reception(&r, hex, rc->m, rc->queue);
+    if (rc->prelogged)
+        r.timestamp_ns = rc->rx_time_ns; /* both halves say the same time */
     r.peer_name = "";
     r.peer_addr = j->peer_ip;
     r.reception_protocol = "HTTP";
-    logs_record(&r);
+    logs_record_parts(&r, parts);
 }
 
 /* The answer held until the Reception records' hook messages are in the
@@ -1088,7 +1119,13 @@ static void job_complete(inject_job *j)
     json_t *failed = json_array(), *errors = json_array();
     size_t ok = 0, unhealthy = 0;
     spool *sp = services_spool();
-    loghook_wait *hooks = loghook_wait_begin();
+    loghook_wait *hooks = j->hooks;
+    if (!j->hooks_open)
+        hooks = loghook_wait_begin();
+    else if (hooks)
+        loghook_wait_resume(hooks);
+    j->hooks_open = false; /* ended below, whatever happens */
+    j->hooks = NULL;
     for (size_t i = 0; i < j->n; i++) {
         inj_rcpt *r = &j->rc[i];
         if (!r->error && r->save_err) {
@@ -1097,7 +1134,7 @@ static void job_complete(inject_job *j)
             rcpt_fail(r, "spool save failed: %s", kerr_str(r->save_err));
         }
         if (!r->error && !r->null_queue) {
-            log_reception(j, r->m, r->queue);
+            log_reception(j, r, r->prelogged ? LOGS_LOCAL : LOGS_LOCAL | LOGS_HOOKS);
             message_ref(r->m);
             if (queue_insert(r->m, r->queue, "Received") != 0) {
                 if (r->saved && sp)

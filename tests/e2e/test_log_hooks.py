@@ -251,3 +251,40 @@ def test_kill9_right_after_inject_200_keeps_every_reception_record(kumod_factory
             timeout=60, what="the Reception record of every injected message")
     finally:
         peer.close()
+
+
+def test_injected_reception_record_same_in_hook_and_local_log(kumod_factory):
+    """HTTP injection hands the hook its Reception record ahead of the
+    save (one group commit for both), the local log after it: the two are
+    the same record."""
+    import json
+    import urllib.request
+    peer = http_peer.Peer()
+    try:
+        k = start(kumod_factory, peer, init=HTTP_LISTENER)
+        body = json.dumps({
+            "envelope_sender": "sender@origin.test",
+            "content": "Subject: same\r\nFrom: sender@origin.test\r\n\r\nbody\r\n",
+            "recipients": [{"email": f"ok{i}@sink.test"} for i in range(3)],
+        }).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{k.http_port}/api/inject/v1",
+                                     data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert json.loads(r.read())["success_count"] == 3
+        rs = peer.wait_records(
+            lambda rs: len([r for r in rs if r["type"] == "Reception"]) == 3, timeout=30,
+            what="three Reception records")
+        hooked = {r["id"]: r for r in rs if r["type"] == "Reception"}
+        local = kh.wait_until(
+            lambda: (lambda got: got if set(hooked) <= set(got) else None)(
+                {r["id"]: r for r in k.records("Reception")}),
+            timeout=30, what="the local Reception records")
+        for mid, r in hooked.items():
+            l = local[mid]
+            for field in ("timestamp", "created", "recipient", "sender", "queue", "size",
+                          "peer_address", "reception_protocol"):
+                assert r.get(field) == l.get(field), (field, r, l)
+            assert r["reception_protocol"] == "HTTP"
+    finally:
+        peer.close()
