@@ -43,6 +43,7 @@
 
 #include "core/diag.h"
 #include "core/kerr.h"
+#include "core/xalloc.h"
 
 #define METRICS_MOD "kumod::metrics"
 
@@ -151,38 +152,6 @@ static _Noreturn void panic_(const char *fmt, ...)
     va_end(ap);
     diag_log(METRICS_MOD, DIAG_ERROR, "bug: %s", msg);
     abort();
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p)
-        panic_("out of memory (%zu bytes)", n);
-    return p;
-}
-
-static void *xcalloc(size_t n, size_t sz)
-{
-    void *p = calloc(n ? n : 1, sz ? sz : 1);
-    if (!p)
-        panic_("out of memory (%zu x %zu bytes)", n, sz);
-    return p;
-}
-
-static void *xrealloc(void *old, size_t n)
-{
-    void *p = realloc(old, n ? n : 1);
-    if (!p)
-        panic_("out of memory (%zu bytes)", n);
-    return p;
-}
-
-static char *xstrdup(const char *s)
-{
-    size_t n = strlen(s) + 1;
-    char *p = xmalloc(n);
-    memcpy(p, s, n);
-    return p;
 }
 
 static void lock(pthread_mutex_t *m)

@@ -14,26 +14,7 @@
 #include "core/jsonw.h"
 #include "core/kerr.h"
 #include "core/utf8.h"
-
-static void *xcalloc(size_t n, size_t sz)
-{
-    void *p = calloc(n, sz);
-    if (!p) {
-        fputs("kumod: out of memory\n", stderr);
-        abort();
-    }
-    return p;
-}
-
-static char *xstrdup(const char *s)
-{
-    char *p = strdup(s ? s : "");
-    if (!p) {
-        fputs("kumod: out of memory\n", stderr);
-        abort();
-    }
-    return p;
-}
+#include "core/xalloc.h"
 
 static atomic_long live_messages;
 
@@ -52,7 +33,7 @@ static message *message_make(const spoolid *id, const char *sender, const char *
         m->id = *id;
     else
         spoolid_new(&m->id);
-    m->sender = xstrdup(sender);
+    m->sender = xstrdup(sender ? sender : "");
     message_set_recipients(m, rcpts, n);
     m->meta = json_object();
     m->meta_dirty = true;
@@ -154,7 +135,7 @@ void message_set_data_take(message *m, char *buf_take, size_t len)
 int message_set_sender(message *m, const char *sender)
 {
     free(m->sender);
-    m->sender = xstrdup(sender);
+    m->sender = xstrdup(sender ? sender : "");
     m->meta_dirty = true;
     return 0;
 }
@@ -163,7 +144,7 @@ int message_set_recipients(message *m, const char *const *rcpts, size_t n)
 {
     char **copy = n ? xcalloc(n, sizeof(char *)) : NULL;
     for (size_t i = 0; i < n; i++)
-        copy[i] = xstrdup(rcpts[i]);
+        copy[i] = xstrdup(rcpts[i] ? rcpts[i] : "");
     free_rcpts(m);
     m->rcpts = copy;
     m->n_rcpts = n;

@@ -79,7 +79,7 @@ void dns__mx_obj_set_hosts(struct mx_obj *m, struct host_pref *hp, size_t n, uin
     free(m->site_name);
     m->site_name = dns_site_name(names, n);
     if (!m->site_name)
-        oom();
+        xalloc_fail(0);
     m->pub.site_name = m->site_name;
     free(names);
 }
@@ -120,9 +120,7 @@ struct fam_obj *dns__fam_obj_new(int family, int status, char *error)
 
 void dns__fam_obj_add(struct fam_obj *f, int family, const void *raw)
 {
-    dns_addr *na = realloc(f->addrs, (f->n + 1) * sizeof(*na));
-    if (!na)
-        oom();
+    dns_addr *na = xrealloc(f->addrs, (f->n + 1) * sizeof(*na));
     f->addrs = na;
     dns_addr *a = &f->addrs[f->n++];
     memset(a, 0, sizeof(*a));
@@ -165,21 +163,15 @@ struct txt_obj *dns__txt_obj_new(int status, char *error, const char *name)
 static void txt_obj_add(struct txt_obj *t, size_t idx, const void *p, size_t n)
 {
     if (idx == t->pub.n) {
-        char **nr = realloc(t->recs, (idx + 1) * sizeof(*nr));
-        if (!nr)
-            oom();
+        char **nr = xrealloc(t->recs, (idx + 1) * sizeof(*nr));
         t->recs = nr;
-        size_t *nl = realloc(t->lens, (idx + 1) * sizeof(*nl));
-        if (!nl)
-            oom();
+        size_t *nl = xrealloc(t->lens, (idx + 1) * sizeof(*nl));
         t->lens = nl;
         t->recs[idx] = xcalloc(1, 1);
         t->lens[idx] = 0;
         t->pub.n++;
     }
-    char *r = realloc(t->recs[idx], t->lens[idx] + n + 1);
-    if (!r)
-        oom();
+    char *r = xrealloc(t->recs[idx], t->lens[idx] + n + 1);
     memcpy(r + t->lens[idx], p, n);
     t->lens[idx] += n;
     r[t->lens[idx]] = 0;

@@ -317,9 +317,7 @@ int dns_define_resolver(const char *name, const dns_config *c, struct zone_set *
     if (i < named.n) {
         old = named.v[i];
     } else {
-        struct rcfg **nv = realloc(named.v, (named.n + 1) * sizeof(*nv));
-        if (!nv)
-            oom();
+        struct rcfg **nv = xrealloc(named.v, (named.n + 1) * sizeof(*nv));
         named.v = nv;
         named.n++;
     }

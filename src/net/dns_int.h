@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "core/reactor.h"
+#include "core/xalloc.h"
 #include "net/dns.h"
 #include "net/zone.h"
 
@@ -42,50 +43,6 @@
 
 /* ---- allocation ------------------------------------------------------------ */
 
-static inline void oom(void) __attribute__((noreturn));
-static inline void oom(void)
-{
-    fprintf(stderr, "kumod: dns: out of memory\n");
-    abort();
-}
-
-static inline void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p)
-        oom();
-    return p;
-}
-
-static inline void *xcalloc(size_t n, size_t sz)
-{
-    void *p = calloc(n ? n : 1, sz ? sz : 1);
-    if (!p)
-        oom();
-    return p;
-}
-
-static inline char *xstrdup(const char *s)
-{
-    size_t n = strlen(s) + 1;
-    char *p = xmalloc(n);
-    memcpy(p, s, n);
-    return p;
-}
-
-static inline char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static inline char *xasprintf(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = NULL;
-    int n = vasprintf(&s, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        oom();
-    return s;
-}
-
 /* A growable string. */
 struct sbuf {
     char *s;
@@ -98,9 +55,7 @@ static inline void sbuf_add(struct sbuf *b, const char *s, size_t n)
         size_t cap = b->cap ? b->cap * 2 : 64;
         while (cap < b->len + n + 1)
             cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p)
-            oom();
+        char *p = xrealloc(b->s, cap);
         b->s = p;
         b->cap = cap;
     }

@@ -161,9 +161,7 @@ char *dns_site_name(const char *const *hosts, size_t n)
                 continue;
             if (col->n == col->cap) {
                 col->cap = col->cap ? col->cap * 2 : 4;
-                const char **nv = realloc(col->vals, col->cap * sizeof(*nv));
-                if (!nv)
-                    oom();
+                const char **nv = xrealloc(col->vals, col->cap * sizeof(*nv));
                 col->vals = nv;
             }
             col->vals[col->n++] = f;

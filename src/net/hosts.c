@@ -26,20 +26,11 @@
 #include <unistd.h>
 
 #include "core/diag.h"
+#include "core/xalloc.h"
 
 #define HMOD "kumod::dns"
 #define HOSTS_MAX_BYTES (64u << 20)
 #define HOSTS_MAX_NAME 255
-
-static void *xrealloc(void *p, size_t n)
-{
-    p = realloc(p, n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "kumod: hosts: out of memory\n");
-        abort();
-    }
-    return p;
-}
 
 /* ---- the table -------------------------------------------------------------- */
 

@@ -20,26 +20,9 @@
 #include <strings.h>
 
 #include "core/kerr.h"
+#include "core/xalloc.h"
 
 #define ZNAME_MAX 255
-
-static void *xrealloc(void *p, size_t n)
-{
-    p = realloc(p, n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "kumod: zone: out of memory\n");
-        abort();
-    }
-    return p;
-}
-
-static char *xstrndup(const char *s, size_t n)
-{
-    char *p = xrealloc(NULL, n + 1);
-    memcpy(p, s, n);
-    p[n] = '\0';
-    return p;
-}
 
 struct zone {
     char *origin;

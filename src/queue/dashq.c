@@ -16,6 +16,7 @@
 
 #include "queue/dispatch.h"
 #include "queue/queue_int.h"
+#include "core/xalloc.h"
 
 #define OLDEST_SAMPLE 16
 
@@ -37,14 +38,6 @@ static char *xstrdup0(const char *s)
     if (!d)
         abort();
     return d;
-}
-
-static void *xrealloc(void *p, size_t n)
-{
-    void *q = realloc(p, n ? n : 1);
-    if (!q)
-        abort();
-    return q;
 }
 
 static int64_t oldest_of(const schedq *sq)

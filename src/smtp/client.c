@@ -47,6 +47,7 @@
 #include "core/diag.h"
 #include "core/kerr.h"
 #include "core/reactor.h"
+#include "core/xalloc.h"
 #include "net/sockaddr.h"
 #include "net/wthrough.h"
 
@@ -56,29 +57,6 @@
 #define BODY_WRITE_LOWAT (32 * 1024) /* progress callbacks while the body drains */
 
 /* ---- small helpers --------------------------------------------------------------------------- */
-
-static char *xstrdup(const char *s)
-{
-    if (!s)
-        return NULL;
-    char *d = strdup(s);
-    if (!d)
-        abort();
-    return d;
-}
-
-static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xasprintf(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = NULL;
-    int n = vasprintf(&s, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        abort();
-    return s;
-}
 
 static bool has_crlf(const char *s)
 {
