@@ -57,7 +57,9 @@ typedef struct sconn {
     dns_addrs **host_results;
     smtpcli *cli;
     char ehlo[256];
-    char last_error[512];
+    /* the failure of every candidate tried, joined with ", " (KumoMTA's
+     * "failed to connect to any candidate hosts: ..." names them all) */
+    char errors[2048];
     int last_code;
     bool dead;
     bool lookups_cancelled;
@@ -316,15 +318,28 @@ static void on_mx(const dns_mx *mx, void *ud)
     resolve_hosts(c);
 }
 
+/* Adds one candidate's failure to c->errors, without the "KumoMTA
+ * internal: " the client put in front: the summary has it once. */
+static void add_error(sconn *c, const char *why)
+{
+    static const char internal[] = "KumoMTA internal: ";
+    if (strncmp(why, internal, sizeof(internal) - 1) == 0)
+        why += sizeof(internal) - 1;
+    size_t used = strlen(c->errors);
+    if (used >= sizeof(c->errors) - 1)
+        return;
+    snprintf(c->errors + used, sizeof(c->errors) - used, "%s%s", used ? ", " : "", why);
+}
+
 static void on_ready(smtpcli *cli, int err, const smtpcli_response *resp, void *ud)
 {
     sconn *c = ud;
     if (err) {
-        snprintf(c->last_error, sizeof(c->last_error), "%s",
-                 resp && resp->content ? resp->content : kerr_str(err));
+        const char *why = resp && resp->content ? resp->content : kerr_str(err);
+        add_error(c, why);
         c->last_code = resp && resp->code ? resp->code : 400;
         DDEBUG(SMOD, "session=%s connection to %s failed: %s", disp_session_id(c->d),
-               smtpcli_peer(cli), c->last_error);
+               smtpcli_peer(cli), why);
         smtpcli_abort(cli);
         c->cli = NULL;
         try_next_target(c);
@@ -374,10 +389,10 @@ static void try_next_target(sconn *c)
 {
     dispatcher *d = c->d;
     if (c->next_target >= c->n_targets) {
-        char content[700];
+        char content[2200];
         snprintf(content, sizeof(content), "KumoMTA internal: failed to connect to any candidate "
                                            "hosts: %s",
-                 c->last_error[0] ? c->last_error : "no candidates");
+                 c->errors[0] ? c->errors : "no candidates");
         disp_response r = {c->last_code && c->last_code != 421 ? c->last_code : 400, 0, 0, 0,
                            content, NULL};
         if (r.code < 400)
@@ -463,8 +478,9 @@ static void try_next_target(sconn *c)
     c->cli = smtpcli_connect(reactor_base(reactor_current()), (struct sockaddr *)&ss, len, &p,
                              on_ready, c);
     if (!c->cli) {
-        snprintf(c->last_error, sizeof(c->last_error), "cannot create a connection to %s",
-                 t->addr.text);
+        char why[INET6_ADDRSTRLEN + 64];
+        snprintf(why, sizeof(why), "cannot create a connection to %s", t->addr.text);
+        add_error(c, why);
         try_next_target(c);
     }
 }

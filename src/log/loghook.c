@@ -244,6 +244,8 @@ int loghook_add_from_json(const json_t *params, bool check_only, char *err, size
     if (nh) {
         hooks = nh;
         hooks[n_hooks++] = h;
+        if (h->n_headers)
+            logs__note_headers();
     }
     pthread_rwlock_unlock(&hooks_lock);
     if (!nh) {

@@ -53,6 +53,18 @@ struct logs_dest {
     json_t *min_free_space, *min_free_inodes;
 };
 
+static atomic_bool headers_wanted;
+
+void logs__note_headers(void)
+{
+    atomic_store_explicit(&headers_wanted, true, memory_order_relaxed);
+}
+
+bool logs_records_want_data(void)
+{
+    return atomic_load_explicit(&headers_wanted, memory_order_relaxed);
+}
+
 static pthread_once_t logs_once = PTHREAD_ONCE_INIT;
 static pthread_rwlock_t logs_lock;
 static struct logs_dest **logs_dests;
@@ -412,6 +424,8 @@ int logs_add_local_from_json(const json_t *params, char *err, size_t errlen)
     if (nd) {
         logs_dests = nd;
         logs_dests[logs_n++] = d;
+        if (d->n_headers)
+            logs__note_headers();
     }
     pthread_rwlock_unlock(&logs_lock);
     if (!nd) {

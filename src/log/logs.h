@@ -118,6 +118,12 @@ void logs_record(const logrec *r);
 #define LOGS_HOOKS 2u
 void logs_record_parts(const logrec *r, unsigned parts);
 
+/* True once a local log destination or a log hook extracts headers: a
+ * record of a message whose data is not resident then needs it loaded
+ * first (KumoMTA's logger loads it to extract the headers, and the
+ * record's size is then the message's). Any thread. */
+bool logs_records_want_data(void);
+
 /* Serialises one record as a single JSON line (no newline), with meta and
  * headers filtered by the given key lists (NULL lists -> empty objects).
  * Returns malloc'd text. Exposed for tests and for log hooks. */

@@ -13,6 +13,10 @@
  * with timestamps filled in), on the caller's thread. */
 void logs__set_record_hook(void (*fn)(const logrec *r));
 
+/* A destination or hook that extracts headers was added: from now on
+ * logs_records_want_data() is true. */
+void logs__note_headers(void);
+
 /* Writes msg into err; returns KERR_INVAL. */
 int logs__cfg_err(char *err, size_t errlen, const char *msg);
 /* A non-negative whole number up to max. */

@@ -17,6 +17,7 @@
 
 #include "core/duration.h"
 #include "core/kerr.h"
+#include "log/logs.h"
 #include "queue/admin.h"
 #include "queue/dispatch.h"
 #include "queue/queue_int.h"
@@ -511,7 +512,7 @@ static void admin_bounce_msg(const char *queue, qmsg *q, const char *reason, boo
     b->queue = strdup(queue);
     b->reason = strdup(reason);
     b->suppress = suppress;
-    qmsg_load(q, false, abounce_after_load, b, abounce_free);
+    qmsg_load(q, logs_records_want_data(), abounce_after_load, b, abounce_free);
 }
 
 /* Checked when a message is placed and when it is made ready: returns true
@@ -783,7 +784,7 @@ bool admin_suspended(schedq *sq, qmsg *q)
         abort();
     s->queue = strdup(sq->name);
     s->reason = strdup(reason);
-    qmsg_load(q, false, susp_after_load, s, susp_job_free);
+    qmsg_load(q, logs_records_want_data(), susp_after_load, s, susp_job_free);
     return true;
 }
 

@@ -24,6 +24,8 @@
 #include "core/diag.h"
 #include "core/duration.h"
 #include "core/kerr.h"
+#include "core/xalloc.h"
+#include "log/logs.h"
 #include "lua/services.h"
 #include "queue/dispatch.h"
 #include "queue/queue_int.h"
@@ -1061,42 +1063,50 @@ static void bulk_after_load(qmsg *q, int err, void *ud)
 }
 
 /* Takes q out of the ready queue's hands: it gets outcome o with response
- * r (recorded against dispatcher d's context) once its meta is loaded. */
-static void bulk_one_fail(dispatcher *d, qmsg *q, int o, const disp_response *r, int reason)
+ * r (recorded against dispatcher d's context) once its meta is loaded.
+ * with_proto: the record names the delivery protocol (a failed connection
+ * does; KumoMTA's bulk ready-queue operation, before any connection, logs
+ * delivery_protocol null). */
+static void bulk_one_fail(dispatcher *d, qmsg *q, int o, const disp_response *r, int reason,
+                          bool with_proto)
 {
     readyq *rq = d->rq;
-    struct bulk_one *b = calloc(1, sizeof(*b));
-    if (!b)
-        abort();
+    struct bulk_one *b = xcalloc(1, sizeof(*b));
     b->outcome = o;
     b->r = *r;
-    b->content = strdup(r->content ? r->content : "");
+    b->content = xstrdup(r->content ? r->content : "");
     b->r.content = b->content;
     b->r.command = NULL;
     b->reason = reason;
-    b->site = strdup(rq->name);
-    b->pool = strdup(rq->qcfg.egress_pool ? rq->qcfg.egress_pool : "unspecified");
-    b->source = strdup(rq->source_name);
-    b->proto = strdup(d->drv->delivery_protocol);
-    b->session = strdup(d->session_id);
+    b->site = xstrdup(rq->name);
+    b->pool = xstrdup(rq->qcfg.egress_pool ? rq->qcfg.egress_pool : "unspecified");
+    b->source = xstrdup(rq->source_name);
+    b->proto = with_proto ? xstrdup(d->drv->delivery_protocol) : NULL;
+    b->session = xstrdup(d->session_id);
     b->x.site = b->site;
     b->x.pool = b->pool;
     b->x.source = b->source;
     b->x.proto = b->proto;
     b->x.session_id = b->session;
-    qmsg_load(q, false, bulk_after_load, b, bulk_one_free);
+    qmsg_load(q, logs_records_want_data(), bulk_after_load, b, bulk_one_free);
 }
 
-void disp_bulk_fail(dispatcher *d, disp_outcome o, const disp_response *r, const char *reason)
+static void bulk_fail(dispatcher *d, disp_outcome o, const disp_response *r, const char *reason,
+                      bool with_proto)
 {
     d->opening = false;
     int rs = reason ? reason_parse(reason) : R_FAILED_INSERT_READY;
     while (d->rq->fifo.count) {
         qmsg *q = qlist_pop(&d->rq->fifo);
         atomic_fetch_sub(&st_ready, 1);
-        bulk_one_fail(d, q, (int)o, r, rs);
+        bulk_one_fail(d, q, (int)o, r, rs, with_proto);
     }
     disp_close_soon(d);
+}
+
+void disp_bulk_fail(dispatcher *d, disp_outcome o, const disp_response *r, const char *reason)
+{
+    bulk_fail(d, o, r, reason, false);
 }
 
 void disp_close_after_this(dispatcher *d)
@@ -1121,12 +1131,12 @@ void disp_opened(dispatcher *d, bool ok, const disp_response *fail)
     if (++rq->conn_failures >= rq->cfg.consecutive_connection_failures_before_delay ||
         rq->fifo.count <= 1) {
         rq->conn_failures = 0;
-        disp_bulk_fail(d, OUTCOME_TRANSIENT, fail, "TooManyConnectionFailures");
+        bulk_fail(d, OUTCOME_TRANSIENT, fail, "TooManyConnectionFailures", true);
         return;
     }
     qmsg *q = qlist_pop(&rq->fifo);
     atomic_fetch_sub(&st_ready, 1);
-    bulk_one_fail(d, q, OUTCOME_TRANSIENT, fail, R_LOGGED_TRANSIENT_FAILURE);
+    bulk_one_fail(d, q, OUTCOME_TRANSIENT, fail, R_LOGGED_TRANSIENT_FAILURE, true);
     disp_close_soon(d);
     readyq_maintain(rq);
 }

@@ -145,8 +145,9 @@ void disp_delivered(dispatcher *d, int outcome, const disp_response *r);
 void disp_rebound(dispatcher *d);
 /* Applies one outcome to every message waiting in the ready queue (null MX,
  * prohibited hosts, no usable host: KumoMTA's bulk ready-queue operation),
- * with reason as the insert reason of those requeued. The dispatcher then
- * closes. Call instead of disp_opened(). */
+ * with reason as the insert reason of those requeued; their records have
+ * delivery_protocol null, as no connection was attempted. The dispatcher
+ * then closes. Call instead of disp_opened(). */
 void disp_bulk_fail(dispatcher *d, disp_outcome o, const disp_response *r, const char *reason);
 /* The connection cannot be reused: close after the current message. */
 void disp_close_after_this(dispatcher *d);

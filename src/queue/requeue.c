@@ -23,6 +23,7 @@
 #include "core/diag.h"
 #include "core/duration.h"
 #include "core/kerr.h"
+#include "log/logs.h"
 #include "lua/message_lua.h"
 #include "queue/admin.h"
 #include "queue/dispatch.h"
@@ -205,7 +206,7 @@ static void back_drain_cb(evutil_socket_t fd, short what, void *arg)
         qmsg *q = qlist_pop(&t->back_waiting);
         int64_t delay_s = q->due_wall_s;
         q->due_wall_s = 0;
-        qmsg_load(q, false, back_after_load, (void *)(intptr_t)delay_s, NULL);
+        qmsg_load(q, logs_records_want_data(), back_after_load, (void *)(intptr_t)delay_s, NULL);
     }
     if (t->back_waiting.count) {
         struct timeval tv = {0, BACK_RETRY_MS * 1000};
@@ -234,7 +235,7 @@ void back_to_sched(qmsg *q, int reason, int64_t delay_s)
         return;
     }
     /* the queue name lives in the meta: load it when not resident */
-    qmsg_load(q, false, back_after_load, (void *)(intptr_t)delay_s, NULL);
+    qmsg_load(q, logs_records_want_data(), back_after_load, (void *)(intptr_t)delay_s, NULL);
 }
 
 void back_reactor_shutdown(qtables *t)

@@ -24,6 +24,7 @@
 #include "core/diag.h"
 #include "core/duration.h"
 #include "core/kerr.h"
+#include "log/logs.h"
 #include "metrics/lazy_counter.h"
 #include "lua/services.h"
 #include "net/dns.h"
@@ -374,7 +375,7 @@ static void expire_loading(schedq *sq, qmsg *q, const char *content)
     x->queue = strdup(sq->name);
     x->content = strdup(content);
     x->pool = sq->cfg.egress_pool ? strdup(sq->cfg.egress_pool) : NULL;
-    qmsg_load(q, false, expire_after_load, x, expire_load_free);
+    qmsg_load(q, logs_records_want_data(), expire_after_load, x, expire_load_free);
 }
 
 static void log_delayed(schedq *sq, qmsg *q, int64_t delay_s)
@@ -670,7 +671,7 @@ static bool hold_for_spool(schedq *sq, qmsg *q)
         abort();
     h->queue = strdup(sq->name);
     h->reason = strdup(why);
-    qmsg_load(q, false, hold_after_load, h, hold_job_free);
+    qmsg_load(q, logs_records_want_data(), hold_after_load, h, hold_job_free);
     return true;
 }
 

@@ -43,6 +43,7 @@
 
 #include "core/diag.h"
 #include "core/kerr.h"
+#include "log/logs.h"
 #include "net/shthrottle.h"
 #include "queue/admin.h"
 #include "queue/dispatch.h"
@@ -602,7 +603,7 @@ static void none_eligible(seljob *j)
            n->pool);
     qmsg *q = j->q;
     job_end(j);
-    qmsg_load(q, false, none_after_load, n, none_job_free);
+    qmsg_load(q, logs_records_want_data(), none_after_load, n, none_job_free);
 }
 
 static void job_step(seljob *j)

@@ -230,15 +230,13 @@ def humantime_s(text):
 
 
 def check(rec, *, type, id, recipient, queue, site, code, enh, content, command,
-          peer, source, num_attempts, rcv, tls=None, size=True, sender=SENDER,
-          protocol="ESMTP"):
+          peer, source, num_attempts, rcv, tls=None, sender=SENDER, protocol="ESMTP"):
     """The exact record of a delivery-side disposition. `content` may be a
     compiled regex (fullmatch); `peer` is (name, addr) or None; `source`
     the source IP or None; `tls` the peer-observed (cipher, version) or
-    None; `rcv` the message's Reception record (meta, headers, size).
-    size=False for a record of a message whose data kumod did not load
-    (test_records_of_unloaded_messages_carry_size_and_headers): neither
-    size nor headers are checked then."""
+    None; `rcv` the message's Reception record (meta, headers, size: the
+    same on every record, also of a message whose data kumod had not
+    loaded, test_records_of_unloaded_messages_carry_size_and_headers)."""
     keys = set(RECORD_KEYS) | {"session_id"}
     if tls:
         keys |= {"tls_cipher", "tls_protocol_version"}
@@ -280,8 +278,8 @@ def check(rec, *, type, id, recipient, queue, site, code, enh, content, command,
     assert rec["egress_source"] == "unspecified", rec
     assert rec["feedback_report"] is None
     assert rec["meta"] == rcv["meta"], rec
-    if size:
-        assert rec["headers"] == rcv["headers"], rec
+    assert rec["headers"] == rcv["headers"], rec
+    assert rec["size"] == rcv["size"], rec
     assert rec["delivery_protocol"] == protocol, rec
     assert rec["reception_protocol"] == "ESMTP"
     assert UUID_RX.fullmatch(rec["nodeid"]), rec
@@ -289,8 +287,6 @@ def check(rec, *, type, id, recipient, queue, site, code, enh, content, command,
     assert rec["created"] == rcv["created"] and rec["created_time"] == rcv["created_time"]
     assert int(t(rec)) == rec["timestamp"]
     assert t(rec) >= t(rcv)
-    if size:
-        assert rec["size"] == rcv["size"], rec
     if tls:
         assert (rec["tls_cipher"], rec["tls_protocol_version"]) == tls, rec
 
@@ -605,15 +601,12 @@ def test_null_mx_bounces(routing_run):
     check(rec, type="Bounce", id=id, recipient="u@nullmx.test", queue="nullmx.test",
           site=site("nullmx.test"), code=556, enh="5.1.10",
           content="Recipient address has a null MX", command=None, peer=None, source=None,
-          num_attempts=0, rcv=reception(k, id))
+          num_attempts=0, rcv=reception(k, id), protocol=None)
     time.sleep(0.5)
     assert [r["type"] for r in of(k, id)] == ["Reception", "Bounce"]
     assert id not in k.local_disk_ids("data")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the null-MX Bounce has delivery_protocol "
-                   "\"ESMTP\"; KumoMTA's bulk_ready_queue_operation logs it with "
-                   "delivery_protocol null")
 def test_null_mx_bounce_has_no_delivery_protocol(routing_run):
     k, id = routing_run["k"], routing_run["ids"]["nullmx"]
     [rec] = wait_of(k, id, "Bounce")
@@ -622,7 +615,8 @@ def test_null_mx_bounce_has_no_delivery_protocol(routing_run):
 
 def test_nxdomain_is_a_transient_failure_and_retried(routing_run):
     """kumod's handling (see the module docstring): TransientFailure with
-    451 4.4.4 from the ready queue, then a retry after retry_interval."""
+    451 4.4.4 from the ready queue (delivery_protocol null, as KumoMTA's
+    record of a failed resolution has), then a retry after retry_interval."""
     k, id = routing_run["k"], routing_run["ids"]["nx"]
     first, second = wait_of(k, id, "TransientFailure", count=2, timeout=20)
     rcv = reception(k, id)
@@ -630,19 +624,14 @@ def test_nxdomain_is_a_transient_failure_and_retried(routing_run):
                          r"failed after [0-9.]+(?:ns|µs|ms|s): NXDOMAIN")
     check(first, type="TransientFailure", id=id, recipient="u@nx.test", queue="nx.test",
           site=site("nx.test"), code=451, enh="4.4.4", content=content, command=None,
-          peer=None, source=None, num_attempts=0, rcv=rcv)
+          peer=None, source=None, num_attempts=0, rcv=rcv, protocol=None)
     check(second, type="TransientFailure", id=id, recipient="u@nx.test", queue="nx.test",
           site=site("nx.test"), code=451, enh="4.4.4", content=content, command=None,
-          peer=None, source=None, num_attempts=1, rcv=rcv, size=False)
+          peer=None, source=None, num_attempts=1, rcv=rcv, protocol=None)
     assert 1.9 <= t(second) - t(first) <= 2.1 + 1.0 * kh.SLOW
     assert id in k.local_disk_ids("data")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the records of a message kumod did not load "
-                   "from the spool (here the retries of ready-queue-wide failures: NXDOMAIN, "
-                   "connection refused) have size 0 and headers {}; KumoMTA's logger loads the "
-                   "data to extract the configured headers (Logger::extract_fields), so size "
-                   "and headers are the message's on every record")
 def test_records_of_unloaded_messages_carry_size_and_headers(routing_run, failure_run):
     for run, key in ((routing_run, "nx"), (failure_run, "refused")):
         k, id = run["k"], run["ids"][key]
@@ -654,7 +643,7 @@ def test_records_of_unloaded_messages_carry_size_and_headers(routing_run, failur
 
 @pytest.mark.xfail(strict=True, reason="BUG (compat): an NXDOMAIN TransientFailure comes from "
                    "the ready queue (site unspecified->nx.test@smtp_client, egress pool/source "
-                   "\"unspecified\", delivery_protocol ESMTP, session_id, content \"KumoMTA "
+                   "\"unspecified\", session_id, content \"KumoMTA "
                    "internal: failed to resolve MX: ...\"); KumoMTA fails the ready-queue "
                    "insert: site \"\", no pool/source/protocol/session_id, content \"failed to "
                    "resolve queue nx.test: MX lookup for nx.test failed after ...: NXDOMAIN\"")
@@ -743,7 +732,8 @@ def test_default_prohibited_hosts_bounce_loopback_mx(routing_run):
           site=site("mx.prohibited.test"), code=550, enh="5.4.4",
           content=re.compile(r".*mx\.prohibited\.test.*127\.0\.0\.16.* is on the list of "
                              r"prohibited_hosts.*"),
-          command=None, peer=None, source=None, num_attempts=0, rcv=reception(k, id))
+          command=None, peer=None, source=None, num_attempts=0, rcv=reception(k, id),
+          protocol=None)
     assert routing_run["peers"]["127.0.0.16"].connections == 0
 
 
@@ -983,16 +973,10 @@ def test_connection_refused_on_all_hosts(failure_run):
                   enh=None, content=REFUSED_CONTENT, command=None, peer=None, source=None,
                   rcv=rcv)
     check(first, num_attempts=0, **common)
-    check(second, num_attempts=1, size=False, **common)
+    check(second, num_attempts=1, **common)
     assert 1.9 <= t(second) - t(first) <= 2.1 + 1.0 * kh.SLOW
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: when every candidate host fails, the "
-                   "TransientFailure names only the last one and repeats the prefix (\"KumoMTA "
-                   "internal: failed to connect to any candidate hosts: KumoMTA internal: "
-                   "failed to connect to mx2.refused.test. [127.0.0.22:P]: Connection "
-                   "refused\"); KumoMTA joins the error of every candidate with \", \" after a "
-                   "single \"KumoMTA internal: \" prefix")
 def test_connection_failure_names_every_candidate(failure_run):
     k, id = failure_run["k"], failure_run["ids"]["refused"]
     [rec] = wait_of(k, id, "TransientFailure")[:1]
