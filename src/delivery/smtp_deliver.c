@@ -291,10 +291,7 @@ static void on_mx(const dns_mx *mx, void *ud)
         return;
     }
     if (mx->status != DNS_OK) {
-        char content[600];
-        snprintf(content, sizeof(content), "KumoMTA internal: failed to resolve MX: %s",
-                 mx->error ? mx->error : dns_status_name(mx->status));
-        bulk(c, OUTCOME_TRANSIENT, 451, 4, 4, 4, content, "FailedToInsertIntoReadyQueue");
+        disp_resolve_fail(c->d, mx->error ? mx->error : dns_status_name(mx->status));
         return;
     }
     for (size_t i = 0; i < mx->n_hosts; i++) {
@@ -555,8 +552,7 @@ static void sd_open(dispatcher *d)
     disp_set_phase(d, PHASE_ATTEMPTING_CONNECTION, "resolving MX");
     if (dns_lookup_mx_owned(dom, on_mx, c->ref, drop_mx_ref) != 0) {
         ref_drop(c->ref);
-        bulk(c, OUTCOME_TRANSIENT, 451, 4, 4, 4, "KumoMTA internal: failed to resolve MX",
-             "FailedToInsertIntoReadyQueue");
+        disp_resolve_fail(c->d, "the MX lookup could not be started");
     }
 }
 

@@ -1019,6 +1019,7 @@ struct bulk_one {
     disp_response r;
     char *content;
     int reason;
+    bool resolve_fail; /* content is the resolver's error (disp_resolve_fail) */
     rec_ctx x;
     char *site, *pool, *source, *proto, *session;
 };
@@ -1045,6 +1046,14 @@ static void bulk_after_load(qmsg *q, int err, void *ud)
         char *qname = queue_name_of_message(q->m);
         rec_ctx x = b->x;
         x.queue = qname;
+        char *content = NULL;
+        if (b->resolve_fail) {
+            /* KumoMTA's wording for a queue whose ready queue cannot be
+             * resolved: it names the scheduled queue, the message's own */
+            content = xasprintf("failed to resolve queue %s: %s", qname ? qname : "",
+                                b->content);
+            b->r.content = content;
+        }
         atomic_fetch_sub(&st_in_flight, 1);
         if (b->outcome == OUTCOME_PERMANENT) {
             qmsg_log(LOGREC_BOUNCE, q->m, q->num_attempts, &x, &b->r);
@@ -1057,6 +1066,7 @@ static void bulk_after_load(qmsg *q, int err, void *ud)
             qmsg_add_reason(q, b->reason);
             requeue(q, qname, true, -1, &b->r, R_LOGGED_TRANSIENT_FAILURE);
         }
+        free(content);
         free(qname);
     }
     bulk_one_free(b);
@@ -1107,6 +1117,28 @@ static void bulk_fail(dispatcher *d, disp_outcome o, const disp_response *r, con
 void disp_bulk_fail(dispatcher *d, disp_outcome o, const disp_response *r, const char *reason)
 {
     bulk_fail(d, o, r, reason, false);
+}
+
+void disp_resolve_fail(dispatcher *d, const char *error)
+{
+    d->opening = false;
+    disp_response r = {451, 4, 4, 4, error, NULL};
+    while (d->rq->fifo.count) {
+        qmsg *q = qlist_pop(&d->rq->fifo);
+        atomic_fetch_sub(&st_ready, 1);
+        struct bulk_one *b = xcalloc(1, sizeof(*b));
+        b->outcome = OUTCOME_TRANSIENT;
+        b->r = r;
+        b->content = xstrdup(error);
+        b->r.content = b->content;
+        b->reason = R_FAILED_INSERT_READY;
+        b->resolve_fail = true;
+        /* site "", no pool, source, protocol or session: the record of a
+         * queue that never reached a ready queue, as KumoMTA writes it */
+        b->x.readyq = b->site = xstrdup(d->rq->name);
+        qmsg_load(q, logs_records_want_data(), bulk_after_load, b, bulk_one_free);
+    }
+    disp_close_soon(d);
 }
 
 void disp_close_after_this(dispatcher *d)

@@ -149,6 +149,12 @@ void disp_rebound(dispatcher *d);
  * delivery_protocol null, as no connection was attempted. The dispatcher
  * then closes. Call instead of disp_opened(). */
 void disp_bulk_fail(dispatcher *d, disp_outcome o, const disp_response *r, const char *reason);
+/* The same for a destination that cannot be resolved (the MX lookup
+ * failed): every waiting message gets a TransientFailure 451 4.4.4
+ * "failed to resolve queue <its queue>: <error>" with site "" and no
+ * pool, source, protocol or session, KumoMTA's record of a failed
+ * ready-queue insert, and is retried. */
+void disp_resolve_fail(dispatcher *d, const char *error);
 /* The connection cannot be reused: close after the current message. */
 void disp_close_after_this(dispatcher *d);
 /* A transient failure of the current message goes back to this queue (its

@@ -173,9 +173,10 @@ void qmsg_log(logrec_type t, message *m, uint32_t attempts, const rec_ctx *x,
     logs_record(&rec);
     /* the ready queue's own outcome counts: records of a dispatch carry its
      * name as the site and are made on its owner reactor */
-    if (!queues_down && x->site && strstr(x->site, "->") &&
+    const char *rq_name = x->readyq ? x->readyq : x->site;
+    if (!queues_down && rq_name && strstr(rq_name, "->") &&
         (t == LOGREC_DELIVERY || t == LOGREC_BOUNCE || t == LOGREC_TRANSIENT_FAILURE)) {
-        readyq *rq = readyq_find(x->site);
+        readyq *rq = readyq_find(rq_name);
         if (rq) {
             (*(t == LOGREC_DELIVERY ? &rq->n_delivered
                : t == LOGREC_BOUNCE ? &rq->n_failed

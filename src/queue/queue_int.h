@@ -207,6 +207,9 @@ typedef struct rec_ctx {
     const char *provider;
     const char *tls_cipher, *tls_version, *tls_subject;
     const char *source_address;
+    /* the ready queue whose outcome counts take the record when its site
+     * does not name it (a failed resolution has site ""); else site */
+    const char *readyq;
 } rec_ctx;
 
 /* Hands a record of type t for m to the logger. */

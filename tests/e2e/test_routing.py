@@ -354,10 +354,10 @@ def test_zone_nxdomain_is_a_transient_failure(zones_run):
     k, id = zones_run["k"], zones_run["ids"]["u@missing.example"]
     [rec] = k.wait_records(lambda r: r["id"] == id, type="TransientFailure", timeout=20)[:1]
     assert rec["response"]["code"] == 451, rec
-    assert re.fullmatch(r"KumoMTA internal: failed to resolve MX: MX lookup for "
+    assert re.fullmatch(r"failed to resolve queue missing\.example: MX lookup for "
                         r"missing\.example failed after \S+: NXDOMAIN",
                         rec["response"]["content"]), rec
-    assert rec["peer_address"] is None, rec
+    assert rec["peer_address"] is None and rec["site"] == "", rec
 
 
 def test_test_resolver_replaces_the_hosts_file(zones_run):

@@ -15,17 +15,13 @@ it produced. The watchdog run starts first and its retry (requeued with
 KumoMTA's random 0-60 s delay) is checked by the last test of the file, so
 that the wait overlaps the other runs.
 
-NXDOMAIN, as kumod implements it: the dispatcher's MX lookup fails and every
-message of the ready queue gets a TransientFailure (451 4.4.4 "KumoMTA
-internal: failed to resolve MX: MX lookup for <d> failed after <dur>:
-NXDOMAIN", site = the ready queue `unspecified-><domain>@smtp_client`,
-egress pool/source "unspecified", delivery_protocol "ESMTP", a session id)
-and is retried with the usual backoff. KumoMTA resolves the MX when the
-message enters the ready queue instead, and logs a TransientFailure with
-site "", no egress pool/source, no delivery protocol and no session id,
-content "failed to resolve queue <queue>: MX lookup for <d> failed after
-<dur>: NXDOMAIN" (queue/queue.rs FailedResolve), also retried with backoff.
-test_nxdomain_record_matches_kumomta keeps that shape as a strict xfail.
+NXDOMAIN: KumoMTA resolves the MX when the message enters the ready queue,
+and a failure there is logged as a TransientFailure with site "", no egress
+pool/source, no delivery protocol and no session id, content "failed to
+resolve queue <queue>: MX lookup for <d> failed after <dur>: NXDOMAIN"
+(queue/queue.rs FailedResolve), and retried with backoff. kumod's
+dispatcher does the lookup, and writes the same record
+(test_nxdomain_record_matches_kumomta).
 """
 import re
 import subprocess
@@ -614,20 +610,23 @@ def test_null_mx_bounce_has_no_delivery_protocol(routing_run):
 
 
 def test_nxdomain_is_a_transient_failure_and_retried(routing_run):
-    """kumod's handling (see the module docstring): TransientFailure with
-    451 4.4.4 from the ready queue (delivery_protocol null, as KumoMTA's
-    record of a failed resolution has), then a retry after retry_interval."""
+    """TransientFailure 451 4.4.4, then a retry after retry_interval."""
     k, id = routing_run["k"], routing_run["ids"]["nx"]
     first, second = wait_of(k, id, "TransientFailure", count=2, timeout=20)
     rcv = reception(k, id)
-    content = re.compile(r"KumoMTA internal: failed to resolve MX: MX lookup for nx\.test "
+    content = re.compile(r"failed to resolve queue nx\.test: MX lookup for nx\.test "
                          r"failed after [0-9.]+(?:ns|µs|ms|s): NXDOMAIN")
-    check(first, type="TransientFailure", id=id, recipient="u@nx.test", queue="nx.test",
-          site=site("nx.test"), code=451, enh="4.4.4", content=content, command=None,
-          peer=None, source=None, num_attempts=0, rcv=rcv, protocol=None)
-    check(second, type="TransientFailure", id=id, recipient="u@nx.test", queue="nx.test",
-          site=site("nx.test"), code=451, enh="4.4.4", content=content, command=None,
-          peer=None, source=None, num_attempts=1, rcv=rcv, protocol=None)
+    for rec, attempts in ((first, 0), (second, 1)):
+        assert rec["id"] == id and rec["recipient"] == "u@nx.test", rec
+        assert rec["queue"] == "nx.test" and rec["site"] == "", rec
+        assert rec["response"]["code"] == 451, rec
+        assert rec["response"]["enhanced_code"] == enhanced("4.4.4"), rec
+        assert content.fullmatch(rec["response"]["content"]), rec
+        assert rec["response"]["command"] is None, rec
+        assert rec["peer_address"] is None and rec["source_address"] is None, rec
+        assert rec["num_attempts"] == attempts, rec
+        assert rec["meta"] == rcv["meta"] and rec["headers"] == rcv["headers"], rec
+        assert rec["size"] == rcv["size"], rec
     assert 1.9 <= t(second) - t(first) <= 2.1 + 1.0 * kh.SLOW
     assert id in k.local_disk_ids("data")
 
@@ -641,12 +640,6 @@ def test_records_of_unloaded_messages_carry_size_and_headers(routing_run, failur
             assert rec["headers"] == rcv["headers"], rec
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (compat): an NXDOMAIN TransientFailure comes from "
-                   "the ready queue (site unspecified->nx.test@smtp_client, egress pool/source "
-                   "\"unspecified\", session_id, content \"KumoMTA "
-                   "internal: failed to resolve MX: ...\"); KumoMTA fails the ready-queue "
-                   "insert: site \"\", no pool/source/protocol/session_id, content \"failed to "
-                   "resolve queue nx.test: MX lookup for nx.test failed after ...: NXDOMAIN\"")
 def test_nxdomain_record_matches_kumomta(routing_run):
     k, id = routing_run["k"], routing_run["ids"]["nx"]
     [rec] = wait_of(k, id, "TransientFailure", timeout=20)[:1]
