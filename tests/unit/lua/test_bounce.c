@@ -210,6 +210,9 @@ static const struct row {
      "refused",
      "BadConnection"},
     {"451 4.4.4 KumoMTA internal: failed to resolve MX: timeout", "DNSFailure"},
+    {"451 4.4.4 failed to resolve queue nx.test: MX lookup for nx.test failed after 2ms: "
+     "NXDOMAIN",
+     "DNSFailure"},
     {"550 5.4.4 mx.example.com:192.0.2.1 is on the list of prohibited_hosts", "RoutingErrors"},
     /* nothing to go on */
     {"250 2.0.0 OK", NULL},
