@@ -12,9 +12,11 @@ kumo.http to a local HTTP server.
 - kill -9 in the middle of the stream: after a restart every record
   arrives (duplicates are possible for requests in flight at the kill, and
   are counted)."""
+import json
 import os
 import smtplib
 import time
+import urllib.request
 from email.message import EmailMessage
 
 import http_peer
@@ -80,6 +82,19 @@ def send(k, rcpts, subject="hello"):
 
 def key(r):
     return (r["type"], r["id"])
+
+
+def inject(k, subject, rcpts):
+    """One /api/inject/v1 request; its success_count."""
+    body = json.dumps({
+        "envelope_sender": "sender@origin.test",
+        "content": f"Subject: {subject}\r\nFrom: sender@origin.test\r\n\r\nbody\r\n",
+        "recipients": [{"email": r} for r in rcpts],
+    }).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{k.http_port}/api/inject/v1", data=body,
+                                 method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())["success_count"]
 
 
 def test_records_arrive_one_request_per_record(kumod_factory):
@@ -223,24 +238,13 @@ def test_kill9_right_after_250_keeps_every_reception_record(kumod_factory):
 
 def test_kill9_right_after_inject_200_keeps_every_reception_record(kumod_factory):
     """The same for HTTP injection: the 200 waits for the hook messages."""
-    import json
-    import urllib.request
     peer = http_peer.Peer()
     peer.fail_status = 500
     try:
         k = start(kumod_factory, peer, init=HTTP_LISTENER)
         n = 20
         for i in range(n):
-            body = json.dumps({
-                "envelope_sender": "sender@origin.test",
-                "content": f"Subject: inj{i}\r\nFrom: sender@origin.test\r\n\r\nbody\r\n",
-                "recipients": [{"email": f"ok{i}@sink.test"}],
-            }).encode()
-            req = urllib.request.Request(f"http://127.0.0.1:{k.http_port}/api/inject/v1",
-                                         data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=30) as r:
-                assert json.loads(r.read())["success_count"] == 1
+            assert inject(k, f"inj{i}", [f"ok{i}@sink.test"]) == 1
         k.kill9()
         peer.fail_status = None
         k.start()
@@ -257,21 +261,10 @@ def test_injected_reception_record_same_in_hook_and_local_log(kumod_factory):
     """HTTP injection hands the hook its Reception record ahead of the
     save (one group commit for both), the local log after it: the two are
     the same record."""
-    import json
-    import urllib.request
     peer = http_peer.Peer()
     try:
         k = start(kumod_factory, peer, init=HTTP_LISTENER)
-        body = json.dumps({
-            "envelope_sender": "sender@origin.test",
-            "content": "Subject: same\r\nFrom: sender@origin.test\r\n\r\nbody\r\n",
-            "recipients": [{"email": f"ok{i}@sink.test"} for i in range(3)],
-        }).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{k.http_port}/api/inject/v1",
-                                     data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            assert json.loads(r.read())["success_count"] == 3
+        assert inject(k, "same", [f"ok{i}@sink.test" for i in range(3)]) == 3
         rs = peer.wait_records(
             lambda rs: len([r for r in rs if r["type"] == "Reception"]) == 3, timeout=30,
             what="three Reception records")
