@@ -148,3 +148,19 @@ end
 if type(kumo.version) == 'string' and kumo.version:match '^%d+%.%d+%.%d+%-%x+$' then
   print 'fn kumo.version'
 end
+
+-- kumo.http.Request and Response (Request.md, Response.md): object pages,
+-- listed when the object type has every documented method. The metatables
+-- are read from the registry: making a response needs a server.
+for page, methods in pairs {
+  Request = { 'header', 'headers', 'basic_auth', 'bearer_auth', 'body', 'form_url_encoded',
+              'form_multipart_data', 'send', 'timeout', 'aws_sign_v4' },
+  Response = { 'status_code', 'status_reason', 'status_is_informational', 'status_is_success',
+               'status_is_redirection', 'status_is_client_error', 'status_is_server_error',
+               'headers', 'content_length', 'bytes', 'text' },
+} do
+  local mt = registry['kumo.http.' .. page]
+  if type(mt) == 'table' and type(mt.__index) == 'table' and has_methods(mt.__index, methods) then
+    print('fn kumo.http.' .. page)
+  end
+end

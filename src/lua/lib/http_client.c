@@ -27,6 +27,7 @@
 #include <strings.h>
 
 #include "core/duration.h"
+#include "core/hex.h"
 #include "core/reactor.h"
 #include "lua/klua.h"
 #include "lua/lib/lualib.h"
@@ -1169,6 +1170,105 @@ static int l_build_url(lua_State *L)
     return 1;
 }
 
+/* ---- request:aws_sign_v4 ----------------------------------------------------------------- */
+
+/* One application/x-www-form-urlencoded component, decoded ('+' is a
+ * space, %XX a byte; a malformed escape stays as it is), pushed. */
+static void push_form_decoded(lua_State *L, const char *s, size_t n)
+{
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (size_t i = 0; i < n; i++) {
+        int hi, lo;
+        if (s[i] == '+') {
+            luaL_addchar(&b, ' ');
+        } else if (s[i] == '%' && i + 2 < n && (hi = hex_digit_value(s[i + 1])) >= 0 &&
+                   (lo = hex_digit_value(s[i + 2])) >= 0) {
+            luaL_addchar(&b, (char)(hi * 16 + lo));
+            i += 2;
+        } else {
+            luaL_addchar(&b, s[i]);
+        }
+    }
+    luaL_pushresult(&b);
+}
+
+/* What request:aws_sign_v4 signs, from the request's URL (as KumoMTA's
+ * wrapper takes it): method, the path as written in the URL, the query
+ * pairs decoded (a table name -> value) and the host without its port. */
+static int l_req_sigv4_parts(lua_State *L)
+{
+    http_request *r = check_request(L, "aws_sign_v4");
+    CURLU *u = curl_url();
+    if (!u || curl_url_set(u, CURLUPART_URL, r->url, 0) != CURLUE_OK) {
+        if (u)
+            curl_url_cleanup(u);
+        return luaL_error(L, "request:aws_sign_v4: cannot parse the request's URL '%s'", r->url);
+    }
+    char *path = NULL, *query = NULL, *host = NULL;
+    curl_url_get(u, CURLUPART_PATH, &path, 0);
+    curl_url_get(u, CURLUPART_QUERY, &query, 0);
+    curl_url_get(u, CURLUPART_HOST, &host, 0);
+    curl_url_cleanup(u);
+    lua_pushstring(L, r->method);
+    lua_pushstring(L, path ? path : "/");
+    lua_newtable(L);
+    for (const char *q = query; q && *q;) {
+        const char *amp = strchr(q, '&');
+        size_t len = amp ? (size_t)(amp - q) : strlen(q);
+        const char *eq = memchr(q, '=', len);
+        if (len) {
+            size_t kl = eq ? (size_t)(eq - q) : len;
+            push_form_decoded(L, q, kl);
+            if (eq)
+                push_form_decoded(L, eq + 1, len - kl - 1);
+            else
+                lua_pushliteral(L, "");
+            lua_settable(L, -3);
+        }
+        q = amp ? amp + 1 : q + len;
+    }
+    if (host)
+        lua_pushstring(L, host);
+    else
+        lua_pushnil(L);
+    curl_free(path);
+    curl_free(query);
+    curl_free(host);
+    return 4;
+}
+
+/* request:aws_sign_v4{...}: kumo.crypto.aws_sign_v4 over the request's
+ * method, path and query, with a host header from the URL unless the
+ * caller's headers have one; Authorization and X-Amz-Date are then set on
+ * the request. In Lua, so that a keysource load can yield. */
+static const char sigv4_src[] =
+    "local kumo, parts = ...\n"
+    "return function(req, params)\n"
+    "  if type(params) ~= 'table' then\n"
+    "    error('request:aws_sign_v4: expected a table of parameters, got ' .. type(params), 2)\n"
+    "  end\n"
+    "  local method, path, query, host = parts(req)\n"
+    "  local headers = {}\n"
+    "  if params.headers ~= nil then\n"
+    "    if type(params.headers) ~= 'table' then\n"
+    "      error('request:aws_sign_v4: headers must be a table, got ' .. type(params.headers), 2)\n"
+    "    end\n"
+    "    for k, v in pairs(params.headers) do headers[k] = v end\n"
+    "  end\n"
+    "  if headers.host == nil and host ~= nil then headers.host = host end\n"
+    "  local sig = kumo.crypto.aws_sign_v4 {\n"
+    "    access_key = params.access_key, secret_key = params.secret_key,\n"
+    "    region = params.region, service = params.service,\n"
+    "    method = method, uri = path, query_params = query, headers = headers,\n"
+    "    payload = params.payload, timestamp = params.timestamp,\n"
+    "    session_token = params.session_token,\n"
+    "  }\n"
+    "  req:header('Authorization', sig.authorization)\n"
+    "  req:header('X-Amz-Date', sig.timestamp)\n"
+    "  return req\n"
+    "end\n";
+
 /* ---- registration -------------------------------------------------------------------------- */
 
 static void http_client_open(lua_State *L)
@@ -1202,6 +1302,16 @@ static void http_client_open(lua_State *L)
         {NULL, NULL}};
     lualib_new_metatable(L, CLIENT_MT, client_methods, l_client_gc, NULL);
     lualib_new_metatable(L, REQUEST_MT, request_methods, l_request_gc, NULL);
+    /* request:aws_sign_v4, a Lua function over the kumo table (at -1) */
+    luaL_getmetatable(L, REQUEST_MT);
+    lua_getfield(L, -1, "__index");
+    if (luaL_loadbuffer(L, sigv4_src, sizeof(sigv4_src) - 1, "=kumo.http") != LUA_OK)
+        lua_error(L); /* our own chunk */
+    lua_pushvalue(L, -4);
+    lua_pushcfunction(L, l_req_sigv4_parts);
+    lua_call(L, 2, 1);
+    lua_setfield(L, -2, "aws_sign_v4");
+    lua_pop(L, 2);
     lualib_new_metatable(L, RESPONSE_MT, response_methods, l_resp_gc, NULL);
     if (luaL_newmetatable(L, HEADERS_MT)) {
         lua_pushcfunction(L, l_headers_index);
