@@ -30,6 +30,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -65,18 +66,43 @@ SLOW = float(os.environ.get("KUMOD_E2E_SLOW", "0")) or (3.0 if is_sanitized() el
 
 
 _given_ports = set()
+PORT_CLAIMS = os.path.join(tempfile.gettempdir(), "kumod-e2e-ports")
+PORT_CLAIM_TTL = 900  # seconds a claim keeps a port from other test processes
+
+
+def claim_port(port):
+    """True when no test process on this machine (ctest runs several at
+    once) was given port in the last PORT_CLAIM_TTL seconds; the port is
+    then claimed for this one. A port is free again for the kernel as soon
+    as its probe socket closes, so without this two processes can be given
+    the same one (and kumod refuses a port already listened on)."""
+    if port in _given_ports:
+        return False
+    os.makedirs(PORT_CLAIMS, exist_ok=True)
+    path = os.path.join(PORT_CLAIMS, str(port))
+    for _ in range(2):
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            _given_ports.add(port)
+            return True
+        except FileExistsError:
+            try:
+                if time.time() - os.stat(path).st_mtime < PORT_CLAIM_TTL:
+                    return False
+                os.unlink(path)  # stale: retry once
+            except FileNotFoundError:
+                pass
+    return False
 
 
 def free_port():
-    """A loopback TCP port nothing listens on, never the same one twice in
-    this process: a port is free again as soon as its probe socket closes,
-    and two listeners of one kumod given the same port fail to start."""
+    """A loopback TCP port nothing listens on, never given twice to this or
+    another test process within PORT_CLAIM_TTL (claim_port)."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port not in _given_ports:
-            _given_ports.add(port)
+        if claim_port(port):
             return port
 
 

@@ -24,6 +24,8 @@ import time
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 
+import kumod_harness as kh
+
 DNSMASQ = "/usr/sbin/dnsmasq"
 
 
@@ -63,7 +65,7 @@ def free_port_on(*hosts):
         for o in others:
             o.close()
         s.close()
-        if ok:
+        if ok and kh.claim_port(port):
             return port
     raise RuntimeError("no common free port")
 
