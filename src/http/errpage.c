@@ -1,11 +1,11 @@
 /* KumoMTA's 413 for a raw request body over request_body_limit.
  *
- * libevent 2.1.12's evhttp refuses such a body itself: once it has read
- * and dropped a body announced by Content-Length
- * (EVHTTP_SERVER_LINGERING_CLOSE), or as soon as chunks pass the limit,
+ * libevent 2.1.12's evhttp refuses such a body itself: as soon as a
+ * Content-Length announces more than the limit, or chunks pass it,
  * evhttp_send_error writes its HTML page ("<TITLE>413 Request Entity Too
  * Large</TITLE>") with Connection: close, and our request callback never
- * runs; 2.1.12 has no hook before that page. KumoMTA answers with axum's plain-text rejection,
+ * runs; 2.1.12 has no hook before that page. KumoMTA answers with axum's
+ * plain-text rejection,
  * the same text kumod's listener gives when a compressed body inflates past
  * the limit (http.c decode_body). So every server connection's bufferevent
  * is ours (evhttp_set_bevcb, plain and TLS), with an evbuffer callback on
@@ -30,16 +30,36 @@
  * Its other pages (400 for a malformed request or header block, 501 for a
  * method the listener does not allow, 417) go out as they are.
  *
+ * Lingering close. After the 413 evhttp closes the connection at once,
+ * while the client may still be sending the body (evhttp's own
+ * EVHTTP_SERVER_LINGERING_CLOSE reads a Content-Length body to its end
+ * first, which stalls a client that sent Expect: 100-continue and waits
+ * for the 100, so kumod does not set it). A socket closed with unread
+ * data answers with a reset, and a client that gets the reset before it
+ * read the 413 never sees the answer. So when the page goes out, the
+ * socket is duplicated: evhttp's close then only drops its descriptor
+ * (its shutdown still sends the FIN after the 413), and the duplicate
+ * reads and discards what the client still sends, until the client
+ * closes, LINGER_IDLE_S pass without data, LINGER_MAX_S in all, or
+ * LINGER_MAX_BYTES were read; at most LINGER_MAX_CONNS at once.
+ *
  * Runs on the reactor thread of the connection. Fails safe: on any doubt
- * (or out of memory) evhttp's page goes out unchanged. */
+ * (or out of memory) evhttp's page goes out unchanged, without lingering. */
 #include "http/errpage.h"
 
+#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "core/kerr.h"
 
@@ -166,9 +186,110 @@ size_t http_errpage_rewrite(const char *buf, size_t len, char *out, size_t cap)
     return o.overflow ? 0 : o.len;
 }
 
+/* ---- lingering close ---------------------------------------------------------------------- */
+
+#define LINGER_IDLE_S 2
+#define LINGER_MAX_S 10
+#define LINGER_MAX_BYTES (64u << 20)
+#define LINGER_MAX_CONNS 256
+
+typedef struct linger_conn {
+    int fd;
+    struct event *ev;
+    struct timespec started;
+    size_t bytes;
+    struct linger_conn *next, **pprev;
+} linger_conn;
+
+static atomic_int lingering;
+static _Thread_local linger_conn *linger_list; /* this reactor's */
+
+static void linger_end(linger_conn *l)
+{
+    event_free(l->ev);
+    close(l->fd);
+    *l->pprev = l->next;
+    if (l->next)
+        l->next->pprev = l->pprev;
+    free(l);
+    atomic_fetch_sub(&lingering, 1);
+}
+
+static void linger_read(evutil_socket_t fd, short what, void *arg)
+{
+    linger_conn *l = arg;
+    if (what & EV_TIMEOUT) {
+        linger_end(l);
+        return;
+    }
+    char buf[16384];
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n > 0) {
+            l->bytes += (size_t)n;
+            if (l->bytes < LINGER_MAX_BYTES)
+                continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (now.tv_sec - l->started.tv_sec < LINGER_MAX_S)
+                return;
+        }
+        linger_end(l); /* EOF, an error, or enough */
+        return;
+    }
+}
+
+/* Keeps the connection of bev open to drain the client's input after
+ * evhttp has closed it. */
+static void linger_start(struct bufferevent *bev)
+{
+    int fd = bufferevent_getfd(bev);
+    if (fd < 0)
+        return;
+    if (atomic_fetch_add(&lingering, 1) >= LINGER_MAX_CONNS) {
+        atomic_fetch_sub(&lingering, 1);
+        return;
+    }
+    linger_conn *l = calloc(1, sizeof(*l));
+    int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (l && d >= 0)
+        l->ev = event_new(bufferevent_get_base(bev), d, EV_READ | EV_PERSIST, linger_read, l);
+    struct timeval idle = {LINGER_IDLE_S, 0};
+    if (!l || d < 0 || !l->ev || event_add(l->ev, &idle) != 0) {
+        if (l && l->ev)
+            event_free(l->ev);
+        if (d >= 0)
+            close(d);
+        free(l);
+        atomic_fetch_sub(&lingering, 1);
+        return;
+    }
+    l->fd = d;
+    clock_gettime(CLOCK_MONOTONIC, &l->started);
+    l->next = linger_list;
+    if (linger_list)
+        linger_list->pprev = &l->next;
+    l->pprev = &linger_list;
+    linger_list = l;
+}
+
+void http_errpage_linger_stop(void)
+{
+    while (linger_list)
+        linger_end(linger_list);
+}
+
+int http_errpage_lingering(void)
+{
+    return atomic_load(&lingering);
+}
+
+/* ---- the page ------------------------------------------------------------------------------ */
+
 static void on_output(struct evbuffer *out, const struct evbuffer_cb_info *info, void *arg)
 {
-    (void)arg;
+    struct bufferevent *bev = arg;
     /* our own add below runs this callback again */
     static _Thread_local bool rewriting;
     /* evhttp adds the page body with one evbuffer_add_buffer */
@@ -195,6 +316,7 @@ static void on_output(struct evbuffer *out, const struct evbuffer_cb_info *info,
         if (evbuffer_add(out, rep, n) == 0)
             evbuffer_drain(out, len);
         rewriting = false;
+        linger_start(bev);
     }
     if (thawed)
         evbuffer_freeze(out, 1);
@@ -202,5 +324,5 @@ static void on_output(struct evbuffer *out, const struct evbuffer_cb_info *info,
 
 int http_errpage_watch(struct bufferevent *bev)
 {
-    return evbuffer_add_cb(bufferevent_get_output(bev), on_output, NULL) ? 0 : KERR_NOMEM;
+    return evbuffer_add_cb(bufferevent_get_output(bev), on_output, bev) ? 0 : KERR_NOMEM;
 }

@@ -17,6 +17,12 @@ struct bufferevent;
  * the caller's. Returns 0, or KERR_NOMEM (then evhttp's page stays). */
 int http_errpage_watch(struct bufferevent *bev);
 
+/* Closes the connections this reactor keeps open after a 413 to drain the
+ * client's input (see errpage.c), at shutdown. Reactor thread. */
+void http_errpage_linger_stop(void);
+/* How many such connections are open (all reactors). */
+int http_errpage_lingering(void);
+
 /* The rewrite itself, on a copy of the output buffer (len bytes): when buf
  * ends with a complete evhttp 413 page (status line, headers with its
  * Content-Length and Connection: close, ERR_FORMAT body), possibly after

@@ -1130,9 +1130,11 @@ static void open_on_reactor(void *arg)
         evhttp_set_max_body_size(http, (ev_ssize_t)ln->request_body_limit);
         evhttp_set_max_headers_size(http, 64 * 1024);
         evhttp_set_timeout(http, REQUEST_TIMEOUT_S);
-        /* read and discard an oversized body before answering 413, so the
-         * client sees the answer rather than a reset */
-        evhttp_set_flags(http, EVHTTP_SERVER_LINGERING_CLOSE);
+        /* no EVHTTP_SERVER_LINGERING_CLOSE: it reads an oversized body to
+         * its end before the 413, which stalls a client that waits for
+         * the 100 to Expect: 100-continue; errpage.c drains the rest of
+         * the body after the 413 instead, so the client sees the answer
+         * rather than a reset */
         evhttp_set_gencb(http, on_request, ln);
         evhttp_set_bevcb(http, conn_bevcb, ln);
         struct evhttp_bound_socket *bs = evhttp_accept_socket_with_handle(http, fd);
@@ -1214,6 +1216,7 @@ static void free_on_reactor(void *arg)
             }
         }
     }
+    http_errpage_linger_stop();
     auth_cache_clear();
 }
 

@@ -14,8 +14,11 @@ which saves to the spool; bounce; Basic authentication through a policy
 event). All with raw sockets, to see the exact bytes and the close."""
 import gzip
 import json
+import os
 import socket
 import ssl
+import threading
+import time
 
 import pytest
 
@@ -304,3 +307,77 @@ def test_oversized_header_block_is_libevents_400(k):
     status, _, headers, _ = c.response()
     assert status == 400 and headers["connection"] == "close"
     assert c.closed()
+
+
+def test_expect_100_continue_over_the_limit_answers_without_the_body(k, scheme):
+    """A client that announces a body over the limit and waits for the 100
+    gets the 413 at once (libevent's own lingering close would first wait
+    for the whole body, which this client never sends)."""
+    c = Conn(k, scheme)
+    c.sock.settimeout(5 * kh.SLOW)
+    c.send(b"POST /api/inject/v1 HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n"
+           b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (LIMIT + 100))
+    t = time.monotonic()
+    check_413(*c.response())
+    assert time.monotonic() - t < 2 * kh.SLOW
+    assert c.closed()
+
+
+def send_in_background(c, data):
+    def run():
+        try:
+            c.sock.sendall(data)
+        except OSError:
+            pass  # the server may close once it has drained enough
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_large_body_still_being_sent_gets_the_413(k):
+    """The 413 goes out while the client is still sending megabytes: kumod
+    drains the rest after evhttp closed the connection, so the client sees
+    the answer, not a reset. (Plain HTTP only: the test writes and reads
+    one socket from two threads, which Python's TLS sockets do not allow.)"""
+    scheme = "http"
+    body = b"z" * (4 << 20)
+    for chunked in (False, True):
+        for _ in range(5):
+            c = Conn(k, scheme)
+            if chunked:
+                data = (b"POST /api/inject/v1 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked"
+                        b"\r\n\r\n" + b"".join(b"%x\r\n%s\r\n" % (65536, body[i:i + 65536])
+                                               for i in range(0, len(body), 65536)) + b"0\r\n\r\n")
+            else:
+                data = (b"POST /api/inject/v1 HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n"
+                        % len(body)) + body
+            send_in_background(c, data)
+            check_413(*c.response())
+            c.close()
+
+
+def open_fds(k):
+    return len(os.listdir(f"/proc/{k.proc.pid}/fd"))
+
+
+def test_lingering_connection_is_closed(k, scheme):
+    """After the 413 the drained socket is closed when the client closes,
+    and after a few idle seconds (2) when it does not."""
+    time.sleep(2.5)  # what earlier tests left draining is closed by now
+    base = open_fds(k)
+    c = Conn(k, scheme)
+    c.send(req("POST", "/api/inject/v1", b"w" * (LIMIT + 1)))
+    check_413(*c.response())
+    c.close()
+    kh.wait_until(lambda: open_fds(k) <= base, timeout=5, what="the drained socket closed")
+    # a client that stays connected and silent: closed after the idle time
+    c = Conn(k, scheme)
+    c.send(b"POST /api/inject/v1 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"%x\r\n%s\r\n" % (LIMIT + 1, b"c" * (LIMIT + 1)))
+    check_413(*c.response())
+    t = time.monotonic()
+    assert c.closed()  # the FIN after the 413
+    assert open_fds(k) >= base + 1  # the socket kumod still drains
+    kh.wait_until(lambda: open_fds(k) <= base, timeout=10, what="the idle drained socket closed")
+    assert time.monotonic() - t >= 1.5
+    c.close()
