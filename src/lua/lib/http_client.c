@@ -30,6 +30,7 @@
 #include "core/hex.h"
 #include "core/reactor.h"
 #include "lua/klua.h"
+#include "lua/lib/http_ws.h"
 #include "lua/lib/lualib.h"
 #include "lua/lib/waiter.h"
 #include "msg/rfc2047.h"
@@ -928,6 +929,21 @@ static int l_req_send(lua_State *L)
 
 /* ---- the response -------------------------------------------------------------------------- */
 
+void http_response_push(lua_State *L, long status, const char *headers,
+                        size_t headers_len, const char *body, size_t body_len,
+                        long long content_length)
+{
+    http_response *resp = lua_newuserdatauv(L, sizeof(*resp), 0);
+    memset(resp, 0, sizeof(*resp));
+    luaL_setmetatable(L, RESPONSE_MT); /* from here on __gc frees what is set */
+    resp->status = status;
+    resp->content_length = content_length;
+    resp->headers = xstrdup(L, headers ? headers : "", headers ? headers_len : 0);
+    resp->headers_len = headers ? headers_len : 0;
+    resp->body = xstrdup(L, body ? body : "", body ? body_len : 0);
+    resp->body_len = body ? body_len : 0;
+}
+
 static http_response *check_response(lua_State *L, const char *method)
 {
     http_response *r = luaL_testudata(L, 1, RESPONSE_MT);
@@ -1323,6 +1339,7 @@ static void http_client_open(lua_State *L)
         {"build_client", l_build_client}, {"build_url", l_build_url}, {NULL, NULL}};
     luaL_getsubtable(L, -1, "http");
     luaL_setfuncs(L, fns, 0);
+    http_ws_open(L, -1);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     lua_pushvalue(L, -2);
     lua_setfield(L, -2, "kumo.http");

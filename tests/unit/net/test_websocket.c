@@ -1,4 +1,4 @@
-/* Unit tests for src/http/websocket.c: the examples of RFC 6455 (the
+/* Unit tests for src/net/websocket.c: the examples of RFC 6455 (the
  * handshake key of §1.3, the frames of §5.7), each header length form,
  * and every frame and message a peer must not send, with the close code
  * the RFC gives for it. */
@@ -11,7 +11,7 @@
 
 #include <cmocka.h>
 
-#include "http/websocket.h"
+#include "net/websocket.h"
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
