@@ -30,7 +30,6 @@
 #include "core/hex.h"
 #include "core/reactor.h"
 #include "lua/klua.h"
-#include "lua/lib/http_ws.h"
 #include "lua/lib/lualib.h"
 #include "lua/lib/waiter.h"
 #include "msg/rfc2047.h"
@@ -1339,7 +1338,6 @@ static void http_client_open(lua_State *L)
         {"build_client", l_build_client}, {"build_url", l_build_url}, {NULL, NULL}};
     luaL_getsubtable(L, -1, "http");
     luaL_setfuncs(L, fns, 0);
-    http_ws_open(L, -1);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     lua_pushvalue(L, -2);
     lua_setfield(L, -2, "kumo.http");

@@ -995,12 +995,20 @@ static int l_stream_tostring(lua_State *L)
 
 /* ---- registration ------------------------------------------------------------------------------- */
 
-void http_ws_open(lua_State *L, int http_table)
+/* After kumo.http's own opener (modules.c registers them in that order):
+ * adds connect_websocket to kumo.http (the kumo table is at -1). */
+static void http_ws_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         {"recv", l_recv}, {"recv_batch", l_recv_batch}, {NULL, NULL}};
-    http_table = lua_absindex(L, http_table);
     lualib_new_metatable(L, WS_MT, methods, l_stream_gc, l_stream_tostring);
+    luaL_getsubtable(L, -1, "http");
     lua_pushcfunction(L, l_connect_websocket);
-    lua_setfield(L, http_table, "connect_websocket");
+    lua_setfield(L, -2, "connect_websocket");
+    lua_pop(L, 1);
+}
+
+void http_ws_lua_register(void)
+{
+    klua_register_opener(http_ws_open);
 }
