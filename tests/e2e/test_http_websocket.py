@@ -381,3 +381,39 @@ end)
         assert k.proc.returncode == 0, k.diag()[-3000:]
     finally:
         srv.close()
+
+
+def test_page_example(kumod_factory):
+    """The page's example as a policy: init spawns the task, which prints
+    the 101 answer and then every message (kumo.json.parse, which KumoMTA's
+    reference documents nowhere, is kumo.serde.json_parse here); the loop
+    ends with recv's error when the server closes."""
+    srv = Server()
+    try:
+        handlers = """
+kumo.on('my.websocket.task', function()
+  local stream, response = kumo.http.connect_websocket 'ws://127.0.0.1:%d/close'
+
+  print(response:status_code(), response:status_reason())
+  for k, v in pairs(response:headers()) do
+    print('Header', k, v)
+  end
+  print(response:text())
+
+  while true do
+    local data = stream:recv()
+    print('DATA', data, kumo.serde.json_parse('"' .. data .. '"'))
+  end
+end)
+""" % srv.port
+        # the page's init handler, inside the harness's one
+        init = "kumo.spawn_task { event_name = 'my.websocket.task' }"
+        k = kumod_factory(threads=1, handlers=handlers, init=init)
+        k.wait_diag(r"closed by the server \(code 4001", timeout=20)
+        diag = k.diag()
+        assert "101\tSwitching Protocols" in diag
+        assert "Header\tx-test\tValue1" in diag and "Header\tupgrade\twebsocket" in diag
+        assert "DATA\tlast\tlast" in diag
+        assert srv.seen["/close"][0][1] == 8
+    finally:
+        srv.close()
