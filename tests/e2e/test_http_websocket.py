@@ -168,6 +168,16 @@ class Server:
             conn.sendall(frame(2, b"x" * 1000, length=16 * 1024 * 1024 + 1))
             op, data, masked = read_frame(conn)
             seen.append(("close", op, data, masked))
+        elif path == "/large":
+            conn.sendall(frame(2, b"y" * (2 * 1024 * 1024)) + frame(1, b"z" * 300))
+            self._until_close(conn, seen)
+        elif path in ("/badutf8", "/masked"):
+            if path == "/badutf8":
+                conn.sendall(frame(1, b"ok") + frame(1, b"\xff\xfe"))
+            else:  # §5.1: a server must not mask
+                conn.sendall(frame(1, b"ok") + bytes([0x81, 0x82, 1, 2, 3, 4, 0x60, 0x6b]))
+            op, data, masked = read_frame(conn)
+            seen.append(("close", op, data, masked))
         elif path == "/quiet":
             time.sleep(120)
 
@@ -241,6 +251,19 @@ expect_error('closed', s5.recv, s5)
 local s6 = kumo.http.connect_websocket(base .. '/big')
 expect_error('larger than 16777216 bytes', s6.recv, s6)
 
+-- a large message (64-bit length) and one just past the 16-bit length
+local s7 = kumo.http.connect_websocket(base .. '/large')
+local big = s7:recv()
+assert(#big == 2 * 1024 * 1024 and big:sub(1, 3) == 'yyy', #big)
+assert(s7:recv() == string.rep('z', 300))
+-- text that is not UTF-8, a masked server frame: Close 1007 / 1002, errors
+local s8 = kumo.http.connect_websocket(base .. '/badutf8')
+assert(s8:recv() == 'ok')
+expect_error('close code 1007', s8.recv, s8)
+local s9 = kumo.http.connect_websocket(base .. '/masked')
+assert(s9:recv() == 'ok')
+expect_error('close code 1002', s9.recv, s9)
+
 -- refusals at connect
 expect_error('ws:// or wss://', kumo.http.connect_websocket, (base:gsub('^ws', 'http')) .. '/flow')
 expect_error('ws:// or wss://', kumo.http.connect_websocket, 'ftp://x/')
@@ -288,7 +311,10 @@ def test_websocket_client(tmp_path):
         r = run_script(tmp_path, SCRIPT, f"ws://127.0.0.1:{srv.port}", str(closed))
         assert r.returncode == 0, r.stdout + r.stderr
         assert "websocket.lua: all passed" in r.stdout
-        kh.wait_until(lambda: len(srv.seen.get("/big", [])) >= 1, what="close for /big")
+        kh.wait_until(lambda: all(srv.seen.get(p) for p in ("/big", "/badutf8", "/masked")),
+                      what="the Close frames")
+        assert struct.unpack("!H", srv.seen["/badutf8"][0][2][:2])[0] == 1007
+        assert struct.unpack("!H", srv.seen["/masked"][0][2][:2])[0] == 1002
         # the client's frames are masked; the stream dropped by __gc said goodbye
         flow = srv.seen["/flow"]
         assert flow and flow[-1][1] == 8 and flow[-1][3], flow

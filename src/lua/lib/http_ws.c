@@ -233,12 +233,20 @@ static void process_frames(wsconn *c)
         size_t n = evbuffer_get_length(in);
         if (n == 0)
             return;
-        size_t take = n < WS_MAX_MESSAGE + 14 ? n : WS_MAX_MESSAGE + 14;
+        /* the header first: a large frame is made contiguous once, when
+         * all of it is in, not at every read */
+        size_t take = n < 14 ? n : 14;
         uint8_t *buf = evbuffer_pullup(in, (ev_ssize_t)take);
         ws_frame f;
+        memset(&f, 0, sizeof(f));
         long used = ws_parse_frame(buf, take, false, WS_MAX_MESSAGE, &f);
-        if (used == WS_AGAIN)
-            return;
+        if (used == WS_AGAIN) {
+            if (f.hdr_len == 0 || n < f.hdr_len + f.len)
+                return; /* more to come */
+            take = f.hdr_len + (size_t)f.len;
+            buf = evbuffer_pullup(in, (ev_ssize_t)take);
+            used = ws_parse_frame(buf, take, false, WS_MAX_MESSAGE, &f);
+        }
         int r = used < 0 ? (int)used : ws_msg_feed(&c->msg, &f, buf + f.hdr_len);
         if (r < 0) {
             if (r == -WS_CLOSE_TOO_BIG)
@@ -771,23 +779,16 @@ static int l_connect_websocket(lua_State *L)
         return luaL_error(L, "%s: out of memory", fname);
     }
     c->state = WSS_RESOLVING;
-    if (!waiter_park(&c->wt, L, ws_cancel)) {
+    /* the answer comes later, never from inside this call */
+    if (dns_lookup_addrs_owned(c->host, DNS_IPV4_AND_IPV6, on_addrs, c, on_addrs_drop) != 0) {
         conn_free(c);
+        return luaL_error(L, "%s: cannot start resolving %s", fname, lua_tostring(L, 1));
+    }
+    if (!waiter_park(&c->wt, L, ws_cancel)) {
+        c->abandoned = true; /* the lookup's answer frees c */
         return luaL_error(L, "%s: may only be called from an event handler or a task", fname);
     }
     c->waiting = WSW_CONNECT;
-    /* nothing may raise from here on: the call waits */
-    if (dns_lookup_addrs_owned(c->host, DNS_IPV4_AND_IPV6, on_addrs, c, on_addrs_drop) != 0) {
-        snprintf(c->err, sizeof(c->err), "websocket %s: cannot start resolving %s", c->url,
-                 c->host);
-        c->state = WSS_CLOSED;
-        /* resume on the next loop turn: we have not yielded yet */
-        c->waiting = WSW_NONE;
-        klua_wait_unpark(&c->wt.w);
-        lua_pushstring(L, c->err);
-        conn_free(c);
-        return luaL_error(L, "%s", lua_tostring(L, -1));
-    }
     return lua_yieldk(L, 0, (lua_KContext)c, connect_k);
 }
 
@@ -804,7 +805,9 @@ static wsconn *check_stream(lua_State *L, const char *method)
         luaL_error(L, "stream:%s: the stream is closed", method);
     wsconn *c = u->c;
     klua_call *call = klua_current_call(L);
-    if (reactor_current() != c->r || !call || klua_call_vm(call) != c->vm)
+    if (!call)
+        luaL_error(L, "stream:%s: may only be called from an event handler or a task", method);
+    if (reactor_current() != c->r || klua_call_vm(call) != c->vm)
         luaL_error(L, "stream:%s: the stream belongs to another thread's Lua state; use it "
                       "from the task that connected it",
                    method);
