@@ -380,9 +380,14 @@ kumo.on('ws.silent', function()
 end)
 kumo.on('ws.quiet', function()
   local stream = kumo.http.connect_websocket('{base}/quiet')
+  QUIET = stream
+  kumo.spawn_task {{ event_name = 'ws.second', args = {{}} }}
   local b = stream:recv_batch('1500ms')
   kumo.log_error('QUIET BATCH', #b)
   kumo.log_error('QUIET RECV', pcall(stream.recv, stream))
+end)
+kumo.on('ws.second', function()
+  kumo.log_error('SECOND RECV', pcall(QUIET.recv, QUIET))
 end)
 kumo.on('smtp_server_ehlo', function()
   kumo.spawn_task {{ event_name = 'ws.silent', args = {{}} }}
@@ -401,6 +406,8 @@ end)
                 assert s.noop()[0] == 250
             assert time.monotonic() - t1 < 1.0
         k.wait_diag(r"QUIET BATCH\s+0", timeout=20)
+        # one waiter per stream: a second coroutine is told, not queued
+        assert "another coroutine is already waiting" in k.diag()
         assert "SILENT RESULT" not in k.diag()
         # shutdown with one task parked in connect and one in recv
         k.stop()
