@@ -28,6 +28,7 @@
 #include "lua/lib/file_type.h"
 #include "lua/lib/fs.h"
 #include "lua/lib/http_client.h"
+#include "lua/lib/http_ws.h"
 #include "lua/lib/lualib.h"
 #include "lua/lib/mailauth.h"
 #include "lua/lib/misc.h"
@@ -92,6 +93,7 @@ void kumod_register_modules(void)
     sqlite_lua_register();
     mpsc_lua_register();
     http_client_lua_register();
+    http_ws_lua_register();
     amqp_lua_register();
     nats_lua_register();
     misc_lua_register();

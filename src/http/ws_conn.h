@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 #include "http/request.h"
-#include "http/websocket.h"
+#include "net/websocket.h"
 
 typedef struct ws_conn ws_conn;
 

@@ -20,7 +20,6 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <netdb.h>
-#include <openssl/rand.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -31,7 +30,7 @@
 #include "core/diag.h"
 #include "core/kerr.h"
 #include "core/reactor.h"
-#include "http/websocket.h"
+#include "net/websocket.h"
 #include "lua/klua.h"
 #include "lua/lib/toml_json.h"
 #include "queue/admin.h"
@@ -161,20 +160,13 @@ static void apply_item(tsub *s, json_t *item)
 
 static void ws_send(tsub *s, uint8_t op, const void *p, size_t n)
 {
-    uint8_t h[14], mask[4];
-    RAND_bytes(mask, 4);
-    size_t hl = ws_frame_header(h, op, n, mask);
-    struct evbuffer *out = bufferevent_get_output(s->ws);
-    evbuffer_add(out, h, hl);
-    if (n) {
-        uint8_t *c = malloc(n);
-        if (!c)
-            abort();
-        memcpy(c, p, n);
-        ws_unmask(c, n, mask, 0);
-        evbuffer_add(out, c, n);
-        free(c);
-    }
+    uint8_t *f = malloc(n + 14);
+    if (!f)
+        abort();
+    size_t fl = ws_client_frame(f, op, p, n);
+    if (fl)
+        evbuffer_add(bufferevent_get_output(s->ws), f, fl);
+    free(f);
 }
 
 static void retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -280,25 +272,11 @@ static void ws_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     tsub *s = arg;
     if (what & BEV_EVENT_CONNECTED) {
-        uint8_t raw[16];
-        RAND_bytes(raw, sizeof(raw));
-        static const char b64[] =
-            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         char key[25];
-        int o = 0;
-        for (int i = 0; i < 15; i += 3) {
-            uint32_t v = (uint32_t)raw[i] << 16 | (uint32_t)raw[i + 1] << 8 | raw[i + 2];
-            key[o++] = b64[(v >> 18) & 63];
-            key[o++] = b64[(v >> 12) & 63];
-            key[o++] = b64[(v >> 6) & 63];
-            key[o++] = b64[v & 63];
+        if (ws_client_key(key) < 0) {
+            ws_down(s, "no randomness for the websocket key");
+            return;
         }
-        uint32_t v = (uint32_t)raw[15] << 16;
-        key[o++] = b64[(v >> 18) & 63];
-        key[o++] = b64[(v >> 12) & 63];
-        key[o++] = '=';
-        key[o++] = '=';
-        key[o] = 0;
         evbuffer_add_printf(bufferevent_get_output(bev),
                             "GET %s/subscribe_event_v1 HTTP/1.1\r\nHost: %s\r\n"
                             "Upgrade: websocket\r\nConnection: Upgrade\r\n"

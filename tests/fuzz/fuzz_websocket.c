@@ -1,4 +1,4 @@
-/* libFuzzer harness for src/http/websocket.c: the frame parser and message
+/* libFuzzer harness for src/net/websocket.c: the frame parser and message
  * assembler as the trace endpoint runs them on what a client sends (masked
  * frames), and as kcli runs them on what kumod sends (unmasked). The first
  * byte picks the direction and how the stream is cut into reads; the rest
@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "core/utf8.h"
-#include "http/websocket.h"
+#include "net/websocket.h"
 #include "support/fuzz_util.h"
 
 #define MAX_MSG 4096u

@@ -8,7 +8,7 @@
  * event's JSON as received, one per line).
  *
  * The websocket is written here over a blocking socket (OpenSSL for
- * https://), with the frame code kumod itself uses (http/websocket.c):
+ * https://), with the frame code kumod itself uses (net/websocket.c):
  * a command-line tool that only waits for the next event needs no loop.
  * Fails with one line on stderr and exit status 1 (connection refused,
  * an HTTP answer other than 101, a malformed frame); the stream ending
@@ -36,7 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "http/websocket.h"
+#include "net/websocket.h"
 #include "net/cidr.h"
 
 static const char *cmd_name;

@@ -928,6 +928,21 @@ static int l_req_send(lua_State *L)
 
 /* ---- the response -------------------------------------------------------------------------- */
 
+void http_response_push(lua_State *L, long status, const char *headers,
+                        size_t headers_len, const char *body, size_t body_len,
+                        long long content_length)
+{
+    http_response *resp = lua_newuserdatauv(L, sizeof(*resp), 0);
+    memset(resp, 0, sizeof(*resp));
+    luaL_setmetatable(L, RESPONSE_MT); /* from here on __gc frees what is set */
+    resp->status = status;
+    resp->content_length = content_length;
+    resp->headers = xstrdup(L, headers ? headers : "", headers ? headers_len : 0);
+    resp->headers_len = headers ? headers_len : 0;
+    resp->body = xstrdup(L, body ? body : "", body ? body_len : 0);
+    resp->body_len = body ? body_len : 0;
+}
+
 static http_response *check_response(lua_State *L, const char *method)
 {
     http_response *r = luaL_testudata(L, 1, RESPONSE_MT);

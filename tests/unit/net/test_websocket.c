@@ -1,7 +1,8 @@
-/* Unit tests for src/http/websocket.c: the examples of RFC 6455 (the
+/* Unit tests for src/net/websocket.c: the examples of RFC 6455 (the
  * handshake key of §1.3, the frames of §5.7), each header length form,
  * and every frame and message a peer must not send, with the close code
- * the RFC gives for it. */
+ * the RFC gives for it; the client's key and masked frames, read back by
+ * the parser as a server reads them. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,7 +12,7 @@
 
 #include <cmocka.h>
 
-#include "http/websocket.h"
+#include "net/websocket.h"
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -149,12 +150,52 @@ static void test_messages(void **state)
     ws_msg_fini(&m);
 }
 
+static void test_client_key(void **state)
+{
+    (void)state;
+    char a[25], b[25];
+    assert_int_equal(ws_client_key(a), 0);
+    assert_int_equal(ws_client_key(b), 0);
+    assert_int_equal(strlen(a), 24); /* 16 bytes in base64 */
+    assert_int_equal(a[22], '=');
+    assert_int_equal(a[23], '=');
+    assert_string_not_equal(a, b); /* fresh randomness each time */
+}
+
+static void test_client_frames(void **state)
+{
+    (void)state;
+    static const size_t lens[] = {0, 5, 125, 126, 65535, 65536};
+    for (size_t i = 0; i < ARRAY_LEN(lens); i++) {
+        size_t n = lens[i];
+        uint8_t *p = malloc(n + 1), *out = malloc(n + 14);
+        assert_non_null(p);
+        assert_non_null(out);
+        for (size_t j = 0; j < n; j++)
+            p[j] = (uint8_t)(j * 7 + 1);
+        size_t fl = ws_client_frame(out, WS_OP_BINARY, p, n);
+        assert_true(fl >= n + 6 && fl <= n + 14);
+        ws_frame f;
+        /* a server wants it masked, complete, with the payload given */
+        assert_int_equal(ws_parse_frame(out, fl, true, 1u << 20, &f), (long)fl);
+        assert_true(f.fin && f.masked);
+        assert_int_equal(f.opcode, WS_OP_BINARY);
+        assert_int_equal(f.len, n);
+        ws_unmask(out + f.hdr_len, n, f.mask, 0);
+        if (n)
+            assert_memory_equal(out + f.hdr_len, p, n);
+        free(p);
+        free(out);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_accept_key),      cmocka_unit_test(test_rfc_examples),
         cmocka_unit_test(test_header_lengths),  cmocka_unit_test(test_bad_frames),
-        cmocka_unit_test(test_messages),
+        cmocka_unit_test(test_messages),        cmocka_unit_test(test_client_key),
+        cmocka_unit_test(test_client_frames),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

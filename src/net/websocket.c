@@ -1,13 +1,15 @@
-/* WebSocket framing (RFC 6455 §5) and the handshake key (§4.2.2), for the
- * trace endpoint and kcli. Pure: the caller owns every buffer; ws_msg
+/* WebSocket framing (RFC 6455 §5) and the handshake keys (§4.1, §4.2.2),
+ * for the trace endpoint and the clients (kcli, TSA, kumo.http). Pure: the caller owns every buffer; ws_msg
  * grows its own up to its max. Fails by returning a negative close code
  * that the caller sends in its Close frame before dropping the peer. */
-#include "http/websocket.h"
+#include "net/websocket.h"
 
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/kerr.h"
 #include "core/utf8.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -28,6 +30,30 @@ void ws_accept_key(const char *key, char out[29])
         EVP_EncodeBlock((unsigned char *)out, md, 20);
     }
     EVP_MD_CTX_free(ctx);
+}
+
+int ws_client_key(char out[25])
+{
+    unsigned char raw[16];
+    if (RAND_bytes(raw, sizeof(raw)) != 1) {
+        out[0] = 0;
+        return KERR_IO;
+    }
+    EVP_EncodeBlock((unsigned char *)out, raw, sizeof(raw));
+    return 0;
+}
+
+size_t ws_client_frame(uint8_t *out, uint8_t opcode, const void *p, size_t n)
+{
+    uint8_t mask[4];
+    if (RAND_bytes(mask, sizeof(mask)) != 1)
+        return 0;
+    size_t h = ws_frame_header(out, opcode, n, mask);
+    if (n) {
+        memcpy(out + h, p, n);
+        ws_unmask(out + h, n, mask, 0);
+    }
+    return h + n;
 }
 
 long ws_parse_frame(const uint8_t *buf, size_t n, bool want_masked, uint64_t max_payload,

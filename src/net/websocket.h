@@ -1,11 +1,13 @@
 /* WebSocket (RFC 6455) pieces that know nothing of sockets: the opening
  * handshake's accept key, a resumable frame parser, a message assembler
  * that joins fragments and checks what the RFC requires of a peer, and
- * the frame header writer. The trace endpoint (trace_http.c) uses them as
- * a server, kcli as a client. Pure functions over caller memory; any
+ * the frame header writer, and the client's side of the handshake and
+ * masking. The trace endpoint (trace_http.c) uses them as a server; kcli,
+ * the TSA subscriber (tsa_sub.c) and kumo.http.connect_websocket
+ * (lua/lib/http_ws.c) as clients. Pure functions over caller memory; any
  * thread; nothing allocates except ws_msg (bounded by its max). */
-#ifndef KUMOD_HTTP_WEBSOCKET_H
-#define KUMOD_HTTP_WEBSOCKET_H
+#ifndef KUMOD_NET_WEBSOCKET_H
+#define KUMOD_NET_WEBSOCKET_H
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -33,6 +35,17 @@ enum {
 /* Sec-WebSocket-Accept for a Sec-WebSocket-Key: base64(SHA-1(key + the
  * RFC's GUID)); out gets 28 characters and a NUL. */
 void ws_accept_key(const char *key, char out[29]);
+
+/* A fresh random Sec-WebSocket-Key (§4.1: 16 random bytes, base64): out
+ * gets 24 characters and a NUL. Returns 0, or KERR_IO when the system has
+ * no randomness to give. */
+int ws_client_key(char out[25]);
+
+/* A client's frame (§5.3: clients mask every frame with a fresh random
+ * key): writes the header, the mask and the masked payload p[0..n) into
+ * out, which has room for n + 14 bytes, and returns the frame's length;
+ * 0 when there is no randomness for the mask. */
+size_t ws_client_frame(uint8_t *out, uint8_t opcode, const void *p, size_t n);
 
 /* One frame header as parsed. The payload is buf[hdr_len .. hdr_len+len). */
 typedef struct ws_frame {
