@@ -15,8 +15,9 @@
  * Failure: a Lua error naming the URL, from connect_websocket (bad URL,
  * name not found, refused, TLS verification, an answer that is not a valid
  * 101 upgrade, no answer within WS_HANDSHAKE_S), and from recv/recv_batch
- * once the stream is closed (naming the peer's close code and reason when
- * it sent a Close frame). A peer that breaks the protocol or sends a
+ * once the stream is broken. After the server's Close frame recv returns
+ * nil, as KumoMTA's does, and recv_batch with nothing left raises
+ * "websocket closed" naming the peer's close code and reason. A peer that breaks the protocol or sends a
  * message over WS_MAX_MESSAGE gets a Close with the RFC's code and the
  * stream ends with an error saying why. The stream's __gc closes the
  * connection; a parked wait is abandoned at VM shutdown (klua_drop_waits).
@@ -78,6 +79,7 @@ typedef struct wsconn {
     bool abandoned; /* the connect wait was cancelled during the lookup */
     bool paused;    /* reading stopped: too much queued */
     bool opened;    /* the upgrade succeeded (the stream may have ended since) */
+    bool peer_closed; /* the server ended the stream with a Close frame */
     reactor *r;
     klua *vm;
     struct event_base *base;
@@ -288,6 +290,7 @@ static void process_frames(wsconn *c)
             if (f.opcode == WS_OP_PING) {
                 send_frame(c, WS_OP_PONG, p, (size_t)f.len);
             } else if (f.opcode == WS_OP_CLOSE) {
+                c->peer_closed = true;
                 if (f.len >= 2)
                     snprintf(c->err, sizeof(c->err),
                              "websocket %s: closed by the server (code %u, reason \"%.*s\")",
@@ -860,6 +863,11 @@ static int recv_k(lua_State *L, int status, lua_KContext ctx)
     }
     if (c->state == WSS_OPEN)
         return luaL_error(L, "stream:recv: woken without a message"); /* cannot happen */
+    if (c->peer_closed) {
+        /* the orderly end of the stream: nil, as KumoMTA's recv gives */
+        lua_pushnil(L);
+        return 1;
+    }
     return luaL_error(L, "stream:recv: %s", closed_text(c));
 }
 
