@@ -23,7 +23,6 @@
 #include <jansson.h>
 #include <netdb.h>
 #include <openssl/err.h>
-#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <stdarg.h>
@@ -196,11 +195,9 @@ static void conn_open(conn *c, const char *endpoint, char *host, size_t hostlen,
 /* The opening handshake (RFC 6455 §4.1). */
 static void ws_handshake(conn *c, const char *host, const char *path)
 {
-    uint8_t raw[16];
-    if (RAND_bytes(raw, sizeof(raw)) != 1)
+    char key[25], want[29];
+    if (ws_client_key(key) != 0)
         fail("no randomness for the websocket key");
-    char key[32], want[29];
-    EVP_EncodeBlock((unsigned char *)key, raw, sizeof(raw));
     ws_accept_key(key, want);
     char req[1024];
     int n = snprintf(req, sizeof(req),
@@ -256,18 +253,13 @@ static void ws_handshake(conn *c, const char *host, const char *path)
 /* Sends one masked frame (§5.3: clients mask everything). */
 static void ws_send(conn *c, uint8_t op, const void *p, size_t n)
 {
-    uint8_t mask[4], h[14];
-    if (RAND_bytes(mask, 4) != 1)
-        fail("no randomness for the frame mask");
-    size_t hl = ws_frame_header(h, op, n, mask);
-    uint8_t *f = malloc(hl + n + 1);
+    uint8_t *f = malloc(n + 14);
     if (!f)
         fail("out of memory");
-    memcpy(f, h, hl);
-    if (n)
-        memcpy(f + hl, p, n);
-    ws_unmask(f + hl, n, mask, 0);
-    conn_write(c, f, hl + n);
+    size_t fl = ws_client_frame(f, op, p, n);
+    if (fl == 0)
+        fail("no randomness for the frame mask");
+    conn_write(c, f, fl);
     free(f);
 }
 
