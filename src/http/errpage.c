@@ -21,8 +21,9 @@
  * its Connection: close handling in 2.1.12.
  *
  * Cost: the callback runs on every add and drain of every response; it
- * returns at once unless an add was exactly the page's length, and only
- * then copies out the buffer (at most a few hundred bytes for the page).
+ * returns at once unless an add has the length of one of evhttp's error
+ * pages (72-320 bytes), and only then copies out the buffer (at most 2 KiB)
+ * to look at it.
  *
  * libevent sends the same page for a chunked body with broken framing and
  * for a trailer over the header limit (it reports them as "data too
@@ -30,13 +31,15 @@
  * Its other pages (400 for a malformed request or header block, 501 for a
  * method the listener does not allow, 417) go out as they are.
  *
- * Lingering close. After the 413 evhttp closes the connection at once,
+ * Lingering close. After the 413, and after any other of its error pages
+ * (400 for a request it cannot parse, 501, ...), evhttp closes the
+ * connection at once,
  * while the client may still be sending the body (evhttp's own
  * EVHTTP_SERVER_LINGERING_CLOSE reads a Content-Length body to its end
  * first, which stalls a client that sent Expect: 100-continue and waits
  * for the 100, so kumod does not set it). A socket closed with unread
  * data answers with a reset, and a client that gets the reset before it
- * read the 413 never sees the answer. So when the page goes out, the
+ * read the answer never sees it. So when such a page goes out, the
  * socket is duplicated: evhttp's close then only drops its descriptor
  * (its shutdown still sends the FIN after the 413), and the duplicate
  * reads and discards what the client still sends, until the client
@@ -287,16 +290,22 @@ int http_errpage_lingering(void)
 
 /* ---- the page ------------------------------------------------------------------------------ */
 
+/* evhttp_send_error's pages (ERR_FORMAT: "<HTML><HEAD>\n<TITLE>%d %s..."
+ * with the reason twice) are this long, for the reasons libevent has */
+#define ERR_PAGE_MIN 72
+#define ERR_PAGE_MAX 320
+static const char err_page_start[] = "<HTML><HEAD>\n<TITLE>";
+
 static void on_output(struct evbuffer *out, const struct evbuffer_cb_info *info, void *arg)
 {
     struct bufferevent *bev = arg;
     /* our own add below runs this callback again */
     static _Thread_local bool rewriting;
-    /* evhttp adds the page body with one evbuffer_add_buffer */
-    if (info->n_added != PAGE_LEN || rewriting)
+    /* evhttp adds a page's body with one evbuffer_add_buffer */
+    if (rewriting || info->n_added < ERR_PAGE_MIN || info->n_added > ERR_PAGE_MAX)
         return;
     size_t len = evbuffer_get_length(out);
-    if (len > MAX_PAGE_BUFFER)
+    if (len > MAX_PAGE_BUFFER || len < info->n_added)
         return;
     char buf[MAX_PAGE_BUFFER], rep[MAX_PAGE_BUFFER];
     /* A socket bufferevent keeps the start of its output frozen between
@@ -309,13 +318,19 @@ static void on_output(struct evbuffer *out, const struct evbuffer_cb_info *info,
         thawed = true;
         got = evbuffer_copyout(out, buf, len);
     }
-    size_t n = got == (ev_ssize_t)len ? http_errpage_rewrite(buf, len, rep, sizeof(rep)) : 0;
-    if (n) {
-        rewriting = true;
-        /* add first: if that fails, evhttp's page is still whole */
-        if (evbuffer_add(out, rep, n) == 0)
-            evbuffer_drain(out, len);
-        rewriting = false;
+    /* one of evhttp's error pages: it closes the connection after it, with
+     * whatever the client still sends unread */
+    if (got == (ev_ssize_t)len &&
+        memcmp(buf + len - info->n_added, err_page_start, sizeof(err_page_start) - 1) == 0) {
+        size_t n = info->n_added == PAGE_LEN ? http_errpage_rewrite(buf, len, rep, sizeof(rep))
+                                             : 0;
+        if (n) {
+            rewriting = true;
+            /* add first: if that fails, evhttp's page is still whole */
+            if (evbuffer_add(out, rep, n) == 0)
+                evbuffer_drain(out, len);
+            rewriting = false;
+        }
         linger_start(bev);
     }
     if (thawed)

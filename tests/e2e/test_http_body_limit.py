@@ -381,3 +381,23 @@ def test_lingering_connection_is_closed(k, scheme):
     kh.wait_until(lambda: open_fds(k) <= base, timeout=10, what="the idle drained socket closed")
     assert time.monotonic() - t >= 1.5
     c.close()
+
+
+def test_unparsable_request_gets_its_400_not_a_reset(k):
+    """libevent answers a request line it cannot parse (here HTTP/2.0) with
+    400 and closes while the rest of the request is unread: that is drained
+    too, so the client's own shutdown and read see the 400, not a reset."""
+    body = b"".join(b"7\r\n%s\r\n" % (b"x" * 7) for _ in range(600)) + b"0\r\n\r\n"
+    raw = (b"POST /api/inject/v1 HTTP/2.0\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+           b"Connection: close\r\n\r\n" + body)
+    for _ in range(50):
+        with socket.create_connection(("127.0.0.1", k.http_port), timeout=10 * kh.SLOW) as s:
+            s.sendall(raw)
+            s.shutdown(socket.SHUT_WR)
+            got = b""
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    break
+                got += data
+        assert got.startswith(b"HTTP/1.1 400 Bad Request\r\n"), got[:200]
